@@ -1,0 +1,333 @@
+/* autograd.h — the public interface of the tensor core: tensors, memory, errors, RNG, the tape
+ * and every differentiable op.
+ *
+ * Ownership, in one rule: every function that returns a new `df_tensor *` gives one reference.
+ * While a scope is open (df_scope_begin) that reference belongs to the innermost scope and is
+ * dropped by df_scope_end; outside any scope it belongs to the caller, who drops it with
+ * df_tensor_free. df_tensor_retain adds a reference the caller owns (so a tensor can outlive
+ * the scope it was made in). Tensors are contiguous and row-major; a view (reshape, alias) shares
+ * storage with its source.
+ *
+ * Errors: programmer errors (shape or dtype mismatch, misuse) stop with DF_ASSERT, naming the op
+ * and the shapes. Recoverable failures (I/O, bad files, out of memory, oneDNN status) return a
+ * negative df_status and set a thread-local message read by df_last_error().
+ */
+#ifndef DF_AUTOGRAD_H
+#define DF_AUTOGRAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DF_API __attribute__((visibility("default")))
+#define DF_MAX_DIMS 5
+
+/* ---------------------------------------------------------------- errors ---------------------- */
+
+typedef enum df_status {
+    DF_OK = 0,
+    DF_ERR_IO = -1,          /* open/read/write/fsync failed */
+    DF_ERR_FORMAT = -2,      /* outside bytes are malformed (file, header, image, config) */
+    DF_ERR_NOMEM = -3,       /* allocation failed */
+    DF_ERR_INVALID = -4,     /* an argument or config value is out of its allowed range */
+    DF_ERR_DNNL = -5,        /* oneDNN returned an error */
+    DF_ERR_NOTFOUND = -6,    /* a named file, key or tensor does not exist */
+    DF_ERR_UNSUPPORTED = -7, /* valid input we do not handle (yet) */
+} df_status;
+
+/* The message of the last failure on this thread ("" when none). Borrowed; valid until the next
+ * failing call on this thread. */
+DF_API const char *df_last_error(void);
+/* Sets the thread's error message (printf format) and returns `code`, for `return df_error(...)`. */
+DF_API df_status df_error(df_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Clears the thread's error message. */
+DF_API void df_error_clear(void);
+/* Name of a status code ("DF_ERR_IO", ...). Static string. */
+DF_API const char *df_status_name(df_status s);
+
+/* Prints "file:line: assertion failed: <message>" to stderr and aborts. Always on. */
+DF_API void df_assert_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+#define DF_ASSERT(cond, ...)                                                                      \
+    do {                                                                                          \
+        if (!(cond)) df_assert_fail(__FILE__, __LINE__, __VA_ARGS__);                             \
+    } while (0)
+/* Propagates a failing status: `DF_TRY(df_foo(...));` inside a function returning df_status. */
+#define DF_TRY(expr)                                                                              \
+    do {                                                                                          \
+        df_status df_try_s_ = (expr);                                                             \
+        if (df_try_s_ != DF_OK) return df_try_s_;                                                 \
+    } while (0)
+
+/* ---------------------------------------------------------------- dtypes ---------------------- */
+
+typedef enum df_dtype {
+    DF_DTYPE_F32 = 0,
+    DF_DTYPE_BF16,
+    DF_DTYPE_F16,
+    DF_DTYPE_F64,
+    DF_DTYPE_I32,
+    DF_DTYPE_I64,
+    DF_DTYPE_U8,
+    DF_DTYPE_COUNT
+} df_dtype;
+
+DF_API size_t df_dtype_size(df_dtype dt);
+/* "F32", "BF16", ... (safetensors spelling). */
+DF_API const char *df_dtype_name(df_dtype dt);
+/* Parses a safetensors dtype name; returns false for an unknown one. */
+DF_API bool df_dtype_parse(const char *name, df_dtype *out);
+DF_API bool df_dtype_is_float(df_dtype dt);
+
+/* Scalar conversions (round to nearest even; NaN stays NaN). */
+DF_API uint16_t df_f32_to_bf16(float x);
+DF_API float df_bf16_to_f32(uint16_t x);
+DF_API uint16_t df_f32_to_f16(float x);
+DF_API float df_f16_to_f32(uint16_t x);
+
+/* ---------------------------------------------------------------- memory ---------------------- */
+
+/* The caching allocator behind every tensor: blocks are 64-byte aligned and, once freed, kept
+ * in per-size free lists and handed out again, so a loop that makes the same shapes step after
+ * step stops calling malloc after its first step. Thread-safe. */
+DF_API void *df_mem_alloc(size_t bytes);           /* NULL on failure (error set) */
+DF_API void df_mem_free(void *p, size_t bytes);    /* `bytes` as passed to df_mem_alloc */
+DF_API void df_mem_trim(void);                     /* returns every cached block to the system */
+
+typedef struct df_mem_stats {
+    size_t bytes_in_use;    /* handed out and not freed */
+    size_t bytes_cached;    /* freed, kept for reuse */
+    size_t peak_in_use;
+    uint64_t system_allocs; /* how many times the pool called the system allocator */
+} df_mem_stats;
+DF_API df_mem_stats df_mem_get_stats(void);
+
+/* ---------------------------------------------------------------- tensors --------------------- */
+
+typedef struct df_storage df_storage;
+typedef struct df_node df_node;
+
+typedef struct df_tensor {
+    df_dtype dtype;
+    int ndim;
+    int64_t shape[DF_MAX_DIMS];
+    int64_t numel;
+    void *data;             /* first element; borrowed from `storage` */
+    df_storage *storage;    /* shared by views */
+    struct df_tensor *grad; /* leaf gradient, owned; NULL until a backward reaches it */
+    df_node *node;          /* the op that made this tensor (grad_fn); NULL for leaves */
+    bool requires_grad;     /* leaves: set by the user; op outputs: true when `node` is set */
+    int refcount;
+} df_tensor;
+
+/* `DF_DIMS(2, 3, 4)` expands to the (ndim, shape) argument pair `3, (int64_t[]){2, 3, 4}`. */
+#define DF_DIMS(...)                                                                              \
+    (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]) { __VA_ARGS__ }
+
+/* New tensors. All return a new reference (see the ownership rule above) and never NULL: running
+ * out of memory here is fatal (DF_ASSERT), as the step cannot continue. Values of df_tensor_new
+ * are uninitialised. ndim may be 0 (a scalar). */
+DF_API df_tensor *df_tensor_new(df_dtype dt, int ndim, const int64_t *shape);
+DF_API df_tensor *df_zeros(df_dtype dt, int ndim, const int64_t *shape);
+DF_API df_tensor *df_ones(df_dtype dt, int ndim, const int64_t *shape);
+DF_API df_tensor *df_full(df_dtype dt, int ndim, const int64_t *shape, double value);
+/* 1-D [start, end) by step, as torch.arange. */
+DF_API df_tensor *df_arange(df_dtype dt, double start, double end, double step);
+/* Copies numel elements of dtype `dt` from `src`. */
+DF_API df_tensor *df_from_data(df_dtype dt, int ndim, const int64_t *shape, const void *src);
+/* Wraps memory the caller keeps alive (no copy, never freed by us), e.g. an mmap. */
+DF_API df_tensor *df_tensor_wrap(df_dtype dt, int ndim, const int64_t *shape, void *data);
+/* A copy converted to `dt` (float <-> bf16/f16/f64 round to nearest even; to ints truncate). */
+DF_API df_tensor *df_tensor_to(const df_tensor *t, df_dtype dt);
+/* A contiguous copy with no history. */
+DF_API df_tensor *df_tensor_clone(const df_tensor *t);
+/* Copies src's values into dst (same numel; dtypes converted). No history. */
+DF_API void df_tensor_copy_(df_tensor *dst, const df_tensor *src);
+/* A tensor sharing t's storage and shape, without history (detach). */
+DF_API df_tensor *df_detach(const df_tensor *t);
+/* A view of t's storage with another shape (same numel, no history): the building block of
+ * reshape. `offset` is in elements. */
+DF_API df_tensor *df_tensor_view(const df_tensor *t, int ndim, const int64_t *shape, int64_t offset);
+
+DF_API df_tensor *df_tensor_retain(df_tensor *t);
+DF_API void df_tensor_free(df_tensor *t); /* drops one reference; NULL is a no-op */
+
+DF_API void df_tensor_fill_(df_tensor *t, double value);
+/* Marks a leaf as a parameter/input that receives a gradient in df_backward. */
+DF_API void df_tensor_set_requires_grad(df_tensor *t, bool on);
+/* Zeroes (keeps) the leaf gradient if it has one. */
+DF_API void df_tensor_zero_grad(df_tensor *t);
+/* Element i as double, whatever the dtype (slow; for tests and printing). */
+DF_API double df_tensor_get(const df_tensor *t, int64_t i);
+DF_API bool df_tensor_same_shape(const df_tensor *a, const df_tensor *b);
+/* "[2, 3, 4]" into buf (at least 64 bytes); returns buf. */
+DF_API char *df_shape_str(const df_tensor *t, char *buf, size_t len);
+
+static inline float *df_f32(const df_tensor *t) {
+    return (float *)t->data;
+}
+
+/* ---------------------------------------------------------------- scopes ---------------------- */
+
+/* A scope owns every tensor made on this thread while it is the innermost open scope; ending it
+ * drops those references (tensors still referenced elsewhere, e.g. by the tape or a retain,
+ * live on). Scopes nest and must end in reverse order. */
+typedef struct df_scope {
+    size_t mark;
+} df_scope;
+DF_API df_scope df_scope_begin(void);
+DF_API void df_scope_end(df_scope s);
+
+/* ---------------------------------------------------------------- flat parameters ------------- */
+
+/* Parameters of a model in one flat F32 buffer and their gradients in another: zero_grad is one
+ * memset, the optimizer one loop, an allreduce one call. */
+typedef struct df_flat {
+    df_storage *data;
+    df_storage *grad;
+    int64_t numel;
+} df_flat;
+/* Moves the values of `params` (F32 leaves) into one buffer, repoints each tensor at its slice,
+ * marks it requires_grad and gives it a gradient that is a slice of one zeroed gradient buffer.
+ * Slices start at 16-element boundaries. */
+DF_API df_status df_flat_init(df_flat *flat, df_tensor **params, int n);
+DF_API void df_flat_free(df_flat *flat);
+DF_API float *df_flat_data(const df_flat *flat);
+DF_API float *df_flat_grad(const df_flat *flat);
+DF_API void df_flat_zero_grad(df_flat *flat);
+
+/* ---------------------------------------------------------------- the tape -------------------- */
+
+/* Grad mode is per thread, on by default. Returns the previous mode. */
+DF_API bool df_grad_set_enabled(bool on);
+DF_API bool df_grad_enabled(void);
+
+/* Backpropagates from a scalar (numel 1) `loss`: every leaf with requires_grad that `loss`
+ * depends on gets d loss / d leaf added (+=) to its `grad` (created zero-filled when NULL).
+ * Each node releases what it saved once its backward has run, so the graph is consumed. */
+DF_API df_status df_backward(df_tensor *loss);
+/* As df_backward with an explicit gradient of `out` (same shape). */
+DF_API df_status df_backward_with(df_tensor *out, const df_tensor *grad_out);
+
+/* ---------------------------------------------------------------- RNG ------------------------- */
+
+/* Counter-based Philox4x32-10 stream: (key = seed, counter) fully describe the state, so a
+ * checkpoint stores two integers. Independent streams come from different `stream` ids. */
+typedef struct df_philox {
+    uint64_t key;     /* seed mixed with the stream id */
+    uint64_t counter; /* number of 128-bit blocks consumed */
+    uint32_t buf[4];
+    int buf_used;     /* words of buf already handed out (4 = empty) */
+} df_philox;
+DF_API void df_philox_init(df_philox *g, uint64_t seed, uint64_t stream);
+DF_API uint32_t df_philox_u32(df_philox *g);
+DF_API float df_philox_uniform(df_philox *g);       /* [0, 1) */
+DF_API float df_philox_normal(df_philox *g);        /* N(0, 1) */
+DF_API void df_philox_fill_normal(df_philox *g, float *out, int64_t n);
+DF_API void df_philox_fill_uniform(df_philox *g, float *out, int64_t n);
+
+/* torch's CPU generator (mt19937) with torch's sampling algorithms, so that
+ * df_torchgen_seed(g, s) followed by fills reproduces torch.manual_seed(s); torch.randn(shape)
+ * / torch.rand(shape) bit for bit. */
+typedef struct df_torchgen {
+    uint32_t mt[624];
+    int mti;
+    bool has_next_normal; /* torch caches the second Box-Muller value for scalar draws */
+    double next_normal;
+    uint64_t seed;
+} df_torchgen;
+DF_API void df_torchgen_seed(df_torchgen *g, uint64_t seed);
+DF_API uint32_t df_torchgen_u32(df_torchgen *g);
+DF_API uint64_t df_torchgen_u64(df_torchgen *g);
+/* torch.randn(n) into out (float32). */
+DF_API void df_torchgen_randn(df_torchgen *g, float *out, int64_t n);
+/* torch.rand(n) into out (float32). */
+DF_API void df_torchgen_rand(df_torchgen *g, float *out, int64_t n);
+
+/* ---------------------------------------------------------------- ops ------------------------- */
+/* Every op checks shapes (DF_ASSERT naming the op and both shapes), computes its output in F32,
+ * and records a node when grad mode is on and an input requires a gradient. Broadcasting follows
+ * NumPy. `dims` arrays accept negative indices. */
+
+/* Binary, with broadcasting. */
+DF_API df_tensor *df_add(df_tensor *a, df_tensor *b);
+DF_API df_tensor *df_sub(df_tensor *a, df_tensor *b);
+DF_API df_tensor *df_mul(df_tensor *a, df_tensor *b);
+DF_API df_tensor *df_div(df_tensor *a, df_tensor *b);
+/* Scalar forms: a + s, a * s, s - a (rsub), s / a (rdiv). */
+DF_API df_tensor *df_add_scalar(df_tensor *a, float s);
+DF_API df_tensor *df_mul_scalar(df_tensor *a, float s);
+DF_API df_tensor *df_rsub_scalar(float s, df_tensor *a);
+DF_API df_tensor *df_rdiv_scalar(float s, df_tensor *a);
+
+/* Unary. */
+DF_API df_tensor *df_neg(df_tensor *a);
+DF_API df_tensor *df_exp(df_tensor *a);
+DF_API df_tensor *df_log(df_tensor *a);
+DF_API df_tensor *df_sqrt(df_tensor *a);
+DF_API df_tensor *df_rsqrt(df_tensor *a);
+DF_API df_tensor *df_pow(df_tensor *a, float exponent);
+DF_API df_tensor *df_clamp(df_tensor *a, float lo, float hi); /* torch.clamp; grad 0 outside */
+DF_API df_tensor *df_sigmoid(df_tensor *a);
+DF_API df_tensor *df_tanh(df_tensor *a);
+DF_API df_tensor *df_silu(df_tensor *a);
+DF_API df_tensor *df_gelu(df_tensor *a);      /* exact: x * Phi(x) (erf) */
+DF_API df_tensor *df_gelu_tanh(df_tensor *a); /* approximate='tanh' */
+DF_API df_tensor *df_quick_gelu(df_tensor *a); /* x * sigmoid(1.702 x) */
+
+/* Softmax family over the last dim. */
+DF_API df_tensor *df_softmax(df_tensor *a);
+DF_API df_tensor *df_log_softmax(df_tensor *a);
+
+/* Reductions over `ndims` dims (ndims 0 = all dims). */
+DF_API df_tensor *df_sum(df_tensor *a, int ndims, const int *dims, bool keepdim);
+DF_API df_tensor *df_mean(df_tensor *a, int ndims, const int *dims, bool keepdim);
+
+/* Matrix products. matmul: a (..., M, K) x b (..., K, N) with batch broadcasting; trans_a /
+ * trans_b use the transpose of the last two dims. linear: x (..., in) W(out, in)^T + b (out);
+ * bias may be NULL. */
+DF_API df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b);
+DF_API df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias);
+
+/* Convolution on (N, C, H, W) with weight (O, C/groups, KH, KW); bias (O) or NULL. */
+typedef struct df_conv2d_params {
+    int stride[2], padding[2], dilation[2], groups;
+} df_conv2d_params;
+DF_API df_conv2d_params df_conv2d_default(void); /* stride 1, padding 0, dilation 1, groups 1 */
+DF_API df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p);
+
+/* Normalisations. group_norm on (N, C, ...) with `groups` groups; weight/bias (C) or NULL.
+ * layer_norm over the last dim; weight/bias (D) or NULL. */
+DF_API df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor *bias,
+                                float eps);
+DF_API df_tensor *df_layer_norm(df_tensor *x, df_tensor *weight, df_tensor *bias, float eps);
+
+/* Shapes. reshape: one dim may be -1; the result is a view. */
+DF_API df_tensor *df_reshape(df_tensor *a, int ndim, const int64_t *shape);
+DF_API df_tensor *df_concat(df_tensor **ts, int n, int dim);
+/* a[..., start:start+len, ...] along dim (a copy). */
+DF_API df_tensor *df_slice(df_tensor *a, int dim, int64_t start, int64_t len);
+/* n equal chunks along dim into out[0..n-1] (dim size divisible by n). */
+DF_API void df_chunk(df_tensor *a, int n, int dim, df_tensor **out);
+DF_API df_tensor *df_permute(df_tensor *a, const int *perm);
+DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
+
+/* Spatial. */
+DF_API df_tensor *df_upsample_nearest2d(df_tensor *x, int scale);
+DF_API df_tensor *df_avg_pool2d(df_tensor *x, int kernel, int stride);
+
+/* Lookup: ids (I32 or I64, any shape) into table (V, D) -> (ids..., D). */
+DF_API df_tensor *df_embedding(df_tensor *ids, df_tensor *table);
+
+/* Regularisation and masks. dropout: zero with probability p, scale the rest by 1/(1-p);
+ * identity when p == 0. masked_fill: where mask (U8 or I32/I64, broadcastable) is non-zero,
+ * the value; elsewhere a. */
+DF_API df_tensor *df_dropout(df_tensor *a, float p, df_philox *gen);
+DF_API df_tensor *df_masked_fill(df_tensor *a, df_tensor *mask, float value);
+
+/* Losses. mse: mean ((a-b)^2) (scalar) or elementwise when `reduce_mean` is false.
+ * cross_entropy: logits (N, C), target ids (N) I64/I32 -> mean negative log-likelihood. */
+DF_API df_tensor *df_mse_loss(df_tensor *a, df_tensor *b, bool reduce_mean);
+DF_API df_tensor *df_cross_entropy(df_tensor *logits, df_tensor *target);
+
+#endif

@@ -1,0 +1,85 @@
+/* autograd_impl.h — what an op file needs to record itself on the tape. Internal to autograd/.
+ *
+ * An op's constructor computes its output, then, when df_needs_grad says so, records a node:
+ *
+ *     df_node *n = df_node_new(&OP, out, 2, (df_tensor *[]){a, b}, sizeof(my_params));
+ *     if (n) { *(my_params *)n->state = p; df_node_save(n, 0, out); }
+ *
+ * and its backward reads `grad_out` and adds (+=) into df_node_grad(n, i) for each input that
+ * needs one (NULL otherwise). Inputs are retained by the node; saved tensors are detached
+ * aliases, so a node never keeps its own output alive (no reference cycles).
+ */
+#ifndef DF_AUTOGRAD_IMPL_H
+#define DF_AUTOGRAD_IMPL_H
+
+#include "autograd/autograd.h"
+
+#define DF_NODE_MAX_SAVED 4
+
+typedef struct df_op {
+    const char *name;
+    /* Adds d loss / d input into df_node_grad(n, i) for every input that needs it. */
+    void (*backward)(df_node *n, const df_tensor *grad_out);
+    /* Releases what the op keeps in n->state besides plain values (oneDNN primitives). May be
+     * NULL. */
+    void (*free_state)(void *state);
+} df_op;
+
+struct df_node {
+    const df_op *op;
+    int refcount;
+    int n_inputs;
+    df_tensor *saved[DF_NODE_MAX_SAVED]; /* detached aliases, owned */
+    df_tensor *out_grad;                 /* accumulated gradient of the output, owned */
+    int out_ndim;
+    int64_t out_shape[DF_MAX_DIMS];
+    void *state;          /* state_size zeroed bytes, inline in this allocation */
+    size_t alloc_bytes;
+    uint64_t visit;       /* df_backward bookkeeping */
+    int pending;          /* df_backward: consumers not yet run */
+    df_tensor *inputs[];  /* retained */
+};
+
+/* storage: the refcounted block behind tensors. */
+struct df_storage {
+    int refcount;
+    bool external; /* wrapped memory: never freed */
+    void *data;
+    size_t bytes;
+};
+
+/* True when grad mode is on and any of the n inputs requires a gradient. */
+bool df_needs_grad(int n, df_tensor *const *inputs);
+/* Records a node making `out` (which then requires grad) when df_needs_grad(inputs); else
+ * returns NULL and records nothing. */
+df_node *df_node_new(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
+                     size_t state_size);
+/* Keeps a detached alias of t in slot i for backward. */
+void df_node_save(df_node *n, int slot, const df_tensor *t);
+/* The F32 gradient accumulator of input i (created zero-filled, same shape as the input), or
+ * NULL when input i needs no gradient. Backward adds into it. */
+df_tensor *df_node_grad(df_node *n, int i);
+
+void df_node_retain(df_node *n);
+void df_node_release(df_node *n);
+
+/* A new storage of `bytes` (uninitialised, refcount 1) and the release of one reference. */
+df_storage *df_storage_new(size_t bytes);
+void df_storage_release(df_storage *s);
+/* Points t at storage s from element `offset` (taking a reference) and drops its old storage. */
+void df_tensor_rebind(df_tensor *t, df_storage *s, int64_t offset);
+
+/* A new tensor owned by nobody but the caller even inside a scope (for node internals). */
+df_tensor *df_tensor_new_unscoped(df_dtype dt, int ndim, const int64_t *shape);
+/* A detached alias of t (shares storage, no history) owned by the caller even inside a scope. */
+df_tensor *df_detach_unscoped(const df_tensor *t);
+
+/* Asserts t is F32 (ops compute in F32). */
+#define DF_ASSERT_F32(opname, t)                                                                  \
+    DF_ASSERT((t)->dtype == DF_DTYPE_F32, "%s: expected F32, got %s", opname,                    \
+              df_dtype_name((t)->dtype))
+
+/* Normalises a possibly negative dim against ndim; asserts it is in range. */
+int df_dim_norm(const char *opname, int dim, int ndim);
+
+#endif

@@ -1,0 +1,351 @@
+/* tensor.c — tensor and storage lifetimes, creation, views, dtype copies, and scopes.
+ *
+ * Invariants: a tensor is contiguous row-major over `numel` elements starting at `data`, inside
+ * its storage. Reference counts are plain ints: a tensor is used by one thread at a time (the
+ * loader hands batches over through a locked queue). Releasing is iterative (a thread-local
+ * work list), so freeing the last reference to a deep graph cannot overflow the stack.
+ */
+#include "autograd/autograd_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ release work list -------- */
+
+typedef struct pending_item {
+    bool is_node;
+    void *p;
+} pending_item;
+
+static _Thread_local pending_item *pending;
+static _Thread_local size_t n_pending, cap_pending;
+static _Thread_local bool draining;
+
+static void push_pending(bool is_node, void *p) {
+    if (n_pending == cap_pending) {
+        cap_pending = cap_pending ? 2 * cap_pending : 256;
+        pending = realloc(pending, cap_pending * sizeof *pending);
+        DF_ASSERT(pending, "out of memory growing the release list");
+    }
+    pending[n_pending++] = (pending_item){is_node, p};
+}
+
+void df_storage_release(df_storage *s) {
+    if (!s || --s->refcount > 0) return;
+    if (!s->external) df_mem_free(s->data, s->bytes);
+    df_mem_free(s, sizeof *s);
+}
+
+static void destroy_tensor(df_tensor *t) {
+    df_storage_release(t->storage);
+    if (t->grad) df_tensor_free(t->grad);
+    if (t->node) df_node_release(t->node);
+    df_mem_free(t, sizeof *t);
+}
+
+static void destroy_node(df_node *n) {
+    for (int i = 0; i < n->n_inputs; i++) df_tensor_free(n->inputs[i]);
+    for (int i = 0; i < DF_NODE_MAX_SAVED; i++) df_tensor_free(n->saved[i]);
+    df_tensor_free(n->out_grad);
+    if (n->op && n->op->free_state) n->op->free_state(n->state);
+    df_mem_free(n, n->alloc_bytes);
+}
+
+static void drain(void) {
+    if (draining) return;
+    draining = true;
+    while (n_pending > 0) {
+        pending_item it = pending[--n_pending];
+        if (it.is_node) destroy_node(it.p);
+        else destroy_tensor(it.p);
+    }
+    draining = false;
+}
+
+void df_tensor_free(df_tensor *t) {
+    if (!t) return;
+    DF_ASSERT(t->refcount > 0, "df_tensor_free: tensor already freed");
+    if (--t->refcount > 0) return;
+    push_pending(false, t);
+    drain();
+}
+
+df_tensor *df_tensor_retain(df_tensor *t) {
+    t->refcount++;
+    return t;
+}
+
+void df_node_retain(df_node *n) {
+    n->refcount++;
+}
+
+void df_node_release(df_node *n) {
+    if (!n) return;
+    if (--n->refcount > 0) return;
+    push_pending(true, n);
+    drain();
+}
+
+/* ------------------------------------------------------------------ scopes ------------------- */
+
+static _Thread_local df_tensor **scope_stack;
+static _Thread_local size_t scope_len, scope_cap;
+static _Thread_local int scope_depth;
+
+df_scope df_scope_begin(void) {
+    scope_depth++;
+    return (df_scope){scope_len};
+}
+
+void df_scope_end(df_scope s) {
+    DF_ASSERT(scope_depth > 0 && s.mark <= scope_len, "df_scope_end without a matching begin");
+    while (scope_len > s.mark) df_tensor_free(scope_stack[--scope_len]);
+    scope_depth--;
+}
+
+static void scope_adopt(df_tensor *t) {
+    if (scope_depth == 0) return;
+    if (scope_len == scope_cap) {
+        scope_cap = scope_cap ? 2 * scope_cap : 1024;
+        scope_stack = realloc(scope_stack, scope_cap * sizeof *scope_stack);
+        DF_ASSERT(scope_stack, "out of memory growing a scope");
+    }
+    scope_stack[scope_len++] = t;
+}
+
+/* ------------------------------------------------------------------ creation ----------------- */
+
+static df_tensor *tensor_header(df_dtype dt, int ndim, const int64_t *shape) {
+    DF_ASSERT(ndim >= 0 && ndim <= DF_MAX_DIMS, "tensor: %d dims (at most %d)", ndim, DF_MAX_DIMS);
+    df_tensor *t = df_mem_alloc(sizeof *t);
+    DF_ASSERT(t, "out of memory: %s", df_last_error());
+    memset(t, 0, sizeof *t);
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        DF_ASSERT(shape[i] >= 0, "tensor: negative dim %lld", (long long)shape[i]);
+        t->shape[i] = shape[i];
+        t->numel *= shape[i];
+    }
+    t->refcount = 1;
+    return t;
+}
+
+df_storage *df_storage_new(size_t bytes) {
+    df_storage *s = df_mem_alloc(sizeof *s);
+    DF_ASSERT(s, "out of memory: %s", df_last_error());
+    s->refcount = 1;
+    s->external = false;
+    s->bytes = bytes;
+    s->data = df_mem_alloc(bytes);
+    DF_ASSERT(s->data, "out of memory: %s", df_last_error());
+    return s;
+}
+
+df_tensor *df_tensor_new_unscoped(df_dtype dt, int ndim, const int64_t *shape) {
+    df_tensor *t = tensor_header(dt, ndim, shape);
+    t->storage = df_storage_new((size_t)t->numel * df_dtype_size(dt));
+    t->data = t->storage->data;
+    return t;
+}
+
+void df_tensor_rebind(df_tensor *t, df_storage *s, int64_t offset) {
+    DF_ASSERT((size_t)(offset + t->numel) * df_dtype_size(t->dtype) <= s->bytes,
+              "rebind: %lld elements at %lld past a storage of %zu bytes", (long long)t->numel,
+              (long long)offset, s->bytes);
+    s->refcount++;
+    df_storage_release(t->storage);
+    t->storage = s;
+    t->data = (char *)s->data + (size_t)offset * df_dtype_size(t->dtype);
+}
+
+df_tensor *df_tensor_new(df_dtype dt, int ndim, const int64_t *shape) {
+    df_tensor *t = df_tensor_new_unscoped(dt, ndim, shape);
+    scope_adopt(t);
+    return t;
+}
+
+df_tensor *df_zeros(df_dtype dt, int ndim, const int64_t *shape) {
+    df_tensor *t = df_tensor_new(dt, ndim, shape);
+    memset(t->data, 0, (size_t)t->numel * df_dtype_size(dt));
+    return t;
+}
+
+df_tensor *df_full(df_dtype dt, int ndim, const int64_t *shape, double value) {
+    df_tensor *t = df_tensor_new(dt, ndim, shape);
+    df_tensor_fill_(t, value);
+    return t;
+}
+
+df_tensor *df_ones(df_dtype dt, int ndim, const int64_t *shape) {
+    return df_full(dt, ndim, shape, 1.0);
+}
+
+/* Stores v as element i of a tensor of dtype dt. */
+static void store_double(void *data, df_dtype dt, int64_t i, double v) {
+    switch (dt) {
+    case DF_DTYPE_F32: ((float *)data)[i] = (float)v; break;
+    case DF_DTYPE_BF16: ((uint16_t *)data)[i] = df_f32_to_bf16((float)v); break;
+    case DF_DTYPE_F16: ((uint16_t *)data)[i] = df_f32_to_f16((float)v); break;
+    case DF_DTYPE_F64: ((double *)data)[i] = v; break;
+    case DF_DTYPE_I32: ((int32_t *)data)[i] = (int32_t)v; break;
+    case DF_DTYPE_I64: ((int64_t *)data)[i] = (int64_t)v; break;
+    case DF_DTYPE_U8: ((uint8_t *)data)[i] = (uint8_t)v; break;
+    default: DF_ASSERT(0, "bad dtype");
+    }
+}
+
+static double load_double(const void *data, df_dtype dt, int64_t i) {
+    switch (dt) {
+    case DF_DTYPE_F32: return ((const float *)data)[i];
+    case DF_DTYPE_BF16: return df_bf16_to_f32(((const uint16_t *)data)[i]);
+    case DF_DTYPE_F16: return df_f16_to_f32(((const uint16_t *)data)[i]);
+    case DF_DTYPE_F64: return ((const double *)data)[i];
+    case DF_DTYPE_I32: return ((const int32_t *)data)[i];
+    case DF_DTYPE_I64: return (double)((const int64_t *)data)[i];
+    case DF_DTYPE_U8: return ((const uint8_t *)data)[i];
+    default: DF_ASSERT(0, "bad dtype");
+    }
+    return 0;
+}
+
+void df_tensor_fill_(df_tensor *t, double value) {
+    if (t->dtype == DF_DTYPE_F32) {
+        float v = (float)value, *p = t->data;
+        for (int64_t i = 0; i < t->numel; i++) p[i] = v;
+        return;
+    }
+    for (int64_t i = 0; i < t->numel; i++) store_double(t->data, t->dtype, i, value);
+}
+
+df_tensor *df_arange(df_dtype dt, double start, double end, double step) {
+    DF_ASSERT(step != 0, "arange: step is 0");
+    double span = ceil((end - start) / step);
+    int64_t n = span > 0 ? (int64_t)span : 0;
+    df_tensor *t = df_tensor_new(dt, 1, &n);
+    for (int64_t i = 0; i < n; i++) store_double(t->data, dt, i, start + (double)i * step);
+    return t;
+}
+
+df_tensor *df_from_data(df_dtype dt, int ndim, const int64_t *shape, const void *src) {
+    df_tensor *t = df_tensor_new(dt, ndim, shape);
+    memcpy(t->data, src, (size_t)t->numel * df_dtype_size(dt));
+    return t;
+}
+
+df_tensor *df_tensor_wrap(df_dtype dt, int ndim, const int64_t *shape, void *data) {
+    df_tensor *t = tensor_header(dt, ndim, shape);
+    df_storage *s = df_mem_alloc(sizeof *s);
+    DF_ASSERT(s, "out of memory: %s", df_last_error());
+    *s = (df_storage){.refcount = 1, .external = true, .data = data,
+                      .bytes = (size_t)t->numel * df_dtype_size(dt)};
+    t->storage = s;
+    t->data = data;
+    scope_adopt(t);
+    return t;
+}
+
+static void convert(void *dst, df_dtype ddt, const void *src, df_dtype sdt, int64_t n) {
+    if (ddt == sdt) {
+        memcpy(dst, src, (size_t)n * df_dtype_size(ddt));
+    } else if (sdt == DF_DTYPE_F32 && ddt == DF_DTYPE_BF16) {
+        const float *s = src;
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = df_f32_to_bf16(s[i]);
+    } else if (sdt == DF_DTYPE_BF16 && ddt == DF_DTYPE_F32) {
+        const uint16_t *s = src;
+        float *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = df_bf16_to_f32(s[i]);
+    } else if (sdt == DF_DTYPE_I64 && ddt == DF_DTYPE_I32) {
+        const int64_t *s = src;
+        int32_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = (int32_t)s[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) store_double(dst, ddt, i, load_double(src, sdt, i));
+    }
+}
+
+df_tensor *df_tensor_to(const df_tensor *t, df_dtype dt) {
+    df_tensor *r = df_tensor_new(dt, t->ndim, t->shape);
+    convert(r->data, dt, t->data, t->dtype, t->numel);
+    return r;
+}
+
+df_tensor *df_tensor_clone(const df_tensor *t) {
+    return df_tensor_to(t, t->dtype);
+}
+
+void df_tensor_copy_(df_tensor *dst, const df_tensor *src) {
+    DF_ASSERT(dst->numel == src->numel, "copy_: %lld elements into %lld", (long long)src->numel,
+              (long long)dst->numel);
+    convert(dst->data, dst->dtype, src->data, src->dtype, src->numel);
+}
+
+static df_tensor *view_unscoped(const df_tensor *t, int ndim, const int64_t *shape,
+                                int64_t offset) {
+    df_tensor *v = tensor_header(t->dtype, ndim, shape);
+    DF_ASSERT(offset >= 0 && offset + v->numel <= t->numel,
+              "view: %lld elements at offset %lld of a tensor of %lld", (long long)v->numel,
+              (long long)offset, (long long)t->numel);
+    v->storage = t->storage;
+    v->storage->refcount++;
+    v->data = (char *)t->data + (size_t)offset * df_dtype_size(t->dtype);
+    return v;
+}
+
+df_tensor *df_tensor_view(const df_tensor *t, int ndim, const int64_t *shape, int64_t offset) {
+    df_tensor *v = view_unscoped(t, ndim, shape, offset);
+    scope_adopt(v);
+    return v;
+}
+
+df_tensor *df_detach(const df_tensor *t) {
+    return df_tensor_view(t, t->ndim, t->shape, 0);
+}
+
+/* A detached alias owned by the caller only (for node internals). */
+df_tensor *df_detach_unscoped(const df_tensor *t) {
+    return view_unscoped(t, t->ndim, t->shape, 0);
+}
+
+void df_tensor_set_requires_grad(df_tensor *t, bool on) {
+    DF_ASSERT(t->node == NULL, "set_requires_grad: only leaves (tensors no op made)");
+    DF_ASSERT(!on || df_dtype_is_float(t->dtype), "set_requires_grad: %s tensor",
+              df_dtype_name(t->dtype));
+    t->requires_grad = on;
+}
+
+void df_tensor_zero_grad(df_tensor *t) {
+    if (t->grad) memset(t->grad->data, 0, (size_t)t->grad->numel * df_dtype_size(t->grad->dtype));
+}
+
+double df_tensor_get(const df_tensor *t, int64_t i) {
+    DF_ASSERT(i >= 0 && i < t->numel, "get: index %lld of %lld", (long long)i, (long long)t->numel);
+    return load_double(t->data, t->dtype, i);
+}
+
+bool df_tensor_same_shape(const df_tensor *a, const df_tensor *b) {
+    if (a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
+
+char *df_shape_str(const df_tensor *t, char *buf, size_t len) {
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, len - k, "[");
+    for (int i = 0; i < t->ndim && k < len; i++)
+        k += (size_t)snprintf(buf + k, len - k, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    if (k < len) snprintf(buf + k, len - k, "]");
+    return buf;
+}
+
+int df_dim_norm(const char *opname, int dim, int ndim) {
+    int d = dim < 0 ? dim + ndim : dim;
+    DF_ASSERT(d >= 0 && d < (ndim > 0 ? ndim : 1), "%s: dim %d out of range for %d dims", opname,
+              dim, ndim);
+    return d;
+}

@@ -1,0 +1,19 @@
+/* cli.h — the `diffusion` program's subcommands. Each command lives in recipes/cmd_<name>.c,
+ * takes the arguments after its name, prints its own usage on bad arguments, and returns the
+ * process exit code. Errors are one line on stderr: "diffusion: <what>: <why> (<file>[:<line>])",
+ * written with df_cli_fail. */
+#ifndef DF_RECIPES_CLI_H
+#define DF_RECIPES_CLI_H
+
+#include "autograd/autograd.h"
+
+typedef struct df_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} df_command;
+
+/* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
+int df_cli_fail(const char *what);
+
+#endif

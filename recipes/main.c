@@ -1,0 +1,27 @@
+/* main.c — the `diffusion` program: dispatches to the subcommands of recipes/cmd_*.c. */
+#include "recipes/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* One line per command; each is defined in recipes/cmd_<name>.c. */
+static const df_command commands[] = {
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: diffusion <command> [args]\n\ncommands:\n");
+    for (const df_command *c = commands; c->name; c++) fprintf(f, "  %-10s %s\n", c->name, c->summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (const df_command *c = commands; c->name; c++)
+        if (strcmp(argv[1], c->name) == 0) return c->run(argc - 2, argv + 2);
+    fprintf(stderr, "diffusion: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

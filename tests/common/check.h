@@ -1,0 +1,38 @@
+/* check.h — the shared test helpers: one closeness check with a max-diff report, a finite-
+ * difference gradient check, and fixture loading (safetensors files under tests/fixtures/). */
+#ifndef DF_TEST_CHECK_H
+#define DF_TEST_CHECK_H
+
+#include "autograd/autograd.h"
+
+#include <criterion/criterion.h>
+
+/* Asserts |got - want| <= atol + rtol * |want| elementwise over n floats. On failure prints the
+ * label, the max abs and rel differences, the first bad index and the first pairs, then fails
+ * the test. */
+void check_close_f32(const char *label, const float *got, const float *want, int64_t n,
+                     double atol, double rtol);
+/* As check_close_f32 for two tensors of equal shape (converted to F32). */
+void check_close(const char *label, const df_tensor *got, const df_tensor *want, double atol,
+                 double rtol);
+/* The relative error used by the parity issues: max |got - want| / max |want|. */
+double rel_max_err(const df_tensor *got, const df_tensor *want);
+
+/* A function under gradient check: builds an F32 output from the inputs (and user data). */
+typedef df_tensor *(*gradcheck_fn)(df_tensor **inputs, void *user);
+
+/* Finite-difference gradient check. loss = sum(out * r) for a fixed random r; each element of
+ * every input with requires_grad is perturbed by +-eps (central differences, loss accumulated
+ * in double), and the analytic gradient from df_backward must agree within atol + rtol*|num|.
+ * Inputs without requires_grad must receive no gradient. Inputs are F32 tensors the caller
+ * owns; their grads are reset. */
+void gradcheck(const char *label, gradcheck_fn fn, void *user, df_tensor **inputs, int n,
+               double eps, double atol, double rtol);
+
+/* A tensor of the given shape filled from N(0,1) by a Philox stream of `seed`. */
+df_tensor *randn_tensor(uint64_t seed, int ndim, const int64_t *shape);
+
+/* Fixtures: tests/fixtures/<relpath>. fixture_path returns a static buffer. */
+const char *fixture_path(const char *relpath);
+
+#endif
