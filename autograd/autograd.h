@@ -228,21 +228,37 @@ DF_API void df_philox_fill_uniform(df_philox *g, float *out, int64_t n);
 
 /* torch's CPU generator (mt19937) with torch's sampling algorithms, so that
  * df_torchgen_seed(g, s) followed by fills reproduces torch.manual_seed(s); torch.randn(shape)
- * / torch.rand(shape) bit for bit. */
+ * / torch.rand(shape) (float32, CPU, torch 1.13 on an AVX2 machine) bit for bit, whatever CPU we
+ * run on. Calls continue the state exactly as successive torch calls on one generator do. The
+ * struct is plain data: copying it copies the generator. Not thread-safe (one per thread). */
 typedef struct df_torchgen {
     uint32_t mt[624];
-    int mti;
-    bool has_next_normal; /* torch caches the second Box-Muller value for scalar draws */
+    int mti;              /* next word of mt to hand out; 624 = regenerate before the next draw */
+    bool has_next_normal; /* torch caches the second Box-Muller value of its scalar normal path */
     double next_normal;
-    uint64_t seed;
+    uint64_t seed;        /* as given; only its low 32 bits seed mt (as in torch) */
 } df_torchgen;
+/* torch.manual_seed(seed) / Generator.manual_seed(seed): also clears the cached normal. */
 DF_API void df_torchgen_seed(df_torchgen *g, uint64_t seed);
+/* The generator's random() (one mt19937 word) and random64() (two words, first = high half). */
 DF_API uint32_t df_torchgen_u32(df_torchgen *g);
 DF_API uint64_t df_torchgen_u64(df_torchgen *g);
-/* torch.randn(n) into out (float32). */
+/* torch.randn(n) into out (float32); any shape with n elements (only numel matters). n < 16
+ * takes torch's scalar path, which reads and refills the cached normal; n >= 16 the block
+ * Box-Muller path, which leaves the cache alone. */
 DF_API void df_torchgen_randn(df_torchgen *g, float *out, int64_t n);
-/* torch.rand(n) into out (float32). */
+/* torch.rand(n) into out (float32): the low 24 bits of one word per element, times 2^-24. */
 DF_API void df_torchgen_rand(df_torchgen *g, float *out, int64_t n);
+/* One draw of torch's scalar at::normal_distribution<double>(0, 1) (the n < 16 randn path, and
+ * torch.randn(n, dtype=torch.float64) for n < 16): the cached value if any, else a new pair. */
+DF_API double df_torchgen_normal(df_torchgen *g);
+/* Checkpoints: the whole state as DF_TORCHGEN_STATE_WORDS u32 words, laid out as mt[0..623],
+ * mti, has_next_normal, next_normal (IEEE bits, low word first), seed (low word first).
+ * restore returns DF_ERR_FORMAT (g untouched) when mti or the flag is out of range. */
+#define DF_TORCHGEN_STATE_WORDS 630
+DF_API void df_torchgen_state_save(const df_torchgen *g, uint32_t out[DF_TORCHGEN_STATE_WORDS]);
+DF_API df_status df_torchgen_state_restore(df_torchgen *g,
+                                           const uint32_t in[DF_TORCHGEN_STATE_WORDS]);
 
 /* ---------------------------------------------------------------- ops ------------------------- */
 /* Every op checks shapes (DF_ASSERT naming the op and both shapes), computes its output in F32,
