@@ -214,18 +214,29 @@ DF_API df_status df_backward_with(df_tensor *out, const df_tensor *grad_out);
 
 /* ---------------------------------------------------------------- RNG ------------------------- */
 
-/* Counter-based Philox4x32-10 stream: (key = seed, counter) fully describe the state, so a
- * checkpoint stores two integers. Independent streams come from different `stream` ids. */
+/* Counter-based Philox4x32-10 stream: block b of stream `stream` under seed `seed` is
+ * philox(counter = (b, stream) as 128 bits, key = seed). Streams of one seed are disjoint
+ * counter ranges, so they never overlap; distinct (seed, stream) pairs give distinct sequences.
+ * The state is four integers (key, stream, counter, buf_used): a checkpoint stores them and
+ * df_philox_set_state continues the stream exactly. The struct is plain data. */
 typedef struct df_philox {
-    uint64_t key;     /* seed mixed with the stream id */
-    uint64_t counter; /* number of 128-bit blocks consumed */
-    uint32_t buf[4];
+    uint64_t key;     /* the seed */
+    uint64_t stream;  /* counter words 2..3 */
+    uint64_t counter; /* counter words 0..1: 128-bit blocks consumed so far */
+    uint32_t buf[4];  /* the last block (counter - 1) */
     int buf_used;     /* words of buf already handed out (4 = empty) */
 } df_philox;
 DF_API void df_philox_init(df_philox *g, uint64_t seed, uint64_t stream);
+/* Restores a state saved from the fields key, stream, counter, buf_used (buf is recomputed).
+ * buf_used must be in 0..4, and counter > 0 when buf_used < 4 (DF_ASSERT). */
+DF_API void df_philox_set_state(df_philox *g, uint64_t key, uint64_t stream, uint64_t counter,
+                                int buf_used);
 DF_API uint32_t df_philox_u32(df_philox *g);
-DF_API float df_philox_uniform(df_philox *g);       /* [0, 1) */
-DF_API float df_philox_normal(df_philox *g);        /* N(0, 1) */
+/* [0, 1): the top 24 bits of one word times 2^-24. */
+DF_API float df_philox_uniform(df_philox *g);
+/* N(0, 1) by Box-Muller on two words; df_philox_normal keeps only the cosine value (2 words per
+ * draw), the fill uses both (cos into out[i], sin into out[i+1]). */
+DF_API float df_philox_normal(df_philox *g);
 DF_API void df_philox_fill_normal(df_philox *g, float *out, int64_t n);
 DF_API void df_philox_fill_uniform(df_philox *g, float *out, int64_t n);
 
