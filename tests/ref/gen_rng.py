@@ -9,6 +9,10 @@ One file per seed, tests/fixtures/rng/seed_<seed>.safetensors (metadata: seed, c
   randn_f64_5    torch.randn(5, dtype=float64) after manual_seed (the scalar path unrounded)
   seq            the calls CALLS in a row on one torch.Generator seeded once, flattened and
                  concatenated (the state, including the cached normal, carries across calls)
+And tests/fixtures/rng/large.safetensors: torch.randn(LARGE_N) after manual_seed(LARGE_SEED),
+stored as its first and last 64 values plus the FNV-1a 64-bit hash of all its bytes (metadata
+fnv1a64, hex): rare rounding differences (one element in thousands) show up only over many
+elements, and the whole tensor would be too big to commit.
 Run: /usr/bin/python3 tests/ref/gen_rng.py (from the repository root)."""
 import os
 
@@ -23,6 +27,8 @@ RAND_SIZES = [1, 15, 16, 100, 1000]
 # block-path calls and rand calls, and is consumed later.
 CALLS = [("randn", 7), ("randn", 100), ("randn", 3), ("rand", 5), ("randn", 16), ("randn", 1),
          ("randn", 17), ("randn", 2), ("rand", 1), ("randn", 33)]
+
+LARGE_SEED, LARGE_N = 123, 1 << 20
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "rng")
 
@@ -47,6 +53,20 @@ def main():
         calls = ",".join(f"{f}:{n}" for f, n in CALLS)
         st.save(t, os.path.join(OUT, f"seed_{seed}.safetensors"),
                 {"seed": seed, "calls": calls, "torch": torch.__version__})
+
+    torch.manual_seed(LARGE_SEED)
+    big = torch.randn(LARGE_N)
+    st.save({"head": big[:64], "tail": big[-64:]}, os.path.join(OUT, "large.safetensors"),
+            {"seed": LARGE_SEED, "n": LARGE_N, "fnv1a64": f"{fnv1a64(big.numpy().tobytes()):016x}",
+             "torch": torch.__version__})
+
+
+def fnv1a64(data):
+    """The 64-bit FNV-1a hash of a byte string."""
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+    return h
 
 
 if __name__ == "__main__":
