@@ -266,6 +266,15 @@ DF_API void df_torchgen_rand(df_torchgen *g, float *out, int64_t n);
 /* One draw of torch's scalar at::normal_distribution<double>(0, 1) (the n < 16 randn path, and
  * torch.randn(n, dtype=torch.float64) for n < 16): the cached value if any, else a new pair. */
 DF_API double df_torchgen_normal(df_torchgen *g);
+/* torch.randperm(n, generator=g) (int64) into out[n]: the order torch.utils.data.RandomSampler
+ * yields. */
+DF_API void df_torchgen_randperm(df_torchgen *g, int64_t n, int64_t *out);
+/* torch.randint(low, high, (n,), generator=g) (int64) into out[n]; low < high (DF_ASSERT). */
+DF_API void df_torchgen_randint(df_torchgen *g, int64_t low, int64_t high, int64_t *out,
+                                int64_t n);
+/* torch.empty((), dtype=torch.int64).random_(generator=g).item(): uniform in [0, 2^63) (how
+ * RandomSampler draws the seed of its own generator when given none). */
+DF_API int64_t df_torchgen_random_i64(df_torchgen *g);
 /* Checkpoints: the whole state as DF_TORCHGEN_STATE_WORDS u32 words, laid out as mt[0..623],
  * mti, has_next_normal, next_normal (IEEE bits, low word first), seed (low word first).
  * restore returns DF_ERR_FORMAT (g untouched) when mti or the flag is out of range. */

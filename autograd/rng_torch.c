@@ -238,3 +238,31 @@ df_status df_torchgen_state_restore(df_torchgen *g, const uint32_t in[DF_TORCHGE
     g->seed = (uint64_t)in[MT_N + 4] | (uint64_t)in[MT_N + 5] << 32;
     return DF_OK;
 }
+
+/* ---- integers (aten/src/ATen/native/TensorFactories.cpp randperm_cpu; uniform_int_distribution
+ * and uniform_int_from_to_distribution of DistributionsHelper.h) */
+
+void df_torchgen_randperm(df_torchgen *g, int64_t n, int64_t *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = i;
+    /* Fisher-Yates from the front: slot i takes a uniform pick of slots i..n-1 */
+    for (int64_t i = 0; i < n - 1; i++) {
+        int64_t z = (int64_t)(df_torchgen_u32(g) % (uint64_t)(n - i));
+        int64_t t = out[i];
+        out[i] = out[i + z];
+        out[i + z] = t;
+    }
+}
+
+void df_torchgen_randint(df_torchgen *g, int64_t low, int64_t high, int64_t *out, int64_t n) {
+    DF_ASSERT(low < high, "df_torchgen_randint: empty range [%lld, %lld)", (long long)low,
+              (long long)high);
+    uint64_t range = (uint64_t)high - (uint64_t)low;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t v = range >= (1ull << 32) ? df_torchgen_u64(g) : df_torchgen_u32(g);
+        out[i] = (int64_t)(v % range + (uint64_t)low);
+    }
+}
+
+int64_t df_torchgen_random_i64(df_torchgen *g) {
+    return (int64_t)(df_torchgen_u64(g) & 0x7fffffffffffffffull);
+}

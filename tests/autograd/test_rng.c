@@ -207,6 +207,42 @@ Test(autograd_rng, torchgen_call_sequence_matches_torch) {
     }
 }
 
+/* Compares int64 draws against fixture `name` (exact: integers). */
+static void check_i64(uint64_t seed, df_st_file *f, const char *name, const int64_t *got) {
+    df_tensor *want = fixture(f, name, DF_DTYPE_I64);
+    const int64_t *w = want->data;
+    for (int64_t i = 0; i < want->numel; i++)
+        cr_assert_eq(got[i], w[i], "seed %" PRIu64 " %s[%" PRId64 "]: %" PRId64 ", want %" PRId64,
+                     seed, name, i, got[i], w[i]);
+}
+
+/* randperm, randint (narrow and wide range) and random_() on int64 after manual_seed. */
+Test(autograd_rng, torchgen_integers_match_torch) {
+    static int64_t got[1000];
+    for (int s = 0; s < N_SEEDS; s++) {
+        df_scope sc = df_scope_begin();
+        df_st_file *f = open_seed_file(SEEDS[s]);
+        df_torchgen g;
+        df_torchgen_seed(&g, SEEDS[s]);
+        df_torchgen_randperm(&g, 10, got);
+        check_i64(SEEDS[s], f, "randperm_10", got);
+        df_torchgen_seed(&g, SEEDS[s]);
+        df_torchgen_randperm(&g, 1000, got);
+        check_i64(SEEDS[s], f, "randperm_1000", got);
+        df_torchgen_seed(&g, SEEDS[s]);
+        df_torchgen_randint(&g, 0, 10, got, 100);
+        check_i64(SEEDS[s], f, "randint_0_10_100", got);
+        df_torchgen_seed(&g, SEEDS[s]);
+        df_torchgen_randint(&g, -5, INT64_C(1) << 40, got, 8);
+        check_i64(SEEDS[s], f, "randint_wide_8", got);
+        df_torchgen_seed(&g, SEEDS[s]);
+        got[0] = df_torchgen_random_i64(&g);
+        check_i64(SEEDS[s], f, "random_i64", got);
+        df_st_close(f);
+        df_scope_end(sc);
+    }
+}
+
 /* The 64-bit FNV-1a hash of n bytes (as gen_rng.py computes it). */
 static uint64_t fnv1a64(const void *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;

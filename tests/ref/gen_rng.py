@@ -7,6 +7,10 @@ One file per seed, tests/fixtures/rng/seed_<seed>.safetensors (metadata: seed, c
   randn_2x3x4x4  torch.randn(2, 3, 4, 4) after manual_seed (only numel matters)
   rand_<n>       torch.rand(n) after manual_seed, n in RAND_SIZES
   randn_f64_5    torch.randn(5, dtype=float64) after manual_seed (the scalar path unrounded)
+  randperm_<n>   torch.randperm(n) after manual_seed, n in 10, 1000 (int64)
+  randint_0_10_100        torch.randint(0, 10, (100,)) after manual_seed (int64)
+  randint_wide_8          torch.randint(-5, 2**40, (8,)) after manual_seed (range >= 2^32)
+  random_i64     torch.empty((), dtype=torch.int64).random_() after manual_seed, shape (1,)
   seq            the calls CALLS in a row on one torch.Generator seeded once, flattened and
                  concatenated (the state, including the cached normal, carries across calls)
 And tests/fixtures/rng/large.safetensors: torch.randn(LARGE_N) after manual_seed(LARGE_SEED),
@@ -47,6 +51,15 @@ def main():
             t[f"rand_{n}"] = torch.rand(n)
         torch.manual_seed(seed)
         t["randn_f64_5"] = torch.randn(5, dtype=torch.float64)
+        for n in [10, 1000]:
+            torch.manual_seed(seed)
+            t[f"randperm_{n}"] = torch.randperm(n)
+        torch.manual_seed(seed)
+        t["randint_0_10_100"] = torch.randint(0, 10, (100,))
+        torch.manual_seed(seed)
+        t["randint_wide_8"] = torch.randint(-5, 2**40, (8,))
+        torch.manual_seed(seed)
+        t["random_i64"] = torch.empty((), dtype=torch.int64).random_().reshape(1)
         g = torch.Generator().manual_seed(seed)
         fns = {"randn": torch.randn, "rand": torch.rand}
         t["seq"] = torch.cat([fns[f](n, generator=g).reshape(-1) for f, n in CALLS])
