@@ -242,9 +242,11 @@ DF_API void df_philox_fill_uniform(df_philox *g, float *out, int64_t n);
 
 /* torch's CPU generator (mt19937) with torch's sampling algorithms, so that
  * df_torchgen_seed(g, s) followed by fills reproduces torch.manual_seed(s); torch.randn(shape)
- * / torch.rand(shape) (float32, CPU, torch 1.13 on an AVX2 machine) bit for bit, whatever CPU we
- * run on. Calls continue the state exactly as successive torch calls on one generator do. The
- * struct is plain data: copying it copies the generator. Not thread-safe (one per thread). */
+ * / torch.rand(shape) (float32, CPU, torch 1.13 with its default AVX2 kernels) bit for bit,
+ * whatever CPU we run on; also torch.randperm / randint. Only float32 randn/rand: float64 tensors
+ * of 16 or more elements take another torch path (not reproduced). Calls continue the state
+ * exactly as successive torch calls on one generator do. The struct is plain data: copying it
+ * copies the generator. Not thread-safe (one per thread). */
 typedef struct df_torchgen {
     uint32_t mt[624];
     int mti;              /* next word of mt to hand out; 624 = regenerate before the next draw */

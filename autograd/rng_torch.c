@@ -13,18 +13,18 @@
  * first one the high half.
  *
  * Sampling, per torch function:
- *   rand (float32):  x = (random() & 0xffffff) * 2^-24, one word per element, serially.
- *   randn, n >= 16:  (normal_fill_AVX2, the kernel torch dispatches to on an AVX2 CPU) fill all n
- *                    with float uniforms as rand does; Box-Muller on each block of 16: u1 = 1 - d[j],
- *                    u2 = d[j+8], d[j] = r cos, d[j+8] = r sin (j < 8), r = sqrt(-2 log u1),
- *                    theta = 2 pi u2, with avx_mathfun's log256_ps and sincos256_ps. When 16 does
- *                    not divide n, 16 fresh uniforms overwrite the last 16 slots and that block is
- *                    transformed again.
- *   randn, n < 16:   at::normal_distribution<double> per element: if the generator holds a cached
- *                    normal, return it (and clear it); else two 53-bit uniforms
- *                    u = (random64() & (2^53-1)) * 2^-53, r = sqrt(-2 log(1 - u2)),
- *                    theta = 2 pi u1, cache r sin theta, return r cos theta; rounded to float.
- *                    The cache survives across calls; only seeding clears it.
+ * - rand (float32): x = (random() & 0xffffff) * 2^-24, one word per element, serially.
+ * - randn, n >= 16 (normal_fill_AVX2, the kernel torch dispatches to on an AVX2 CPU): fill all n
+ *   with float uniforms as rand does, then Box-Muller on each block of 16: u1 = 1 - d[j],
+ *   u2 = d[j+8], d[j] = r cos theta, d[j+8] = r sin theta (j < 8), r = sqrt(-2 log u1),
+ *   theta = 2 pi u2, with avx_mathfun's log256_ps and sincos256_ps. When 16 does not divide n,
+ *   16 fresh uniforms overwrite the last 16 slots and that block is transformed again.
+ * - randn, n < 16: at::normal_distribution<double> per element: if the generator holds a cached
+ *   normal, return it (and clear it); else two 53-bit uniforms
+ *   u = (random64() & (2^53-1)) * 2^-53, r = sqrt(-2 log(1 - u2)), theta = 2 pi u1; cache
+ *   r sin theta, return r cos theta, rounded to float. The cache survives across calls (the
+ *   block path leaves it alone); only seeding clears it.
+ * - randperm, randint, random_() on int64: see the integer section at the end.
  *
  * The AVX2 kernel is emulated lane by lane in scalar float arithmetic so that it is exact on any
  * x86-64 CPU. GCC contracted its mul/add pairs into FMA instructions when building torch (the
@@ -32,6 +32,12 @@
  * an FMA is written with fmaf below, every other operation is a single rounded float operation.
  * This file must therefore not be compiled with FMA contraction of its own float expressions:
  * the project's -march=x86-64-v2 has no FMA, and the pragmas below keep it so if that changes.
+ * Which product of a "mul, mul, add" triple became the FMA was settled against 2^20 torch values
+ * (the hash in tests/fixtures/rng/large.safetensors); the other choice differs there.
+ *
+ * Scope: torch's AVX2 dispatch is what torch 1.13 uses on x86-64 CPUs with AVX2 (also on AVX-512
+ * CPUs, unless ATEN_CPU_CAPABILITY says otherwise). Forced to "default" or "avx512", torch itself
+ * gives randn(n >= 16) values that differ in the last bits; those variants are not reproduced.
  */
 #include "autograd/autograd.h"
 

@@ -175,8 +175,8 @@ Test(autograd_rng, torchgen_call_sequence_matches_torch) {
     static const struct {
         bool normal;
         int n;
-    } calls[] = {{true, 7},  {true, 100}, {true, 3},  {false, 5}, {true, 16},
-                 {true, 1},  {true, 17},  {true, 2},  {false, 1}, {true, 33}};
+    } calls[] = {{true, 7}, {true, 100}, {true, 3}, {false, 5}, {true, 16},
+                 {true, 1}, {true, 17},  {true, 2}, {false, 1}, {true, 33}};
     char list[256] = "";
     for (size_t k = 0; k < sizeof calls / sizeof calls[0]; k++)
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s:%d", k ? "," : "",
@@ -302,8 +302,8 @@ Test(autograd_rng, philox_known_answers) {
         uint32_t out[4];
         df_philox_block(kat[k].ctr, kat[k].key, out);
         for (int i = 0; i < 4; i++)
-            cr_assert_eq(out[i], kat[k].out[i], "vector %zu word %d: %08x, want %08x", k, i,
-                         out[i], kat[k].out[i]);
+            cr_assert_eq(out[i], kat[k].out[i], "vector %zu word %d: %08x, want %08x", k, i, out[i],
+                         kat[k].out[i]);
     }
 }
 
