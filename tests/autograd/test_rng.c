@@ -1,9 +1,9 @@
 /* test_rng.c — the generators. df_torchgen against torch 1.13 (fixtures of tests/ref/gen_rng.py,
  * compared bit for bit) and the standard's mt19937 check value; df_philox against Random123's
  * known-answer vectors for Philox4x32-10, plus its streams, state round trip and distributions.
- *
- * The fixture tests read safetensors through nn/nn.h; until that reader is merged they skip. */
+ */
 #include "autograd/rng_impl.h"
+#include "nn/nn.h"
 #include "tests/common/check.h"
 
 #include <inttypes.h>
@@ -11,13 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if __has_include("nn/nn.h")
-#include "nn/nn.h"
-#define HAVE_ST_READER 1
-#else
-#define HAVE_ST_READER 0
-#endif
 
 /* Fails unless got and want hold the same bytes (n elements of `size` bytes); reports the first
  * differing element. Bit equality, not closeness: -0 vs +0 or one ulp is a failure. */
@@ -76,8 +69,6 @@ Test(autograd_rng, torchgen_state_round_trip) {
     cr_assert_eq(df_torchgen_state_restore(&h, words), DF_ERR_FORMAT);
     cr_assert(strstr(df_last_error(), "rng_torch.c") != NULL, "message: %s", df_last_error());
 }
-
-#if HAVE_ST_READER
 
 /* The seeds of gen_rng.py. */
 static const uint64_t SEEDS[] = {0, 42, 4294967301ull /* 2^32 + 5 */,
@@ -274,14 +265,6 @@ Test(autograd_rng, torchgen_randn_large_matches_torch) {
     df_st_close(f);
     df_scope_end(sc);
 }
-
-#else
-
-Test(autograd_rng, torchgen_matches_torch) {
-    cr_skip_test("nn/nn.h (safetensors reader) not merged yet: torch fixtures not checked");
-}
-
-#endif
 
 /* ---------------------------------------------------------------- df_philox ------------------ */
 
