@@ -5,8 +5,10 @@
  *   sigmoid    y = 1 / (1 + e^-x)          ga += (g (1 - y)) y              saved: y
  *   tanh       y = tanh x                  ga += g (1 - y^2)                saved: y
  *   silu       y = x / (1 + e^-x)          ga += (g s)(1 + x (1 - s)), s = sigmoid(x)
- *   gelu       y = (x/2)(1 + erf(x/sqrt2)) ga += g (Phi(x) + x phi(x)),
- *              Phi = (1 + erf(x/sqrt2))/2, phi = e^(-x^2/2) / sqrt(2 pi)
+ *   gelu       y = x Phi(x)                ga += g (Phi(x) + x phi(x)),
+ *              Phi = erfc(-x/sqrt2)/2, phi = e^(-x^2/2) / sqrt(2 pi)
+ *              (torch writes Phi = (1 + erf(x/sqrt2))/2, which cancels for x < -3 and loses
+ *              up to 1e-3 relative there; erfc is the same function without the cancellation)
  *   gelu_tanh  y = (x/2)(1 + tanh(u)), u = b (x + k x^3), b = sqrt(2/pi), k = 0.044715
  *              ga += g ((1 + tanh u)/2 + (x/2)(1 - tanh^2 u) b (1 + 3 k x^2))
  *   quick_gelu y = x s, s = sigmoid(1.702 x)  (CLIP's QuickGELUActivation)
@@ -82,7 +84,7 @@ df_tensor *df_silu(df_tensor *a) {
 /* ------------------------------------------------------------------ gelu (erf) --------------- */
 
 static inline float gelu_grad(float g, float x) {
-    float cdf = 0.5f * (1.0f + erff(x * SQRT1_2F));
+    float cdf = 0.5f * erfcf(-x * SQRT1_2F);
     float pdf = GELU_PDF_C * expf(x * x * -0.5f);
     return g * (cdf + x * pdf);
 }
@@ -94,7 +96,7 @@ df_tensor *df_gelu(df_tensor *a) {
     df_tensor *out = df_unary_out("gelu", a);
     float *o = df_f32(out);
     const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = x[i] * 0.5f * (1.0f + erff(x[i] * SQRT1_2F)));
+    DF_EW_LOOP(a->numel, o[i] = x[i] * 0.5f * erfcf(-x[i] * SQRT1_2F));
     df_unary_record(&gelu_op, a, out, false, &NONE, sizeof NONE);
     return out;
 }
