@@ -83,7 +83,7 @@ typedef struct df_dnnl_arg_spec {
     dnnl_memory_desc_t user; /* the plain layout of our tensor */
 } df_dnnl_arg_spec;
 
-#define DF_DNNL_MAX_ARGS 8
+#define DF_DNNL_MAX_ARGS 10
 
 /* Builds a primitive: creates *pd and fills args[0..*n_args) (the order in which
  * df_dnnl_prim_run takes data pointers). Runs without the cache lock held, so it may itself get
