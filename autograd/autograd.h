@@ -128,6 +128,9 @@ typedef struct df_tensor {
  * out of memory here is fatal (DF_ASSERT), as the step cannot continue. Values of df_tensor_new
  * are uninitialised. ndim may be 0 (a scalar). */
 DF_API df_tensor *df_tensor_new(df_dtype dt, int ndim, const int64_t *shape);
+/* As df_tensor_new, but the reference always belongs to the caller, even inside a scope (for
+ * parameters and other long-lived state). */
+DF_API df_tensor *df_tensor_new_owned(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_zeros(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_ones(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_full(df_dtype dt, int ndim, const int64_t *shape, double value);
