@@ -117,6 +117,9 @@ Test(autograd_permute, planned_copy_matches_reference) {
     /* attention head split and merge, large enough to take the threaded path */
     check_layout(10, DF_DIMS(2, 77, 8, 40), (int[]){0, 2, 1, 3});
     check_layout(11, DF_DIMS(2, 8, 77, 40), (int[]){0, 2, 1, 3});
+    /* row copies split unevenly between threads, and an odometer carrying over 4 outer dims */
+    check_layout(23, DF_DIMS(3, 67, 5, 40), (int[]){0, 2, 1, 3});
+    check_layout(24, DF_DIMS(5, 6, 7, 8, 30), (int[]){2, 0, 3, 1, 4});
     /* NCHW <-> NHWC with partial tiles (C = 35, HW = 9 * 11) */
     check_layout(12, DF_DIMS(3, 35, 9, 11), (int[]){0, 2, 3, 1});
     check_layout(13, DF_DIMS(3, 9, 11, 35), (int[]){0, 3, 1, 2});
