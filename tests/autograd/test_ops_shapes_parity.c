@@ -6,7 +6,6 @@
  * may differ from torch's by an ulp (rtol 1e-6 plus atol 1e-7 for sums that cancel). */
 #include "tests/common/check.h"
 
-#if __has_include("nn/nn.h")
 #include "nn/nn.h"
 
 #include <stdio.h>
@@ -23,14 +22,6 @@ typedef struct parity_case {
     df_tensor *in[MAX_INPUTS];
     bool has_grad[MAX_INPUTS];
 } parity_case;
-
-static df_st_file *open_fixture(const char *file) {
-    char rel[128];
-    snprintf(rel, sizeof rel, "ops_shapes/%s", file);
-    df_st_file *f = NULL;
-    cr_assert(df_st_open(fixture_path(rel), &f) == DF_OK, "open %s: %s", rel, df_last_error());
-    return f;
-}
 
 /* The fixture tensor <case>.<what> in its stored dtype, or NULL when absent. */
 static df_tensor *case_tensor(const parity_case *c, const char *what) {
@@ -108,7 +99,9 @@ static void case_check(parity_case *c, df_tensor *out, double grad_atol, double 
 
 /* Runs fn over every case listed in the file's "cases" metadata. */
 static void for_each_case(const char *file, void (*fn)(parity_case *c)) {
-    df_st_file *f = open_fixture(file);
+    char rel[128];
+    snprintf(rel, sizeof rel, "ops_shapes/%s", file);
+    df_st_file *f = fixture_open(rel); /* cached by the helper: not closed here */
     const char *cases = df_st_metadata(f, "cases");
     cr_assert(cases != NULL, "%s: no cases", file);
     char list[512];
@@ -124,7 +117,6 @@ static void for_each_case(const char *file, void (*fn)(parity_case *c)) {
         n_run++;
     }
     cr_assert(n_run > 0, "%s: no cases ran", file);
-    df_st_close(f);
 }
 
 static void concat_case(parity_case *c) {
@@ -179,11 +171,3 @@ Test(autograd_ops_shapes_parity, permute_and_transpose) {
 Test(autograd_ops_shapes_parity, embedding) {
     for_each_case("embedding.safetensors", embedding_case);
 }
-
-#else /* the nn/ safetensors reader has not been merged into this branch yet */
-
-Test(autograd_ops_shapes_parity, needs_nn_safetensors_reader) {
-    cr_skip_test("nn/nn.h (safetensors reader) not available: parity with PyTorch not checked");
-}
-
-#endif
