@@ -136,10 +136,11 @@ static const char *canonical_name(const char *key, char *buf, size_t len) {
 }
 
 /* Loads every key of one open file that names a registered parameter; marks them in `seen`. */
-static df_status load_file(df_params *r, const df_st_file *f, const char *path, bool *seen,
-                           int *n_unexpected) {
-    for (int i = 0; i < df_st_count(f); i++) {
-        const df_st_info *info = df_st_info_at(f, i);
+static df_status load_set(df_params *r, const df_st_set *set, const char *path, bool *seen,
+                          int *n_unexpected) {
+    for (int i = 0; i < df_st_set_count(set); i++) {
+        const df_st_file *f;
+        const df_st_info *info = df_st_set_info_at(set, i, &f);
         char buf[DF_NAME_MAX];
         const char *name = canonical_name(info->name, buf, sizeof buf);
         if (!name) continue;
@@ -178,10 +179,10 @@ df_status df_params_load(df_params *r, const char *path, int *n_unexpected_out) 
     if (!seen) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
     int n_unexpected = 0;
     df_status st = DF_OK;
-    df_st_file *f = NULL;
-    st = df_st_open(path, &f);
-    if (st == DF_OK) st = load_file(r, f, path, seen, &n_unexpected);
-    df_st_close(f);
+    df_st_set *set = NULL;
+    st = df_st_set_open(path, &set);
+    if (st == DF_OK) st = load_set(r, set, path, seen, &n_unexpected);
+    df_st_set_close(set);
     for (int i = 0; st == DF_OK && i < r->n; i++)
         if (!seen[i])
             st = df_error(DF_ERR_NOTFOUND, "%s: missing tensor '%s'", path, r->items[i].name);
