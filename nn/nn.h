@@ -547,4 +547,34 @@ DF_API void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor *
 /* z (N, latent, h, w) -> image (N, out, H, W). No scaling_factor is applied. */
 DF_API df_tensor *df_vae_decode(df_vae *m, df_tensor *z);
 
+/* ================================================================ components ================= */
+
+/* A tensor with a name (borrowed). */
+typedef struct df_named {
+    const char *name;
+    df_tensor *tensor;
+} df_named;
+
+#define DF_COMPONENT_MAX_OUTPUTS 8
+
+/* A diffusers component folder loaded as the model its config's _class_name names. */
+typedef struct df_component {
+    char class_name[DF_JSON_STR];
+    df_unet2d *unet2d;           /* exactly one of these is set */
+    df_unet2d_cond *unet2d_cond;
+    df_vae *vae;
+    df_params *params;           /* the model's registry */
+} df_component;
+
+/* Loads DIR/config.json and the weights (DIR/diffusion_pytorch_model.safetensors or its
+ * .index.json). Errors name the file and the field or tensor. Free with df_component_free even
+ * on failure. */
+DF_API df_status df_component_load(const char *dir, df_component *c);
+DF_API void df_component_free(df_component *c);
+/* Runs the model on named inputs (see component.c for the names) and fills outputs (at most
+ * DF_COMPONENT_MAX_OUTPUTS, names static, tensors under the scope rule). A missing or
+ * mis-shaped input is DF_ERR_NOTFOUND / DF_ERR_INVALID naming it. */
+DF_API df_status df_component_forward(df_component *c, const df_named *inputs, int n_inputs,
+                                      df_named *outputs, int *n_outputs);
+
 #endif
