@@ -13,6 +13,8 @@ typedef struct df_command {
     int (*run)(int argc, char **argv);
 } df_command;
 
+int df_cmd_forward(int argc, char **argv);
+
 /* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
 int df_cli_fail(const char *what);
 

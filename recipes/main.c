@@ -6,6 +6,7 @@
 
 /* One line per command; each is defined in recipes/cmd_<name>.c. */
 static const df_command commands[] = {
+    {"forward", "run a diffusers component on named inputs (and backward)", df_cmd_forward},
     {NULL, NULL, NULL},
 };
 
