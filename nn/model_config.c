@@ -163,11 +163,15 @@ static df_status unet2d_fields(const df_json *j, df_unet2d_config *c) {
     return check_groups(j, c->norm_num_groups, c->block_out_channels, c->n_blocks);
 }
 
+df_status df_unet2d_config_from_json(const df_json *j, df_unet2d_config *c) {
+    *c = df_unet2d_config_default();
+    return unet2d_fields(j, c);
+}
+
 df_status df_unet2d_config_load(const char *path, df_unet2d_config *c) {
     df_json j;
-    *c = df_unet2d_config_default();
     DF_TRY(df_json_load(path, &j));
-    df_status st = unet2d_fields(&j, c);
+    df_status st = df_unet2d_config_from_json(&j, c);
     df_json_free(&j);
     return st;
 }
@@ -234,11 +238,15 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
     return check_groups(j, c->norm_num_groups, c->block_out_channels, n);
 }
 
+df_status df_unet2d_cond_config_from_json(const df_json *j, df_unet2d_cond_config *c) {
+    *c = df_unet2d_cond_config_default();
+    return unet2d_cond_fields(j, c);
+}
+
 df_status df_unet2d_cond_config_load(const char *path, df_unet2d_cond_config *c) {
     df_json j;
-    *c = df_unet2d_cond_config_default();
     DF_TRY(df_json_load(path, &j));
-    df_status st = unet2d_cond_fields(&j, c);
+    df_status st = df_unet2d_cond_config_from_json(&j, c);
     df_json_free(&j);
     return st;
 }
@@ -267,11 +275,15 @@ static df_status vae_fields(const df_json *j, df_vae_config *c) {
     return check_groups(j, c->norm_num_groups, c->block_out_channels, c->n_blocks);
 }
 
+df_status df_vae_config_from_json(const df_json *j, df_vae_config *c) {
+    *c = df_vae_config_default();
+    return vae_fields(j, c);
+}
+
 df_status df_vae_config_load(const char *path, df_vae_config *c) {
     df_json j;
-    *c = df_vae_config_default();
     DF_TRY(df_json_load(path, &j));
-    df_status st = vae_fields(&j, c);
+    df_status st = df_vae_config_from_json(&j, c);
     df_json_free(&j);
     return st;
 }

@@ -485,6 +485,10 @@ DF_API df_vae_config df_vae_config_default(void);
 DF_API df_status df_unet2d_config_load(const char *path, df_unet2d_config *c);
 DF_API df_status df_unet2d_cond_config_load(const char *path, df_unet2d_cond_config *c);
 DF_API df_status df_vae_config_load(const char *path, df_vae_config *c);
+/* The same over an already parsed config (the file's label is j->path). */
+DF_API df_status df_unet2d_config_from_json(const df_json *j, df_unet2d_config *c);
+DF_API df_status df_unet2d_cond_config_from_json(const df_json *j, df_unet2d_cond_config *c);
+DF_API df_status df_vae_config_from_json(const df_json *j, df_vae_config *c);
 
 typedef struct df_unet2d {
     df_unet2d_config config;
