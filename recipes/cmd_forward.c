@@ -1,8 +1,9 @@
 /* cmd_forward.c — `diffusion forward COMPONENT_DIR --inputs in.safetensors --out out.safetensors
  * [--backward probe.safetensors [--grads grads.safetensors]]`: runs one diffusers component on
  * named inputs and writes its named outputs; with --backward, the loss is the sum over every
- * output with a probe of sum(output * probe) (a probe tensor is named like its output, or
- * `probe.<output>`, or `probe` for `sample`), and --grads receives every parameter's gradient
+ * output with a probe of sum(output * probe) (the probe of output X is the tensor
+ * `probe.X`, else `probe` when X is `sample`, else `X`: so a diffusers fixture's inputs file,
+ * which holds both `sample` and `probe`, serves as its own probe file), and --grads receives every parameter's gradient
  * under its diffusers name and every float input's as `input.<name>`. The user's tool for
  * checking a port, and ours for parity with diffusers. */
 #include "nn/nn.h"
@@ -22,10 +23,10 @@ static int usage(void) {
 
 /* The probe for output `name` in the probe file, or NULL. */
 static const char *probe_name(const df_st_file *probes, const char *name, char *buf, size_t len) {
-    if (df_st_find(probes, name)) return name;
     snprintf(buf, len, "probe.%s", name);
     if (df_st_find(probes, buf)) return buf;
     if (strcmp(name, "sample") == 0 && df_st_find(probes, "probe")) return "probe";
+    if (df_st_find(probes, name)) return name;
     return NULL;
 }
 
