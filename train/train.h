@@ -1,0 +1,84 @@
+/* train.h — the public interface of train/: the YAML run configuration (and later the trainer,
+ * checkpoints, signals, logging and MPI).
+ *
+ * Config: a recipe declares a schema — every key with its type, default, allowed range or
+ * choices and a one-line doc. Values come from the defaults, then a YAML file (nested mappings
+ * flatten to dotted keys: `model: {layers_per_block: 2}` is `model.layers_per_block`), then
+ * `key.sub=value` overrides. An unknown key, a wrong type or an out-of-range value is an error
+ * "<file>:<line>: <key>: <why>" (with the closest valid key for a misspelling). Only train/ and
+ * recipes/ read YAML; library modules take plain structs.
+ */
+#ifndef DF_TRAIN_H
+#define DF_TRAIN_H
+
+#include "autograd/autograd.h"
+
+#include <stdio.h>
+
+typedef enum df_cfg_type {
+    DF_CFG_INT = 0,
+    DF_CFG_FLOAT,
+    DF_CFG_BOOL,
+    DF_CFG_STRING,
+    DF_CFG_INT_LIST,
+    DF_CFG_STRING_LIST,
+} df_cfg_type;
+
+/* One key of a schema. Numbers must lie in [min, max] (both 0: unbounded); strings with
+ * `choices` ("a|b|c") must be one of them. `def` is the default written as YAML text (NULL: the
+ * key has no default and is "unset" until given: a string "" / empty list). */
+typedef struct df_cfg_field {
+    const char *key;
+    df_cfg_type type;
+    const char *def;
+    double min, max;
+    const char *choices;
+    const char *doc;
+} df_cfg_field;
+
+#define DF_CFG_MAX_LIST 16
+#define DF_CFG_ORIGIN 300
+
+typedef struct df_cfg_value {
+    double num;                       /* INT, FLOAT, BOOL (0/1) */
+    char *str;                        /* STRING (owned) */
+    int n;                            /* list length */
+    double nums[DF_CFG_MAX_LIST];     /* INT_LIST */
+    char *strs[DF_CFG_MAX_LIST];      /* STRING_LIST (owned) */
+    char origin[DF_CFG_ORIGIN];       /* "default", "<file>:<line>" or "command line" */
+} df_cfg_value;
+
+typedef struct df_config {
+    const df_cfg_field *schema; /* borrowed: static recipe tables */
+    int n;
+    df_cfg_value *values;
+} df_config;
+
+/* A config holding every field's default. The schema must be valid (asserted: defaults parse
+ * and lie in range). Free with df_config_free. */
+DF_API void df_config_init(df_config *c, const df_cfg_field *schema, int n);
+DF_API void df_config_free(df_config *c);
+/* Merges a YAML file (a mapping, nested mappings flattened with dots). Errors name file:line. */
+DF_API df_status df_config_load_yaml(df_config *c, const char *path);
+/* Merges YAML text (label names it in errors). */
+DF_API df_status df_config_load_yaml_text(df_config *c, const char *text, size_t len,
+                                          const char *label);
+/* Applies one "key.sub=value" override (value parsed as YAML: `[1, 2]` for lists). */
+DF_API df_status df_config_set(df_config *c, const char *assignment);
+/* Typed reads of a key that must exist in the schema with that type (asserted). */
+DF_API int64_t df_config_int(const df_config *c, const char *key);
+DF_API double df_config_float(const df_config *c, const char *key);
+DF_API bool df_config_bool(const df_config *c, const char *key);
+DF_API const char *df_config_str(const df_config *c, const char *key); /* borrowed */
+DF_API int df_config_list(const df_config *c, const char *key, int64_t *out, int max);
+DF_API int df_config_str_list(const df_config *c, const char *key, const char **out, int max);
+/* Writes the resolved config as YAML (nested by dots, schema order, one comment per key giving
+ * its origin when `with_origin`). */
+DF_API void df_config_write(const df_config *c, FILE *f, bool with_origin);
+DF_API df_status df_config_save(const df_config *c, const char *path);
+/* FNV-1a 64 of the resolved values (keys in schema order), for checkpoint compatibility. */
+DF_API uint64_t df_config_hash(const df_config *c);
+/* The schema as a Markdown table (key, type, default, allowed, doc), for the README. */
+DF_API void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f);
+
+#endif
