@@ -81,4 +81,49 @@ DF_API uint64_t df_config_hash(const df_config *c);
 /* The schema as a Markdown table (key, type, default, allowed, doc), for the README. */
 DF_API void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f);
 
+/* ================================================================ files and checksums ====== */
+
+#define DF_PATH_MAX 4096
+
+/* CRC-32C (Castagnoli) of n bytes, and its running form (start with crc = 0). */
+DF_API uint32_t df_crc32c(const void *data, size_t n);
+DF_API uint32_t df_crc32c_update(uint32_t crc, const void *data, size_t n);
+/* snprintf into a path buffer; DF_ERR_INVALID when it does not fit. */
+DF_API df_status df_pathf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* mkdir -p. */
+DF_API df_status df_mkdirs(const char *path);
+/* rm -rf (no error when absent). */
+DF_API df_status df_remove_tree(const char *path);
+
+/* ================================================================ checkpoints ============== */
+
+#define DF_CKPT_MAX_FILES 64
+
+/* A checkpoint being written (see checkpoint.c for the protocol). */
+typedef struct df_ckpt_writer {
+    int64_t step;
+    char run_dir[DF_PATH_MAX], tmp_dir[DF_PATH_MAX], final_dir[DF_PATH_MAX];
+    char files[DF_CKPT_MAX_FILES][256];
+    int n_files;
+} df_ckpt_writer;
+
+/* Starts checkpoint `step` of run_dir in a fresh temporary folder. */
+DF_API df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step);
+/* Registers file `rel` (a relative path, folders allowed) and puts the path to write it at into
+ * path; creates its folder. The caller writes the file there before commit. */
+DF_API df_status df_ckpt_file(df_ckpt_writer *w, const char *rel, char *path, size_t len);
+/* Makes the checkpoint durable and visible (fsync, DONE, rename, fsync), then keeps only the
+ * newest keep_last checkpoints (0 = keep all). On failure the temporary folder is removed and
+ * earlier checkpoints are untouched. */
+DF_API df_status df_ckpt_commit(df_ckpt_writer *w, int keep_last);
+/* Removes the temporary folder (keeps the thread's error message). */
+DF_API void df_ckpt_abort(df_ckpt_writer *w);
+/* DF_OK when dir has a DONE whose every file matches its size and checksum; otherwise
+ * DF_ERR_FORMAT naming the first problem. */
+DF_API df_status df_ckpt_verify(const char *dir);
+/* The steps of run_dir's checkpoint-<step> folders, ascending (at most max); returns the count. */
+DF_API int df_ckpt_list(const char *run_dir, int64_t *steps, int max);
+/* The newest checkpoint of run_dir that verifies, warning about each damaged newer one. */
+DF_API df_status df_ckpt_find_latest(const char *run_dir, char *out, size_t len);
+
 #endif
