@@ -126,4 +126,21 @@ DF_API int df_ckpt_list(const char *run_dir, int64_t *steps, int max);
 /* The newest checkpoint of run_dir that verifies, warning about each damaged newer one. */
 DF_API df_status df_ckpt_find_latest(const char *run_dir, char *out, size_t len);
 
+/* ================================================================ TensorBoard ============== */
+
+/* An events.out.tfevents.* file (see tensorboard.c for the format). */
+typedef struct df_tb_writer {
+    FILE *f;
+    char path[DF_PATH_MAX];
+} df_tb_writer;
+
+/* Creates logdir and a new event file in it (with the file_version event). */
+DF_API df_status df_tb_open(df_tb_writer *w, const char *logdir);
+/* Appends a scalar summary (flushed). */
+DF_API df_status df_tb_scalar(df_tb_writer *w, const char *tag, int64_t step, double value);
+/* Appends an image summary: PNG bytes of a height x width image with `channels` channels. */
+DF_API df_status df_tb_image(df_tb_writer *w, const char *tag, int64_t step, int height, int width,
+                             int channels, const void *png, size_t png_len);
+DF_API void df_tb_close(df_tb_writer *w);
+
 #endif
