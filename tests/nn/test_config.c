@@ -4,6 +4,8 @@
 #include "nn/nn.h"
 #include "tests/common/check.h"
 
+#include <cjson/cJSON.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,4 +152,22 @@ Test(nn_config, load_rules) {
     df_tensor_free(wrong);
     df_tensor_free(extra);
     df_params_free(&r);
+}
+
+Test(nn_config, unet2d_config_round_trip) {
+    df_unet2d_config c, back;
+    cr_assert_eq(df_unet2d_config_load(fixture_path("models/unet2d_tiny/config.json"), &c), DF_OK);
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", tmpdir);
+    cr_assert_eq(df_unet2d_config_save(&c, path), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_unet2d_config_load(path, &back), DF_OK, "%s", df_last_error());
+    cr_assert_eq(memcmp(&c, &back, sizeof c), 0, "config changed in a save/load round trip");
+    /* the written file has the same keys and values as the one diffusers wrote */
+    df_json a, b;
+    cr_assert_eq(df_json_load(fixture_path("models/unet2d_tiny/config.json"), &a), DF_OK);
+    cr_assert_eq(df_json_load(path, &b), DF_OK);
+    cr_assert(cJSON_Compare((const cJSON *)a.root, (const cJSON *)b.root, true),
+              "written config.json differs from diffusers'");
+    df_json_free(&a);
+    df_json_free(&b);
 }
