@@ -21,6 +21,18 @@ static cJSON *int_array(const int *items, int n) {
     return cJSON_CreateIntArray(items, n);
 }
 
+/* The shortest decimal that reads back as the float v (1e-05, not 9.99999974738e-06), as
+ * Python prints the value diffusers stored. */
+static double shortest(float v) {
+    char buf[32];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+        double d = strtod(buf, NULL);
+        if ((float)d == v) return d;
+    }
+    return (double)v;
+}
+
 /* Writes obj to path (pretty, trailing newline) and frees obj. */
 static df_status write_json(cJSON *obj, const char *path) {
     char *text = obj ? cJSON_Print(obj) : NULL;
@@ -53,13 +65,13 @@ df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path) {
     cJSON_AddItemToObject(o, "down_block_types", string_array((char(*)[DF_JSON_STR])c->down_block_types, c->n_blocks));
     cJSON_AddNumberToObject(o, "downsample_padding", c->downsample_padding);
     cJSON_AddStringToObject(o, "downsample_type", "conv");
-    cJSON_AddNumberToObject(o, "dropout", c->dropout);
+    cJSON_AddNumberToObject(o, "dropout", shortest(c->dropout));
     cJSON_AddBoolToObject(o, "flip_sin_to_cos", c->flip_sin_to_cos);
     cJSON_AddNumberToObject(o, "freq_shift", c->freq_shift);
     cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
     cJSON_AddNumberToObject(o, "layers_per_block", c->layers_per_block);
-    cJSON_AddNumberToObject(o, "mid_block_scale_factor", c->mid_block_scale_factor);
-    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
+    cJSON_AddNumberToObject(o, "mid_block_scale_factor", shortest(c->mid_block_scale_factor));
+    cJSON_AddNumberToObject(o, "norm_eps", shortest(c->norm_eps));
     cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
     cJSON_AddNullToObject(o, "num_class_embeds");
     cJSON_AddNumberToObject(o, "out_channels", c->out_channels);
