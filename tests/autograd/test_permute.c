@@ -157,6 +157,16 @@ Test(autograd_permute, every_element_size) {
     df_scope_end(s);
 }
 
+/* A scalar takes dim 0 or -1 (torch.transpose(torch.tensor(2.), -1, 0) is the scalar). */
+Test(autograd_permute, scalar_transpose) {
+    df_scope s = df_scope_begin();
+    df_tensor *a = df_full(DF_DTYPE_F32, 0, NULL, 2.5);
+    df_tensor *t = df_transpose(a, -1, 0);
+    cr_assert(t->ndim == 0 && t->numel == 1);
+    check_close("scalar transpose", t, a, 0, 0);
+    df_scope_end(s);
+}
+
 Test(autograd_permute, repeated_dim_asserts, .signal = SIGABRT) {
     df_tensor *a = df_zeros(DF_DTYPE_F32, DF_DIMS(2, 3, 4));
     df_permute(a, (int[]){0, 2, -1});
