@@ -34,10 +34,10 @@ typedef struct permute_params {
 
 /* A copy of a permuted source into a contiguous output, after coalescing. */
 typedef struct perm_plan {
-    int k;                          /* dims after coalescing */
-    int64_t shape[DF_MAX_DIMS];     /* output shape */
-    int64_t istride[DF_MAX_DIMS];   /* source stride (elements) of each output dim */
-    int64_t ostride[DF_MAX_DIMS];   /* output stride (contiguous) */
+    int k;                        /* dims after coalescing */
+    int64_t shape[DF_MAX_DIMS];   /* output shape */
+    int64_t istride[DF_MAX_DIMS]; /* source stride (elements) of each output dim */
+    int64_t ostride[DF_MAX_DIMS]; /* output stride (contiguous) */
     int64_t numel;
 } perm_plan;
 
@@ -123,10 +123,10 @@ static void rows_run(const perm_plan *p, const void *src, void *dst, size_t es, 
 }
 
 /* One na x nc block of the batched transpose: d[a * oq + c] OP s[a + c * sl]. */
-#define DEFINE_BLOCK(NAME, T, OP)                                                                 \
-    static inline void NAME(const T *s, int64_t sl, T *d, int64_t oq, int64_t na, int64_t nc) {  \
-        for (int64_t a = 0; a < na; a++)                                                          \
-            for (int64_t c = 0; c < nc; c++) d[a * oq + c] OP s[a + c * sl];                      \
+#define DEFINE_BLOCK(NAME, T, OP)                                                                  \
+    static inline void NAME(const T *s, int64_t sl, T *d, int64_t oq, int64_t na, int64_t nc) {    \
+        for (int64_t a = 0; a < na; a++)                                                           \
+            for (int64_t c = 0; c < nc; c++) d[a * oq + c] OP s[a + c * sl];                       \
     }
 
 DEFINE_BLOCK(block_copy8, uint8_t, =)
@@ -175,8 +175,7 @@ static inline void block_sse(const float *s, int64_t sl, float *d, int64_t oq, i
 /* Batched transpose between output dim Q (source stride 1) and the innermost output dim L:
  * each task is one batch index and one band of TILE rows along Q, walked in TILE x TILE blocks
  * so that both the rows read and the rows written stay in L1. */
-static void tiles_run(const perm_plan *p, int Q, const void *src, void *dst, size_t es,
-                      bool add) {
+static void tiles_run(const perm_plan *p, int Q, const void *src, void *dst, size_t es, bool add) {
     int L = p->k - 1;
     int64_t nq = p->shape[Q], nl = p->shape[L], sl = p->istride[L], oq = p->ostride[Q];
     int64_t nbands = (nq + TILE - 1) / TILE, nbatch = p->numel / (nq * nl);
@@ -192,15 +191,29 @@ static void tiles_run(const perm_plan *p, int Q, const void *src, void *dst, siz
             int64_t nc = c0 + TILE < nl ? TILE : nl - c0, s0 = si + c0 * sl, d0 = so + c0;
             switch (add ? 0 : es) {
 #ifdef __SSE2__
-            case 0: block_sse((const float *)src + s0, sl, (float *)dst + d0, oq, na, nc, true); break;
-            case 4: block_sse((const float *)src + s0, sl, (float *)dst + d0, oq, na, nc, false); break;
+            case 0:
+                block_sse((const float *)src + s0, sl, (float *)dst + d0, oq, na, nc, true);
+                break;
+            case 4:
+                block_sse((const float *)src + s0, sl, (float *)dst + d0, oq, na, nc, false);
+                break;
 #else
-            case 0: block_add_f32((const float *)src + s0, sl, (float *)dst + d0, oq, na, nc); break;
-            case 4: block_copy32((const uint32_t *)src + s0, sl, (uint32_t *)dst + d0, oq, na, nc); break;
+            case 0:
+                block_add_f32((const float *)src + s0, sl, (float *)dst + d0, oq, na, nc);
+                break;
+            case 4:
+                block_copy32((const uint32_t *)src + s0, sl, (uint32_t *)dst + d0, oq, na, nc);
+                break;
 #endif
-            case 2: block_copy16((const uint16_t *)src + s0, sl, (uint16_t *)dst + d0, oq, na, nc); break;
-            case 8: block_copy64((const uint64_t *)src + s0, sl, (uint64_t *)dst + d0, oq, na, nc); break;
-            default: block_copy8((const uint8_t *)src + s0, sl, (uint8_t *)dst + d0, oq, na, nc); break;
+            case 2:
+                block_copy16((const uint16_t *)src + s0, sl, (uint16_t *)dst + d0, oq, na, nc);
+                break;
+            case 8:
+                block_copy64((const uint64_t *)src + s0, sl, (uint64_t *)dst + d0, oq, na, nc);
+                break;
+            default:
+                block_copy8((const uint8_t *)src + s0, sl, (uint8_t *)dst + d0, oq, na, nc);
+                break;
             }
         }
     }
@@ -213,8 +226,10 @@ static void permute_run(const void *src, void *dst, size_t es, int ndim, const i
     plan_make(&p, ndim, shape, perm);
     if (p.numel == 0) return;
     if (p.k == 0) { /* all dims of size 1: one element */
-        if (add) *(float *)dst += *(const float *)src;
-        else memcpy(dst, src, es);
+        if (add)
+            *(float *)dst += *(const float *)src;
+        else
+            memcpy(dst, src, es);
         return;
     }
     if (p.istride[p.k - 1] == 1) {

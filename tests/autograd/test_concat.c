@@ -109,8 +109,7 @@ Test(autograd_concat, forward_values) {
     check_close("concat dim 1", out, want, 0, 0);
     cr_assert(!out->requires_grad && out->node == NULL, "no input requires grad: no node");
     df_tensor *out0 = df_concat((df_tensor *[]){a, b, b}, 3, -1);
-    df_tensor *want0 =
-        df_from_data(DF_DTYPE_F32, DF_DIMS(2, 4), (float[]){1, 2, 5, 5, 3, 4, 6, 6});
+    df_tensor *want0 = df_from_data(DF_DTYPE_F32, DF_DIMS(2, 4), (float[]){1, 2, 5, 5, 3, 4, 6, 6});
     check_close("concat dim -1", out0, want0, 0, 0);
     df_scope_end(s);
 }
@@ -132,8 +131,8 @@ Test(autograd_concat, integer_dtype_and_large_parallel) {
     for (int64_t o = 0; o < 64; o++)
         for (int64_t j = 0; j < 64; j++)
             for (int64_t r = 0; r < 16; r++)
-                df_f32(ref)[(o * 64 + j) * 16 + r] =
-                    j < 40 ? df_f32(x)[(o * 40 + j) * 16 + r] : df_f32(y)[(o * 24 + j - 40) * 16 + r];
+                df_f32(ref)[(o * 64 + j) * 16 + r] = j < 40 ? df_f32(x)[(o * 40 + j) * 16 + r]
+                                                            : df_f32(y)[(o * 24 + j - 40) * 16 + r];
     check_close("concat large", z, ref, 0, 0);
     df_scope_end(s);
 }
