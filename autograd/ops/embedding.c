@@ -35,7 +35,8 @@ static void embedding_backward(df_node *n, const df_tensor *g) {
     int64_t m = ids->numel, D = gt->shape[1];
     const float *src = df_f32(g);
     float *dst = df_f32(gt);
-    /* columns in blocks of 16 floats (one cache line) so threads never share a line */
+    /* columns in blocks of 16 floats (a cache line when D is a multiple of 16), split between
+     * threads; every thread walks all ids in order */
     int64_t nblocks = (D + 15) / 16;
     bool par = g->numel >= DF_PAR_MIN_ELEMS && nblocks > 1;
 #pragma omp parallel for schedule(static) if (par)
