@@ -19,6 +19,23 @@ typedef struct concat_params {
     int dim; /* normalised */
 } concat_params;
 
+/* out = the inputs laid side by side along dim d, one memcpy per (input, outer row). */
+static void concat_forward(df_tensor *out, df_tensor *const *ts, int n, int d) {
+    size_t es = df_dtype_size(out->dtype);
+    int64_t outer = df_dims_outer(out->shape, d), inner = df_dims_inner(out->ndim, out->shape, d);
+    size_t orow = (size_t)(out->shape[d] * inner) * es; /* bytes of one output row */
+    char *dst = out->data;
+#pragma omp parallel for schedule(static) if (out->numel >= DF_PAR_MIN_ELEMS)
+    for (int64_t o = 0; o < outer; o++) {
+        size_t off = (size_t)o * orow;
+        for (int i = 0; i < n; i++) {
+            size_t row = (size_t)(ts[i]->shape[d] * inner) * es;
+            memcpy(dst + off, (const char *)ts[i]->data + (size_t)o * row, row);
+            off += row;
+        }
+    }
+}
+
 static void concat_backward(df_node *n, const df_tensor *g) {
     int d = ((const concat_params *)n->state)->dim;
     int64_t outer = df_dims_outer(g->shape, d), inner = df_dims_inner(g->ndim, g->shape, d);
@@ -64,19 +81,7 @@ df_tensor *df_concat(df_tensor **ts, int n, int dim) {
         shape[d] += t->shape[d];
     }
     df_tensor *out = df_tensor_new(a->dtype, a->ndim, shape);
-    size_t es = df_dtype_size(a->dtype);
-    int64_t outer = df_dims_outer(shape, d), inner = df_dims_inner(a->ndim, shape, d);
-    size_t orow = (size_t)(shape[d] * inner) * es; /* bytes of one output row */
-    char *dst = out->data;
-#pragma omp parallel for schedule(static) if (out->numel >= DF_PAR_MIN_ELEMS)
-    for (int64_t o = 0; o < outer; o++) {
-        size_t off = (size_t)o * orow;
-        for (int i = 0; i < n; i++) {
-            size_t row = (size_t)(ts[i]->shape[d] * inner) * es;
-            memcpy(dst + off, (const char *)ts[i]->data + (size_t)o * row, row);
-            off += row;
-        }
-    }
+    concat_forward(out, ts, n, d);
     df_node *node = df_node_new(&concat_op, out, n, ts, sizeof(concat_params));
     if (node) ((concat_params *)node->state)->dim = d;
     return out;

@@ -18,6 +18,16 @@ static inline int64_t id_at(const df_tensor *ids, int64_t i) {
                                       : ((const int32_t *)ids->data)[i];
 }
 
+/* out[i, :] = table[ids[i], :] (ids already checked). */
+static void embedding_forward(df_tensor *out, const df_tensor *ids, const df_tensor *table) {
+    int64_t D = table->shape[1];
+    const float *tab = df_f32(table);
+    float *dst = df_f32(out);
+#pragma omp parallel for schedule(static) if (out->numel >= DF_PAR_MIN_ELEMS)
+    for (int64_t i = 0; i < ids->numel; i++)
+        memcpy(dst + i * D, tab + id_at(ids, i) * D, (size_t)D * sizeof(float));
+}
+
 static void embedding_backward(df_node *n, const df_tensor *g) {
     df_tensor *gt = df_node_grad(n, 1);
     if (!gt) return;
@@ -25,7 +35,8 @@ static void embedding_backward(df_node *n, const df_tensor *g) {
     int64_t m = ids->numel, D = gt->shape[1];
     const float *src = df_f32(g);
     float *dst = df_f32(gt);
-    /* columns in blocks of 16 floats (one cache line) so threads never share a line */
+    /* columns in blocks of 16 floats (a cache line when D is a multiple of 16), split between
+     * threads; every thread walks all ids in order */
     int64_t nblocks = (D + 15) / 16;
     bool par = g->numel >= DF_PAR_MIN_ELEMS && nblocks > 1;
 #pragma omp parallel for schedule(static) if (par)
@@ -53,19 +64,16 @@ df_tensor *df_embedding(df_tensor *ids, df_tensor *table) {
     int64_t V = table->shape[0], D = table->shape[1], m = ids->numel;
     for (int64_t i = 0; i < m; i++) {
         int64_t id = id_at(ids, i);
-        DF_ASSERT(id >= 0 && id < V, "embedding: id %lld (element %lld of ids %s) out of range "
-                  "for a table of V = %lld rows", (long long)id, (long long)i,
-                  df_shape_str(ids, si, sizeof si), (long long)V);
+        DF_ASSERT(id >= 0 && id < V,
+                  "embedding: id %lld (element %lld of ids %s) out of range "
+                  "for a table of V = %lld rows",
+                  (long long)id, (long long)i, df_shape_str(ids, si, sizeof si), (long long)V);
     }
     int64_t shape[DF_MAX_DIMS];
     memcpy(shape, ids->shape, (size_t)ids->ndim * sizeof *shape);
     shape[ids->ndim] = D;
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, ids->ndim + 1, shape);
-    const float *tab = df_f32(table);
-    float *dst = df_f32(out);
-#pragma omp parallel for schedule(static) if (out->numel >= DF_PAR_MIN_ELEMS)
-    for (int64_t i = 0; i < m; i++)
-        memcpy(dst + i * D, tab + id_at(ids, i) * D, (size_t)D * sizeof(float));
+    embedding_forward(out, ids, table);
     df_node_new(&embedding_op, out, 2, (df_tensor *[]){ids, table}, 0);
     return out;
 }

@@ -17,6 +17,19 @@ typedef struct slice_params {
     int64_t start; /* normalised */
 } slice_params;
 
+/* out = a[..., start : start + out.shape[d], ...] along dim d, one memcpy per outer row. */
+static void slice_forward(df_tensor *out, const df_tensor *a, int d, int64_t start) {
+    size_t es = df_dtype_size(a->dtype);
+    int64_t outer = df_dims_outer(a->shape, d), inner = df_dims_inner(a->ndim, a->shape, d);
+    size_t orow = (size_t)(out->shape[d] * inner) * es, arow = (size_t)(a->shape[d] * inner) * es;
+    size_t skip = (size_t)(start * inner) * es;
+    const char *src = a->data;
+    char *dst = out->data;
+#pragma omp parallel for schedule(static) if (out->numel >= DF_PAR_MIN_ELEMS)
+    for (int64_t o = 0; o < outer; o++)
+        memcpy(dst + (size_t)o * orow, src + (size_t)o * arow + skip, orow);
+}
+
 static void slice_backward(df_node *n, const df_tensor *g) {
     df_tensor *ga = df_node_grad(n, 0);
     if (!ga) return;
@@ -49,15 +62,7 @@ df_tensor *df_slice(df_tensor *a, int dim, int64_t start, int64_t len) {
     memcpy(shape, a->shape, sizeof shape);
     shape[d] = len;
     df_tensor *out = df_tensor_new(a->dtype, a->ndim, shape);
-    size_t es = df_dtype_size(a->dtype);
-    int64_t outer = df_dims_outer(shape, d), inner = df_dims_inner(a->ndim, shape, d);
-    size_t orow = (size_t)(len * inner) * es, arow = (size_t)(size * inner) * es;
-    size_t skip = (size_t)(start * inner) * es;
-    const char *src = a->data;
-    char *dst = out->data;
-#pragma omp parallel for schedule(static) if (out->numel >= DF_PAR_MIN_ELEMS)
-    for (int64_t o = 0; o < outer; o++)
-        memcpy(dst + (size_t)o * orow, src + (size_t)o * arow + skip, orow);
+    slice_forward(out, a, d, start);
     df_node *node = df_node_new(&slice_op, out, 1, &a, sizeof(slice_params));
     if (node) *(slice_params *)node->state = (slice_params){d, start};
     return out;

@@ -109,8 +109,7 @@ Test(autograd_concat, forward_values) {
     check_close("concat dim 1", out, want, 0, 0);
     cr_assert(!out->requires_grad && out->node == NULL, "no input requires grad: no node");
     df_tensor *out0 = df_concat((df_tensor *[]){a, b, b}, 3, -1);
-    df_tensor *want0 =
-        df_from_data(DF_DTYPE_F32, DF_DIMS(2, 4), (float[]){1, 2, 5, 5, 3, 4, 6, 6});
+    df_tensor *want0 = df_from_data(DF_DTYPE_F32, DF_DIMS(2, 4), (float[]){1, 2, 5, 5, 3, 4, 6, 6});
     check_close("concat dim -1", out0, want0, 0, 0);
     df_scope_end(s);
 }
@@ -132,9 +131,37 @@ Test(autograd_concat, integer_dtype_and_large_parallel) {
     for (int64_t o = 0; o < 64; o++)
         for (int64_t j = 0; j < 64; j++)
             for (int64_t r = 0; r < 16; r++)
-                df_f32(ref)[(o * 64 + j) * 16 + r] =
-                    j < 40 ? df_f32(x)[(o * 40 + j) * 16 + r] : df_f32(y)[(o * 24 + j - 40) * 16 + r];
+                df_f32(ref)[(o * 64 + j) * 16 + r] = j < 40 ? df_f32(x)[(o * 40 + j) * 16 + r]
+                                                            : df_f32(y)[(o * 24 + j - 40) * 16 + r];
     check_close("concat large", z, ref, 0, 0);
+    df_scope_end(s);
+}
+
+/* The threaded backward, with the middle input frozen: each input gets exactly its slice. */
+Test(autograd_concat, large_parallel_backward) {
+    df_scope s = df_scope_begin();
+    df_tensor *x = randn_tensor(40, DF_DIMS(96, 30, 8));
+    df_tensor *y = randn_tensor(41, DF_DIMS(96, 5, 8));
+    df_tensor *z = randn_tensor(42, DF_DIMS(96, 29, 8));
+    df_tensor_set_requires_grad(x, true);
+    df_tensor_set_requires_grad(z, true);
+    df_tensor *out = df_concat((df_tensor *[]){x, y, z}, 3, -2);
+    df_tensor *g = randn_tensor(43, DF_DIMS(96, 64, 8));
+    cr_assert(df_backward_with(out, g) == DF_OK);
+    df_tensor *gx = df_tensor_new(DF_DTYPE_F32, DF_DIMS(96, 30, 8));
+    df_tensor *gz = df_tensor_new(DF_DTYPE_F32, DF_DIMS(96, 29, 8));
+    for (int64_t o = 0; o < 96; o++)
+        for (int64_t j = 0; j < 64; j++)
+            for (int64_t r = 0; r < 8; r++) {
+                float v = df_f32(g)[(o * 64 + j) * 8 + r];
+                if (j < 30)
+                    df_f32(gx)[(o * 30 + j) * 8 + r] = v;
+                else if (j >= 35)
+                    df_f32(gz)[(o * 29 + j - 35) * 8 + r] = v;
+            }
+    check_close("concat large grad x", x->grad, gx, 0, 0);
+    check_close("concat large grad z", z->grad, gz, 0, 0);
+    cr_assert(y->grad == NULL, "frozen input got a gradient");
     df_scope_end(s);
 }
 

@@ -21,12 +21,10 @@ Test(autograd_embedding, gradcheck_repeated_ids) {
     gradcheck("embedding I32 ids", emb_fn, NULL, (df_tensor *[]){ids32, table}, 2, 1e-2, 1e-4,
               1e-3);
     df_tensor *ids0 = df_from_data(DF_DTYPE_I64, 0, NULL, (int64_t[]){2});
-    gradcheck("embedding 0-D ids", emb_fn, NULL, (df_tensor *[]){ids0, table}, 2, 1e-2, 1e-4,
-              1e-3);
-    df_tensor *ids4 = df_from_data(DF_DTYPE_I32, DF_DIMS(2, 1, 2, 2),
-                                   (int32_t[]){0, 1, 2, 3, 4, 4, 4, 0});
-    gradcheck("embedding 4-D ids", emb_fn, NULL, (df_tensor *[]){ids4, table}, 2, 1e-2, 1e-4,
-              1e-3);
+    gradcheck("embedding 0-D ids", emb_fn, NULL, (df_tensor *[]){ids0, table}, 2, 1e-2, 1e-4, 1e-3);
+    df_tensor *ids4 =
+        df_from_data(DF_DTYPE_I32, DF_DIMS(2, 1, 2, 2), (int32_t[]){0, 1, 2, 3, 4, 4, 4, 0});
+    gradcheck("embedding 4-D ids", emb_fn, NULL, (df_tensor *[]){ids4, table}, 2, 1e-2, 1e-4, 1e-3);
     df_scope_end(s);
 }
 
@@ -40,8 +38,7 @@ Test(autograd_embedding, forward_rows_and_accumulation) {
     df_tensor *want =
         df_from_data(DF_DTYPE_F32, DF_DIMS(2, 2, 2), (float[]){20, 21, 0, 1, 20, 21, 20, 21});
     check_close("embedding rows", out, want, 0, 0);
-    df_tensor *g =
-        df_from_data(DF_DTYPE_F32, DF_DIMS(2, 2, 2), (float[]){1, 2, 3, 4, 5, 6, 7, 8});
+    df_tensor *g = df_from_data(DF_DTYPE_F32, DF_DIMS(2, 2, 2), (float[]){1, 2, 3, 4, 5, 6, 7, 8});
     cr_assert(df_backward_with(out, g) == DF_OK);
     /* row 2 is used three times: 1+5+7, 2+6+8; row 0 once; row 1 never */
     df_tensor *want_g = df_from_data(DF_DTYPE_F32, DF_DIMS(3, 2), (float[]){3, 4, 0, 0, 13, 16});

@@ -18,7 +18,7 @@ typedef struct parity_case {
     df_st_file *f;
     const char *file;
     char name[64];
-    int n;                         /* inputs */
+    int n; /* inputs */
     df_tensor *in[MAX_INPUTS];
     bool has_grad[MAX_INPUTS];
 } parity_case;
@@ -135,8 +135,8 @@ static void slice_case(parity_case *c) {
         case_check(c, df_concat(picked, m, -1), 0, 0);
         return;
     }
-    df_tensor *out = df_slice(c->in[0], case_int(c, "dim"), case_int(c, "start"),
-                              case_int(c, "len"));
+    df_tensor *out =
+        df_slice(c->in[0], case_int(c, "dim"), case_int(c, "start"), case_int(c, "len"));
     case_check(c, out, 0, 0);
 }
 

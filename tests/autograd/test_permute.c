@@ -58,8 +58,11 @@ static df_tensor *transpose_fn(df_tensor **in, void *user) {
 Test(autograd_permute, gradcheck_5d) {
     df_scope s = df_scope_begin();
     df_tensor *a = leaf(1, DF_DIMS(2, 3, 1, 2, 3));
-    perm_case cases[] = {{{4, 0, 2, 3, 1}}, {{-1, -5, 2, -2, 1}}, {{0, 3, 1, 2, 4}},
-                         {{1, 0, 2, 3, 4}}, {{0, 1, 2, 3, 4}}};
+    perm_case cases[] = {{{4, 0, 2, 3, 1}},
+                         {{-1, -5, 2, -2, 1}},
+                         {{0, 3, 1, 2, 4}},
+                         {{1, 0, 2, 3, 4}},
+                         {{0, 1, 2, 3, 4}}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char label[64];
         snprintf(label, sizeof label, "permute 5-D case %zu", i);
@@ -95,7 +98,8 @@ static void check_layout(uint64_t seed, int ndim, const int64_t *shape, const in
     char label[160], sa[64];
     df_tensor *a = leaf(seed, ndim, shape);
     int k = snprintf(label, sizeof label, "permute %s by (", df_shape_str(a, sa, sizeof sa));
-    for (int i = 0; i < ndim; i++) k += snprintf(label + k, sizeof label - k, i ? ",%d" : "%d", perm[i]);
+    for (int i = 0; i < ndim; i++)
+        k += snprintf(label + k, sizeof label - k, i ? ",%d" : "%d", perm[i]);
     snprintf(label + k, sizeof label - k, ")");
     df_tensor *out = df_permute(a, perm);
     check_close(label, out, naive_permute(a, perm), 0, 0);
@@ -154,6 +158,16 @@ Test(autograd_permute, every_element_size) {
         df_tensor *t = df_transpose(x3, 0, 1);
         check_close(df_dtype_name(dts[i]), t, naive_permute(x3, (int[]){1, 0, 2}), 0, 0);
     }
+    df_scope_end(s);
+}
+
+/* A scalar takes dim 0 or -1 (torch.transpose(torch.tensor(2.), -1, 0) is the scalar). */
+Test(autograd_permute, scalar_transpose) {
+    df_scope s = df_scope_begin();
+    df_tensor *a = df_full(DF_DTYPE_F32, 0, NULL, 2.5);
+    df_tensor *t = df_transpose(a, -1, 0);
+    cr_assert(t->ndim == 0 && t->numel == 1);
+    check_close("scalar transpose", t, a, 0, 0);
     df_scope_end(s);
 }
 
