@@ -4,6 +4,7 @@
 #include "tests/common/check.h"
 
 #include <math.h>
+#include <stdint.h>
 
 static df_tensor *leaf(uint64_t seed, int ndim, const int64_t *shape) {
     df_tensor *t = randn_tensor(seed, ndim, shape);
@@ -179,4 +180,15 @@ Test(autograd_tape, steady_loop_makes_no_system_allocations) {
     df_tensor_free(w);
     df_tensor_free(bias);
     df_flat_free(&flat);
+}
+
+/* mem.c: an impossible size fails cleanly instead of wrapping to an empty block. */
+Test(autograd_tape, mem_alloc_of_an_impossible_size_fails) {
+    df_error_clear();
+    cr_assert(df_mem_alloc(SIZE_MAX) == NULL, "SIZE_MAX bytes cannot be allocated");
+    cr_assert(df_mem_alloc(SIZE_MAX - 10) == NULL);
+    cr_assert(df_last_error()[0] != 0, "the failure has a message");
+    void *p = df_mem_alloc(100);
+    cr_assert(p != NULL && ((uintptr_t)p & 63) == 0, "blocks are 64-byte aligned");
+    df_mem_free(p, 100);
 }
