@@ -24,14 +24,35 @@ static df_tensor *randn(uint64_t seed, int ndim, const int64_t *shape, bool rg) 
 }
 
 typedef df_tensor *(*op_fn)(df_tensor *x, df_tensor *c);
-static df_tensor *op_add(df_tensor *x, df_tensor *c) { return df_add(x, c); }
-static df_tensor *op_mul_bias(df_tensor *x, df_tensor *c) { return df_mul(x, c); }
-static df_tensor *op_silu(df_tensor *x, df_tensor *c) { (void)c; return df_silu(x); }
-static df_tensor *op_gelu(df_tensor *x, df_tensor *c) { (void)c; return df_gelu(x); }
-static df_tensor *op_sum023(df_tensor *x, df_tensor *c) { (void)c; return df_sum(x, 3, (int[]){0, 2, 3}, false); }
-static df_tensor *op_mean(df_tensor *x, df_tensor *c) { (void)c; return df_mean(x, 0, NULL, false); }
-static df_tensor *op_softmax(df_tensor *x, df_tensor *c) { (void)c; return df_softmax(x); }
-static df_tensor *op_mse(df_tensor *x, df_tensor *c) { return df_mse_loss(x, c, true); }
+static df_tensor *op_add(df_tensor *x, df_tensor *c) {
+    return df_add(x, c);
+}
+static df_tensor *op_mul_bias(df_tensor *x, df_tensor *c) {
+    return df_mul(x, c);
+}
+static df_tensor *op_silu(df_tensor *x, df_tensor *c) {
+    (void)c;
+    return df_silu(x);
+}
+static df_tensor *op_gelu(df_tensor *x, df_tensor *c) {
+    (void)c;
+    return df_gelu(x);
+}
+static df_tensor *op_sum023(df_tensor *x, df_tensor *c) {
+    (void)c;
+    return df_sum(x, 3, (int[]){0, 2, 3}, false);
+}
+static df_tensor *op_mean(df_tensor *x, df_tensor *c) {
+    (void)c;
+    return df_mean(x, 0, NULL, false);
+}
+static df_tensor *op_softmax(df_tensor *x, df_tensor *c) {
+    (void)c;
+    return df_softmax(x);
+}
+static df_tensor *op_mse(df_tensor *x, df_tensor *c) {
+    return df_mse_loss(x, c, true);
+}
 
 static double run(op_fn f, df_tensor *x, df_tensor *c, bool backward, int reps) {
     double best[9];
@@ -67,10 +88,14 @@ int main(void) {
         op_fn f;
         df_tensor *x, *c;
     } cases[] = {
-        {"add same (8,128,32,32)", op_add, x, y},       {"mul by (1,128,1,1)", op_mul_bias, x, bias},
-        {"silu", op_silu, x, NULL},                     {"gelu", op_gelu, x, NULL},
-        {"sum over (0,2,3)", op_sum023, x, NULL},       {"mean all", op_mean, x, NULL},
-        {"softmax (8,4096,32)", op_softmax, rows, NULL}, {"mse_loss mean", op_mse, x, y},
+        {"add same (8,128,32,32)", op_add, x, y},
+        {"mul by (1,128,1,1)", op_mul_bias, x, bias},
+        {"silu", op_silu, x, NULL},
+        {"gelu", op_gelu, x, NULL},
+        {"sum over (0,2,3)", op_sum023, x, NULL},
+        {"mean all", op_mean, x, NULL},
+        {"softmax (8,4096,32)", op_softmax, rows, NULL},
+        {"mse_loss mean", op_mse, x, y},
     };
     printf("%-26s %10s %12s\n", "op", "fwd ms", "fwd+bwd ms");
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {

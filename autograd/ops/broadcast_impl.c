@@ -5,8 +5,7 @@
 
 #include <string.h>
 
-bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
-                    int64_t *out) {
+bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout, int64_t *out) {
     int n = na > nb ? na : nb;
     for (int i = 0; i < n; i++) {
         int ia = na - n + i, ib = nb - n + i;
@@ -89,7 +88,8 @@ void df_bcast_run(const df_bcast *bc, df_row_fn row, const void *ctx) {
     }
 }
 
-/* ------------------------------------------------------------------ sums ----------------------- */
+/* ------------------------------------------------------------------ sums -----------------------
+ */
 
 #define SUM_BLOCK 4096
 #define SUM_MAX_PARTIALS 4096
@@ -177,8 +177,10 @@ static int64_t kept_offset(const red_space *r, int upto, int64_t j) {
 
 static inline void put(float *dst, int64_t j, double v, double scale, bool accumulate) {
     float f = (float)(v * scale);
-    if (accumulate) dst[j] += f;
-    else dst[j] = f;
+    if (accumulate)
+        dst[j] += f;
+    else
+        dst[j] = f;
 }
 
 void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, float *dst,
@@ -189,16 +191,20 @@ void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, flo
     red_space_init(&r, src_ndim, src_shape, dst_ndim, dst_shape);
     int64_t m = 1, rn = 1;
     for (int d = 0; d < r.ndim; d++) {
-        if (r.red[d]) rn *= r.shape[d];
-        else m *= r.shape[d];
+        if (r.red[d])
+            rn *= r.shape[d];
+        else
+            m *= r.shape[d];
     }
     if (r.ndim == 0 || rn == 1) { /* nothing summed: a (scaled) copy */
         int64_t n = m;
 #pragma omp parallel for simd schedule(static) if (n > DF_PAR_GRAIN)
         for (int64_t j = 0; j < n; j++) {
             float f = (float)((double)src[j] * scale);
-            if (accumulate) dst[j] += f;
-            else dst[j] = f;
+            if (accumulate)
+                dst[j] += f;
+            else
+                dst[j] = f;
         }
         return;
     }
@@ -214,7 +220,8 @@ void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, flo
         for (int64_t j = 0; j < m; j++) {
             const float *base = src + kept_offset(&r, last, j);
             double acc = 0;
-            for (int64_t k = 0; k < outer; k++) acc += df_sum_f32(base + red_offset(&r, last, k), L);
+            for (int64_t k = 0; k < outer; k++)
+                acc += df_sum_f32(base + red_offset(&r, last, k), L);
             put(dst, j, acc, scale, accumulate);
         }
         return;

@@ -28,8 +28,7 @@ typedef struct df_bcast {
 } df_bcast;
 
 /* The broadcast shape of (na, sa) and (nb, sb) into (*nout, out); false when incompatible. */
-bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
-                    int64_t *out);
+bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout, int64_t *out);
 /* True when (nin, in) broadcasts to (nout, out) (in is the smaller one). */
 bool df_bcast_to_ok(int nin, const int64_t *in, int nout, const int64_t *out);
 /* Element strides of a contiguous (nin, in) read over the output shape (nout, out): 0 on

@@ -20,8 +20,8 @@ static df_tensor *call_red(df_tensor **in, void *u) {
 }
 
 static const red_case cases[] = {
-    {0, {0}, false, false}, {0, {0}, true, false},     {1, {1}, false, false},
-    {1, {-1}, true, false}, {2, {0, 2}, false, false}, {2, {-3, -1}, true, false},
+    {0, {0}, false, false}, {0, {0}, true, false},        {1, {1}, false, false},
+    {1, {-1}, true, false}, {2, {0, 2}, false, false},    {2, {-3, -1}, true, false},
     {1, {0}, false, false}, {3, {0, 1, 2}, false, false},
 };
 
@@ -88,8 +88,8 @@ Test(autograd_reduce, all_paths_match_a_plain_loop) {
     const struct {
         int n;
         int dims[4];
-    } sets[] = {{1, {0}}, {1, {1}}, {1, {2}}, {1, {3}}, {2, {0, 2}}, {2, {1, 3}},
-                {3, {0, 1, 2}}, {3, {0, 2, 3}}, {2, {2, 3}}, {4, {0, 1, 2, 3}}};
+    } sets[] = {{1, {0}},    {1, {1}},       {1, {2}},       {1, {3}},    {2, {0, 2}},
+                {2, {1, 3}}, {3, {0, 1, 2}}, {3, {0, 2, 3}}, {2, {2, 3}}, {4, {0, 1, 2, 3}}};
     df_scope s = df_scope_begin();
     df_tensor *x = randn_tensor(11, 4, shape);
     for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++) {

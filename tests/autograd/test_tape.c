@@ -88,7 +88,8 @@ Test(autograd_tape, saved_tensors_released_after_backward) {
         df_scope s = df_scope_begin();
         df_tensor *h = df_softmax(df_exp(df_sigmoid(x)));
         h = df_dropout(h, 0.1f, &g);
-        df_tensor *l = df_add(df_cross_entropy(h, t), df_mean(df_sqrt(df_add_scalar(h, 1)), 0, NULL, false));
+        df_tensor *l =
+            df_add(df_cross_entropy(h, t), df_mean(df_sqrt(df_add_scalar(h, 1)), 0, NULL, false));
         cr_assert_eq(df_backward(l), DF_OK);
         df_scope_end(s);
         if (k == 1)
@@ -132,8 +133,8 @@ Test(autograd_tape, flat_parameters) {
     df_scope s = df_scope_begin();
     df_tensor *x = randn_tensor(7, DF_DIMS(3));
     /* loss = sum(w * x) + sum(2 b): dw = x broadcast, db = 2 */
-    df_tensor *l = df_add(df_sum(df_mul(w, x), 0, NULL, false),
-                          df_sum(df_mul_scalar(b, 2), 0, NULL, false));
+    df_tensor *l =
+        df_add(df_sum(df_mul(w, x), 0, NULL, false), df_sum(df_mul_scalar(b, 2), 0, NULL, false));
     cr_assert_eq(df_backward(l), DF_OK);
     float *g = df_flat_grad(&flat);
     cr_assert(df_f32(w->grad) == g && df_f32(b->grad) == g + 16, "grads live in the flat buffer");

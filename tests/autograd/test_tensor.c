@@ -36,8 +36,9 @@ static float *bits16(const df_tensor *t, const df_tensor *nan_ref) {
     const uint16_t *p = t->data;
     for (int64_t i = 0; i < t->numel; i++) {
         double v = df_tensor_get(t, i);
-        b[i] = (isnan(v) || (nan_ref && isnan(df_tensor_get(nan_ref, i)))) ? (isnan(v) ? -1.0f : -2.0f)
-                                                                             : (float)p[i];
+        b[i] = (isnan(v) || (nan_ref && isnan(df_tensor_get(nan_ref, i))))
+                   ? (isnan(v) ? -1.0f : -2.0f)
+                   : (float)p[i];
     }
     return b;
 }
@@ -48,7 +49,8 @@ Test(autograd_tensor, creation) {
     df_tensor *o = df_ones(DF_DTYPE_F32, DF_DIMS(2, 3));
     df_tensor *f = df_full(DF_DTYPE_F32, DF_DIMS(2, 3), 2.5);
     cr_assert(z->ndim == 2 && z->numel == 6 && z->shape[1] == 3);
-    float want0[6] = {0}, want1[6] = {1, 1, 1, 1, 1, 1}, want25[6] = {2.5f, 2.5f, 2.5f, 2.5f, 2.5f, 2.5f};
+    float want0[6] = {0}, want1[6] = {1, 1, 1, 1, 1, 1},
+          want25[6] = {2.5f, 2.5f, 2.5f, 2.5f, 2.5f, 2.5f};
     check_close_f32("zeros", df_f32(z), want0, 6, 0, 0);
     check_close_f32("ones", df_f32(o), want1, 6, 0, 0);
     check_close_f32("full", df_f32(f), want25, 6, 0, 0);
