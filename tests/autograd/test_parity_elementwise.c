@@ -21,11 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if __has_include("nn/nn.h")
 #include "nn/nn.h"
-#else
-#include "tests/autograd/st_shim.h"
-#endif
 
 /* Value of `key` in "k=v;k=v" (a static buffer), or NULL. */
 static const char *param(const char *params, const char *key) {

@@ -8,11 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if __has_include("nn/nn.h")
 #include "nn/nn.h"
-#else
-#include "tests/autograd/st_shim.h"
-#endif
 
 static df_st_file *open_fixture(void) {
     df_st_file *f = NULL;
