@@ -101,8 +101,8 @@ static double sum_run(const float *x, int64_t n) {
     return acc;
 }
 
-double df_sum_f32(const float *x, int64_t n) {
-    if (n <= SUM_BLOCK) return sum_run(x, n);
+double df_blocked_sum(int64_t n, df_block_fn block_sum, const void *ctx) {
+    if (n <= SUM_BLOCK) return block_sum(ctx, 0, n);
     /* fixed blocks (a function of n only), partials added in order */
     int64_t block = SUM_BLOCK;
     if ((n + block - 1) / block > SUM_MAX_PARTIALS)
@@ -112,11 +112,19 @@ double df_sum_f32(const float *x, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 4 * DF_PAR_GRAIN)
     for (int64_t j = 0; j < nb; j++) {
         int64_t s = j * block, e = s + block < n ? s + block : n;
-        partial[j] = sum_run(x + s, e - s);
+        partial[j] = block_sum(ctx, s, e);
     }
     double acc = 0;
     for (int64_t j = 0; j < nb; j++) acc += partial[j];
     return acc;
+}
+
+static double sum_block(const void *ctx, int64_t s, int64_t e) {
+    return sum_run((const float *)ctx + s, e - s);
+}
+
+double df_sum_f32(const float *x, int64_t n) {
+    return df_blocked_sum(n, sum_block, x);
 }
 
 /* Reduced groups after merging: shape, src stride, and whether summed over. */

@@ -62,6 +62,12 @@ void df_bcast_run(const df_bcast *b, df_row_fn row, const void *ctx);
 void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, float *dst,
                    int dst_ndim, const int64_t *dst_shape, double scale, bool accumulate);
 
+/* sum over [0, n) of block_sum(ctx, s, e) over consecutive blocks [s, e) whose bounds depend on n
+ * only; blocks may run in parallel, their partial sums (double) are added in block order. The
+ * result is therefore the same for any thread count. */
+typedef double (*df_block_fn)(const void *ctx, int64_t s, int64_t e);
+double df_blocked_sum(int64_t n, df_block_fn block_sum, const void *ctx);
+
 /* Sum of n floats in double, fixed blocking independent of the thread count. */
 double df_sum_f32(const float *x, int64_t n);
 

@@ -5,6 +5,7 @@
 #include "tests/common/check.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 typedef struct mf_case {
@@ -144,4 +145,28 @@ Test(autograd_masks_losses, cross_entropy_gradcheck_and_values) {
     float want = logf(5.0f) / 2.0f;
     check_close_f32("cross_entropy", df_f32(df_cross_entropy(z, tz)), &want, 1, 1e-6, 1e-6);
     df_scope_end(s);
+}
+
+/* The mean of mse_loss is a blocked double sum: the same for 1 and 2 threads. */
+Test(autograd_masks_losses, mse_mean_thread_count_independent) {
+    df_tensor *a = randn_tensor(80, DF_DIMS(4, 64, 48, 48)),
+              *b = randn_tensor(81, DF_DIMS(4, 64, 48, 48));
+    int saved = omp_get_max_threads();
+    df_tensor *r[2];
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(t + 1);
+        r[t] = df_mse_loss(a, b, true);
+    }
+    omp_set_num_threads(saved);
+    check_close("mse mean, 1 vs 2 threads", r[0], r[1], 0, 0);
+    double exact = 0;
+    for (int64_t i = 0; i < a->numel; i++) {
+        float d = df_f32(a)[i] - df_f32(b)[i];
+        exact += (double)(d * d);
+    }
+    float want = (float)(exact / (double)a->numel);
+    check_close_f32("mse mean vs double", df_f32(r[0]), &want, 1, 0, 1e-6);
+    for (int t = 0; t < 2; t++) df_tensor_free(r[t]);
+    df_tensor_free(a);
+    df_tensor_free(b);
 }
