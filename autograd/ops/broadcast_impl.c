@@ -73,18 +73,45 @@ void df_bcast_init(df_bcast *b, int nout, const int64_t *out, int n_ops, const i
 }
 
 void df_bcast_run(const df_bcast *bc, df_row_fn row, const void *ctx) {
-    int last = bc->ndim - 1;
+    int last = bc->ndim - 1, nk = bc->n_ops;
     int64_t L = bc->shape[last];
     if (bc->numel == 0) return;
-    int64_t rows = bc->numel / L, nch = (L + DF_PAR_GRAIN - 1) / DF_PAR_GRAIN;
-#pragma omp parallel for schedule(static) if (bc->numel > DF_PAR_GRAIN)
-    for (int64_t t = 0; t < rows * nch; t++) {
-        int64_t r = t / nch, start = (t % nch) * DF_PAR_GRAIN;
-        int64_t len = L - start < DF_PAR_GRAIN ? L - start : DF_PAR_GRAIN;
-        int64_t off[DF_BCAST_MAX_OPS];
-        for (int k = 0; k < bc->n_ops; k++)
-            off[k] = df_bcast_offset(bc, k, r * L) + start * bc->stride[k][last];
-        row(ctx, off, len);
+    int64_t rows = bc->numel / L;
+    if (L >= DF_PAR_GRAIN) { /* long rows: tasks are pieces of one row */
+        int64_t nch = (L + DF_PAR_GRAIN - 1) / DF_PAR_GRAIN;
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < rows * nch; t++) {
+            int64_t r = t / nch, start = (t % nch) * DF_PAR_GRAIN;
+            int64_t len = L - start < DF_PAR_GRAIN ? L - start : DF_PAR_GRAIN;
+            int64_t off[DF_BCAST_MAX_OPS];
+            for (int k = 0; k < nk; k++)
+                off[k] = df_bcast_offset(bc, k, r * L) + start * bc->stride[k][last];
+            row(ctx, off, len);
+        }
+        return;
+    }
+    /* short rows: tasks are runs of whole rows; offsets advance by an odometer over the outer
+     * dims instead of being recomputed by division for every row */
+    int64_t per = DF_PAR_GRAIN / L > 0 ? DF_PAR_GRAIN / L : 1;
+    int64_t ntasks = (rows + per - 1) / per;
+#pragma omp parallel for schedule(static) if (ntasks > 1)
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
+        int64_t coord[DF_MAX_DIMS] = {0}, off[DF_BCAST_MAX_OPS] = {0}, rr = r0;
+        for (int d = last - 1; d >= 0; d--) {
+            coord[d] = rr % bc->shape[d];
+            rr /= bc->shape[d];
+            for (int k = 0; k < nk; k++) off[k] += coord[d] * bc->stride[k][d];
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            row(ctx, off, L);
+            for (int d = last - 1; d >= 0; d--) {
+                for (int k = 0; k < nk; k++) off[k] += bc->stride[k][d];
+                if (++coord[d] < bc->shape[d]) break;
+                for (int k = 0; k < nk; k++) off[k] -= bc->shape[d] * bc->stride[k][d];
+                coord[d] = 0;
+            }
+        }
     }
 }
 

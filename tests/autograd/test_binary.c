@@ -138,13 +138,13 @@ static int64_t bidx(const df_tensor *t, int ndim, const int64_t *shape, int64_t 
 
 /* The fast paths (same shape, (N,C,1,1), (C), scalar) on a shape large enough to run in
  * parallel, against the plain reference, forward and backward. */
-Test(autograd_binary, fast_paths_match_reference) {
-    int64_t big[] = {4, 16, 32, 32};
+static void check_fast_paths(const int64_t *big) {
     const struct {
         int n;
         int64_t s[4];
     } others[] = {
-        {4, {4, 16, 32, 32}}, {4, {1, 16, 1, 1}}, {1, {32}}, {0, {0}}, {4, {4, 16, 1, 1}}};
+        {4, {big[0], big[1], big[2], big[3]}}, {4, {1, big[1], 1, 1}},  {1, {big[3]}}, {0, {0}},
+        {4, {big[0], big[1], 1, 1}},           {3, {big[1], big[2], 1}}};
     bin_fn fs[] = {df_add, df_sub, df_mul, df_div};
     for (size_t k = 0; k < sizeof others / sizeof others[0]; k++) {
         for (int op = 0; op < 4; op++) {
@@ -178,6 +178,12 @@ Test(autograd_binary, fast_paths_match_reference) {
             df_scope_end(s);
         }
     }
+}
+
+Test(autograd_binary, fast_paths_match_reference) {
+    check_fast_paths((int64_t[]){4, 16, 32, 32});  /* rows of 1024, a few rows per task */
+    check_fast_paths((int64_t[]){128, 32, 4, 4});  /* rows of 16: many rows per task, odometer */
+    check_fast_paths((int64_t[]){1, 2, 3, 40000}); /* rows longer than a task */
 }
 
 Test(autograd_binary, thread_count_does_not_change_results) {
