@@ -231,6 +231,11 @@ void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, flo
         else
             m *= r.shape[d];
     }
+    if (m == 0) return;
+    if (rn == 0) { /* an empty sum: 0 (times the scale: a mean of nothing is NaN, as torch) */
+        for (int64_t j = 0; j < m; j++) put(dst, j, 0.0, scale, accumulate);
+        return;
+    }
     if (r.ndim == 0 || rn == 1) { /* nothing summed: a (scaled) copy */
         int64_t n = m;
 #pragma omp parallel for simd schedule(static) if (n > DF_PAR_GRAIN)

@@ -3,6 +3,7 @@
  * Gradcheck tolerances: eps 1e-3, atol 5e-3, rtol 1e-2 (see test_unary.c). */
 #include "tests/common/check.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,5 +110,20 @@ Test(autograd_reduce, all_paths_match_a_plain_loop) {
         /* both sum in double; the order differs, so allow a last-bit difference */
         check_close("reduce path vs plain loop", got, want, 1e-5, 1e-6);
     }
+    df_scope_end(s);
+}
+
+/* Empty inputs: a sum of nothing is 0 and a mean of nothing NaN (torch); empty outputs work. */
+Test(autograd_reduce, empty_tensors) {
+    df_scope s = df_scope_begin();
+    df_tensor *x = df_zeros(DF_DTYPE_F32, DF_DIMS(3, 0));
+    df_tensor *sm = df_sum(x, 1, (int[]){-1}, false), *mn = df_mean(x, 1, (int[]){1}, false);
+    cr_assert(sm->ndim == 1 && sm->shape[0] == 3);
+    check_close_f32("sum of nothing", df_f32(sm), (float[]){0, 0, 0}, 3, 0, 0);
+    for (int i = 0; i < 3; i++) cr_assert(isnan(df_f32(mn)[i]), "mean of nothing is NaN");
+    df_tensor *e = df_sum(x, 1, (int[]){0}, false);
+    cr_assert(e->ndim == 1 && e->shape[0] == 0 && e->numel == 0);
+    df_tensor *y = df_add(x, df_ones(DF_DTYPE_F32, DF_DIMS(3, 1)));
+    cr_assert(y->numel == 0 && y->shape[0] == 3 && y->shape[1] == 0);
     df_scope_end(s);
 }
