@@ -112,8 +112,8 @@ static inline float gelu_tanh_grad(float g, float x) {
     float x2 = x * x, x3 = x2 * x;
     float t = tanhf(GELU_TANH_B * (x + GELU_TANH_K * x3));
     float left = 0.5f * x, right = 1.0f + t;
-    float dleft = 0.5f * right;                       /* 1. d(x/2)/dx * (1 + tanh u) */
-    float dtanh = 1.0f - t * t;                       /* 2. tanh' (u) */
+    float dleft = 0.5f * right;                                /* 1. d(x/2)/dx * (1 + tanh u) */
+    float dtanh = 1.0f - t * t;                                /* 2. tanh' (u) */
     float du = GELU_TANH_B * (1.0f + 3.0f * GELU_TANH_K * x2); /* 3. du/dx */
     return g * (dleft + left * dtanh * du);
 }

@@ -28,31 +28,31 @@ typedef struct binary_params {
 /* ------------------------------------------------------------------ loops -------------------- */
 
 /* o[i] = EXPR(x, y) with x = a[i * sa], y = b[i * sb]; strides 0/1 get vectorised loops. */
-#define LOOP2(EXPR)                                                                               \
-    do {                                                                                          \
-        if (sa == 1 && sb == 1) {                                                                 \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                 \
-                float x = a[i], y = b[i];                                                         \
-                o[i] = (EXPR);                                                                    \
-            }                                                                                     \
-        } else if (sa == 1 && sb == 0) {                                                          \
-            const float y = b[0];                                                                 \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                 \
-                float x = a[i];                                                                   \
-                o[i] = (EXPR);                                                                    \
-            }                                                                                     \
-        } else if (sa == 0 && sb == 1) {                                                          \
-            const float x = a[0];                                                                 \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                 \
-                float y = b[i];                                                                   \
-                o[i] = (EXPR);                                                                    \
-            }                                                                                     \
-        } else {                                                                                  \
-            for (int64_t i = 0; i < n; i++) {                                                     \
-                float x = a[i * sa], y = b[i * sb];                                               \
-                o[i] = (EXPR);                                                                    \
-            }                                                                                     \
-        }                                                                                         \
+#define LOOP2(EXPR)                                                                                \
+    do {                                                                                           \
+        if (sa == 1 && sb == 1) {                                                                  \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+                float x = a[i], y = b[i];                                                          \
+                o[i] = (EXPR);                                                                     \
+            }                                                                                      \
+        } else if (sa == 1 && sb == 0) {                                                           \
+            const float y = b[0];                                                                  \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+                float x = a[i];                                                                    \
+                o[i] = (EXPR);                                                                     \
+            }                                                                                      \
+        } else if (sa == 0 && sb == 1) {                                                           \
+            const float x = a[0];                                                                  \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+                float y = b[i];                                                                    \
+                o[i] = (EXPR);                                                                     \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float x = a[i * sa], y = b[i * sb];                                                \
+                o[i] = (EXPR);                                                                     \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 typedef struct fwd_ctx {
@@ -68,10 +68,18 @@ static void fwd_row(const void *c_, const int64_t *off, int64_t n) {
     const float *a = c->a + off[1], *b = c->b + off[2];
     int64_t sa = c->sa, sb = c->sb;
     switch (c->kind) {
-    case BIN_ADD: LOOP2(x + y); break;
-    case BIN_SUB: LOOP2(x - y); break;
-    case BIN_MUL: LOOP2(x * y); break;
-    case BIN_DIV: LOOP2(x / y); break;
+    case BIN_ADD:
+        LOOP2(x + y);
+        break;
+    case BIN_SUB:
+        LOOP2(x - y);
+        break;
+    case BIN_MUL:
+        LOOP2(x * y);
+        break;
+    case BIN_DIV:
+        LOOP2(x / y);
+        break;
     }
 }
 
@@ -86,43 +94,43 @@ typedef struct bwd_ctx {
     int64_t sa, sb;
 } bwd_ctx;
 
-#define LOOP3(EXPR)                                                                               \
-    do {                                                                                          \
-        if (acc) {                                                                                \
-            LOOP2_G(o[i] += (EXPR));                                                              \
-        } else {                                                                                  \
-            LOOP2_G(o[i] = (EXPR));                                                               \
-        }                                                                                         \
+#define LOOP3(EXPR)                                                                                \
+    do {                                                                                           \
+        if (acc) {                                                                                 \
+            LOOP2_G(o[i] += (EXPR));                                                               \
+        } else {                                                                                   \
+            LOOP2_G(o[i] = (EXPR));                                                                \
+        }                                                                                          \
     } while (0)
-#define LOOP2_G(STMT)                                                                             \
-    do {                                                                                          \
-        if (sa == 1 && sb == 1) {                                                                 \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                 \
-                float gv = g[i], x = a[i], y = b[i];                                              \
-                (void)x, (void)y;                                                                 \
-                STMT;                                                                             \
-            }                                                                                     \
-        } else if (sa == 1 && sb == 0) {                                                          \
-            const float y = b[0];                                                                 \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                 \
-                float gv = g[i], x = a[i];                                                        \
-                (void)x, (void)y;                                                                 \
-                STMT;                                                                             \
-            }                                                                                     \
-        } else if (sa == 0 && sb == 1) {                                                          \
-            const float x = a[0];                                                                 \
-            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                 \
-                float gv = g[i], y = b[i];                                                        \
-                (void)x, (void)y;                                                                 \
-                STMT;                                                                             \
-            }                                                                                     \
-        } else {                                                                                  \
-            for (int64_t i = 0; i < n; i++) {                                                     \
-                float gv = g[i], x = a[i * sa], y = b[i * sb];                                    \
-                (void)x, (void)y;                                                                 \
-                STMT;                                                                             \
-            }                                                                                     \
-        }                                                                                         \
+#define LOOP2_G(STMT)                                                                              \
+    do {                                                                                           \
+        if (sa == 1 && sb == 1) {                                                                  \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+                float gv = g[i], x = a[i], y = b[i];                                               \
+                (void)x, (void)y;                                                                  \
+                STMT;                                                                              \
+            }                                                                                      \
+        } else if (sa == 1 && sb == 0) {                                                           \
+            const float y = b[0];                                                                  \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+                float gv = g[i], x = a[i];                                                         \
+                (void)x, (void)y;                                                                  \
+                STMT;                                                                              \
+            }                                                                                      \
+        } else if (sa == 0 && sb == 1) {                                                           \
+            const float x = a[0];                                                                  \
+            _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+                float gv = g[i], y = b[i];                                                         \
+                (void)x, (void)y;                                                                  \
+                STMT;                                                                              \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int64_t i = 0; i < n; i++) {                                                      \
+                float gv = g[i], x = a[i * sa], y = b[i * sb];                                     \
+                (void)x, (void)y;                                                                  \
+                STMT;                                                                              \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 static void bwd_row(const void *c_, const int64_t *off, int64_t n) {
@@ -134,12 +142,24 @@ static void bwd_row(const void *c_, const int64_t *off, int64_t n) {
     switch (c->kind * 2 + c->which) {
     case BIN_ADD * 2 + 0:
     case BIN_ADD * 2 + 1:
-    case BIN_SUB * 2 + 0: LOOP3(gv); break;
-    case BIN_SUB * 2 + 1: LOOP3(-gv); break;
-    case BIN_MUL * 2 + 0: LOOP3(gv * y); break;
-    case BIN_MUL * 2 + 1: LOOP3(gv * x); break;
-    case BIN_DIV * 2 + 0: LOOP3(gv / y); break;
-    case BIN_DIV * 2 + 1: LOOP3(-gv * ((x / y) / y)); break;
+    case BIN_SUB * 2 + 0:
+        LOOP3(gv);
+        break;
+    case BIN_SUB * 2 + 1:
+        LOOP3(-gv);
+        break;
+    case BIN_MUL * 2 + 0:
+        LOOP3(gv * y);
+        break;
+    case BIN_MUL * 2 + 1:
+        LOOP3(gv * x);
+        break;
+    case BIN_DIV * 2 + 0:
+        LOOP3(gv / y);
+        break;
+    case BIN_DIV * 2 + 1:
+        LOOP3(-gv * ((x / y) / y));
+        break;
     }
 }
 
@@ -164,7 +184,8 @@ static void binary_backward(df_node *n, const df_tensor *g) {
         bool plain = p->kind == BIN_ADD || p->kind == BIN_SUB;
         double sign = (p->kind == BIN_SUB && which == 1) ? -1.0 : 1.0;
         if (plain && !same) { /* the sum of ±g over the repeated dims */
-            df_reduce_sum(df_f32(g), g->ndim, g->shape, df_f32(gi), gi->ndim, gi->shape, sign, true);
+            df_reduce_sum(df_f32(g), g->ndim, g->shape, df_f32(gi), gi->ndim, gi->shape, sign,
+                          true);
             continue;
         }
         df_bcast bc;
@@ -172,8 +193,8 @@ static void binary_backward(df_node *n, const df_tensor *g) {
                       (const int64_t *[]){g->shape, g->shape, a->shape, b->shape});
         int last = bc.ndim - 1;
         df_tensor *tmp = same ? NULL : df_tensor_new_unscoped(DF_DTYPE_F32, g->ndim, g->shape);
-        bwd_ctx c = {p->kind,          which,        same,      df_f32(same ? gi : tmp),
-                     df_f32(g),        df_f32(a),    df_f32(b), bc.stride[2][last],
+        bwd_ctx c = {p->kind,           which,     same,      df_f32(same ? gi : tmp),
+                     df_f32(g),         df_f32(a), df_f32(b), bc.stride[2][last],
                      bc.stride[3][last]};
         df_bcast_run(&bc, bwd_row, &c);
         if (tmp) {

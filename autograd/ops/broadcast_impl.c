@@ -5,8 +5,7 @@
 
 #include <string.h>
 
-bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
-                    int64_t *out) {
+bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout, int64_t *out) {
     int n = na > nb ? na : nb;
     for (int i = 0; i < n; i++) {
         int ia = na - n + i, ib = nb - n + i;
@@ -74,22 +73,50 @@ void df_bcast_init(df_bcast *b, int nout, const int64_t *out, int n_ops, const i
 }
 
 void df_bcast_run(const df_bcast *bc, df_row_fn row, const void *ctx) {
-    int last = bc->ndim - 1;
+    int last = bc->ndim - 1, nk = bc->n_ops;
     int64_t L = bc->shape[last];
     if (bc->numel == 0) return;
-    int64_t rows = bc->numel / L, nch = (L + DF_PAR_GRAIN - 1) / DF_PAR_GRAIN;
-#pragma omp parallel for schedule(static) if (bc->numel > DF_PAR_GRAIN)
-    for (int64_t t = 0; t < rows * nch; t++) {
-        int64_t r = t / nch, start = (t % nch) * DF_PAR_GRAIN;
-        int64_t len = L - start < DF_PAR_GRAIN ? L - start : DF_PAR_GRAIN;
-        int64_t off[DF_BCAST_MAX_OPS];
-        for (int k = 0; k < bc->n_ops; k++)
-            off[k] = df_bcast_offset(bc, k, r * L) + start * bc->stride[k][last];
-        row(ctx, off, len);
+    int64_t rows = bc->numel / L;
+    if (L >= DF_PAR_GRAIN) { /* long rows: tasks are pieces of one row */
+        int64_t nch = (L + DF_PAR_GRAIN - 1) / DF_PAR_GRAIN;
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < rows * nch; t++) {
+            int64_t r = t / nch, start = (t % nch) * DF_PAR_GRAIN;
+            int64_t len = L - start < DF_PAR_GRAIN ? L - start : DF_PAR_GRAIN;
+            int64_t off[DF_BCAST_MAX_OPS];
+            for (int k = 0; k < nk; k++)
+                off[k] = df_bcast_offset(bc, k, r * L) + start * bc->stride[k][last];
+            row(ctx, off, len);
+        }
+        return;
+    }
+    /* short rows: tasks are runs of whole rows; offsets advance by an odometer over the outer
+     * dims instead of being recomputed by division for every row */
+    int64_t per = DF_PAR_GRAIN / L > 0 ? DF_PAR_GRAIN / L : 1;
+    int64_t ntasks = (rows + per - 1) / per;
+#pragma omp parallel for schedule(static) if (ntasks > 1)
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
+        int64_t coord[DF_MAX_DIMS] = {0}, off[DF_BCAST_MAX_OPS] = {0}, rr = r0;
+        for (int d = last - 1; d >= 0; d--) {
+            coord[d] = rr % bc->shape[d];
+            rr /= bc->shape[d];
+            for (int k = 0; k < nk; k++) off[k] += coord[d] * bc->stride[k][d];
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            row(ctx, off, L);
+            for (int d = last - 1; d >= 0; d--) {
+                for (int k = 0; k < nk; k++) off[k] += bc->stride[k][d];
+                if (++coord[d] < bc->shape[d]) break;
+                for (int k = 0; k < nk; k++) off[k] -= bc->shape[d] * bc->stride[k][d];
+                coord[d] = 0;
+            }
+        }
     }
 }
 
-/* ------------------------------------------------------------------ sums ----------------------- */
+/* ------------------------------------------------------------------ sums -----------------------
+ */
 
 #define SUM_BLOCK 4096
 #define SUM_MAX_PARTIALS 4096
@@ -101,8 +128,8 @@ static double sum_run(const float *x, int64_t n) {
     return acc;
 }
 
-double df_sum_f32(const float *x, int64_t n) {
-    if (n <= SUM_BLOCK) return sum_run(x, n);
+double df_blocked_sum(int64_t n, df_block_fn block_sum, const void *ctx) {
+    if (n <= SUM_BLOCK) return block_sum(ctx, 0, n);
     /* fixed blocks (a function of n only), partials added in order */
     int64_t block = SUM_BLOCK;
     if ((n + block - 1) / block > SUM_MAX_PARTIALS)
@@ -112,11 +139,19 @@ double df_sum_f32(const float *x, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 4 * DF_PAR_GRAIN)
     for (int64_t j = 0; j < nb; j++) {
         int64_t s = j * block, e = s + block < n ? s + block : n;
-        partial[j] = sum_run(x + s, e - s);
+        partial[j] = block_sum(ctx, s, e);
     }
     double acc = 0;
     for (int64_t j = 0; j < nb; j++) acc += partial[j];
     return acc;
+}
+
+static double sum_block(const void *ctx, int64_t s, int64_t e) {
+    return sum_run((const float *)ctx + s, e - s);
+}
+
+double df_sum_f32(const float *x, int64_t n) {
+    return df_blocked_sum(n, sum_block, x);
 }
 
 /* Reduced groups after merging: shape, src stride, and whether summed over. */
@@ -177,8 +212,10 @@ static int64_t kept_offset(const red_space *r, int upto, int64_t j) {
 
 static inline void put(float *dst, int64_t j, double v, double scale, bool accumulate) {
     float f = (float)(v * scale);
-    if (accumulate) dst[j] += f;
-    else dst[j] = f;
+    if (accumulate)
+        dst[j] += f;
+    else
+        dst[j] = f;
 }
 
 void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, float *dst,
@@ -189,16 +226,25 @@ void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, flo
     red_space_init(&r, src_ndim, src_shape, dst_ndim, dst_shape);
     int64_t m = 1, rn = 1;
     for (int d = 0; d < r.ndim; d++) {
-        if (r.red[d]) rn *= r.shape[d];
-        else m *= r.shape[d];
+        if (r.red[d])
+            rn *= r.shape[d];
+        else
+            m *= r.shape[d];
+    }
+    if (m == 0) return;
+    if (rn == 0) { /* an empty sum: 0 (times the scale: a mean of nothing is NaN, as torch) */
+        for (int64_t j = 0; j < m; j++) put(dst, j, 0.0, scale, accumulate);
+        return;
     }
     if (r.ndim == 0 || rn == 1) { /* nothing summed: a (scaled) copy */
         int64_t n = m;
 #pragma omp parallel for simd schedule(static) if (n > DF_PAR_GRAIN)
         for (int64_t j = 0; j < n; j++) {
             float f = (float)((double)src[j] * scale);
-            if (accumulate) dst[j] += f;
-            else dst[j] = f;
+            if (accumulate)
+                dst[j] += f;
+            else
+                dst[j] = f;
         }
         return;
     }
@@ -214,7 +260,8 @@ void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, flo
         for (int64_t j = 0; j < m; j++) {
             const float *base = src + kept_offset(&r, last, j);
             double acc = 0;
-            for (int64_t k = 0; k < outer; k++) acc += df_sum_f32(base + red_offset(&r, last, k), L);
+            for (int64_t k = 0; k < outer; k++)
+                acc += df_sum_f32(base + red_offset(&r, last, k), L);
             put(dst, j, acc, scale, accumulate);
         }
         return;

@@ -28,8 +28,7 @@ typedef struct df_bcast {
 } df_bcast;
 
 /* The broadcast shape of (na, sa) and (nb, sb) into (*nout, out); false when incompatible. */
-bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout,
-                    int64_t *out);
+bool df_bcast_shape(int na, const int64_t *sa, int nb, const int64_t *sb, int *nout, int64_t *out);
 /* True when (nin, in) broadcasts to (nout, out) (in is the smaller one). */
 bool df_bcast_to_ok(int nin, const int64_t *in, int nout, const int64_t *out);
 /* Element strides of a contiguous (nin, in) read over the output shape (nout, out): 0 on
@@ -62,6 +61,12 @@ void df_bcast_run(const df_bcast *b, df_row_fn row, const void *ctx);
  * dst += sum * scale, else dst = sum * scale. */
 void df_reduce_sum(const float *src, int src_ndim, const int64_t *src_shape, float *dst,
                    int dst_ndim, const int64_t *dst_shape, double scale, bool accumulate);
+
+/* sum over [0, n) of block_sum(ctx, s, e) over consecutive blocks [s, e) whose bounds depend on n
+ * only; blocks may run in parallel, their partial sums (double) are added in block order. The
+ * result is therefore the same for any thread count. */
+typedef double (*df_block_fn)(const void *ctx, int64_t s, int64_t e);
+double df_blocked_sum(int64_t n, df_block_fn block_sum, const void *ctx);
 
 /* Sum of n floats in double, fixed blocking independent of the thread count. */
 double df_sum_f32(const float *x, int64_t n);

@@ -34,7 +34,18 @@ static void mse_backward(df_node *n, const df_tensor *g_) {
 
 static const df_op mse_op = {"mse_loss", mse_backward, NULL};
 
-#define MSE_BLOCK 4096
+/* sum over [s, e) of (a - b)^2, each square rounded to float as in the elementwise form */
+static double sq_diff_block(const void *ctx, int64_t s, int64_t e) {
+    const float *const *ab = ctx;
+    const float *x = ab[0], *y = ab[1];
+    double acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = s; i < e; i++) {
+        float d = x[i] - y[i];
+        acc += (double)(d * d);
+    }
+    return acc;
+}
 
 df_tensor *df_mse_loss(df_tensor *a, df_tensor *b, bool reduce_mean) {
     DF_ASSERT_F32("mse_loss", a);
@@ -47,21 +58,8 @@ df_tensor *df_mse_loss(df_tensor *a, df_tensor *b, bool reduce_mean) {
     df_tensor *out;
     if (reduce_mean) {
         out = df_tensor_new(DF_DTYPE_F32, 0, NULL);
-        /* fixed blocks of MSE_BLOCK, partial sums in double, added in block order */
-        int64_t nb = (len + MSE_BLOCK - 1) / MSE_BLOCK;
-        double total = 0;
-#pragma omp parallel for schedule(static) ordered if (len > 4 * DF_PAR_GRAIN)
-        for (int64_t j = 0; j < nb; j++) {
-            int64_t s = j * MSE_BLOCK, e = s + MSE_BLOCK < len ? s + MSE_BLOCK : len;
-            double acc = 0;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t i = s; i < e; i++) {
-                float d = x[i] - y[i];
-                acc += (double)(d * d);
-            }
-#pragma omp ordered
-            total += acc;
-        }
+        const float *ab[2] = {x, y};
+        double total = df_blocked_sum(len, sq_diff_block, ab);
         df_f32(out)[0] = (float)(total / (double)len);
     } else {
         out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);

@@ -108,7 +108,8 @@ static inline float pow_torch(float x, float e) {
     return powf(x, e);
 }
 
-DF_UNARY_BACKWARD(pow_backward, pow_params, P.e == 0.0f ? 0.0f : g[i] * (P.e * pow_torch(x[i], P.e - 1.0f)))
+DF_UNARY_BACKWARD(pow_backward, pow_params,
+                  P.e == 0.0f ? 0.0f : g[i] * (P.e * pow_torch(x[i], P.e - 1.0f)))
 static const df_op pow_op = {"pow", pow_backward, NULL};
 
 df_tensor *df_pow(df_tensor *a, float exponent) {

@@ -9,25 +9,27 @@
 #include <string.h>
 
 /* for (i in [0, n)) STMT — parallel above DF_PAR_GRAIN elements, static schedule, SIMD. */
-#define DF_EW_LOOP(n, STMT)                                                                       \
-    do {                                                                                          \
-        int64_t n_ = (n);                                                                         \
-        _Pragma("omp parallel for simd schedule(static) if (n_ > DF_PAR_GRAIN)")                  \
-        for (int64_t i = 0; i < n_; i++) { STMT; }                                                \
+// clang-format off
+#define DF_EW_LOOP(n, STMT)                                                                        \
+    do {                                                                                           \
+        int64_t n_ = (n);                                                                          \
+        _Pragma("omp parallel for simd schedule(static) if (n_ > DF_PAR_GRAIN)")                   \
+        for (int64_t i = 0; i < n_; i++) { STMT; }                                                 \
     } while (0)
+// clang-format on
 
 /* A backward of the form ga[i] += EXPR, where EXPR may use g[i], x[i] (the input), y[i] (saved
  * output, when the op saved it) and P (the op's params, type PT). */
-#define DF_UNARY_BACKWARD(NAME, PT, EXPR)                                                         \
-    static void NAME(df_node *nd, const df_tensor *g_) {                                          \
-        df_tensor *ga = df_node_grad(nd, 0);                                                      \
-        if (!ga) return;                                                                          \
-        float *d = df_f32(ga);                                                                    \
-        const float *g = df_f32(g_), *x = df_f32(nd->inputs[0]);                                  \
-        const float *y = nd->saved[0] ? df_f32(nd->saved[0]) : NULL;                              \
-        const PT P = *(const PT *)nd->state;                                                      \
-        (void)x, (void)y, (void)P;                                                                \
-        DF_EW_LOOP(ga->numel, d[i] += (EXPR));                                                    \
+#define DF_UNARY_BACKWARD(NAME, PT, EXPR)                                                          \
+    static void NAME(df_node *nd, const df_tensor *g_) {                                           \
+        df_tensor *ga = df_node_grad(nd, 0);                                                       \
+        if (!ga) return;                                                                           \
+        float *d = df_f32(ga);                                                                     \
+        const float *g = df_f32(g_), *x = df_f32(nd->inputs[0]);                                   \
+        const float *y = nd->saved[0] ? df_f32(nd->saved[0]) : NULL;                               \
+        const PT P = *(const PT *)nd->state;                                                       \
+        (void)x, (void)y, (void)P;                                                                 \
+        DF_EW_LOOP(ga->numel, d[i] += (EXPR));                                                     \
     }
 
 /* The output of a unary op on a (F32, same shape). */

@@ -36,14 +36,10 @@ typedef struct shape_pair {
 } shape_pair;
 
 static const shape_pair pairs[] = {
-    {3, 2, {2, 3, 4}, {3, 1}},
-    {3, 3, {2, 1, 4}, {1, 3, 1}},
-    {3, 3, {2, 3, 4}, {2, 3, 4}},
-    {1, 3, {4}, {2, 3, 4}},
-    {0, 2, {0}, {2, 3}},
-    {4, 4, {2, 3, 2, 2}, {1, 3, 1, 1}},
-    {4, 1, {2, 3, 2, 2}, {2}},
-    {5, 5, {2, 1, 2, 1, 3}, {1, 2, 1, 2, 1}},
+    {3, 2, {2, 3, 4}, {3, 1}},    {3, 3, {2, 1, 4}, {1, 3, 1}},
+    {3, 3, {2, 3, 4}, {2, 3, 4}}, {1, 3, {4}, {2, 3, 4}},
+    {0, 2, {0}, {2, 3}},          {4, 4, {2, 3, 2, 2}, {1, 3, 1, 1}},
+    {4, 1, {2, 3, 2, 2}, {2}},    {5, 5, {2, 1, 2, 1, 3}, {1, 2, 1, 2, 1}},
 };
 
 static void check_all_pairs(const char *name, bin_fn f) {
@@ -66,10 +62,18 @@ static void check_all_pairs(const char *name, bin_fn f) {
     }
 }
 
-Test(autograd_binary, gradcheck_add) { check_all_pairs("add", df_add); }
-Test(autograd_binary, gradcheck_sub) { check_all_pairs("sub", df_sub); }
-Test(autograd_binary, gradcheck_mul) { check_all_pairs("mul", df_mul); }
-Test(autograd_binary, gradcheck_div) { check_all_pairs("div", df_div); }
+Test(autograd_binary, gradcheck_add) {
+    check_all_pairs("add", df_add);
+}
+Test(autograd_binary, gradcheck_sub) {
+    check_all_pairs("sub", df_sub);
+}
+Test(autograd_binary, gradcheck_mul) {
+    check_all_pairs("mul", df_mul);
+}
+Test(autograd_binary, gradcheck_div) {
+    check_all_pairs("div", df_div);
+}
 
 typedef struct scal_case {
     int kind;
@@ -79,10 +83,14 @@ typedef struct scal_case {
 static df_tensor *call_scal(df_tensor **in, void *u) {
     scal_case *c = u;
     switch (c->kind) {
-    case 0: return df_add_scalar(in[0], c->s);
-    case 1: return df_mul_scalar(in[0], c->s);
-    case 2: return df_rsub_scalar(c->s, in[0]);
-    default: return df_rdiv_scalar(c->s, in[0]);
+    case 0:
+        return df_add_scalar(in[0], c->s);
+    case 1:
+        return df_mul_scalar(in[0], c->s);
+    case 2:
+        return df_rsub_scalar(c->s, in[0]);
+    default:
+        return df_rdiv_scalar(c->s, in[0]);
     }
 }
 
@@ -104,8 +112,8 @@ Test(autograd_binary, gradcheck_scalar_forms) {
 Test(autograd_binary, scalar_form_values) {
     df_scope s = df_scope_begin();
     df_tensor *x = df_from_data(DF_DTYPE_F32, DF_DIMS(3), (float[]){1, -2, 4});
-    float want_add[] = {3.5f, 0.5f, 6.5f}, want_mul[] = {2.5f, -5, 10}, want_rsub[] = {1.5f, 4.5f, -1.5f},
-          want_rdiv[] = {2.5f, -1.25f, 0.625f};
+    float want_add[] = {3.5f, 0.5f, 6.5f}, want_mul[] = {2.5f, -5, 10},
+          want_rsub[] = {1.5f, 4.5f, -1.5f}, want_rdiv[] = {2.5f, -1.25f, 0.625f};
     check_close_f32("add_scalar", df_f32(df_add_scalar(x, 2.5f)), want_add, 3, 0, 0);
     check_close_f32("mul_scalar", df_f32(df_mul_scalar(x, 2.5f)), want_mul, 3, 0, 0);
     check_close_f32("rsub_scalar", df_f32(df_rsub_scalar(2.5f, x)), want_rsub, 3, 0, 0);
@@ -130,17 +138,19 @@ static int64_t bidx(const df_tensor *t, int ndim, const int64_t *shape, int64_t 
 
 /* The fast paths (same shape, (N,C,1,1), (C), scalar) on a shape large enough to run in
  * parallel, against the plain reference, forward and backward. */
-Test(autograd_binary, fast_paths_match_reference) {
-    int64_t big[] = {4, 16, 32, 32};
+static void check_fast_paths(const int64_t *big) {
     const struct {
         int n;
         int64_t s[4];
-    } others[] = {{4, {4, 16, 32, 32}}, {4, {1, 16, 1, 1}}, {1, {32}}, {0, {0}}, {4, {4, 16, 1, 1}}};
+    } others[] = {
+        {4, {big[0], big[1], big[2], big[3]}}, {4, {1, big[1], 1, 1}},  {1, {big[3]}}, {0, {0}},
+        {4, {big[0], big[1], 1, 1}},           {3, {big[1], big[2], 1}}};
     bin_fn fs[] = {df_add, df_sub, df_mul, df_div};
     for (size_t k = 0; k < sizeof others / sizeof others[0]; k++) {
         for (int op = 0; op < 4; op++) {
             df_scope s = df_scope_begin();
-            df_tensor *a = away_from_zero(1, 4, big), *b = away_from_zero(2, others[k].n, others[k].s);
+            df_tensor *a = away_from_zero(1, 4, big),
+                      *b = away_from_zero(2, others[k].n, others[k].s);
             df_tensor_set_requires_grad(a, true);
             df_tensor_set_requires_grad(b, true);
             df_tensor *out = fs[op](a, b);
@@ -168,6 +178,12 @@ Test(autograd_binary, fast_paths_match_reference) {
             df_scope_end(s);
         }
     }
+}
+
+Test(autograd_binary, fast_paths_match_reference) {
+    check_fast_paths((int64_t[]){4, 16, 32, 32});  /* rows of 1024, a few rows per task */
+    check_fast_paths((int64_t[]){128, 32, 4, 4});  /* rows of 16: many rows per task, odometer */
+    check_fast_paths((int64_t[]){1, 2, 3, 40000}); /* rows longer than a task */
 }
 
 Test(autograd_binary, thread_count_does_not_change_results) {

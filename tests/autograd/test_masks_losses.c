@@ -5,6 +5,7 @@
 #include "tests/common/check.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 typedef struct mf_case {
@@ -20,8 +21,9 @@ Test(autograd_masks_losses, masked_fill_gradcheck_and_values) {
     df_tensor *masks[] = {
         df_from_data(DF_DTYPE_U8, DF_DIMS(2, 1, 4), (uint8_t[]){1, 0, 0, 1, 0, 1, 1, 0}),
         df_from_data(DF_DTYPE_I32, DF_DIMS(4), (int32_t[]){0, 5, 0, -1}),
-        df_from_data(DF_DTYPE_I64, DF_DIMS(2, 3, 4),
-                     (int64_t[]){1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1}),
+        df_from_data(
+            DF_DTYPE_I64, DF_DIMS(2, 3, 4),
+            (int64_t[]){1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1}),
     };
     for (int k = 0; k < 3; k++) {
         mf_case c = {masks[k]};
@@ -32,9 +34,9 @@ Test(autograd_masks_losses, masked_fill_gradcheck_and_values) {
         cr_assert(masks[k]->grad == NULL, "the mask takes no gradient");
         for (int64_t i = 0; i < 24; i++) {
             int64_t n = i / 12, j = (i / 4) % 3, w = i % 4;
-            double m = k == 0 ? df_tensor_get(masks[0], n * 4 + w)
-                     : k == 1 ? df_tensor_get(masks[1], w)
-                              : df_tensor_get(masks[2], i);
+            double m = k == 0   ? df_tensor_get(masks[0], n * 4 + w)
+                       : k == 1 ? df_tensor_get(masks[1], w)
+                                : df_tensor_get(masks[2], i);
             (void)j;
             float want = m != 0 ? -3.5f : df_f32(x)[i];
             check_close_f32("masked_fill value", df_f32(y) + i, &want, 1, 0, 0);
@@ -107,7 +109,8 @@ Test(autograd_masks_losses, mse_loss_gradcheck_and_values) {
     for (int mean = 0; mean < 2; mean++) {
         for (int mode = 0; mode < 3; mode++) {
             bool m = mean;
-            df_tensor *in[2] = {randn_tensor(60, DF_DIMS(2, 3, 4)), randn_tensor(61, DF_DIMS(2, 3, 4))};
+            df_tensor *in[2] = {randn_tensor(60, DF_DIMS(2, 3, 4)),
+                                randn_tensor(61, DF_DIMS(2, 3, 4))};
             df_tensor_set_requires_grad(in[0], mode != 2);
             df_tensor_set_requires_grad(in[1], mode != 1);
             gradcheck("mse_loss", call_mse, &m, in, 2, 1e-3, 5e-3, 1e-2);
@@ -136,10 +139,34 @@ Test(autograd_masks_losses, cross_entropy_gradcheck_and_values) {
     gradcheck("cross_entropy i64", call_ce, t64, &x, 1, 1e-3, 5e-3, 1e-2);
     cr_assert(t32->grad == NULL && t64->grad == NULL, "targets take no gradient");
     /* uniform logits: loss = ln C; large logits stay finite */
-    df_tensor *z = df_from_data(DF_DTYPE_F32, DF_DIMS(2, 5),
-                                (float[]){0, 0, 0, 0, 0, 1000, 0, 0, 0, -1000});
+    df_tensor *z =
+        df_from_data(DF_DTYPE_F32, DF_DIMS(2, 5), (float[]){0, 0, 0, 0, 0, 1000, 0, 0, 0, -1000});
     df_tensor *tz = df_from_data(DF_DTYPE_I64, DF_DIMS(2), (int64_t[]){3, 0});
     float want = logf(5.0f) / 2.0f;
     check_close_f32("cross_entropy", df_f32(df_cross_entropy(z, tz)), &want, 1, 1e-6, 1e-6);
     df_scope_end(s);
+}
+
+/* The mean of mse_loss is a blocked double sum: the same for 1 and 2 threads. */
+Test(autograd_masks_losses, mse_mean_thread_count_independent) {
+    df_tensor *a = randn_tensor(80, DF_DIMS(4, 64, 48, 48)),
+              *b = randn_tensor(81, DF_DIMS(4, 64, 48, 48));
+    int saved = omp_get_max_threads();
+    df_tensor *r[2];
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(t + 1);
+        r[t] = df_mse_loss(a, b, true);
+    }
+    omp_set_num_threads(saved);
+    check_close("mse mean, 1 vs 2 threads", r[0], r[1], 0, 0);
+    double exact = 0;
+    for (int64_t i = 0; i < a->numel; i++) {
+        float d = df_f32(a)[i] - df_f32(b)[i];
+        exact += (double)(d * d);
+    }
+    float want = (float)(exact / (double)a->numel);
+    check_close_f32("mse mean vs double", df_f32(r[0]), &want, 1, 0, 1e-6);
+    for (int t = 0; t < 2; t++) df_tensor_free(r[t]);
+    df_tensor_free(a);
+    df_tensor_free(b);
 }

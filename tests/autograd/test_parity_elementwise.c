@@ -21,11 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if __has_include("nn/nn.h")
 #include "nn/nn.h"
-#else
-#include "tests/autograd/st_shim.h"
-#endif
 
 /* Value of `key` in "k=v;k=v" (a static buffer), or NULL. */
 static const char *param(const char *params, const char *key) {
@@ -73,8 +69,8 @@ static df_tensor *run_case(const char *name, const char *params, df_tensor **in,
     if (!strcmp(name, "mse_none")) return df_mse_loss(in[0], in[1], false);
     if (starts(name, "pow_")) {
         float e = fparam(params, "e");
-        *tight = e == 0 || e == 1 || e == 2 || e == 3 || e == -1 || e == -2 || e == 0.5f ||
-                 e == -0.5f;
+        *tight =
+            e == 0 || e == 1 || e == 2 || e == 3 || e == -1 || e == -2 || e == 0.5f || e == -0.5f;
         return df_pow(in[0], e);
     }
     *tight = false;
@@ -97,7 +93,8 @@ static df_tensor *run_case(const char *name, const char *params, df_tensor **in,
         snprintf(buf, sizeof buf, "%s", ds ? ds : "");
         for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " ")) dims[nd++] = atoi(tok);
         bool keep = fparam(params, "keepdim") != 0;
-        return starts(name, "sum.") ? df_sum(in[0], nd, dims, keep) : df_mean(in[0], nd, dims, keep);
+        return starts(name, "sum.") ? df_sum(in[0], nd, dims, keep)
+                                    : df_mean(in[0], nd, dims, keep);
     }
     cr_assert_fail("unknown case %s", name);
     return NULL;
@@ -164,9 +161,21 @@ static void check_group(const char *group) {
     df_st_close(f);
 }
 
-Test(autograd_parity_elementwise, binary) { check_group("binary"); }
-Test(autograd_parity_elementwise, unary) { check_group("unary"); }
-Test(autograd_parity_elementwise, softmax) { check_group("softmax"); }
-Test(autograd_parity_elementwise, reduce) { check_group("reduce"); }
-Test(autograd_parity_elementwise, masked_fill) { check_group("masked_fill"); }
-Test(autograd_parity_elementwise, losses) { check_group("losses"); }
+Test(autograd_parity_elementwise, binary) {
+    check_group("binary");
+}
+Test(autograd_parity_elementwise, unary) {
+    check_group("unary");
+}
+Test(autograd_parity_elementwise, softmax) {
+    check_group("softmax");
+}
+Test(autograd_parity_elementwise, reduce) {
+    check_group("reduce");
+}
+Test(autograd_parity_elementwise, masked_fill) {
+    check_group("masked_fill");
+}
+Test(autograd_parity_elementwise, losses) {
+    check_group("losses");
+}

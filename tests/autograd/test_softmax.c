@@ -22,8 +22,8 @@ Test(autograd_softmax, gradcheck) {
 
 Test(autograd_softmax, rows_sum_to_one_and_large_logits_are_stable) {
     df_scope s = df_scope_begin();
-    df_tensor *x = df_from_data(DF_DTYPE_F32, DF_DIMS(2, 3),
-                                (float[]){1000, 1001, 1002, -1000, -1000, -1000});
+    df_tensor *x =
+        df_from_data(DF_DTYPE_F32, DF_DIMS(2, 3), (float[]){1000, 1001, 1002, -1000, -1000, -1000});
     df_tensor *y = df_softmax(x), *l = df_log_softmax(x);
     float third = 1.0f / 3.0f;
     /* e^0, e^1, e^2 over their sum */

@@ -20,38 +20,58 @@ static df_tensor *call_unary(df_tensor **in, void *u) {
     const unary_case *c = u;
     df_tensor *x = in[0];
     switch (c->kind) {
-    case 0: return df_neg(x);
-    case 1: return df_exp(x);
-    case 2: return df_log(x);
-    case 3: return df_sqrt(x);
-    case 4: return df_rsqrt(x);
-    case 5: return df_pow(x, 2.0f);
-    case 6: return df_pow(x, 3.0f);
-    case 7: return df_pow(x, 0.5f);
-    case 8: return df_pow(x, -0.5f);
-    case 9: return df_pow(x, -1.0f);
-    case 10: return df_pow(x, -2.0f);
-    case 11: return df_pow(x, 1.7f);
-    case 12: return df_pow(x, 0.0f);
-    case 13: return df_pow(x, 1.0f);
-    case 14: return df_clamp(x, -0.55f, 0.65f);
-    case 15: return df_sigmoid(x);
-    case 16: return df_tanh(x);
-    case 17: return df_silu(x);
-    case 18: return df_gelu(x);
-    case 19: return df_gelu_tanh(x);
-    default: return df_quick_gelu(x);
+    case 0:
+        return df_neg(x);
+    case 1:
+        return df_exp(x);
+    case 2:
+        return df_log(x);
+    case 3:
+        return df_sqrt(x);
+    case 4:
+        return df_rsqrt(x);
+    case 5:
+        return df_pow(x, 2.0f);
+    case 6:
+        return df_pow(x, 3.0f);
+    case 7:
+        return df_pow(x, 0.5f);
+    case 8:
+        return df_pow(x, -0.5f);
+    case 9:
+        return df_pow(x, -1.0f);
+    case 10:
+        return df_pow(x, -2.0f);
+    case 11:
+        return df_pow(x, 1.7f);
+    case 12:
+        return df_pow(x, 0.0f);
+    case 13:
+        return df_pow(x, 1.0f);
+    case 14:
+        return df_clamp(x, -0.55f, 0.65f);
+    case 15:
+        return df_sigmoid(x);
+    case 16:
+        return df_tanh(x);
+    case 17:
+        return df_silu(x);
+    case 18:
+        return df_gelu(x);
+    case 19:
+        return df_gelu_tanh(x);
+    default:
+        return df_quick_gelu(x);
     }
 }
 
 static const unary_case cases[] = {
-    {"neg", 0, false},        {"exp", 1, false},        {"log", 2, true},
-    {"sqrt", 3, true},        {"rsqrt", 4, true},       {"pow 2", 5, false},
-    {"pow 3", 6, false},      {"pow 0.5", 7, true},     {"pow -0.5", 8, true},
-    {"pow -1", 9, true},      {"pow -2", 10, true},     {"pow 1.7", 11, true},
-    {"pow 0", 12, false},     {"pow 1", 13, false},     {"clamp", 14, false},
-    {"sigmoid", 15, false},   {"tanh", 16, false},      {"silu", 17, false},
-    {"gelu", 18, false},      {"gelu_tanh", 19, false}, {"quick_gelu", 20, false},
+    {"neg", 0, false},         {"exp", 1, false},    {"log", 2, true},     {"sqrt", 3, true},
+    {"rsqrt", 4, true},        {"pow 2", 5, false},  {"pow 3", 6, false},  {"pow 0.5", 7, true},
+    {"pow -0.5", 8, true},     {"pow -1", 9, true},  {"pow -2", 10, true}, {"pow 1.7", 11, true},
+    {"pow 0", 12, false},      {"pow 1", 13, false}, {"clamp", 14, false}, {"sigmoid", 15, false},
+    {"tanh", 16, false},       {"silu", 17, false},  {"gelu", 18, false},  {"gelu_tanh", 19, false},
+    {"quick_gelu", 20, false},
 };
 
 Test(autograd_unary, gradcheck_every_op) {
