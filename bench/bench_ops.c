@@ -9,20 +9,26 @@
  * graph, with only x (bwd-data) or only w and b (bwd-weights) requiring a gradient, so the time
  * includes what a training step pays: the gradient buffer and the accumulation into it.
  *
- * Output: one tab-separated line per case: shape, op, median ms, GFLOP/s (2 MACs per FLOP
- * pair; bias and reorders are not counted as FLOPs).
+ * Output: one tab-separated line per case: shape, op, median ms, GFLOP/s at the median (2 FLOPs
+ * per multiply-add; bias and reorders are not counted), and the minimum ms (steadier than the
+ * median on a loaded machine).
  * Env: DF_BENCH_ITERS, DF_BENCH_WARMUP, DF_BENCH_BATCH (default 32), DF_CONV_LAYOUT (see
- * autograd/ops/conv2d.c).
+ * autograd/ops/conv2d.c), DF_BENCH_CLOCK=cpu to time process CPU time instead of wall time (with
+ * OMP_NUM_THREADS=1 a comparison that survives a machine shared with other jobs: a descheduled
+ * thread accrues no CPU time).
  */
 #include "autograd/autograd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+
+static clockid_t clock_id = CLOCK_MONOTONIC;
 
 static double now_ms(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock_id, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
@@ -37,6 +43,7 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 static int iters, warmup;
+static double last_min; /* minimum ms of the last timed case */
 
 typedef enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_WEIGHTS } conv_pass;
 
@@ -76,6 +83,7 @@ static double time_conv(df_tensor *x, df_tensor *w, df_tensor *b, df_tensor *gy,
     }
     qsort(t, (size_t)iters, sizeof *t, cmp_double);
     double med = t[iters / 2];
+    last_min = t[0];
     free(t);
     return med;
 }
@@ -94,6 +102,7 @@ static double time_matmul(df_tensor *a, df_tensor *bm) {
     df_grad_set_enabled(prev);
     qsort(t, (size_t)iters, sizeof *t, cmp_double);
     double med = t[iters / 2];
+    last_min = t[0];
     free(t);
     return med;
 }
@@ -108,6 +117,8 @@ static df_tensor *randn(uint64_t seed, int ndim, const int64_t *shape, float sca
 }
 
 int main(void) {
+    const char *clk = getenv("DF_BENCH_CLOCK");
+    if (clk && strcmp(clk, "cpu") == 0) clock_id = CLOCK_PROCESS_CPUTIME_ID;
     iters = env_int("DF_BENCH_ITERS", 10);
     warmup = env_int("DF_BENCH_WARMUP", 2);
     if (iters < 1) iters = 1;
@@ -127,8 +138,9 @@ int main(void) {
             double flops = 2.0 * N * C * H * H * C * k * k;
             for (int pass = 0; pass < 3; pass++) {
                 double ms = time_conv(x, w, b, gy, p, (conv_pass)pass);
-                printf("%lldx%lldx%lldx%lld k%d\t%s\t%.3f\t%.1f\n", (long long)N, (long long)C,
-                       (long long)H, (long long)H, k, pass_names[pass], ms, flops / ms * 1e-6);
+                printf("%lldx%lldx%lldx%lld k%d\t%s\t%.3f\t%.1f\t%.3f\n", (long long)N,
+                       (long long)C, (long long)H, (long long)H, k, pass_names[pass], ms,
+                       flops / ms * 1e-6, last_min);
                 fflush(stdout);
             }
             df_tensor *ts[4] = {x, w, b, gy};
@@ -138,8 +150,8 @@ int main(void) {
         df_tensor *a = randn(5, DF_DIMS(M, C), 1.0f);
         df_tensor *bm = randn(6, DF_DIMS(C, C), 0.05f);
         double ms = time_matmul(a, bm);
-        printf("%lldx%lld * %lldx%lld\tmatmul\t%.3f\t%.1f\n", (long long)M, (long long)C,
-               (long long)C, (long long)C, ms, 2.0 * M * C * C / ms * 1e-6);
+        printf("%lldx%lld * %lldx%lld\tmatmul\t%.3f\t%.1f\t%.3f\n", (long long)M, (long long)C,
+               (long long)C, (long long)C, ms, 2.0 * M * C * C / ms * 1e-6, last_min);
         fflush(stdout);
         df_tensor_free(a);
         df_tensor_free(bm);

@@ -1,6 +1,6 @@
 """torch_ops.py — the PyTorch peer of bench/bench_ops.c: the same shapes, passes and output
-format (shape, op, median ms, GFLOP/s; tab-separated), timed the same way (warm-up, then the
-median of DF_BENCH_ITERS iterations).
+format (shape, op, median ms, GFLOP/s at the median, minimum ms; tab-separated), timed the same
+way (warm-up, then DF_BENCH_ITERS iterations; DF_BENCH_CLOCK=cpu for process CPU time).
 
 PyTorch computes fp32 CPU convolutions through mkldnn (oneDNN) on plain NCHW tensors; the
 backward passes are timed separately with torch.ops.aten.convolution_backward and an
@@ -19,18 +19,20 @@ ITERS = max(1, int(os.environ.get("DF_BENCH_ITERS", "10")))
 WARMUP = max(0, int(os.environ.get("DF_BENCH_WARMUP", "2")))
 N = int(os.environ.get("DF_BENCH_BATCH", "32"))
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+# DF_BENCH_CLOCK=cpu: process CPU time instead of wall time, as bench_ops.c
+CLOCK = time.process_time if os.environ.get("DF_BENCH_CLOCK") == "cpu" else time.perf_counter
 
 
 def median_ms(fn):
     ts = []
     for i in range(WARMUP + ITERS):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        t1 = time.perf_counter()
+        t1 = CLOCK()
         if i >= WARMUP:
             ts.append((t1 - t0) * 1e3)
     ts.sort()
-    return ts[len(ts) // 2]
+    return ts[len(ts) // 2], ts[0]
 
 
 def main():
@@ -54,15 +56,15 @@ def main():
                     "conv_bwd_weights": bwd([False, True, True]),
                 }
                 for name, fn in passes.items():
-                    ms = median_ms(fn)
-                    print(f"{N}x{C}x{H}x{H} k{k}\t{name}\t{ms:.3f}\t{flops / ms * 1e-6:.1f}",
-                          flush=True)
+                    ms, lo = median_ms(fn)
+                    print(f"{N}x{C}x{H}x{H} k{k}\t{name}\t{ms:.3f}\t{flops / ms * 1e-6:.1f}"
+                          f"\t{lo:.3f}", flush=True)
             M = N * H * H
             a = torch.randn(M, C, generator=g)
             bm = torch.randn(C, C, generator=g) * 0.05
-            ms = median_ms(lambda: torch.matmul(a, bm))
-            print(f"{M}x{C} * {C}x{C}\tmatmul\t{ms:.3f}\t{2.0 * M * C * C / ms * 1e-6:.1f}",
-                  flush=True)
+            ms, lo = median_ms(lambda: torch.matmul(a, bm))
+            print(f"{M}x{C} * {C}x{C}\tmatmul\t{ms:.3f}\t{2.0 * M * C * C / ms * 1e-6:.1f}"
+                  f"\t{lo:.3f}", flush=True)
 
 
 if __name__ == "__main__":
