@@ -7,16 +7,18 @@
 #   DF_BENCH_ITERS=30 bench/run-ops.sh    # more iterations (quiet machine)
 #   DF_BENCH_ITERS=3 DF_BENCH_BATCH=8 bench/run-ops.sh   # a quick smoke run
 #   DF_CONV_LAYOUT=nhwc bench/run-ops.sh  # another conv layout (docs/layout.md)
+#   DF_BENCH_THREADS=1 DF_BENCH_CLOCK=cpu bench/run-ops.sh  # CPU time, 1 thread: for a machine
+#                                         # shared with other jobs (not the headline numbers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j 2 --target bench_ops >/dev/null
-export OMP_NUM_THREADS=2
+export OMP_NUM_THREADS=${DF_BENCH_THREADS:-2}
 ours=$(mktemp) theirs=$(mktemp)
 trap 'rm -f "$ours" "$theirs"' EXIT
 build/bench/bench_ops >"$ours"
 /usr/bin/python3 bench/torch_ops.py >"$theirs"
-echo "threads: 2, iterations: ${DF_BENCH_ITERS:-10} (median), conv layout: ${DF_CONV_LAYOUT:-any}"
+echo "threads: $OMP_NUM_THREADS, iterations: ${DF_BENCH_ITERS:-10} (median), clock: ${DF_BENCH_CLOCK:-wall}, conv layout: ${DF_CONV_LAYOUT:-any}"
 awk -F'\t' '
   NR == FNR { them[$1 "\t" $2] = $4; next }
   BEGIN { printf "%-22s %-17s %10s %10s %7s\n", "shape", "op", "ours", "pytorch", "ratio";
