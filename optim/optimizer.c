@@ -134,8 +134,11 @@ df_status df_optim_new(df_optim_kind kind, const df_param_group *groups, int n_g
     int n_params = 0;
     for (int g = 0; g < n_groups; g++) {
         df_status st = df_optim_hparams_check(kind, &groups[g].h);
-        if (st != DF_OK)
-            return df_error(st, "optim: parameter group %d: %s", g, df_last_error());
+        if (st != DF_OK) {
+            char why[512]; /* df_error overwrites the message it would read */
+            snprintf(why, sizeof why, "%s", df_last_error());
+            return df_error(st, "optim: parameter group %d: %s", g, why);
+        }
         if (groups[g].n < 0 || (groups[g].n > 0 && !groups[g].params))
             return df_error(DF_ERR_INVALID, "optim: group %d has %d parameters", g, groups[g].n);
         for (int i = 0; i < groups[g].n; i++) {
