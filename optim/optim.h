@@ -123,6 +123,14 @@ DF_API df_tensor *df_optim_state_tensor(const df_optim *o, int i);
 /* The state tensor called `name`, or NULL. */
 DF_API df_tensor *df_optim_state_find(const df_optim *o, const char *name);
 
+/* The whole state to / from a safetensors file (df_st_save; metadata "optimizer" = the kind).
+ * Load: every state tensor must be in the file with its exact shape (DF_ERR_NOTFOUND /
+ * DF_ERR_INVALID naming it), the file must hold no other tensor and, when it says, the same kind
+ * (DF_ERR_INVALID); DF_ERR_IO / DF_ERR_FORMAT from the reader. A failed load may have restored
+ * some tensors: rebuild the optimizer before retrying. */
+DF_API df_status df_optim_state_save(const df_optim *o, const char *path);
+DF_API df_status df_optim_state_load(df_optim *o, const char *path);
+
 /* ---------------------------------------------------------------- LR schedules ---------------- */
 
 typedef enum df_lr_kind {
@@ -241,5 +249,8 @@ DF_API int df_ema_state_count(const df_ema *e);
 DF_API const char *df_ema_state_name(const df_ema *e, int i);
 DF_API df_tensor *df_ema_state_tensor(const df_ema *e, int i);
 DF_API df_tensor *df_ema_state_find(const df_ema *e, const char *name);
+/* The state to / from a safetensors file, with the rules of df_optim_state_save / _load. */
+DF_API df_status df_ema_state_save(const df_ema *e, const char *path);
+DF_API df_status df_ema_state_load(df_ema *e, const char *path);
 
 #endif

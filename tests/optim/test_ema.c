@@ -1,11 +1,13 @@
 /* test_ema.c — diffusers' EMAModel (training_utils.py v0.21, re-implemented in
  * tests/ref/gen_optim.py): decays and shadow trajectories over 20 steps for the plain rule, the
  * warmup rule, update_after_step + min_decay, and a frozen parameter; store / copy_to / restore;
- * a state round trip that continues bit-identically; bad configs. */
+ * a state round trip (in memory and through a safetensors file) that continues bit-identically;
+ * bad configs. */
 #include "tests/optim/optim_fixture.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <unistd.h>
 
 static df_ema_config ema_case(const char *name) {
     df_ema_config c = df_ema_config_default();
@@ -138,7 +140,13 @@ Test(optim_ema, state_round_trip_continues_bitwise) {
     int ns = df_ema_state_count(e1);
     df_tensor *saved[FX_NPARAM + 1];
     for (int i = 0; i < ns; i++) saved[i] = df_tensor_clone(df_ema_state_tensor(e1, i));
+    char path[] = "/tmp/df_ema_state_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    cr_assert_eq(df_ema_state_save(e1, path), DF_OK, "%s", df_last_error());
     df_ema_free(e1);
+    /* in memory: write the saved tensors into a fresh EMA by name */
     df_ema *e2;
     cr_assert_eq(df_ema_new(&cfg, q, names, FX_NPARAM, &e2), DF_OK);
     for (int i = 0; i < ns; i++) {
@@ -147,6 +155,17 @@ Test(optim_ema, state_round_trip_continues_bitwise) {
         df_tensor_copy_(dst, saved[i]);
     }
     cr_assert_eq(df_ema_optimization_step(e2), 10);
+    /* through the file: a second fresh EMA must hold the same state */
+    df_ema *e3;
+    cr_assert_eq(df_ema_new(&cfg, q, names, FX_NPARAM, &e3), DF_OK);
+    cr_assert_eq(df_ema_state_load(e3, path), DF_OK, "%s", df_last_error());
+    unlink(path);
+    for (int i = 0; i < ns; i++) {
+        df_tensor *a = df_ema_state_tensor(e2, i), *b = df_ema_state_tensor(e3, i);
+        cr_assert(memcmp(a->data, b->data, (size_t)a->numel * df_dtype_size(a->dtype)) == 0,
+                  "state '%s' differs after a file round trip", df_ema_state_name(e2, i));
+    }
+    df_ema_free(e3);
     for (int s = 10; s < FX_STEPS; s++) {
         set_values(q, df_f32(traj) + s * FX_NUMEL);
         df_ema_step(e2);

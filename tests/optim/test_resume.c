@@ -1,7 +1,8 @@
 /* test_resume.c — save the optimizer state at step 10 through its named tensors, restore it into
  * fresh parameters and a fresh optimizer, continue to step 20: parameters and every state tensor
  * are bitwise equal to an uninterrupted run. Once in memory (clones of the state tensors) and
- * once through a safetensors file (df_st_save, df_st_read_into), for every optimizer config. */
+ * once through a safetensors file (df_optim_state_save / _load), for every optimizer config; and
+ * loads that must fail (another optimizer's file, a missing tensor). */
 #include "tests/optim/optim_fixture.h"
 
 #include <stdio.h>
@@ -54,19 +55,12 @@ static void resume_case(const char *name, bool through_file) {
     fx_gather(first.p, values, false);
     int ns = df_optim_state_count(o1);
     df_tensor **saved = calloc((size_t)ns, sizeof *saved);
-    const char **names = calloc((size_t)ns, sizeof *names);
     char path[] = "/tmp/df_optim_resume_XXXXXX";
     if (through_file) {
         int fd = mkstemp(path);
         cr_assert(fd >= 0);
         close(fd);
-        const df_tensor **ts = calloc((size_t)ns, sizeof *ts);
-        for (int i = 0; i < ns; i++) {
-            names[i] = df_optim_state_name(o1, i);
-            ts[i] = df_optim_state_tensor(o1, i);
-        }
-        cr_assert_eq(df_st_save(path, ns, names, ts, 0, NULL, NULL), DF_OK, "%s", df_last_error());
-        free(ts);
+        cr_assert_eq(df_optim_state_save(o1, path), DF_OK, "%s", df_last_error());
     } else {
         for (int i = 0; i < ns; i++) saved[i] = df_tensor_clone(df_optim_state_tensor(o1, i));
     }
@@ -81,14 +75,7 @@ static void resume_case(const char *name, bool through_file) {
     df_optim *o2 = fx_make_optim(name, &second, &sched, &has_sched);
     cr_assert_eq(df_optim_state_count(o2), ns);
     if (through_file) {
-        df_st_file *f;
-        cr_assert_eq(df_st_open(path, &f), DF_OK, "%s", df_last_error());
-        for (int i = 0; i < ns; i++) {
-            df_tensor *dst = df_optim_state_find(o2, name_copy[i]);
-            cr_assert(dst, "%s: no state '%s'", name, name_copy[i]);
-            cr_assert_eq(df_st_read_into(f, name_copy[i], dst), DF_OK, "%s", df_last_error());
-        }
-        df_st_close(f);
+        cr_assert_eq(df_optim_state_load(o2, path), DF_OK, "%s", df_last_error());
         unlink(path);
     } else {
         for (int i = 0; i < ns; i++) {
@@ -106,7 +93,6 @@ static void resume_case(const char *name, bool through_file) {
     fx_free(&second);
     fx_free(&full);
     free(saved);
-    free(names);
     free(name_copy);
     df_scope_end(sc);
 }
@@ -117,4 +103,37 @@ Test(optim_resume, in_memory_state_round_trip_is_bitwise) {
 
 Test(optim_resume, safetensors_state_round_trip_is_bitwise) {
     for (int c = 0; c < FX_N_CONFIGS; c++) resume_case(fx_configs[c], true);
+}
+
+/* Loading another configuration's state is an error naming what is wrong. */
+Test(optim_resume, mismatched_state_files_are_errors) {
+    df_scope sc = df_scope_begin();
+    float zeros[FX_NUMEL] = {0};
+    fx_params fp;
+    fx_make(&fp, zeros);
+    df_lr_schedule sched;
+    bool has_sched;
+    df_optim *adamw = fx_make_optim("adamw_wd", &fp, &sched, &has_sched);
+    df_optim *ams = fx_make_optim("adamw_amsgrad_wd", &fp, &sched, &has_sched);
+    df_optim *sgd = fx_make_optim("sgd_momentum", &fp, &sched, &has_sched);
+    char path[] = "/tmp/df_optim_bad_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    cr_assert_eq(df_optim_state_save(adamw, path), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_optim_state_load(sgd, path), DF_ERR_INVALID);
+    cr_assert(strstr(df_last_error(), "adamw") && strstr(df_last_error(), "sgd"), "%s",
+              df_last_error());
+    cr_assert_eq(df_optim_state_load(ams, path), DF_ERR_NOTFOUND);
+    cr_assert(strstr(df_last_error(), "max_exp_avg_sq"), "%s", df_last_error());
+    cr_assert_eq(df_optim_state_save(ams, path), DF_OK);
+    cr_assert_eq(df_optim_state_load(adamw, path), DF_ERR_INVALID);
+    cr_assert(strstr(df_last_error(), "another configuration"), "%s", df_last_error());
+    unlink(path);
+    cr_assert_neq(df_optim_state_load(adamw, path), DF_OK);
+    df_optim_free(adamw);
+    df_optim_free(ams);
+    df_optim_free(sgd);
+    fx_free(&fp);
+    df_scope_end(sc);
 }
