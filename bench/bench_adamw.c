@@ -34,9 +34,12 @@ int main(int argc, char **argv) {
     int64_t n = 100000000;
     int n_tensors = 100, steps = 5;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--params") == 0) n = atoll(argv[i + 1]);
-        else if (strcmp(argv[i], "--tensors") == 0) n_tensors = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
+        if (strcmp(argv[i], "--params") == 0)
+            n = atoll(argv[i + 1]);
+        else if (strcmp(argv[i], "--tensors") == 0)
+            n_tensors = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--steps") == 0)
+            steps = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "bench_adamw: unknown option %s\n", argv[i]);
             return 2;

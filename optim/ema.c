@@ -17,19 +17,23 @@
 struct df_ema {
     df_ema_config cfg;
     int n;
-    df_tensor **params;   /* borrowed */
-    df_tensor **shadow;   /* owned views of `flat` */
-    df_tensor **stored;   /* owned views of `stored_flat` */
-    char **names;         /* owned */
-    df_tensor *flat;      /* F32 [total], owned */
+    df_tensor **params; /* borrowed */
+    df_tensor **shadow; /* owned views of `flat` */
+    df_tensor **stored; /* owned views of `stored_flat` */
+    char **names;       /* owned */
+    df_tensor *flat;    /* F32 [total], owned */
     df_tensor *stored_flat;
     bool has_stored;
-    df_tensor *step;      /* I64 [1] optimization_step, owned */
+    df_tensor *step; /* I64 [1] optimization_step, owned */
 };
 
 df_ema_config df_ema_config_default(void) {
-    return (df_ema_config){.decay = 0.9999, .min_decay = 0.0, .update_after_step = 0,
-                           .use_ema_warmup = false, .inv_gamma = 1.0, .power = 2.0 / 3.0};
+    return (df_ema_config){.decay = 0.9999,
+                           .min_decay = 0.0,
+                           .update_after_step = 0,
+                           .use_ema_warmup = false,
+                           .inv_gamma = 1.0,
+                           .power = 2.0 / 3.0};
 }
 
 df_status df_ema_config_check(const df_ema_config *c) {
@@ -96,9 +100,9 @@ df_status df_ema_new(const df_ema_config *cfg, df_tensor *const *params, const c
         for (int j = 0; j <= i; j++)
             if ((j < i && strcmp(e->names[i], e->names[j]) == 0) ||
                 strcmp(e->names[i], "optimization_step") == 0) {
-                df_status st = df_error(DF_ERR_INVALID,
-                                        "ema: parameter name '%s' appears twice or is reserved",
-                                        e->names[i]);
+                df_status st =
+                    df_error(DF_ERR_INVALID,
+                             "ema: parameter name '%s' appears twice or is reserved", e->names[i]);
                 df_ema_free(e);
                 return st;
             }

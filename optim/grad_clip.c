@@ -36,8 +36,8 @@ static grad_chunk *make_chunks(df_tensor *const *params, int n, int64_t *count, 
         DF_ASSERT(g->dtype == DF_DTYPE_F32, "grad norm: parameter %d has a %s gradient", i,
                   df_dtype_name(g->dtype));
         for (int64_t s = 0; s < g->numel; s += GRAD_CHUNK) {
-            ch[c++] = (grad_chunk){df_f32(g) + s, g->numel - s < GRAD_CHUNK ? g->numel - s
-                                                                           : GRAD_CHUNK};
+            ch[c++] =
+                (grad_chunk){df_f32(g) + s, g->numel - s < GRAD_CHUNK ? g->numel - s : GRAD_CHUNK};
             t += ch[c - 1].len;
         }
     }
@@ -66,11 +66,10 @@ double df_grad_norm(df_tensor *const *params, int n) {
     return sqrt(sum);
 }
 
-df_status df_clip_grad_norm(df_tensor *const *params, int n, double max_norm,
-                            double *total_norm) {
+df_status df_clip_grad_norm(df_tensor *const *params, int n, double max_norm, double *total_norm) {
     if (!(max_norm > 0) || isinf(max_norm))
-        return df_error(DF_ERR_INVALID, "clip_grad_norm: invalid max_norm %g (allowed: finite, > 0)",
-                        max_norm);
+        return df_error(DF_ERR_INVALID,
+                        "clip_grad_norm: invalid max_norm %g (allowed: finite, > 0)", max_norm);
     float total = (float)df_grad_norm(params, n);
     if (total_norm) *total_norm = total;
     float coef = (1.0f / (total + 1e-6f)) * (float)max_norm;

@@ -35,8 +35,9 @@ df_status df_lr_schedule_check(const df_lr_schedule *s) {
                         (int)s->kind);
     const char *k = lr_names[s->kind];
     if (s->num_warmup_steps < 0)
-        return df_error(DF_ERR_INVALID, "lr_scheduler %s: invalid num_warmup_steps %lld (allowed: >= 0)",
-                        k, (long long)s->num_warmup_steps);
+        return df_error(DF_ERR_INVALID,
+                        "lr_scheduler %s: invalid num_warmup_steps %lld (allowed: >= 0)", k,
+                        (long long)s->num_warmup_steps);
     bool decays = s->kind >= DF_LR_LINEAR;
     if (decays && s->num_training_steps < 1)
         return df_error(DF_ERR_INVALID,
@@ -44,8 +45,9 @@ df_status df_lr_schedule_check(const df_lr_schedule *s) {
                         (long long)s->num_training_steps);
     if ((s->kind == DF_LR_COSINE || s->kind == DF_LR_COSINE_WITH_RESTARTS) &&
         (!(s->num_cycles >= 0) || isinf(s->num_cycles)))
-        return df_error(DF_ERR_INVALID, "lr_scheduler %s: invalid num_cycles %g (allowed: finite, >= 0)",
-                        k, s->num_cycles);
+        return df_error(DF_ERR_INVALID,
+                        "lr_scheduler %s: invalid num_cycles %g (allowed: finite, >= 0)", k,
+                        s->num_cycles);
     if (s->kind == DF_LR_POLYNOMIAL) {
         if (s->num_training_steps <= s->num_warmup_steps)
             return df_error(DF_ERR_INVALID,
@@ -96,9 +98,12 @@ double df_lr_schedule_factor(const df_lr_schedule *s, int64_t step) {
     if (step < warm) return (double)step / (double)max_i64(1, warm);
     double progress = (double)(step - warm) / (double)max_i64(1, train - warm);
     switch (s->kind) {
-    case DF_LR_CONSTANT_WITH_WARMUP: return 1.0;
-    case DF_LR_LINEAR: return fmax(0.0, (double)(train - step) / (double)max_i64(1, train - warm));
-    case DF_LR_COSINE: return fmax(0.0, 0.5 * (1.0 + cos(M_PI * s->num_cycles * 2.0 * progress)));
+    case DF_LR_CONSTANT_WITH_WARMUP:
+        return 1.0;
+    case DF_LR_LINEAR:
+        return fmax(0.0, (double)(train - step) / (double)max_i64(1, train - warm));
+    case DF_LR_COSINE:
+        return fmax(0.0, 0.5 * (1.0 + cos(M_PI * s->num_cycles * 2.0 * progress)));
     case DF_LR_COSINE_WITH_RESTARTS: {
         if (progress >= 1.0) return 0.0;
         double x = s->num_cycles * progress;
@@ -113,7 +118,8 @@ double df_lr_schedule_factor(const df_lr_schedule *s, int64_t step) {
         double decay = lr_range * pow(pct_remaining, s->power) + s->lr_end;
         return decay / s->lr_init;
     }
-    default: DF_ASSERT(0, "lr schedule kind %d", (int)s->kind);
+    default:
+        DF_ASSERT(0, "lr schedule kind %d", (int)s->kind);
     }
     return 0.0;
 }

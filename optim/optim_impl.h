@@ -20,8 +20,8 @@
 enum { OPTIM_SLOTS = 3 }; /* moment buffers: Adam exp_avg, exp_avg_sq, max_exp_avg_sq */
 
 typedef struct optim_param {
-    df_tensor *t;       /* borrowed */
-    char *name;         /* owned */
+    df_tensor *t; /* borrowed */
+    char *name;   /* owned */
     int group;
     int64_t moment_off; /* first element in each moment buffer */
 } optim_param;
@@ -40,16 +40,16 @@ typedef struct optim_chunk {
 /* Per-group scalars of one step, computed in double as torch computes them (Python floats)
  * and rounded to float where torch hands them to a float32 kernel. */
 typedef struct optim_scalars {
-    bool skip_first;   /* SGD: momentum buffer starts as a copy of d_p (first step) */
-    float lr_neg;      /* -lr */
-    float wd;          /* weight_decay (Adam / SGD: added to the gradient) */
-    float decay_mul;   /* AdamW / Lion: 1 - lr * weight_decay */
+    bool skip_first; /* SGD: momentum buffer starts as a copy of d_p (first step) */
+    float lr_neg;    /* -lr */
+    float wd;        /* weight_decay (Adam / SGD: added to the gradient) */
+    float decay_mul; /* AdamW / Lion: 1 - lr * weight_decay */
     bool has_wd;
     float momentum, one_minus_damp;
     bool has_momentum, nesterov;
     float beta1, one_minus_beta1, beta2, one_minus_beta2;
-    float step_size_neg;  /* Adam: -lr / bias_correction1 */
-    float bc2_sqrt;       /* Adam: sqrt(bias_correction2) */
+    float step_size_neg; /* Adam: -lr / bias_correction1 */
+    float bc2_sqrt;      /* Adam: sqrt(bias_correction2) */
     float eps;
     bool amsgrad;
 } optim_scalars;
@@ -65,8 +65,8 @@ struct df_optim {
     int n_chunks;
     optim_chunk *chunks;
     int n_state;
-    char **state_names;  /* owned */
-    df_tensor **state;   /* owned views */
+    char **state_names; /* owned */
+    df_tensor **state;  /* owned views */
 };
 
 /* Elementwise kernels over n elements of one parameter. p: values (updated), g: gradient,

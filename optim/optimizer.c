@@ -112,8 +112,11 @@ static int slots_used(df_optim_kind kind, const df_optim_hparams *h, const char 
         suffix[1] = "exp_avg_sq";
         suffix[2] = "max_exp_avg_sq";
         return h->amsgrad ? 3 : 2;
-    case DF_OPTIM_LION: suffix[0] = "exp_avg"; return 1;
-    default: DF_ASSERT(0, "optimizer kind %d", (int)kind);
+    case DF_OPTIM_LION:
+        suffix[0] = "exp_avg";
+        return 1;
+    default:
+        DF_ASSERT(0, "optimizer kind %d", (int)kind);
     }
     return 0;
 }
@@ -202,7 +205,8 @@ df_status df_optim_new(df_optim_kind kind, const df_param_group *groups, int n_g
         return st;
     }
     int64_t total = o->total > 0 ? o->total : 1;
-    for (int k = 0; k < max_slots; k++) o->moment[k] = df_optim_zeros_owned(DF_DTYPE_F32, 1, &total);
+    for (int k = 0; k < max_slots; k++)
+        o->moment[k] = df_optim_zeros_owned(DF_DTYPE_F32, 1, &total);
     o->chunks = calloc((size_t)n_chunks + 1, sizeof *o->chunks);
     size_t max_state = (size_t)o->n_params * OPTIM_SLOTS + (size_t)n_groups + 1;
     o->state_names = calloc(max_state, sizeof *o->state_names);
@@ -224,8 +228,9 @@ df_status df_optim_new(df_optim_kind kind, const df_param_group *groups, int n_g
             for (int k = 0; k < ns; k++) {
                 char name[512];
                 snprintf(name, sizeof name, "%s.%s", p->name, suffix[k]);
-                add_state(o, name,
-                          df_optim_view_owned(o->moment[k], p->t->ndim, p->t->shape, p->moment_off));
+                add_state(
+                    o, name,
+                    df_optim_view_owned(o->moment[k], p->t->ndim, p->t->shape, p->moment_off));
             }
         }
         char name[64];
@@ -272,11 +277,20 @@ df_status df_optim_step(df_optim *o) {
         int64_t step = ((int64_t *)og->step->data)[0] + 1;
         memset(&sc[g], 0, sizeof sc[g]);
         switch (o->kind) {
-        case DF_OPTIM_SGD: df_sgd_scalars(&og->h, step, &sc[g]); break;
-        case DF_OPTIM_ADAM: df_adam_scalars(&og->h, false, step, &sc[g]); break;
-        case DF_OPTIM_ADAMW: df_adam_scalars(&og->h, true, step, &sc[g]); break;
-        case DF_OPTIM_LION: df_lion_scalars(&og->h, &sc[g]); break;
-        default: DF_ASSERT(0, "optimizer kind %d", (int)o->kind);
+        case DF_OPTIM_SGD:
+            df_sgd_scalars(&og->h, step, &sc[g]);
+            break;
+        case DF_OPTIM_ADAM:
+            df_adam_scalars(&og->h, false, step, &sc[g]);
+            break;
+        case DF_OPTIM_ADAMW:
+            df_adam_scalars(&og->h, true, step, &sc[g]);
+            break;
+        case DF_OPTIM_LION:
+            df_lion_scalars(&og->h, &sc[g]);
+            break;
+        default:
+            DF_ASSERT(0, "optimizer kind %d", (int)o->kind);
         }
     }
     const df_optim_kind kind = o->kind;
@@ -294,14 +308,19 @@ df_status df_optim_step(df_optim *o) {
         const float *g = df_f32(pp->t->grad) + ch->start;
         int64_t off = pp->moment_off + ch->start;
         switch (kind) {
-        case DF_OPTIM_SGD: df_sgd_kernel(s, p, g, m0 ? m0 + off : NULL, ch->len); break;
+        case DF_OPTIM_SGD:
+            df_sgd_kernel(s, p, g, m0 ? m0 + off : NULL, ch->len);
+            break;
         case DF_OPTIM_ADAM:
         case DF_OPTIM_ADAMW:
             df_adam_kernel(s, kind == DF_OPTIM_ADAMW, p, g, m0 + off, m1 + off,
                            s->amsgrad ? m2 + off : NULL, ch->len);
             break;
-        case DF_OPTIM_LION: df_lion_kernel(s, p, g, m0 + off, ch->len); break;
-        default: break;
+        case DF_OPTIM_LION:
+            df_lion_kernel(s, p, g, m0 + off, ch->len);
+            break;
+        default:
+            break;
         }
     }
     for (int g = 0; g < o->n_groups; g++) ((int64_t *)o->groups[g].step->data)[0] += 1;
@@ -336,8 +355,8 @@ double df_optim_initial_lr(const df_optim *o, int g) {
 df_status df_optim_set_lr(df_optim *o, int g, double lr) {
     DF_ASSERT(g >= 0 && g < o->n_groups, "optim: group %d of %d", g, o->n_groups);
     if (!(lr >= 0) || isinf(lr))
-        return df_error(DF_ERR_INVALID, "optim: group %d: invalid lr %g (allowed: finite, >= 0)",
-                        g, lr);
+        return df_error(DF_ERR_INVALID, "optim: group %d: invalid lr %g (allowed: finite, >= 0)", g,
+                        lr);
     o->groups[g].h.lr = lr;
     return DF_OK;
 }

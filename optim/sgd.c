@@ -26,11 +26,9 @@ void df_sgd_scalars(const df_optim_hparams *h, int64_t step, optim_scalars *s) {
 
 /* The loop for one combination of the flags; always inlined with constant flags so that each
  * combination compiles to its own branch-free SIMD loop. */
-static inline __attribute__((always_inline)) void sgd_loop(const optim_scalars *s, float *restrict p,
-                                                           const float *restrict g,
-                                                           float *restrict buf, int64_t n,
-                                                           const bool has_wd, const bool momentum,
-                                                           const bool first, const bool nesterov) {
+static inline __attribute__((always_inline)) void
+sgd_loop(const optim_scalars *s, float *restrict p, const float *restrict g, float *restrict buf,
+         int64_t n, const bool has_wd, const bool momentum, const bool first, const bool nesterov) {
     const float lr_neg = s->lr_neg, wd = s->wd, mom = s->momentum, omd = s->one_minus_damp;
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) {
@@ -53,19 +51,37 @@ void df_sgd_kernel(const optim_scalars *s, float *restrict p, const float *restr
                    float *restrict buf, int64_t n) {
     const bool wd = s->has_wd;
     if (!s->has_momentum) {
-        if (wd) sgd_loop(s, p, g, buf, n, true, false, false, false);
-        else sgd_loop(s, p, g, buf, n, false, false, false, false);
+        if (wd)
+            sgd_loop(s, p, g, buf, n, true, false, false, false);
+        else
+            sgd_loop(s, p, g, buf, n, false, false, false, false);
         return;
     }
     const int which = (wd ? 4 : 0) | (s->skip_first ? 2 : 0) | (s->nesterov ? 1 : 0);
     switch (which) {
-    case 0: sgd_loop(s, p, g, buf, n, false, true, false, false); break;
-    case 1: sgd_loop(s, p, g, buf, n, false, true, false, true); break;
-    case 2: sgd_loop(s, p, g, buf, n, false, true, true, false); break;
-    case 3: sgd_loop(s, p, g, buf, n, false, true, true, true); break;
-    case 4: sgd_loop(s, p, g, buf, n, true, true, false, false); break;
-    case 5: sgd_loop(s, p, g, buf, n, true, true, false, true); break;
-    case 6: sgd_loop(s, p, g, buf, n, true, true, true, false); break;
-    default: sgd_loop(s, p, g, buf, n, true, true, true, true); break;
+    case 0:
+        sgd_loop(s, p, g, buf, n, false, true, false, false);
+        break;
+    case 1:
+        sgd_loop(s, p, g, buf, n, false, true, false, true);
+        break;
+    case 2:
+        sgd_loop(s, p, g, buf, n, false, true, true, false);
+        break;
+    case 3:
+        sgd_loop(s, p, g, buf, n, false, true, true, true);
+        break;
+    case 4:
+        sgd_loop(s, p, g, buf, n, true, true, false, false);
+        break;
+    case 5:
+        sgd_loop(s, p, g, buf, n, true, true, false, true);
+        break;
+    case 6:
+        sgd_loop(s, p, g, buf, n, true, true, true, false);
+        break;
+    default:
+        sgd_loop(s, p, g, buf, n, true, true, true, true);
+        break;
     }
 }

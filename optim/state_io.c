@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 static df_status save_named(const char *path, int n, const char *(*name)(const void *, int),
                             df_tensor *(*tensor)(const void *, int), const void *obj,
                             const char *meta_key, const char *meta_value) {

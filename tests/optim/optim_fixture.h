@@ -106,14 +106,16 @@ static inline df_optim_kind fx_config(const char *name, df_optim_hparams h[2], c
 }
 
 static const char *const fx_configs[] = {
-    "sgd", "sgd_wd", "sgd_momentum", "sgd_momentum_wd", "sgd_nesterov", "sgd_nesterov_wd",
-    "adam", "adam_wd", "adam_amsgrad", "adam_amsgrad_wd", "adamw", "adamw_wd", "adamw_amsgrad",
-    "adamw_amsgrad_wd", "lion", "lion_wd", "adamw_cosine",
+    "sgd",           "sgd_wd",           "sgd_momentum", "sgd_momentum_wd",
+    "sgd_nesterov",  "sgd_nesterov_wd",  "adam",         "adam_wd",
+    "adam_amsgrad",  "adam_amsgrad_wd",  "adamw",        "adamw_wd",
+    "adamw_amsgrad", "adamw_amsgrad_wd", "lion",         "lion_wd",
+    "adamw_cosine",
 };
 #define FX_N_CONFIGS (int)(sizeof fx_configs / sizeof fx_configs[0])
 
 static inline df_optim *fx_make_optim(const char *name, fx_params *fp, df_lr_schedule *sched,
-                            bool *has_sched) {
+                                      bool *has_sched) {
     df_optim_hparams h[2];
     const char *sname;
     df_optim_kind kind = fx_config(name, h, &sname);

@@ -171,7 +171,8 @@ Test(optim_ema, state_round_trip_continues_bitwise) {
         df_ema_step(e2);
     }
     for (int i = 0; i < ns; i++) {
-        df_tensor *a = df_ema_state_tensor(e, i), *b = df_ema_state_find(e2, df_ema_state_name(e, i));
+        df_tensor *a = df_ema_state_tensor(e, i),
+                  *b = df_ema_state_find(e2, df_ema_state_name(e, i));
         cr_assert(b && a->numel == b->numel);
         cr_assert(memcmp(a->data, b->data, (size_t)a->numel * df_dtype_size(a->dtype)) == 0,
                   "state '%s' differs after resume", df_ema_state_name(e, i));

@@ -92,7 +92,8 @@ Test(optim_grad_clip, accumulation_scales_loss_by_one_over_k) {
         }
         if (df_grad_accum_tick(&a)) {
             steps++;
-            if (steps == 1) check_close_f32("accumulated = mean gradient", acc, mean, 8, 1e-6, 1e-6);
+            if (steps == 1)
+                check_close_f32("accumulated = mean gradient", acc, mean, 8, 1e-6, 1e-6);
             memset(acc, 0, sizeof acc);
         }
         cr_assert_eq(steps, (i + 1) / 4, "optimizer steps after micro-batch %d", i);

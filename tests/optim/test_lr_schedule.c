@@ -67,9 +67,9 @@ Test(optim_lr_schedule, scale_lr_and_factor_spot_values) {
     float got_f[3] = {(float)df_scale_lr(1e-4, 4, 2, 8), 0, 0}, want_f[3] = {(float)want, 0, 0};
     df_lr_schedule s;
     cr_assert_eq(df_lr_schedule_init(&s, "linear", 10, 110, 1e-4), DF_OK);
-    got_f[1] = (float)df_lr_schedule_factor(&s, 5);   /* warmup: 5 / 10 */
+    got_f[1] = (float)df_lr_schedule_factor(&s, 5); /* warmup: 5 / 10 */
     want_f[1] = 0.5f;
-    got_f[2] = (float)df_lr_schedule_factor(&s, 60);  /* (110 - 60) / 100 */
+    got_f[2] = (float)df_lr_schedule_factor(&s, 60); /* (110 - 60) / 100 */
     want_f[2] = 0.5f;
     check_close_f32("scale_lr and linear", got_f, want_f, 3, 0, 1e-7);
 }

@@ -147,7 +147,8 @@ Test(optim_optimizers, invalid_hyperparameters_are_errors) {
     cr_assert_eq(df_optim_kind_parse("adamw", &k), DF_OK);
     cr_assert_eq(k, DF_OPTIM_ADAMW);
     cr_assert_eq(df_optim_kind_parse("adamax", &k), DF_ERR_INVALID);
-    cr_assert(strstr(df_last_error(), "adamax") && strstr(df_last_error(), "sgd, adam, adamw, lion"));
+    cr_assert(strstr(df_last_error(), "adamax") &&
+              strstr(df_last_error(), "sgd, adam, adamw, lion"));
 
     /* through df_optim_new, naming the group; and a repeated parameter */
     df_scope sc = df_scope_begin();

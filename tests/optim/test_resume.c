@@ -64,7 +64,7 @@ static void resume_case(const char *name, bool through_file) {
     } else {
         for (int i = 0; i < ns; i++) saved[i] = df_tensor_clone(df_optim_state_tensor(o1, i));
     }
-    char (*name_copy)[256] = calloc((size_t)ns, sizeof *name_copy);
+    char(*name_copy)[256] = calloc((size_t)ns, sizeof *name_copy);
     for (int i = 0; i < ns; i++) snprintf(name_copy[i], 256, "%s", df_optim_state_name(o1, i));
     df_optim_free(o1);
     fx_free(&first);
