@@ -8,7 +8,8 @@
  * torch computes the per-tensor norms and their norm in float32; we sum in double and round the
  * result to float, so the norm agrees to float rounding. The clip coefficient then follows
  * torch's float32 ops: max_norm / (total + 1e-6) is Tensor.__rtruediv__, i.e.
- * reciprocal(total + 1e-6) * max_norm, clamped to at most 1.
+ * reciprocal(total + 1e-6) * max_norm, clamped to at most 1. As in torch, an infinite norm
+ * scales every gradient by 0 and a NaN norm by NaN (clamp keeps NaN).
  */
 #include "optim/optim_impl.h"
 
@@ -73,7 +74,7 @@ df_status df_clip_grad_norm(df_tensor *const *params, int n, double max_norm, do
     float total = (float)df_grad_norm(params, n);
     if (total_norm) *total_norm = total;
     float coef = (1.0f / (total + 1e-6f)) * (float)max_norm;
-    if (!(coef < 1.0f)) return DF_OK; /* clamped to 1 (or non-finite): nothing to scale */
+    if (coef >= 1.0f) return DF_OK; /* clamped to 1: scaling by 1 changes nothing */
     for (int i = 0; i < n; i++) {
         df_tensor *g = params[i]->grad;
         if (!g) continue;

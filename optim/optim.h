@@ -12,7 +12,9 @@
  * slice of a df_flat buffer. Tensors are borrowed: they must outlive the optimizer / EMA that
  * names them, and their `data` / `grad->data` are re-read at every step (so a grad made later by
  * backward is fine). A parameter whose grad is NULL at a step is skipped, as torch skips
- * `p.grad is None`.
+ * `p.grad is None`; unlike torch, step counts are per group (not per parameter), so a parameter
+ * skipped at some steps then sees the group's bias correction. Parameters of a df_flat always
+ * have a gradient, so this does not arise there.
  *
  * Determinism: every update is elementwise, and the global gradient norm sums fixed chunks of
  * each gradient in double and combines them in order, so results do not depend on the number
@@ -184,8 +186,9 @@ DF_API double df_grad_norm(df_tensor *const *params, int n);
 /* torch.nn.utils.clip_grad_norm_(params, max_norm) (norm_type 2): total = the global norm
  * rounded to float; coef = min(1, max_norm / (total + 1e-6)) in float as torch computes it;
  * every gradient *= coef when coef < 1. Stores the pre-clip norm (the float value torch returns)
- * in *total_norm (may be NULL). Errors: DF_ERR_INVALID when max_norm is not > 0. A non-finite
- * norm clips nothing (check with df_grad_all_finite first). */
+ * in *total_norm (may be NULL). Errors: DF_ERR_INVALID when max_norm is not > 0. As torch, an
+ * infinite norm multiplies the gradients by 0 and a NaN norm by NaN: check df_grad_all_finite
+ * first and skip the step instead. */
 DF_API df_status df_clip_grad_norm(df_tensor *const *params, int n, double max_norm,
                                    double *total_norm);
 /* True when every gradient element of the n tensors is finite. */

@@ -293,6 +293,12 @@ df_status df_optim_step(df_optim *o) {
             DF_ASSERT(0, "optimizer kind %d", (int)o->kind);
         }
     }
+    for (int i = 0; i < o->n_params; i++) {
+        const df_tensor *t = o->params[i].t;
+        DF_ASSERT(!t->grad || (t->grad->dtype == DF_DTYPE_F32 && t->grad->numel == t->numel),
+                  "optim: parameter '%s' has a gradient that is not F32 of its size",
+                  o->params[i].name);
+    }
     const df_optim_kind kind = o->kind;
     float *m0 = o->moment[0] ? df_f32(o->moment[0]) : NULL;
     float *m1 = o->moment[1] ? df_f32(o->moment[1]) : NULL;

@@ -49,6 +49,13 @@ Test(optim_grad_clip, non_finite_gradients_are_seen) {
     df_f32(fp.p[3]->grad)[20] = INFINITY;
     cr_assert(!df_grad_all_finite(fp.p, FX_NPARAM));
     cr_assert(isinf(df_grad_norm(fp.p, FX_NPARAM)));
+    /* torch: an infinite norm gives coef 0, so finite gradients become 0 */
+    double norm = 0;
+    cr_assert_eq(df_clip_grad_norm(fp.p, FX_NPARAM, 1.0, &norm), DF_OK);
+    cr_assert(isinf(norm));
+    float zero = 0.0f;
+    check_close_f32("finite grad after an infinite norm", df_f32(fp.p[2]->grad) + 5, &zero, 1, 0,
+                    0);
     df_f32(fp.p[3]->grad)[20] = NAN;
     cr_assert(!df_grad_all_finite(fp.p, FX_NPARAM));
     cr_assert(isnan(df_grad_norm(fp.p, FX_NPARAM)));
