@@ -6,9 +6,10 @@
  * sigmoid from torch.linspace(-6, 6)), alphas_cumprod = torch.cumprod(1 - betas) — which on CPU
  * accumulates in double and rounds each prefix to float32 — and rescale_zero_terminal_snr in
  * float32. torch.linspace on CPU (ATen RangeFactoriesKernel, torch 1.13) fills the first half
- * as start + step*i and the second half as end - step*(steps-1-i), vectorised in blocks of
- * 2 x 8 floats where lane k of a block adds k*step to the block's base; we reproduce that
- * rounding exactly.
+ * as start + step*i and the second half as end - step*(steps-1-i) (each a fused multiply-add
+ * in the AVX2 build), vectorised in blocks of 2 x 8 floats where lane k of a block adds k*step
+ * (rounded separately) to the block's base; we reproduce that rounding exactly (bit-equal to
+ * the fixtures' betas).
  */
 #include "infer/sched_impl.h"
 
@@ -56,9 +57,11 @@ double sched_np_round(double x) {
 
 /* ------------------------------------------------------------------ torch emulation ---------- */
 
+/* One element (or a vector's base): ATen's AVX2 kernels are compiled with -mfma and GCC
+ * contracts start + step * idx into one fused multiply-add; the fixtures confirm it. */
 static float linspace_elem(float start, float end, float step, int64_t steps, int64_t idx) {
     int64_t halfway = steps / 2;
-    return idx < halfway ? start + step * (float)idx : end - step * (float)(steps - idx - 1);
+    return idx < halfway ? fmaf(step, (float)idx, start) : fmaf(-step, (float)(steps - idx - 1), end);
 }
 
 /* torch.linspace(start, end, steps, dtype=float32) on CPU. */
@@ -69,12 +72,11 @@ void sched_torch_linspace_f32(double start_d, double end_d, int64_t steps, float
     }
     const float start = (float)start_d, end = (float)end_d;
     const float step = (end - start) / (float)(steps - 1);
-    const int64_t halfway = steps / 2, V = 8;
+    const int64_t V = 8;
     int64_t i = 0;
     for (; i + 2 * V <= steps; i += 2 * V) {
         for (int64_t v = i; v < i + 2 * V; v += V) {
-            float base =
-                v < halfway ? start + step * (float)v : end - step * (float)(steps - v - 1);
+            float base = linspace_elem(start, end, step, steps, v);
             for (int64_t k = 0; k < V; k++) out[v + k] = base + (float)k * step;
         }
     }
