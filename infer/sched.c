@@ -29,6 +29,14 @@ df_noise_source df_noise_from_list(df_noise_list *list) {
     return (df_noise_source){list_fill, list};
 }
 
+static void torchgen_fill(void *state, float *out, int64_t n) {
+    df_torchgen_randn((df_torchgen *)state, out, n);
+}
+
+df_noise_source df_noise_from_torchgen(df_torchgen *g) {
+    return (df_noise_source){torchgen_fill, g};
+}
+
 df_status sched_draw(const df_sched_step_args *a, float *out, int64_t n, const char *who) {
     if (!a || !a->noise || !a->noise->fill)
         return df_error(DF_ERR_INVALID, "%s: this step draws noise: pass a noise source", who);

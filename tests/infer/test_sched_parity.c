@@ -84,7 +84,9 @@ static df_sched *build(const char *rel, df_sched_config *cfg) {
     return sc;
 }
 
-static void run_case(const char *rel, double eta) {
+/* use_gen: draw the initial noise and every step's noise from df_torchgen seeded 0, as the
+ * fixture loop did with torch.Generator().manual_seed(0); else feed the recorded draws. */
+static void run_case(const char *rel, double eta, bool use_gen) {
     df_scope scope = df_scope_begin();
     df_sched_config cfg;
     df_sched *s = build(rel, &cfg);
@@ -129,9 +131,18 @@ static void run_case(const char *rel, double eta) {
     }
     df_noise_list list = {(const df_tensor *const *)noise, n_noise, 0};
     df_noise_source src = df_noise_from_list(&list);
-    df_sched_step_args args = {.eta = eta, .noise = &src};
+    df_torchgen gen;
+    df_torchgen_seed(&gen, 0);
+    df_noise_source gsrc = df_noise_from_torchgen(&gen);
+    df_sched_step_args args = {.eta = eta, .noise = use_gen ? &gsrc : &src};
 
     df_tensor *init = fx(rel, "init_noise");
+    if (use_gen) {
+        df_tensor *g0 = df_tensor_new(DF_DTYPE_F32, init->ndim, init->shape);
+        gsrc.fill(gsrc.state, df_f32(g0), g0->numel);
+        check_close("init_noise from the torch generator", g0, init, 0, 0);
+        init = g0;
+    }
     df_tensor *lat = df_tensor_new(DF_DTYPE_F32, init->ndim, init->shape);
     float insf = (float)df_sched_init_noise_sigma(s);
     for (int64_t i = 0; i < init->numel; i++) df_f32(lat)[i] = df_f32(init)[i] * insf;
@@ -160,8 +171,9 @@ static void run_case(const char *rel, double eta) {
         lat = prev;
     }
     check_rel("final", lat, fx(rel, "final"));
-    cr_assert_eq(list.cursor, n_noise, "%s: %d noise draws, diffusers made %d", rel, list.cursor,
-                 n_noise);
+    if (!use_gen)
+        cr_assert_eq(list.cursor, n_noise, "%s: %d noise draws, diffusers made %d", rel,
+                     list.cursor, n_noise);
 
     /* training side on a fresh instance */
     df_sched *f = NULL;
@@ -184,7 +196,12 @@ static void run_case(const char *rel, double eta) {
 
 #define CASE(dir, name, file, eta)                                                                \
     Test(infer_sched_parity, dir##_##name) {                                                      \
-        run_case("schedulers/" #dir "/" file ".safetensors", eta);                               \
+        run_case("schedulers/" #dir "/" file ".safetensors", eta, false);                        \
+    }
+/* The stochastic loops again with df_torchgen as the generator: diffusers' noise for seed 0. */
+#define GEN_CASE(dir, name, file, eta)                                                            \
+    Test(infer_sched_parity, dir##_##name##_torchgen) {                                           \
+        run_case("schedulers/" #dir "/" file ".safetensors", eta, true);                         \
     }
 
 CASE(sd15, ddpm, "DDPMScheduler", 0)
@@ -210,3 +227,12 @@ CASE(ddpm_default, heun, "HeunDiscreteScheduler", 0)
 CASE(ddpm_default, lms, "LMSDiscreteScheduler", 0)
 CASE(ddpm_default, dpmsolver, "DPMSolverMultistepScheduler", 0)
 CASE(ddpm_default, unipc, "UniPCMultistepScheduler", 0)
+
+GEN_CASE(sd15, ddpm, "DDPMScheduler", 0)
+GEN_CASE(sd15, ddim_eta05, "DDIMScheduler_eta0.5", 0.5)
+GEN_CASE(sd15, euler, "EulerDiscreteScheduler", 0)
+GEN_CASE(sd15, euler_ancestral, "EulerAncestralDiscreteScheduler", 0)
+GEN_CASE(ddpm_default, ddpm, "DDPMScheduler", 0)
+GEN_CASE(ddpm_default, ddim_eta05, "DDIMScheduler_eta0.5", 0.5)
+GEN_CASE(ddpm_default, euler_ancestral, "EulerAncestralDiscreteScheduler", 0)
+GEN_CASE(sd15, unipc, "UniPCMultistepScheduler", 0)
