@@ -7,6 +7,7 @@
 /* One line per command; each is defined in recipes/cmd_<name>.c. */
 static const df_command commands[] = {
     {"forward", "run a diffusers component on named inputs (and backward)", df_cmd_forward},
+    {"schedule", "print a scheduler's timesteps and sigmas", df_cmd_schedule},
     {NULL, NULL, NULL},
 };
 
