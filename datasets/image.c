@@ -68,15 +68,15 @@ df_status df__read_file(const char *path, char **buf, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return df_error(errno == ENOENT ? DF_ERR_NOTFOUND : DF_ERR_IO, "%s: %s", path, strerror(errno));
     char *b = NULL;
-    size_t n = 0, cap = 0;
+    size_t n = 0, cap = 0, want = 4096;
     if (fseek(f, 0, SEEK_END) == 0) {
         long sz = ftell(f);
-        if (sz > 0) cap = (size_t)sz;
+        if (sz > 0) want = (size_t)sz + 1;
         rewind(f);
     }
     for (;;) {
         if (n + 1 >= cap) {
-            cap = cap ? cap * 2 : 4096;
+            cap = cap ? cap * 2 : want;
             char *nb = realloc(b, cap + 1);
             if (!nb) {
                 free(b);
