@@ -16,4 +16,7 @@ typedef struct df_command {
 /* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
 int df_cli_fail(const char *what);
 
+/* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
+int df_cmd_dataset(int argc, char **argv);
+
 #endif
