@@ -128,6 +128,9 @@ typedef struct df_tensor {
  * out of memory here is fatal (DF_ASSERT), as the step cannot continue. Values of df_tensor_new
  * are uninitialised. ndim may be 0 (a scalar). */
 DF_API df_tensor *df_tensor_new(df_dtype dt, int ndim, const int64_t *shape);
+/* As df_tensor_new, but the reference always belongs to the caller, even inside a scope (for
+ * parameters and other long-lived state). */
+DF_API df_tensor *df_tensor_new_owned(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_zeros(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_ones(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_full(df_dtype dt, int ndim, const int64_t *shape, double value);
@@ -211,38 +214,76 @@ DF_API df_status df_backward_with(df_tensor *out, const df_tensor *grad_out);
 
 /* ---------------------------------------------------------------- RNG ------------------------- */
 
-/* Counter-based Philox4x32-10 stream: (key = seed, counter) fully describe the state, so a
- * checkpoint stores two integers. Independent streams come from different `stream` ids. */
+/* Counter-based Philox4x32-10 stream: block b of stream `stream` under seed `seed` is
+ * philox(counter = (b, stream) as 128 bits, key = seed). Streams of one seed are disjoint
+ * counter ranges, so they never overlap; distinct (seed, stream) pairs give distinct sequences.
+ * The state is four integers (key, stream, counter, buf_used): a checkpoint stores them and
+ * df_philox_set_state continues the stream exactly. The struct is plain data. */
 typedef struct df_philox {
-    uint64_t key;     /* seed mixed with the stream id */
-    uint64_t counter; /* number of 128-bit blocks consumed */
-    uint32_t buf[4];
+    uint64_t key;     /* the seed */
+    uint64_t stream;  /* counter words 2..3 */
+    uint64_t counter; /* counter words 0..1: 128-bit blocks consumed so far */
+    uint32_t buf[4];  /* the last block (counter - 1) */
     int buf_used;     /* words of buf already handed out (4 = empty) */
 } df_philox;
 DF_API void df_philox_init(df_philox *g, uint64_t seed, uint64_t stream);
+/* Restores a state saved from the fields key, stream, counter, buf_used (buf is recomputed).
+ * buf_used must be in 0..4, and counter > 0 when buf_used < 4 (DF_ASSERT). */
+DF_API void df_philox_set_state(df_philox *g, uint64_t key, uint64_t stream, uint64_t counter,
+                                int buf_used);
 DF_API uint32_t df_philox_u32(df_philox *g);
-DF_API float df_philox_uniform(df_philox *g);       /* [0, 1) */
-DF_API float df_philox_normal(df_philox *g);        /* N(0, 1) */
+/* [0, 1): the top 24 bits of one word times 2^-24. */
+DF_API float df_philox_uniform(df_philox *g);
+/* N(0, 1) by Box-Muller on two words; df_philox_normal keeps only the cosine value (2 words per
+ * draw), the fill uses both (cos into out[i], sin into out[i+1]). */
+DF_API float df_philox_normal(df_philox *g);
 DF_API void df_philox_fill_normal(df_philox *g, float *out, int64_t n);
 DF_API void df_philox_fill_uniform(df_philox *g, float *out, int64_t n);
 
 /* torch's CPU generator (mt19937) with torch's sampling algorithms, so that
  * df_torchgen_seed(g, s) followed by fills reproduces torch.manual_seed(s); torch.randn(shape)
- * / torch.rand(shape) bit for bit. */
+ * / torch.rand(shape) (float32, CPU, torch 1.13 with its default AVX2 kernels) bit for bit,
+ * whatever CPU we run on; also torch.randperm / randint. Only float32 randn/rand: float64 tensors
+ * of 16 or more elements take another torch path (not reproduced). Calls continue the state
+ * exactly as successive torch calls on one generator do. The struct is plain data: copying it
+ * copies the generator. Not thread-safe (one per thread). */
 typedef struct df_torchgen {
     uint32_t mt[624];
-    int mti;
-    bool has_next_normal; /* torch caches the second Box-Muller value for scalar draws */
+    int mti;              /* next word of mt to hand out; 624 = regenerate before the next draw */
+    bool has_next_normal; /* torch caches the second Box-Muller value of its scalar normal path */
     double next_normal;
-    uint64_t seed;
+    uint64_t seed;        /* as given; only its low 32 bits seed mt (as in torch) */
 } df_torchgen;
+/* torch.manual_seed(seed) / Generator.manual_seed(seed): also clears the cached normal. */
 DF_API void df_torchgen_seed(df_torchgen *g, uint64_t seed);
+/* The generator's random() (one mt19937 word) and random64() (two words, first = high half). */
 DF_API uint32_t df_torchgen_u32(df_torchgen *g);
 DF_API uint64_t df_torchgen_u64(df_torchgen *g);
-/* torch.randn(n) into out (float32). */
+/* torch.randn(n) into out (float32); any shape with n elements (only numel matters). n < 16
+ * takes torch's scalar path, which reads and refills the cached normal; n >= 16 the block
+ * Box-Muller path, which leaves the cache alone. */
 DF_API void df_torchgen_randn(df_torchgen *g, float *out, int64_t n);
-/* torch.rand(n) into out (float32). */
+/* torch.rand(n) into out (float32): the low 24 bits of one word per element, times 2^-24. */
 DF_API void df_torchgen_rand(df_torchgen *g, float *out, int64_t n);
+/* One draw of torch's scalar at::normal_distribution<double>(0, 1) (the n < 16 randn path, and
+ * torch.randn(n, dtype=torch.float64) for n < 16): the cached value if any, else a new pair. */
+DF_API double df_torchgen_normal(df_torchgen *g);
+/* torch.randperm(n, generator=g) (int64) into out[n]: the order torch.utils.data.RandomSampler
+ * yields. */
+DF_API void df_torchgen_randperm(df_torchgen *g, int64_t n, int64_t *out);
+/* torch.randint(low, high, (n,), generator=g) (int64) into out[n]; low < high (DF_ASSERT). */
+DF_API void df_torchgen_randint(df_torchgen *g, int64_t low, int64_t high, int64_t *out,
+                                int64_t n);
+/* torch.empty((), dtype=torch.int64).random_(generator=g).item(): uniform in [0, 2^63) (how
+ * RandomSampler draws the seed of its own generator when given none). */
+DF_API int64_t df_torchgen_random_i64(df_torchgen *g);
+/* Checkpoints: the whole state as DF_TORCHGEN_STATE_WORDS u32 words, laid out as mt[0..623],
+ * mti, has_next_normal, next_normal (IEEE bits, low word first), seed (low word first).
+ * restore returns DF_ERR_FORMAT (g untouched) when mti or the flag is out of range. */
+#define DF_TORCHGEN_STATE_WORDS 630
+DF_API void df_torchgen_state_save(const df_torchgen *g, uint32_t out[DF_TORCHGEN_STATE_WORDS]);
+DF_API df_status df_torchgen_state_restore(df_torchgen *g,
+                                           const uint32_t in[DF_TORCHGEN_STATE_WORDS]);
 
 /* ---------------------------------------------------------------- ops ------------------------- */
 /* Every op checks shapes (DF_ASSERT naming the op and both shapes), computes its output in F32,

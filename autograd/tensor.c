@@ -162,6 +162,10 @@ void df_tensor_rebind(df_tensor *t, df_storage *s, int64_t offset) {
     t->data = (char *)s->data + (size_t)offset * df_dtype_size(t->dtype);
 }
 
+df_tensor *df_tensor_new_owned(df_dtype dt, int ndim, const int64_t *shape) {
+    return df_tensor_new_unscoped(dt, ndim, shape);
+}
+
 df_tensor *df_tensor_new(df_dtype dt, int ndim, const int64_t *shape) {
     df_tensor *t = df_tensor_new_unscoped(dt, ndim, shape);
     scope_adopt(t);
