@@ -143,6 +143,14 @@ df_tensor *df__image_finish(df_tensor *raw, const df_decode_opts *opts) {
             break;
         case 3: r = s[0], g = s[1], b = s[2]; break;
         default:
+            if (s[3] == 255) { /* exact shortcuts of the formula for opaque and clear pixels */
+                r = s[0], g = s[1], b = s[2];
+                break;
+            }
+            if (s[3] == 0) {
+                r = bg[0], g = bg[1], b = bg[2];
+                break;
+            }
             r = composite(s[0], s[3], bg[0]);
             g = composite(s[1], s[3], bg[1]);
             b = composite(s[2], s[3], bg[2]);
