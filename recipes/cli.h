@@ -20,4 +20,7 @@ int df_cmd_schedule(int argc, char **argv);
 /* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
 int df_cli_fail(const char *what);
 
+/* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
+int df_cmd_dataset(int argc, char **argv);
+
 #endif
