@@ -95,7 +95,10 @@ DF_API df_status df_st_read_into(const df_st_file *f, const char *name, df_tenso
  * holds "format": "pt" unless meta_keys supplies "format". Names must be non-empty, unique,
  * valid UTF-8 and not "__metadata__"; metadata keys unique and strings valid UTF-8 (else
  * DF_ERR_INVALID). A failed open/write/fsync/close (a full disk included) is DF_ERR_IO
- * "<path>: <what> failed: <strerror>", and a partially written regular file is removed. */
+ * "<path>: <what> failed: <strerror>". A regular file is written to a temporary sibling
+ * ("<path>.tmp.<pid>.<k>"), fsynced and renamed over `path` (the folder is fsynced too), so
+ * `path` never holds a partial file and readers that have the old file mapped are undisturbed;
+ * a device or a pipe is written in place. */
 DF_API df_status df_st_save(const char *path, int n, const char *const *names,
                             const df_tensor *const *ts, int n_meta,
                             const char *const *meta_keys, const char *const *meta_values);

@@ -324,6 +324,15 @@ static df_status parse_file(df_st_file *f) {
                         "%zu)",
                         L, h[bad], bad);
 
+    /* As the safetensors package: the header is an object, so its first byte past whitespace is
+     * '{' (cJSON alone would also skip a UTF-8 byte-order mark). */
+    size_t first = 0;
+    while (first < n && (h[first] == ' ' || h[first] == '\t' || h[first] == '\n' || h[first] == '\r'))
+        first++;
+    if (first < n && h[first] != '{')
+        return df_error(DF_ERR_FORMAT, "%s: header is not a JSON object (starts with 0x%02x)", L,
+                        h[first]);
+
     char *copy = malloc((size_t)n + 1);
     if (!copy) return df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte header", L,
                                (unsigned long long)n);
@@ -617,6 +626,19 @@ static df_status read_check(const df_st_file *f, const char *name, df_dtype as,
     return DF_OK;
 }
 
+/* Once a tensor has been converted out of the mapping, the whole pages inside its byte range
+ * leave this process's resident set: MADV_DONTNEED on a private, never-written file mapping only
+ * forgets the pages, and a later access (df_st_data, a second read) faults them in again from
+ * the file. So loading a model holds each byte once, in its parameter, not also in the map. */
+static void release_pages(const df_st_file *f, const df_st_info *t) {
+    if (!f->map) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)(f->data + t->begin), hi = (uintptr_t)(f->data + t->end);
+    lo = (lo + page - 1) & ~(page - 1);
+    hi &= ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tensor **out) {
     DF_ASSERT(f && name && out, "df_st_read: NULL argument");
     *out = NULL;
@@ -624,6 +646,7 @@ df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tens
     DF_TRY(read_check(f, name, as, &t));
     df_tensor *r = df_tensor_new(as, t->ndim, t->shape);
     convert_from_file(r->data, as, f->data + t->begin, t->dtype, t->numel);
+    release_pages(f, t);
     *out = r;
     return DF_OK;
 }
@@ -642,6 +665,7 @@ df_status df_st_read_into(const df_st_file *f, const char *name, df_tensor *dst)
                         f->label, name, a, b);
     }
     convert_from_file(dst->data, dst->dtype, f->data + t->begin, t->dtype, t->numel);
+    release_pages(f, t);
     return DF_OK;
 }
 
@@ -743,6 +767,72 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
     return DF_OK;
 }
 
+/* fsyncs the folder holding `path`, so that a rename into it is durable. */
+static bool fsync_parent(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return false;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0) return false;
+    bool ok = fsync(fd) == 0 || errno == EINVAL; /* some file systems cannot sync folders */
+    close(fd);
+    return ok;
+}
+
+/* Writes the length, the header and the tensors. A new path or a regular file is written to a
+ * temporary sibling, fsynced and renamed over `path` (then the folder is fsynced): `path` never
+ * holds a partial file, and readers that have the old file mapped keep valid bytes (truncating
+ * a mapped file would make them fault). Anything else (a device such as /dev/full, a pipe) is
+ * written in place. */
+static df_status write_file(const char *path, const uint8_t len8[8], const sbuf *b, int n,
+                            const df_tensor *const *ts) {
+    static unsigned counter;
+    struct stat st;
+    bool in_place = stat(path, &st) == 0 && !S_ISREG(st.st_mode);
+    char *tmp = NULL;
+    if (!in_place) {
+        size_t len = strlen(path) + 48;
+        tmp = malloc(len);
+        if (!tmp) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+        snprintf(tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(),
+                 __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+    }
+    const char *what = "open";
+    int fd = in_place ? open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+                      : open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) goto fail;
+    what = "write";
+    if (!write_all(fd, len8, 8) || !write_all(fd, b->p, b->len)) goto fail;
+    for (int i = 0; i < n; i++)
+        if (!write_all(fd, ts[i]->data, (size_t)ts[i]->numel * df_dtype_size(ts[i]->dtype)))
+            goto fail;
+    what = "fsync";
+    if (!in_place && fsync(fd) != 0) goto fail;
+    what = "close";
+    int rc = close(fd);
+    fd = -1;
+    if (rc != 0) goto fail;
+    if (!in_place) {
+        what = "rename";
+        if (rename(tmp, path) != 0) goto fail;
+        free(tmp);
+        tmp = NULL;
+        what = "fsync of the folder";
+        if (!fsync_parent(path)) goto fail;
+    }
+    return DF_OK;
+
+fail:;
+    df_status s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
+    if (fd >= 0) close(fd);
+    if (tmp) {
+        unlink(tmp); /* no partial file is left behind */
+        free(tmp);
+    }
+    return s;
+}
+
 df_status df_st_save(const char *path, int n, const char *const *names,
                      const df_tensor *const *ts, int n_meta, const char *const *meta_keys,
                      const char *const *meta_values) {
@@ -797,33 +887,7 @@ df_status df_st_save(const char *path, int n, const char *const *names,
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)b.len >> (8 * i));
 
-    df_status s = DF_OK;
-    const char *what = "open";
-    bool regular = false;
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) goto io_fail;
-    struct stat st;
-    regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    what = "write";
-    if (!write_all(fd, len8, 8) || !write_all(fd, b.p, b.len)) goto io_fail;
-    for (int i = 0; i < n; i++)
-        if (!write_all(fd, ts[i]->data, (size_t)ts[i]->numel * df_dtype_size(ts[i]->dtype)))
-            goto io_fail;
-    what = "fsync";
-    if (regular && fsync(fd) != 0) goto io_fail;
-    what = "close";
-    {
-        int rc = close(fd);
-        fd = -1;
-        if (rc != 0) goto io_fail;
-    }
-    free(b.p);
-    return DF_OK;
-
-io_fail:
-    s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
-    if (fd >= 0) close(fd);
-    if (regular) unlink(path); /* never leave a half-written file behind */
+    df_status s = write_file(path, len8, &b, n, ts);
     free(b.p);
     return s;
 }

@@ -228,6 +228,55 @@ Test(nn_safetensors, read_converts_dtypes) {
     df_scope_end(sc);
 }
 
+Test(nn_safetensors, save_replaces_a_mapped_file_safely) {
+    df_scope sc = df_scope_begin();
+    /* big enough to span many pages, so reading drops whole pages of the mapping */
+    df_tensor *a = randn_tensor(11, DF_DIMS(256, 1024));
+    const char *name = "w";
+    const char *path = tmp_path("replace.safetensors");
+    cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&a, 0, NULL, NULL), DF_OK);
+    df_st_file *old = (df_st_file *)open_ok(path);
+    df_tensor *r1;
+    cr_assert_eq(df_st_read(old, "w", DF_DTYPE_F32, &r1), DF_OK);
+    check_close("first read", r1, a, 0, 0);
+
+    /* overwrite while `old` is mapped: `old` still reads the old values, the path the new */
+    df_tensor *b = df_full(DF_DTYPE_F32, DF_DIMS(256, 1024), 0.5);
+    cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&b, 0, NULL, NULL), DF_OK);
+    df_tensor *r2 = df_zeros(DF_DTYPE_F32, DF_DIMS(256, 1024));
+    cr_assert_eq(df_st_read_into(old, "w", r2), DF_OK);
+    check_close("second read of the old mapping", r2, a, 0, 0);
+    cr_assert(memcmp(df_st_data(old, df_st_find(old, "w")), a->data, (size_t)a->numel * 4) == 0);
+    df_st_close(old);
+    df_st_file *f = (df_st_file *)open_ok(path);
+    cr_assert_eq(df_st_read_into(f, "w", r2), DF_OK);
+    check_close("new file", r2, b, 0, 0);
+    df_st_close(f);
+
+    /* no temporary file is left in the folder */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "test $(ls -A %s | wc -l) -eq 1", tmp_dir);
+    cr_assert_eq(system(cmd), 0, "stray files in %s", tmp_dir);
+    df_scope_end(sc);
+}
+
+Test(nn_safetensors, read_into_scalar) {
+    df_tensor *s = df_full(DF_DTYPE_F64, 0, NULL, 0.1);
+    const char *name = "s";
+    const char *path = tmp_path("s.safetensors");
+    cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&s, 0, NULL, NULL), DF_OK);
+    df_st_file *f = (df_st_file *)open_ok(path);
+    df_tensor *d = df_zeros(DF_DTYPE_F32, 0, NULL);
+    cr_assert_eq(df_st_read_into(f, "s", d), DF_OK);
+    cr_assert_float_eq(df_f32(d)[0], 0.1f, 0);
+    df_tensor *one = df_zeros(DF_DTYPE_F32, DF_DIMS(1));
+    cr_assert_eq(df_st_read_into(f, "s", one), DF_ERR_INVALID, "[] must not match [1]");
+    df_st_close(f);
+    df_tensor_free(s);
+    df_tensor_free(d);
+    df_tensor_free(one);
+}
+
 /* ------------------------------------------------------------------ files from Python --------- */
 
 #define PYFILE "safetensors/python_dtypes.safetensors"
@@ -375,6 +424,7 @@ Test(nn_safetensors, rejects_non_object_header) {
     expect_bad(write_st("blank", "        ", 0), DF_ERR_FORMAT, "not valid JSON");
     expect_bad(write_st("after", "{} x", 0), DF_ERR_FORMAT, "bytes after");
     expect_bad(write_st("entry", "{\"a\":[1]}", 0), DF_ERR_FORMAT, "'a': entry is not an object");
+    expect_bad(write_st("bom", "\xef\xbb\xbf{}", 0), DF_ERR_FORMAT, "not a JSON object");
 }
 
 Test(nn_safetensors, rejects_missing_fields) {
