@@ -126,6 +126,11 @@ typedef struct df_st_index df_st_index;
  * "metadata" (optional) must be an object (its values are ignored except via
  * df_st_index_total_size). Errors: DF_ERR_IO, DF_ERR_FORMAT naming the file and the key. */
 DF_API df_status df_st_index_open(const char *index_json_path, df_st_index **out);
+/* As df_st_index_open on `len` bytes of JSON text already in memory (need not be NUL-terminated;
+ * copied). `path` stands for the index file: it names it in errors and gives the shards'
+ * folder. */
+DF_API df_status df_st_index_parse(const char *text, size_t len, const char *path,
+                                   df_st_index **out);
 DF_API void df_st_index_close(df_st_index *idx);
 /* Number of tensor names in weight_map, and the i-th (name, shard file name) in file order. */
 DF_API int df_st_index_count(const df_st_index *idx);

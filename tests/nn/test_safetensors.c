@@ -664,3 +664,37 @@ Test(nn_safetensors, sharded_set_finds_tensors_across_shards) {
     cr_assert_eq(df_st_index_open(bad, &idx), DF_ERR_FORMAT);
     df_scope_end(sc);
 }
+
+/* Parsing an index from memory fails with DF_ERR_FORMAT naming the file and `reason`. */
+static void expect_bad_index(const char *text, const char *reason) {
+    df_st_index *idx = (df_st_index *)1;
+    df_status s = df_st_index_parse(text, strlen(text), "x/m.safetensors.index.json", &idx);
+    cr_assert_eq(s, DF_ERR_FORMAT, "%s: %s", text, df_last_error());
+    cr_assert_null(idx);
+    cr_assert(strstr(df_last_error(), "x/m.safetensors.index.json"), "%s", df_last_error());
+    cr_assert(strstr(df_last_error(), reason), "lacks '%s': %s", reason, df_last_error());
+}
+
+Test(nn_safetensors, rejects_bad_index_files) {
+    expect_bad_index("", "not valid JSON");
+    expect_bad_index("[]", "not a JSON object");
+    expect_bad_index("{\"weight_map\":{}} x", "bytes after");
+    expect_bad_index("{}", "weight_map is missing");
+    expect_bad_index("{\"weight_map\":{\"a\":1}}", "weight_map['a'] is not a shard file name");
+    expect_bad_index("{\"weight_map\":{\"a\":\"/etc/passwd\"}}", "not a shard file name");
+    expect_bad_index("{\"weight_map\":{\"a\":\"\"}}", "not a shard file name");
+    expect_bad_index("{\"weight_map\":{\"a\":\"s1\",\"a\":\"s2\"}}", "duplicate key 'a'");
+    expect_bad_index("{\"metadata\":3,\"weight_map\":{}}", "metadata is not an object");
+    df_st_index *idx;
+    const char *ok = "{\"weight_map\":{\"b\":\"s2\",\"a\":\"s1\",\"c\":\"s2\"}}";
+    cr_assert_eq(df_st_index_parse(ok, strlen(ok), "m.safetensors.index.json", &idx), DF_OK);
+    cr_assert_str_eq(df_st_index_dir(idx), ".");
+    cr_assert_eq(df_st_index_total_size(idx), -1);
+    cr_assert_eq(df_st_index_shard_count(idx), 2);
+    cr_assert_str_eq(df_st_index_shard_at(idx, 0), "s2");
+    cr_assert_str_eq(df_st_index_shard(idx, "a"), "s1");
+    const char *name, *shard;
+    df_st_index_at(idx, 2, &name, &shard);
+    cr_assert_str_eq(name, "c");
+    df_st_index_close(idx);
+}
