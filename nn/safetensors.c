@@ -31,8 +31,8 @@ struct df_st_file {
     void *map;           /* munmap(map, size) at close; NULL for memory buffers */
     const uint8_t *data; /* base + 8 + N */
     int n;
-    df_st_info *infos;   /* data order */
-    int *by_name;        /* indices into infos, sorted by name */
+    df_st_info *infos; /* data order */
+    int *by_name;      /* indices into infos, sorted by name */
     int n_meta;
     char **meta_keys, **meta_values;
 };
@@ -47,13 +47,13 @@ typedef struct st_dtype {
 } st_dtype;
 
 static const st_dtype st_dtypes[] = {
-    {"F64", 8, true, DF_DTYPE_F64},   {"F32", 4, true, DF_DTYPE_F32},
-    {"F16", 2, true, DF_DTYPE_F16},   {"BF16", 2, true, DF_DTYPE_BF16},
-    {"I64", 8, true, DF_DTYPE_I64},   {"I32", 4, true, DF_DTYPE_I32},
-    {"U8", 1, true, DF_DTYPE_U8},     {"I16", 2, false, DF_DTYPE_COUNT},
-    {"I8", 1, false, DF_DTYPE_COUNT}, {"U64", 8, false, DF_DTYPE_COUNT},
-    {"U32", 4, false, DF_DTYPE_COUNT}, {"U16", 2, false, DF_DTYPE_COUNT},
-    {"BOOL", 1, false, DF_DTYPE_COUNT}, {"F8_E4M3", 1, false, DF_DTYPE_COUNT},
+    {"F64", 8, true, DF_DTYPE_F64},        {"F32", 4, true, DF_DTYPE_F32},
+    {"F16", 2, true, DF_DTYPE_F16},        {"BF16", 2, true, DF_DTYPE_BF16},
+    {"I64", 8, true, DF_DTYPE_I64},        {"I32", 4, true, DF_DTYPE_I32},
+    {"U8", 1, true, DF_DTYPE_U8},          {"I16", 2, false, DF_DTYPE_COUNT},
+    {"I8", 1, false, DF_DTYPE_COUNT},      {"U64", 8, false, DF_DTYPE_COUNT},
+    {"U32", 4, false, DF_DTYPE_COUNT},     {"U16", 2, false, DF_DTYPE_COUNT},
+    {"BOOL", 1, false, DF_DTYPE_COUNT},    {"F8_E4M3", 1, false, DF_DTYPE_COUNT},
     {"F8_E5M2", 1, false, DF_DTYPE_COUNT},
 };
 
@@ -204,8 +204,7 @@ static df_status parse_entry(df_st_file *f, const cJSON *e, df_st_info *info) {
         uint64_t v;
         if (!json_u53(c, &v))
             return df_error(DF_ERR_FORMAT,
-                            "%s: tensor '%s': shape[%d] is not a non-negative integer", L, name,
-                            d);
+                            "%s: tensor '%s': shape[%d] is not a non-negative integer", L, name, d);
         info->shape[d] = (int64_t)v;
         if (!overflow && __builtin_mul_overflow(numel, v, &numel)) overflow = true;
     }
@@ -290,8 +289,9 @@ static df_status parse_header(df_st_file *f, const cJSON *root, uint64_t data_si
                         "%s: the tensors hold %llu data bytes but the file has %llu after the "
                         "header (%s)",
                         L, (unsigned long long)expect, (unsigned long long)data_size,
-                        expect < data_size ? "trailing bytes" : "data runs past the end of the "
-                                                                "file");
+                        expect < data_size ? "trailing bytes"
+                                           : "data runs past the end of the "
+                                             "file");
 
     for (int i = 0; i < n; i++) f->by_name[i] = i;
     sort_infos = f->infos;
@@ -327,15 +327,17 @@ static df_status parse_file(df_st_file *f) {
     /* As the safetensors package: the header is an object, so its first byte past whitespace is
      * '{' (cJSON alone would also skip a UTF-8 byte-order mark). */
     size_t first = 0;
-    while (first < n && (h[first] == ' ' || h[first] == '\t' || h[first] == '\n' || h[first] == '\r'))
+    while (first < n &&
+           (h[first] == ' ' || h[first] == '\t' || h[first] == '\n' || h[first] == '\r'))
         first++;
     if (first < n && h[first] != '{')
         return df_error(DF_ERR_FORMAT, "%s: header is not a JSON object (starts with 0x%02x)", L,
                         h[first]);
 
     char *copy = malloc((size_t)n + 1);
-    if (!copy) return df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte header", L,
-                               (unsigned long long)n);
+    if (!copy)
+        return df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte header", L,
+                        (unsigned long long)n);
     memcpy(copy, h, (size_t)n);
     copy[n] = '\0';
     const char *end = NULL;
@@ -343,8 +345,7 @@ static df_status parse_file(df_st_file *f) {
     df_status s = DF_OK;
     if (!root) {
         size_t at = end && end >= copy && end <= copy + n ? (size_t)(end - copy) : 0;
-        s = df_error(DF_ERR_FORMAT, "%s: header is not valid JSON (near header offset %zu)", L,
-                     at);
+        s = df_error(DF_ERR_FORMAT, "%s: header is not valid JSON (near header offset %zu)", L, at);
         goto done;
     }
     for (const char *p = end; p < copy + n; p++) {
@@ -463,8 +464,10 @@ const df_st_info *df_st_find(const df_st_file *f, const char *name) {
         const df_st_info *t = &f->infos[f->by_name[mid]];
         int c = strcmp(name, t->name);
         if (c == 0) return t;
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
     }
     return NULL;
 }
@@ -505,8 +508,10 @@ static double load_f(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 4 * i, 4);
         return v;
     }
-    case DF_DTYPE_BF16: return df_bf16_to_f32(ld16(p, i));
-    case DF_DTYPE_F16: return df_f16_to_f32(ld16(p, i));
+    case DF_DTYPE_BF16:
+        return df_bf16_to_f32(ld16(p, i));
+    case DF_DTYPE_F16:
+        return df_f16_to_f32(ld16(p, i));
     case DF_DTYPE_F64: {
         double v;
         memcpy(&v, p + 8 * i, 8);
@@ -522,8 +527,10 @@ static double load_f(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 8 * i, 8);
         return (double)v;
     }
-    case DF_DTYPE_U8: return p[i];
-    default: DF_ASSERT(0, "bad dtype %d", (int)dt);
+    case DF_DTYPE_U8:
+        return p[i];
+    default:
+        DF_ASSERT(0, "bad dtype %d", (int)dt);
     }
     return 0;
 }
@@ -540,8 +547,10 @@ static int64_t load_i(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 8 * i, 8);
         return v;
     }
-    case DF_DTYPE_U8: return p[i];
-    default: DF_ASSERT(0, "load_i: %s is not an integer dtype", df_dtype_name(dt));
+    case DF_DTYPE_U8:
+        return p[i];
+    default:
+        DF_ASSERT(0, "load_i: %s is not an integer dtype", df_dtype_name(dt));
     }
     return 0;
 }
@@ -598,7 +607,8 @@ static void convert_from_file(void *dst, df_dtype ddt, const uint8_t *src, df_dt
         for (int64_t i = 0; i < n; i++) d[i] = (uint8_t)load_i(src, sdt, i);
         return;
     }
-    default: DF_ASSERT(0, "bad dtype %d", (int)ddt);
+    default:
+        DF_ASSERT(0, "bad dtype %d", (int)ddt);
     }
 }
 
@@ -754,8 +764,7 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
             return df_error(DF_ERR_INVALID, "%s: invalid tensor name '%s'", path, names[i]);
         for (int j = 0; j < i; j++)
             if (strcmp(names[i], names[j]) == 0)
-                return df_error(DF_ERR_INVALID, "%s: tensor name '%s' given twice", path,
-                                names[i]);
+                return df_error(DF_ERR_INVALID, "%s: tensor name '%s' given twice", path, names[i]);
     }
     for (int i = 0; i < n_meta; i++) {
         DF_ASSERT(meta_keys[i] && meta_values[i], "df_st_save: NULL metadata %d", i);
@@ -836,9 +845,8 @@ fail:;
     return s;
 }
 
-df_status df_st_save(const char *path, int n, const char *const *names,
-                     const df_tensor *const *ts, int n_meta, const char *const *meta_keys,
-                     const char *const *meta_values) {
+df_status df_st_save(const char *path, int n, const char *const *names, const df_tensor *const *ts,
+                     int n_meta, const char *const *meta_keys, const char *const *meta_values) {
     DF_ASSERT(path && n >= 0 && n_meta >= 0, "df_st_save: bad arguments");
     DF_ASSERT(n == 0 || (names && ts), "df_st_save: NULL names or tensors");
     DF_ASSERT(n_meta == 0 || (meta_keys && meta_values), "df_st_save: NULL metadata");

@@ -23,7 +23,7 @@ struct df_st_index {
     char **names, **shards; /* weight_map in file order */
     int *order;             /* indices sorted by name */
     int n_shards;
-    char **shard_list;      /* distinct shard names, borrowed from `shards` */
+    char **shard_list; /* distinct shard names, borrowed from `shards` */
     int64_t total_size;
 };
 
@@ -31,7 +31,7 @@ struct df_st_set {
     char *path;
     int n_files;
     df_st_file **files;
-    int n;                  /* total tensors */
+    int n; /* total tensors */
 };
 
 /* ------------------------------------------------------------------ the index file ---------- */
@@ -231,8 +231,10 @@ const char *df_st_index_shard(const df_st_index *idx, const char *name) {
         int mid = lo + (hi - lo) / 2;
         int c = strcmp(name, idx->names[idx->order[mid]]);
         if (c == 0) return idx->shards[idx->order[mid]];
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
     }
     return NULL;
 }
@@ -293,8 +295,8 @@ static df_status set_from_index(df_st_set *s, const df_st_index *idx) {
                                 s->path, name, shard);
             if (strcmp(want, shard) != 0)
                 return df_error(DF_ERR_FORMAT,
-                                "%s: tensor '%s' is in shard %s but weight_map names %s",
-                                s->path, name, shard, want);
+                                "%s: tensor '%s' is in shard %s but weight_map names %s", s->path,
+                                name, shard, want);
         }
         s->n += df_st_count(f);
     }

@@ -38,8 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         df_dtype as = df_dtype_is_float(info->dtype) ? DF_DTYPE_F32 : DF_DTYPE_I64;
         df_tensor *t = NULL;
         s = df_st_read(f, info->name, as, &t);
-        DF_ASSERT(s == DF_OK && t && t->numel == info->numel, "read failed: %s",
-                  df_last_error());
+        DF_ASSERT(s == DF_OK && t && t->numel == info->numel, "read failed: %s", df_last_error());
         s = df_st_read_into(f, info->name, t);
         DF_ASSERT(s == DF_OK, "read_into failed: %s", df_last_error());
         df_tensor_free(t);
@@ -51,6 +50,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         total += strlen(v);
     }
     df_st_close(f);
-    df_mem_trim(); /* random sizes would otherwise fill the tensor pool's free lists */
+    df_mem_trim();             /* random sizes would otherwise fill the tensor pool's free lists */
     return total == 1 ? 1 : 0; /* keeps `total` alive; libFuzzer ignores values other than -1 */
 }
