@@ -40,7 +40,7 @@ typedef struct df_st_file df_st_file;
 /* One tensor of a file. All pointers are borrowed from the df_st_file (valid until close). */
 typedef struct df_st_info {
     const char *name;
-    df_dtype dtype; /* meaningful only when `supported` */
+    df_dtype dtype; /* DF_DTYPE_COUNT when not `supported` */
     int ndim;       /* 0 for a scalar */
     int64_t shape[DF_ST_MAX_DIMS];
     uint64_t begin, end;    /* byte range relative to the start of the data section */

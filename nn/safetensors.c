@@ -188,7 +188,7 @@ static df_status parse_entry(df_st_file *f, const cJSON *e, df_st_info *info) {
                         dt->valuestring);
     info->dtype_name = sd->name;
     info->supported = sd->supported;
-    info->dtype = sd->supported ? sd->dt : DF_DTYPE_U8;
+    info->dtype = sd->dt; /* DF_DTYPE_COUNT when unsupported */
 
     if (!cJSON_IsArray(shape))
         return df_error(DF_ERR_FORMAT, "%s: tensor '%s': shape is not an array", L, name);

@@ -319,6 +319,7 @@ Test(nn_safetensors, reads_python_written_dtypes) {
     /* I8 and BOOL validate but do not read; 6 dims validate but do not fit a df_tensor */
     const df_st_info *i8 = df_st_find(f, "i8");
     cr_assert(!i8->supported);
+    cr_assert_eq(i8->dtype, DF_DTYPE_COUNT);
     cr_assert_str_eq(i8->dtype_name, "I8");
     cr_assert_eq(i8->end - i8->begin, 3u);
     cr_assert_eq(((const int8_t *)df_st_data(f, i8))[0], -128);
