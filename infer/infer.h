@@ -10,6 +10,7 @@
 #define DF_INFER_H
 
 #include "autograd/autograd.h"
+#include "nn/nn.h"
 
 /* ================================================================ schedulers ================== */
 
@@ -220,5 +221,31 @@ DF_API df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample,
 /* SNR per timestep, diffusers' training_utils.compute_snr: (sqrt(abar) / sqrt(1 - abar))^2 in
  * float32. Returns a new F32 tensor shaped like timesteps. */
 DF_API df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out);
+
+/* ================================================================ pipelines ================ */
+
+/* An unconditional diffusers pipeline folder (model_index.json, unet/ = UNet2DModel,
+ * scheduler/scheduler_config.json). */
+typedef struct df_uncond_pipeline {
+    df_component unet;
+    df_sched_config sched_config;
+    bool has_sched_config;
+    df_sched *sched;
+} df_uncond_pipeline;
+
+/* Loads dir; `scheduler_name` (a diffusers class name, or NULL for the folder's own) builds that
+ * scheduler from the folder's scheduler config, as `Cls.from_config(...)`. Free with
+ * df_uncond_pipeline_free even on failure. */
+DF_API df_status df_uncond_pipeline_load(const char *dir, const char *scheduler_name,
+                                         df_uncond_pipeline *p);
+DF_API void df_uncond_pipeline_free(df_uncond_pipeline *p);
+/* The sampling loop (see pipeline_uncond.c) from init_noise (N, C, H, W), which is multiplied by
+ * init_noise_sigma; stochastic steps draw from gen. *out: the final sample (N, C, H, W) before
+ * any clamping, owned by the caller (df_tensor_free) whatever scope is open. */
+DF_API df_status df_uncond_sample(df_unet2d *unet, df_sched *s, int steps,
+                                  const df_tensor *init_noise, df_torchgen *gen, df_tensor **out);
+/* Samples in [-1, 1] (N, C, H, W) as one U8 (rows*H, cols*W, C) grid image (cols <= 0: about
+ * square), converted as diffusers' pipelines do. */
+DF_API df_tensor *df_images_to_grid(const df_tensor *x, int cols);
 
 #endif

@@ -9,6 +9,7 @@ static const df_command commands[] = {
     {"forward", "run a diffusers component on named inputs (and backward)", df_cmd_forward},
     {"schedule", "print a scheduler's timesteps and sigmas", df_cmd_schedule},
     {"dataset", "pack an image folder into HDF5, or inspect a dataset", df_cmd_dataset},
+    {"sample", "generate images from a diffusers pipeline folder", df_cmd_sample},
     {NULL, NULL, NULL},
 };
 
