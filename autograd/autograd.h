@@ -117,6 +117,7 @@ typedef struct df_tensor {
     struct df_tensor *grad; /* leaf gradient, owned; NULL until a backward reaches it */
     df_node *node;          /* the op that made this tensor (grad_fn); NULL for leaves */
     bool requires_grad;     /* leaves: set by the user; op outputs: true when `node` is set */
+    bool scoped;            /* one of the references belongs to an open scope */
     int refcount;
 } df_tensor;
 
@@ -153,6 +154,11 @@ DF_API df_tensor *df_detach(const df_tensor *t);
 DF_API df_tensor *df_tensor_view(const df_tensor *t, int ndim, const int64_t *shape, int64_t offset);
 
 DF_API df_tensor *df_tensor_retain(df_tensor *t);
+/* Hands a reference the caller owns (from df_tensor_new_owned, a retain, ...) to the innermost
+ * open scope, or leaves it with the caller when no scope is open: the way library code returns
+ * a result under the scope rule after building it with owned temporaries it may free on error.
+ * Returns t. */
+DF_API df_tensor *df_tensor_adopt(df_tensor *t);
 DF_API void df_tensor_free(df_tensor *t); /* drops one reference; NULL is a no-op */
 
 DF_API void df_tensor_fill_(df_tensor *t, double value);

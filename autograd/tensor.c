@@ -64,12 +64,21 @@ static void drain(void) {
     draining = false;
 }
 
-void df_tensor_free(df_tensor *t) {
-    if (!t) return;
+/* Drops one reference (the shared path of df_tensor_free and df_scope_end). */
+static void release(df_tensor *t) {
     DF_ASSERT(t->refcount > 0, "df_tensor_free: tensor already freed");
     if (--t->refcount > 0) return;
     push_pending(false, t);
     drain();
+}
+
+void df_tensor_free(df_tensor *t) {
+    if (!t) return;
+    /* freeing the reference a scope holds would free the tensor twice (here and at scope end) */
+    DF_ASSERT(!(t->scoped && t->refcount == 1),
+              "df_tensor_free: the tensor belongs to the open scope; make temporaries you free "
+              "with df_tensor_new_owned (or retain before freeing)");
+    release(t);
 }
 
 df_tensor *df_tensor_retain(df_tensor *t) {
@@ -101,18 +110,29 @@ df_scope df_scope_begin(void) {
 
 void df_scope_end(df_scope s) {
     DF_ASSERT(scope_depth > 0 && s.mark <= scope_len, "df_scope_end without a matching begin");
-    while (scope_len > s.mark) df_tensor_free(scope_stack[--scope_len]);
+    while (scope_len > s.mark) {
+        df_tensor *t = scope_stack[--scope_len];
+        t->scoped = false;
+        release(t);
+    }
     scope_depth--;
 }
 
 static void scope_adopt(df_tensor *t) {
     if (scope_depth == 0) return;
+    DF_ASSERT(!t->scoped, "a tensor was handed to a scope twice");
+    t->scoped = true;
     if (scope_len == scope_cap) {
         scope_cap = scope_cap ? 2 * scope_cap : 1024;
         scope_stack = realloc(scope_stack, scope_cap * sizeof *scope_stack);
         DF_ASSERT(scope_stack, "out of memory growing a scope");
     }
     scope_stack[scope_len++] = t;
+}
+
+df_tensor *df_tensor_adopt(df_tensor *t) {
+    scope_adopt(t);
+    return t;
 }
 
 /* ------------------------------------------------------------------ creation ----------------- */

@@ -321,13 +321,14 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     }
     int64_t batch = sample->ndim > 0 ? sample->shape[0] : 1;
     if (batch < 1) batch = 1;
-    df_tensor *prev = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
+    /* owned until returned: freed here on error, handed to the caller's scope on success */
+    df_tensor *prev = df_tensor_new_owned(DF_DTYPE_F32, sample->ndim, sample->shape);
     df_tensor *x0 = NULL;
     bool has_x0 = false;
     df_sched_kind k = s->cfg.kind;
     if (k == DF_SCHED_DDPM || k == DF_SCHED_DDIM || k == DF_SCHED_EULER ||
         k == DF_SCHED_EULER_ANCESTRAL || k == DF_SCHED_LMS) {
-        x0 = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
+        x0 = df_tensor_new_owned(DF_DTYPE_F32, sample->ndim, sample->shape);
         has_x0 = true;
     }
     const float *mo = df_f32(model_output), *x = df_f32(sample);
@@ -350,8 +351,8 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
         df_tensor_free(x0);
         return st;
     }
-    *prev_sample = prev;
-    if (pred_original_sample && has_x0) *pred_original_sample = x0;
+    *prev_sample = df_tensor_adopt(prev);
+    if (pred_original_sample && has_x0) *pred_original_sample = df_tensor_adopt(x0);
     else df_tensor_free(x0);
     return DF_OK;
 }
@@ -402,7 +403,7 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
     DF_ASSERT(timesteps->numel == N, "add_noise: %lld timesteps for batch %lld",
               (long long)timesteps->numel, (long long)N);
     *out = NULL;
-    df_tensor *o = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
+    df_tensor *o = df_tensor_new_owned(DF_DTYPE_F32, a->ndim, a->shape); /* adopted on success */
     int64_t m = a->numel / (N ? N : 1);
     const float *x = df_f32(a), *e = df_f32(b);
     float *y = df_f32(o);
@@ -428,7 +429,7 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
         else
             for (int64_t i = 0; i < m; i++) yr[i] = sa_ * xr[i] + so * er[i];
     }
-    *out = o;
+    *out = df_tensor_adopt(o);
     return DF_OK;
 }
 
@@ -447,7 +448,7 @@ df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample, const df_t
 
 df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out) {
     *out = NULL;
-    df_tensor *o = df_tensor_new(DF_DTYPE_F32, timesteps->ndim, timesteps->shape);
+    df_tensor *o = df_tensor_new_owned(DF_DTYPE_F32, timesteps->ndim, timesteps->shape);
     for (int64_t i = 0; i < timesteps->numel; i++) {
         double t = df_tensor_get(timesteps, i);
         int64_t ti = (int64_t)t;
@@ -460,6 +461,6 @@ df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out)
         float q = sqrtf(ac) / sqrtf(1.0f - ac);
         df_f32(o)[i] = q * q;
     }
-    *out = o;
+    *out = df_tensor_adopt(o);
     return DF_OK;
 }

@@ -87,11 +87,8 @@ df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step) {
 }
 
 df_status df_ckpt_file(df_ckpt_writer *w, const char *rel, char *path, size_t len) {
-    if (w->n_files == DF_CKPT_MAX_FILES)
-        return df_error(DF_ERR_INVALID, "%s: more than %d files", w->tmp_dir, DF_CKPT_MAX_FILES);
     if (rel[0] == '/' || strstr(rel, "..") || strchr(rel, ' ') || strchr(rel, '\n'))
         return df_error(DF_ERR_INVALID, "checkpoint file name '%s' is not a plain relative path", rel);
-    snprintf(w->files[w->n_files++], sizeof w->files[0], "%s", rel);
     DF_TRY(df_pathf(path, len, "%s/%s", w->tmp_dir, rel));
     /* make the file's folder */
     char dir[DF_PATH_MAX];
@@ -133,8 +130,51 @@ static void rotate(const char *run_dir, int keep) {
     }
 }
 
+/* nftw has no user pointer: the writer being collected into (one commit at a time per thread). */
+static _Thread_local df_ckpt_writer *collecting;
+static _Thread_local bool collect_overflow;
+
+static int collect_file(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)ftw;
+    if (flag != FTW_F) return 0;
+    size_t base = strlen(collecting->tmp_dir) + 1;
+    const char *rel = path + base;
+    if (strcmp(rel, "DONE.partial") == 0 || strcmp(rel, "DONE") == 0) return 0;
+    if (collecting->n_files == DF_CKPT_MAX_FILES || strlen(rel) >= sizeof collecting->files[0] ||
+        strchr(rel, ' ') || strchr(rel, '\n')) {
+        collect_overflow = true;
+        return 1;
+    }
+    snprintf(collecting->files[collecting->n_files++], sizeof collecting->files[0], "%s", rel);
+    return 0;
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(a, b);
+}
+
+/* Every regular file under the temporary folder, sorted (DONE lists them in a stable order). */
+static df_status collect_files(df_ckpt_writer *w) {
+    w->n_files = 0;
+    collecting = w;
+    collect_overflow = false;
+    int rc = nftw(w->tmp_dir, collect_file, 16, FTW_PHYS);
+    collecting = NULL;
+    if (collect_overflow)
+        return df_error(DF_ERR_INVALID, "%s: more than %d files, or a file name with a space",
+                        w->tmp_dir, DF_CKPT_MAX_FILES);
+    if (rc != 0) return df_error(DF_ERR_IO, "%s: cannot list: %s", w->tmp_dir, strerror(errno));
+    qsort(w->files, (size_t)w->n_files, sizeof w->files[0], cmp_names);
+    return DF_OK;
+}
+
 df_status df_ckpt_commit(df_ckpt_writer *w, int keep_last) {
     char done_tmp[DF_PATH_MAX], done[DF_PATH_MAX];
+    df_status collected = collect_files(w);
+    if (collected != DF_OK) {
+        df_ckpt_abort(w);
+        return collected;
+    }
     DF_TRY(df_pathf(done_tmp, sizeof done_tmp, "%s/DONE.partial", w->tmp_dir));
     DF_TRY(df_pathf(done, sizeof done, "%s/DONE", w->tmp_dir));
     FILE *f = fopen(done_tmp, "w");

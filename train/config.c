@@ -394,10 +394,12 @@ static void write_scalar(FILE *f, const df_cfg_field *fd, const df_cfg_value *v,
     }
 }
 
-void df_config_write(const df_config *c, FILE *f, bool with_origin) {
+/* Writes every key, or (hash_only) the non-operational ones. */
+static void write_config(const df_config *c, FILE *f, bool with_origin, bool hash_only) {
     char prev[256] = "";
     for (int i = 0; i < c->n; i++) {
         const df_cfg_field *fd = &c->schema[i];
+        if (hash_only && fd->operational) continue;
         /* open the mapping levels this key needs beyond those the previous key opened */
         const char *key = fd->key;
         int depth = 0;
@@ -431,6 +433,10 @@ void df_config_write(const df_config *c, FILE *f, bool with_origin) {
     }
 }
 
+void df_config_write(const df_config *c, FILE *f, bool with_origin) {
+    write_config(c, f, with_origin, false);
+}
+
 df_status df_config_save(const df_config *c, const char *path) {
     FILE *f = fopen(path, "w");
     if (!f) return df_error(DF_ERR_IO, "cannot write: %s (%s)", strerror(errno), path);
@@ -445,7 +451,7 @@ uint64_t df_config_hash(const df_config *c) {
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     DF_ASSERT(f, "out of memory");
-    df_config_write(c, f, false);
+    write_config(c, f, false, true);
     fclose(f);
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)buf[i]) * 0x100000001b3ull;
@@ -466,4 +472,43 @@ void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f) {
         fprintf(f, "| `%s` | %s | %s | %s | %s |\n", fd->key, short_type[fd->type],
                 fd->def ? fd->def : "", allowed, fd->doc ? fd->doc : "");
     }
+}
+
+df_status df_config_peek(const char *path, const char *key, char *out, size_t len) {
+    out[0] = '\0';
+    FILE *f = fopen(path, "rb");
+    if (!f) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    char *buf = malloc(MAX_YAML_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, MAX_YAML_BYTES, f) : 0;
+    fclose(f);
+    if (!buf) return df_error(DF_ERR_NOMEM, "out of memory (%s)", path);
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    df_status st = DF_OK;
+    if (!yaml_parser_initialize(&parser)) {
+        free(buf);
+        return df_error(DF_ERR_NOMEM, "out of memory (%s)", path);
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, n);
+    if (!yaml_parser_load(&parser, &doc)) {
+        st = df_error(DF_ERR_FORMAT, "not valid YAML: %s (%s:%zu)",
+                      parser.problem ? parser.problem : "syntax error", path,
+                      parser.problem_mark.line + 1);
+    } else {
+        yaml_node_t *root = yaml_document_get_root_node(&doc);
+        if (root && root->type == YAML_MAPPING_NODE) {
+            for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
+                 p < root->data.mapping.pairs.top; p++) {
+                yaml_node_t *k = yaml_document_get_node(&doc, p->key);
+                yaml_node_t *v = yaml_document_get_node(&doc, p->value);
+                if (k && v && k->type == YAML_SCALAR_NODE && v->type == YAML_SCALAR_NODE &&
+                    strcmp((const char *)k->data.scalar.value, key) == 0)
+                    snprintf(out, len, "%s", (const char *)v->data.scalar.value);
+            }
+        }
+        yaml_document_delete(&doc);
+    }
+    yaml_parser_delete(&parser);
+    free(buf);
+    return st;
 }

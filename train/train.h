@@ -12,6 +12,9 @@
 #define DF_TRAIN_H
 
 #include "autograd/autograd.h"
+#include "datasets/datasets.h"
+#include "nn/nn.h"
+#include "optim/optim.h"
 
 #include <stdio.h>
 
@@ -34,6 +37,8 @@ typedef struct df_cfg_field {
     double min, max;
     const char *choices;
     const char *doc;
+    bool operational; /* does not change what is computed (logging, cadence, workers): left out
+                         of df_config_hash, so changing it does not block a resume */
 } df_cfg_field;
 
 #define DF_CFG_MAX_LIST 16
@@ -76,7 +81,8 @@ DF_API int df_config_str_list(const df_config *c, const char *key, const char **
  * its origin when `with_origin`). */
 DF_API void df_config_write(const df_config *c, FILE *f, bool with_origin);
 DF_API df_status df_config_save(const df_config *c, const char *path);
-/* FNV-1a 64 of the resolved values (keys in schema order), for checkpoint compatibility. */
+/* FNV-1a 64 of the resolved values of the non-operational keys (schema order), for checkpoint
+ * compatibility. */
 DF_API uint64_t df_config_hash(const df_config *c);
 /* The schema as a Markdown table (key, type, default, allowed, doc), for the README. */
 DF_API void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f);
@@ -97,7 +103,7 @@ DF_API df_status df_remove_tree(const char *path);
 
 /* ================================================================ checkpoints ============== */
 
-#define DF_CKPT_MAX_FILES 64
+#define DF_CKPT_MAX_FILES 256
 
 /* A checkpoint being written (see checkpoint.c for the protocol). */
 typedef struct df_ckpt_writer {
@@ -109,8 +115,9 @@ typedef struct df_ckpt_writer {
 
 /* Starts checkpoint `step` of run_dir in a fresh temporary folder. */
 DF_API df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step);
-/* Registers file `rel` (a relative path, folders allowed) and puts the path to write it at into
- * path; creates its folder. The caller writes the file there before commit. */
+/* The path to write checkpoint file `rel` (a relative path, folders allowed) at, into path;
+ * creates its folder. Every file under the temporary folder at commit time is part of the
+ * checkpoint (writers may also write into w->tmp_dir directly). */
 DF_API df_status df_ckpt_file(df_ckpt_writer *w, const char *rel, char *path, size_t len);
 /* Makes the checkpoint durable and visible (fsync, DONE, rename, fsync), then keeps only the
  * newest keep_last checkpoints (0 = keep all). On failure the temporary folder is removed and
@@ -142,5 +149,51 @@ DF_API df_status df_tb_scalar(df_tb_writer *w, const char *tag, int64_t step, do
 DF_API df_status df_tb_image(df_tb_writer *w, const char *tag, int64_t step, int height, int width,
                              int channels, const void *png, size_t png_len);
 DF_API void df_tb_close(df_tb_writer *w);
+
+/* ================================================================ the trainer ============== */
+
+/* Random streams a recipe draws from, derived per step from (seed, purpose, rank, step): a
+ * resumed run draws exactly what the uninterrupted one did, whatever happened before. */
+typedef struct df_step_rng {
+    df_philox noise;     /* the diffusion noise */
+    df_philox timesteps; /* the training timesteps */
+    df_philox dropout;   /* dropout and other per-step randomness */
+} df_step_rng;
+
+/* What a recipe gives the trainer: the model's registry (the trainer flattens it and trains the
+ * parameters marked trainable), a loss for one micro-batch, and an exporter. */
+typedef struct df_recipe {
+    const char *name;
+    void *ctx;
+    df_params *params;
+    /* The scalar loss of one micro-batch (scope rule; the trainer owns the scope). */
+    df_tensor *(*loss)(void *ctx, const df_batch *batch, df_step_rng *rng);
+    /* Writes the trained model as a diffusers folder into dir (which exists). The parameters
+     * hold the weights to export (the trainer swaps EMA weights in around the call). */
+    df_status (*export_model)(void *ctx, const char *dir);
+    /* Generates validation samples as a U8 (H, W, C) grid (scope rule); may be NULL. */
+    df_status (*validate)(void *ctx, int64_t step, df_tensor **grid);
+    void (*free)(void *ctx);
+} df_recipe;
+
+/* The trainer's own config keys (diffusers' training flag names); recipes append theirs. */
+extern const df_cfg_field df_trainer_schema[];
+extern const int df_trainer_schema_len;
+
+typedef struct df_train_opts {
+    const char *resume;     /* NULL, "latest" or a checkpoint folder */
+    bool allow_config_change; /* resume even when the config hash differs */
+    const char *config_path;  /* for messages */
+    int64_t stop_after_steps; /* > 0: behave as if SIGTERM arrived after this step */
+} df_train_opts;
+
+/* Runs the training loop of the config's recipe to max_train_steps (or until SIGTERM/SIGUSR1,
+ * which finish the step, write a checkpoint and return DF_OK). Writes OUTPUT/config.yaml,
+ * metrics.jsonl, TensorBoard events, samples/, checkpoint-<step>/ folders and, at the end, the
+ * exported model in OUTPUT. */
+DF_API df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_opts *opts);
+
+/* The top-level string `key` of a YAML file (e.g. `recipe`), "" when absent. */
+DF_API df_status df_config_peek(const char *path, const char *key, char *out, size_t len);
 
 #endif
