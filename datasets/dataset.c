@@ -68,6 +68,12 @@ static df_status read_caption(const char *path, char **out) {
     return DF_OK;
 }
 
+static void add_bad(df_dataset *ds, const char *msg) {
+    ds->bad = realloc(ds->bad, sizeof(char *) * (size_t)(ds->n_bad + 1));
+    DF_ASSERT(ds->bad, "out of memory");
+    ds->bad[ds->n_bad++] = xstrdup(msg);
+}
+
 static df_status open_sidecar(df_dataset *ds) {
     DIR *d = opendir(ds->root);
     if (!d) return df_error(DF_ERR_IO, "%s: cannot open directory: %m", ds->root);
@@ -84,6 +90,7 @@ static df_status open_sidecar(df_dataset *ds) {
     }
     closedir(d);
     qsort(ds->files, (size_t)ds->n, sizeof(char *), cmp_str);
+    if (ds->n == 0) ds->files = calloc(1, sizeof(char *));
     ds->captions = calloc((size_t)ds->n + 1, sizeof(char *));
     DF_ASSERT(ds->captions, "out of memory");
     for (int64_t i = 0; i < ds->n; i++) {
@@ -98,8 +105,20 @@ static df_status open_sidecar(df_dataset *ds) {
         free(rel);
         df_status s = read_caption(p, &ds->captions[i]);
         free(p);
-        if (s != DF_OK) return s;
+        if (s != DF_OK && !ds->opts.skip_bad_images) return s;
+        if (s != DF_OK) add_bad(ds, df_last_error()), ds->captions[i] = NULL;
     }
+    /* drop the images whose caption file was unreadable */
+    int64_t k = 0;
+    for (int64_t i = 0; i < ds->n; i++) {
+        if (ds->captions[i]) {
+            ds->files[k] = ds->files[i];
+            ds->captions[k++] = ds->captions[i];
+        } else {
+            free(ds->files[i]);
+        }
+    }
+    ds->n = k;
     return DF_OK;
 }
 
@@ -109,7 +128,8 @@ static df_status open_metadata(df_dataset *ds, const char *meta_path) {
     DF_TRY(df__read_file(meta_path, &buf, &len));
     df_meta_entry *es;
     int64_t n;
-    df_status s = df_meta_parse(buf, len, meta_path, ds->caption_column, &es, &n);
+    df_status s = df_meta_parse(buf, len, meta_path, ds->caption_column, &es, &n,
+                                ds->opts.skip_bad_images ? &ds->bad : NULL, &ds->n_bad);
     free(buf);
     if (s != DF_OK) return s;
     ds->n = n;
@@ -166,6 +186,7 @@ df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_data
         df_dataset_free(ds);
         return s;
     }
+    for (int64_t i = 0; i < ds->n_bad; i++) fprintf(stderr, "warning: skipped %s\n", ds->bad[i]);
     *out = ds;
     return DF_OK;
 }
@@ -179,6 +200,8 @@ void df_dataset_free(df_dataset *ds) {
     }
     free(ds->files);
     free(ds->captions);
+    for (int64_t i = 0; i < ds->n_bad; i++) free(ds->bad[i]);
+    free(ds->bad);
     free(ds->root);
     free(ds->caption_column);
     free(ds->caption_ext);
@@ -188,6 +211,16 @@ void df_dataset_free(df_dataset *ds) {
 
 df_dataset_kind df_dataset_kind_of(const df_dataset *ds) {
     return ds->kind;
+}
+
+int64_t df_dataset_bad_entries(const df_dataset *ds) {
+    return ds->n_bad;
+}
+
+const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i) {
+    DF_ASSERT(i >= 0 && i < ds->n_bad, "df_dataset_bad_entry: index %lld out of %lld", (long long)i,
+              (long long)ds->n_bad);
+    return ds->bad[i];
 }
 
 int64_t df_dataset_images(const df_dataset *ds) {

@@ -104,10 +104,13 @@ typedef struct df_meta_entry {
 } df_meta_entry;
 /* Parses metadata.jsonl text. Empty / whitespace-only lines are skipped; every other line must
  * be one JSON object with a string "file_name" (relative, no "..") and, when present, a string
- * (or null) `caption_column`. A bad line is DF_ERR_FORMAT "<name>:<line>: <reason>".
- * On success *entries (owned, free with df_meta_free) holds *n entries. */
+ * (or null) `caption_column`. A bad line is DF_ERR_FORMAT "<name>:<line>: <reason>" — unless
+ * `bad` is not NULL: then bad lines are left out and *bad (owned, n_bad malloc'd strings, free
+ * each and the array) holds their messages. On success *entries (owned, free with
+ * df_meta_free) holds *n entries. */
 DF_API df_status df_meta_parse(const char *text, size_t len, const char *name,
-                               const char *caption_column, df_meta_entry **entries, int64_t *n);
+                               const char *caption_column, df_meta_entry **entries, int64_t *n,
+                               char ***bad, int64_t *n_bad);
 DF_API void df_meta_free(df_meta_entry *entries, int64_t n);
 
 /* ---------------------------------------------------------------- datasets -------------------- */
@@ -143,6 +146,11 @@ DF_API int64_t df_dataset_len(const df_dataset *ds);
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
 /* Caption of image i before dropout/override. Borrowed. */
 DF_API const char *df_dataset_caption(const df_dataset *ds, int64_t i);
+/* Entries left out when the dataset was opened with skip_bad_images (malformed metadata.jsonl
+ * lines, unreadable caption files): their count and messages "<file>[:<line>]: <reason>"
+ * (borrowed). Reported on stderr by df_dataset_open too. */
+DF_API int64_t df_dataset_bad_entries(const df_dataset *ds);
+DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 /* Decodes image i (< df_dataset_images) into a new U8 (H, W, C) tensor. Thread-safe. */
 DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                                   df_tensor **out);

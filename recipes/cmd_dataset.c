@@ -94,6 +94,7 @@ static int cmd_inspect(int argc, char **argv) {
         else path = argv[i];
     }
     if (!path) return usage(stderr);
+    o.skip_bad_images = true; /* list every bad entry instead of stopping at the first */
     df_dataset *ds;
     if (df_dataset_open(path, &o, &ds) != DF_OK) return fail("dataset inspect");
     int64_t n = df_dataset_images(ds), bad = 0;
@@ -142,6 +143,11 @@ static int cmd_inspect(int argc, char **argv) {
            "mean %.1f words\n",
            (long long)(n - empty), (long long)empty, (long long)(min_len < 0 ? 0 : min_len),
            n ? (double)chars / n : 0.0, (long long)max_len, n ? (double)words / n : 0.0);
+    int64_t bad_entries = df_dataset_bad_entries(ds);
+    if (bad_entries) {
+        printf("unreadable caption entries (left out): %lld\n", (long long)bad_entries);
+        for (int64_t i = 0; i < bad_entries; i++) printf("  %s\n", df_dataset_bad_entry(ds, i));
+    }
     if (bad) {
         printf("unreadable files:\n");
         for (int64_t i = 0; i < bad; i++) printf("  %s\n", bad_msgs[i]);

@@ -289,6 +289,23 @@ Test(datasets_loader, malformed_metadata_fails_open) {
     remove_tree(dir);
 }
 
+Test(datasets_loader, malformed_metadata_skipped_and_counted) {
+    const char *dir = make_folder("ld9", 3, 8, 8);
+    char p[600];
+    snprintf(p, sizeof p, "%s/metadata.jsonl", dir);
+    write_text(p, "{\"file_name\": \"img000.png\", \"text\": \"a\"}\nnot json\n"
+                  "{\"file_name\": \"img002.png\", \"text\": \"c\"}\n");
+    df_dataset_opts o = df_dataset_opts_default();
+    o.skip_bad_images = true;
+    df_dataset *ds = open_ds(dir, &o);
+    cr_assert_eq(df_dataset_images(ds), 2);
+    cr_assert_eq(df_dataset_bad_entries(ds), 1);
+    cr_assert(strstr(df_dataset_bad_entry(ds, 0), "metadata.jsonl:2: not valid JSON"), "%s", df_dataset_bad_entry(ds, 0));
+    cr_assert_str_eq(df_dataset_file(ds, 1), "img002.png");
+    df_dataset_free(ds);
+    remove_tree(dir);
+}
+
 Test(datasets_sources, sidecar_captions) {
     const char *dir = temp_dir("side");
     char p[600];

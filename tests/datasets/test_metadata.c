@@ -4,7 +4,7 @@
 #include "tests/datasets/image_util.h"
 
 static df_status parse(const char *text, const char *col, df_meta_entry **es, int64_t *n) {
-    return df_meta_parse(text, strlen(text), "meta.jsonl", col, es, n);
+    return df_meta_parse(text, strlen(text), "meta.jsonl", col, es, n, NULL, NULL);
 }
 
 Test(datasets_metadata, parses_entries) {
@@ -68,6 +68,6 @@ Test(datasets_metadata, nul_byte_is_an_error) {
     const char t[] = "{\"file_name\": \"a.png\"}\n{\"file_name\"\0: \"b.png\"}\n";
     df_meta_entry *es;
     int64_t n;
-    cr_assert_eq(df_meta_parse(t, sizeof t - 1, "m.jsonl", "text", &es, &n), DF_ERR_FORMAT);
+    cr_assert_eq(df_meta_parse(t, sizeof t - 1, "m.jsonl", "text", &es, &n, NULL, NULL), DF_ERR_FORMAT);
     cr_assert(strstr(df_last_error(), "m.jsonl:2:"), "%s", df_last_error());
 }
