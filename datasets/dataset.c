@@ -17,7 +17,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-
 df_dataset_opts df_dataset_opts_default(void) {
     return (df_dataset_opts){.caption_column = "text", .caption_ext = ".txt", .repeats = 1};
 }
@@ -40,7 +39,8 @@ static char *xstrdup(const char *s) {
 
 static bool is_image_name(const char *n) {
     const char *dot = strrchr(n, '.');
-    return dot && (strcasecmp(dot, ".png") == 0 || strcasecmp(dot, ".jpg") == 0 || strcasecmp(dot, ".jpeg") == 0);
+    return dot && (strcasecmp(dot, ".png") == 0 || strcasecmp(dot, ".jpg") == 0 ||
+                   strcasecmp(dot, ".jpeg") == 0);
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -62,7 +62,8 @@ static df_status read_caption(const char *path, char **out) {
         free(buf);
         return df_error(DF_ERR_FORMAT, "%s: caption file contains a NUL byte", path);
     }
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+    while (n > 0 &&
+           (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
         buf[--n] = '\0';
     *out = buf;
     return DF_OK;
@@ -232,17 +233,21 @@ int64_t df_dataset_len(const df_dataset *ds) {
 }
 
 const char *df_dataset_file(const df_dataset *ds, int64_t i) {
-    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_file: index %lld out of %lld", (long long)i, (long long)ds->n);
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_file: index %lld out of %lld", (long long)i,
+              (long long)ds->n);
     return ds->files[i];
 }
 
 const char *df_dataset_caption(const df_dataset *ds, int64_t i) {
-    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_caption: index %lld out of %lld", (long long)i, (long long)ds->n);
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_caption: index %lld out of %lld", (long long)i,
+              (long long)ds->n);
     return ds->captions[i];
 }
 
-df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec, df_tensor **out) {
-    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_image: index %lld out of %lld", (long long)i, (long long)ds->n);
+df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
+                           df_tensor **out) {
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_image: index %lld out of %lld", (long long)i,
+              (long long)ds->n);
     *out = NULL;
     if (ds->kind == DF_DATASET_HDF5) {
         df_tensor *rgb;
@@ -257,8 +262,8 @@ df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts
     return s;
 }
 
-df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec, df_philox *g,
-                         df_tensor **img, char **caption) {
+df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
+                         df_philox *g, df_tensor **img, char **caption) {
     DF_ASSERT(index >= 0 && index < df_dataset_len(ds), "df_dataset_get: index %lld out of %lld",
               (long long)index, (long long)df_dataset_len(ds));
     *img = NULL;

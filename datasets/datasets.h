@@ -177,26 +177,26 @@ typedef struct df_loader_cursor {
 typedef struct df_loader_opts {
     int batch_size;
     uint64_t seed;
-    int rank, world_size;   /* data-parallel shard (default 0 of 1) */
-    int workers;            /* worker threads (default 2) */
-    int prefetch;           /* batches decoded ahead (default 2 * workers) */
-    bool shuffle;           /* default true; false: the identity order */
-    bool drop_last;         /* drop the last partial batch of each epoch (default false) */
+    int rank, world_size; /* data-parallel shard (default 0 of 1) */
+    int workers;          /* worker threads (default 2) */
+    int prefetch;         /* batches decoded ahead (default 2 * workers) */
+    bool shuffle;         /* default true; false: the identity order */
+    bool drop_last;       /* drop the last partial batch of each epoch (default false) */
     df_transform transform;
     df_loader_cursor start; /* where to begin (a saved cursor); default (0, 0) */
 } df_loader_opts;
 DF_API df_loader_opts df_loader_opts_default(int batch_size, int resolution);
 
 typedef struct df_batch {
-    df_tensor *pixels;   /* F32 (n, C, R, R) in [-1, 1], owned by the batch */
-    int n;               /* samples in the batch (fewer than batch_size when some were skipped) */
-    char **captions;     /* n strings, owned */
-    int64_t *indices;    /* n dataset sample indices */
+    df_tensor *pixels; /* F32 (n, C, R, R) in [-1, 1], owned by the batch */
+    int n;             /* samples in the batch (fewer than batch_size when some were skipped) */
+    char **captions;   /* n strings, owned */
+    int64_t *indices;  /* n dataset sample indices */
     int64_t epoch;
-    bool epoch_end;      /* the last batch of its epoch */
+    bool epoch_end;        /* the last batch of its epoch */
     df_loader_cursor next; /* the loader's cursor after this batch (save it with a checkpoint) */
-    int n_skipped;       /* bad samples left out of this batch */
-    char **skipped;      /* n_skipped messages "<file>: <reason>", owned */
+    int n_skipped;         /* bad samples left out of this batch */
+    char **skipped;        /* n_skipped messages "<file>: <reason>", owned */
 } df_batch;
 DF_API void df_batch_free(df_batch *b);
 

@@ -99,10 +99,16 @@ df_status df__jpeg_decode(const void *bytes, size_t n, const char *name, df_tens
     int channels;
     bool is_cmyk = false;
     switch (ci.jpeg_color_space) {
-    case JCS_GRAYSCALE: ci.out_color_space = JCS_GRAYSCALE, channels = 1; break;
+    case JCS_GRAYSCALE:
+        ci.out_color_space = JCS_GRAYSCALE, channels = 1;
+        break;
     case JCS_CMYK:
-    case JCS_YCCK: ci.out_color_space = JCS_CMYK, channels = 3, is_cmyk = true; break;
-    default: ci.out_color_space = JCS_RGB, channels = 3; break;
+    case JCS_YCCK:
+        ci.out_color_space = JCS_CMYK, channels = 3, is_cmyk = true;
+        break;
+    default:
+        ci.out_color_space = JCS_RGB, channels = 3;
+        break;
     }
     ci.dct_method = JDCT_ISLOW;
     ci.do_fancy_upsampling = TRUE;

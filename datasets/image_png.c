@@ -131,13 +131,15 @@ done:
 
 df_status df_png_write(const char *path, const df_tensor *img, int n_text, const char *const *keys,
                        const char *const *values) {
-    DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3 && img->shape[2] >= 1 && img->shape[2] <= 4,
+    DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3 && img->shape[2] >= 1 &&
+                  img->shape[2] <= 4,
               "df_png_write: image must be U8 (H, W, C) with C in 1..4");
     int h = (int)img->shape[0], w = (int)img->shape[1], c = (int)img->shape[2];
     for (int i = 0; i < n_text; i++) {
         size_t kl = strlen(keys[i]);
         if (kl < 1 || kl > 79)
-            return df_error(DF_ERR_INVALID, "%s: PNG tEXt key '%s' must have 1 to 79 characters", path, keys[i]);
+            return df_error(DF_ERR_INVALID, "%s: PNG tEXt key '%s' must have 1 to 79 characters",
+                            path, keys[i]);
     }
     FILE *volatile f = fopen(path, "wb");
     if (!f) return df_error(DF_ERR_IO, "%s: cannot create: %m", path);
@@ -156,8 +158,8 @@ df_status df_png_write(const char *path, const df_tensor *img, int n_text, const
         goto done;
     }
     png_init_io(png, f);
-    static const int ctypes[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
-                                  PNG_COLOR_TYPE_RGB_ALPHA};
+    static const int ctypes[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
+                                  PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA};
     png_set_IHDR(png, info, w, h, 8, ctypes[c], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                  PNG_FILTER_TYPE_DEFAULT);
     if (n_text > 0) {
@@ -186,7 +188,8 @@ done:
     if (png) png_destroy_write_struct(&png, info ? &info : NULL);
     free(text);
     free(rows);
-    if (fclose(f) != 0 && status == DF_OK) status = df_error(DF_ERR_IO, "%s: write failed: %m", path);
+    if (fclose(f) != 0 && status == DF_OK)
+        status = df_error(DF_ERR_IO, "%s: write failed: %m", path);
     if (status != DF_OK) remove(path);
     return status;
 }

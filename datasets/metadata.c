@@ -39,15 +39,17 @@ void df_meta_free(df_meta_entry *entries, int64_t n) {
 }
 
 /* Parses one non-blank line into *e (owned strings). */
-static df_status parse_line(const char *s, size_t ll, const char *name, int64_t line, const char *caption_column,
-                            df_meta_entry *e) {
-    if (memchr(s, '\0', ll)) return df_error(DF_ERR_FORMAT, "%s:%lld: NUL byte in line", name, (long long)line);
+static df_status parse_line(const char *s, size_t ll, const char *name, int64_t line,
+                            const char *caption_column, df_meta_entry *e) {
+    if (memchr(s, '\0', ll))
+        return df_error(DF_ERR_FORMAT, "%s:%lld: NUL byte in line", name, (long long)line);
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(s, ll, &end, false);
     df_status st = DF_OK;
     if (!obj) return df_error(DF_ERR_FORMAT, "%s:%lld: not valid JSON", name, (long long)line);
     if (end && !blank(end, ll - (size_t)(end - s))) {
-        st = df_error(DF_ERR_FORMAT, "%s:%lld: trailing characters after the JSON object", name, (long long)line);
+        st = df_error(DF_ERR_FORMAT, "%s:%lld: trailing characters after the JSON object", name,
+                      (long long)line);
         goto done;
     }
     if (!cJSON_IsObject(obj)) {
@@ -56,11 +58,13 @@ static df_status parse_line(const char *s, size_t ll, const char *name, int64_t 
     }
     const cJSON *fn = cJSON_GetObjectItemCaseSensitive(obj, "file_name");
     if (!cJSON_IsString(fn) || !fn->valuestring) {
-        st = df_error(DF_ERR_FORMAT, "%s:%lld: \"file_name\" missing or not a string", name, (long long)line);
+        st = df_error(DF_ERR_FORMAT, "%s:%lld: \"file_name\" missing or not a string", name,
+                      (long long)line);
         goto done;
     }
     if (bad_path(fn->valuestring)) {
-        st = df_error(DF_ERR_FORMAT, "%s:%lld: file_name \"%.200s\" is empty, absolute or contains \"..\"", name,
+        st = df_error(DF_ERR_FORMAT,
+                      "%s:%lld: file_name \"%.200s\" is empty, absolute or contains \"..\"", name,
                       (long long)line, fn->valuestring);
         goto done;
     }
@@ -68,8 +72,8 @@ static df_status parse_line(const char *s, size_t ll, const char *name, int64_t 
     const char *caption = "";
     if (cap_item && !cJSON_IsNull(cap_item)) {
         if (!cJSON_IsString(cap_item) || !cap_item->valuestring) {
-            st = df_error(DF_ERR_FORMAT, "%s:%lld: caption column \"%s\" is not a string", name, (long long)line,
-                          caption_column);
+            st = df_error(DF_ERR_FORMAT, "%s:%lld: caption column \"%s\" is not a string", name,
+                          (long long)line, caption_column);
             goto done;
         }
         caption = cap_item->valuestring;
