@@ -409,6 +409,17 @@ Test(datasets_sources, hdf5_pack_round_trip) {
     run_free(&b);
     df_dataset_free(pk);
     df_dataset_free(ds);
+    /* a truncated pack and a file that is not a pack are clean errors naming the file */
+    snprintf(out, sizeof out, "%s/pack.h5", src);
+    FILE *f = fopen(out, "r+b");
+    cr_assert(f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fclose(f);
+    cr_assert_eq(truncate(out, size / 2), 0);
+    df_dataset *trunc;
+    cr_assert_eq(df_dataset_open(out, NULL, &trunc), DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "pack.h5"), "%s", df_last_error());
     /* a file that is not a pack */
     snprintf(out, sizeof out, "%s/img000.png", src);
     df_dataset *bad;
