@@ -127,7 +127,8 @@ typedef struct df_dataset_opts {
     int repeats;                  /* every image appears `repeats` times per epoch (default 1) */
     float caption_dropout;        /* probability of replacing the caption by "" (default 0) */
     const char *caption_override; /* when set, every caption is this (DreamBooth instance prompt) */
-    bool skip_bad_images;         /* skip (count, report) unreadable samples instead of failing */
+    bool skip_bad_images; /* skip (count, report) unreadable images, metadata lines and caption
+                             files instead of failing */
 } df_dataset_opts;
 DF_API df_dataset_opts df_dataset_opts_default(void);
 
