@@ -46,6 +46,9 @@
  *   and per group g:           "group<g>.step"   (I64, shape [1]: steps taken by the group)
  *   EMA:  the shadow of parameter P under the name P itself (default "shadow_params.<i>"), so the
  *         file doubles as a weights file, and "optimization_step" (I64, shape [1]).
+ * Each moment is one flat F32 buffer over all parameters in group order, every parameter at a
+ * 16-element boundary: when the groups list a df_flat's parameters in its order, a moment buffer
+ * has exactly the flat parameter buffer's layout.
  * The state tensors are views of the live buffers: writing into them (df_st_read_into) restores
  * the state; reading them saves it. A restored state continues bit-identically.
  */
