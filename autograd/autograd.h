@@ -345,11 +345,18 @@ DF_API df_tensor *df_layer_norm(df_tensor *x, df_tensor *weight, df_tensor *bias
 
 /* Shapes. reshape: one dim may be -1; the result is a view. */
 DF_API df_tensor *df_reshape(df_tensor *a, int ndim, const int64_t *shape);
+/* concat, slice, chunk, permute and transpose copy elements of any dtype (the output keeps the
+ * input's dtype; gradients are F32 as everywhere). Each returns new tensors (scope rule).
+ * concat: torch.cat of n >= 1 tensors of one dtype and ndim >= 1, equal shapes except along
+ * dim (which may be 0 for some); the same tensor may appear more than once. */
 DF_API df_tensor *df_concat(df_tensor **ts, int n, int dim);
-/* a[..., start:start+len, ...] along dim (a copy). */
+/* a[..., start:start+len, ...] along dim (a copy; torch.narrow). start < 0 counts from the end;
+ * the range must lie inside the dim (len may be 0). */
 DF_API df_tensor *df_slice(df_tensor *a, int dim, int64_t start, int64_t len);
-/* n equal chunks along dim into out[0..n-1] (dim size divisible by n). */
+/* n equal chunks along dim into out[0..n-1] (dim size divisible by n), each a df_slice. */
 DF_API void df_chunk(df_tensor *a, int n, int dim, df_tensor **out);
+/* Materialised torch.permute: perm holds a->ndim distinct dims (negative allowed); out dim k is
+ * a's dim perm[k]. transpose swaps d0 and d1. */
 DF_API df_tensor *df_permute(df_tensor *a, const int *perm);
 DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
 
@@ -357,7 +364,9 @@ DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
 DF_API df_tensor *df_upsample_nearest2d(df_tensor *x, int scale);
 DF_API df_tensor *df_avg_pool2d(df_tensor *x, int kernel, int stride);
 
-/* Lookup: ids (I32 or I64, any shape) into table (V, D) -> (ids..., D). */
+/* Lookup: ids (I32 or I64, any shape up to 4 dims) into table (V, D) F32 -> (ids..., D) F32
+ * (F.embedding). An id outside [0, V) is a DF_ASSERT naming it and V. The gradient of table
+ * sums the rows of repeated ids; ids are kept for backward and must not change before it. */
 DF_API df_tensor *df_embedding(df_tensor *ids, df_tensor *table);
 
 /* Regularisation and masks. dropout: zero with probability p, scale the rest by 1/(1-p);
