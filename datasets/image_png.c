@@ -8,7 +8,8 @@
  * libpng reports errors by longjmp to the png_jmpbuf: every resource that may be live at that
  * point (png structs, the row pointer array, the output tensor) is held in a `volatile` local
  * and released on the error path, so no failure leaks. Dimensions are checked after the IHDR
- * and before any pixel allocation.
+ * and before any pixel allocation, and so is the file size: deflate cannot expand more than
+ * 1032:1, so a file too small for its declared image is refused without allocating it.
  */
 #include "datasets/datasets_impl.h"
 
@@ -95,6 +96,16 @@ df_status df__png_decode(const void *bytes, size_t n, const char *name, df_tenso
     int depth, ctype, interlace;
     png_get_IHDR(png, info, &w, &h, &depth, &ctype, &interlace, NULL, NULL);
     if ((status = df__image_check_dims(name, w, h)) != DF_OK) goto done;
+    /* deflate expands at most 1032:1, so the file bounds the raw scanline bytes: refusing what
+     * cannot fit keeps a small file from making us allocate a huge image */
+    uint64_t raw = (uint64_t)h * (1 + ((uint64_t)w * png_get_channels(png, info) * depth + 7) / 8);
+    if (raw > (uint64_t)n * 1100) {
+        status = df_error(
+            DF_ERR_FORMAT,
+            "%s: PNG: %u bytes are too few for a %u x %u image (truncated or a decompression bomb)",
+            name, (unsigned)n, (unsigned)w, (unsigned)h);
+        goto done;
+    }
 
     if (depth == 16) png_set_strip_16(png);
     if (ctype == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);

@@ -166,9 +166,13 @@ Test(datasets_image, absurd_dimensions_refused_before_allocation) {
 Test(datasets_image, decompression_bomb_stays_small) {
     df_mem_stats before = df_mem_get_stats();
     df_tensor *out;
-    cr_assert_eq(df_image_read(fixture_path("images/bad/bomb_progressive.jpg"), NULL, &out), DF_ERR_FORMAT);
+    cr_assert_eq(df_image_read(fixture_path("images/bad/bomb_progressive.jpg"), NULL, &out),
+                 DF_ERR_FORMAT);
     cr_assert(strstr(df_last_error(), "bomb_progressive.jpg: JPEG:"), "%s", df_last_error());
-    cr_assert_eq(df_mem_get_stats().peak_in_use, before.peak_in_use, "the image buffer was allocated");
+    cr_assert_eq(df_image_read(fixture_path("images/bad/bomb.png"), NULL, &out), DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "bomb.png: PNG: "), "%s", df_last_error());
+    cr_assert_eq(df_mem_get_stats().peak_in_use, before.peak_in_use,
+                 "the image buffer was allocated");
 }
 
 Test(datasets_image, missing_file_is_notfound) {
