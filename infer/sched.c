@@ -272,6 +272,7 @@ static int cmp_float(const void *a, const void *b) {
  * x = clamp(x, -s, s) / s. torch.quantile interpolates linearly with a float32 rank. */
 void sched_threshold(const df_sched *s, float *x, int64_t numel, int64_t batch) {
     int64_t m = numel / batch;
+    if (m == 0) return;
     float *tmp = malloc((size_t)m * sizeof(float) + 16);
     DF_ASSERT(tmp, "threshold: out of memory");
     for (int64_t b = 0; b < batch; b++) {

@@ -167,10 +167,10 @@ df_status sched_build_tables(df_sched *s) {
 
 void sched_karras(double sigma_min, double sigma_max, int n, double *out) {
     const double rho = 7.0;
-    double ramp[n > 0 ? n : 1];
-    sched_np_linspace(0, 1, n, ramp);
+    /* ramp = np.linspace(0, 1, n), written into out first */
+    sched_np_linspace(0, 1, n, out);
     double min_inv_rho = pow(sigma_min, 1 / rho), max_inv_rho = pow(sigma_max, 1 / rho);
-    for (int i = 0; i < n; i++) out[i] = pow(max_inv_rho + ramp[i] * (min_inv_rho - max_inv_rho), rho);
+    for (int i = 0; i < n; i++) out[i] = pow(max_inv_rho + out[i] * (min_inv_rho - max_inv_rho), rho);
 }
 
 double sched_sigma_to_t(double sigma, const float *log_sigmas, int64_t n) {

@@ -156,7 +156,7 @@ df_status sched_dpmsolver_step(df_sched *s, const float *mo, double t, const flo
     const float *m0 = mo_back(s, 1);
     const float *L = s->lambda_t, *A = s->alpha_t, *S = s->sigma_t;
     bool pp = c->algorithm_type == DF_ALGO_DPMSOLVERPP;
-    if (c->solver_order == 1 || s->lower_order_nums < 1 || lof) {
+    if (c->solver_order == 1 || s->lower_order_nums < 1 || lof || i < 1) {
         float h = L[pt] - L[ti];
         float c1, c2;
         if (pp) {
@@ -168,7 +168,7 @@ df_status sched_dpmsolver_step(df_sched *s, const float *mo, double t, const flo
         }
 #pragma omp parallel for if (n > SCHED_OMP_MIN)
         for (int64_t k = 0; k < n; k++) prev[k] = c1 * x[k] - c2 * m0[k];
-    } else if (c->solver_order == 2 || s->lower_order_nums < 2 || los) {
+    } else if (c->solver_order == 2 || s->lower_order_nums < 2 || los || i < 2) {
         int64_t s0 = ti, s1 = (int64_t)s->ts[i - 1];
         const float *m1 = mo_back(s, 2);
         float h = L[pt] - L[s0], h0 = L[s0] - L[s1];
