@@ -215,6 +215,31 @@ df_status df_sched_config_copy(df_sched_config *dst, const df_sched_config *src)
 
 /* ------------------------------------------------------------------ reading ------------------ */
 
+/* Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF), as Python's
+ * json.load of a file requires; returns the offset of the first bad byte or -1. */
+static long bad_utf8(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int n = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+        if (n < 0 || i + (size_t)n >= len) return (long)i;
+        unsigned v = c & (n == 1 ? 31 : n == 2 ? 15 : 7);
+        for (int k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return (long)i;
+            v = (v << 6) | (s[i + k] & 63);
+        }
+        if ((n == 2 && v < 0x800) || (n == 3 && (v < 0x10000 || v > 0x10ffff)) ||
+            (v >= 0xd800 && v <= 0xdfff))
+            return (long)i;
+        i += (size_t)n + 1;
+    }
+    return -1;
+}
+
 /* Rewrites the non-standard JSON tokens Python writes (Infinity, -Infinity, NaN) outside
  * strings into forms cJSON reads: +-1e999 (strtod gives +-inf) and null for NaN. */
 static char *normalise_json(const char *s, size_t len) {
@@ -385,6 +410,8 @@ df_status df_sched_config_parse(const char *json, size_t len, const char *file,
                                 const char *class_name, df_sched_config *c) {
     memset(c, 0, sizeof *c);
     if (!file) file = "scheduler config";
+    long bad = bad_utf8((const unsigned char *)json, len);
+    if (bad >= 0) return df_error(DF_ERR_FORMAT, "%s: not valid UTF-8 (byte %ld)", file, bad);
     char *text = normalise_json(json, len);
     if (!text) return df_error(DF_ERR_NOMEM, "%s: out of memory", file);
     const char *end = NULL;
@@ -607,12 +634,16 @@ static void emit_string(sbuf *b, const char *s) {
             sb_put(b, (const char *)p, 1);
         } else {
             /* json.dumps(ensure_ascii=True): non-ASCII as \uXXXX (surrogate pairs above BMP) */
-            unsigned cp = 0;
-            int extra = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
-            cp = extra == 3 ? c & 7 : extra == 2 ? c & 15 : extra == 1 ? c & 31 : 0xfffd;
-            int i;
-            for (i = 1; i <= extra && (p[i] & 0xc0) == 0x80; i++) cp = (cp << 6) | (p[i] & 63);
-            if (i <= extra) cp = 0xfffd, extra = i - 1;
+            /* invalid UTF-8 (bad lead or continuation, surrogates, > U+10FFFF) -> U+FFFD */
+            unsigned cp = 0xfffd;
+            int extra = c >= 0xf8 ? 0 : c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
+            if (extra) {
+                unsigned v = extra == 3 ? c & 7 : extra == 2 ? c & 15 : c & 31;
+                int i;
+                for (i = 1; i <= extra && (p[i] & 0xc0) == 0x80; i++) v = (v << 6) | (p[i] & 63);
+                if (i <= extra) extra = i - 1;
+                else if (v <= 0x10ffff && (v < 0xd800 || v > 0xdfff)) cp = v;
+            }
             if (cp >= 0x10000) {
                 cp -= 0x10000;
                 snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));

@@ -257,6 +257,9 @@ Test(infer_sched_config, bad_files_and_names) {
     parse_err("{\"beta_start\": 0.1,", "DDIMScheduler", DF_ERR_FORMAT, "test.json: not valid JSON");
     parse_err("", "DDIMScheduler", DF_ERR_FORMAT, "not valid JSON");
     parse_err("[1, 2]", "DDIMScheduler", DF_ERR_FORMAT, "expected a JSON object");
+    parse_err("{\"a\xff\": 1}", "DDIMScheduler", DF_ERR_FORMAT, "test.json: not valid UTF-8 (byte 3)");
+    parse_err("{\"a\": \"\xed\xa0\x80\"}", "DDIMScheduler", DF_ERR_FORMAT, "not valid UTF-8");
+    parse_err("{\"a\": \"\\udc00\"}", "DDIMScheduler", DF_ERR_FORMAT, "not valid JSON");
     parse_err("{} trailing", "DDIMScheduler", DF_ERR_FORMAT, "not valid JSON");
     df_sched_config c;
     cr_assert_eq(df_sched_config_load("/nonexistent/scheduler_config.json", NULL, &c), DF_ERR_IO);
