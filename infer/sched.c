@@ -311,6 +311,7 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     *prev_sample = NULL;
     if (pred_original_sample) *pred_original_sample = NULL;
     const char *who = df_sched_kind_name(s->cfg.kind);
+    if (!(fabs(t) < 1e15)) return df_error(DF_ERR_INVALID, "%s: timestep %g is not finite", who, t);
     if (s->num_inference_steps <= 0)
         return df_error(DF_ERR_INVALID, "%s: set_timesteps was not called before step", who);
     if (s->numel != sample->numel) {
@@ -322,17 +323,13 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     }
     int64_t batch = sample->ndim > 0 ? sample->shape[0] : 1;
     if (batch < 1) batch = 1;
-    df_tensor *prev = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
-    df_tensor *x0 = NULL;
-    bool has_x0 = false;
+    /* results go to scratch slots and are copied out only on success: a tensor made inside the
+     * caller's scope must not be freed here (the scope owns it) */
     df_sched_kind k = s->cfg.kind;
-    if (k == DF_SCHED_DDPM || k == DF_SCHED_DDIM || k == DF_SCHED_EULER ||
-        k == DF_SCHED_EULER_ANCESTRAL || k == DF_SCHED_LMS) {
-        x0 = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
-        has_x0 = true;
-    }
+    bool has_x0 = k == DF_SCHED_DDPM || k == DF_SCHED_DDIM || k == DF_SCHED_EULER ||
+                  k == DF_SCHED_EULER_ANCESTRAL || k == DF_SCHED_LMS;
     const float *mo = df_f32(model_output), *x = df_f32(sample);
-    float *p = df_f32(prev), *o = x0 ? df_f32(x0) : NULL;
+    float *p = sched_slot(s, SLOT_PREV), *o = sched_slot(s, SLOT_X0);
     df_status st;
     switch (k) {
     case DF_SCHED_DDPM: st = sched_ddpm_step(s, mo, t, x, batch, args, p, o); break;
@@ -346,14 +343,15 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     case DF_SCHED_UNIPC_MULTISTEP: st = sched_unipc_step(s, mo, t, x, batch, p); break;
     default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
-    if (st != DF_OK) {
-        df_tensor_free(prev);
-        df_tensor_free(x0);
-        return st;
-    }
+    if (st != DF_OK) return st;
+    df_tensor *prev = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
+    memcpy(prev->data, p, (size_t)s->numel * sizeof(float));
     *prev_sample = prev;
-    if (pred_original_sample && has_x0) *pred_original_sample = x0;
-    else df_tensor_free(x0);
+    if (pred_original_sample && has_x0) {
+        df_tensor *x0 = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
+        memcpy(x0->data, o, (size_t)s->numel * sizeof(float));
+        *pred_original_sample = x0;
+    }
     return DF_OK;
 }
 
@@ -386,10 +384,9 @@ static df_status timestep_at(const df_sched *s, const df_tensor *ts, int64_t b, 
         *sigma = (float)s->sig[i];
         return DF_OK;
     }
-    int64_t ti = (int64_t)t;
-    if (ti < 0 || ti >= s->T)
+    if (!(t >= 0 && t < (double)s->T))
         return df_error(DF_ERR_INVALID, "timestep %g is outside [0, %lld)", t, (long long)s->T);
-    *idx = ti;
+    *idx = (int64_t)t;
     return DF_OK;
 }
 
@@ -403,6 +400,11 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
     DF_ASSERT(timesteps->numel == N, "add_noise: %lld timesteps for batch %lld",
               (long long)timesteps->numel, (long long)N);
     *out = NULL;
+    for (int64_t r = 0; r < N; r++) { /* check every timestep before making the result */
+        int64_t ti = 0;
+        float sigma = 0;
+        DF_TRY(timestep_at(s, timesteps, r, &ti, &sigma));
+    }
     df_tensor *o = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
     int64_t m = a->numel / (N ? N : 1);
     const float *x = df_f32(a), *e = df_f32(b);
@@ -410,11 +412,7 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
     for (int64_t r = 0; r < N; r++) {
         int64_t ti = 0;
         float sigma = 0;
-        df_status st = timestep_at(s, timesteps, r, &ti, &sigma);
-        if (st != DF_OK) {
-            df_tensor_free(o);
-            return st;
-        }
+        timestep_at(s, timesteps, r, &ti, &sigma);
         const float *xr = x + r * m, *er = e + r * m;
         float *yr = y + r * m;
         if (is_sigma_kind(s->cfg.kind)) {
@@ -448,15 +446,15 @@ df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample, const df_t
 
 df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out) {
     *out = NULL;
-    df_tensor *o = df_tensor_new(DF_DTYPE_F32, timesteps->ndim, timesteps->shape);
     for (int64_t i = 0; i < timesteps->numel; i++) {
         double t = df_tensor_get(timesteps, i);
-        int64_t ti = (int64_t)t;
-        if (ti < 0 || ti >= s->T) {
-            df_tensor_free(o);
+        if (!(t >= 0 && t < (double)s->T))
             return df_error(DF_ERR_INVALID, "snr: timestep %g is outside [0, %lld)", t,
                             (long long)s->T);
-        }
+    }
+    df_tensor *o = df_tensor_new(DF_DTYPE_F32, timesteps->ndim, timesteps->shape);
+    for (int64_t i = 0; i < timesteps->numel; i++) {
+        int64_t ti = (int64_t)df_tensor_get(timesteps, i);
         float ac = s->alphas_cumprod[ti];
         float q = sqrtf(ac) / sqrtf(1.0f - ac);
         df_f32(o)[i] = q * q;

@@ -10,7 +10,9 @@
 
 #include "infer/infer.h"
 
-#define SCHED_SLOTS 10
+#define SCHED_SLOTS 12
+#define SLOT_PREV 10 /* step results are computed here, then copied into new tensors */
+#define SLOT_X0 11
 
 struct df_sched {
     df_sched_config cfg;
