@@ -14,15 +14,15 @@
 /* ================================================================ schedulers ================== */
 
 typedef enum df_sched_kind {
-    DF_SCHED_DDPM = 0,             /* DDPMScheduler */
-    DF_SCHED_DDIM,                 /* DDIMScheduler */
-    DF_SCHED_PNDM,                 /* PNDMScheduler (PRK + PLMS, or PLMS with skip_prk_steps) */
-    DF_SCHED_EULER,                /* EulerDiscreteScheduler */
-    DF_SCHED_EULER_ANCESTRAL,      /* EulerAncestralDiscreteScheduler */
-    DF_SCHED_HEUN,                 /* HeunDiscreteScheduler */
-    DF_SCHED_LMS,                  /* LMSDiscreteScheduler */
-    DF_SCHED_DPMSOLVER_MULTISTEP,  /* DPMSolverMultistepScheduler */
-    DF_SCHED_UNIPC_MULTISTEP,      /* UniPCMultistepScheduler */
+    DF_SCHED_DDPM = 0,            /* DDPMScheduler */
+    DF_SCHED_DDIM,                /* DDIMScheduler */
+    DF_SCHED_PNDM,                /* PNDMScheduler (PRK + PLMS, or PLMS with skip_prk_steps) */
+    DF_SCHED_EULER,               /* EulerDiscreteScheduler */
+    DF_SCHED_EULER_ANCESTRAL,     /* EulerAncestralDiscreteScheduler */
+    DF_SCHED_HEUN,                /* HeunDiscreteScheduler */
+    DF_SCHED_LMS,                 /* LMSDiscreteScheduler */
+    DF_SCHED_DPMSOLVER_MULTISTEP, /* DPMSolverMultistepScheduler */
+    DF_SCHED_UNIPC_MULTISTEP,     /* UniPCMultistepScheduler */
     DF_SCHED_KIND_COUNT
 } df_sched_kind;
 
@@ -55,7 +55,10 @@ typedef enum df_variance_type {
     DF_VARIANCE_LEARNED_RANGE,
 } df_variance_type;
 
-typedef enum df_interpolation_type { DF_INTERP_LINEAR = 0, DF_INTERP_LOG_LINEAR } df_interpolation_type;
+typedef enum df_interpolation_type {
+    DF_INTERP_LINEAR = 0,
+    DF_INTERP_LOG_LINEAR
+} df_interpolation_type;
 typedef enum df_algorithm_type { DF_ALGO_DPMSOLVERPP = 0, DF_ALGO_DPMSOLVER } df_algorithm_type;
 /* DPM-Solver: midpoint, heun. UniPC: bh1, bh2. */
 typedef enum df_solver_type {
@@ -85,18 +88,18 @@ typedef struct df_sched_config {
     double clip_sample_range;
     bool thresholding;
     double dynamic_thresholding_ratio, sample_max_value;
-    bool set_alpha_to_one;       /* DDIM, PNDM */
-    bool skip_prk_steps;         /* PNDM */
-    bool rescale_betas_zero_snr; /* DDIM */
-    df_variance_type variance_type; /* DDPM; DPM-Solver (null allowed) */
-    bool use_karras_sigmas;      /* Euler, Heun, LMS, DPM-Solver, UniPC */
+    bool set_alpha_to_one;                    /* DDIM, PNDM */
+    bool skip_prk_steps;                      /* PNDM */
+    bool rescale_betas_zero_snr;              /* DDIM */
+    df_variance_type variance_type;           /* DDPM; DPM-Solver (null allowed) */
+    bool use_karras_sigmas;                   /* Euler, Heun, LMS, DPM-Solver, UniPC */
     df_interpolation_type interpolation_type; /* Euler */
-    int64_t solver_order;        /* DPM-Solver, UniPC */
-    df_algorithm_type algorithm_type;  /* DPM-Solver */
-    df_solver_type solver_type;  /* DPM-Solver, UniPC */
-    bool lower_order_final;      /* DPM-Solver, UniPC */
-    double lambda_min_clipped;   /* DPM-Solver (-inf by default) */
-    bool predict_x0;             /* UniPC */
+    int64_t solver_order;                     /* DPM-Solver, UniPC */
+    df_algorithm_type algorithm_type;         /* DPM-Solver */
+    df_solver_type solver_type;               /* DPM-Solver, UniPC */
+    bool lower_order_final;                   /* DPM-Solver, UniPC */
+    double lambda_min_clipped;                /* DPM-Solver (-inf by default) */
+    bool predict_x0;                          /* UniPC */
     int64_t disable_corrector[DF_SCHED_MAX_DISABLE_CORRECTOR]; /* UniPC */
     int n_disable_corrector;
     void *extra; /* owned cJSON object of the keys the class does not know (or NULL) */
@@ -192,10 +195,10 @@ DF_API df_status df_sched_scale_model_input(df_sched *s, const df_tensor *sample
                                             df_tensor **out);
 
 typedef struct df_sched_step_args {
-    double eta;              /* DDIM only (default 0) */
+    double eta;                    /* DDIM only (default 0) */
     bool use_clipped_model_output; /* DDIM */
-    df_noise_source *noise;  /* used by stochastic steps (DDPM t > 0, DDIM eta > 0, Euler, Euler
-                                ancestral); may be NULL for the deterministic ones */
+    df_noise_source *noise; /* used by stochastic steps (DDPM t > 0, DDIM eta > 0, Euler, Euler
+                               ancestral); may be NULL for the deterministic ones */
 } df_sched_step_args;
 
 /* step(model_output, t, sample): one sampling step. *prev_sample gets a new F32 tensor of
@@ -214,9 +217,8 @@ DF_API df_status df_sched_step(df_sched *s, const df_tensor *model_output, doubl
 DF_API df_status df_sched_add_noise(df_sched *s, const df_tensor *x0, const df_tensor *noise,
                                     const df_tensor *timesteps, df_tensor **out);
 /* get_velocity(sample, noise, timesteps): sqrt(abar) noise - sqrt(1 - abar) sample. */
-DF_API df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample,
-                                       const df_tensor *noise, const df_tensor *timesteps,
-                                       df_tensor **out);
+DF_API df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample, const df_tensor *noise,
+                                       const df_tensor *timesteps, df_tensor **out);
 /* SNR per timestep, diffusers' training_utils.compute_snr: (sqrt(abar) / sqrt(1 - abar))^2 in
  * float32. Returns a new F32 tensor shaped like timesteps. */
 DF_API df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out);

@@ -56,14 +56,17 @@ df_status df_sched_new(const df_sched_config *cfg, df_sched **out) {
         return st;
     }
     if (cfg->trained_betas && cfg->n_trained_betas != cfg->num_train_timesteps) {
-        st = df_error(DF_ERR_INVALID, "scheduler config: field 'trained_betas': %lld values for "
-                      "num_train_timesteps %lld", (long long)cfg->n_trained_betas,
-                      (long long)cfg->num_train_timesteps);
+        st = df_error(DF_ERR_INVALID,
+                      "scheduler config: field 'trained_betas': %lld values for "
+                      "num_train_timesteps %lld",
+                      (long long)cfg->n_trained_betas, (long long)cfg->num_train_timesteps);
         goto fail;
     }
     if (cfg->num_train_timesteps < 2) {
-        st = df_error(DF_ERR_INVALID, "scheduler config: field 'num_train_timesteps': needs at "
-                      "least 2; got %lld", (long long)cfg->num_train_timesteps);
+        st = df_error(DF_ERR_INVALID,
+                      "scheduler config: field 'num_train_timesteps': needs at "
+                      "least 2; got %lld",
+                      (long long)cfg->num_train_timesteps);
         goto fail;
     }
     if ((st = sched_build_tables(s)) != DF_OK) goto fail;
@@ -173,23 +176,35 @@ df_status df_sched_img2img_start(const df_sched *s, double strength, int *start_
 /* ------------------------------------------------------------------ set_timesteps ------------ */
 
 df_status df_sched_set_timesteps(df_sched *s, int n) {
-    if (n < 1)
-        return df_error(DF_ERR_INVALID, "field 'steps': expected at least 1; got %d", n);
+    if (n < 1) return df_error(DF_ERR_INVALID, "field 'steps': expected at least 1; got %d", n);
     if (n > s->T)
         return df_error(DF_ERR_INVALID, "field 'steps': %d is larger than num_train_timesteps %lld",
                         n, (long long)s->T);
     df_status st;
     switch (s->cfg.kind) {
     case DF_SCHED_DDPM:
-    case DF_SCHED_DDIM: st = sched_ddpm_set_timesteps(s, n); break;
-    case DF_SCHED_PNDM: st = sched_pndm_set_timesteps(s, n); break;
+    case DF_SCHED_DDIM:
+        st = sched_ddpm_set_timesteps(s, n);
+        break;
+    case DF_SCHED_PNDM:
+        st = sched_pndm_set_timesteps(s, n);
+        break;
     case DF_SCHED_EULER:
-    case DF_SCHED_EULER_ANCESTRAL: st = sched_euler_set_timesteps(s, n); break;
-    case DF_SCHED_HEUN: st = sched_heun_set_timesteps(s, n); break;
-    case DF_SCHED_LMS: st = sched_lms_set_timesteps(s, n); break;
+    case DF_SCHED_EULER_ANCESTRAL:
+        st = sched_euler_set_timesteps(s, n);
+        break;
+    case DF_SCHED_HEUN:
+        st = sched_heun_set_timesteps(s, n);
+        break;
+    case DF_SCHED_LMS:
+        st = sched_lms_set_timesteps(s, n);
+        break;
     case DF_SCHED_DPMSOLVER_MULTISTEP:
-    case DF_SCHED_UNIPC_MULTISTEP: st = sched_multistep_set_timesteps(s, n); break;
-    default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
+    case DF_SCHED_UNIPC_MULTISTEP:
+        st = sched_multistep_set_timesteps(s, n);
+        break;
+    default:
+        st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
     if (st != DF_OK) return st;
     s->num_inference_steps = n;
@@ -332,16 +347,35 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     float *p = sched_slot(s, SLOT_PREV), *o = sched_slot(s, SLOT_X0);
     df_status st;
     switch (k) {
-    case DF_SCHED_DDPM: st = sched_ddpm_step(s, mo, t, x, batch, args, p, o); break;
-    case DF_SCHED_DDIM: st = sched_ddim_step(s, mo, t, x, batch, args, p, o); break;
-    case DF_SCHED_PNDM: st = sched_pndm_step(s, mo, t, x, p); break;
-    case DF_SCHED_EULER: st = sched_euler_step(s, mo, t, x, args, p, o); break;
-    case DF_SCHED_EULER_ANCESTRAL: st = sched_euler_ancestral_step(s, mo, t, x, args, p, o); break;
-    case DF_SCHED_HEUN: st = sched_heun_step(s, mo, t, x, p); break;
-    case DF_SCHED_LMS: st = sched_lms_step(s, mo, t, x, p, o); break;
-    case DF_SCHED_DPMSOLVER_MULTISTEP: st = sched_dpmsolver_step(s, mo, t, x, batch, p); break;
-    case DF_SCHED_UNIPC_MULTISTEP: st = sched_unipc_step(s, mo, t, x, batch, p); break;
-    default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
+    case DF_SCHED_DDPM:
+        st = sched_ddpm_step(s, mo, t, x, batch, args, p, o);
+        break;
+    case DF_SCHED_DDIM:
+        st = sched_ddim_step(s, mo, t, x, batch, args, p, o);
+        break;
+    case DF_SCHED_PNDM:
+        st = sched_pndm_step(s, mo, t, x, p);
+        break;
+    case DF_SCHED_EULER:
+        st = sched_euler_step(s, mo, t, x, args, p, o);
+        break;
+    case DF_SCHED_EULER_ANCESTRAL:
+        st = sched_euler_ancestral_step(s, mo, t, x, args, p, o);
+        break;
+    case DF_SCHED_HEUN:
+        st = sched_heun_step(s, mo, t, x, p);
+        break;
+    case DF_SCHED_LMS:
+        st = sched_lms_step(s, mo, t, x, p, o);
+        break;
+    case DF_SCHED_DPMSOLVER_MULTISTEP:
+        st = sched_dpmsolver_step(s, mo, t, x, batch, p);
+        break;
+    case DF_SCHED_UNIPC_MULTISTEP:
+        st = sched_unipc_step(s, mo, t, x, batch, p);
+        break;
+    default:
+        st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
     if (st != DF_OK) return st;
     df_tensor *prev = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
@@ -363,16 +397,20 @@ static df_status timestep_at(const df_sched *s, const df_tensor *ts, int64_t b, 
     double t = df_tensor_get(ts, b);
     if (is_sigma_kind(s->cfg.kind)) {
         if (s->num_inference_steps <= 0)
-            return df_error(DF_ERR_INVALID, "%s: add_noise looks up sigmas: call set_timesteps "
-                            "first", df_sched_kind_name(s->cfg.kind));
+            return df_error(DF_ERR_INVALID,
+                            "%s: add_noise looks up sigmas: call set_timesteps "
+                            "first",
+                            df_sched_kind_name(s->cfg.kind));
         int i = -1;
         if (s->cfg.kind == DF_SCHED_HEUN) {
             /* index_for_timestep on a fresh counter: the second match when there are two */
             int first = -1, second = -1;
             for (int j = 0; j < s->n_ts; j++)
                 if (s->ts[j] == t) {
-                    if (first < 0) first = j;
-                    else if (second < 0) second = j;
+                    if (first < 0)
+                        first = j;
+                    else if (second < 0)
+                        second = j;
                 }
             i = second >= 0 ? second : first;
         } else {
@@ -416,7 +454,8 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
         const float *xr = x + r * m, *er = e + r * m;
         float *yr = y + r * m;
         if (is_sigma_kind(s->cfg.kind)) {
-            DF_ASSERT(!velocity, "get_velocity: not defined for %s", df_sched_kind_name(s->cfg.kind));
+            DF_ASSERT(!velocity, "get_velocity: not defined for %s",
+                      df_sched_kind_name(s->cfg.kind));
             for (int64_t i = 0; i < m; i++) yr[i] = xr[i] + er[i] * sigma;
             continue;
         }

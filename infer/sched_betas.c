@@ -61,7 +61,8 @@ double sched_np_round(double x) {
  * contracts start + step * idx into one fused multiply-add; the fixtures confirm it. */
 static float linspace_elem(float start, float end, float step, int64_t steps, int64_t idx) {
     int64_t halfway = steps / 2;
-    return idx < halfway ? fmaf(step, (float)idx, start) : fmaf(-step, (float)(steps - idx - 1), end);
+    return idx < halfway ? fmaf(step, (float)idx, start)
+                         : fmaf(-step, (float)(steps - idx - 1), end);
 }
 
 /* torch.linspace(start, end, steps, dtype=float32) on CPU. */
@@ -102,7 +103,9 @@ df_status sched_build_tables(df_sched *s) {
         for (int64_t i = 0; i < T; i++) b[i] = (float)c->trained_betas[i];
     } else {
         switch (c->beta_schedule) {
-        case DF_BETA_LINEAR: sched_torch_linspace_f32(c->beta_start, c->beta_end, T, b); break;
+        case DF_BETA_LINEAR:
+            sched_torch_linspace_f32(c->beta_start, c->beta_end, T, b);
+            break;
         case DF_BETA_SCALED_LINEAR:
             sched_torch_linspace_f32(sqrt(c->beta_start), sqrt(c->beta_end), T, b);
             for (int64_t i = 0; i < T; i++) b[i] = b[i] * b[i];
@@ -170,7 +173,8 @@ void sched_karras(double sigma_min, double sigma_max, int n, double *out) {
     /* ramp = np.linspace(0, 1, n), written into out first */
     sched_np_linspace(0, 1, n, out);
     double min_inv_rho = pow(sigma_min, 1 / rho), max_inv_rho = pow(sigma_max, 1 / rho);
-    for (int i = 0; i < n; i++) out[i] = pow(max_inv_rho + out[i] * (min_inv_rho - max_inv_rho), rho);
+    for (int i = 0; i < n; i++)
+        out[i] = pow(max_inv_rho + out[i] * (min_inv_rho - max_inv_rho), rho);
 }
 
 double sched_sigma_to_t(double sigma, const float *log_sigmas, int64_t n) {

@@ -130,8 +130,10 @@ df_status sched_euler_step(df_sched *s, const float *mo, double t, const float *
     const int64_t n = s->numel;
     int i = sched_index_of(s, t);
     if (i < 0)
-        return df_error(DF_ERR_INVALID, "EulerDiscreteScheduler: timestep %g is not in the "
-                        "schedule", t);
+        return df_error(DF_ERR_INVALID,
+                        "EulerDiscreteScheduler: timestep %g is not in the "
+                        "schedule",
+                        t);
     float sigma = (float)s->sig[i];
     /* the draw advances the generator even though s_churn = 0 multiplies it by zero */
     float *z = sched_slot(s, 9);

@@ -30,7 +30,8 @@ df_status sched_pndm_set_timesteps(df_sched *s, int n) {
         for (int i = 0; i < n; i++) base[i] = (double)((int64_t)i * ratio + c->steps_offset);
     } else {
         double ratio = (double)T / (double)n;
-        double *v = malloc(((size_t)sched_np_arange((double)T, 0, -ratio, NULL) + 1) * sizeof(double));
+        double *v =
+            malloc(((size_t)sched_np_arange((double)T, 0, -ratio, NULL) + 1) * sizeof(double));
         if (!v) {
             free(base);
             return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
@@ -61,8 +62,10 @@ df_status sched_pndm_set_timesteps(df_sched *s, int n) {
     } else {
         const int order = 4;
         if (nb < order) {
-            st = df_error(DF_ERR_INVALID, "PNDMScheduler: field 'steps': PRK warm-up needs at "
-                          "least 4 steps; got %d (set skip_prk_steps)", nb);
+            st = df_error(DF_ERR_INVALID,
+                          "PNDMScheduler: field 'steps': PRK warm-up needs at "
+                          "least 4 steps; got %d (set skip_prk_steps)",
+                          nb);
             goto out;
         }
         int64_t half = T / n / 2;

@@ -21,10 +21,16 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char *const classes[] = {
-    NULL, "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
-    "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"};
+static const char *const classes[] = {NULL,
+                                      "DDPMScheduler",
+                                      "DDIMScheduler",
+                                      "PNDMScheduler",
+                                      "EulerDiscreteScheduler",
+                                      "EulerAncestralDiscreteScheduler",
+                                      "HeunDiscreteScheduler",
+                                      "LMSDiscreteScheduler",
+                                      "DPMSolverMultistepScheduler",
+                                      "UniPCMultistepScheduler"};
 
 static void zero_fill(void *state, float *out, int64_t n) {
     (void)state;

@@ -57,8 +57,10 @@ static double solve(const char *cls, const char *extra, int steps) {
     const double *sig = df_sched_sigmas(s, &n_sig);
     /* the invariant at the start */
     double t0 = df_sched_timesteps(s)[0], inv0;
-    if (ve) inv0 = sqrt(s2 + sig[0] * sig[0]);
-    else inv0 = sqrt(ac[(int)t0] * s2 + 1 - ac[(int)t0]);
+    if (ve)
+        inv0 = sqrt(s2 + sig[0] * sig[0]);
+    else
+        inv0 = sqrt(ac[(int)t0] * s2 + 1 - ac[(int)t0]);
     df_tensor *start = df_tensor_clone(x);
     for (int i = 0; i < df_sched_num_timesteps(s); i++) {
         double t = df_sched_timesteps(s)[i];
@@ -80,8 +82,9 @@ static double solve(const char *cls, const char *extra, int steps) {
                 x0 = (xv - sqrt(1 - a) * eps) / sqrt(a);
                 v = sqrt(a) * eps - sqrt(1 - a) * x0;
             }
-            df_f32(mo)[k] = (float)(c.prediction_type == DF_PRED_EPSILON ? eps
-                                    : c.prediction_type == DF_PRED_SAMPLE ? x0 : v);
+            df_f32(mo)[k] = (float)(c.prediction_type == DF_PRED_EPSILON  ? eps
+                                    : c.prediction_type == DF_PRED_SAMPLE ? x0
+                                                                          : v);
         }
         df_tensor *prev = NULL;
         df_sched_step_args args = {.noise = &zero};
@@ -91,7 +94,8 @@ static double solve(const char *cls, const char *extra, int steps) {
     }
     /* the end point: VE schedulers end at sigma 0, VP ones at alphas_cumprod[0] (or 1) */
     double inv1;
-    if (ve) inv1 = S_DATA;
+    if (ve)
+        inv1 = S_DATA;
     else {
         double a = c.kind == DF_SCHED_DDIM && c.set_alpha_to_one ? 1.0 : ac[0];
         inv1 = sqrt(a * s2 + 1 - a);
@@ -116,42 +120,59 @@ static const ode_case cases[] = {
     {"DDIMScheduler", ""},
     {"DDIMScheduler", "\"prediction_type\": \"sample\""},
     {"DDIMScheduler", "\"prediction_type\": \"v_prediction\", \"timestep_spacing\": \"trailing\""},
-    {"DDIMScheduler", "\"beta_schedule\": \"squaredcos_cap_v2\", \"timestep_spacing\": \"linspace\""},
-    {"DDIMScheduler", "\"set_alpha_to_one\": true, \"beta_schedule\": \"linear\", \"beta_start\": 0.0001, \"beta_end\": 0.02"},
+    {"DDIMScheduler",
+     "\"beta_schedule\": \"squaredcos_cap_v2\", \"timestep_spacing\": \"linspace\""},
+    {"DDIMScheduler", "\"set_alpha_to_one\": true, \"beta_schedule\": \"linear\", \"beta_start\": "
+                      "0.0001, \"beta_end\": 0.02"},
     {"PNDMScheduler", ""},
     {"PNDMScheduler", "\"skip_prk_steps\": false, \"prediction_type\": \"v_prediction\""},
     {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true"},
     {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"solver_order\": 1"},
     {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"solver_order\": 3"},
-    {"DPMSolverMultistepScheduler", "\"timestep_spacing\": \"linspace\", \"solver_type\": \"heun\""},
+    {"DPMSolverMultistepScheduler",
+     "\"timestep_spacing\": \"linspace\", \"solver_type\": \"heun\""},
     {"DPMSolverMultistepScheduler", "\"timestep_spacing\": \"linspace\", \"solver_order\": 3"},
-    {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"algorithm_type\": \"dpmsolver\""},
-    {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"algorithm_type\": \"dpmsolver\", \"solver_order\": 3"},
-    {"DPMSolverMultistepScheduler", "\"timestep_spacing\": \"trailing\", \"algorithm_type\": \"dpmsolver\", \"solver_type\": \"heun\""},
-    {"DPMSolverMultistepScheduler", "\"timestep_spacing\": \"linspace\", \"algorithm_type\": \"dpmsolver\", \"solver_order\": 3"},
-    {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"prediction_type\": \"v_prediction\""},
-    {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"prediction_type\": \"sample\", \"algorithm_type\": \"dpmsolver\""},
-    {"DPMSolverMultistepScheduler", "\"timestep_spacing\": \"linspace\", \"lower_order_final\": false"},
+    {"DPMSolverMultistepScheduler",
+     "\"use_karras_sigmas\": true, \"algorithm_type\": \"dpmsolver\""},
+    {"DPMSolverMultistepScheduler",
+     "\"use_karras_sigmas\": true, \"algorithm_type\": \"dpmsolver\", \"solver_order\": 3"},
+    {"DPMSolverMultistepScheduler", "\"timestep_spacing\": \"trailing\", \"algorithm_type\": "
+                                    "\"dpmsolver\", \"solver_type\": \"heun\""},
+    {"DPMSolverMultistepScheduler",
+     "\"timestep_spacing\": \"linspace\", \"algorithm_type\": \"dpmsolver\", \"solver_order\": 3"},
+    {"DPMSolverMultistepScheduler",
+     "\"use_karras_sigmas\": true, \"prediction_type\": \"v_prediction\""},
+    {"DPMSolverMultistepScheduler", "\"use_karras_sigmas\": true, \"prediction_type\": \"sample\", "
+                                    "\"algorithm_type\": \"dpmsolver\""},
+    {"DPMSolverMultistepScheduler",
+     "\"timestep_spacing\": \"linspace\", \"lower_order_final\": false"},
     {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true"},
     {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"solver_type\": \"bh1\""},
     {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"solver_order\": 3"},
-    {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"solver_order\": 3, \"solver_type\": \"bh1\""},
+    {"UniPCMultistepScheduler",
+     "\"use_karras_sigmas\": true, \"solver_order\": 3, \"solver_type\": \"bh1\""},
     {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"solver_order\": 1"},
     {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"predict_x0\": false"},
-    {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"predict_x0\": false, \"solver_order\": 3, \"prediction_type\": \"v_prediction\""},
+    {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"predict_x0\": false, "
+                                "\"solver_order\": 3, \"prediction_type\": \"v_prediction\""},
     {"UniPCMultistepScheduler", "\"use_karras_sigmas\": true, \"disable_corrector\": [0, 1, 2]"},
     {"UniPCMultistepScheduler", "\"timestep_spacing\": \"trailing\""},
     {"EulerDiscreteScheduler", ""},
     {"EulerDiscreteScheduler", "\"use_karras_sigmas\": true"},
-    {"EulerDiscreteScheduler", "\"interpolation_type\": \"log_linear\", \"timestep_spacing\": \"linspace\""},
-    {"EulerDiscreteScheduler", "\"prediction_type\": \"v_prediction\", \"timestep_spacing\": \"linspace\""},
-    {"EulerDiscreteScheduler", "\"prediction_type\": \"sample\", \"timestep_spacing\": \"trailing\""},
+    {"EulerDiscreteScheduler",
+     "\"interpolation_type\": \"log_linear\", \"timestep_spacing\": \"linspace\""},
+    {"EulerDiscreteScheduler",
+     "\"prediction_type\": \"v_prediction\", \"timestep_spacing\": \"linspace\""},
+    {"EulerDiscreteScheduler",
+     "\"prediction_type\": \"sample\", \"timestep_spacing\": \"trailing\""},
     {"HeunDiscreteScheduler", ""},
     {"HeunDiscreteScheduler", "\"use_karras_sigmas\": true, \"prediction_type\": \"v_prediction\""},
-    {"HeunDiscreteScheduler", "\"timestep_spacing\": \"linspace\", \"prediction_type\": \"sample\""},
+    {"HeunDiscreteScheduler",
+     "\"timestep_spacing\": \"linspace\", \"prediction_type\": \"sample\""},
     {"LMSDiscreteScheduler", ""},
     {"LMSDiscreteScheduler", "\"use_karras_sigmas\": true, \"prediction_type\": \"sample\""},
-    {"LMSDiscreteScheduler", "\"timestep_spacing\": \"trailing\", \"prediction_type\": \"v_prediction\""},
+    {"LMSDiscreteScheduler",
+     "\"timestep_spacing\": \"trailing\", \"prediction_type\": \"v_prediction\""},
 };
 
 /* Every case converges: the error with `hi` steps is below 4e-2 and below half the 10-step
@@ -161,8 +182,9 @@ static const ode_case cases[] = {
 Test(infer_sched_ode, solvers_converge_to_the_exact_flow) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const ode_case *c = &cases[i];
-        bool short_run = strstr(c->extra, "karras") && (strstr(c->extra, "heun") ||
-                         (strstr(c->cls, "DPMSolver") && strstr(c->extra, "\"solver_order\": 3")));
+        bool short_run = strstr(c->extra, "karras") &&
+                         (strstr(c->extra, "heun") ||
+                          (strstr(c->cls, "DPMSolver") && strstr(c->extra, "\"solver_order\": 3")));
         int hi = short_run ? 14 : 100;
         double e10 = solve(c->cls, c->extra, 10), ehi = solve(c->cls, c->extra, hi);
         cr_log_info("%s {%s}: error %.3e (10 steps), %.3e (%d steps)", c->cls, c->extra, e10, ehi,
@@ -180,22 +202,25 @@ Test(infer_sched_ode, parameterisations_agree) {
     char a[256], b[256];
     snprintf(a, sizeof a, "%s, \"algorithm_type\": \"dpmsolver\", \"solver_order\": 1", K);
     snprintf(b, sizeof b, "%s, \"solver_order\": 1", K);
-    double e1 = solve("DPMSolverMultistepScheduler", a, 20), e2 = solve("DPMSolverMultistepScheduler", b, 20);
+    double e1 = solve("DPMSolverMultistepScheduler", a, 20),
+           e2 = solve("DPMSolverMultistepScheduler", b, 20);
     cr_expect(fabs(e1 - e2) < 1e-5, "DPM-Solver-1 %.6e vs DPM-Solver++-1 %.6e", e1, e2);
     snprintf(b, sizeof b, "%s, \"solver_order\": 1, \"disable_corrector\": [", K);
-    for (int i = 0; i < 20; i++) snprintf(b + strlen(b), sizeof b - strlen(b), "%s%d", i ? ", " : "", i);
+    for (int i = 0; i < 20; i++)
+        snprintf(b + strlen(b), sizeof b - strlen(b), "%s%d", i ? ", " : "", i);
     strcat(b, "]");
     double e3 = solve("UniPCMultistepScheduler", b, 20);
     cr_expect(fabs(e3 - e2) < 1e-5, "UniP-1 without corrector %.6e vs DPM-Solver++-1 %.6e", e3, e2);
-    const char *preds[] = {"\"prediction_type\": \"sample\"", "\"prediction_type\": \"v_prediction\""};
+    const char *preds[] = {"\"prediction_type\": \"sample\"",
+                           "\"prediction_type\": \"v_prediction\""};
     const char *cls[] = {"DDIMScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
                          "LMSDiscreteScheduler", "UniPCMultistepScheduler"};
     for (int c = 0; c < 5; c++) {
         double e = solve(cls[c], "", 20);
         for (int p = 0; p < 2; p++) {
             double ep = solve(cls[c], preds[p], 20);
-            cr_expect(fabs(ep - e) < 1e-5, "%s {%s}: %.6e vs epsilon %.6e", cls[c],
-                      preds[p], ep, e);
+            cr_expect(fabs(ep - e) < 1e-5, "%s {%s}: %.6e vs epsilon %.6e", cls[c], preds[p], ep,
+                      e);
         }
     }
 }

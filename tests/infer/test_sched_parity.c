@@ -95,8 +95,8 @@ static void run_case(const char *rel, double eta, bool use_gen) {
     /* the training tables */
     df_tensor *betas = fx64(rel, "schedule.betas");
     check_f32_table("betas", df_sched_betas(s), betas, 1e-6);
-    check_f32_table("alphas_cumprod", df_sched_alphas_cumprod(s), fx64(rel, "schedule.alphas_cumprod"),
-                    1e-6);
+    check_f32_table("alphas_cumprod", df_sched_alphas_cumprod(s),
+                    fx64(rel, "schedule.alphas_cumprod"), 1e-6);
     const char *tables[] = {"alpha_t", "sigma_t", "lambda_t"};
     for (int i = 0; i < 3; i++) {
         snprintf(label, sizeof label, "schedule.%s", tables[i]);
@@ -118,8 +118,10 @@ static void run_case(const char *rel, double eta, bool use_gen) {
     else
         cr_assert(sig == NULL, "%s: unexpected sigmas", rel);
     double ins = df_tensor_get(fx64(rel, "init_noise_sigma"), 0);
-    cr_assert(fabs(df_sched_init_noise_sigma(s) - ins) <= 1e-6 * ins, "init_noise_sigma %.9g, "
-              "expected %.9g", df_sched_init_noise_sigma(s), ins);
+    cr_assert(fabs(df_sched_init_noise_sigma(s) - ins) <= 1e-6 * ins,
+              "init_noise_sigma %.9g, "
+              "expected %.9g",
+              df_sched_init_noise_sigma(s), ins);
 
     /* the loop */
     int n_noise = 0;
@@ -194,14 +196,14 @@ static void run_case(const char *rel, double eta, bool use_gen) {
     df_scope_end(scope);
 }
 
-#define CASE(dir, name, file, eta)                                                                \
-    Test(infer_sched_parity, dir##_##name) {                                                      \
-        run_case("schedulers/" #dir "/" file ".safetensors", eta, false);                        \
+#define CASE(dir, name, file, eta)                                                                 \
+    Test(infer_sched_parity, dir##_##name) {                                                       \
+        run_case("schedulers/" #dir "/" file ".safetensors", eta, false);                          \
     }
 /* The stochastic loops again with df_torchgen as the generator: diffusers' noise for seed 0. */
-#define GEN_CASE(dir, name, file, eta)                                                            \
-    Test(infer_sched_parity, dir##_##name##_torchgen) {                                           \
-        run_case("schedulers/" #dir "/" file ".safetensors", eta, true);                         \
+#define GEN_CASE(dir, name, file, eta)                                                             \
+    Test(infer_sched_parity, dir##_##name##_torchgen) {                                            \
+        run_case("schedulers/" #dir "/" file ".safetensors", eta, true);                           \
     }
 
 CASE(sd15, ddpm, "DDPMScheduler", 0)

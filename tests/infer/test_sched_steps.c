@@ -45,9 +45,12 @@ static double ddpm_noise_scale(const char *variance_type, double *want) {
         const float *ac = df_sched_alphas_cumprod(s);
         double a = ac[700], ap = ac[600], beta = 1 - a / ap;
         double var = (1 - ap) / (1 - a) * beta;
-        if (strcmp(variance_type, "fixed_large") == 0) *want = sqrt(beta);
-        else if (strcmp(variance_type, "fixed_large_log") == 0) *want = NAN;
-        else *want = sqrt(var);
+        if (strcmp(variance_type, "fixed_large") == 0)
+            *want = sqrt(beta);
+        else if (strcmp(variance_type, "fixed_large_log") == 0)
+            *want = NAN;
+        else
+            *want = sqrt(var);
         df_sched_free(s);
         df_sched_config_free(&c);
     }
@@ -59,8 +62,8 @@ Test(infer_sched_steps, ddpm_variance_types) {
     const char *types[] = {"fixed_small", "fixed_small_log", "fixed_large"};
     for (int i = 0; i < 3; i++) {
         double want, got = ddpm_noise_scale(types[i], &want);
-        cr_expect(fabs(got - want) <= 1e-6 * want, "%s: noise scale %.9g, expected %.9g",
-                  types[i], got, want);
+        cr_expect(fabs(got - want) <= 1e-6 * want, "%s: noise scale %.9g, expected %.9g", types[i],
+                  got, want);
     }
     /* upstream takes sqrt(log(beta)) for fixed_large_log: NaN; mirrored, not fixed */
     double want, got = ddpm_noise_scale("fixed_large_log", &want);
@@ -74,8 +77,10 @@ static int cmp_d(const void *a, const void *b) {
 
 Test(infer_sched_steps, ddpm_dynamic_thresholding) {
     df_sched_config c;
-    df_sched *s = make("DDPMScheduler", "{\"thresholding\": true, \"sample_max_value\": 2.5, "
-                       "\"dynamic_thresholding_ratio\": 0.9}", &c);
+    df_sched *s = make("DDPMScheduler",
+                       "{\"thresholding\": true, \"sample_max_value\": 2.5, "
+                       "\"dynamic_thresholding_ratio\": 0.9}",
+                       &c);
     cr_assert(df_sched_set_timesteps(s, 10) == DF_OK);
     df_scope scope = df_scope_begin();
     df_tensor *x = randn_tensor(3, DF_DIMS(2, 4, 4, 4));
@@ -109,8 +114,10 @@ Test(infer_sched_steps, ddpm_dynamic_thresholding) {
             want[b * 64 + i] = (float)(r / q);
         }
     }
-    cr_assert(scale[0] == 1.0 && scale[1] > 1.0 && scale[1] <= 2.5, "test data should hit both "
-              "the floor and the quantile: %g %g", scale[0], scale[1]);
+    cr_assert(scale[0] == 1.0 && scale[1] > 1.0 && scale[1] <= 2.5,
+              "test data should hit both "
+              "the floor and the quantile: %g %g",
+              scale[0], scale[1]);
     check_close_f32("thresholded x0", df_f32(x0), want, 128, 1e-6, 1e-5);
     df_scope_end(scope);
     df_sched_free(s);
@@ -121,8 +128,10 @@ Test(infer_sched_steps, ddpm_dynamic_thresholding) {
  * step there is a first-order (Euler) step from sigmas[i] to sigmas[i + 1]. */
 Test(infer_sched_steps, heun_entered_mid_schedule) {
     df_sched_config c;
-    df_sched *s = make("HeunDiscreteScheduler", "{\"timestep_spacing\": \"leading\", "
-                       "\"steps_offset\": 1}", &c);
+    df_sched *s = make("HeunDiscreteScheduler",
+                       "{\"timestep_spacing\": \"leading\", "
+                       "\"steps_offset\": 1}",
+                       &c);
     cr_assert(df_sched_set_timesteps(s, 10) == DF_OK);
     int start = 0;
     cr_assert(df_sched_img2img_start(s, 0.75, &start) == DF_OK);
