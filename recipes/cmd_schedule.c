@@ -117,7 +117,7 @@ int df_cmd_schedule(int argc, char **argv) {
     for (int i = 0; i < df_sched_num_timesteps(s); i++) {
         if (i) printf(", ");
         if (tf)
-            print_num(ts[i], true);
+            print_num(ts[i], !cfg.use_karras_sigmas); /* Karras: float64 */
         else
             printf("%lld", (long long)ts[i]);
     }
