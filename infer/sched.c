@@ -46,6 +46,36 @@ df_status sched_draw(const df_sched_step_args *a, float *out, int64_t n, const c
 
 /* ------------------------------------------------------------------ lifetime ----------------- */
 
+static void update_init_noise_sigma(df_sched *s);
+
+/* The schedule a fresh diffusers instance holds before set_timesteps (its __init__): every
+ * training timestep T-1..0, and for the sigma schedulers the train sigmas reversed plus a final
+ * 0 (Heun's __init__ calls set_timesteps(T) itself). add_noise works from it, as upstream. */
+static df_status fresh_schedule(df_sched *s) {
+    const int64_t T = s->T;
+    if (s->cfg.kind == DF_SCHED_HEUN) {
+        DF_TRY(sched_heun_set_timesteps(s, (int)T));
+    } else {
+        bool sigma = s->cfg.kind == DF_SCHED_EULER || s->cfg.kind == DF_SCHED_EULER_ANCESTRAL ||
+                     s->cfg.kind == DF_SCHED_LMS;
+        DF_TRY(sched_alloc_ts(s, (int)T, sigma ? (int)T + 1 : 0));
+        for (int64_t i = 0; i < T; i++) s->ts[i] = (double)(T - 1 - i);
+        s->ts_float = sigma;
+        if (sigma) {
+            for (int64_t i = 0; i < T; i++) s->sig[i] = s->train_sigmas[T - 1 - i];
+            s->sig[T] = 0;
+        }
+    }
+    update_init_noise_sigma(s);
+    free(s->heun_count);
+    s->heun_count = NULL;
+    if (s->cfg.kind == DF_SCHED_HEUN) {
+        s->heun_count = calloc((size_t)s->n_ts + 1, sizeof(int));
+        if (!s->heun_count) return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
+    }
+    return DF_OK;
+}
+
 df_status df_sched_new(const df_sched_config *cfg, df_sched **out) {
     *out = NULL;
     df_sched *s = calloc(1, sizeof *s);
@@ -72,6 +102,7 @@ df_status df_sched_new(const df_sched_config *cfg, df_sched **out) {
     if ((st = sched_build_tables(s)) != DF_OK) goto fail;
     s->init_noise_sigma = 1.0f;
     s->heun_first = true;
+    if ((st = fresh_schedule(s)) != DF_OK) goto fail;
     *out = s;
     return DF_OK;
 fail:
@@ -223,19 +254,27 @@ df_status df_sched_set_timesteps(df_sched *s, int n) {
         s->heun_count = calloc((size_t)s->n_ts + 1, sizeof(int));
         if (!s->heun_count) return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
     }
-    /* init_noise_sigma: the sigma schedulers' property (float32 tensor math) */
-    if (s->cfg.kind == DF_SCHED_EULER || s->cfg.kind == DF_SCHED_EULER_ANCESTRAL ||
-        s->cfg.kind == DF_SCHED_HEUN || s->cfg.kind == DF_SCHED_LMS) {
-        float mx = 0;
-        for (int i = 0; i < s->n_sig; i++)
-            if ((float)s->sig[i] > mx) mx = (float)s->sig[i];
-        if (s->cfg.timestep_spacing == DF_SPACING_LINSPACE ||
-            s->cfg.timestep_spacing == DF_SPACING_TRAILING)
-            s->init_noise_sigma = mx;
-        else
-            s->init_noise_sigma = sqrtf(mx * mx + 1.0f);
-    }
+    update_init_noise_sigma(s);
     return DF_OK;
+}
+
+/* init_noise_sigma: the sigma schedulers' property (float32 tensor math): sigmas.max() for
+ * linspace/trailing spacing, else sqrt(max^2 + 1). */
+static void update_init_noise_sigma(df_sched *s) {
+    df_sched_kind k = s->cfg.kind;
+    if (k != DF_SCHED_EULER && k != DF_SCHED_EULER_ANCESTRAL && k != DF_SCHED_HEUN &&
+        k != DF_SCHED_LMS) {
+        s->init_noise_sigma = 1.0f;
+        return;
+    }
+    float mx = 0;
+    for (int i = 0; i < s->n_sig; i++)
+        if ((float)s->sig[i] > mx) mx = (float)s->sig[i];
+    if (s->cfg.timestep_spacing == DF_SPACING_LINSPACE ||
+        s->cfg.timestep_spacing == DF_SPACING_TRAILING)
+        s->init_noise_sigma = mx;
+    else
+        s->init_noise_sigma = sqrtf(mx * mx + 1.0f);
 }
 
 /* ------------------------------------------------------------------ scale_model_input -------- */
@@ -396,11 +435,6 @@ static df_status timestep_at(const df_sched *s, const df_tensor *ts, int64_t b, 
                              float *sigma) {
     double t = df_tensor_get(ts, b);
     if (is_sigma_kind(s->cfg.kind)) {
-        if (s->num_inference_steps <= 0)
-            return df_error(DF_ERR_INVALID,
-                            "%s: add_noise looks up sigmas: call set_timesteps "
-                            "first",
-                            df_sched_kind_name(s->cfg.kind));
         int i = -1;
         if (s->cfg.kind == DF_SCHED_HEUN) {
             /* index_for_timestep on a fresh counter: the second match when there are two */

@@ -179,13 +179,20 @@ void sched_karras(double sigma_min, double sigma_max, int n, double *out) {
 
 double sched_sigma_to_t(double sigma, const float *log_sigmas, int64_t n) {
     double log_sigma = log(sigma);
-    int64_t low = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (log_sigma - (double)log_sigmas[i] >= 0) low = i;
+    /* low = argmax(cumsum(log_sigma - log_sigmas >= 0)): the last index where the condition
+     * holds (0 when none). log_sigmas rises with t whenever 0 <= beta < 1, so the condition
+     * holds on a prefix and a binary search finds its end. */
+    int64_t lo = 0, hi = n; /* first index where the condition fails is in [lo, hi] */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (log_sigma - (double)log_sigmas[mid] >= 0) lo = mid + 1;
+        else hi = mid;
+    }
+    int64_t low = lo > 0 ? lo - 1 : 0;
     if (low > n - 2) low = n - 2;
     int64_t high = low + 1;
-    float lo = log_sigmas[low], hi = log_sigmas[high];
-    double w = ((double)lo - log_sigma) / (double)(float)(lo - hi);
+    float lo_s = log_sigmas[low], hi_s = log_sigmas[high];
+    double w = ((double)lo_s - log_sigma) / (double)(float)(lo_s - hi_s);
     if (w < 0) w = 0;
     if (w > 1) w = 1;
     return (1 - w) * (double)low + w * (double)high;

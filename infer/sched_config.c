@@ -403,10 +403,10 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
 
 /* Checks the ranges the step code relies on. */
 static df_status validate(const df_sched_config *c, const char *file) {
-    if (c->num_train_timesteps < 2 || c->num_train_timesteps > 1000000)
+    if (c->num_train_timesteps < 2 || c->num_train_timesteps > 100000)
         return df_error(DF_ERR_INVALID,
                         "%s: field 'num_train_timesteps': %lld is out of range "
-                        "[2, 1000000]",
+                        "[2, 100000]",
                         file, (long long)c->num_train_timesteps);
     if (c->trained_betas && c->n_trained_betas != c->num_train_timesteps)
         return df_error(DF_ERR_INVALID,

@@ -182,3 +182,28 @@ Test(infer_sched_steps, save_writes_what_load_reads) {
     df_sched_config_free(&c);
     df_sched_config_free(&c2);
 }
+
+/* A fresh instance holds diffusers' __init__ schedule (every training timestep; the sigma
+ * schedulers with the train sigmas), so training's add_noise needs no set_timesteps. */
+Test(infer_sched_steps, fresh_instance_schedule) {
+    const char *cls[] = {"EulerDiscreteScheduler", "LMSDiscreteScheduler", "DDIMScheduler",
+                         "HeunDiscreteScheduler"};
+    for (int k = 0; k < 4; k++) {
+        df_sched_config c;
+        df_sched *s = make(cls[k], "{\"timestep_spacing\": \"linspace\"}", &c);
+        cr_assert_eq(df_sched_timesteps(s)[0], 999, "%s", cls[k]);
+        df_scope scope = df_scope_begin();
+        df_tensor *x0 = df_full(DF_DTYPE_F32, DF_DIMS(1, 1, 1, 2), 0.5);
+        df_tensor *nz = df_full(DF_DTYPE_F32, DF_DIMS(1, 1, 1, 2), 1.0);
+        df_tensor *t = df_from_data(DF_DTYPE_F32, 1, (int64_t[]){1}, (float[]){500});
+        df_tensor *out = NULL;
+        cr_assert(df_sched_add_noise(s, x0, nz, t, &out) == DF_OK, "%s: %s", cls[k],
+                  df_last_error());
+        float ac = df_sched_alphas_cumprod(s)[500];
+        float want = k == 2 ? sqrtf(ac) * 0.5f + sqrtf(1 - ac) : 0.5f + sqrtf((1 - ac) / ac);
+        cr_assert_float_eq(df_f32(out)[0], want, 1e-6 * fabs(want), "%s", cls[k]);
+        df_scope_end(scope);
+        df_sched_free(s);
+        df_sched_config_free(&c);
+    }
+}
