@@ -128,8 +128,8 @@ DF_API df_status df_sched_config_load(const char *path, const char *class_name,
  * Python's repr. Returns a malloc'd string the caller frees (NULL on out of memory). */
 DF_API char *df_sched_config_to_json(const df_sched_config *cfg);
 DF_API df_status df_sched_config_save(const df_sched_config *cfg, const char *path);
-/* Deep copy (for building one class from another's config keep `kind` then change it with
- * df_sched_config_parse on the saved text). */
+/* Deep copy (trained_betas and the kept unknown keys included). DF_ERR_NOMEM on failure, with
+ * dst left safe to free. */
 DF_API df_status df_sched_config_copy(df_sched_config *dst, const df_sched_config *src);
 DF_API void df_sched_config_free(df_sched_config *cfg);
 
@@ -163,7 +163,8 @@ DF_API const df_sched_config *df_sched_config_of(const df_sched *s);
 /* set_timesteps(n): the timesteps sampling with n steps visits (and sigmas), and resets the
  * multistep state. Errors: DF_ERR_INVALID naming 'steps' when n < 1 or n > num_train_timesteps. */
 DF_API df_status df_sched_set_timesteps(df_sched *s, int n);
-/* The current timesteps (borrowed, valid until the next set_timesteps). Integer-valued for
+/* The current timesteps (borrowed, valid until the next set_timesteps; before the first one,
+ * diffusers' __init__ schedule T-1..0). Integer-valued for
  * DDPM/DDIM/PNDM/DPM-Solver/UniPC (diffusers keeps int64), float32 values for the sigma
  * schedulers (Euler, Euler ancestral, Heun, LMS). */
 DF_API int df_sched_num_timesteps(const df_sched *s);
@@ -211,8 +212,11 @@ DF_API df_status df_sched_step(df_sched *s, const df_tensor *model_output, doubl
                                const df_tensor *sample, const df_sched_step_args *args,
                                df_tensor **prev_sample, df_tensor **pred_original_sample);
 
-/* Training side. timesteps: I64/I32 (or F32 for the sigma schedulers, looked up in the current
- * schedule) of length N = x0's first dim. */
+/* Training side. timesteps: any dtype, one per row of x0 (its first dim). The alpha schedulers
+ * index alphas_cumprod with them; the sigma schedulers (Euler, Euler ancestral, Heun, LMS) look
+ * them up in the current schedule, as diffusers does — a fresh scheduler holds diffusers'
+ * __init__ schedule (every training timestep), so no set_timesteps is needed for training.
+ * Results are new tensors (scope rule). DF_ERR_INVALID for a timestep outside the schedule. */
 /* add_noise(x0, noise, timesteps): sqrt(abar) x0 + sqrt(1 - abar) noise, or x0 + sigma noise. */
 DF_API df_status df_sched_add_noise(df_sched *s, const df_tensor *x0, const df_tensor *noise,
                                     const df_tensor *timesteps, df_tensor **out);

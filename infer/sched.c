@@ -296,9 +296,6 @@ df_status df_sched_scale_model_input(df_sched *s, const df_tensor *sample, doubl
         *out = df_tensor_clone(sample);
         return DF_OK;
     }
-    if (s->num_inference_steps <= 0)
-        return df_error(DF_ERR_INVALID, "%s: set_timesteps was not called",
-                        df_sched_kind_name(s->cfg.kind));
     int i = sigma_index(s, t);
     if (i < 0)
         return df_error(DF_ERR_INVALID, "%s: timestep %g is not in the schedule",
