@@ -162,7 +162,10 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
         for (int64_t i = 0; i < out->numel; i++) g[i] += seed ? df_f32(seed)[i] : 1.0f;
         return DF_OK;
     }
-    node_list all = {0}, ready = {0};
+    /* the work lists are kept per thread and reused, so a steady loop of backwards does not
+     * call malloc (backward never runs inside a backward) */
+    static _Thread_local node_list all, ready;
+    all.len = ready.len = 0;
     uint64_t epoch = atomic_fetch_add(&visit_epoch, 1) + 1;
     df_status st = collect(out->node, &all, epoch);
     if (st == DF_OK) {
@@ -184,8 +187,7 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
     }
     df_grad_set_enabled(prev);
     for (size_t i = 0; i < all.len; i++) df_node_release(all.items[i]);
-    free(all.items);
-    free(ready.items);
+    all.len = ready.len = 0;
     return st;
 }
 

@@ -40,8 +40,8 @@ typedef struct df_st_file df_st_file;
 /* One tensor of a file. All pointers are borrowed from the df_st_file (valid until close). */
 typedef struct df_st_info {
     const char *name;
-    df_dtype dtype;         /* meaningful only when `supported` */
-    int ndim;               /* 0 for a scalar */
+    df_dtype dtype; /* DF_DTYPE_COUNT when not `supported` */
+    int ndim;       /* 0 for a scalar */
     int64_t shape[DF_ST_MAX_DIMS];
     uint64_t begin, end;    /* byte range relative to the start of the data section */
     const char *dtype_name; /* the file's spelling: "F32", "I8", "BOOL", ... */
@@ -56,8 +56,7 @@ typedef struct df_st_info {
 DF_API df_status df_st_open(const char *path, df_st_file **out);
 /* As df_st_open on n bytes already in memory. `buf` is borrowed: it must stay valid and
  * unchanged until df_st_close. `label` names the buffer in error messages (copied). */
-DF_API df_status df_st_open_memory(const void *buf, size_t n, const char *label,
-                                   df_st_file **out);
+DF_API df_status df_st_open_memory(const void *buf, size_t n, const char *label, df_st_file **out);
 /* Unmaps and frees; NULL is a no-op. Every pointer obtained from the file dies with it. */
 DF_API void df_st_close(df_st_file *f);
 
@@ -95,10 +94,13 @@ DF_API df_status df_st_read_into(const df_st_file *f, const char *name, df_tenso
  * holds "format": "pt" unless meta_keys supplies "format". Names must be non-empty, unique,
  * valid UTF-8 and not "__metadata__"; metadata keys unique and strings valid UTF-8 (else
  * DF_ERR_INVALID). A failed open/write/fsync/close (a full disk included) is DF_ERR_IO
- * "<path>: <what> failed: <strerror>", and a partially written regular file is removed. */
+ * "<path>: <what> failed: <strerror>". A regular file is written to a temporary sibling
+ * ("<path>.tmp.<pid>.<k>"), fsynced and renamed over `path` (the folder is fsynced too), so
+ * `path` never holds a partial file and readers that have the old file mapped are undisturbed;
+ * a device or a pipe is written in place. */
 DF_API df_status df_st_save(const char *path, int n, const char *const *names,
-                            const df_tensor *const *ts, int n_meta,
-                            const char *const *meta_keys, const char *const *meta_values);
+                            const df_tensor *const *ts, int n_meta, const char *const *meta_keys,
+                            const char *const *meta_values);
 
 /* ================================================================ sharded safetensors ========= */
 /* Large checkpoints are split into shards plus `<name>.safetensors.index.json`:
@@ -123,6 +125,11 @@ typedef struct df_st_index df_st_index;
  * "metadata" (optional) must be an object (its values are ignored except via
  * df_st_index_total_size). Errors: DF_ERR_IO, DF_ERR_FORMAT naming the file and the key. */
 DF_API df_status df_st_index_open(const char *index_json_path, df_st_index **out);
+/* As df_st_index_open on `len` bytes of JSON text already in memory (need not be NUL-terminated;
+ * copied). `path` stands for the index file: it names it in errors and gives the shards'
+ * folder. */
+DF_API df_status df_st_index_parse(const char *text, size_t len, const char *path,
+                                   df_st_index **out);
 DF_API void df_st_index_close(df_st_index *idx);
 /* Number of tensor names in weight_map, and the i-th (name, shard file name) in file order. */
 DF_API int df_st_index_count(const df_st_index *idx);
@@ -156,8 +163,7 @@ DF_API const df_st_info *df_st_set_find(const df_st_set *s, const char *name,
                                         const df_st_file **file);
 /* df_st_read / df_st_read_into on whichever shard holds `name` (DF_ERR_NOTFOUND naming the
  * set's path when none does). */
-DF_API df_status df_st_set_read(const df_st_set *s, const char *name, df_dtype as,
-                                df_tensor **out);
+DF_API df_status df_st_set_read(const df_st_set *s, const char *name, df_dtype as, df_tensor **out);
 DF_API df_status df_st_set_read_into(const df_st_set *s, const char *name, df_tensor *dst);
 /* Number of files in the set (1 for a plain file) and the i-th. Borrowed. */
 DF_API int df_st_set_file_count(const df_st_set *s);

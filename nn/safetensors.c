@@ -31,8 +31,8 @@ struct df_st_file {
     void *map;           /* munmap(map, size) at close; NULL for memory buffers */
     const uint8_t *data; /* base + 8 + N */
     int n;
-    df_st_info *infos;   /* data order */
-    int *by_name;        /* indices into infos, sorted by name */
+    df_st_info *infos; /* data order */
+    int *by_name;      /* indices into infos, sorted by name */
     int n_meta;
     char **meta_keys, **meta_values;
 };
@@ -47,13 +47,13 @@ typedef struct st_dtype {
 } st_dtype;
 
 static const st_dtype st_dtypes[] = {
-    {"F64", 8, true, DF_DTYPE_F64},   {"F32", 4, true, DF_DTYPE_F32},
-    {"F16", 2, true, DF_DTYPE_F16},   {"BF16", 2, true, DF_DTYPE_BF16},
-    {"I64", 8, true, DF_DTYPE_I64},   {"I32", 4, true, DF_DTYPE_I32},
-    {"U8", 1, true, DF_DTYPE_U8},     {"I16", 2, false, DF_DTYPE_COUNT},
-    {"I8", 1, false, DF_DTYPE_COUNT}, {"U64", 8, false, DF_DTYPE_COUNT},
-    {"U32", 4, false, DF_DTYPE_COUNT}, {"U16", 2, false, DF_DTYPE_COUNT},
-    {"BOOL", 1, false, DF_DTYPE_COUNT}, {"F8_E4M3", 1, false, DF_DTYPE_COUNT},
+    {"F64", 8, true, DF_DTYPE_F64},        {"F32", 4, true, DF_DTYPE_F32},
+    {"F16", 2, true, DF_DTYPE_F16},        {"BF16", 2, true, DF_DTYPE_BF16},
+    {"I64", 8, true, DF_DTYPE_I64},        {"I32", 4, true, DF_DTYPE_I32},
+    {"U8", 1, true, DF_DTYPE_U8},          {"I16", 2, false, DF_DTYPE_COUNT},
+    {"I8", 1, false, DF_DTYPE_COUNT},      {"U64", 8, false, DF_DTYPE_COUNT},
+    {"U32", 4, false, DF_DTYPE_COUNT},     {"U16", 2, false, DF_DTYPE_COUNT},
+    {"BOOL", 1, false, DF_DTYPE_COUNT},    {"F8_E4M3", 1, false, DF_DTYPE_COUNT},
     {"F8_E5M2", 1, false, DF_DTYPE_COUNT},
 };
 
@@ -188,7 +188,7 @@ static df_status parse_entry(df_st_file *f, const cJSON *e, df_st_info *info) {
                         dt->valuestring);
     info->dtype_name = sd->name;
     info->supported = sd->supported;
-    info->dtype = sd->supported ? sd->dt : DF_DTYPE_U8;
+    info->dtype = sd->dt; /* DF_DTYPE_COUNT when unsupported */
 
     if (!cJSON_IsArray(shape))
         return df_error(DF_ERR_FORMAT, "%s: tensor '%s': shape is not an array", L, name);
@@ -204,8 +204,7 @@ static df_status parse_entry(df_st_file *f, const cJSON *e, df_st_info *info) {
         uint64_t v;
         if (!json_u53(c, &v))
             return df_error(DF_ERR_FORMAT,
-                            "%s: tensor '%s': shape[%d] is not a non-negative integer", L, name,
-                            d);
+                            "%s: tensor '%s': shape[%d] is not a non-negative integer", L, name, d);
         info->shape[d] = (int64_t)v;
         if (!overflow && __builtin_mul_overflow(numel, v, &numel)) overflow = true;
     }
@@ -290,8 +289,9 @@ static df_status parse_header(df_st_file *f, const cJSON *root, uint64_t data_si
                         "%s: the tensors hold %llu data bytes but the file has %llu after the "
                         "header (%s)",
                         L, (unsigned long long)expect, (unsigned long long)data_size,
-                        expect < data_size ? "trailing bytes" : "data runs past the end of the "
-                                                                "file");
+                        expect < data_size ? "trailing bytes"
+                                           : "data runs past the end of the "
+                                             "file");
 
     for (int i = 0; i < n; i++) f->by_name[i] = i;
     sort_infos = f->infos;
@@ -324,9 +324,20 @@ static df_status parse_file(df_st_file *f) {
                         "%zu)",
                         L, h[bad], bad);
 
+    /* As the safetensors package: the header is an object, so its first byte past whitespace is
+     * '{' (cJSON alone would also skip a UTF-8 byte-order mark). */
+    size_t first = 0;
+    while (first < n &&
+           (h[first] == ' ' || h[first] == '\t' || h[first] == '\n' || h[first] == '\r'))
+        first++;
+    if (first < n && h[first] != '{')
+        return df_error(DF_ERR_FORMAT, "%s: header is not a JSON object (starts with 0x%02x)", L,
+                        h[first]);
+
     char *copy = malloc((size_t)n + 1);
-    if (!copy) return df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte header", L,
-                               (unsigned long long)n);
+    if (!copy)
+        return df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte header", L,
+                        (unsigned long long)n);
     memcpy(copy, h, (size_t)n);
     copy[n] = '\0';
     const char *end = NULL;
@@ -334,8 +345,7 @@ static df_status parse_file(df_st_file *f) {
     df_status s = DF_OK;
     if (!root) {
         size_t at = end && end >= copy && end <= copy + n ? (size_t)(end - copy) : 0;
-        s = df_error(DF_ERR_FORMAT, "%s: header is not valid JSON (near header offset %zu)", L,
-                     at);
+        s = df_error(DF_ERR_FORMAT, "%s: header is not valid JSON (near header offset %zu)", L, at);
         goto done;
     }
     for (const char *p = end; p < copy + n; p++) {
@@ -454,8 +464,10 @@ const df_st_info *df_st_find(const df_st_file *f, const char *name) {
         const df_st_info *t = &f->infos[f->by_name[mid]];
         int c = strcmp(name, t->name);
         if (c == 0) return t;
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
     }
     return NULL;
 }
@@ -496,8 +508,10 @@ static double load_f(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 4 * i, 4);
         return v;
     }
-    case DF_DTYPE_BF16: return df_bf16_to_f32(ld16(p, i));
-    case DF_DTYPE_F16: return df_f16_to_f32(ld16(p, i));
+    case DF_DTYPE_BF16:
+        return df_bf16_to_f32(ld16(p, i));
+    case DF_DTYPE_F16:
+        return df_f16_to_f32(ld16(p, i));
     case DF_DTYPE_F64: {
         double v;
         memcpy(&v, p + 8 * i, 8);
@@ -513,8 +527,10 @@ static double load_f(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 8 * i, 8);
         return (double)v;
     }
-    case DF_DTYPE_U8: return p[i];
-    default: DF_ASSERT(0, "bad dtype %d", (int)dt);
+    case DF_DTYPE_U8:
+        return p[i];
+    default:
+        DF_ASSERT(0, "bad dtype %d", (int)dt);
     }
     return 0;
 }
@@ -531,8 +547,10 @@ static int64_t load_i(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 8 * i, 8);
         return v;
     }
-    case DF_DTYPE_U8: return p[i];
-    default: DF_ASSERT(0, "load_i: %s is not an integer dtype", df_dtype_name(dt));
+    case DF_DTYPE_U8:
+        return p[i];
+    default:
+        DF_ASSERT(0, "load_i: %s is not an integer dtype", df_dtype_name(dt));
     }
     return 0;
 }
@@ -548,8 +566,11 @@ static void convert_from_file(void *dst, df_dtype ddt, const uint8_t *src, df_dt
     switch (ddt) {
     case DF_DTYPE_F32: {
         float *d = dst;
-        if (sdt == DF_DTYPE_BF16)
-            for (int64_t i = 0; i < n; i++) d[i] = df_bf16_to_f32(ld16(src, i));
+        if (sdt == DF_DTYPE_BF16) /* df_bf16_to_f32 inlined: the top half of an F32 */
+            for (int64_t i = 0; i < n; i++) {
+                uint32_t u = (uint32_t)ld16(src, i) << 16;
+                memcpy(&d[i], &u, 4);
+            }
         else if (sdt == DF_DTYPE_F16)
             for (int64_t i = 0; i < n; i++) d[i] = df_f16_to_f32(ld16(src, i));
         else
@@ -586,7 +607,8 @@ static void convert_from_file(void *dst, df_dtype ddt, const uint8_t *src, df_dt
         for (int64_t i = 0; i < n; i++) d[i] = (uint8_t)load_i(src, sdt, i);
         return;
     }
-    default: DF_ASSERT(0, "bad dtype %d", (int)ddt);
+    default:
+        DF_ASSERT(0, "bad dtype %d", (int)ddt);
     }
 }
 
@@ -617,6 +639,19 @@ static df_status read_check(const df_st_file *f, const char *name, df_dtype as,
     return DF_OK;
 }
 
+/* Once a tensor has been converted out of the mapping, the whole pages inside its byte range
+ * leave this process's resident set: MADV_DONTNEED on a private, never-written file mapping only
+ * forgets the pages, and a later access (df_st_data, a second read) faults them in again from
+ * the file. So loading a model holds each byte once, in its parameter, not also in the map. */
+static void release_pages(const df_st_file *f, const df_st_info *t) {
+    if (!f->map) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)(f->data + t->begin), hi = (uintptr_t)(f->data + t->end);
+    lo = (lo + page - 1) & ~(page - 1);
+    hi &= ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tensor **out) {
     DF_ASSERT(f && name && out, "df_st_read: NULL argument");
     *out = NULL;
@@ -624,6 +659,7 @@ df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tens
     DF_TRY(read_check(f, name, as, &t));
     df_tensor *r = df_tensor_new(as, t->ndim, t->shape);
     convert_from_file(r->data, as, f->data + t->begin, t->dtype, t->numel);
+    release_pages(f, t);
     *out = r;
     return DF_OK;
 }
@@ -642,6 +678,7 @@ df_status df_st_read_into(const df_st_file *f, const char *name, df_tensor *dst)
                         f->label, name, a, b);
     }
     convert_from_file(dst->data, dst->dtype, f->data + t->begin, t->dtype, t->numel);
+    release_pages(f, t);
     return DF_OK;
 }
 
@@ -727,8 +764,7 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
             return df_error(DF_ERR_INVALID, "%s: invalid tensor name '%s'", path, names[i]);
         for (int j = 0; j < i; j++)
             if (strcmp(names[i], names[j]) == 0)
-                return df_error(DF_ERR_INVALID, "%s: tensor name '%s' given twice", path,
-                                names[i]);
+                return df_error(DF_ERR_INVALID, "%s: tensor name '%s' given twice", path, names[i]);
     }
     for (int i = 0; i < n_meta; i++) {
         DF_ASSERT(meta_keys[i] && meta_values[i], "df_st_save: NULL metadata %d", i);
@@ -743,9 +779,74 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
     return DF_OK;
 }
 
-df_status df_st_save(const char *path, int n, const char *const *names,
-                     const df_tensor *const *ts, int n_meta, const char *const *meta_keys,
-                     const char *const *meta_values) {
+/* fsyncs the folder holding `path`, so that a rename into it is durable. */
+static bool fsync_parent(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return false;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0) return false;
+    bool ok = fsync(fd) == 0 || errno == EINVAL; /* some file systems cannot sync folders */
+    close(fd);
+    return ok;
+}
+
+/* Writes the length, the header and the tensors. A new path or a regular file is written to a
+ * temporary sibling, fsynced and renamed over `path` (then the folder is fsynced): `path` never
+ * holds a partial file, and readers that have the old file mapped keep valid bytes (truncating
+ * a mapped file would make them fault). Anything else (a device such as /dev/full, a pipe) is
+ * written in place. */
+static df_status write_file(const char *path, const uint8_t len8[8], const sbuf *b, int n,
+                            const df_tensor *const *ts) {
+    static unsigned counter;
+    struct stat st;
+    bool in_place = stat(path, &st) == 0 && !S_ISREG(st.st_mode);
+    char *tmp = NULL;
+    if (!in_place) {
+        size_t len = strlen(path) + 48;
+        tmp = malloc(len);
+        if (!tmp) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+        snprintf(tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(),
+                 __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+    }
+    const char *what = "open";
+    int fd = in_place ? open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+                      : open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) goto fail;
+    what = "write";
+    if (!write_all(fd, len8, 8) || !write_all(fd, b->p, b->len)) goto fail;
+    for (int i = 0; i < n; i++)
+        if (!write_all(fd, ts[i]->data, (size_t)ts[i]->numel * df_dtype_size(ts[i]->dtype)))
+            goto fail;
+    what = "fsync";
+    if (!in_place && fsync(fd) != 0) goto fail;
+    what = "close";
+    int rc = close(fd);
+    fd = -1;
+    if (rc != 0) goto fail;
+    if (!in_place) {
+        what = "rename";
+        if (rename(tmp, path) != 0) goto fail;
+        free(tmp);
+        tmp = NULL;
+        what = "fsync of the folder";
+        if (!fsync_parent(path)) goto fail;
+    }
+    return DF_OK;
+
+fail:;
+    df_status s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
+    if (fd >= 0) close(fd);
+    if (tmp) {
+        unlink(tmp); /* no partial file is left behind */
+        free(tmp);
+    }
+    return s;
+}
+
+df_status df_st_save(const char *path, int n, const char *const *names, const df_tensor *const *ts,
+                     int n_meta, const char *const *meta_keys, const char *const *meta_values) {
     DF_ASSERT(path && n >= 0 && n_meta >= 0, "df_st_save: bad arguments");
     DF_ASSERT(n == 0 || (names && ts), "df_st_save: NULL names or tensors");
     DF_ASSERT(n_meta == 0 || (meta_keys && meta_values), "df_st_save: NULL metadata");
@@ -797,33 +898,7 @@ df_status df_st_save(const char *path, int n, const char *const *names,
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)b.len >> (8 * i));
 
-    df_status s = DF_OK;
-    const char *what = "open";
-    bool regular = false;
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) goto io_fail;
-    struct stat st;
-    regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    what = "write";
-    if (!write_all(fd, len8, 8) || !write_all(fd, b.p, b.len)) goto io_fail;
-    for (int i = 0; i < n; i++)
-        if (!write_all(fd, ts[i]->data, (size_t)ts[i]->numel * df_dtype_size(ts[i]->dtype)))
-            goto io_fail;
-    what = "fsync";
-    if (regular && fsync(fd) != 0) goto io_fail;
-    what = "close";
-    {
-        int rc = close(fd);
-        fd = -1;
-        if (rc != 0) goto io_fail;
-    }
-    free(b.p);
-    return DF_OK;
-
-io_fail:
-    s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
-    if (fd >= 0) close(fd);
-    if (regular) unlink(path); /* never leave a half-written file behind */
+    df_status s = write_file(path, len8, &b, n, ts);
     free(b.p);
     return s;
 }

@@ -23,7 +23,7 @@ struct df_st_index {
     char **names, **shards; /* weight_map in file order */
     int *order;             /* indices sorted by name */
     int n_shards;
-    char **shard_list;      /* distinct shard names, borrowed from `shards` */
+    char **shard_list; /* distinct shard names, borrowed from `shards` */
     int64_t total_size;
 };
 
@@ -31,7 +31,7 @@ struct df_st_set {
     char *path;
     int n_files;
     df_st_file **files;
-    int n;                  /* total tensors */
+    int n; /* total tensors */
 };
 
 /* ------------------------------------------------------------------ the index file ---------- */
@@ -104,9 +104,21 @@ static df_status index_parse(df_st_index *idx, const char *text, size_t len) {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
     df_status s = DF_OK;
-    if (!root || !cJSON_IsObject(root)) {
+    if (!root) {
+        s = df_error(DF_ERR_FORMAT, "%s: not valid JSON (near offset %zu)", P,
+                     end && end >= text && end <= text + len ? (size_t)(end - text) : 0);
+        goto done;
+    }
+    if (!cJSON_IsObject(root)) {
         s = df_error(DF_ERR_FORMAT, "%s: not a JSON object", P);
         goto done;
+    }
+    for (const char *p = end; p < text + len; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            s = df_error(DF_ERR_FORMAT, "%s: bytes after the JSON object (offset %zu)", P,
+                         (size_t)(p - text));
+            goto done;
+        }
     }
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
     if (meta && !cJSON_IsObject(meta) && !cJSON_IsNull(meta)) {
@@ -166,33 +178,41 @@ done:
     return s;
 }
 
-df_status df_st_index_open(const char *index_json_path, df_st_index **out) {
-    DF_ASSERT(index_json_path && out, "df_st_index_open: NULL argument");
+df_status df_st_index_parse(const char *text, size_t len, const char *path, df_st_index **out) {
+    DF_ASSERT((text || len == 0) && path && out, "df_st_index_parse: NULL argument");
     *out = NULL;
     df_st_index *idx = calloc(1, sizeof *idx);
-    if (!idx) return df_error(DF_ERR_NOMEM, "%s: out of memory", index_json_path);
-    idx->path = strdup(index_json_path);
-    const char *slash = strrchr(index_json_path, '/');
-    idx->dir = slash ? strndup(index_json_path, (size_t)(slash - index_json_path + (slash ==
-                                                                              index_json_path)))
-                     : strdup(".");
-    if (!idx->path || !idx->dir) {
+    if (!idx) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    idx->path = strdup(path);
+    const char *slash = strrchr(path, '/');
+    idx->dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    char *copy = malloc(len + 1); /* cJSON wants a NUL-terminated text */
+    if (!idx->path || !idx->dir || !copy) {
+        free(copy);
         df_st_index_close(idx);
-        return df_error(DF_ERR_NOMEM, "%s: out of memory", index_json_path);
+        return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
     }
-    char *text = NULL;
-    size_t len = 0;
-    df_status s = read_text(index_json_path, &text, &len);
-    if (s == DF_OK) {
-        s = index_parse(idx, text, len);
-        free(text);
-    }
+    if (len) memcpy(copy, text, len);
+    copy[len] = '\0';
+    df_status s = index_parse(idx, copy, len);
+    free(copy);
     if (s != DF_OK) {
         df_st_index_close(idx);
         return s;
     }
     *out = idx;
     return DF_OK;
+}
+
+df_status df_st_index_open(const char *index_json_path, df_st_index **out) {
+    DF_ASSERT(index_json_path && out, "df_st_index_open: NULL argument");
+    *out = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    DF_TRY(read_text(index_json_path, &text, &len));
+    df_status s = df_st_index_parse(text, len, index_json_path, out);
+    free(text);
+    return s;
 }
 
 int df_st_index_count(const df_st_index *idx) {
@@ -211,8 +231,10 @@ const char *df_st_index_shard(const df_st_index *idx, const char *name) {
         int mid = lo + (hi - lo) / 2;
         int c = strcmp(name, idx->names[idx->order[mid]]);
         if (c == 0) return idx->shards[idx->order[mid]];
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
     }
     return NULL;
 }
@@ -273,8 +295,8 @@ static df_status set_from_index(df_st_set *s, const df_st_index *idx) {
                                 s->path, name, shard);
             if (strcmp(want, shard) != 0)
                 return df_error(DF_ERR_FORMAT,
-                                "%s: tensor '%s' is in shard %s but weight_map names %s",
-                                s->path, name, shard, want);
+                                "%s: tensor '%s' is in shard %s but weight_map names %s", s->path,
+                                name, shard, want);
         }
         s->n += df_st_count(f);
     }

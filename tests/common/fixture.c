@@ -28,6 +28,8 @@ df_tensor *fixture_tensor(const char *relpath, const char *name) {
     df_st_file *f = fixture_open(relpath);
     const df_st_info *info = df_st_find(f, name);
     cr_assert(info, "fixture %s: no tensor '%s'", relpath, name);
+    cr_assert(info->supported, "fixture %s: tensor '%s' has dtype %s, which df_tensor lacks",
+              relpath, name, info->dtype_name);
     df_dtype as = df_dtype_is_float(info->dtype) ? DF_DTYPE_F32 : info->dtype;
     df_tensor *t = NULL;
     df_status s = df_st_read(f, name, as, &t);

@@ -94,8 +94,8 @@ Test(nn_safetensors, round_trip_every_dtype) {
                             DF_DTYPE_I32, DF_DTYPE_I64,  DF_DTYPE_U8};
     enum { ND = sizeof dts / sizeof dts[0] };
     df_tensor *ts[ND + 2];
-    const char *names[ND + 2] = {"w.f32", "w.bf16", "w.f16", "w.f64", "ids.i32", "ids.i64",
-                                 "mask.u8", "scalar", "empty"};
+    const char *names[ND + 2] = {"w.f32",   "w.bf16",  "w.f16",  "w.f64", "ids.i32",
+                                 "ids.i64", "mask.u8", "scalar", "empty"};
     df_tensor *src = randn_tensor(7, DF_DIMS(2, 3, 5));
     for (int i = 0; i < ND; i++) {
         if (df_dtype_is_float(dts[i])) {
@@ -103,7 +103,8 @@ Test(nn_safetensors, round_trip_every_dtype) {
         } else {
             ts[i] = df_tensor_new(dts[i], DF_DIMS(3, 7));
             for (int64_t k = 0; k < 21; k++) {
-                double v = dts[i] == DF_DTYPE_U8 ? (double)(k * 13 % 256) : (double)(k * 1000 - 9000);
+                double v =
+                    dts[i] == DF_DTYPE_U8 ? (double)(k * 13 % 256) : (double)(k * 1000 - 9000);
                 df_tensor_fill_(df_tensor_view(ts[i], 1, (int64_t[]){1}, k), v);
             }
         }
@@ -228,6 +229,55 @@ Test(nn_safetensors, read_converts_dtypes) {
     df_scope_end(sc);
 }
 
+Test(nn_safetensors, save_replaces_a_mapped_file_safely) {
+    df_scope sc = df_scope_begin();
+    /* big enough to span many pages, so reading drops whole pages of the mapping */
+    df_tensor *a = randn_tensor(11, DF_DIMS(256, 1024));
+    const char *name = "w";
+    const char *path = tmp_path("replace.safetensors");
+    cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&a, 0, NULL, NULL), DF_OK);
+    df_st_file *old = (df_st_file *)open_ok(path);
+    df_tensor *r1;
+    cr_assert_eq(df_st_read(old, "w", DF_DTYPE_F32, &r1), DF_OK);
+    check_close("first read", r1, a, 0, 0);
+
+    /* overwrite while `old` is mapped: `old` still reads the old values, the path the new */
+    df_tensor *b = df_full(DF_DTYPE_F32, DF_DIMS(256, 1024), 0.5);
+    cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&b, 0, NULL, NULL), DF_OK);
+    df_tensor *r2 = df_zeros(DF_DTYPE_F32, DF_DIMS(256, 1024));
+    cr_assert_eq(df_st_read_into(old, "w", r2), DF_OK);
+    check_close("second read of the old mapping", r2, a, 0, 0);
+    cr_assert(memcmp(df_st_data(old, df_st_find(old, "w")), a->data, (size_t)a->numel * 4) == 0);
+    df_st_close(old);
+    df_st_file *f = (df_st_file *)open_ok(path);
+    cr_assert_eq(df_st_read_into(f, "w", r2), DF_OK);
+    check_close("new file", r2, b, 0, 0);
+    df_st_close(f);
+
+    /* no temporary file is left in the folder */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "test $(ls -A %s | wc -l) -eq 1", tmp_dir);
+    cr_assert_eq(system(cmd), 0, "stray files in %s", tmp_dir);
+    df_scope_end(sc);
+}
+
+Test(nn_safetensors, read_into_scalar) {
+    df_tensor *s = df_full(DF_DTYPE_F64, 0, NULL, 0.1);
+    const char *name = "s";
+    const char *path = tmp_path("s.safetensors");
+    cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&s, 0, NULL, NULL), DF_OK);
+    df_st_file *f = (df_st_file *)open_ok(path);
+    df_tensor *d = df_zeros(DF_DTYPE_F32, 0, NULL);
+    cr_assert_eq(df_st_read_into(f, "s", d), DF_OK);
+    cr_assert_float_eq(df_f32(d)[0], 0.1f, 0);
+    df_tensor *one = df_zeros(DF_DTYPE_F32, DF_DIMS(1));
+    cr_assert_eq(df_st_read_into(f, "s", one), DF_ERR_INVALID, "[] must not match [1]");
+    df_st_close(f);
+    df_tensor_free(s);
+    df_tensor_free(d);
+    df_tensor_free(one);
+}
+
 /* ------------------------------------------------------------------ files from Python --------- */
 
 #define PYFILE "safetensors/python_dtypes.safetensors"
@@ -241,7 +291,8 @@ Test(nn_safetensors, reads_python_written_dtypes) {
     df_tensor *want = df_tensor_new(DF_DTYPE_F32, DF_DIMS(3, 4));
     for (int i = 0; i < 12; i++) df_f32(want)[i] = (float)i * 0.25f - 1.0f;
     const char *floats[] = {"f32", "f64", "f16", "bf16"};
-    for (int i = 0; i < 4; i++) check_close(floats[i], fixture_tensor(PYFILE, floats[i]), want, 0, 0);
+    for (int i = 0; i < 4; i++)
+        check_close(floats[i], fixture_tensor(PYFILE, floats[i]), want, 0, 0);
     cr_assert_eq(df_st_find(f, "bf16")->dtype, DF_DTYPE_BF16);
 
     df_tensor *i64 = fixture_tensor(PYFILE, "i64");
@@ -268,6 +319,7 @@ Test(nn_safetensors, reads_python_written_dtypes) {
     /* I8 and BOOL validate but do not read; 6 dims validate but do not fit a df_tensor */
     const df_st_info *i8 = df_st_find(f, "i8");
     cr_assert(!i8->supported);
+    cr_assert_eq(i8->dtype, DF_DTYPE_COUNT);
     cr_assert_str_eq(i8->dtype_name, "I8");
     cr_assert_eq(i8->end - i8->begin, 3u);
     cr_assert_eq(((const int8_t *)df_st_data(f, i8))[0], -128);
@@ -326,8 +378,7 @@ Test(nn_safetensors, save_reports_io_errors) {
     cr_assert(strstr(df_last_error(), "/dev/full") && strstr(df_last_error(), "No space left"),
               "%s", df_last_error());
     const char *bad = tmp_path("no/such/dir.safetensors");
-    cr_assert_eq(df_st_save(bad, 1, &name, (const df_tensor *const *)&t, 0, NULL, NULL),
-                 DF_ERR_IO);
+    cr_assert_eq(df_st_save(bad, 1, &name, (const df_tensor *const *)&t, 0, NULL, NULL), DF_ERR_IO);
     cr_assert(strstr(df_last_error(), bad) && strstr(df_last_error(), "No such file"));
     const char *names2[] = {"a", "a"};
     const df_tensor *ts2[] = {t, t};
@@ -335,8 +386,8 @@ Test(nn_safetensors, save_reports_io_errors) {
                  DF_ERR_INVALID);
     cr_assert(strstr(df_last_error(), "'a' given twice"));
     const char *meta_name = "__metadata__";
-    cr_assert_eq(df_st_save(tmp_path("m.safetensors"), 1, &meta_name,
-                            (const df_tensor *const *)&t, 0, NULL, NULL),
+    cr_assert_eq(df_st_save(tmp_path("m.safetensors"), 1, &meta_name, (const df_tensor *const *)&t,
+                            0, NULL, NULL),
                  DF_ERR_INVALID);
     df_tensor_free(t);
 }
@@ -363,8 +414,7 @@ Test(nn_safetensors, rejects_header_length_beyond_file) {
 Test(nn_safetensors, rejects_invalid_utf8) {
     expect_bad(write_st("utf8", "{\"a\xff\":{}}", 0), DF_ERR_FORMAT, "not valid UTF-8");
     expect_bad(write_st("overlong", "{\"a\xc0\xaf\":{}}", 0), DF_ERR_FORMAT, "not valid UTF-8");
-    expect_bad(write_st("surrogate", "{\"\xed\xa0\x80\":{}}", 0), DF_ERR_FORMAT,
-               "not valid UTF-8");
+    expect_bad(write_st("surrogate", "{\"\xed\xa0\x80\":{}}", 0), DF_ERR_FORMAT, "not valid UTF-8");
     expect_bad(write_st_len("nul", -1, "{}\0 ", 4, 0), DF_ERR_FORMAT, "byte 0x00");
 }
 
@@ -375,11 +425,12 @@ Test(nn_safetensors, rejects_non_object_header) {
     expect_bad(write_st("blank", "        ", 0), DF_ERR_FORMAT, "not valid JSON");
     expect_bad(write_st("after", "{} x", 0), DF_ERR_FORMAT, "bytes after");
     expect_bad(write_st("entry", "{\"a\":[1]}", 0), DF_ERR_FORMAT, "'a': entry is not an object");
+    expect_bad(write_st("bom", "\xef\xbb\xbf{}", 0), DF_ERR_FORMAT, "not a JSON object");
 }
 
 Test(nn_safetensors, rejects_missing_fields) {
-    expect_bad(write_st("nodt", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
-               DF_ERR_FORMAT, "tensor 'a': missing dtype");
+    expect_bad(write_st("nodt", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4), DF_ERR_FORMAT,
+               "tensor 'a': missing dtype");
     expect_bad(write_st("noshape", "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4),
                DF_ERR_FORMAT, "tensor 'a': missing shape");
     expect_bad(write_st("nooffs", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4), DF_ERR_FORMAT,
@@ -389,36 +440,37 @@ Test(nn_safetensors, rejects_missing_fields) {
 Test(nn_safetensors, rejects_wrong_field_types) {
     expect_bad(write_st("dtnum", "{\"a\":{\"dtype\":1,\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
                DF_ERR_FORMAT, "dtype is not a string");
-    expect_bad(write_st("shobj", "{\"a\":{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,4]}}",
-                        4),
-               DF_ERR_FORMAT, "shape is not an array");
-    expect_bad(write_st("off3", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,4]}}",
-                        4),
-               DF_ERR_FORMAT, "not an array of 2");
-    expect_bad(write_st("offneg", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}",
-                        4),
-               DF_ERR_FORMAT, "not non-negative integers");
+    expect_bad(
+        write_st("shobj", "{\"a\":{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,4]}}", 4),
+        DF_ERR_FORMAT, "shape is not an array");
+    expect_bad(
+        write_st("off3", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,4]}}", 4),
+        DF_ERR_FORMAT, "not an array of 2");
+    expect_bad(
+        write_st("offneg", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 4),
+        DF_ERR_FORMAT, "not non-negative integers");
 }
 
 Test(nn_safetensors, rejects_unknown_dtype) {
-    expect_bad(write_st("f128", "{\"a\":{\"dtype\":\"F128\",\"shape\":[1],\"data_offsets\":[0,16]}}",
-                        16),
-               DF_ERR_FORMAT, "tensor 'a': unknown dtype 'F128'");
+    expect_bad(
+        write_st("f128", "{\"a\":{\"dtype\":\"F128\",\"shape\":[1],\"data_offsets\":[0,16]}}", 16),
+        DF_ERR_FORMAT, "tensor 'a': unknown dtype 'F128'");
 }
 
 Test(nn_safetensors, rejects_bad_shapes) {
-    expect_bad(write_st("neg", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}",
-                        4),
-               DF_ERR_FORMAT, "tensor 'a': shape[0] is not a non-negative integer");
-    expect_bad(write_st("frac", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,1.5],\"data_offsets\":[0,12]}}",
+    expect_bad(
+        write_st("neg", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4),
+        DF_ERR_FORMAT, "tensor 'a': shape[0] is not a non-negative integer");
+    expect_bad(write_st("frac",
+                        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,1.5],\"data_offsets\":[0,12]}}",
                         12),
                DF_ERR_FORMAT, "shape[1] is not a non-negative integer");
-    expect_bad(write_st("str", "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}",
-                        4),
-               DF_ERR_FORMAT, "shape[0] is not a non-negative integer");
-    expect_bad(write_st("big", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1e300],\"data_offsets\":[0,1]}}",
-                        1),
-               DF_ERR_FORMAT, "shape[0] is not a non-negative integer");
+    expect_bad(
+        write_st("str", "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}", 4),
+        DF_ERR_FORMAT, "shape[0] is not a non-negative integer");
+    expect_bad(
+        write_st("big", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1e300],\"data_offsets\":[0,1]}}", 1),
+        DF_ERR_FORMAT, "shape[0] is not a non-negative integer");
     expect_bad(write_st("dims9",
                         "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
                         "\"data_offsets\":[0,1]}}",
@@ -427,26 +479,30 @@ Test(nn_safetensors, rejects_bad_shapes) {
 }
 
 Test(nn_safetensors, rejects_offsets_not_starting_at_0) {
-    expect_bad(write_st("start", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
-                        8),
-               DF_ERR_FORMAT, "tensor 'a': data does not start at offset 0");
+    expect_bad(
+        write_st("start", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8),
+        DF_ERR_FORMAT, "tensor 'a': data does not start at offset 0");
 }
 
 Test(nn_safetensors, rejects_gap) {
-    expect_bad(write_st("gap", "{" T_A ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":"
-                               "[8,12]}}",
+    expect_bad(write_st("gap",
+                        "{" T_A ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":"
+                        "[8,12]}}",
                         12),
-               DF_ERR_FORMAT, "tensor 'b': data_offsets begin at 8 but the previous tensor 'a' "
-                              "ends at 4 (gap)");
+               DF_ERR_FORMAT,
+               "tensor 'b': data_offsets begin at 8 but the previous tensor 'a' "
+               "ends at 4 (gap)");
 }
 
 Test(nn_safetensors, rejects_overlap) {
-    expect_bad(write_st("overlap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                                   "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+    expect_bad(write_st("overlap",
+                        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                        "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                         8),
                DF_ERR_FORMAT, "(overlap)");
-    expect_bad(write_st("same", "{" T_A ",\"b\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":"
-                                "[0,4]}}",
+    expect_bad(write_st("same",
+                        "{" T_A ",\"b\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":"
+                        "[0,4]}}",
                         8),
                DF_ERR_FORMAT, "(overlap)");
 }
@@ -455,8 +511,9 @@ Test(nn_safetensors, rejects_overlap) {
  * by alignment), so a header listing offsets out of order is valid; offsets running backwards
  * inside one entry are not. */
 Test(nn_safetensors, unsorted_header_is_read_in_data_order) {
-    const char *p = write_st("unsorted", "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":"
-                                         "[4,6]}," T_A "}",
+    const char *p = write_st("unsorted",
+                             "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":"
+                             "[4,6]}," T_A "}",
                              6);
     df_st_file *f = (df_st_file *)open_ok(p);
     cr_assert_str_eq(df_st_info_at(f, 0)->name, "a");
@@ -467,25 +524,27 @@ Test(nn_safetensors, unsorted_header_is_read_in_data_order) {
     cr_assert_eq(((uint8_t *)b->data)[1], 5);
     df_tensor_free(b);
     df_st_close(f);
-    expect_bad(write_st("reversed", "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[4,0]}}",
-                        4),
-               DF_ERR_FORMAT, "tensor 'a': data_offsets begin 4 > end 0");
+    expect_bad(
+        write_st("reversed", "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[4,0]}}", 4),
+        DF_ERR_FORMAT, "tensor 'a': data_offsets begin 4 > end 0");
 }
 
 Test(nn_safetensors, rejects_size_mismatch) {
-    expect_bad(write_st("mismatch", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}",
-                        8),
-               DF_ERR_FORMAT, "tensor 'a': size mismatch");
+    expect_bad(
+        write_st("mismatch", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8),
+        DF_ERR_FORMAT, "tensor 'a': size mismatch");
 }
 
 Test(nn_safetensors, rejects_numel_overflow) {
     /* 2^53 * 2^53 overflows 64 bits; 2^40 * 2^30 * 8 bytes too */
-    expect_bad(write_st("ovf", "{\"a\":{\"dtype\":\"U8\",\"shape\":[9007199254740992,"
-                               "9007199254740992],\"data_offsets\":[0,0]}}",
+    expect_bad(write_st("ovf",
+                        "{\"a\":{\"dtype\":\"U8\",\"shape\":[9007199254740992,"
+                        "9007199254740992],\"data_offsets\":[0,0]}}",
                         0),
                DF_ERR_FORMAT, "tensor 'a': numel * dtype size overflows");
-    expect_bad(write_st("ovf2", "{\"a\":{\"dtype\":\"F64\",\"shape\":[1099511627776,1073741824],"
-                                "\"data_offsets\":[0,0]}}",
+    expect_bad(write_st("ovf2",
+                        "{\"a\":{\"dtype\":\"F64\",\"shape\":[1099511627776,1073741824],"
+                        "\"data_offsets\":[0,0]}}",
                         0),
                DF_ERR_FORMAT, "overflows");
     /* a zero dim makes a huge shape legal */
@@ -505,12 +564,13 @@ Test(nn_safetensors, rejects_trailing_or_missing_data) {
 Test(nn_safetensors, rejects_duplicate_keys) {
     expect_bad(write_st("dup", "{" T_A "," T_A "}", 4), DF_ERR_FORMAT,
                "duplicate key 'a' in the header");
-    expect_bad(write_st("dupfield", "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F64\",\"shape\":[1],"
-                                    "\"data_offsets\":[0,4]}}",
+    expect_bad(write_st("dupfield",
+                        "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F64\",\"shape\":[1],"
+                        "\"data_offsets\":[0,4]}}",
                         4),
                DF_ERR_FORMAT, "duplicate key 'dtype' in a");
-    expect_bad(write_st("dupmeta", "{\"__metadata__\":{},\"__metadata__\":{}}", 0),
-               DF_ERR_FORMAT, "duplicate key '__metadata__'");
+    expect_bad(write_st("dupmeta", "{\"__metadata__\":{},\"__metadata__\":{}}", 0), DF_ERR_FORMAT,
+               "duplicate key '__metadata__'");
     expect_bad(write_st("dupmetakey", "{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}", 0),
                DF_ERR_FORMAT, "duplicate key 'k' in __metadata__");
 }
@@ -613,4 +673,38 @@ Test(nn_safetensors, sharded_set_finds_tensors_across_shards) {
     write_text(bad, "{\"weight_map\":[]}");
     cr_assert_eq(df_st_index_open(bad, &idx), DF_ERR_FORMAT);
     df_scope_end(sc);
+}
+
+/* Parsing an index from memory fails with DF_ERR_FORMAT naming the file and `reason`. */
+static void expect_bad_index(const char *text, const char *reason) {
+    df_st_index *idx = (df_st_index *)1;
+    df_status s = df_st_index_parse(text, strlen(text), "x/m.safetensors.index.json", &idx);
+    cr_assert_eq(s, DF_ERR_FORMAT, "%s: %s", text, df_last_error());
+    cr_assert_null(idx);
+    cr_assert(strstr(df_last_error(), "x/m.safetensors.index.json"), "%s", df_last_error());
+    cr_assert(strstr(df_last_error(), reason), "lacks '%s': %s", reason, df_last_error());
+}
+
+Test(nn_safetensors, rejects_bad_index_files) {
+    expect_bad_index("", "not valid JSON");
+    expect_bad_index("[]", "not a JSON object");
+    expect_bad_index("{\"weight_map\":{}} x", "bytes after");
+    expect_bad_index("{}", "weight_map is missing");
+    expect_bad_index("{\"weight_map\":{\"a\":1}}", "weight_map['a'] is not a shard file name");
+    expect_bad_index("{\"weight_map\":{\"a\":\"/etc/passwd\"}}", "not a shard file name");
+    expect_bad_index("{\"weight_map\":{\"a\":\"\"}}", "not a shard file name");
+    expect_bad_index("{\"weight_map\":{\"a\":\"s1\",\"a\":\"s2\"}}", "duplicate key 'a'");
+    expect_bad_index("{\"metadata\":3,\"weight_map\":{}}", "metadata is not an object");
+    df_st_index *idx;
+    const char *ok = "{\"weight_map\":{\"b\":\"s2\",\"a\":\"s1\",\"c\":\"s2\"}}";
+    cr_assert_eq(df_st_index_parse(ok, strlen(ok), "m.safetensors.index.json", &idx), DF_OK);
+    cr_assert_str_eq(df_st_index_dir(idx), ".");
+    cr_assert_eq(df_st_index_total_size(idx), -1);
+    cr_assert_eq(df_st_index_shard_count(idx), 2);
+    cr_assert_str_eq(df_st_index_shard_at(idx, 0), "s2");
+    cr_assert_str_eq(df_st_index_shard(idx, "a"), "s1");
+    const char *name, *shard;
+    df_st_index_at(idx, 2, &name, &shard);
+    cr_assert_str_eq(name, "c");
+    df_st_index_close(idx);
 }
