@@ -185,8 +185,10 @@ double sched_sigma_to_t(double sigma, const float *log_sigmas, int64_t n) {
     int64_t lo = 0, hi = n; /* first index where the condition fails is in [lo, hi] */
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
-        if (log_sigma - (double)log_sigmas[mid] >= 0) lo = mid + 1;
-        else hi = mid;
+        if (log_sigma - (double)log_sigmas[mid] >= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     int64_t low = lo > 0 ? lo - 1 : 0;
     if (low > n - 2) low = n - 2;

@@ -46,8 +46,12 @@ static double max_abs(const df_tensor *t) {
     return m;
 }
 
+static double worst; /* the largest rel_max_err of a case, logged for the record */
+
 /* |got - want| <= 1e-5 * max|want| + 1e-6 |want| elementwise. */
 static void check_rel(const char *label, const df_tensor *got, const df_tensor *want) {
+    double e = rel_max_err(got, want);
+    if (e > worst) worst = e;
     check_close(label, got, want, REL_TOL * max_abs(want), 1e-6);
 }
 
@@ -88,6 +92,7 @@ static df_sched *build(const char *rel, df_sched_config *cfg) {
  * fixture loop did with torch.Generator().manual_seed(0); else feed the recorded draws. */
 static void run_case(const char *rel, double eta, bool use_gen) {
     df_scope scope = df_scope_begin();
+    worst = 0;
     df_sched_config cfg;
     df_sched *s = build(rel, &cfg);
     char label[256];
@@ -190,6 +195,8 @@ static void run_case(const char *rel, double eta, bool use_gen) {
         cr_assert(df_sched_get_velocity(f, x0, nz, at, &v) == DF_OK, "%s", df_last_error());
         check_rel("get_velocity", v, fx(rel, "get_velocity.velocity"));
     }
+    cr_log_info("%s%s: worst max|got - want| / max|want| = %.2e", rel, use_gen ? " (torchgen)" : "",
+                worst);
     df_sched_free(f);
     df_sched_free(s);
     df_sched_config_free(&cfg);
