@@ -74,56 +74,75 @@ typedef struct field {
     const char *name;
     ftype type;
     size_t off;
-    unsigned kinds;           /* classes that have this row */
-    const char *const *names; /* F_ENUM: value names, index = enum value */
-    unsigned allowed;         /* F_ENUM: bitmask of allowed values for these classes */
-    bool nullable;            /* F_ENUM: null maps to -1 */
+    unsigned kinds;             /* classes that have this row */
+    const char *const *names;   /* F_ENUM: value names, index = enum value */
+    unsigned allowed;           /* F_ENUM: bitmask of allowed values for these classes */
+    bool nullable;              /* F_ENUM: null maps to -1 */
+    const char *const *aliases; /* F_ENUM: pairs (other class's value, this class's value) that
+                                   __init__ rewrites with register_to_config; NULL-terminated */
 } field;
+
+/* DPM-Solver and UniPC read each other's (and DEIS's) solver settings as diffusers v0.21.4's
+ * __init__ does: DPM-Solver maps algorithm_type deis to dpmsolver++ and solver_type logrho/bh1/
+ * bh2 to midpoint; UniPC maps midpoint/heun/logrho to bh2. The rewritten value is what the
+ * config then holds and writes back. */
+static const char *const dpm_algo_aliases[] = {"deis", "dpmsolver++", NULL};
+static const char *const dpm_solver_aliases[] = {"logrho", "midpoint", "bh1", "midpoint",
+                                                 "bh2",    "midpoint", NULL};
+static const char *const unipc_solver_aliases[] = {"midpoint", "bh2", "heun", "bh2",
+                                                   "logrho",   "bh2", NULL};
 
 #define OFF(m) offsetof(df_sched_config, m)
 static const field fields[] = {
-    {"num_train_timesteps", F_INT, OFF(num_train_timesteps), ALL_KINDS, NULL, 0, false},
-    {"beta_start", F_FLOAT, OFF(beta_start), ALL_KINDS, NULL, 0, false},
-    {"beta_end", F_FLOAT, OFF(beta_end), ALL_KINDS, NULL, 0, false},
-    {"beta_schedule", F_ENUM, OFF(beta_schedule), K(DDPM), beta_names, 0xf, false},
-    {"beta_schedule", F_ENUM, OFF(beta_schedule), ALL_KINDS & ~K(DDPM), beta_names, 0x7, false},
-    {"trained_betas", F_BETAS, OFF(trained_betas), ALL_KINDS, NULL, 0, false},
+    {"num_train_timesteps", F_INT, OFF(num_train_timesteps), ALL_KINDS, NULL, 0, false, NULL},
+    {"beta_start", F_FLOAT, OFF(beta_start), ALL_KINDS, NULL, 0, false, NULL},
+    {"beta_end", F_FLOAT, OFF(beta_end), ALL_KINDS, NULL, 0, false, NULL},
+    {"beta_schedule", F_ENUM, OFF(beta_schedule), K(DDPM), beta_names, 0xf, false, NULL},
+    {"beta_schedule", F_ENUM, OFF(beta_schedule), ALL_KINDS & ~K(DDPM), beta_names, 0x7, false,
+     NULL},
+    {"trained_betas", F_BETAS, OFF(trained_betas), ALL_KINDS, NULL, 0, false, NULL},
     {"prediction_type", F_ENUM, OFF(prediction_type), ALL_KINDS & ~(K(PNDM) | K(EULER_ANCESTRAL)),
-     pred_names, 0x7, false},
+     pred_names, 0x7, false, NULL},
     {"prediction_type", F_ENUM, OFF(prediction_type), K(PNDM) | K(EULER_ANCESTRAL), pred_names, 0x3,
-     false},
-    {"timestep_spacing", F_ENUM, OFF(timestep_spacing), ALL_KINDS, spacing_names, 0x7, false},
-    {"steps_offset", F_INT, OFF(steps_offset), ALL_KINDS, NULL, 0, false},
-    {"clip_sample", F_BOOL, OFF(clip_sample), K(DDPM) | K(DDIM) | K(HEUN), NULL, 0, false},
+     false, NULL},
+    {"timestep_spacing", F_ENUM, OFF(timestep_spacing), ALL_KINDS, spacing_names, 0x7, false, NULL},
+    {"steps_offset", F_INT, OFF(steps_offset), ALL_KINDS, NULL, 0, false, NULL},
+    {"clip_sample", F_BOOL, OFF(clip_sample), K(DDPM) | K(DDIM) | K(HEUN), NULL, 0, false, NULL},
     {"clip_sample_range", F_FLOAT, OFF(clip_sample_range), K(DDPM) | K(DDIM) | K(HEUN), NULL, 0,
-     false},
+     false, NULL},
     {"thresholding", F_BOOL, OFF(thresholding),
-     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
+     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
     {"dynamic_thresholding_ratio", F_FLOAT, OFF(dynamic_thresholding_ratio),
-     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
+     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
     {"sample_max_value", F_FLOAT, OFF(sample_max_value),
-     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"set_alpha_to_one", F_BOOL, OFF(set_alpha_to_one), K(DDIM) | K(PNDM), NULL, 0, false},
-    {"skip_prk_steps", F_BOOL, OFF(skip_prk_steps), K(PNDM), NULL, 0, false},
-    {"rescale_betas_zero_snr", F_BOOL, OFF(rescale_betas_zero_snr), K(DDIM), NULL, 0, false},
-    {"variance_type", F_ENUM, OFF(variance_type), K(DDPM), variance_names, 0x3f, false},
+     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
+    {"set_alpha_to_one", F_BOOL, OFF(set_alpha_to_one), K(DDIM) | K(PNDM), NULL, 0, false, NULL},
+    {"skip_prk_steps", F_BOOL, OFF(skip_prk_steps), K(PNDM), NULL, 0, false, NULL},
+    {"rescale_betas_zero_snr", F_BOOL, OFF(rescale_betas_zero_snr), K(DDIM), NULL, 0, false, NULL},
+    {"variance_type", F_ENUM, OFF(variance_type), K(DDPM), variance_names, 0x3f, false, NULL},
     {"variance_type", F_ENUM, OFF(variance_type), K(DPMSOLVER_MULTISTEP), variance_names, 0x3f,
-     true},
+     true, NULL},
     {"use_karras_sigmas", F_BOOL, OFF(use_karras_sigmas),
-     K(EULER) | K(HEUN) | K(LMS) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"interpolation_type", F_ENUM, OFF(interpolation_type), K(EULER), interp_names, 0x3, false},
+     K(EULER) | K(HEUN) | K(LMS) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false,
+     NULL},
+    {"interpolation_type", F_ENUM, OFF(interpolation_type), K(EULER), interp_names, 0x3, false,
+     NULL},
     {"solver_order", F_INT, OFF(solver_order), K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0,
-     false},
-    {"algorithm_type", F_ENUM, OFF(algorithm_type), K(DPMSOLVER_MULTISTEP), algo_names, 0x3, false},
-    {"solver_type", F_ENUM, OFF(solver_type), K(DPMSOLVER_MULTISTEP), solver_names, 0x3, false},
-    {"solver_type", F_ENUM, OFF(solver_type), K(UNIPC_MULTISTEP), solver_names, 0xc, false},
+     false, NULL},
+    {"algorithm_type", F_ENUM, OFF(algorithm_type), K(DPMSOLVER_MULTISTEP), algo_names, 0x3, false,
+     dpm_algo_aliases},
+    {"solver_type", F_ENUM, OFF(solver_type), K(DPMSOLVER_MULTISTEP), solver_names, 0x3, false,
+     dpm_solver_aliases},
+    {"solver_type", F_ENUM, OFF(solver_type), K(UNIPC_MULTISTEP), solver_names, 0xc, false,
+     unipc_solver_aliases},
     {"lower_order_final", F_BOOL, OFF(lower_order_final),
-     K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"lambda_min_clipped", F_FLOAT, OFF(lambda_min_clipped), K(DPMSOLVER_MULTISTEP), NULL, 0,
-     false},
-    {"predict_x0", F_BOOL, OFF(predict_x0), K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"disable_corrector", F_INTLIST, OFF(disable_corrector), K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"solver_p", F_NULL, 0, K(UNIPC_MULTISTEP), NULL, 0, false},
+     K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
+    {"lambda_min_clipped", F_FLOAT, OFF(lambda_min_clipped), K(DPMSOLVER_MULTISTEP), NULL, 0, false,
+     NULL},
+    {"predict_x0", F_BOOL, OFF(predict_x0), K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
+    {"disable_corrector", F_INTLIST, OFF(disable_corrector), K(UNIPC_MULTISTEP), NULL, 0, false,
+     NULL},
+    {"solver_p", F_NULL, 0, K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
@@ -337,8 +356,11 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
         if (!cJSON_IsString(v))
             return df_error(DF_ERR_FORMAT, "%s: field '%s': expected one of %s%s; got %s", file,
                             f->name, expected, f->nullable ? " or null" : "", json_type_name(v));
+        const char *val = v->valuestring;
+        for (int a = 0; f->aliases && f->aliases[a]; a += 2)
+            if (strcmp(val, f->aliases[a]) == 0) val = f->aliases[a + 1];
         for (int i = 0; f->names[i]; i++)
-            if ((f->allowed & (1u << i)) && strcmp(v->valuestring, f->names[i]) == 0) {
+            if ((f->allowed & (1u << i)) && strcmp(val, f->names[i]) == 0) {
                 *(int *)base = i;
                 return DF_OK;
             }

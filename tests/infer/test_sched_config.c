@@ -179,6 +179,31 @@ Test(infer_sched_config, class_defaults) {
     df_sched_config_free(&c);
 }
 
+/* diffusers' __init__ rewrites the other solvers' settings (register_to_config), so a DPM-Solver
+ * config read by UniPC, or a DEIS config read by DPM-Solver, works and writes back rewritten. */
+Test(infer_sched_config, solver_settings_of_other_classes_are_rewritten) {
+    df_sched_config c;
+    parse_ok("{\"solver_type\": \"midpoint\", \"algorithm_type\": \"dpmsolver++\"}",
+             "UniPCMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_BH2);
+    char *out = df_sched_config_to_json(&c);
+    cr_assert(strstr(out, "\"solver_type\": \"bh2\""), "%s", out);
+    cr_assert(strstr(out, "\"algorithm_type\": \"dpmsolver++\""), "kept unknown key: %s", out);
+    free(out);
+    df_sched_config_free(&c);
+    parse_ok("{\"solver_type\": \"logrho\", \"algorithm_type\": \"deis\"}",
+             "DPMSolverMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_MIDPOINT);
+    cr_assert_eq(c.algorithm_type, DF_ALGO_DPMSOLVERPP);
+    df_sched_config_free(&c);
+    parse_ok("{\"solver_type\": \"bh1\"}", "DPMSolverMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_MIDPOINT);
+    df_sched_config_free(&c);
+    parse_ok("{\"solver_type\": \"heun\"}", "UniPCMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_BH2);
+    df_sched_config_free(&c);
+}
+
 Test(infer_sched_config, unknown_keys_are_kept_verbatim) {
     const char *in = "{\"_class_name\": \"EulerDiscreteScheduler\", \"zeta\": {\"b\": [1, 2.5, "
                      "null], \"a\": \"\\u00e9\\n\"}, \"_use_default_values\": [\"x\"], "
@@ -232,10 +257,10 @@ Test(infer_sched_config, bad_values_name_the_field) {
               "field 'timestep_spacing'");
     parse_err("{\"algorithm_type\": \"sde-dpmsolver++\"}", "DPMSolverMultistepScheduler",
               DF_ERR_INVALID, "field 'algorithm_type'");
-    parse_err("{\"solver_type\": \"bh2\"}", "DPMSolverMultistepScheduler", DF_ERR_INVALID,
-              "field 'solver_type'");
-    parse_err("{\"solver_type\": \"midpoint\"}", "UniPCMultistepScheduler", DF_ERR_INVALID,
-              "field 'solver_type'");
+    parse_err("{\"solver_type\": \"rk4\"}", "DPMSolverMultistepScheduler", DF_ERR_INVALID,
+              "field 'solver_type': expected one of midpoint, heun; got 'rk4'");
+    parse_err("{\"solver_type\": \"rk4\"}", "UniPCMultistepScheduler", DF_ERR_INVALID,
+              "field 'solver_type': expected one of bh1, bh2; got 'rk4'");
     parse_err("{\"solver_order\": 4}", "UniPCMultistepScheduler", DF_ERR_INVALID,
               "field 'solver_order'");
     parse_err("{\"beta_start\": \"0.1\"}", "DDIMScheduler", DF_ERR_FORMAT,
