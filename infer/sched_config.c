@@ -2,8 +2,9 @@
  * back as diffusers' save_config does.
  *
  * Follows diffusers v0.21.4 ConfigMixin: a class reads the fields of its __init__ from any
- * scheduler's config; a missing field takes the class default; keys it does not know are kept
- * (written back unchanged) and ignored. `to_json_string` writes every field plus the kept keys,
+ * scheduler's config; a missing field (or one the source class only defaulted, listed in
+ * `_use_default_values`) takes the class default; keys it does not know are kept (written back
+ * unchanged) and ignored. `to_json_string` writes every field plus the kept keys,
  * `_class_name` and `_diffusers_version`, drops `_use_default_values`/`_ignore_files`, and dumps
  * with json.dumps(indent=2, sort_keys=True): we emit the same bytes (floats as Python's repr,
  * -inf as -Infinity). cJSON does not read Infinity/NaN, so they are rewritten before parsing.
@@ -504,8 +505,17 @@ df_status df_sched_config_parse(const char *json, size_t len, const char *file,
     }
     c->extra = extra;
     const cJSON *item;
+    /* extract_init_dict: keys listed in _use_default_values (an in-memory config's record of the
+     * defaults its class filled in) are dropped, so the reading class applies its own defaults */
+    const cJSON *used_defaults = cJSON_GetObjectItemCaseSensitive(root, "_use_default_values");
     cJSON_ArrayForEach(item, root) {
         const char *key = item->string;
+        bool was_default = false;
+        const cJSON *d;
+        if (cJSON_IsArray(used_defaults)) cJSON_ArrayForEach(d, used_defaults) {
+                if (cJSON_IsString(d) && strcmp(d->valuestring, key) == 0) was_default = true;
+            }
+        if (was_default) continue;
         const field *f = find_field(kind, key);
         if (f) {
             if ((st = read_field(f, item, file, c)) != DF_OK) goto fail;

@@ -204,6 +204,22 @@ Test(infer_sched_config, solver_settings_of_other_classes_are_rewritten) {
     df_sched_config_free(&c);
 }
 
+/* A config dict that records which values were its class's defaults (_use_default_values, as an
+ * in-memory diffusers config does) gives the reading class its own defaults for those. */
+Test(infer_sched_config, defaults_of_the_source_class_are_not_carried_over) {
+    df_sched_config c;
+    parse_ok("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"timestep_spacing\": "
+             "\"linspace\", \"steps_offset\": 1, \"lambda_min_clipped\": -5.0, "
+             "\"_use_default_values\": [\"timestep_spacing\", \"lambda_min_clipped\"]}",
+             "DDIMScheduler", &c);
+    cr_assert_eq(c.timestep_spacing, DF_SPACING_LEADING, "DDIM's own default");
+    cr_assert_eq(c.steps_offset, 1);
+    char *out = df_sched_config_to_json(&c);
+    cr_assert(!strstr(out, "lambda_min_clipped"), "a defaulted unknown key is dropped: %s", out);
+    free(out);
+    df_sched_config_free(&c);
+}
+
 Test(infer_sched_config, unknown_keys_are_kept_verbatim) {
     const char *in = "{\"_class_name\": \"EulerDiscreteScheduler\", \"zeta\": {\"b\": [1, 2.5, "
                      "null], \"a\": \"\\u00e9\\n\"}, \"_use_default_values\": [\"x\"], "
