@@ -13,6 +13,9 @@ typedef struct df_command {
     int (*run)(int argc, char **argv);
 } df_command;
 
+/* `diffusion schedule CONFIG.json [--scheduler NAME] --steps N [--strength S]` (cmd_schedule.c). */
+int df_cmd_schedule(int argc, char **argv);
+
 /* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
 int df_cli_fail(const char *what);
 

@@ -6,6 +6,7 @@
 
 /* One line per command; each is defined in recipes/cmd_<name>.c. */
 static const df_command commands[] = {
+    {"schedule", "print a scheduler's timesteps and sigmas", df_cmd_schedule},
     {"dataset", "pack an image folder into HDF5, or inspect a dataset", df_cmd_dataset},
     {NULL, NULL, NULL},
 };
