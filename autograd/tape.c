@@ -119,8 +119,7 @@ static df_status list_push(node_list *l, df_node *n) {
     return DF_OK;
 }
 
-/* shared by every thread that runs a backward: atomic, so two threads never draw one epoch */
-static _Atomic uint64_t visit_epoch;
+static _Atomic uint64_t visit_epoch; /* shared by threads: each backward takes a fresh epoch */
 
 /* Every node reachable from root, each once, retained; n->pending = how many reachable nodes
  * consume its output. */

@@ -58,6 +58,7 @@ int main(int argc, char **argv) {
     }
     df_loader_free(l);
     df_dataset_free(ds);
-    printf("images_per_s=%.1f images=%lld seconds=%.2f workers=%d\n", images / t, (long long)images, t, workers);
+    printf("images_per_s=%.1f images=%lld seconds=%.2f workers=%d\n", images / t, (long long)images,
+           t, workers);
     return 0;
 }

@@ -17,7 +17,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-
 df_dataset_opts df_dataset_opts_default(void) {
     return (df_dataset_opts){.caption_column = "text", .caption_ext = ".txt", .repeats = 1};
 }
@@ -40,7 +39,8 @@ static char *xstrdup(const char *s) {
 
 static bool is_image_name(const char *n) {
     const char *dot = strrchr(n, '.');
-    return dot && (strcasecmp(dot, ".png") == 0 || strcasecmp(dot, ".jpg") == 0 || strcasecmp(dot, ".jpeg") == 0);
+    return dot && (strcasecmp(dot, ".png") == 0 || strcasecmp(dot, ".jpg") == 0 ||
+                   strcasecmp(dot, ".jpeg") == 0);
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -62,10 +62,17 @@ static df_status read_caption(const char *path, char **out) {
         free(buf);
         return df_error(DF_ERR_FORMAT, "%s: caption file contains a NUL byte", path);
     }
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+    while (n > 0 &&
+           (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
         buf[--n] = '\0';
     *out = buf;
     return DF_OK;
+}
+
+static void add_bad(df_dataset *ds, const char *msg) {
+    ds->bad = realloc(ds->bad, sizeof(char *) * (size_t)(ds->n_bad + 1));
+    DF_ASSERT(ds->bad, "out of memory");
+    ds->bad[ds->n_bad++] = xstrdup(msg);
 }
 
 static df_status open_sidecar(df_dataset *ds) {
@@ -84,6 +91,7 @@ static df_status open_sidecar(df_dataset *ds) {
     }
     closedir(d);
     qsort(ds->files, (size_t)ds->n, sizeof(char *), cmp_str);
+    if (ds->n == 0) ds->files = calloc(1, sizeof(char *));
     ds->captions = calloc((size_t)ds->n + 1, sizeof(char *));
     DF_ASSERT(ds->captions, "out of memory");
     for (int64_t i = 0; i < ds->n; i++) {
@@ -98,8 +106,20 @@ static df_status open_sidecar(df_dataset *ds) {
         free(rel);
         df_status s = read_caption(p, &ds->captions[i]);
         free(p);
-        if (s != DF_OK) return s;
+        if (s != DF_OK && !ds->opts.skip_bad_images) return s;
+        if (s != DF_OK) add_bad(ds, df_last_error()), ds->captions[i] = NULL;
     }
+    /* drop the images whose caption file was unreadable */
+    int64_t k = 0;
+    for (int64_t i = 0; i < ds->n; i++) {
+        if (ds->captions[i]) {
+            ds->files[k] = ds->files[i];
+            ds->captions[k++] = ds->captions[i];
+        } else {
+            free(ds->files[i]);
+        }
+    }
+    ds->n = k;
     return DF_OK;
 }
 
@@ -109,7 +129,8 @@ static df_status open_metadata(df_dataset *ds, const char *meta_path) {
     DF_TRY(df__read_file(meta_path, &buf, &len));
     df_meta_entry *es;
     int64_t n;
-    df_status s = df_meta_parse(buf, len, meta_path, ds->caption_column, &es, &n);
+    df_status s = df_meta_parse(buf, len, meta_path, ds->caption_column, &es, &n,
+                                ds->opts.skip_bad_images ? &ds->bad : NULL, &ds->n_bad);
     free(buf);
     if (s != DF_OK) return s;
     ds->n = n;
@@ -166,6 +187,7 @@ df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_data
         df_dataset_free(ds);
         return s;
     }
+    for (int64_t i = 0; i < ds->n_bad; i++) fprintf(stderr, "warning: skipped %s\n", ds->bad[i]);
     *out = ds;
     return DF_OK;
 }
@@ -179,6 +201,8 @@ void df_dataset_free(df_dataset *ds) {
     }
     free(ds->files);
     free(ds->captions);
+    for (int64_t i = 0; i < ds->n_bad; i++) free(ds->bad[i]);
+    free(ds->bad);
     free(ds->root);
     free(ds->caption_column);
     free(ds->caption_ext);
@@ -190,6 +214,16 @@ df_dataset_kind df_dataset_kind_of(const df_dataset *ds) {
     return ds->kind;
 }
 
+int64_t df_dataset_bad_entries(const df_dataset *ds) {
+    return ds->n_bad;
+}
+
+const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i) {
+    DF_ASSERT(i >= 0 && i < ds->n_bad, "df_dataset_bad_entry: index %lld out of %lld", (long long)i,
+              (long long)ds->n_bad);
+    return ds->bad[i];
+}
+
 int64_t df_dataset_images(const df_dataset *ds) {
     return ds->n;
 }
@@ -199,17 +233,21 @@ int64_t df_dataset_len(const df_dataset *ds) {
 }
 
 const char *df_dataset_file(const df_dataset *ds, int64_t i) {
-    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_file: index %lld out of %lld", (long long)i, (long long)ds->n);
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_file: index %lld out of %lld", (long long)i,
+              (long long)ds->n);
     return ds->files[i];
 }
 
 const char *df_dataset_caption(const df_dataset *ds, int64_t i) {
-    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_caption: index %lld out of %lld", (long long)i, (long long)ds->n);
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_caption: index %lld out of %lld", (long long)i,
+              (long long)ds->n);
     return ds->captions[i];
 }
 
-df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec, df_tensor **out) {
-    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_image: index %lld out of %lld", (long long)i, (long long)ds->n);
+df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
+                           df_tensor **out) {
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_image: index %lld out of %lld", (long long)i,
+              (long long)ds->n);
     *out = NULL;
     if (ds->kind == DF_DATASET_HDF5) {
         df_tensor *rgb;
@@ -224,8 +262,8 @@ df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts
     return s;
 }
 
-df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec, df_philox *g,
-                         df_tensor **img, char **caption) {
+df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
+                         df_philox *g, df_tensor **img, char **caption) {
     DF_ASSERT(index >= 0 && index < df_dataset_len(ds), "df_dataset_get: index %lld out of %lld",
               (long long)index, (long long)df_dataset_len(ds));
     *img = NULL;

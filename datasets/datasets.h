@@ -104,10 +104,13 @@ typedef struct df_meta_entry {
 } df_meta_entry;
 /* Parses metadata.jsonl text. Empty / whitespace-only lines are skipped; every other line must
  * be one JSON object with a string "file_name" (relative, no "..") and, when present, a string
- * (or null) `caption_column`. A bad line is DF_ERR_FORMAT "<name>:<line>: <reason>".
- * On success *entries (owned, free with df_meta_free) holds *n entries. */
+ * (or null) `caption_column`. A bad line is DF_ERR_FORMAT "<name>:<line>: <reason>" — unless
+ * `bad` is not NULL: then bad lines are left out and *bad (owned, n_bad malloc'd strings, free
+ * each and the array) holds their messages. On success *entries (owned, free with
+ * df_meta_free) holds *n entries. */
 DF_API df_status df_meta_parse(const char *text, size_t len, const char *name,
-                               const char *caption_column, df_meta_entry **entries, int64_t *n);
+                               const char *caption_column, df_meta_entry **entries, int64_t *n,
+                               char ***bad, int64_t *n_bad);
 DF_API void df_meta_free(df_meta_entry *entries, int64_t n);
 
 /* ---------------------------------------------------------------- datasets -------------------- */
@@ -124,7 +127,8 @@ typedef struct df_dataset_opts {
     int repeats;                  /* every image appears `repeats` times per epoch (default 1) */
     float caption_dropout;        /* probability of replacing the caption by "" (default 0) */
     const char *caption_override; /* when set, every caption is this (DreamBooth instance prompt) */
-    bool skip_bad_images;         /* skip (count, report) unreadable samples instead of failing */
+    bool skip_bad_images; /* skip (count, report) unreadable images, metadata lines and caption
+                             files instead of failing */
 } df_dataset_opts;
 DF_API df_dataset_opts df_dataset_opts_default(void);
 
@@ -143,6 +147,11 @@ DF_API int64_t df_dataset_len(const df_dataset *ds);
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
 /* Caption of image i before dropout/override. Borrowed. */
 DF_API const char *df_dataset_caption(const df_dataset *ds, int64_t i);
+/* Entries left out when the dataset was opened with skip_bad_images (malformed metadata.jsonl
+ * lines, unreadable caption files): their count and messages "<file>[:<line>]: <reason>"
+ * (borrowed). Reported on stderr by df_dataset_open too. */
+DF_API int64_t df_dataset_bad_entries(const df_dataset *ds);
+DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 /* Decodes image i (< df_dataset_images) into a new U8 (H, W, C) tensor. Thread-safe. */
 DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                                   df_tensor **out);
@@ -169,26 +178,26 @@ typedef struct df_loader_cursor {
 typedef struct df_loader_opts {
     int batch_size;
     uint64_t seed;
-    int rank, world_size;   /* data-parallel shard (default 0 of 1) */
-    int workers;            /* worker threads (default 2) */
-    int prefetch;           /* batches decoded ahead (default 2 * workers) */
-    bool shuffle;           /* default true; false: the identity order */
-    bool drop_last;         /* drop the last partial batch of each epoch (default false) */
+    int rank, world_size; /* data-parallel shard (default 0 of 1) */
+    int workers;          /* worker threads (default 2) */
+    int prefetch;         /* batches decoded ahead (default 2 * workers) */
+    bool shuffle;         /* default true; false: the identity order */
+    bool drop_last;       /* drop the last partial batch of each epoch (default false) */
     df_transform transform;
     df_loader_cursor start; /* where to begin (a saved cursor); default (0, 0) */
 } df_loader_opts;
 DF_API df_loader_opts df_loader_opts_default(int batch_size, int resolution);
 
 typedef struct df_batch {
-    df_tensor *pixels;   /* F32 (n, C, R, R) in [-1, 1], owned by the batch */
-    int n;               /* samples in the batch (fewer than batch_size when some were skipped) */
-    char **captions;     /* n strings, owned */
-    int64_t *indices;    /* n dataset sample indices */
+    df_tensor *pixels; /* F32 (n, C, R, R) in [-1, 1], owned by the batch */
+    int n;             /* samples in the batch (fewer than batch_size when some were skipped) */
+    char **captions;   /* n strings, owned */
+    int64_t *indices;  /* n dataset sample indices */
     int64_t epoch;
-    bool epoch_end;      /* the last batch of its epoch */
+    bool epoch_end;        /* the last batch of its epoch */
     df_loader_cursor next; /* the loader's cursor after this batch (save it with a checkpoint) */
-    int n_skipped;       /* bad samples left out of this batch */
-    char **skipped;      /* n_skipped messages "<file>: <reason>", owned */
+    int n_skipped;         /* bad samples left out of this batch */
+    char **skipped;        /* n_skipped messages "<file>: <reason>", owned */
 } df_batch;
 DF_API void df_batch_free(df_batch *b);
 

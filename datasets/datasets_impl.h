@@ -33,9 +33,11 @@ struct df_dataset {
     char *caption_column, *caption_ext, *caption_override; /* owned copies behind opts */
     char *root;
     int64_t n;
-    char **files;    /* relative names */
+    char **files; /* relative names */
     char **captions;
     df__h5src *h5;
+    char **bad; /* messages of entries left out at open (skip_bad_images) */
+    int64_t n_bad;
 };
 
 /* Serial HDF5 is not thread-safe: every H5* call in datasets/ holds this lock. */

@@ -21,12 +21,13 @@ df_decode_opts df_decode_opts_default(void) {
 
 df_status df__image_check_dims(const char *name, int64_t w, int64_t h) {
     if (w <= 0 || h <= 0)
-        return df_error(DF_ERR_FORMAT, "%s: image has zero size (%lld x %lld)", name,
-                        (long long)w, (long long)h);
+        return df_error(DF_ERR_FORMAT, "%s: image has zero size (%lld x %lld)", name, (long long)w,
+                        (long long)h);
     if (w > DF_IMAGE_MAX_SIDE || h > DF_IMAGE_MAX_SIDE || w * h > DF_IMAGE_MAX_PIXELS)
-        return df_error(DF_ERR_FORMAT, "%s: image dimensions %lld x %lld exceed the limit (%d per side, %lld pixels)",
-                        name, (long long)w, (long long)h, DF_IMAGE_MAX_SIDE,
-                        (long long)DF_IMAGE_MAX_PIXELS);
+        return df_error(
+            DF_ERR_FORMAT,
+            "%s: image dimensions %lld x %lld exceed the limit (%d per side, %lld pixels)", name,
+            (long long)w, (long long)h, DF_IMAGE_MAX_SIDE, (long long)DF_IMAGE_MAX_PIXELS);
     return DF_OK;
 }
 
@@ -48,9 +49,12 @@ df_status df_image_decode(const void *bytes, size_t n, const char *name, const d
     *out = NULL;
     df_tensor *raw = NULL;
     df_status s;
-    if (is_png(bytes, n)) s = df__png_decode(bytes, n, name, &raw);
-    else if (is_jpeg(bytes, n)) s = df__jpeg_decode(bytes, n, name, &raw);
-    else return df_error(DF_ERR_FORMAT, "%s: not a PNG or JPEG file (unknown magic bytes)", name);
+    if (is_png(bytes, n))
+        s = df__png_decode(bytes, n, name, &raw);
+    else if (is_jpeg(bytes, n))
+        s = df__jpeg_decode(bytes, n, name, &raw);
+    else
+        return df_error(DF_ERR_FORMAT, "%s: not a PNG or JPEG file (unknown magic bytes)", name);
     if (s != DF_OK) return s;
     *out = df__image_finish(raw, opts);
     return DF_OK;
@@ -66,7 +70,9 @@ df_status df__read_file(const char *path, char **buf, size_t *len) {
     *buf = NULL;
     *len = 0;
     FILE *f = fopen(path, "rb");
-    if (!f) return df_error(errno == ENOENT ? DF_ERR_NOTFOUND : DF_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f)
+        return df_error(errno == ENOENT ? DF_ERR_NOTFOUND : DF_ERR_IO, "%s: %s", path,
+                        strerror(errno));
     char *b = NULL;
     size_t n = 0, cap = 0, want = 4096;
     if (fseek(f, 0, SEEK_END) == 0) {
@@ -135,13 +141,17 @@ df_tensor *df__image_finish(df_tensor *raw, const df_decode_opts *opts) {
     for (int64_t i = 0; i < np; i++, s += cin, d += cout) {
         unsigned r, g, b;
         switch (cin) {
-        case 1: r = g = b = s[0]; break;
+        case 1:
+            r = g = b = s[0];
+            break;
         case 2:
             r = composite(s[0], s[1], bg[0]);
             g = composite(s[0], s[1], bg[1]);
             b = composite(s[0], s[1], bg[2]);
             break;
-        case 3: r = s[0], g = s[1], b = s[2]; break;
+        case 3:
+            r = s[0], g = s[1], b = s[2];
+            break;
         default:
             if (s[3] == 255) { /* exact shortcuts of the formula for opaque and clear pixels */
                 r = s[0], g = s[1], b = s[2];

@@ -9,6 +9,8 @@
  * the output tensor and the row buffer are `volatile` locals released on that path. A file
  * that ends early is an error (libjpeg only warns with JWRN_JPEG_EOF and pads with grey;
  * Pillow raises "image file is truncated"). Other warnings (corrupt data) are ignored, as Pillow.
+ * libjpeg's own memory is capped at 512 MiB (progressive coefficient buffers of an 8K x 8K
+ * 4:4:4 image fit; a decompression bomb fails with "Backing store not supported").
  */
 #include "datasets/datasets_impl.h"
 
@@ -19,6 +21,8 @@
 
 #include <jpeglib.h>
 #include <jerror.h>
+
+#define DF_JPEG_MAX_MEMORY (512L << 20)
 
 typedef struct jerr {
     struct jpeg_error_mgr pub;
@@ -99,11 +103,21 @@ df_status df__jpeg_decode(const void *bytes, size_t n, const char *name, df_tens
     int channels;
     bool is_cmyk = false;
     switch (ci.jpeg_color_space) {
-    case JCS_GRAYSCALE: ci.out_color_space = JCS_GRAYSCALE, channels = 1; break;
+    case JCS_GRAYSCALE:
+        ci.out_color_space = JCS_GRAYSCALE, channels = 1;
+        break;
     case JCS_CMYK:
-    case JCS_YCCK: ci.out_color_space = JCS_CMYK, channels = 3, is_cmyk = true; break;
-    default: ci.out_color_space = JCS_RGB, channels = 3; break;
+    case JCS_YCCK:
+        ci.out_color_space = JCS_CMYK, channels = 3, is_cmyk = true;
+        break;
+    default:
+        ci.out_color_space = JCS_RGB, channels = 3;
+        break;
     }
+    /* libjpeg-turbo has no backing store: past this budget it fails cleanly instead of
+     * allocating, so a small progressive file claiming a huge image cannot take gigabytes for
+     * its coefficient buffers */
+    ci.mem->max_memory_to_use = DF_JPEG_MAX_MEMORY;
     ci.dct_method = JDCT_ISLOW;
     ci.do_fancy_upsampling = TRUE;
     jpeg_start_decompress(&ci);

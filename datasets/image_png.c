@@ -8,7 +8,8 @@
  * libpng reports errors by longjmp to the png_jmpbuf: every resource that may be live at that
  * point (png structs, the row pointer array, the output tensor) is held in a `volatile` local
  * and released on the error path, so no failure leaks. Dimensions are checked after the IHDR
- * and before any pixel allocation.
+ * and before any pixel allocation, and so is the file size: deflate cannot expand more than
+ * 1032:1, so a file too small for its declared image is refused without allocating it.
  */
 #include "datasets/datasets_impl.h"
 
@@ -95,6 +96,16 @@ df_status df__png_decode(const void *bytes, size_t n, const char *name, df_tenso
     int depth, ctype, interlace;
     png_get_IHDR(png, info, &w, &h, &depth, &ctype, &interlace, NULL, NULL);
     if ((status = df__image_check_dims(name, w, h)) != DF_OK) goto done;
+    /* deflate expands at most 1032:1, so the file bounds the raw scanline bytes: refusing what
+     * cannot fit keeps a small file from making us allocate a huge image */
+    uint64_t raw = (uint64_t)h * (1 + ((uint64_t)w * png_get_channels(png, info) * depth + 7) / 8);
+    if (raw > (uint64_t)n * 1100) {
+        status = df_error(
+            DF_ERR_FORMAT,
+            "%s: PNG: %u bytes are too few for a %u x %u image (truncated or a decompression bomb)",
+            name, (unsigned)n, (unsigned)w, (unsigned)h);
+        goto done;
+    }
 
     if (depth == 16) png_set_strip_16(png);
     if (ctype == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
@@ -131,13 +142,15 @@ done:
 
 df_status df_png_write(const char *path, const df_tensor *img, int n_text, const char *const *keys,
                        const char *const *values) {
-    DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3 && img->shape[2] >= 1 && img->shape[2] <= 4,
+    DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3 && img->shape[2] >= 1 &&
+                  img->shape[2] <= 4,
               "df_png_write: image must be U8 (H, W, C) with C in 1..4");
     int h = (int)img->shape[0], w = (int)img->shape[1], c = (int)img->shape[2];
     for (int i = 0; i < n_text; i++) {
         size_t kl = strlen(keys[i]);
         if (kl < 1 || kl > 79)
-            return df_error(DF_ERR_INVALID, "%s: PNG tEXt key '%s' must have 1 to 79 characters", path, keys[i]);
+            return df_error(DF_ERR_INVALID, "%s: PNG tEXt key '%s' must have 1 to 79 characters",
+                            path, keys[i]);
     }
     FILE *volatile f = fopen(path, "wb");
     if (!f) return df_error(DF_ERR_IO, "%s: cannot create: %m", path);
@@ -156,8 +169,8 @@ df_status df_png_write(const char *path, const df_tensor *img, int n_text, const
         goto done;
     }
     png_init_io(png, f);
-    static const int ctypes[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
-                                  PNG_COLOR_TYPE_RGB_ALPHA};
+    static const int ctypes[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
+                                  PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA};
     png_set_IHDR(png, info, w, h, 8, ctypes[c], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                  PNG_FILTER_TYPE_DEFAULT);
     if (n_text > 0) {
@@ -186,7 +199,8 @@ done:
     if (png) png_destroy_write_struct(&png, info ? &info : NULL);
     free(text);
     free(rows);
-    if (fclose(f) != 0 && status == DF_OK) status = df_error(DF_ERR_IO, "%s: write failed: %m", path);
+    if (fclose(f) != 0 && status == DF_OK)
+        status = df_error(DF_ERR_IO, "%s: write failed: %m", path);
     if (status != DF_OK) remove(path);
     return status;
 }

@@ -147,13 +147,15 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
     DF_ASSERT(b->captions && b->indices && b->skipped, "out of memory");
     b->epoch = j->epoch;
     b->epoch_end = j->epoch_end;
-    b->next = j->epoch_end ? (df_loader_cursor){j->epoch + 1, 0} : (df_loader_cursor){j->epoch, j->pos + j->n};
+    b->next = j->epoch_end ? (df_loader_cursor){j->epoch + 1, 0}
+                           : (df_loader_cursor){j->epoch, j->pos + j->n};
     size_t per = (size_t)C * R * R;
     float *buf = malloc(sizeof(float) * per * (size_t)j->n);
     DF_ASSERT(buf, "out of memory");
     for (int i = 0; i < j->n; i++) {
         df_philox g;
-        df_philox_init(&g, l->o.seed, stream_id(STREAM_SAMPLE, (uint64_t)j->epoch, (uint64_t)j->keys[i]));
+        df_philox_init(&g, l->o.seed,
+                       stream_id(STREAM_SAMPLE, (uint64_t)j->epoch, (uint64_t)j->keys[i]));
         df_tensor *img;
         char *cap;
         df_status s = df_dataset_get(l->ds, j->samples[i], &t->decode, &g, &img, &cap);
@@ -241,7 +243,8 @@ df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loa
     if (o.workers < 1) o.workers = 1;
     if (o.prefetch < 1) o.prefetch = 2 * o.workers;
     if (o.transform.resolution < 1 || o.transform.resolution > DF_IMAGE_MAX_SIDE)
-        return df_error(DF_ERR_INVALID, "loader: resolution %d out of range", o.transform.resolution);
+        return df_error(DF_ERR_INVALID, "loader: resolution %d out of range",
+                        o.transform.resolution);
     if (o.transform.decode.channels != 1 && o.transform.decode.channels != 3)
         return df_error(DF_ERR_INVALID, "loader: channels must be 1 or 3");
     int64_t N = df_dataset_len(ds);
@@ -249,10 +252,12 @@ df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loa
     int64_t per_rank = (N + o.world_size - 1) / o.world_size;
     int64_t used = o.drop_last ? per_rank / o.batch_size * o.batch_size : per_rank;
     if (used < 1)
-        return df_error(DF_ERR_INVALID, "loader: %lld samples per rank is fewer than one batch of %d (drop_last)",
+        return df_error(DF_ERR_INVALID,
+                        "loader: %lld samples per rank is fewer than one batch of %d (drop_last)",
                         (long long)per_rank, o.batch_size);
     if (o.start.epoch < 0 || o.start.position < 0 || o.start.position >= used)
-        return df_error(DF_ERR_INVALID, "loader: cursor (%lld, %lld) outside an epoch of %lld samples",
+        return df_error(DF_ERR_INVALID,
+                        "loader: cursor (%lld, %lld) outside an epoch of %lld samples",
                         (long long)o.start.epoch, (long long)o.start.position, (long long)used);
     df_loader *l = calloc(1, sizeof *l);
     DF_ASSERT(l, "out of memory");

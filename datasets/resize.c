@@ -48,10 +48,14 @@ static const filter FILTERS[] = {
 };
 
 bool df_resample_parse(const char *name, df_resample *out) {
-    if (strcmp(name, "bilinear") == 0) *out = DF_RESAMPLE_BILINEAR;
-    else if (strcmp(name, "bicubic") == 0) *out = DF_RESAMPLE_BICUBIC;
-    else if (strcmp(name, "area") == 0 || strcmp(name, "box") == 0) *out = DF_RESAMPLE_AREA;
-    else return false;
+    if (strcmp(name, "bilinear") == 0)
+        *out = DF_RESAMPLE_BILINEAR;
+    else if (strcmp(name, "bicubic") == 0)
+        *out = DF_RESAMPLE_BICUBIC;
+    else if (strcmp(name, "area") == 0 || strcmp(name, "box") == 0)
+        *out = DF_RESAMPLE_AREA;
+    else
+        return false;
     return true;
 }
 
@@ -155,7 +159,8 @@ static void pass_v(const uint8_t *src, int w, int c, uint8_t *dst, int h_out, co
 }
 
 df_tensor *df_image_resize(const df_tensor *img, int out_h, int out_w, df_resample f) {
-    DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3, "df_image_resize: image must be U8 (H, W, C)");
+    DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3,
+              "df_image_resize: image must be U8 (H, W, C)");
     DF_ASSERT(out_h > 0 && out_w > 0, "df_image_resize: output size %d x %d", out_h, out_w);
     DF_ASSERT((unsigned)f <= DF_RESAMPLE_AREA, "df_image_resize: bad filter %d", (int)f);
     int h = (int)img->shape[0], w = (int)img->shape[1], c = (int)img->shape[2];
@@ -195,7 +200,9 @@ df_tensor *df_image_resize_short(const df_tensor *img, int size, df_resample f) 
     int h = (int)img->shape[0], w = (int)img->shape[1];
     int oh, ow;
     /* torchvision: the shorter side becomes size, the longer int(size * long / short) */
-    if (w <= h) ow = size, oh = (int)((int64_t)size * h / w);
-    else oh = size, ow = (int)((int64_t)size * w / h);
+    if (w <= h)
+        ow = size, oh = (int)((int64_t)size * h / w);
+    else
+        oh = size, ow = (int)((int64_t)size * w / h);
     return df_image_resize(img, oh, ow, f);
 }

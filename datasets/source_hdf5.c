@@ -46,7 +46,8 @@ static hid_t vlen_str_type(void) {
 }
 
 /* Reads a 1-D variable-length string dataset of n entries into malloc'd copies. */
-static df_status read_strings(hid_t file, const char *path, const char *dname, int64_t n, char ***out) {
+static df_status read_strings(hid_t file, const char *path, const char *dname, int64_t n,
+                              char ***out) {
     df_status s = DF_OK;
     hid_t d = H5Dopen2(file, dname, H5P_DEFAULT), sp = -1, t = -1;
     char **raw = NULL, **res = NULL;
@@ -56,9 +57,10 @@ static df_status read_strings(hid_t file, const char *path, const char *dname, i
     hid_t ft = H5Dget_type(d);
     bool is_str = ft >= 0 && H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) > 0;
     if (ft >= 0) H5Tclose(ft);
-    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != 1 || H5Sget_simple_extent_dims(sp, dims, NULL) != 1 ||
-        (int64_t)dims[0] != n || !is_str) {
-        s = df_error(DF_ERR_FORMAT, "%s: '%s' must be %lld variable-length strings", path, dname, (long long)n);
+    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != 1 ||
+        H5Sget_simple_extent_dims(sp, dims, NULL) != 1 || (int64_t)dims[0] != n || !is_str) {
+        s = df_error(DF_ERR_FORMAT, "%s: '%s' must be %lld variable-length strings", path, dname,
+                     (long long)n);
         goto done;
     }
     t = vlen_str_type();
@@ -88,7 +90,8 @@ done:
     return s;
 }
 
-df_status df__h5_open(const char *path, df__h5src **out, int64_t *n, char ***files, char ***captions) {
+df_status df__h5_open(const char *path, df__h5src **out, int64_t *n, char ***files,
+                      char ***captions) {
     *out = NULL;
     pthread_mutex_lock(&df__hdf5_lock);
     quiet();
@@ -115,8 +118,8 @@ df_status df__h5_open(const char *path, df__h5src **out, int64_t *n, char ***fil
     if (ty >= 0) H5Tclose(ty);
     if (nd != 4 || dims[1] != dims[2] || dims[3] != 3 || !u8 || dims[1] == 0 ||
         df__image_check_dims(path, (int64_t)dims[2], (int64_t)dims[1]) != DF_OK) {
-        s = df_error(DF_ERR_FORMAT, "%s: 'images' must be uint8 (N, R, R, 3) with 0 < R <= %d", path,
-                     DF_IMAGE_MAX_SIDE);
+        s = df_error(DF_ERR_FORMAT, "%s: 'images' must be uint8 (N, R, R, 3) with 0 < R <= %d",
+                     path, DF_IMAGE_MAX_SIDE);
         goto done;
     }
     h->res = (int)dims[1];
@@ -164,13 +167,15 @@ df_status df__h5_read(df__h5src *h, const char *path, int64_t i, df_tensor **out
     pthread_mutex_unlock(&df__hdf5_lock);
     if (e < 0) {
         df_tensor_free(t);
-        return df_error(DF_ERR_FORMAT, "%s: cannot read image %lld from the pack", path, (long long)i);
+        return df_error(DF_ERR_FORMAT, "%s: cannot read image %lld from the pack", path,
+                        (long long)i);
     }
     *out = t;
     return DF_OK;
 }
 
-static df_status write_strings(hid_t file, const char *out_path, const char *name, char **v, int64_t n) {
+static df_status write_strings(hid_t file, const char *out_path, const char *name, char **v,
+                               int64_t n) {
     hsize_t dims[1] = {(hsize_t)n};
     hid_t sp = H5Screate_simple(1, dims, NULL), t = vlen_str_type();
     hid_t d = H5Dcreate2(file, name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -181,13 +186,14 @@ static df_status write_strings(hid_t file, const char *out_path, const char *nam
     return e < 0 ? df_error(DF_ERR_IO, "%s: cannot write '%s'", out_path, name) : DF_OK;
 }
 
-df_status df_pack_write(const df_dataset *ds, const char *out_path, int resolution, df_resample filter,
-                        const char *source, int64_t *n_skipped) {
+df_status df_pack_write(const df_dataset *ds, const char *out_path, int resolution,
+                        df_resample filter, const char *source, int64_t *n_skipped) {
     if (resolution < 1 || resolution > DF_IMAGE_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "%s: resolution %d out of range", out_path, resolution);
     int64_t n = df_dataset_images(ds), k = 0, skipped = 0;
     int R = resolution;
-    char **caps = calloc((size_t)n + 1, sizeof(char *)), **names = calloc((size_t)n + 1, sizeof(char *));
+    char **caps = calloc((size_t)n + 1, sizeof(char *)),
+         **names = calloc((size_t)n + 1, sizeof(char *));
     DF_ASSERT(caps && names, "out of memory");
     df_status s = DF_OK;
     pthread_mutex_lock(&df__hdf5_lock);
@@ -199,7 +205,8 @@ df_status df_pack_write(const df_dataset *ds, const char *out_path, int resoluti
         free(names);
         return df_error(DF_ERR_IO, "%s: cannot create HDF5 file", out_path);
     }
-    hsize_t dims[4] = {0, (hsize_t)R, (hsize_t)R, 3}, maxd[4] = {H5S_UNLIMITED, (hsize_t)R, (hsize_t)R, 3};
+    hsize_t dims[4] = {0, (hsize_t)R, (hsize_t)R, 3},
+            maxd[4] = {H5S_UNLIMITED, (hsize_t)R, (hsize_t)R, 3};
     hsize_t chunk[4] = {1, (hsize_t)R, (hsize_t)R, 3};
     pthread_mutex_lock(&df__hdf5_lock);
     hid_t sp = H5Screate_simple(4, dims, maxd), pl = H5Pcreate(H5P_DATASET_CREATE);
@@ -269,7 +276,8 @@ df_status df_pack_write(const df_dataset *ds, const char *out_path, int resoluti
 done:
     pthread_mutex_lock(&df__hdf5_lock);
     if (d >= 0) H5Dclose(d);
-    if (H5Fclose(file) < 0 && s == DF_OK) s = df_error(DF_ERR_IO, "%s: cannot close HDF5 file", out_path);
+    if (H5Fclose(file) < 0 && s == DF_OK)
+        s = df_error(DF_ERR_IO, "%s: cannot close HDF5 file", out_path);
     pthread_mutex_unlock(&df__hdf5_lock);
     free(caps);
     free(names);

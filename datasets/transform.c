@@ -38,7 +38,8 @@ static int uniform_int(df_philox *g, int n) {
 }
 
 void df_random_crop_offsets(df_philox *g, int H, int W, int h, int w, int *top, int *left) {
-    DF_ASSERT(h <= H && w <= W, "df_random_crop_offsets: crop %d x %d larger than %d x %d", h, w, H, W);
+    DF_ASSERT(h <= H && w <= W, "df_random_crop_offsets: crop %d x %d larger than %d x %d", h, w, H,
+              W);
     *top = uniform_int(g, H - h + 1);
     *left = uniform_int(g, W - w + 1);
 }
@@ -95,7 +96,8 @@ void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *
         const uint8_t *row = s + ((size_t)(top + y) * W + left) * c;
         for (int x = 0; x < R; x++) {
             const uint8_t *p = row + (size_t)(flip ? R - 1 - x : x) * c;
-            for (int ch = 0; ch < c; ch++) dst[ch * plane + (size_t)y * R + x] = p[ch] / 127.5f - 1.0f;
+            for (int ch = 0; ch < c; ch++)
+                dst[ch * plane + (size_t)y * R + x] = p[ch] / 127.5f - 1.0f;
         }
     }
     df_tensor_free(resized);

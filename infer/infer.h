@@ -15,15 +15,15 @@
 /* ================================================================ schedulers ================== */
 
 typedef enum df_sched_kind {
-    DF_SCHED_DDPM = 0,             /* DDPMScheduler */
-    DF_SCHED_DDIM,                 /* DDIMScheduler */
-    DF_SCHED_PNDM,                 /* PNDMScheduler (PRK + PLMS, or PLMS with skip_prk_steps) */
-    DF_SCHED_EULER,                /* EulerDiscreteScheduler */
-    DF_SCHED_EULER_ANCESTRAL,      /* EulerAncestralDiscreteScheduler */
-    DF_SCHED_HEUN,                 /* HeunDiscreteScheduler */
-    DF_SCHED_LMS,                  /* LMSDiscreteScheduler */
-    DF_SCHED_DPMSOLVER_MULTISTEP,  /* DPMSolverMultistepScheduler */
-    DF_SCHED_UNIPC_MULTISTEP,      /* UniPCMultistepScheduler */
+    DF_SCHED_DDPM = 0,            /* DDPMScheduler */
+    DF_SCHED_DDIM,                /* DDIMScheduler */
+    DF_SCHED_PNDM,                /* PNDMScheduler (PRK + PLMS, or PLMS with skip_prk_steps) */
+    DF_SCHED_EULER,               /* EulerDiscreteScheduler */
+    DF_SCHED_EULER_ANCESTRAL,     /* EulerAncestralDiscreteScheduler */
+    DF_SCHED_HEUN,                /* HeunDiscreteScheduler */
+    DF_SCHED_LMS,                 /* LMSDiscreteScheduler */
+    DF_SCHED_DPMSOLVER_MULTISTEP, /* DPMSolverMultistepScheduler */
+    DF_SCHED_UNIPC_MULTISTEP,     /* UniPCMultistepScheduler */
     DF_SCHED_KIND_COUNT
 } df_sched_kind;
 
@@ -56,7 +56,10 @@ typedef enum df_variance_type {
     DF_VARIANCE_LEARNED_RANGE,
 } df_variance_type;
 
-typedef enum df_interpolation_type { DF_INTERP_LINEAR = 0, DF_INTERP_LOG_LINEAR } df_interpolation_type;
+typedef enum df_interpolation_type {
+    DF_INTERP_LINEAR = 0,
+    DF_INTERP_LOG_LINEAR
+} df_interpolation_type;
 typedef enum df_algorithm_type { DF_ALGO_DPMSOLVERPP = 0, DF_ALGO_DPMSOLVER } df_algorithm_type;
 /* DPM-Solver: midpoint, heun. UniPC: bh1, bh2. */
 typedef enum df_solver_type {
@@ -86,18 +89,18 @@ typedef struct df_sched_config {
     double clip_sample_range;
     bool thresholding;
     double dynamic_thresholding_ratio, sample_max_value;
-    bool set_alpha_to_one;       /* DDIM, PNDM */
-    bool skip_prk_steps;         /* PNDM */
-    bool rescale_betas_zero_snr; /* DDIM */
-    df_variance_type variance_type; /* DDPM; DPM-Solver (null allowed) */
-    bool use_karras_sigmas;      /* Euler, Heun, LMS, DPM-Solver, UniPC */
+    bool set_alpha_to_one;                    /* DDIM, PNDM */
+    bool skip_prk_steps;                      /* PNDM */
+    bool rescale_betas_zero_snr;              /* DDIM */
+    df_variance_type variance_type;           /* DDPM; DPM-Solver (null allowed) */
+    bool use_karras_sigmas;                   /* Euler, Heun, LMS, DPM-Solver, UniPC */
     df_interpolation_type interpolation_type; /* Euler */
-    int64_t solver_order;        /* DPM-Solver, UniPC */
-    df_algorithm_type algorithm_type;  /* DPM-Solver */
-    df_solver_type solver_type;  /* DPM-Solver, UniPC */
-    bool lower_order_final;      /* DPM-Solver, UniPC */
-    double lambda_min_clipped;   /* DPM-Solver (-inf by default) */
-    bool predict_x0;             /* UniPC */
+    int64_t solver_order;                     /* DPM-Solver, UniPC */
+    df_algorithm_type algorithm_type;         /* DPM-Solver */
+    df_solver_type solver_type;               /* DPM-Solver, UniPC */
+    bool lower_order_final;                   /* DPM-Solver, UniPC */
+    double lambda_min_clipped;                /* DPM-Solver (-inf by default) */
+    bool predict_x0;                          /* UniPC */
     int64_t disable_corrector[DF_SCHED_MAX_DISABLE_CORRECTOR]; /* UniPC */
     int n_disable_corrector;
     void *extra; /* owned cJSON object of the keys the class does not know (or NULL) */
@@ -126,8 +129,8 @@ DF_API df_status df_sched_config_load(const char *path, const char *class_name,
  * Python's repr. Returns a malloc'd string the caller frees (NULL on out of memory). */
 DF_API char *df_sched_config_to_json(const df_sched_config *cfg);
 DF_API df_status df_sched_config_save(const df_sched_config *cfg, const char *path);
-/* Deep copy (for building one class from another's config keep `kind` then change it with
- * df_sched_config_parse on the saved text). */
+/* Deep copy (trained_betas and the kept unknown keys included). DF_ERR_NOMEM on failure, with
+ * dst left safe to free. */
 DF_API df_status df_sched_config_copy(df_sched_config *dst, const df_sched_config *src);
 DF_API void df_sched_config_free(df_sched_config *cfg);
 
@@ -161,7 +164,8 @@ DF_API const df_sched_config *df_sched_config_of(const df_sched *s);
 /* set_timesteps(n): the timesteps sampling with n steps visits (and sigmas), and resets the
  * multistep state. Errors: DF_ERR_INVALID naming 'steps' when n < 1 or n > num_train_timesteps. */
 DF_API df_status df_sched_set_timesteps(df_sched *s, int n);
-/* The current timesteps (borrowed, valid until the next set_timesteps). Integer-valued for
+/* The current timesteps (borrowed, valid until the next set_timesteps; before the first one,
+ * diffusers' __init__ schedule T-1..0). Integer-valued for
  * DDPM/DDIM/PNDM/DPM-Solver/UniPC (diffusers keeps int64), float32 values for the sigma
  * schedulers (Euler, Euler ancestral, Heun, LMS). */
 DF_API int df_sched_num_timesteps(const df_sched *s);
@@ -193,10 +197,10 @@ DF_API df_status df_sched_scale_model_input(df_sched *s, const df_tensor *sample
                                             df_tensor **out);
 
 typedef struct df_sched_step_args {
-    double eta;              /* DDIM only (default 0) */
+    double eta;                    /* DDIM only (default 0) */
     bool use_clipped_model_output; /* DDIM */
-    df_noise_source *noise;  /* used by stochastic steps (DDPM t > 0, DDIM eta > 0, Euler, Euler
-                                ancestral); may be NULL for the deterministic ones */
+    df_noise_source *noise; /* used by stochastic steps (DDPM t > 0, DDIM eta > 0, Euler, Euler
+                               ancestral); may be NULL for the deterministic ones */
 } df_sched_step_args;
 
 /* step(model_output, t, sample): one sampling step. *prev_sample gets a new F32 tensor of
@@ -209,15 +213,17 @@ DF_API df_status df_sched_step(df_sched *s, const df_tensor *model_output, doubl
                                const df_tensor *sample, const df_sched_step_args *args,
                                df_tensor **prev_sample, df_tensor **pred_original_sample);
 
-/* Training side. timesteps: I64/I32 (or F32 for the sigma schedulers, looked up in the current
- * schedule) of length N = x0's first dim. */
+/* Training side. timesteps: any dtype, one per row of x0 (its first dim). The alpha schedulers
+ * index alphas_cumprod with them; the sigma schedulers (Euler, Euler ancestral, Heun, LMS) look
+ * them up in the current schedule, as diffusers does — a fresh scheduler holds diffusers'
+ * __init__ schedule (every training timestep), so no set_timesteps is needed for training.
+ * Results are new tensors (scope rule). DF_ERR_INVALID for a timestep outside the schedule. */
 /* add_noise(x0, noise, timesteps): sqrt(abar) x0 + sqrt(1 - abar) noise, or x0 + sigma noise. */
 DF_API df_status df_sched_add_noise(df_sched *s, const df_tensor *x0, const df_tensor *noise,
                                     const df_tensor *timesteps, df_tensor **out);
 /* get_velocity(sample, noise, timesteps): sqrt(abar) noise - sqrt(1 - abar) sample. */
-DF_API df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample,
-                                       const df_tensor *noise, const df_tensor *timesteps,
-                                       df_tensor **out);
+DF_API df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample, const df_tensor *noise,
+                                       const df_tensor *timesteps, df_tensor **out);
 /* SNR per timestep, diffusers' training_utils.compute_snr: (sqrt(abar) / sqrt(1 - abar))^2 in
  * float32. Returns a new F32 tensor shaped like timesteps. */
 DF_API df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out);

@@ -46,6 +46,36 @@ df_status sched_draw(const df_sched_step_args *a, float *out, int64_t n, const c
 
 /* ------------------------------------------------------------------ lifetime ----------------- */
 
+static void update_init_noise_sigma(df_sched *s);
+
+/* The schedule a fresh diffusers instance holds before set_timesteps (its __init__): every
+ * training timestep T-1..0, and for the sigma schedulers the train sigmas reversed plus a final
+ * 0 (Heun's __init__ calls set_timesteps(T) itself). add_noise works from it, as upstream. */
+static df_status fresh_schedule(df_sched *s) {
+    const int64_t T = s->T;
+    if (s->cfg.kind == DF_SCHED_HEUN) {
+        DF_TRY(sched_heun_set_timesteps(s, (int)T));
+    } else {
+        bool sigma = s->cfg.kind == DF_SCHED_EULER || s->cfg.kind == DF_SCHED_EULER_ANCESTRAL ||
+                     s->cfg.kind == DF_SCHED_LMS;
+        DF_TRY(sched_alloc_ts(s, (int)T, sigma ? (int)T + 1 : 0));
+        for (int64_t i = 0; i < T; i++) s->ts[i] = (double)(T - 1 - i);
+        s->ts_float = sigma;
+        if (sigma) {
+            for (int64_t i = 0; i < T; i++) s->sig[i] = s->train_sigmas[T - 1 - i];
+            s->sig[T] = 0;
+        }
+    }
+    update_init_noise_sigma(s);
+    free(s->heun_count);
+    s->heun_count = NULL;
+    if (s->cfg.kind == DF_SCHED_HEUN) {
+        s->heun_count = calloc((size_t)s->n_ts + 1, sizeof(int));
+        if (!s->heun_count) return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
+    }
+    return DF_OK;
+}
+
 df_status df_sched_new(const df_sched_config *cfg, df_sched **out) {
     *out = NULL;
     df_sched *s = calloc(1, sizeof *s);
@@ -56,19 +86,23 @@ df_status df_sched_new(const df_sched_config *cfg, df_sched **out) {
         return st;
     }
     if (cfg->trained_betas && cfg->n_trained_betas != cfg->num_train_timesteps) {
-        st = df_error(DF_ERR_INVALID, "scheduler config: field 'trained_betas': %lld values for "
-                      "num_train_timesteps %lld", (long long)cfg->n_trained_betas,
-                      (long long)cfg->num_train_timesteps);
+        st = df_error(DF_ERR_INVALID,
+                      "scheduler config: field 'trained_betas': %lld values for "
+                      "num_train_timesteps %lld",
+                      (long long)cfg->n_trained_betas, (long long)cfg->num_train_timesteps);
         goto fail;
     }
     if (cfg->num_train_timesteps < 2) {
-        st = df_error(DF_ERR_INVALID, "scheduler config: field 'num_train_timesteps': needs at "
-                      "least 2; got %lld", (long long)cfg->num_train_timesteps);
+        st = df_error(DF_ERR_INVALID,
+                      "scheduler config: field 'num_train_timesteps': needs at "
+                      "least 2; got %lld",
+                      (long long)cfg->num_train_timesteps);
         goto fail;
     }
     if ((st = sched_build_tables(s)) != DF_OK) goto fail;
     s->init_noise_sigma = 1.0f;
     s->heun_first = true;
+    if ((st = fresh_schedule(s)) != DF_OK) goto fail;
     *out = s;
     return DF_OK;
 fail:
@@ -173,23 +207,35 @@ df_status df_sched_img2img_start(const df_sched *s, double strength, int *start_
 /* ------------------------------------------------------------------ set_timesteps ------------ */
 
 df_status df_sched_set_timesteps(df_sched *s, int n) {
-    if (n < 1)
-        return df_error(DF_ERR_INVALID, "field 'steps': expected at least 1; got %d", n);
+    if (n < 1) return df_error(DF_ERR_INVALID, "field 'steps': expected at least 1; got %d", n);
     if (n > s->T)
         return df_error(DF_ERR_INVALID, "field 'steps': %d is larger than num_train_timesteps %lld",
                         n, (long long)s->T);
     df_status st;
     switch (s->cfg.kind) {
     case DF_SCHED_DDPM:
-    case DF_SCHED_DDIM: st = sched_ddpm_set_timesteps(s, n); break;
-    case DF_SCHED_PNDM: st = sched_pndm_set_timesteps(s, n); break;
+    case DF_SCHED_DDIM:
+        st = sched_ddpm_set_timesteps(s, n);
+        break;
+    case DF_SCHED_PNDM:
+        st = sched_pndm_set_timesteps(s, n);
+        break;
     case DF_SCHED_EULER:
-    case DF_SCHED_EULER_ANCESTRAL: st = sched_euler_set_timesteps(s, n); break;
-    case DF_SCHED_HEUN: st = sched_heun_set_timesteps(s, n); break;
-    case DF_SCHED_LMS: st = sched_lms_set_timesteps(s, n); break;
+    case DF_SCHED_EULER_ANCESTRAL:
+        st = sched_euler_set_timesteps(s, n);
+        break;
+    case DF_SCHED_HEUN:
+        st = sched_heun_set_timesteps(s, n);
+        break;
+    case DF_SCHED_LMS:
+        st = sched_lms_set_timesteps(s, n);
+        break;
     case DF_SCHED_DPMSOLVER_MULTISTEP:
-    case DF_SCHED_UNIPC_MULTISTEP: st = sched_multistep_set_timesteps(s, n); break;
-    default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
+    case DF_SCHED_UNIPC_MULTISTEP:
+        st = sched_multistep_set_timesteps(s, n);
+        break;
+    default:
+        st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
     if (st != DF_OK) return st;
     s->num_inference_steps = n;
@@ -208,19 +254,27 @@ df_status df_sched_set_timesteps(df_sched *s, int n) {
         s->heun_count = calloc((size_t)s->n_ts + 1, sizeof(int));
         if (!s->heun_count) return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
     }
-    /* init_noise_sigma: the sigma schedulers' property (float32 tensor math) */
-    if (s->cfg.kind == DF_SCHED_EULER || s->cfg.kind == DF_SCHED_EULER_ANCESTRAL ||
-        s->cfg.kind == DF_SCHED_HEUN || s->cfg.kind == DF_SCHED_LMS) {
-        float mx = 0;
-        for (int i = 0; i < s->n_sig; i++)
-            if ((float)s->sig[i] > mx) mx = (float)s->sig[i];
-        if (s->cfg.timestep_spacing == DF_SPACING_LINSPACE ||
-            s->cfg.timestep_spacing == DF_SPACING_TRAILING)
-            s->init_noise_sigma = mx;
-        else
-            s->init_noise_sigma = sqrtf(mx * mx + 1.0f);
-    }
+    update_init_noise_sigma(s);
     return DF_OK;
+}
+
+/* init_noise_sigma: the sigma schedulers' property (float32 tensor math): sigmas.max() for
+ * linspace/trailing spacing, else sqrt(max^2 + 1). */
+static void update_init_noise_sigma(df_sched *s) {
+    df_sched_kind k = s->cfg.kind;
+    if (k != DF_SCHED_EULER && k != DF_SCHED_EULER_ANCESTRAL && k != DF_SCHED_HEUN &&
+        k != DF_SCHED_LMS) {
+        s->init_noise_sigma = 1.0f;
+        return;
+    }
+    float mx = 0;
+    for (int i = 0; i < s->n_sig; i++)
+        if ((float)s->sig[i] > mx) mx = (float)s->sig[i];
+    if (s->cfg.timestep_spacing == DF_SPACING_LINSPACE ||
+        s->cfg.timestep_spacing == DF_SPACING_TRAILING)
+        s->init_noise_sigma = mx;
+    else
+        s->init_noise_sigma = sqrtf(mx * mx + 1.0f);
 }
 
 /* ------------------------------------------------------------------ scale_model_input -------- */
@@ -242,9 +296,6 @@ df_status df_sched_scale_model_input(df_sched *s, const df_tensor *sample, doubl
         *out = df_tensor_clone(sample);
         return DF_OK;
     }
-    if (s->num_inference_steps <= 0)
-        return df_error(DF_ERR_INVALID, "%s: set_timesteps was not called",
-                        df_sched_kind_name(s->cfg.kind));
     int i = sigma_index(s, t);
     if (i < 0)
         return df_error(DF_ERR_INVALID, "%s: timestep %g is not in the schedule",
@@ -272,6 +323,7 @@ static int cmp_float(const void *a, const void *b) {
  * x = clamp(x, -s, s) / s. torch.quantile interpolates linearly with a float32 rank. */
 void sched_threshold(const df_sched *s, float *x, int64_t numel, int64_t batch) {
     int64_t m = numel / batch;
+    if (m == 0) return;
     float *tmp = malloc((size_t)m * sizeof(float) + 16);
     DF_ASSERT(tmp, "threshold: out of memory");
     for (int64_t b = 0; b < batch; b++) {
@@ -310,6 +362,7 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     *prev_sample = NULL;
     if (pred_original_sample) *pred_original_sample = NULL;
     const char *who = df_sched_kind_name(s->cfg.kind);
+    if (!(fabs(t) < 1e15)) return df_error(DF_ERR_INVALID, "%s: timestep %g is not finite", who, t);
     if (s->num_inference_steps <= 0)
         return df_error(DF_ERR_INVALID, "%s: set_timesteps was not called before step", who);
     if (s->numel != sample->numel) {
@@ -321,39 +374,54 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     }
     int64_t batch = sample->ndim > 0 ? sample->shape[0] : 1;
     if (batch < 1) batch = 1;
-    /* owned until returned: freed here on error, handed to the caller's scope on success */
-    df_tensor *prev = df_tensor_new_owned(DF_DTYPE_F32, sample->ndim, sample->shape);
-    df_tensor *x0 = NULL;
-    bool has_x0 = false;
+    /* results go to scratch slots and are copied out only on success: a tensor made inside the
+     * caller's scope must not be freed here (the scope owns it) */
     df_sched_kind k = s->cfg.kind;
-    if (k == DF_SCHED_DDPM || k == DF_SCHED_DDIM || k == DF_SCHED_EULER ||
-        k == DF_SCHED_EULER_ANCESTRAL || k == DF_SCHED_LMS) {
-        x0 = df_tensor_new_owned(DF_DTYPE_F32, sample->ndim, sample->shape);
-        has_x0 = true;
-    }
+    bool has_x0 = k == DF_SCHED_DDPM || k == DF_SCHED_DDIM || k == DF_SCHED_EULER ||
+                  k == DF_SCHED_EULER_ANCESTRAL || k == DF_SCHED_LMS;
     const float *mo = df_f32(model_output), *x = df_f32(sample);
-    float *p = df_f32(prev), *o = x0 ? df_f32(x0) : NULL;
+    float *p = sched_slot(s, SLOT_PREV), *o = sched_slot(s, SLOT_X0);
     df_status st;
     switch (k) {
-    case DF_SCHED_DDPM: st = sched_ddpm_step(s, mo, t, x, batch, args, p, o); break;
-    case DF_SCHED_DDIM: st = sched_ddim_step(s, mo, t, x, batch, args, p, o); break;
-    case DF_SCHED_PNDM: st = sched_pndm_step(s, mo, t, x, p); break;
-    case DF_SCHED_EULER: st = sched_euler_step(s, mo, t, x, args, p, o); break;
-    case DF_SCHED_EULER_ANCESTRAL: st = sched_euler_ancestral_step(s, mo, t, x, args, p, o); break;
-    case DF_SCHED_HEUN: st = sched_heun_step(s, mo, t, x, p); break;
-    case DF_SCHED_LMS: st = sched_lms_step(s, mo, t, x, p, o); break;
-    case DF_SCHED_DPMSOLVER_MULTISTEP: st = sched_dpmsolver_step(s, mo, t, x, batch, p); break;
-    case DF_SCHED_UNIPC_MULTISTEP: st = sched_unipc_step(s, mo, t, x, batch, p); break;
-    default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
+    case DF_SCHED_DDPM:
+        st = sched_ddpm_step(s, mo, t, x, batch, args, p, o);
+        break;
+    case DF_SCHED_DDIM:
+        st = sched_ddim_step(s, mo, t, x, batch, args, p, o);
+        break;
+    case DF_SCHED_PNDM:
+        st = sched_pndm_step(s, mo, t, x, p);
+        break;
+    case DF_SCHED_EULER:
+        st = sched_euler_step(s, mo, t, x, args, p, o);
+        break;
+    case DF_SCHED_EULER_ANCESTRAL:
+        st = sched_euler_ancestral_step(s, mo, t, x, args, p, o);
+        break;
+    case DF_SCHED_HEUN:
+        st = sched_heun_step(s, mo, t, x, p);
+        break;
+    case DF_SCHED_LMS:
+        st = sched_lms_step(s, mo, t, x, p, o);
+        break;
+    case DF_SCHED_DPMSOLVER_MULTISTEP:
+        st = sched_dpmsolver_step(s, mo, t, x, batch, p);
+        break;
+    case DF_SCHED_UNIPC_MULTISTEP:
+        st = sched_unipc_step(s, mo, t, x, batch, p);
+        break;
+    default:
+        st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
-    if (st != DF_OK) {
-        df_tensor_free(prev);
-        df_tensor_free(x0);
-        return st;
+    if (st != DF_OK) return st;
+    df_tensor *prev = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
+    memcpy(prev->data, p, (size_t)s->numel * sizeof(float));
+    *prev_sample = prev;
+    if (pred_original_sample && has_x0) {
+        df_tensor *x0 = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);
+        memcpy(x0->data, o, (size_t)s->numel * sizeof(float));
+        *pred_original_sample = x0;
     }
-    *prev_sample = df_tensor_adopt(prev);
-    if (pred_original_sample && has_x0) *pred_original_sample = df_tensor_adopt(x0);
-    else df_tensor_free(x0);
     return DF_OK;
 }
 
@@ -364,17 +432,16 @@ static df_status timestep_at(const df_sched *s, const df_tensor *ts, int64_t b, 
                              float *sigma) {
     double t = df_tensor_get(ts, b);
     if (is_sigma_kind(s->cfg.kind)) {
-        if (s->num_inference_steps <= 0)
-            return df_error(DF_ERR_INVALID, "%s: add_noise looks up sigmas: call set_timesteps "
-                            "first", df_sched_kind_name(s->cfg.kind));
         int i = -1;
         if (s->cfg.kind == DF_SCHED_HEUN) {
             /* index_for_timestep on a fresh counter: the second match when there are two */
             int first = -1, second = -1;
             for (int j = 0; j < s->n_ts; j++)
                 if (s->ts[j] == t) {
-                    if (first < 0) first = j;
-                    else if (second < 0) second = j;
+                    if (first < 0)
+                        first = j;
+                    else if (second < 0)
+                        second = j;
                 }
             i = second >= 0 ? second : first;
         } else {
@@ -386,10 +453,9 @@ static df_status timestep_at(const df_sched *s, const df_tensor *ts, int64_t b, 
         *sigma = (float)s->sig[i];
         return DF_OK;
     }
-    int64_t ti = (int64_t)t;
-    if (ti < 0 || ti >= s->T)
+    if (!(t >= 0 && t < (double)s->T))
         return df_error(DF_ERR_INVALID, "timestep %g is outside [0, %lld)", t, (long long)s->T);
-    *idx = ti;
+    *idx = (int64_t)t;
     return DF_OK;
 }
 
@@ -403,22 +469,24 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
     DF_ASSERT(timesteps->numel == N, "add_noise: %lld timesteps for batch %lld",
               (long long)timesteps->numel, (long long)N);
     *out = NULL;
-    df_tensor *o = df_tensor_new_owned(DF_DTYPE_F32, a->ndim, a->shape); /* adopted on success */
+    for (int64_t r = 0; r < N; r++) { /* check every timestep before making the result */
+        int64_t ti = 0;
+        float sigma = 0;
+        DF_TRY(timestep_at(s, timesteps, r, &ti, &sigma));
+    }
+    df_tensor *o = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
     int64_t m = a->numel / (N ? N : 1);
     const float *x = df_f32(a), *e = df_f32(b);
     float *y = df_f32(o);
     for (int64_t r = 0; r < N; r++) {
         int64_t ti = 0;
         float sigma = 0;
-        df_status st = timestep_at(s, timesteps, r, &ti, &sigma);
-        if (st != DF_OK) {
-            df_tensor_free(o);
-            return st;
-        }
+        timestep_at(s, timesteps, r, &ti, &sigma);
         const float *xr = x + r * m, *er = e + r * m;
         float *yr = y + r * m;
         if (is_sigma_kind(s->cfg.kind)) {
-            DF_ASSERT(!velocity, "get_velocity: not defined for %s", df_sched_kind_name(s->cfg.kind));
+            DF_ASSERT(!velocity, "get_velocity: not defined for %s",
+                      df_sched_kind_name(s->cfg.kind));
             for (int64_t i = 0; i < m; i++) yr[i] = xr[i] + er[i] * sigma;
             continue;
         }
@@ -429,7 +497,7 @@ static df_status noise_mix(df_sched *s, const df_tensor *a, const df_tensor *b,
         else
             for (int64_t i = 0; i < m; i++) yr[i] = sa_ * xr[i] + so * er[i];
     }
-    *out = df_tensor_adopt(o);
+    *out = o;
     return DF_OK;
 }
 
@@ -448,19 +516,19 @@ df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample, const df_t
 
 df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out) {
     *out = NULL;
-    df_tensor *o = df_tensor_new_owned(DF_DTYPE_F32, timesteps->ndim, timesteps->shape);
     for (int64_t i = 0; i < timesteps->numel; i++) {
         double t = df_tensor_get(timesteps, i);
-        int64_t ti = (int64_t)t;
-        if (ti < 0 || ti >= s->T) {
-            df_tensor_free(o);
+        if (!(t >= 0 && t < (double)s->T))
             return df_error(DF_ERR_INVALID, "snr: timestep %g is outside [0, %lld)", t,
                             (long long)s->T);
-        }
+    }
+    df_tensor *o = df_tensor_new(DF_DTYPE_F32, timesteps->ndim, timesteps->shape);
+    for (int64_t i = 0; i < timesteps->numel; i++) {
+        int64_t ti = (int64_t)df_tensor_get(timesteps, i);
         float ac = s->alphas_cumprod[ti];
         float q = sqrtf(ac) / sqrtf(1.0f - ac);
         df_f32(o)[i] = q * q;
     }
-    *out = df_tensor_adopt(o);
+    *out = o;
     return DF_OK;
 }

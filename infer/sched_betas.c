@@ -61,7 +61,8 @@ double sched_np_round(double x) {
  * contracts start + step * idx into one fused multiply-add; the fixtures confirm it. */
 static float linspace_elem(float start, float end, float step, int64_t steps, int64_t idx) {
     int64_t halfway = steps / 2;
-    return idx < halfway ? fmaf(step, (float)idx, start) : fmaf(-step, (float)(steps - idx - 1), end);
+    return idx < halfway ? fmaf(step, (float)idx, start)
+                         : fmaf(-step, (float)(steps - idx - 1), end);
 }
 
 /* torch.linspace(start, end, steps, dtype=float32) on CPU. */
@@ -102,7 +103,9 @@ df_status sched_build_tables(df_sched *s) {
         for (int64_t i = 0; i < T; i++) b[i] = (float)c->trained_betas[i];
     } else {
         switch (c->beta_schedule) {
-        case DF_BETA_LINEAR: sched_torch_linspace_f32(c->beta_start, c->beta_end, T, b); break;
+        case DF_BETA_LINEAR:
+            sched_torch_linspace_f32(c->beta_start, c->beta_end, T, b);
+            break;
         case DF_BETA_SCALED_LINEAR:
             sched_torch_linspace_f32(sqrt(c->beta_start), sqrt(c->beta_end), T, b);
             for (int64_t i = 0; i < T; i++) b[i] = b[i] * b[i];
@@ -167,21 +170,31 @@ df_status sched_build_tables(df_sched *s) {
 
 void sched_karras(double sigma_min, double sigma_max, int n, double *out) {
     const double rho = 7.0;
-    double ramp[n > 0 ? n : 1];
-    sched_np_linspace(0, 1, n, ramp);
+    /* ramp = np.linspace(0, 1, n), written into out first */
+    sched_np_linspace(0, 1, n, out);
     double min_inv_rho = pow(sigma_min, 1 / rho), max_inv_rho = pow(sigma_max, 1 / rho);
-    for (int i = 0; i < n; i++) out[i] = pow(max_inv_rho + ramp[i] * (min_inv_rho - max_inv_rho), rho);
+    for (int i = 0; i < n; i++)
+        out[i] = pow(max_inv_rho + out[i] * (min_inv_rho - max_inv_rho), rho);
 }
 
 double sched_sigma_to_t(double sigma, const float *log_sigmas, int64_t n) {
     double log_sigma = log(sigma);
-    int64_t low = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (log_sigma - (double)log_sigmas[i] >= 0) low = i;
+    /* low = argmax(cumsum(log_sigma - log_sigmas >= 0)): the last index where the condition
+     * holds (0 when none). log_sigmas rises with t whenever 0 <= beta < 1, so the condition
+     * holds on a prefix and a binary search finds its end. */
+    int64_t lo = 0, hi = n; /* first index where the condition fails is in [lo, hi] */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (log_sigma - (double)log_sigmas[mid] >= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int64_t low = lo > 0 ? lo - 1 : 0;
     if (low > n - 2) low = n - 2;
     int64_t high = low + 1;
-    float lo = log_sigmas[low], hi = log_sigmas[high];
-    double w = ((double)lo - log_sigma) / (double)(float)(lo - hi);
+    float lo_s = log_sigmas[low], hi_s = log_sigmas[high];
+    double w = ((double)lo_s - log_sigma) / (double)(float)(lo_s - hi_s);
     if (w < 0) w = 0;
     if (w > 1) w = 1;
     return (1 - w) * (double)low + w * (double)high;

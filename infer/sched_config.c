@@ -2,8 +2,9 @@
  * back as diffusers' save_config does.
  *
  * Follows diffusers v0.21.4 ConfigMixin: a class reads the fields of its __init__ from any
- * scheduler's config; a missing field takes the class default; keys it does not know are kept
- * (written back unchanged) and ignored. `to_json_string` writes every field plus the kept keys,
+ * scheduler's config; a missing field (or one the source class only defaulted, listed in
+ * `_use_default_values`) takes the class default; keys it does not know are kept (written back
+ * unchanged) and ignored. `to_json_string` writes every field plus the kept keys,
  * `_class_name` and `_diffusers_version`, drops `_use_default_values`/`_ignore_files`, and dumps
  * with json.dumps(indent=2, sort_keys=True): we emit the same bytes (floats as Python's repr,
  * -inf as -Infinity). cJSON does not read Infinity/NaN, so they are rewritten before parsing.
@@ -59,11 +60,13 @@ df_status df_sched_kind_parse(const char *name, const char *what, df_sched_kind 
 
 typedef enum ftype { F_INT, F_FLOAT, F_BOOL, F_ENUM, F_BETAS, F_INTLIST, F_NULL } ftype;
 
-static const char *const beta_names[] = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", NULL};
+static const char *const beta_names[] = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid",
+                                         NULL};
 static const char *const pred_names[] = {"epsilon", "v_prediction", "sample", NULL};
 static const char *const spacing_names[] = {"leading", "trailing", "linspace", NULL};
-static const char *const variance_names[] = {"fixed_small", "fixed_small_log", "fixed_large",
-                                             "fixed_large_log", "learned", "learned_range", NULL};
+static const char *const variance_names[] = {
+    "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
+    "learned",     "learned_range",   NULL};
 static const char *const interp_names[] = {"linear", "log_linear", NULL};
 static const char *const algo_names[] = {"dpmsolver++", "dpmsolver", NULL};
 static const char *const solver_names[] = {"midpoint", "heun", "bh1", "bh2", NULL};
@@ -72,63 +75,82 @@ typedef struct field {
     const char *name;
     ftype type;
     size_t off;
-    unsigned kinds;            /* classes that have this row */
-    const char *const *names;  /* F_ENUM: value names, index = enum value */
-    unsigned allowed;          /* F_ENUM: bitmask of allowed values for these classes */
-    bool nullable;             /* F_ENUM: null maps to -1 */
+    unsigned kinds;             /* classes that have this row */
+    const char *const *names;   /* F_ENUM: value names, index = enum value */
+    unsigned allowed;           /* F_ENUM: bitmask of allowed values for these classes */
+    bool nullable;              /* F_ENUM: null maps to -1 */
+    const char *const *aliases; /* F_ENUM: pairs (other class's value, this class's value) that
+                                   __init__ rewrites with register_to_config; NULL-terminated */
 } field;
+
+/* DPM-Solver and UniPC read each other's (and DEIS's) solver settings as diffusers v0.21.4's
+ * __init__ does: DPM-Solver maps algorithm_type deis to dpmsolver++ and solver_type logrho/bh1/
+ * bh2 to midpoint; UniPC maps midpoint/heun/logrho to bh2. The rewritten value is what the
+ * config then holds and writes back. */
+static const char *const dpm_algo_aliases[] = {"deis", "dpmsolver++", NULL};
+static const char *const dpm_solver_aliases[] = {"logrho", "midpoint", "bh1", "midpoint",
+                                                 "bh2",    "midpoint", NULL};
+static const char *const unipc_solver_aliases[] = {"midpoint", "bh2", "heun", "bh2",
+                                                   "logrho",   "bh2", NULL};
 
 #define OFF(m) offsetof(df_sched_config, m)
 static const field fields[] = {
-    {"num_train_timesteps", F_INT, OFF(num_train_timesteps), ALL_KINDS, NULL, 0, false},
-    {"beta_start", F_FLOAT, OFF(beta_start), ALL_KINDS, NULL, 0, false},
-    {"beta_end", F_FLOAT, OFF(beta_end), ALL_KINDS, NULL, 0, false},
-    {"beta_schedule", F_ENUM, OFF(beta_schedule), K(DDPM), beta_names, 0xf, false},
-    {"beta_schedule", F_ENUM, OFF(beta_schedule), ALL_KINDS & ~K(DDPM), beta_names, 0x7, false},
-    {"trained_betas", F_BETAS, OFF(trained_betas), ALL_KINDS, NULL, 0, false},
+    {"num_train_timesteps", F_INT, OFF(num_train_timesteps), ALL_KINDS, NULL, 0, false, NULL},
+    {"beta_start", F_FLOAT, OFF(beta_start), ALL_KINDS, NULL, 0, false, NULL},
+    {"beta_end", F_FLOAT, OFF(beta_end), ALL_KINDS, NULL, 0, false, NULL},
+    {"beta_schedule", F_ENUM, OFF(beta_schedule), K(DDPM), beta_names, 0xf, false, NULL},
+    {"beta_schedule", F_ENUM, OFF(beta_schedule), ALL_KINDS & ~K(DDPM), beta_names, 0x7, false,
+     NULL},
+    {"trained_betas", F_BETAS, OFF(trained_betas), ALL_KINDS, NULL, 0, false, NULL},
     {"prediction_type", F_ENUM, OFF(prediction_type), ALL_KINDS & ~(K(PNDM) | K(EULER_ANCESTRAL)),
-     pred_names, 0x7, false},
-    {"prediction_type", F_ENUM, OFF(prediction_type), K(PNDM) | K(EULER_ANCESTRAL), pred_names,
-     0x3, false},
-    {"timestep_spacing", F_ENUM, OFF(timestep_spacing), ALL_KINDS, spacing_names, 0x7, false},
-    {"steps_offset", F_INT, OFF(steps_offset), ALL_KINDS, NULL, 0, false},
-    {"clip_sample", F_BOOL, OFF(clip_sample), K(DDPM) | K(DDIM) | K(HEUN), NULL, 0, false},
+     pred_names, 0x7, false, NULL},
+    {"prediction_type", F_ENUM, OFF(prediction_type), K(PNDM) | K(EULER_ANCESTRAL), pred_names, 0x3,
+     false, NULL},
+    {"timestep_spacing", F_ENUM, OFF(timestep_spacing), ALL_KINDS, spacing_names, 0x7, false, NULL},
+    {"steps_offset", F_INT, OFF(steps_offset), ALL_KINDS, NULL, 0, false, NULL},
+    {"clip_sample", F_BOOL, OFF(clip_sample), K(DDPM) | K(DDIM) | K(HEUN), NULL, 0, false, NULL},
     {"clip_sample_range", F_FLOAT, OFF(clip_sample_range), K(DDPM) | K(DDIM) | K(HEUN), NULL, 0,
-     false},
+     false, NULL},
     {"thresholding", F_BOOL, OFF(thresholding),
-     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
+     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
     {"dynamic_thresholding_ratio", F_FLOAT, OFF(dynamic_thresholding_ratio),
-     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
+     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
     {"sample_max_value", F_FLOAT, OFF(sample_max_value),
-     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"set_alpha_to_one", F_BOOL, OFF(set_alpha_to_one), K(DDIM) | K(PNDM), NULL, 0, false},
-    {"skip_prk_steps", F_BOOL, OFF(skip_prk_steps), K(PNDM), NULL, 0, false},
-    {"rescale_betas_zero_snr", F_BOOL, OFF(rescale_betas_zero_snr), K(DDIM), NULL, 0, false},
-    {"variance_type", F_ENUM, OFF(variance_type), K(DDPM), variance_names, 0x3f, false},
+     K(DDPM) | K(DDIM) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
+    {"set_alpha_to_one", F_BOOL, OFF(set_alpha_to_one), K(DDIM) | K(PNDM), NULL, 0, false, NULL},
+    {"skip_prk_steps", F_BOOL, OFF(skip_prk_steps), K(PNDM), NULL, 0, false, NULL},
+    {"rescale_betas_zero_snr", F_BOOL, OFF(rescale_betas_zero_snr), K(DDIM), NULL, 0, false, NULL},
+    {"variance_type", F_ENUM, OFF(variance_type), K(DDPM), variance_names, 0x3f, false, NULL},
     {"variance_type", F_ENUM, OFF(variance_type), K(DPMSOLVER_MULTISTEP), variance_names, 0x3f,
-     true},
+     true, NULL},
     {"use_karras_sigmas", F_BOOL, OFF(use_karras_sigmas),
-     K(EULER) | K(HEUN) | K(LMS) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"interpolation_type", F_ENUM, OFF(interpolation_type), K(EULER), interp_names, 0x3, false},
-    {"solver_order", F_INT, OFF(solver_order), K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL,
-     0, false},
-    {"algorithm_type", F_ENUM, OFF(algorithm_type), K(DPMSOLVER_MULTISTEP), algo_names, 0x3,
-     false},
-    {"solver_type", F_ENUM, OFF(solver_type), K(DPMSOLVER_MULTISTEP), solver_names, 0x3, false},
-    {"solver_type", F_ENUM, OFF(solver_type), K(UNIPC_MULTISTEP), solver_names, 0xc, false},
+     K(EULER) | K(HEUN) | K(LMS) | K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false,
+     NULL},
+    {"interpolation_type", F_ENUM, OFF(interpolation_type), K(EULER), interp_names, 0x3, false,
+     NULL},
+    {"solver_order", F_INT, OFF(solver_order), K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0,
+     false, NULL},
+    {"algorithm_type", F_ENUM, OFF(algorithm_type), K(DPMSOLVER_MULTISTEP), algo_names, 0x3, false,
+     dpm_algo_aliases},
+    {"solver_type", F_ENUM, OFF(solver_type), K(DPMSOLVER_MULTISTEP), solver_names, 0x3, false,
+     dpm_solver_aliases},
+    {"solver_type", F_ENUM, OFF(solver_type), K(UNIPC_MULTISTEP), solver_names, 0xc, false,
+     unipc_solver_aliases},
     {"lower_order_final", F_BOOL, OFF(lower_order_final),
-     K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"lambda_min_clipped", F_FLOAT, OFF(lambda_min_clipped), K(DPMSOLVER_MULTISTEP), NULL, 0,
-     false},
-    {"predict_x0", F_BOOL, OFF(predict_x0), K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"disable_corrector", F_INTLIST, OFF(disable_corrector), K(UNIPC_MULTISTEP), NULL, 0, false},
-    {"solver_p", F_NULL, 0, K(UNIPC_MULTISTEP), NULL, 0, false},
+     K(DPMSOLVER_MULTISTEP) | K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
+    {"lambda_min_clipped", F_FLOAT, OFF(lambda_min_clipped), K(DPMSOLVER_MULTISTEP), NULL, 0, false,
+     NULL},
+    {"predict_x0", F_BOOL, OFF(predict_x0), K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
+    {"disable_corrector", F_INTLIST, OFF(disable_corrector), K(UNIPC_MULTISTEP), NULL, 0, false,
+     NULL},
+    {"solver_p", F_NULL, 0, K(UNIPC_MULTISTEP), NULL, 0, false, NULL},
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
 static const field *find_field(df_sched_kind kind, const char *name) {
     for (int i = 0; i < N_FIELDS; i++)
-        if ((fields[i].kinds & (1u << kind)) && strcmp(fields[i].name, name) == 0) return &fields[i];
+        if ((fields[i].kinds & (1u << kind)) && strcmp(fields[i].name, name) == 0)
+            return &fields[i];
     return NULL;
 }
 
@@ -175,13 +197,18 @@ void df_sched_config_default(df_sched_kind kind, df_sched_config *c) {
         c->clip_sample = true;
         c->set_alpha_to_one = true;
         break;
-    case DF_SCHED_PNDM: c->timestep_spacing = DF_SPACING_LEADING; break;
+    case DF_SCHED_PNDM:
+        c->timestep_spacing = DF_SPACING_LEADING;
+        break;
     case DF_SCHED_HEUN:
         c->beta_start = 0.00085;
         c->beta_end = 0.012;
         break;
-    case DF_SCHED_UNIPC_MULTISTEP: c->solver_type = DF_SOLVER_BH2; break;
-    default: break;
+    case DF_SCHED_UNIPC_MULTISTEP:
+        c->solver_type = DF_SOLVER_BH2;
+        break;
+    default:
+        break;
     }
 }
 
@@ -201,7 +228,8 @@ df_status df_sched_config_copy(df_sched_config *dst, const df_sched_config *src)
     if (src->trained_betas) {
         dst->trained_betas = malloc((size_t)src->n_trained_betas * sizeof(double) + 1);
         if (!dst->trained_betas) return df_error(DF_ERR_NOMEM, "scheduler config: out of memory");
-        memcpy(dst->trained_betas, src->trained_betas, (size_t)src->n_trained_betas * sizeof(double));
+        memcpy(dst->trained_betas, src->trained_betas,
+               (size_t)src->n_trained_betas * sizeof(double));
     }
     if (src->extra) {
         dst->extra = cJSON_Duplicate((const cJSON *)src->extra, true);
@@ -215,6 +243,34 @@ df_status df_sched_config_copy(df_sched_config *dst, const df_sched_config *src)
 
 /* ------------------------------------------------------------------ reading ------------------ */
 
+/* Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF), as Python's
+ * json.load of a file requires; returns the offset of the first bad byte or -1. */
+static long bad_utf8(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int n = c >= 0xc2 && c <= 0xdf   ? 1
+                : c >= 0xe0 && c <= 0xef ? 2
+                : c >= 0xf0 && c <= 0xf4 ? 3
+                                         : -1;
+        if (n < 0 || i + (size_t)n >= len) return (long)i;
+        unsigned v = c & (n == 1 ? 31 : n == 2 ? 15 : 7);
+        for (int k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return (long)i;
+            v = (v << 6) | (s[i + k] & 63);
+        }
+        if ((n == 2 && v < 0x800) || (n == 3 && (v < 0x10000 || v > 0x10ffff)) ||
+            (v >= 0xd800 && v <= 0xdfff))
+            return (long)i;
+        i += (size_t)n + 1;
+    }
+    return -1;
+}
+
 /* Rewrites the non-standard JSON tokens Python writes (Infinity, -Infinity, NaN) outside
  * strings into forms cJSON reads: +-1e999 (strtod gives +-inf) and null for NaN. */
 static char *normalise_json(const char *s, size_t len) {
@@ -227,8 +283,10 @@ static char *normalise_json(const char *s, size_t len) {
         if (ch == '\0') break;
         if (in_str) {
             out[o++] = ch;
-            if (ch == '\\' && i + 1 < len) out[o++] = s[++i];
-            else if (ch == '"') in_str = false;
+            if (ch == '\\' && i + 1 < len)
+                out[o++] = s[++i];
+            else if (ch == '"')
+                in_str = false;
             continue;
         }
         if (ch == '"') in_str = true;
@@ -299,8 +357,11 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
         if (!cJSON_IsString(v))
             return df_error(DF_ERR_FORMAT, "%s: field '%s': expected one of %s%s; got %s", file,
                             f->name, expected, f->nullable ? " or null" : "", json_type_name(v));
+        const char *val = v->valuestring;
+        for (int a = 0; f->aliases && f->aliases[a]; a += 2)
+            if (strcmp(val, f->aliases[a]) == 0) val = f->aliases[a + 1];
         for (int i = 0; f->names[i]; i++)
-            if ((f->allowed & (1u << i)) && strcmp(v->valuestring, f->names[i]) == 0) {
+            if ((f->allowed & (1u << i)) && strcmp(val, f->names[i]) == 0) {
                 *(int *)base = i;
                 return DF_OK;
             }
@@ -310,8 +371,10 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
     case F_BETAS: {
         if (cJSON_IsNull(v)) return DF_OK;
         if (!cJSON_IsArray(v))
-            return df_error(DF_ERR_FORMAT, "%s: field 'trained_betas': expected a list of numbers "
-                            "or null; got %s", file, json_type_name(v));
+            return df_error(DF_ERR_FORMAT,
+                            "%s: field 'trained_betas': expected a list of numbers "
+                            "or null; got %s",
+                            file, json_type_name(v));
         int n = cJSON_GetArraySize(v);
         double *b = malloc((size_t)n * sizeof(double) + 1);
         if (!b) return df_error(DF_ERR_NOMEM, "%s: out of memory", file);
@@ -320,8 +383,10 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
         cJSON_ArrayForEach(e, v) {
             if (!cJSON_IsNumber(e)) {
                 free(b);
-                return df_error(DF_ERR_FORMAT, "%s: field 'trained_betas': item %d: expected a "
-                                "number; got %s", file, i, json_type_name(e));
+                return df_error(DF_ERR_FORMAT,
+                                "%s: field 'trained_betas': item %d: expected a "
+                                "number; got %s",
+                                file, i, json_type_name(e));
             }
             b[i++] = e->valuedouble;
         }
@@ -338,11 +403,13 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
         const cJSON *e;
         cJSON_ArrayForEach(e, v) {
             if (!cJSON_IsNumber(e) || !is_integral(e->valuedouble))
-                return df_error(DF_ERR_FORMAT, "%s: field '%s': item %d: expected an integer; "
-                                "got %s", file, f->name, n, json_type_name(e));
+                return df_error(DF_ERR_FORMAT,
+                                "%s: field '%s': item %d: expected an integer; "
+                                "got %s",
+                                file, f->name, n, json_type_name(e));
             if (n == DF_SCHED_MAX_DISABLE_CORRECTOR)
-                return df_error(DF_ERR_INVALID, "%s: field '%s': more than %d items", file,
-                                f->name, DF_SCHED_MAX_DISABLE_CORRECTOR);
+                return df_error(DF_ERR_INVALID, "%s: field '%s': more than %d items", file, f->name,
+                                DF_SCHED_MAX_DISABLE_CORRECTOR);
             c->disable_corrector[n++] = (int64_t)e->valuedouble;
         }
         c->n_disable_corrector = n;
@@ -359,29 +426,32 @@ static df_status read_field(const field *f, const cJSON *v, const char *file, df
 
 /* Checks the ranges the step code relies on. */
 static df_status validate(const df_sched_config *c, const char *file) {
-    if (c->num_train_timesteps < 1 || c->num_train_timesteps > 100000000)
-        return df_error(DF_ERR_INVALID, "%s: field 'num_train_timesteps': %lld is out of range "
-                        "[1, 1e8]", file, (long long)c->num_train_timesteps);
+    if (c->num_train_timesteps < 2 || c->num_train_timesteps > 100000)
+        return df_error(DF_ERR_INVALID,
+                        "%s: field 'num_train_timesteps': %lld is out of range "
+                        "[2, 100000]",
+                        file, (long long)c->num_train_timesteps);
     if (c->trained_betas && c->n_trained_betas != c->num_train_timesteps)
-        return df_error(DF_ERR_INVALID, "%s: field 'trained_betas': %lld values for "
-                        "num_train_timesteps %lld", file, (long long)c->n_trained_betas,
-                        (long long)c->num_train_timesteps);
+        return df_error(DF_ERR_INVALID,
+                        "%s: field 'trained_betas': %lld values for "
+                        "num_train_timesteps %lld",
+                        file, (long long)c->n_trained_betas, (long long)c->num_train_timesteps);
     if (c->steps_offset < 0 || c->steps_offset >= c->num_train_timesteps)
         return df_error(DF_ERR_INVALID, "%s: field 'steps_offset': %lld is out of range [0, %lld)",
                         file, (long long)c->steps_offset, (long long)c->num_train_timesteps);
     if (c->kind == DF_SCHED_DPMSOLVER_MULTISTEP || c->kind == DF_SCHED_UNIPC_MULTISTEP) {
-        long long hi = c->kind == DF_SCHED_DPMSOLVER_MULTISTEP ? 3 : 3;
+        long long hi = 3;
         if (c->solver_order < 1 || c->solver_order > hi)
-            return df_error(DF_ERR_INVALID, "%s: field 'solver_order': expected 1 to %lld; got "
-                            "%lld", file, hi, (long long)c->solver_order);
+            return df_error(DF_ERR_INVALID,
+                            "%s: field 'solver_order': expected 1 to %lld; got "
+                            "%lld",
+                            file, hi, (long long)c->solver_order);
     }
-    if (c->kind == DF_SCHED_DPMSOLVER_MULTISTEP && c->solver_order == 3 &&
-        c->algorithm_type != DF_ALGO_DPMSOLVER && c->algorithm_type != DF_ALGO_DPMSOLVERPP)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'solver_order': 3 needs an ODE algorithm",
-                        file);
     if (!(c->dynamic_thresholding_ratio >= 0 && c->dynamic_thresholding_ratio <= 1))
-        return df_error(DF_ERR_INVALID, "%s: field 'dynamic_thresholding_ratio': expected a value "
-                        "in [0, 1]; got %g", file, c->dynamic_thresholding_ratio);
+        return df_error(DF_ERR_INVALID,
+                        "%s: field 'dynamic_thresholding_ratio': expected a value "
+                        "in [0, 1]; got %g",
+                        file, c->dynamic_thresholding_ratio);
     return DF_OK;
 }
 
@@ -389,6 +459,8 @@ df_status df_sched_config_parse(const char *json, size_t len, const char *file,
                                 const char *class_name, df_sched_config *c) {
     memset(c, 0, sizeof *c);
     if (!file) file = "scheduler config";
+    long bad = bad_utf8((const unsigned char *)json, len);
+    if (bad >= 0) return df_error(DF_ERR_FORMAT, "%s: not valid UTF-8 (byte %ld)", file, bad);
     char *text = normalise_json(json, len);
     if (!text) return df_error(DF_ERR_NOMEM, "%s: out of memory", file);
     const char *end = NULL;
@@ -414,8 +486,8 @@ df_status df_sched_config_parse(const char *json, size_t len, const char *file,
             goto fail;
         }
         if (!cJSON_IsString(cn)) {
-            st = df_error(DF_ERR_FORMAT, "%s: field '_class_name': expected a string; got %s",
-                          file, json_type_name(cn));
+            st = df_error(DF_ERR_FORMAT, "%s: field '_class_name': expected a string; got %s", file,
+                          json_type_name(cn));
             goto fail;
         }
         cls = cn->valuestring;
@@ -433,8 +505,17 @@ df_status df_sched_config_parse(const char *json, size_t len, const char *file,
     }
     c->extra = extra;
     const cJSON *item;
+    /* extract_init_dict: keys listed in _use_default_values (an in-memory config's record of the
+     * defaults its class filled in) are dropped, so the reading class applies its own defaults */
+    const cJSON *used_defaults = cJSON_GetObjectItemCaseSensitive(root, "_use_default_values");
     cJSON_ArrayForEach(item, root) {
         const char *key = item->string;
+        bool was_default = false;
+        const cJSON *d;
+        if (cJSON_IsArray(used_defaults)) cJSON_ArrayForEach(d, used_defaults) {
+                if (cJSON_IsString(d) && strcmp(d->valuestring, key) == 0) was_default = true;
+            }
+        if (was_default) continue;
         const field *f = find_field(kind, key);
         if (f) {
             if ((st = read_field(f, item, file, c)) != DF_OK) goto fail;
@@ -597,13 +678,20 @@ static void emit_string(sbuf *b, const char *s) {
     while (*p) {
         unsigned c = *p;
         char esc[16];
-        if (c == '"') sb_str(b, "\\\"");
-        else if (c == '\\') sb_str(b, "\\\\");
-        else if (c == '\n') sb_str(b, "\\n");
-        else if (c == '\r') sb_str(b, "\\r");
-        else if (c == '\t') sb_str(b, "\\t");
-        else if (c == '\b') sb_str(b, "\\b");
-        else if (c == '\f') sb_str(b, "\\f");
+        if (c == '"')
+            sb_str(b, "\\\"");
+        else if (c == '\\')
+            sb_str(b, "\\\\");
+        else if (c == '\n')
+            sb_str(b, "\\n");
+        else if (c == '\r')
+            sb_str(b, "\\r");
+        else if (c == '\t')
+            sb_str(b, "\\t");
+        else if (c == '\b')
+            sb_str(b, "\\b");
+        else if (c == '\f')
+            sb_str(b, "\\f");
         else if (c < 0x20) {
             snprintf(esc, sizeof esc, "\\u%04x", c);
             sb_str(b, esc);
@@ -611,15 +699,22 @@ static void emit_string(sbuf *b, const char *s) {
             sb_put(b, (const char *)p, 1);
         } else {
             /* json.dumps(ensure_ascii=True): non-ASCII as \uXXXX (surrogate pairs above BMP) */
-            unsigned cp = 0;
-            int extra = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
-            cp = extra == 3 ? c & 7 : extra == 2 ? c & 15 : extra == 1 ? c & 31 : 0xfffd;
-            int i;
-            for (i = 1; i <= extra && (p[i] & 0xc0) == 0x80; i++) cp = (cp << 6) | (p[i] & 63);
-            if (i <= extra) cp = 0xfffd, extra = i - 1;
+            /* invalid UTF-8 (bad lead or continuation, surrogates, > U+10FFFF) -> U+FFFD */
+            unsigned cp = 0xfffd;
+            int extra = c >= 0xf8 ? 0 : c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
+            if (extra) {
+                unsigned v = extra == 3 ? c & 7 : extra == 2 ? c & 15 : c & 31;
+                int i;
+                for (i = 1; i <= extra && (p[i] & 0xc0) == 0x80; i++) v = (v << 6) | (p[i] & 63);
+                if (i <= extra)
+                    extra = i - 1;
+                else if (v <= 0x10ffff && (v < 0xd800 || v > 0xdfff))
+                    cp = v;
+            }
             if (cp >= 0x10000) {
                 cp -= 0x10000;
-                snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+                snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xd800 + (cp >> 10),
+                         0xdc00 + (cp & 0x3ff));
             } else {
                 snprintf(esc, sizeof esc, "\\u%04x", cp);
             }
@@ -647,11 +742,16 @@ static int cmp_keys(const void *a, const void *b) {
 /* A cJSON value as json.dumps(indent=2, sort_keys=True) writes it. Numbers keep cJSON's view:
  * integral values print as integers. */
 static void emit_json(sbuf *b, const cJSON *v, int level) {
-    if (cJSON_IsNull(v)) sb_str(b, "null");
-    else if (cJSON_IsTrue(v)) sb_str(b, "true");
-    else if (cJSON_IsFalse(v)) sb_str(b, "false");
-    else if (cJSON_IsNumber(v)) emit_number(b, v->valuedouble, false);
-    else if (cJSON_IsString(v)) emit_string(b, v->valuestring);
+    if (cJSON_IsNull(v))
+        sb_str(b, "null");
+    else if (cJSON_IsTrue(v))
+        sb_str(b, "true");
+    else if (cJSON_IsFalse(v))
+        sb_str(b, "false");
+    else if (cJSON_IsNumber(v))
+        emit_number(b, v->valuedouble, false);
+    else if (cJSON_IsString(v))
+        emit_string(b, v->valuestring);
     else if (cJSON_IsArray(v)) {
         int n = cJSON_GetArraySize(v);
         if (n == 0) {
@@ -703,13 +803,21 @@ static void emit_json(sbuf *b, const cJSON *v, int level) {
 static void emit_field(sbuf *b, const field *f, const df_sched_config *c) {
     const char *base = (const char *)c + f->off;
     switch (f->type) {
-    case F_INT: emit_number(b, (double)*(const int64_t *)base, false); break;
-    case F_FLOAT: emit_number(b, *(const double *)base, true); break;
-    case F_BOOL: sb_str(b, *(const bool *)base ? "true" : "false"); break;
+    case F_INT:
+        emit_number(b, (double)*(const int64_t *)base, false);
+        break;
+    case F_FLOAT:
+        emit_number(b, *(const double *)base, true);
+        break;
+    case F_BOOL:
+        sb_str(b, *(const bool *)base ? "true" : "false");
+        break;
     case F_ENUM: {
         int e = *(const int *)base;
-        if (e < 0) sb_str(b, "null");
-        else emit_string(b, f->names[e]);
+        if (e < 0)
+            sb_str(b, "null");
+        else
+            emit_string(b, f->names[e]);
         break;
     }
     case F_BETAS:
@@ -740,7 +848,9 @@ static void emit_field(sbuf *b, const field *f, const df_sched_config *c) {
             sb_str(b, "  ]");
         }
         break;
-    case F_NULL: sb_str(b, "null"); break;
+    case F_NULL:
+        sb_str(b, "null");
+        break;
     }
 }
 
@@ -760,7 +870,8 @@ char *df_sched_config_to_json(const df_sched_config *c) {
     if (!keys) return NULL;
     int n = 0;
     for (int i = 0; i < N_FIELDS; i++)
-        if (fields[i].kinds & (1u << c->kind)) keys[n++] = (out_key){fields[i].name, &fields[i], NULL};
+        if (fields[i].kinds & (1u << c->kind))
+            keys[n++] = (out_key){fields[i].name, &fields[i], NULL};
     if (c->extra) {
         const cJSON *e;
         cJSON_ArrayForEach(e, (const cJSON *)c->extra) {
@@ -777,10 +888,14 @@ char *df_sched_config_to_json(const df_sched_config *c) {
         sb_str(&b, "  ");
         emit_string(&b, keys[i].key);
         sb_str(&b, ": ");
-        if (keys[i].f) emit_field(&b, keys[i].f, c);
-        else if (keys[i].extra) emit_json(&b, keys[i].extra, 1);
-        else if (strcmp(keys[i].key, "_class_name") == 0) emit_string(&b, kind_names[c->kind]);
-        else emit_string(&b, "0.21.4");
+        if (keys[i].f)
+            emit_field(&b, keys[i].f, c);
+        else if (keys[i].extra)
+            emit_json(&b, keys[i].extra, 1);
+        else if (strcmp(keys[i].key, "_class_name") == 0)
+            emit_string(&b, kind_names[c->kind]);
+        else
+            emit_string(&b, "0.21.4");
         sb_str(&b, i + 1 < n ? ",\n" : "\n");
     }
     sb_str(&b, "}\n");

@@ -24,10 +24,12 @@ df_status sched_ddpm_set_timesteps(df_sched *s, int n) {
         free(v);
     } else if (c->timestep_spacing == DF_SPACING_LEADING) {
         int64_t ratio = T / n;
-        for (int i = 0; i < n; i++) s->ts[i] = (double)((int64_t)(n - 1 - i) * ratio + c->steps_offset);
+        for (int i = 0; i < n; i++)
+            s->ts[i] = (double)((int64_t)(n - 1 - i) * ratio + c->steps_offset);
     } else {
         double ratio = (double)T / (double)n;
-        double *v = malloc(((size_t)sched_np_arange((double)T, 0, -ratio, NULL) + 1) * sizeof(double));
+        double *v =
+            malloc(((size_t)sched_np_arange((double)T, 0, -ratio, NULL) + 1) * sizeof(double));
         if (!v) return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
         int64_t m = sched_np_arange((double)T, 0, -ratio, v);
         DF_TRY(sched_alloc_ts(s, (int)m, 0));
@@ -43,10 +45,14 @@ static float ddpm_variance(const df_sched *s, float ac_t, float ac_prev) {
     float variance = (1.0f - ac_prev) / (1.0f - ac_t) * current_beta_t;
     if (variance < 1e-20f) variance = 1e-20f;
     switch (s->cfg.variance_type) {
-    case DF_VARIANCE_FIXED_SMALL_LOG: return expf(0.5f * logf(variance));
-    case DF_VARIANCE_FIXED_LARGE: return current_beta_t;
-    case DF_VARIANCE_FIXED_LARGE_LOG: return logf(current_beta_t);
-    default: return variance;
+    case DF_VARIANCE_FIXED_SMALL_LOG:
+        return expf(0.5f * logf(variance));
+    case DF_VARIANCE_FIXED_LARGE:
+        return current_beta_t;
+    case DF_VARIANCE_FIXED_LARGE_LOG:
+        return logf(current_beta_t);
+    default:
+        return variance;
     }
 }
 
@@ -59,7 +65,8 @@ df_status sched_ddpm_step(df_sched *s, const float *mo, double t, const float *x
         return df_error(DF_ERR_INVALID, "DDPMScheduler: timestep %g is outside [0, %lld)", t,
                         (long long)s->T);
     if (c->variance_type == DF_VARIANCE_LEARNED || c->variance_type == DF_VARIANCE_LEARNED_RANGE)
-        return df_error(DF_ERR_UNSUPPORTED, "DDPMScheduler: field 'variance_type': learned "
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "DDPMScheduler: field 'variance_type': learned "
                         "variances need a model with twice the channels (not supported)");
     int64_t prev_t = ti - s->T / s->num_inference_steps;
     float ac_t = s->alphas_cumprod[ti];

@@ -26,8 +26,10 @@ df_status sched_multistep_set_timesteps(df_sched *s, int n) {
         /* searchsorted(flip(lambda_t), lambda_min_clipped): values below the clip */
         int64_t clipped = 0;
         for (int64_t i = T - 1; i >= 0; i--)
-            if ((double)s->lambda_t[i] < c->lambda_min_clipped) clipped++;
-            else break;
+            if ((double)s->lambda_t[i] < c->lambda_min_clipped)
+                clipped++;
+            else
+                break;
         last = T - clipped;
     }
     double *ts = malloc(((size_t)n + 2 + (size_t)T) * sizeof(double));
@@ -85,9 +87,10 @@ df_status sched_multistep_set_timesteps(df_sched *s, int n) {
         for (int i = 0; i < n_sig; i++) s->sig[i] = sig ? sig[i] : (double)s->train_sigmas[i];
         s->ts_float = false;
         for (int i = 0; i < u; i++)
-            if (s->ts[i] < 0 || s->ts[i] >= (double)T) st = df_error(DF_ERR_INVALID,
-                "%s: timestep %g outside [0, %lld) (check steps_offset)",
-                df_sched_kind_name(c->kind), s->ts[i], (long long)T);
+            if (s->ts[i] < 0 || s->ts[i] >= (double)T)
+                st = df_error(DF_ERR_INVALID,
+                              "%s: timestep %g outside [0, %lld) (check steps_offset)",
+                              df_sched_kind_name(c->kind), s->ts[i], (long long)T);
     }
     free(ts);
     free(sig);
@@ -109,7 +112,9 @@ static void convert(df_sched *s, const float *mo, int64_t t, const float *x, int
         case DF_PRED_EPSILON:
             for (int64_t k = 0; k < n; k++) out[k] = (x[k] - sg * mo[k]) / a;
             break;
-        case DF_PRED_SAMPLE: memcpy(out, mo, (size_t)n * sizeof(float)); break;
+        case DF_PRED_SAMPLE:
+            memcpy(out, mo, (size_t)n * sizeof(float));
+            break;
         case DF_PRED_V_PREDICTION:
             for (int64_t k = 0; k < n; k++) out[k] = a * x[k] - sg * mo[k];
             break;
@@ -118,7 +123,9 @@ static void convert(df_sched *s, const float *mo, int64_t t, const float *x, int
         return;
     }
     switch (c->prediction_type) {
-    case DF_PRED_EPSILON: memcpy(out, mo, (size_t)n * sizeof(float)); break;
+    case DF_PRED_EPSILON:
+        memcpy(out, mo, (size_t)n * sizeof(float));
+        break;
     case DF_PRED_SAMPLE:
         for (int64_t k = 0; k < n; k++) out[k] = (x[k] - a * mo[k]) / sg;
         break;
@@ -139,13 +146,15 @@ df_status sched_dpmsolver_step(df_sched *s, const float *mo, double t, const flo
     const int64_t n = s->numel;
     if (c->variance_type == DF_VARIANCE_LEARNED || c->variance_type == DF_VARIANCE_LEARNED_RANGE)
         return df_error(DF_ERR_UNSUPPORTED, "DPMSolverMultistepScheduler: field 'variance_type': "
-                        "learned variances are not supported");
+                                            "learned variances are not supported");
     int i = sched_index_of(s, t);
     if (i < 0) i = s->n_ts - 1;
     int64_t ti = (int64_t)t;
     if (ti < 0 || ti >= s->T || (double)ti != t)
-        return df_error(DF_ERR_INVALID, "DPMSolverMultistepScheduler: timestep %g is outside "
-                        "[0, %lld)", t, (long long)s->T);
+        return df_error(DF_ERR_INVALID,
+                        "DPMSolverMultistepScheduler: timestep %g is outside "
+                        "[0, %lld)",
+                        t, (long long)s->T);
     int len = s->n_ts;
     int64_t pt = i == len - 1 ? 0 : (int64_t)s->ts[i + 1];
     bool lof = i == len - 1 && c->lower_order_final && len < 15;
@@ -156,7 +165,7 @@ df_status sched_dpmsolver_step(df_sched *s, const float *mo, double t, const flo
     const float *m0 = mo_back(s, 1);
     const float *L = s->lambda_t, *A = s->alpha_t, *S = s->sigma_t;
     bool pp = c->algorithm_type == DF_ALGO_DPMSOLVERPP;
-    if (c->solver_order == 1 || s->lower_order_nums < 1 || lof) {
+    if (c->solver_order == 1 || s->lower_order_nums < 1 || lof || i < 1) {
         float h = L[pt] - L[ti];
         float c1, c2;
         if (pp) {
@@ -168,7 +177,7 @@ df_status sched_dpmsolver_step(df_sched *s, const float *mo, double t, const flo
         }
 #pragma omp parallel for if (n > SCHED_OMP_MIN)
         for (int64_t k = 0; k < n; k++) prev[k] = c1 * x[k] - c2 * m0[k];
-    } else if (c->solver_order == 2 || s->lower_order_nums < 2 || los) {
+    } else if (c->solver_order == 2 || s->lower_order_nums < 2 || los || i < 2) {
         int64_t s0 = ti, s1 = (int64_t)s->ts[i - 1];
         const float *m1 = mo_back(s, 2);
         float h = L[pt] - L[s0], h0 = L[s0] - L[s1];

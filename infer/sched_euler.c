@@ -35,9 +35,12 @@ int sched_sigma_timesteps(const df_sched *s, int n, double *out) {
     double ratio = (double)T / (double)n;
     int64_t m = sched_np_arange((double)T, 0, -ratio, NULL);
     if (m > n + 1) m = n + 1; /* cannot happen for T / n >= 1; keeps `out` in bounds */
-    double tmp[m > 0 ? m : 1];
-    sched_np_arange((double)T, 0, -ratio, tmp);
-    for (int64_t i = 0; i < m; i++) out[i] = (double)((float)sched_np_round(tmp[i]) - 1.0f);
+    /* arange(T, 0, -ratio)[i] = T + i * delta (numpy fills from the first two values) */
+    double delta = ((double)T - ratio) - (double)T;
+    for (int64_t i = 0; i < m; i++) {
+        double v = i == 0 ? (double)T : (double)T + (double)i * delta;
+        out[i] = (double)((float)sched_np_round(v) - 1.0f);
+    }
     return (int)m;
 }
 
@@ -127,8 +130,10 @@ df_status sched_euler_step(df_sched *s, const float *mo, double t, const float *
     const int64_t n = s->numel;
     int i = sched_index_of(s, t);
     if (i < 0)
-        return df_error(DF_ERR_INVALID, "EulerDiscreteScheduler: timestep %g is not in the "
-                        "schedule", t);
+        return df_error(DF_ERR_INVALID,
+                        "EulerDiscreteScheduler: timestep %g is not in the "
+                        "schedule",
+                        t);
     float sigma = (float)s->sig[i];
     /* the draw advances the generator even though s_churn = 0 multiplies it by zero */
     float *z = sched_slot(s, 9);

@@ -14,8 +14,10 @@ df_status sched_euler_ancestral_step(df_sched *s, const float *mo, double t, con
     const int64_t n = s->numel;
     int i = sched_index_of(s, t);
     if (i < 0)
-        return df_error(DF_ERR_INVALID, "EulerAncestralDiscreteScheduler: timestep %g is not in "
-                        "the schedule", t);
+        return df_error(DF_ERR_INVALID,
+                        "EulerAncestralDiscreteScheduler: timestep %g is not in "
+                        "the schedule",
+                        t);
     float sigma = (float)s->sig[i];
     if (s->cfg.prediction_type == DF_PRED_EPSILON) {
         for (int64_t k = 0; k < n; k++) x0[k] = x[k] - sigma * mo[k];

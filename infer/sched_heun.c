@@ -34,8 +34,10 @@ df_status sched_heun_step(df_sched *s, const float *mo, double t, const float *x
     const int64_t n = s->numel;
     int i = sched_heun_index(s, t);
     if (i < 0)
-        return df_error(DF_ERR_INVALID, "HeunDiscreteScheduler: timestep %g is not in the "
-                        "schedule (or already stepped twice)", t);
+        return df_error(DF_ERR_INVALID,
+                        "HeunDiscreteScheduler: timestep %g is not in the "
+                        "schedule (or already stepped twice)",
+                        t);
     s->heun_count[first_index(s, t)]++;
     bool first = s->heun_first;
     float sigma, sigma_next;

@@ -10,15 +10,17 @@
 
 #include "infer/infer.h"
 
-#define SCHED_SLOTS 10
+#define SCHED_SLOTS 12
+#define SLOT_PREV 10 /* step results are computed here, then copied into new tensors */
+#define SLOT_X0 11
 
 struct df_sched {
     df_sched_config cfg;
-    int64_t T;              /* num_train_timesteps */
-    float *betas;           /* (T) float32 */
-    float *alphas_cumprod;  /* (T) float32 */
+    int64_t T;                           /* num_train_timesteps */
+    float *betas;                        /* (T) float32 */
+    float *alphas_cumprod;               /* (T) float32 */
     float *alpha_t, *sigma_t, *lambda_t; /* (T) DPM-Solver / UniPC */
-    float *train_sigmas;    /* (T) ((1 - abar) / abar) ** 0.5 in float32 */
+    float *train_sigmas;                 /* (T) ((1 - abar) / abar) ** 0.5 in float32 */
     float final_alpha_cumprod;
 
     int num_inference_steps; /* n given to set_timesteps (0 before) */
@@ -32,23 +34,23 @@ struct df_sched {
     /* step state, sized on the first step (numel of the sample) */
     int64_t numel;
     float *slot[SCHED_SLOTS];
-    int counter;           /* PNDM */
-    int n_hist;            /* PNDM ets / LMS derivatives / multistep outputs held */
-    int lower_order_nums;  /* DPM-Solver, UniPC */
-    int this_order;        /* UniPC */
-    bool has_last_sample;  /* UniPC */
+    int counter;                /* PNDM */
+    int n_hist;                 /* PNDM ets / LMS derivatives / multistep outputs held */
+    int lower_order_nums;       /* DPM-Solver, UniPC */
+    int this_order;             /* UniPC */
+    bool has_last_sample;       /* UniPC */
     bool cur_model_output_zero; /* PNDM */
-    bool has_cur_sample;   /* PNDM */
-    double hist_t[4];      /* UniPC timestep_list */
-    bool heun_first;       /* Heun: dt is None */
+    bool has_cur_sample;        /* PNDM */
+    double hist_t[4];           /* UniPC timestep_list */
+    bool heun_first;            /* Heun: dt is None */
     float heun_dt;
-    int *heun_count;       /* Heun: _index_counter per timestep (by first index) */
+    int *heun_count; /* Heun: _index_counter per timestep (by first index) */
 };
 
 /* numpy / torch emulation (sched_betas.c). */
 void sched_np_linspace(double start, double stop, int64_t num, double *out);
 int64_t sched_np_arange(double start, double stop, double step, double *out); /* out may be NULL */
-double sched_np_interp(double x, const float *fp, int64_t n); /* xp = 0..n-1 */
+double sched_np_interp(double x, const float *fp, int64_t n);                 /* xp = 0..n-1 */
 double sched_np_round(double x);
 /* torch.linspace(start, end, steps, dtype=float32) on CPU, bit for bit. */
 void sched_torch_linspace_f32(double start, double end, int64_t steps, float *out);

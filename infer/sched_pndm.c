@@ -30,7 +30,8 @@ df_status sched_pndm_set_timesteps(df_sched *s, int n) {
         for (int i = 0; i < n; i++) base[i] = (double)((int64_t)i * ratio + c->steps_offset);
     } else {
         double ratio = (double)T / (double)n;
-        double *v = malloc(((size_t)sched_np_arange((double)T, 0, -ratio, NULL) + 1) * sizeof(double));
+        double *v =
+            malloc(((size_t)sched_np_arange((double)T, 0, -ratio, NULL) + 1) * sizeof(double));
         if (!v) {
             free(base);
             return df_error(DF_ERR_NOMEM, "scheduler: out of memory");
@@ -42,27 +43,27 @@ df_status sched_pndm_set_timesteps(df_sched *s, int n) {
     /* base is ascending */
     df_status st;
     if (c->skip_prk_steps) {
-        /* concat(_t[:-1], _t[-2:-1], _t[-1:])[::-1] */
-        int m = nb + 1;
-        if ((st = sched_alloc_ts(s, m, 0)) != DF_OK) goto out;
-        double *seq = malloc((size_t)m * sizeof(double));
-        if (!seq) {
-            st = df_error(DF_ERR_NOMEM, "scheduler: out of memory");
-            goto out;
-        }
-        for (int i = 0; i < nb - 1; i++) seq[i] = base[i];
-        seq[nb - 1] = nb >= 2 ? base[nb - 2] : base[0];
-        seq[nb] = base[nb - 1];
-        if (nb < 2) m = nb + 1 - (nb < 2 ? 1 : 0), seq[0] = base[0]; /* _t[-2:-1] is empty */
+        /* concat(_t[:-1], _t[-2:-1], _t[-1:])[::-1]: the second-to-last timestep twice (PLMS'
+         * first step is evaluated twice); with one step _t[-2:-1] is empty */
+        int m = 0;
+        if ((st = sched_alloc_ts(s, nb + 1, 0)) != DF_OK) goto out;
+        for (int i = 0; i < nb - 1; i++) s->ts[m++] = base[i];
+        if (nb >= 2) s->ts[m++] = base[nb - 2];
+        s->ts[m++] = base[nb - 1];
         s->n_ts = m;
-        for (int i = 0; i < m; i++) s->ts[i] = seq[m - 1 - i];
-        free(seq);
+        for (int i = 0; i < m / 2; i++) { /* reverse into descending order */
+            double tmp = s->ts[i];
+            s->ts[i] = s->ts[m - 1 - i];
+            s->ts[m - 1 - i] = tmp;
+        }
         s->counter = 0;
     } else {
         const int order = 4;
         if (nb < order) {
-            st = df_error(DF_ERR_INVALID, "PNDMScheduler: field 'steps': PRK warm-up needs at "
-                          "least 4 steps; got %d (set skip_prk_steps)", nb);
+            st = df_error(DF_ERR_INVALID,
+                          "PNDMScheduler: field 'steps': PRK warm-up needs at "
+                          "least 4 steps; got %d (set skip_prk_steps)",
+                          nb);
             goto out;
         }
         int64_t half = T / n / 2;

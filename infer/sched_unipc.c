@@ -122,7 +122,8 @@ static df_status uni_p(df_sched *s, int64_t pt, const float *x, int order, float
         c2 = S[pt] * u.h_phi_1;
         c3 = S[pt] * u.B_h;
     }
-    const float *d0 = K > 0 ? sched_slot(s, D1S) : NULL, *d1 = K > 1 ? sched_slot(s, D1S + 1) : NULL;
+    const float *d0 = K > 0 ? sched_slot(s, D1S) : NULL,
+                *d1 = K > 1 ? sched_slot(s, D1S + 1) : NULL;
 #pragma omp parallel for if (n > SCHED_OMP_MIN)
     for (int64_t k = 0; k < n; k++) {
         float xt = c1 * x[k] - c2 * m0[k];
@@ -164,7 +165,8 @@ static df_status uni_c(df_sched *s, const float *model_t, int64_t t, const float
         c3 = S[t] * u.B_h;
     }
     float rl = rhos[order - 1];
-    const float *d0 = K > 0 ? sched_slot(s, D1S) : NULL, *d1 = K > 1 ? sched_slot(s, D1S + 1) : NULL;
+    const float *d0 = K > 0 ? sched_slot(s, D1S) : NULL,
+                *d1 = K > 1 ? sched_slot(s, D1S + 1) : NULL;
 #pragma omp parallel for if (n > SCHED_OMP_MIN)
     for (int64_t k = 0; k < n; k++) {
         float xt = c1 * last[k] - c2 * m0[k];
@@ -188,8 +190,10 @@ df_status sched_unipc_step(df_sched *s, const float *mo, double t, const float *
     if (i < 0) i = s->n_ts - 1;
     int64_t ti = (int64_t)t;
     if (ti < 0 || ti >= s->T || (double)ti != t)
-        return df_error(DF_ERR_INVALID, "UniPCMultistepScheduler: timestep %g is outside "
-                        "[0, %lld)", t, (long long)s->T);
+        return df_error(DF_ERR_INVALID,
+                        "UniPCMultistepScheduler: timestep %g is outside "
+                        "[0, %lld)",
+                        t, (long long)s->T);
     bool use_corrector = i > 0 && s->has_last_sample;
     for (int j = 0; j < c->n_disable_corrector; j++)
         if (c->disable_corrector[j] == i - 1) use_corrector = false;
@@ -201,7 +205,9 @@ df_status sched_unipc_step(df_sched *s, const float *mo, double t, const float *
         case DF_PRED_EPSILON:
             for (int64_t k = 0; k < n; k++) conv[k] = (x[k] - sg * mo[k]) / a;
             break;
-        case DF_PRED_SAMPLE: memcpy(conv, mo, (size_t)n * sizeof(float)); break;
+        case DF_PRED_SAMPLE:
+            memcpy(conv, mo, (size_t)n * sizeof(float));
+            break;
         case DF_PRED_V_PREDICTION:
             for (int64_t k = 0; k < n; k++) conv[k] = a * x[k] - sg * mo[k];
             break;
@@ -209,7 +215,9 @@ df_status sched_unipc_step(df_sched *s, const float *mo, double t, const float *
         if (c->thresholding) sched_threshold(s, conv, n, batch);
     } else {
         switch (c->prediction_type) {
-        case DF_PRED_EPSILON: memcpy(conv, mo, (size_t)n * sizeof(float)); break;
+        case DF_PRED_EPSILON:
+            memcpy(conv, mo, (size_t)n * sizeof(float));
+            break;
         case DF_PRED_SAMPLE:
             for (int64_t k = 0; k < n; k++) conv[k] = (x[k] - a * mo[k]) / sg;
             break;

@@ -16,6 +16,23 @@
  * skipped at some steps then sees the group's bias correction. Parameters of a df_flat always
  * have a gradient, so this does not arise there.
  *
+ * A training step with these pieces (what train/ is expected to do):
+ *
+ *     // per micro-batch: backward of (loss * df_grad_accum_loss_scale(&acc))
+ *     if (df_grad_accum_tick(&acc)) {
+ *         if (df_grad_all_finite(ps, n)) {            // else skip the step and count it
+ *             df_clip_grad_norm(ps, n, max_grad_norm, &norm);
+ *             df_lr_schedule_apply(&sched, opt, global_step); // lr of step global_step
+ *             df_optim_step(opt);
+ *             df_ema_step(ema);
+ *             global_step++;
+ *         }
+ *         df_optim_zero_grad(opt);
+ *     }
+ *
+ * and a checkpoint saves df_optim_state_save / df_ema_state_save plus global_step (the schedule
+ * has no other state), which df_optim_state_load / df_ema_state_load restore exactly.
+ *
  * Determinism: every update is elementwise, and the global gradient norm sums fixed chunks of
  * each gradient in double and combines them in order, so results do not depend on the number
  * of OpenMP threads.
@@ -29,6 +46,9 @@
  *   and per group g:           "group<g>.step"   (I64, shape [1]: steps taken by the group)
  *   EMA:  the shadow of parameter P under the name P itself (default "shadow_params.<i>"), so the
  *         file doubles as a weights file, and "optimization_step" (I64, shape [1]).
+ * Each moment is one flat F32 buffer over all parameters in group order, every parameter at a
+ * 16-element boundary: when the groups list a df_flat's parameters in its order, a moment buffer
+ * has exactly the flat parameter buffer's layout.
  * The state tensors are views of the live buffers: writing into them (df_st_read_into) restores
  * the state; reading them saves it. A restored state continues bit-identically.
  */

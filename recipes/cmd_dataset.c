@@ -16,9 +16,11 @@
 #include <string.h>
 
 static int usage(FILE *f) {
-    fprintf(f, "usage: diffusion dataset pack SRC OUT.h5 --resolution R [--filter bilinear|bicubic|area]\n"
-               "                              [--caption-column NAME] [--skip-bad-images]\n"
-               "       diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]\n");
+    fprintf(
+        f,
+        "usage: diffusion dataset pack SRC OUT.h5 --resolution R [--filter bilinear|bicubic|area]\n"
+        "                              [--caption-column NAME] [--skip-bad-images]\n"
+        "       diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]\n");
     return 2;
 }
 
@@ -36,9 +38,12 @@ static int fail(const char *what) {
 
 static const char *kind_name(df_dataset_kind k) {
     switch (k) {
-    case DF_DATASET_METADATA: return "image folder with metadata.jsonl";
-    case DF_DATASET_SIDECAR: return "image folder with sidecar captions";
-    default: return "HDF5 pack";
+    case DF_DATASET_METADATA:
+        return "image folder with metadata.jsonl";
+    case DF_DATASET_SIDECAR:
+        return "image folder with sidecar captions";
+    default:
+        return "HDF5 pack";
     }
 }
 
@@ -48,15 +53,22 @@ static int cmd_pack(int argc, char **argv) {
     df_resample filter = DF_RESAMPLE_BICUBIC;
     df_dataset_opts o = df_dataset_opts_default();
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--resolution") == 0 && i + 1 < argc) res = atoi(argv[++i]);
+        if (strcmp(argv[i], "--resolution") == 0 && i + 1 < argc)
+            res = atoi(argv[++i]);
         else if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
             if (!df_resample_parse(argv[++i], &filter)) return usage(stderr);
-        } else if (strcmp(argv[i], "--caption-column") == 0 && i + 1 < argc) o.caption_column = argv[++i];
-        else if (strcmp(argv[i], "--skip-bad-images") == 0) o.skip_bad_images = true;
-        else if (argv[i][0] == '-') return usage(stderr);
-        else if (!src) src = argv[i];
-        else if (!out) out = argv[i];
-        else return usage(stderr);
+        } else if (strcmp(argv[i], "--caption-column") == 0 && i + 1 < argc)
+            o.caption_column = argv[++i];
+        else if (strcmp(argv[i], "--skip-bad-images") == 0)
+            o.skip_bad_images = true;
+        else if (argv[i][0] == '-')
+            return usage(stderr);
+        else if (!src)
+            src = argv[i];
+        else if (!out)
+            out = argv[i];
+        else
+            return usage(stderr);
     }
     if (!src || !out || res <= 0) return usage(stderr);
     df_dataset *ds;
@@ -66,8 +78,8 @@ static int cmd_pack(int argc, char **argv) {
     int64_t n = df_dataset_images(ds);
     df_dataset_free(ds);
     if (s != DF_OK) return fail("dataset pack");
-    printf("packed %lld images (%lld skipped) at %dx%d into %s\n", (long long)(n - skipped), (long long)skipped,
-           res, res, out);
+    printf("packed %lld images (%lld skipped) at %dx%d into %s\n", (long long)(n - skipped),
+           (long long)skipped, res, res, out);
     return 0;
 }
 
@@ -88,12 +100,17 @@ static int cmd_inspect(int argc, char **argv) {
     int max_list = 20;
     df_dataset_opts o = df_dataset_opts_default();
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--caption-column") == 0 && i + 1 < argc) o.caption_column = argv[++i];
-        else if (strcmp(argv[i], "--max-list") == 0 && i + 1 < argc) max_list = atoi(argv[++i]);
-        else if (argv[i][0] == '-' || path) return usage(stderr);
-        else path = argv[i];
+        if (strcmp(argv[i], "--caption-column") == 0 && i + 1 < argc)
+            o.caption_column = argv[++i];
+        else if (strcmp(argv[i], "--max-list") == 0 && i + 1 < argc)
+            max_list = atoi(argv[++i]);
+        else if (argv[i][0] == '-' || path)
+            return usage(stderr);
+        else
+            path = argv[i];
     }
     if (!path) return usage(stderr);
+    o.skip_bad_images = true; /* list every bad entry instead of stopping at the first */
     df_dataset *ds;
     if (df_dataset_open(path, &o, &ds) != DF_OK) return fail("dataset inspect");
     int64_t n = df_dataset_images(ds), bad = 0;
@@ -132,16 +149,23 @@ static int cmd_inspect(int argc, char **argv) {
         }
     }
     printf("dataset:  %s (%s)\n", path, kind_name(df_dataset_kind_of(ds)));
-    printf("images:   %lld (%lld readable, %lld unreadable)\n", (long long)n, (long long)(n - bad), (long long)bad);
+    printf("images:   %lld (%lld readable, %lld unreadable)\n", (long long)n, (long long)(n - bad),
+           (long long)bad);
     printf("resolutions (width x height: images):\n");
     qsort(hist, (size_t)n_hist, sizeof *hist, cmp_count);
     for (int k = 0; k < n_hist && k < max_list; k++)
         printf("  %5d x %-5d %lld\n", hist[k].w, hist[k].h, (long long)hist[k].n);
     if (n_hist > max_list) printf("  ... %d more sizes\n", n_hist - max_list);
-    printf("captions: %lld with text, %lld empty; length in characters min %lld, mean %.1f, max %lld; "
-           "mean %.1f words\n",
-           (long long)(n - empty), (long long)empty, (long long)(min_len < 0 ? 0 : min_len),
-           n ? (double)chars / n : 0.0, (long long)max_len, n ? (double)words / n : 0.0);
+    printf(
+        "captions: %lld with text, %lld empty; length in characters min %lld, mean %.1f, max %lld; "
+        "mean %.1f words\n",
+        (long long)(n - empty), (long long)empty, (long long)(min_len < 0 ? 0 : min_len),
+        n ? (double)chars / n : 0.0, (long long)max_len, n ? (double)words / n : 0.0);
+    int64_t bad_entries = df_dataset_bad_entries(ds);
+    if (bad_entries) {
+        printf("unreadable caption entries (left out): %lld\n", (long long)bad_entries);
+        for (int64_t i = 0; i < bad_entries; i++) printf("  %s\n", df_dataset_bad_entry(ds, i));
+    }
     if (bad) {
         printf("unreadable files:\n");
         for (int64_t i = 0; i < bad; i++) printf("  %s\n", bad_msgs[i]);

@@ -50,8 +50,9 @@ int df_cmd_schedule(int argc, char **argv) {
                 usage(stderr);
                 return 2;
             }
-            const char **dst = a[2] == 's' && a[3] == 'c' ? &name
-                               : strcmp(a, "--steps") == 0 ? &steps_s : &strength_s;
+            const char **dst = a[2] == 's' && a[3] == 'c'  ? &name
+                               : strcmp(a, "--steps") == 0 ? &steps_s
+                                                           : &strength_s;
             *dst = argv[++i];
         } else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "diffusion: schedule: unknown option '%s'\n", a);
@@ -110,13 +111,15 @@ int df_cmd_schedule(int argc, char **argv) {
         goto out;
     }
     bool tf = df_sched_timesteps_are_float(s);
-    printf("{\"scheduler\": \"%s\", \"steps\": %ld, \"timesteps\": [",
-           df_sched_kind_name(cfg.kind), steps);
+    printf("{\"scheduler\": \"%s\", \"steps\": %ld, \"timesteps\": [", df_sched_kind_name(cfg.kind),
+           steps);
     const double *ts = df_sched_timesteps(s);
     for (int i = 0; i < df_sched_num_timesteps(s); i++) {
         if (i) printf(", ");
-        if (tf) print_num(ts[i], true);
-        else printf("%lld", (long long)ts[i]);
+        if (tf)
+            print_num(ts[i], !cfg.use_karras_sigmas); /* Karras: float64 */
+        else
+            printf("%lld", (long long)ts[i]);
     }
     printf("]");
     int ns = 0;

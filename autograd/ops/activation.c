@@ -19,10 +19,7 @@
  */
 #include "autograd/ops/unary_impl.h"
 
-typedef struct no_params {
-    char unused;
-} no_params;
-static const no_params NONE = {0};
+static const df_no_params NONE = {0};
 
 #define SQRT1_2F 0.70710678118654752440f
 #define GELU_PDF_C ((float)(M_2_SQRTPI * M_SQRT1_2 * 0.5)) /* 1 / sqrt(2 pi) */
@@ -36,30 +33,22 @@ static inline float sigmoidf(float x) {
 
 /* ------------------------------------------------------------------ sigmoid ------------------ */
 
-DF_UNARY_BACKWARD(sigmoid_backward, no_params, (g[i] * (1.0f - y[i])) * y[i])
+DF_UNARY_FORWARD(sigmoid_forward, df_no_params, sigmoidf(x[i]))
+DF_UNARY_BACKWARD(sigmoid_backward, df_no_params, (g[i] * (1.0f - y[i])) * y[i])
 static const df_op sigmoid_op = {"sigmoid", sigmoid_backward, NULL};
 
 df_tensor *df_sigmoid(df_tensor *a) {
-    df_tensor *out = df_unary_out("sigmoid", a);
-    float *o = df_f32(out);
-    const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = sigmoidf(x[i]));
-    df_unary_record(&sigmoid_op, a, out, true, &NONE, sizeof NONE);
-    return out;
+    return df_unary_apply(&sigmoid_op, a, sigmoid_forward, &NONE, sizeof NONE, true);
 }
 
 /* ------------------------------------------------------------------ tanh --------------------- */
 
-DF_UNARY_BACKWARD(tanh_backward, no_params, g[i] * (1.0f - y[i] * y[i]))
+DF_UNARY_FORWARD(tanh_forward, df_no_params, tanhf(x[i]))
+DF_UNARY_BACKWARD(tanh_backward, df_no_params, g[i] * (1.0f - y[i] * y[i]))
 static const df_op tanh_op = {"tanh", tanh_backward, NULL};
 
 df_tensor *df_tanh(df_tensor *a) {
-    df_tensor *out = df_unary_out("tanh", a);
-    float *o = df_f32(out);
-    const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = tanhf(x[i]));
-    df_unary_record(&tanh_op, a, out, true, &NONE, sizeof NONE);
-    return out;
+    return df_unary_apply(&tanh_op, a, tanh_forward, &NONE, sizeof NONE, true);
 }
 
 /* ------------------------------------------------------------------ silu --------------------- */
@@ -69,16 +58,12 @@ static inline float silu_grad(float g, float x) {
     return (g * s) * (1.0f + x * (1.0f - s));
 }
 
-DF_UNARY_BACKWARD(silu_backward, no_params, silu_grad(g[i], x[i]))
+DF_UNARY_FORWARD(silu_forward, df_no_params, x[i] / (1.0f + expf(-x[i])))
+DF_UNARY_BACKWARD(silu_backward, df_no_params, silu_grad(g[i], x[i]))
 static const df_op silu_op = {"silu", silu_backward, NULL};
 
 df_tensor *df_silu(df_tensor *a) {
-    df_tensor *out = df_unary_out("silu", a);
-    float *o = df_f32(out);
-    const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = x[i] / (1.0f + expf(-x[i])));
-    df_unary_record(&silu_op, a, out, false, &NONE, sizeof NONE);
-    return out;
+    return df_unary_apply(&silu_op, a, silu_forward, &NONE, sizeof NONE, false);
 }
 
 /* ------------------------------------------------------------------ gelu (erf) --------------- */
@@ -89,16 +74,12 @@ static inline float gelu_grad(float g, float x) {
     return g * (cdf + x * pdf);
 }
 
-DF_UNARY_BACKWARD(gelu_backward, no_params, gelu_grad(g[i], x[i]))
+DF_UNARY_FORWARD(gelu_forward, df_no_params, x[i] * 0.5f * erfcf(-x[i] * SQRT1_2F))
+DF_UNARY_BACKWARD(gelu_backward, df_no_params, gelu_grad(g[i], x[i]))
 static const df_op gelu_op = {"gelu", gelu_backward, NULL};
 
 df_tensor *df_gelu(df_tensor *a) {
-    df_tensor *out = df_unary_out("gelu", a);
-    float *o = df_f32(out);
-    const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = x[i] * 0.5f * erfcf(-x[i] * SQRT1_2F));
-    df_unary_record(&gelu_op, a, out, false, &NONE, sizeof NONE);
-    return out;
+    return df_unary_apply(&gelu_op, a, gelu_forward, &NONE, sizeof NONE, false);
 }
 
 /* ------------------------------------------------------------------ gelu (tanh) -------------- */
@@ -118,16 +99,12 @@ static inline float gelu_tanh_grad(float g, float x) {
     return g * (dleft + left * dtanh * du);
 }
 
-DF_UNARY_BACKWARD(gelu_tanh_backward, no_params, gelu_tanh_grad(g[i], x[i]))
+DF_UNARY_FORWARD(gelu_tanh_forward, df_no_params, gelu_tanh_fwd(x[i]))
+DF_UNARY_BACKWARD(gelu_tanh_backward, df_no_params, gelu_tanh_grad(g[i], x[i]))
 static const df_op gelu_tanh_op = {"gelu_tanh", gelu_tanh_backward, NULL};
 
 df_tensor *df_gelu_tanh(df_tensor *a) {
-    df_tensor *out = df_unary_out("gelu_tanh", a);
-    float *o = df_f32(out);
-    const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = gelu_tanh_fwd(x[i]));
-    df_unary_record(&gelu_tanh_op, a, out, false, &NONE, sizeof NONE);
-    return out;
+    return df_unary_apply(&gelu_tanh_op, a, gelu_tanh_forward, &NONE, sizeof NONE, false);
 }
 
 /* ------------------------------------------------------------------ quick_gelu --------------- */
@@ -137,14 +114,10 @@ static inline float quick_gelu_grad(float g, float x) {
     return g * s + (((g * x) * (1.0f - s)) * s) * QUICK_GELU_A;
 }
 
-DF_UNARY_BACKWARD(quick_gelu_backward, no_params, quick_gelu_grad(g[i], x[i]))
+DF_UNARY_FORWARD(quick_gelu_forward, df_no_params, x[i] * sigmoidf(QUICK_GELU_A * x[i]))
+DF_UNARY_BACKWARD(quick_gelu_backward, df_no_params, quick_gelu_grad(g[i], x[i]))
 static const df_op quick_gelu_op = {"quick_gelu", quick_gelu_backward, NULL};
 
 df_tensor *df_quick_gelu(df_tensor *a) {
-    df_tensor *out = df_unary_out("quick_gelu", a);
-    float *o = df_f32(out);
-    const float *x = df_f32(a);
-    DF_EW_LOOP(a->numel, o[i] = x[i] * sigmoidf(QUICK_GELU_A * x[i]));
-    df_unary_record(&quick_gelu_op, a, out, false, &NONE, sizeof NONE);
-    return out;
+    return df_unary_apply(&quick_gelu_op, a, quick_gelu_forward, &NONE, sizeof NONE, false);
 }

@@ -4,9 +4,10 @@
  * Shapes are aligned at the trailing dim; a dim of size 1 (or a missing leading dim) is repeated.
  * A broadcast operand is described by element strides over the output shape with stride 0 on
  * repeated dims. Before looping, adjacent dims are merged when every operand is contiguous across
- * them (df_bcast_collapse), so a same-shape op becomes one dim, (N, C, H, W) + (1, C, 1, 1)
+ * them (df_bcast_init), so a same-shape op becomes one dim, (N, C, H, W) + (1, C, 1, 1)
  * becomes (N, C, H*W) with strides (0, 1, 0), and a scalar becomes one dim of stride 0. Loops
- * then run over the outer dims with a tight innermost loop.
+ * then run over the outer dims (an odometer, no division per row) with a tight innermost loop
+ * specialised for strides 0 and 1.
  *
  * Reductions (df_reduce_sum) accumulate in double with a blocking that depends only on the
  * shapes, never on the thread count, so results are identical for any OMP_NUM_THREADS.

@@ -32,19 +32,34 @@
         DF_EW_LOOP(ga->numel, d[i] += (EXPR));                                                     \
     }
 
-/* The output of a unary op on a (F32, same shape). */
-static inline df_tensor *df_unary_out(const char *name, df_tensor *a) {
-    DF_ASSERT_F32(name, a);
-    return df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
+/* A forward of the form out[i] = EXPR, where EXPR may use x[i] and P (params of type PT). */
+#define DF_UNARY_FORWARD(NAME, PT, EXPR)                                                           \
+    static void NAME(const float *x, float *o, int64_t n, const void *params) {                    \
+        const PT P = *(const PT *)params;                                                          \
+        (void)P;                                                                                   \
+        DF_EW_LOOP(n, o[i] = (EXPR));                                                              \
+    }
+
+typedef void (*df_unary_fwd)(const float *x, float *o, int64_t n, const void *params);
+
+/* The constructor of a unary op: out = fwd(a) (F32, a's shape), then a node when needed, holding
+ * a copy of the params and, when `save_out`, a detached alias of the output. */
+static inline df_tensor *df_unary_apply(const df_op *op, df_tensor *a, df_unary_fwd fwd,
+                                        const void *params, size_t size, bool save_out) {
+    DF_ASSERT_F32(op->name, a);
+    df_tensor *out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
+    fwd(df_f32(a), df_f32(out), a->numel, params);
+    df_node *n = df_node_new(op, out, 1, &a, size);
+    if (n) {
+        memcpy(n->state, params, size);
+        if (save_out) df_node_save(n, 0, out);
+    }
+    return out;
 }
 
-/* Records the node of a unary op (when needed): params copied in, the output saved when asked. */
-static inline void df_unary_record(const df_op *op, df_tensor *a, df_tensor *out, bool save_out,
-                                   const void *params, size_t size) {
-    df_node *n = df_node_new(op, out, 1, &a, size);
-    if (!n) return;
-    memcpy(n->state, params, size);
-    if (save_out) df_node_save(n, 0, out);
-}
+/* Ops without parameters. */
+typedef struct df_no_params {
+    char unused;
+} df_no_params;
 
 #endif

@@ -27,7 +27,8 @@ static inline df_tensor *load_pixels(const char *rel) {
 }
 
 /* Pixel-exact comparison of two U8 images (shape first, then values with tolerance atol). */
-static inline void check_image(const char *label, const df_tensor *got, const df_tensor *want, double atol) {
+static inline void check_image(const char *label, const df_tensor *got, const df_tensor *want,
+                               double atol) {
     cr_assert_eq(got->ndim, 3, "%s: ndim %d", label, got->ndim);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(got->shape[i], want->shape[i], "%s: dim %d is %lld, want %lld", label, i,

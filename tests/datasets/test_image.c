@@ -4,14 +4,34 @@
 #include "tests/datasets/image_util.h"
 
 static const char *const KINDS[] = {
-    "gray1.png", "gray2.png", "gray4.png", "gray8.png", "gray16.png", "gray8_trns.png",
-    "gray_alpha8.png", "gray_alpha16.png", "palette4.png", "palette8.png", "palette8_trns.png",
-    "rgb8.png", "rgb16.png", "rgba8.png", "rgba16.png", "rgb8_interlaced.png",
-    "rgba8_interlaced.png", "gray2_interlaced.png", "palette8_interlaced.png",
-    "jpeg_baseline.jpg", "jpeg_444.jpg", "jpeg_progressive.jpg", "jpeg_gray.jpg", "jpeg_cmyk.jpg",
+    "gray1.png",
+    "gray2.png",
+    "gray4.png",
+    "gray8.png",
+    "gray16.png",
+    "gray8_trns.png",
+    "gray_alpha8.png",
+    "gray_alpha16.png",
+    "palette4.png",
+    "palette8.png",
+    "palette8_trns.png",
+    "rgb8.png",
+    "rgb16.png",
+    "rgba8.png",
+    "rgba16.png",
+    "rgb8_interlaced.png",
+    "rgba8_interlaced.png",
+    "gray2_interlaced.png",
+    "palette8_interlaced.png",
+    "jpeg_baseline.jpg",
+    "jpeg_444.jpg",
+    "jpeg_progressive.jpg",
+    "jpeg_gray.jpg",
+    "jpeg_cmyk.jpg",
 };
-static const char *const WITH_ALPHA[] = {"gray8_trns", "gray_alpha8", "gray_alpha16", "palette8_trns",
-                                         "rgba8", "rgba16", "rgba8_interlaced"};
+static const char *const WITH_ALPHA[] = {"gray8_trns",      "gray_alpha8", "gray_alpha16",
+                                         "palette8_trns",   "rgba8",       "rgba16",
+                                         "rgba8_interlaced"};
 
 static void expect_rel(char *buf, size_t n, const char *file, const char *suffix) {
     const char *dot = strrchr(file, '.');
@@ -24,7 +44,8 @@ Test(datasets_image, decode_equals_pillow_rgb) {
         snprintf(rel, sizeof rel, "images/%s", KINDS[i]);
         expect_rel(exp, sizeof exp, KINDS[i], "rgb");
         df_tensor *got;
-        cr_assert_eq(df_image_read(fixture_path(rel), NULL, &got), DF_OK, "%s: %s", rel, df_last_error());
+        cr_assert_eq(df_image_read(fixture_path(rel), NULL, &got), DF_OK, "%s: %s", rel,
+                     df_last_error());
         df_tensor *want = load_pixels(exp);
         check_image(KINDS[i], got, want, 0.0);
         df_tensor_free(got);
@@ -40,7 +61,8 @@ Test(datasets_image, decode_grey_equals_pillow_L) {
         snprintf(rel, sizeof rel, "images/%s", KINDS[i]);
         expect_rel(exp, sizeof exp, KINDS[i], "l");
         df_tensor *got;
-        cr_assert_eq(df_image_read(fixture_path(rel), &o, &got), DF_OK, "%s: %s", rel, df_last_error());
+        cr_assert_eq(df_image_read(fixture_path(rel), &o, &got), DF_OK, "%s: %s", rel,
+                     df_last_error());
         df_tensor *want = load_pixels(exp);
         check_image(KINDS[i], got, want, 0.0);
         df_tensor_free(got);
@@ -113,14 +135,16 @@ Test(datasets_image, png_write_roundtrip_with_text) {
 
 /* Every broken file: DF_ERR_FORMAT, the message names the file, nothing leaks or crashes. */
 Test(datasets_image, broken_files_are_clean_errors) {
-    static const char *const bad[] = {"truncated.png", "truncated.jpg", "wrong_magic.png", "text.png",
-                                      "empty.jpg", "absurd.png", "absurd.jpg", "bad_crc.png"};
+    static const char *const bad[] = {"truncated.png", "truncated.jpg", "wrong_magic.png",
+                                      "text.png",      "empty.jpg",     "absurd.png",
+                                      "absurd.jpg",    "bad_crc.png"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char rel[128];
         snprintf(rel, sizeof rel, "images/bad/%s", bad[i]);
         df_tensor *out = (df_tensor *)1;
         df_status s = df_image_read(fixture_path(rel), NULL, &out);
-        cr_assert_eq(s, DF_ERR_FORMAT, "%s: status %s (%s)", bad[i], df_status_name(s), df_last_error());
+        cr_assert_eq(s, DF_ERR_FORMAT, "%s: status %s (%s)", bad[i], df_status_name(s),
+                     df_last_error());
         cr_assert_null(out, "%s: output set on failure", bad[i]);
         cr_assert(strstr(df_last_error(), bad[i]), "%s: message does not name the file: %s", bad[i],
                   df_last_error());
@@ -137,6 +161,18 @@ Test(datasets_image, absurd_dimensions_refused_before_allocation) {
     cr_assert(strstr(df_last_error(), "exceed"), "%s", df_last_error());
     df_mem_stats after = df_mem_get_stats();
     cr_assert_eq(after.bytes_in_use, before.bytes_in_use);
+}
+
+Test(datasets_image, decompression_bomb_stays_small) {
+    df_mem_stats before = df_mem_get_stats();
+    df_tensor *out;
+    cr_assert_eq(df_image_read(fixture_path("images/bad/bomb_progressive.jpg"), NULL, &out),
+                 DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "bomb_progressive.jpg: JPEG:"), "%s", df_last_error());
+    cr_assert_eq(df_image_read(fixture_path("images/bad/bomb.png"), NULL, &out), DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "bomb.png: PNG: "), "%s", df_last_error());
+    cr_assert_eq(df_mem_get_stats().peak_in_use, before.peak_in_use,
+                 "the image buffer was allocated");
 }
 
 Test(datasets_image, missing_file_is_notfound) {

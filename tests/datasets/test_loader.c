@@ -57,7 +57,8 @@ static void check_same(const run *a, int a0, const run *b, int b0, int count, in
             cr_assert_eq(a->idx[a0 + k][i], b->idx[b0 + k][i], "batch %d sample %d", k, i);
             cr_assert_str_eq(a->cap[a0 + k][i], b->cap[b0 + k][i]);
         }
-        check_close_f32("pixels", a->pix[a0 + k], b->pix[b0 + k], (int64_t)a->n[a0 + k] * 3 * R * R, 0, 0);
+        check_close_f32("pixels", a->pix[a0 + k], b->pix[b0 + k], (int64_t)a->n[a0 + k] * 3 * R * R,
+                        0, 0);
     }
 }
 
@@ -112,7 +113,8 @@ Test(datasets_loader, deterministic_order_and_epochs) {
             if (bt < 3 && a.idx[bt][i] != a.idx[bt + 3][i]) differ = true;
         }
     for (int e = 0; e < 2; e++)
-        for (int i = 0; i < N_IMG; i++) cr_assert_eq(seen[e][i], 1, "epoch %d sample %d seen %d times", e, i, seen[e][i]);
+        for (int i = 0; i < N_IMG; i++)
+            cr_assert_eq(seen[e][i], 1, "epoch %d sample %d seen %d times", e, i, seen[e][i]);
     cr_assert(differ, "epoch 1 has the order of epoch 0");
     cr_assert(a.after[2].epoch == 1 && a.after[2].position == 0);
     /* another seed, another order */
@@ -157,7 +159,8 @@ Test(datasets_loader, rank_shards_disjoint_and_covering) {
             }
             df_loader_free(l);
         }
-        for (int i = 0; i < N_IMG; i++) cr_assert_eq(seen[i], 1, "sample %d seen %d times", i, seen[i]);
+        for (int i = 0; i < N_IMG; i++)
+            cr_assert_eq(seen[i], 1, "sample %d seen %d times", i, seen[i]);
     }
     df_dataset_free(ds);
     remove_tree(dir);
@@ -282,10 +285,29 @@ Test(datasets_loader, malformed_metadata_fails_open) {
     const char *dir = make_folder("ld8", 2, 8, 8);
     char p[600];
     snprintf(p, sizeof p, "%s/metadata.jsonl", dir);
-    write_text(p, "{\"file_name\": \"img000.png\", \"text\": \"a\"}\n{\"file_name\": \"img001.png\", \"text\": 3}\n");
+    write_text(p, "{\"file_name\": \"img000.png\", \"text\": \"a\"}\n{\"file_name\": "
+                  "\"img001.png\", \"text\": 3}\n");
     df_dataset *ds;
     cr_assert_eq(df_dataset_open(dir, NULL, &ds), DF_ERR_FORMAT);
     cr_assert(strstr(df_last_error(), "metadata.jsonl:2:"), "%s", df_last_error());
+    remove_tree(dir);
+}
+
+Test(datasets_loader, malformed_metadata_skipped_and_counted) {
+    const char *dir = make_folder("ld9", 3, 8, 8);
+    char p[600];
+    snprintf(p, sizeof p, "%s/metadata.jsonl", dir);
+    write_text(p, "{\"file_name\": \"img000.png\", \"text\": \"a\"}\nnot json\n"
+                  "{\"file_name\": \"img002.png\", \"text\": \"c\"}\n");
+    df_dataset_opts o = df_dataset_opts_default();
+    o.skip_bad_images = true;
+    df_dataset *ds = open_ds(dir, &o);
+    cr_assert_eq(df_dataset_images(ds), 2);
+    cr_assert_eq(df_dataset_bad_entries(ds), 1);
+    cr_assert(strstr(df_dataset_bad_entry(ds, 0), "metadata.jsonl:2: not valid JSON"), "%s",
+              df_dataset_bad_entry(ds, 0));
+    cr_assert_str_eq(df_dataset_file(ds, 1), "img002.png");
+    df_dataset_free(ds);
     remove_tree(dir);
 }
 
@@ -355,7 +377,8 @@ Test(datasets_sources, hdf5_pack_round_trip) {
     snprintf(out, sizeof out, "%s/pack.h5", src);
     df_dataset *ds = open_ds(src, NULL);
     int64_t skipped = -1;
-    cr_assert_eq(df_pack_write(ds, out, 8, DF_RESAMPLE_BICUBIC, src, &skipped), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_pack_write(ds, out, 8, DF_RESAMPLE_BICUBIC, src, &skipped), DF_OK, "%s",
+                 df_last_error());
     cr_assert_eq(skipped, 0);
     df_dataset *pk = open_ds(out, NULL);
     cr_assert_eq(df_dataset_kind_of(pk), DF_DATASET_HDF5);
@@ -366,7 +389,8 @@ Test(datasets_sources, hdf5_pack_round_trip) {
         df_tensor *a, *b;
         cr_assert_eq(df_dataset_image(ds, i, NULL, &a), DF_OK);
         cr_assert_eq(df_dataset_image(pk, i, NULL, &b), DF_OK, "%s", df_last_error());
-        df_tensor *r = df_image_resize_short(a, 8, DF_RESAMPLE_BICUBIC), *c = df_image_center_crop(r, 8, 8);
+        df_tensor *r = df_image_resize_short(a, 8, DF_RESAMPLE_BICUBIC),
+                  *c = df_image_center_crop(r, 8, 8);
         check_image("pack", b, c, 0.0);
         df_tensor_free(a);
         df_tensor_free(b);
@@ -385,6 +409,17 @@ Test(datasets_sources, hdf5_pack_round_trip) {
     run_free(&b);
     df_dataset_free(pk);
     df_dataset_free(ds);
+    /* a truncated pack and a file that is not a pack are clean errors naming the file */
+    snprintf(out, sizeof out, "%s/pack.h5", src);
+    FILE *f = fopen(out, "r+b");
+    cr_assert(f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fclose(f);
+    cr_assert_eq(truncate(out, size / 2), 0);
+    df_dataset *trunc;
+    cr_assert_eq(df_dataset_open(out, NULL, &trunc), DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "pack.h5"), "%s", df_last_error());
     /* a file that is not a pack */
     snprintf(out, sizeof out, "%s/img000.png", src);
     df_dataset *bad;

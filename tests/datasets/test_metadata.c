@@ -4,7 +4,7 @@
 #include "tests/datasets/image_util.h"
 
 static df_status parse(const char *text, const char *col, df_meta_entry **es, int64_t *n) {
-    return df_meta_parse(text, strlen(text), "meta.jsonl", col, es, n);
+    return df_meta_parse(text, strlen(text), "meta.jsonl", col, es, n, NULL, NULL);
 }
 
 Test(datasets_metadata, parses_entries) {
@@ -52,14 +52,16 @@ Test(datasets_metadata, malformed_lines_name_file_and_line) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char text[512];
-        snprintf(text, sizeof text, "{\"file_name\": \"ok.png\", \"text\": \"fine\"}\n\n%s\n", bad[i].line);
+        snprintf(text, sizeof text, "{\"file_name\": \"ok.png\", \"text\": \"fine\"}\n\n%s\n",
+                 bad[i].line);
         df_meta_entry *es = (df_meta_entry *)1;
         int64_t n = 7;
         df_status s = parse(text, "text", &es, &n);
         cr_assert_eq(s, DF_ERR_FORMAT, "line '%s' accepted", bad[i].line);
         cr_assert_null(es);
         cr_assert_eq(n, 0);
-        cr_assert(strstr(df_last_error(), "meta.jsonl:3:"), "'%s': %s", bad[i].line, df_last_error());
+        cr_assert(strstr(df_last_error(), "meta.jsonl:3:"), "'%s': %s", bad[i].line,
+                  df_last_error());
         cr_assert(strstr(df_last_error(), bad[i].why), "'%s': %s", bad[i].line, df_last_error());
     }
 }
@@ -68,6 +70,7 @@ Test(datasets_metadata, nul_byte_is_an_error) {
     const char t[] = "{\"file_name\": \"a.png\"}\n{\"file_name\"\0: \"b.png\"}\n";
     df_meta_entry *es;
     int64_t n;
-    cr_assert_eq(df_meta_parse(t, sizeof t - 1, "m.jsonl", "text", &es, &n), DF_ERR_FORMAT);
+    cr_assert_eq(df_meta_parse(t, sizeof t - 1, "m.jsonl", "text", &es, &n, NULL, NULL),
+                 DF_ERR_FORMAT);
     cr_assert(strstr(df_last_error(), "m.jsonl:2:"), "%s", df_last_error());
 }

@@ -16,7 +16,8 @@ static void check_resizes(const char *src_rel, const char *suffix) {
         cr_assert(df_resample_parse(FILTERS[f], &r));
         for (size_t k = 0; k < sizeof SIZES / sizeof *SIZES; k++) {
             char rel[128];
-            snprintf(rel, sizeof rel, "images/resize_%s_%dx%d%s.bin", FILTERS[f], SIZES[k][0], SIZES[k][1], suffix);
+            snprintf(rel, sizeof rel, "images/resize_%s_%dx%d%s.bin", FILTERS[f], SIZES[k][0],
+                     SIZES[k][1], suffix);
             df_tensor *want = load_pixels(rel);
             df_tensor *got = df_image_resize(src, SIZES[k][0], SIZES[k][1], r);
             check_image(rel, got, want, 0.0);
@@ -99,7 +100,8 @@ Test(datasets_resize, random_crop_covers_offsets_deterministically) {
         seen[t1][l1]++;
     }
     for (int t = 0; t < 4; t++)
-        for (int l = 0; l < 5; l++) cr_assert_gt(seen[t][l], 0, "offset (%d, %d) never drawn", t, l);
+        for (int l = 0; l < 5; l++)
+            cr_assert_gt(seen[t][l], 0, "offset (%d, %d) never drawn", t, l);
 }
 
 Test(datasets_resize, transform_center_no_flip_matches_steps) {

@@ -23,7 +23,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if ((int64_t)w * h > (4 << 20)) return 0;
     df_tensor *t = NULL;
     if (df_image_decode(data, size, "fuzz", &o, &t) == DF_OK) {
-        DF_ASSERT(t->shape[0] == h && t->shape[1] == w && t->shape[2] == o.channels, "decode/probe mismatch");
+        DF_ASSERT(t->shape[0] == h && t->shape[1] == w && t->shape[2] == o.channels,
+                  "decode/probe mismatch");
         df_tensor *r = df_image_resize(t, 7, 5, DF_RESAMPLE_BICUBIC);
         df_tensor_free(r);
         df_tensor_free(t);

@@ -10,7 +10,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     df_meta_entry *es;
     int64_t n;
-    if (df_meta_parse((const char *)data, size, "fuzz.jsonl", "text", &es, &n) == DF_OK) {
+    if (df_meta_parse((const char *)data, size, "fuzz.jsonl", "text", &es, &n, NULL, NULL) ==
+        DF_OK) {
         for (int64_t i = 0; i < n; i++)
             DF_ASSERT(es[i].file_name[0] && es[i].file_name[0] != '/' && es[i].caption,
                       "bad entry accepted");

@@ -43,10 +43,15 @@ static void parse_err(const char *json, const char *cls, df_status code, const c
     df_sched_config_free(&c); /* safe after a failure */
 }
 
-static const char *const classes[] = {
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
-    "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"};
+static const char *const classes[] = {"DDPMScheduler",
+                                      "DDIMScheduler",
+                                      "PNDMScheduler",
+                                      "EulerDiscreteScheduler",
+                                      "EulerAncestralDiscreteScheduler",
+                                      "HeunDiscreteScheduler",
+                                      "LMSDiscreteScheduler",
+                                      "DPMSolverMultistepScheduler",
+                                      "UniPCMultistepScheduler"};
 
 Test(infer_sched_config, diffusers_files_written_back_byte_for_byte) {
     const char *files[] = {"schedulers/sd15/scheduler_config.json",
@@ -67,7 +72,8 @@ Test(infer_sched_config, diffusers_files_written_back_byte_for_byte) {
 Test(infer_sched_config, load_reads_the_class_and_unknown_keys) {
     df_sched_config c;
     cr_assert(df_sched_config_load(fixture_path("schedulers/sd21/scheduler_config.json"), NULL,
-                                   &c) == DF_OK, "%s", df_last_error());
+                                   &c) == DF_OK,
+              "%s", df_last_error());
     cr_assert_eq(c.kind, DF_SCHED_DDIM);
     cr_assert_eq(c.prediction_type, DF_PRED_V_PREDICTION);
     cr_assert_eq(c.steps_offset, 1);
@@ -84,11 +90,11 @@ Test(infer_sched_config, load_reads_the_class_and_unknown_keys) {
  * JSON value with what diffusers holds (minus _use_default_values, _class_name = the class). */
 Test(infer_sched_config, fixture_configs_round_trip_as_diffusers) {
     const char *dirs[] = {"sd15", "ddpm_default"};
-    const char *files[] = {"DDPMScheduler", "DDIMScheduler", "DDIMScheduler_eta0.5",
-                           "PNDMScheduler", "EulerDiscreteScheduler",
-                           "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-                           "LMSDiscreteScheduler", "DPMSolverMultistepScheduler",
-                           "UniPCMultistepScheduler"};
+    const char *files[] = {
+        "DDPMScheduler",          "DDIMScheduler",          "DDIMScheduler_eta0.5",
+        "PNDMScheduler",          "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",  "LMSDiscreteScheduler",   "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler"};
     for (int d = 0; d < 2; d++)
         for (int i = 0; i < 10; i++) {
             char rel[256];
@@ -99,7 +105,8 @@ Test(infer_sched_config, fixture_configs_round_trip_as_diffusers) {
             df_sched_config c;
             parse_ok(meta, cls, &c);
             char *out = df_sched_config_to_json(&c);
-            /* cJSON reads no Infinity (and inf never compares equal): a finite stand-in on both sides */
+            /* cJSON reads no Infinity (and inf never compares equal): a finite stand-in on both
+             * sides */
             char *a = strdup(meta), *b = strdup(out), *p;
             while ((p = strstr(a, "-Infinity"))) memcpy(p, "-1.5e300 ", 9);
             while ((p = strstr(b, "-Infinity"))) memcpy(p, "-1.5e300 ", 9);
@@ -172,6 +179,47 @@ Test(infer_sched_config, class_defaults) {
     df_sched_config_free(&c);
 }
 
+/* diffusers' __init__ rewrites the other solvers' settings (register_to_config), so a DPM-Solver
+ * config read by UniPC, or a DEIS config read by DPM-Solver, works and writes back rewritten. */
+Test(infer_sched_config, solver_settings_of_other_classes_are_rewritten) {
+    df_sched_config c;
+    parse_ok("{\"solver_type\": \"midpoint\", \"algorithm_type\": \"dpmsolver++\"}",
+             "UniPCMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_BH2);
+    char *out = df_sched_config_to_json(&c);
+    cr_assert(strstr(out, "\"solver_type\": \"bh2\""), "%s", out);
+    cr_assert(strstr(out, "\"algorithm_type\": \"dpmsolver++\""), "kept unknown key: %s", out);
+    free(out);
+    df_sched_config_free(&c);
+    parse_ok("{\"solver_type\": \"logrho\", \"algorithm_type\": \"deis\"}",
+             "DPMSolverMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_MIDPOINT);
+    cr_assert_eq(c.algorithm_type, DF_ALGO_DPMSOLVERPP);
+    df_sched_config_free(&c);
+    parse_ok("{\"solver_type\": \"bh1\"}", "DPMSolverMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_MIDPOINT);
+    df_sched_config_free(&c);
+    parse_ok("{\"solver_type\": \"heun\"}", "UniPCMultistepScheduler", &c);
+    cr_assert_eq(c.solver_type, DF_SOLVER_BH2);
+    df_sched_config_free(&c);
+}
+
+/* A config dict that records which values were its class's defaults (_use_default_values, as an
+ * in-memory diffusers config does) gives the reading class its own defaults for those. */
+Test(infer_sched_config, defaults_of_the_source_class_are_not_carried_over) {
+    df_sched_config c;
+    parse_ok("{\"_class_name\": \"DPMSolverMultistepScheduler\", \"timestep_spacing\": "
+             "\"linspace\", \"steps_offset\": 1, \"lambda_min_clipped\": -5.0, "
+             "\"_use_default_values\": [\"timestep_spacing\", \"lambda_min_clipped\"]}",
+             "DDIMScheduler", &c);
+    cr_assert_eq(c.timestep_spacing, DF_SPACING_LEADING, "DDIM's own default");
+    cr_assert_eq(c.steps_offset, 1);
+    char *out = df_sched_config_to_json(&c);
+    cr_assert(!strstr(out, "lambda_min_clipped"), "a defaulted unknown key is dropped: %s", out);
+    free(out);
+    df_sched_config_free(&c);
+}
+
 Test(infer_sched_config, unknown_keys_are_kept_verbatim) {
     const char *in = "{\"_class_name\": \"EulerDiscreteScheduler\", \"zeta\": {\"b\": [1, 2.5, "
                      "null], \"a\": \"\\u00e9\\n\"}, \"_use_default_values\": [\"x\"], "
@@ -180,7 +228,8 @@ Test(infer_sched_config, unknown_keys_are_kept_verbatim) {
     parse_ok(in, NULL, &c);
     char *out = df_sched_config_to_json(&c);
     cr_assert(strstr(out, "  \"zeta\": {\n    \"a\": \"\\u00e9\\n\",\n    \"b\": [\n      1,\n"
-                          "      2.5,\n      null\n    ]\n  }\n"), "got:\n%s", out);
+                          "      2.5,\n      null\n    ]\n  }\n"),
+              "got:\n%s", out);
     cr_assert(strstr(out, "\"alpha\": 1e-05,"), "got:\n%s", out);
     cr_assert(!strstr(out, "_use_default_values"));
     free(out);
@@ -190,7 +239,8 @@ Test(infer_sched_config, unknown_keys_are_kept_verbatim) {
 Test(infer_sched_config, trained_betas_are_read_and_written) {
     char json[20000];
     int k = snprintf(json, sizeof json, "{\"num_train_timesteps\": 10, \"trained_betas\": [");
-    for (int i = 0; i < 10; i++) k += snprintf(json + k, sizeof json - k, "%s%g", i ? ", " : "", 0.01 * (i + 1));
+    for (int i = 0; i < 10; i++)
+        k += snprintf(json + k, sizeof json - k, "%s%g", i ? ", " : "", 0.01 * (i + 1));
     snprintf(json + k, sizeof json - k, "]}");
     df_sched_config c;
     parse_ok(json, "DDIMScheduler", &c);
@@ -223,10 +273,10 @@ Test(infer_sched_config, bad_values_name_the_field) {
               "field 'timestep_spacing'");
     parse_err("{\"algorithm_type\": \"sde-dpmsolver++\"}", "DPMSolverMultistepScheduler",
               DF_ERR_INVALID, "field 'algorithm_type'");
-    parse_err("{\"solver_type\": \"bh2\"}", "DPMSolverMultistepScheduler", DF_ERR_INVALID,
-              "field 'solver_type'");
-    parse_err("{\"solver_type\": \"midpoint\"}", "UniPCMultistepScheduler", DF_ERR_INVALID,
-              "field 'solver_type'");
+    parse_err("{\"solver_type\": \"rk4\"}", "DPMSolverMultistepScheduler", DF_ERR_INVALID,
+              "field 'solver_type': expected one of midpoint, heun; got 'rk4'");
+    parse_err("{\"solver_type\": \"rk4\"}", "UniPCMultistepScheduler", DF_ERR_INVALID,
+              "field 'solver_type': expected one of bh1, bh2; got 'rk4'");
     parse_err("{\"solver_order\": 4}", "UniPCMultistepScheduler", DF_ERR_INVALID,
               "field 'solver_order'");
     parse_err("{\"beta_start\": \"0.1\"}", "DDIMScheduler", DF_ERR_FORMAT,
@@ -241,8 +291,7 @@ Test(infer_sched_config, bad_values_name_the_field) {
               "field 'trained_betas': item 1");
     parse_err("{\"trained_betas\": [0.1, 0.2]}", "DDIMScheduler", DF_ERR_INVALID,
               "field 'trained_betas': 2 values for num_train_timesteps 1000");
-    parse_err("{\"variance_type\": null}", "DDPMScheduler", DF_ERR_FORMAT,
-              "field 'variance_type'");
+    parse_err("{\"variance_type\": null}", "DDPMScheduler", DF_ERR_FORMAT, "field 'variance_type'");
     parse_err("{\"solver_p\": {}}", "UniPCMultistepScheduler", DF_ERR_UNSUPPORTED,
               "field 'solver_p'");
     parse_err("{\"steps_offset\": -1}", "DDIMScheduler", DF_ERR_INVALID, "field 'steps_offset'");
@@ -252,11 +301,16 @@ Test(infer_sched_config, bad_files_and_names) {
     parse_err("{\"_class_name\": \"FooScheduler\"}", NULL, DF_ERR_INVALID,
               "test.json: field '_class_name': unknown scheduler 'FooScheduler'");
     parse_err("{}", NULL, DF_ERR_INVALID, "field '_class_name': missing");
-    parse_err("{\"_class_name\": 3}", NULL, DF_ERR_FORMAT, "field '_class_name': expected a string");
+    parse_err("{\"_class_name\": 3}", NULL, DF_ERR_FORMAT,
+              "field '_class_name': expected a string");
     parse_err("{}", "KarrasVeScheduler", DF_ERR_INVALID, "unknown scheduler 'KarrasVeScheduler'");
     parse_err("{\"beta_start\": 0.1,", "DDIMScheduler", DF_ERR_FORMAT, "test.json: not valid JSON");
     parse_err("", "DDIMScheduler", DF_ERR_FORMAT, "not valid JSON");
     parse_err("[1, 2]", "DDIMScheduler", DF_ERR_FORMAT, "expected a JSON object");
+    parse_err("{\"a\xff\": 1}", "DDIMScheduler", DF_ERR_FORMAT,
+              "test.json: not valid UTF-8 (byte 3)");
+    parse_err("{\"a\": \"\xed\xa0\x80\"}", "DDIMScheduler", DF_ERR_FORMAT, "not valid UTF-8");
+    parse_err("{\"a\": \"\\udc00\"}", "DDIMScheduler", DF_ERR_FORMAT, "not valid JSON");
     parse_err("{} trailing", "DDIMScheduler", DF_ERR_FORMAT, "not valid JSON");
     df_sched_config c;
     cr_assert_eq(df_sched_config_load("/nonexistent/scheduler_config.json", NULL, &c), DF_ERR_IO);
@@ -269,8 +323,9 @@ Test(infer_sched_config, steps_and_strength_are_checked) {
     df_sched *s = NULL;
     cr_assert(df_sched_new(&c, &s) == DF_OK);
     cr_assert_eq(df_sched_set_timesteps(s, 1001), DF_ERR_INVALID);
-    cr_assert(strstr(df_last_error(), "field 'steps': 1001 is larger than num_train_timesteps 1000"),
-              "%s", df_last_error());
+    cr_assert(
+        strstr(df_last_error(), "field 'steps': 1001 is larger than num_train_timesteps 1000"),
+        "%s", df_last_error());
     cr_assert_eq(df_sched_set_timesteps(s, 0), DF_ERR_INVALID);
     int start = -1;
     cr_assert_eq(df_sched_img2img_start(s, 0.5, &start), DF_ERR_INVALID); /* no set_timesteps */

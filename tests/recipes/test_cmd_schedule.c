@@ -33,10 +33,15 @@ static int run(const char *args, char *out, size_t out_n, char *err, size_t err_
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static const char *const names[] = {
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
-    "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"};
+static const char *const names[] = {"DDPMScheduler",
+                                    "DDIMScheduler",
+                                    "PNDMScheduler",
+                                    "EulerDiscreteScheduler",
+                                    "EulerAncestralDiscreteScheduler",
+                                    "HeunDiscreteScheduler",
+                                    "LMSDiscreteScheduler",
+                                    "DPMSolverMultistepScheduler",
+                                    "UniPCMultistepScheduler"};
 
 static void check_array(const char *label, const cJSON *arr, const df_tensor *want) {
     cr_assert(cJSON_IsArray(arr), "%s: not an array", label);
@@ -46,8 +51,8 @@ static void check_array(const char *label, const cJSON *arr, const df_tensor *wa
     const cJSON *e;
     cJSON_ArrayForEach(e, arr) {
         double w = df_tensor_get(want, i);
-        cr_assert(fabs(e->valuedouble - w) <= 1e-7 * fabs(w), "%s[%d]: %.9g, expected %.9g",
-                  label, i, e->valuedouble, w);
+        cr_assert(fabs(e->valuedouble - w) <= 1e-7 * fabs(w), "%s[%d]: %.9g, expected %.9g", label,
+                  i, e->valuedouble, w);
         i++;
     }
 }
@@ -113,8 +118,10 @@ static void expect_error(const char *args_fmt, const char *needle) {
 }
 
 Test(recipes_cmd_schedule, bad_input_names_the_field) {
-    expect_error("'%s' --scheduler FooScheduler --steps 10", "--scheduler: unknown scheduler 'FooScheduler'");
-    expect_error("'%s' --steps 1001", "field 'steps': 1001 is larger than num_train_timesteps 1000");
+    expect_error("'%s' --scheduler FooScheduler --steps 10",
+                 "--scheduler: unknown scheduler 'FooScheduler'");
+    expect_error("'%s' --steps 1001",
+                 "field 'steps': 1001 is larger than num_train_timesteps 1000");
     expect_error("'%s' --steps ten", "field 'steps'");
     expect_error("'%s' --steps 10 --strength 1.5", "field 'strength'");
     expect_error("'%s' --steps 10 --strength -0.5", "field 'strength'");
@@ -135,7 +142,9 @@ Test(recipes_cmd_schedule, bad_config_names_file_and_field) {
     remove(path);
     cr_assert_neq(rc, 0);
     char want[512];
-    snprintf(want, sizeof want, "%s: field 'beta_schedule': expected one of linear, "
-             "scaled_linear, squaredcos_cap_v2; got 'foo'", path);
+    snprintf(want, sizeof want,
+             "%s: field 'beta_schedule': expected one of linear, "
+             "scaled_linear, squaredcos_cap_v2; got 'foo'",
+             path);
     cr_assert(strstr(err, want), "stderr '%s'", err);
 }

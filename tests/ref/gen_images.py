@@ -205,6 +205,17 @@ def main():
     struct.pack_into(">HH", j, i + 5, 20000, 20000)
     with open(os.path.join(neg, "absurd.jpg"), "wb") as f:
         f.write(bytes(j))
+    # a PNG claiming 16000 x 16000 RGBA (within the pixel limit) with a few bytes of data
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 16000, 16000, 8, 6, 0, 0, 0))
+    with open(os.path.join(neg, "bomb.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
+    # a progressive JPEG claiming 16000 x 16000 (within the pixel limit): a decompression bomb
+    with open(os.path.join(OUT, "jpeg_progressive.jpg"), "rb") as f:
+        j = bytearray(f.read())
+    i = j.index(b"\xff\xc2")
+    struct.pack_into(">HH", j, i + 5, 16000, 16000)
+    with open(os.path.join(neg, "bomb_progressive.jpg"), "wb") as f:
+        f.write(bytes(j))
     # a PNG whose IDAT is corrupt (bad CRC)
     b = bytearray(good_png)
     k = b.index(b"IDAT") + 10
