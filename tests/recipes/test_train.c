@@ -83,6 +83,7 @@ static void teardown(void) {
 }
 
 TestSuite(recipes_train, .init = setup, .fini = teardown);
+TestSuite(recipes_train_slow, .init = setup, .fini = teardown);
 
 /* Runs `diffusion train <yaml> output_dir=<out> <extra>`; returns the exit code, output in buf. */
 static int train(const char *out, const char *extra, char *buf, size_t len) {
