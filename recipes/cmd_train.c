@@ -29,11 +29,28 @@ df_cfg_field *df_recipe_schema(const df_recipe_def *def, int *n) {
 
 static int usage(void) {
     fprintf(stderr, "usage: diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR] "
-                    "[--print-config] [--allow-config-change] [--stop-after-steps N]\n");
+                    "[--print-config] [--allow-config-change] [--stop-after-steps N]\n"
+                    "       diffusion train --docs [RECIPE]\n");
     return 2;
 }
 
+/* `diffusion train --docs [RECIPE]`: every config key as a Markdown table (the README's). */
+static int print_docs(const char *name) {
+    const df_recipe_def *def = df_recipe_find(name);
+    if (!def) {
+        df_error(DF_ERR_INVALID, "unknown recipe '%s'", name);
+        return df_cli_fail("config");
+    }
+    int n;
+    df_cfg_field *schema = df_recipe_schema(def, &n);
+    df_config_write_docs(schema, n, stdout);
+    free(schema);
+    return 0;
+}
+
 int df_cmd_train(int argc, char **argv) {
+    if (argc >= 1 && strcmp(argv[0], "--docs") == 0)
+        return print_docs(argc >= 2 ? argv[1] : "unconditional");
     const char *path = NULL;
     df_train_opts opts = {0};
     bool print = false;

@@ -466,7 +466,10 @@ void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f) {
         const df_cfg_field *fd = &schema[i];
         char allowed[128] = "";
         if (fd->choices) snprintf(allowed, sizeof allowed, "%s", fd->choices);
-        else if (fd->min != 0 || fd->max != 0) snprintf(allowed, sizeof allowed, "[%g, %g]", fd->min, fd->max);
+        else if (fd->min != 0 || fd->max != 0) {
+            bool ints = fd->type == DF_CFG_INT || fd->type == DF_CFG_INT_LIST;
+            snprintf(allowed, sizeof allowed, ints ? "[%.0f, %.0f]" : "[%g, %g]", fd->min, fd->max);
+        }
         for (char *p = allowed; *p; p++)
             if (*p == '|') *p = ',';
         fprintf(f, "| `%s` | %s | %s | %s | %s |\n", fd->key, short_type[fd->type],
