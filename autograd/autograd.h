@@ -186,6 +186,14 @@ typedef struct df_scope {
 } df_scope;
 DF_API df_scope df_scope_begin(void);
 DF_API void df_scope_end(df_scope s);
+/* Library code that builds a result from temporaries it frees itself: between suspend and
+ * resume no scope adopts new tensors (the code owns them all), and the result is handed to the
+ * caller's scope with df_tensor_adopt after resume. Pairs nest like scopes. */
+typedef struct df_scope_pause {
+    int depth;
+} df_scope_pause;
+DF_API df_scope_pause df_scope_suspend(void);
+DF_API void df_scope_resume(df_scope_pause p);
 
 /* ---------------------------------------------------------------- flat parameters ------------- */
 

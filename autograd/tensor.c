@@ -157,6 +157,17 @@ static void scope_adopt(df_tensor *t) {
     scope_stack[scope_len++] = t;
 }
 
+df_scope_pause df_scope_suspend(void) {
+    df_scope_pause p = {scope_depth};
+    scope_depth = 0;
+    return p;
+}
+
+void df_scope_resume(df_scope_pause p) {
+    DF_ASSERT(scope_depth == 0, "df_scope_resume: a scope opened after suspend is still open");
+    scope_depth = p.depth;
+}
+
 df_tensor *df_tensor_adopt(df_tensor *t) {
     scope_adopt(t);
     return t;

@@ -251,9 +251,13 @@ df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts
     *out = NULL;
     if (ds->kind == DF_DATASET_HDF5) {
         df_tensor *rgb;
-        DF_TRY(df__h5_read(ds->h5, ds->root, i, &rgb));
+        df_scope_pause pause = df_scope_suspend(); /* temporaries freed here are ours */
+        df_status s = df__h5_read(ds->h5, ds->root, i, &rgb);
         df_decode_opts def = df_decode_opts_default();
-        *out = df__image_finish(rgb, dec ? dec : &def);
+        df_tensor *img = s == DF_OK ? df__image_finish(rgb, dec ? dec : &def) : NULL;
+        df_scope_resume(pause);
+        if (s != DF_OK) return s;
+        *out = df_tensor_adopt(img);
         return DF_OK;
     }
     char *p = path_join(ds->root, ds->files[i]);

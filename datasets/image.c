@@ -47,16 +47,19 @@ df_status df_image_decode(const void *bytes, size_t n, const char *name, const d
     DF_ASSERT(opts->channels == 1 || opts->channels == 3, "df_image_decode: channels %d not 1 or 3",
               opts->channels);
     *out = NULL;
-    df_tensor *raw = NULL;
-    df_status s;
-    if (is_png(bytes, n))
-        s = df__png_decode(bytes, n, name, &raw);
-    else if (is_jpeg(bytes, n))
-        s = df__jpeg_decode(bytes, n, name, &raw);
-    else
+    if (!is_png(bytes, n) && !is_jpeg(bytes, n))
         return df_error(DF_ERR_FORMAT, "%s: not a PNG or JPEG file (unknown magic bytes)", name);
+    /* the decoders free what they made on error: own everything until the result is handed over */
+    df_scope_pause pause = df_scope_suspend();
+    df_tensor *raw = NULL;
+    df_status s = is_png(bytes, n) ? df__png_decode(bytes, n, name, &raw)
+                                   : df__jpeg_decode(bytes, n, name, &raw);
+    df_scope_resume(pause);
     if (s != DF_OK) return s;
-    *out = df__image_finish(raw, opts);
+    pause = df_scope_suspend();
+    df_tensor *img = df__image_finish(raw, opts);
+    df_scope_resume(pause);
+    *out = df_tensor_adopt(img);
     return DF_OK;
 }
 

@@ -186,7 +186,7 @@ static df_status write_strings(hid_t file, const char *out_path, const char *nam
     return e < 0 ? df_error(DF_ERR_IO, "%s: cannot write '%s'", out_path, name) : DF_OK;
 }
 
-df_status df_pack_write(const df_dataset *ds, const char *out_path, int resolution,
+static df_status pack_write(const df_dataset *ds, const char *out_path, int resolution,
                         df_resample filter, const char *source, int64_t *n_skipped) {
     if (resolution < 1 || resolution > DF_IMAGE_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "%s: resolution %d out of range", out_path, resolution);
@@ -283,5 +283,14 @@ done:
     free(names);
     if (s != DF_OK) remove(out_path);
     if (n_skipped) *n_skipped = skipped;
+    return s;
+}
+
+df_status df_pack_write(const df_dataset *ds, const char *out_path, int resolution,
+                        df_resample filter, const char *source, int64_t *n_skipped) {
+    /* every image and intermediate of the pack loop is freed here: none belongs to a scope */
+    df_scope_pause pause = df_scope_suspend();
+    df_status s = pack_write(ds, out_path, resolution, filter, source, n_skipped);
+    df_scope_resume(pause);
     return s;
 }

@@ -77,7 +77,9 @@ void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *
     df_tensor *resized = NULL;
     const df_tensor *cur = img;
     if ((H < W ? H : W) != R) {
+        df_scope_pause pause = df_scope_suspend(); /* the resized copy is ours to free */
         resized = df_image_resize_short(img, R, t->filter);
+        df_scope_resume(pause);
         cur = resized;
         H = (int)cur->shape[0], W = (int)cur->shape[1];
     }
