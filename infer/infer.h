@@ -245,10 +245,14 @@ typedef struct df_uncond_pipeline {
 DF_API df_status df_uncond_pipeline_load(const char *dir, const char *scheduler_name,
                                          df_uncond_pipeline *p);
 DF_API void df_uncond_pipeline_free(df_uncond_pipeline *p);
+/* The model a sampling loop calls: x (N, C, H, W) and a 0-d timestep -> the model output
+ * (scope rule). df_unet2d_denoise is the UNet2DModel one (ctx: the df_unet2d). */
+typedef df_tensor *(*df_denoise_fn)(void *ctx, df_tensor *x, const df_tensor *t);
+DF_API df_tensor *df_unet2d_denoise(void *unet, df_tensor *x, const df_tensor *t);
 /* The sampling loop (see pipeline_uncond.c) from init_noise (N, C, H, W), which is multiplied by
  * init_noise_sigma; stochastic steps draw from gen. *out: the final sample (N, C, H, W) before
  * any clamping, owned by the caller (df_tensor_free) whatever scope is open. */
-DF_API df_status df_uncond_sample(df_unet2d *unet, df_sched *s, int steps,
+DF_API df_status df_uncond_sample(df_denoise_fn denoise, void *ctx, df_sched *s, int steps,
                                   const df_tensor *init_noise, df_torchgen *gen, df_tensor **out);
 /* Samples in [-1, 1] (N, C, H, W) as one U8 (rows*H, cols*W, C) grid image (cols <= 0: about
  * square), converted as diffusers' pipelines do. */

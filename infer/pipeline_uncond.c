@@ -49,8 +49,12 @@ static df_tensor *timestep_tensor(const df_sched *s, double t) {
     return df_full(DF_DTYPE_I64, 0, NULL, t);
 }
 
-df_status df_uncond_sample(df_unet2d *unet, df_sched *s, int steps, const df_tensor *init_noise,
-                           df_torchgen *gen, df_tensor **out) {
+df_tensor *df_unet2d_denoise(void *unet, df_tensor *x, const df_tensor *t) {
+    return df_unet2d_forward(unet, x, t);
+}
+
+df_status df_uncond_sample(df_denoise_fn denoise, void *ctx, df_sched *s, int steps,
+                           const df_tensor *init_noise, df_torchgen *gen, df_tensor **out) {
     *out = NULL;
     DF_TRY(df_sched_set_timesteps(s, steps));
     bool prev = df_grad_set_enabled(false);
@@ -67,7 +71,7 @@ df_status df_uncond_sample(df_unet2d *unet, df_sched *s, int steps, const df_ten
         df_tensor *x_in = NULL, *next = NULL;
         st = df_sched_scale_model_input(s, latents, ts[i], &x_in);
         if (st == DF_OK) {
-            df_tensor *eps = df_unet2d_forward(unet, x_in, timestep_tensor(s, ts[i]));
+            df_tensor *eps = denoise(ctx, x_in, timestep_tensor(s, ts[i]));
             st = df_sched_step(s, eps, ts[i], latents, &args, &next, NULL);
         }
         if (st == DF_OK) df_tensor_retain(next);

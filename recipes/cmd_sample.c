@@ -88,7 +88,7 @@ int df_cmd_sample(int argc, char **argv) {
     df_scope scope = df_scope_begin();
     df_tensor *noise = NULL, *sample = NULL;
     st = initial_noise(latents_path, &p.unet.unet2d->config, (int)n, &gen, &noise);
-    if (st == DF_OK) st = df_uncond_sample(p.unet.unet2d, p.sched, (int)steps, noise, &gen, &sample);
+    if (st == DF_OK) st = df_uncond_sample(df_unet2d_denoise, p.unet.unet2d, p.sched, (int)steps, noise, &gen, &sample);
     if (st == DF_OK && out_tensor) {
         const char *name = "sample";
         st = df_st_save(out_tensor, 1, &name, (const df_tensor *const *)&sample, 0, NULL, NULL);

@@ -139,7 +139,7 @@ static df_status uncond_validate(void *ctx, int64_t step, df_tensor **grid) {
                                                            c->sample_size, c->sample_size));
     df_torchgen_randn(&gen, df_f32(noise), noise->numel);
     df_tensor *sample = NULL;
-    df_status st = df_uncond_sample(&u->unet, s, (int)u->inference_steps, noise, &gen, &sample);
+    df_status st = df_uncond_sample(df_unet2d_denoise, &u->unet, s, (int)u->inference_steps, noise, &gen, &sample);
     df_sched_free(s);
     if (st != DF_OK) return st;
     *grid = df_images_to_grid(sample, 0);
