@@ -69,12 +69,8 @@ df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init) {
 }
 
 void df_vae_free(df_vae *m) {
-    for (int i = 0; i < m->config.n_blocks; i++) {
-        df_block_free(&m->enc_down[i]);
-        df_block_free(&m->dec_up[i]);
-    }
-    df_block_free(&m->enc_mid);
-    df_block_free(&m->dec_mid);
+    df_unet_blocks_free(m->enc_down, &m->enc_mid, NULL, m->config.n_blocks);
+    df_unet_blocks_free(NULL, &m->dec_mid, m->dec_up, m->config.n_blocks);
     df_params_free(&m->params);
 }
 

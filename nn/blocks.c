@@ -182,3 +182,40 @@ bool df_block_type_attn(const char *type, df_block_attn *out) {
     }
     return false;
 }
+
+df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR],
+                               char (*up)[DF_JSON_STR], df_block_attn excluded) {
+    for (int i = 0; i < n; i++) {
+        df_block_attn a;
+        if (!df_block_type_attn(down[i], &a) || a == excluded || strstr(down[i], "Encoder"))
+            return df_error(DF_ERR_UNSUPPORTED, "%s: down block type '%s'", cls, down[i]);
+        if (!df_block_type_attn(up[i], &a) || a == excluded || strstr(up[i], "Decoder"))
+            return df_error(DF_ERR_UNSUPPORTED, "%s: up block type '%s'", cls, up[i]);
+    }
+    return DF_OK;
+}
+
+#define MAX_SKIPS 64
+
+df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid, const df_block *up,
+                                  int n_blocks, df_tensor *h, df_tensor *temb, df_tensor *context) {
+    df_tensor *skips[MAX_SKIPS];
+    int n_skips = 0, needed = 1;
+    for (int i = 0; i < n_blocks; i++) needed += down[i].n_resnets + (down[i].has_sampler ? 1 : 0);
+    DF_ASSERT(needed <= MAX_SKIPS, "UNet: %d skip connections (at most %d)", needed, MAX_SKIPS);
+    skips[n_skips++] = h;
+    for (int i = 0; i < n_blocks; i++)
+        h = df_down_block_forward(&down[i], h, temb, context, skips, &n_skips);
+    h = df_mid_block_forward(mid, h, temb, context);
+    for (int i = 0; i < n_blocks; i++)
+        h = df_up_block_forward(&up[i], h, temb, context, skips, &n_skips);
+    return h;
+}
+
+void df_unet_blocks_free(df_block *down, df_block *mid, df_block *up, int n_blocks) {
+    for (int i = 0; i < n_blocks; i++) {
+        if (down) df_block_free(&down[i]);
+        if (up) df_block_free(&up[i]);
+    }
+    if (mid) df_block_free(mid);
+}

@@ -406,9 +406,18 @@ DF_API void df_down_block_init(df_block *b, df_params *r, const char *name, df_b
 DF_API void df_up_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
 DF_API void df_mid_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
 DF_API void df_block_free(df_block *b);
-/* How many skip tensors a UNet's down path stores (conv_in's, one per layer, one per
- * downsampler). */
-DF_API int df_unet_skip_count(const df_block *down, int n_blocks);
+/* DF_ERR_UNSUPPORTED naming the block type unless every down/up type is a UNet block of a kind
+ * other than `excluded` (UNet2DModel has no cross-attention blocks; the conditional UNet no
+ * spatial-attention ones). */
+DF_API df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR],
+                                      char (*up)[DF_JSON_STR], df_block_attn excluded);
+/* The UNet body shared by both UNets: h = conv_in output; the down path (storing skips), the mid
+ * block and the up path (consuming them). */
+DF_API df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid,
+                                         const df_block *up, int n_blocks, df_tensor *h,
+                                         df_tensor *temb, df_tensor *context);
+/* Frees n_blocks down and up blocks and the mid block (any may be NULL). */
+DF_API void df_unet_blocks_free(df_block *down, df_block *mid, df_block *up, int n_blocks);
 /* The attention kind of a diffusers block class name; false for a class we do not implement. */
 DF_API bool df_block_type_attn(const char *type, df_block_attn *out);
 /* Down: appends each layer's output (and the downsampler's) to skips[*n_skips++]; returns the

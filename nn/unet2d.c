@@ -11,17 +11,8 @@
 #include <string.h>
 
 static df_status check_blocks(const df_unet2d_config *c) {
-    for (int i = 0; i < c->n_blocks; i++) {
-        df_block_attn a;
-        if (!df_block_type_attn(c->down_block_types[i], &a) || a == DF_BLOCK_ATTN_TRANSFORMER ||
-            strstr(c->down_block_types[i], "Encoder"))
-            return df_error(DF_ERR_UNSUPPORTED, "UNet2DModel: down block type '%s'",
-                            c->down_block_types[i]);
-        if (!df_block_type_attn(c->up_block_types[i], &a) || a == DF_BLOCK_ATTN_TRANSFORMER ||
-            strstr(c->up_block_types[i], "Decoder"))
-            return df_error(DF_ERR_UNSUPPORTED, "UNet2DModel: up block type '%s'",
-                            c->up_block_types[i]);
-    }
+    DF_TRY(df_unet_check_blocks("UNet2DModel", c->n_blocks, (char(*)[DF_JSON_STR])c->down_block_types,
+                                (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_TRANSFORMER));
     if (c->dropout != 0)
         return df_error(DF_ERR_UNSUPPORTED, "UNet2DModel: dropout %g (only 0)", c->dropout);
     return DF_OK;
@@ -85,19 +76,8 @@ df_status df_unet2d_init(df_unet2d *m, const df_unet2d_config *c, df_init init) 
 }
 
 void df_unet2d_free(df_unet2d *m) {
-    for (int i = 0; i < m->config.n_blocks; i++) {
-        df_block_free(&m->down[i]);
-        df_block_free(&m->up[i]);
-    }
-    df_block_free(&m->mid);
+    df_unet_blocks_free(m->down, &m->mid, m->up, m->config.n_blocks);
     df_params_free(&m->params);
-}
-
-/* How many skip tensors the down path stores: conv_in's, one per layer, one per downsampler. */
-int df_unet_skip_count(const df_block *down, int n_blocks) {
-    int n = 1;
-    for (int i = 0; i < n_blocks; i++) n += down[i].n_resnets + (down[i].has_sampler ? 1 : 0);
-    return n;
 }
 
 df_tensor *df_unet2d_forward(df_unet2d *m, df_tensor *sample, const df_tensor *timestep) {
@@ -110,16 +90,8 @@ df_tensor *df_unet2d_forward(df_unet2d *m, df_tensor *sample, const df_tensor *t
                                              c->flip_sin_to_cos, (float)c->freq_shift);
     df_tensor *emb = df_timestep_mlp_forward(&m->time_embedding, t_emb);
 
-    df_tensor *skips[64];
-    int n_skips = 0;
-    DF_ASSERT(df_unet_skip_count(m->down, c->n_blocks) <= 64, "UNet2DModel: too many skips");
     df_tensor *h = df_conv_mod_forward(&m->conv_in, sample);
-    skips[n_skips++] = h;
-    for (int i = 0; i < c->n_blocks; i++)
-        h = df_down_block_forward(&m->down[i], h, emb, NULL, skips, &n_skips);
-    h = df_mid_block_forward(&m->mid, h, emb, NULL);
-    for (int i = 0; i < c->n_blocks; i++)
-        h = df_up_block_forward(&m->up[i], h, emb, NULL, skips, &n_skips);
+    h = df_unet_blocks_forward(m->down, &m->mid, m->up, c->n_blocks, h, emb, NULL);
     h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
     return df_conv_mod_forward(&m->conv_out, h);
 }

@@ -10,17 +10,8 @@
 #include <string.h>
 
 static df_status check_blocks(const df_unet2d_cond_config *c) {
-    for (int i = 0; i < c->n_blocks; i++) {
-        df_block_attn a;
-        if (!df_block_type_attn(c->down_block_types[i], &a) || a == DF_BLOCK_ATTN_SPATIAL ||
-            strstr(c->down_block_types[i], "Encoder"))
-            return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: down block type '%s'",
-                            c->down_block_types[i]);
-        if (!df_block_type_attn(c->up_block_types[i], &a) || a == DF_BLOCK_ATTN_SPATIAL ||
-            strstr(c->up_block_types[i], "Decoder"))
-            return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: up block type '%s'",
-                            c->up_block_types[i]);
-    }
+    DF_TRY(df_unet_check_blocks("UNet2DConditionModel", c->n_blocks, (char(*)[DF_JSON_STR])c->down_block_types,
+                                (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_SPATIAL));
     if (c->dropout != 0)
         return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: dropout %g (only 0)", c->dropout);
     return DF_OK;
@@ -98,11 +89,7 @@ df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c,
 }
 
 void df_unet2d_cond_free(df_unet2d_cond *m) {
-    for (int i = 0; i < m->config.n_blocks; i++) {
-        df_block_free(&m->down[i]);
-        df_block_free(&m->up[i]);
-    }
-    df_block_free(&m->mid);
+    df_unet_blocks_free(m->down, &m->mid, m->up, m->config.n_blocks);
     df_params_free(&m->params);
 }
 
@@ -120,16 +107,8 @@ df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df
                                              c->flip_sin_to_cos, (float)c->freq_shift);
     df_tensor *emb = df_timestep_mlp_forward(&m->time_embedding, t_emb);
 
-    df_tensor *skips[64];
-    int n_skips = 0;
-    DF_ASSERT(df_unet_skip_count(m->down, c->n_blocks) <= 64, "UNet2DConditionModel: too many skips");
     df_tensor *h = df_conv_mod_forward(&m->conv_in, sample);
-    skips[n_skips++] = h;
-    for (int i = 0; i < c->n_blocks; i++)
-        h = df_down_block_forward(&m->down[i], h, emb, encoder_hidden_states, skips, &n_skips);
-    h = df_mid_block_forward(&m->mid, h, emb, encoder_hidden_states);
-    for (int i = 0; i < c->n_blocks; i++)
-        h = df_up_block_forward(&m->up[i], h, emb, encoder_hidden_states, skips, &n_skips);
+    h = df_unet_blocks_forward(m->down, &m->mid, m->up, c->n_blocks, h, emb, encoder_hidden_states);
     h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
     return df_conv_mod_forward(&m->conv_out, h);
 }

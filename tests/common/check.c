@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 void check_close_f32(const char *label, const float *got, const float *want, int64_t n,
                      double atol, double rtol) {
@@ -121,4 +122,15 @@ const char *fixture_path(const char *relpath) {
     static _Thread_local char buf[4096];
     snprintf(buf, sizeof buf, "%s/%s", DF_FIXTURES, relpath);
     return buf;
+}
+
+int run_command(const char *cmdline, char *out, size_t len) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s 2>&1", cmdline);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p, "cannot run: %s", cmdline);
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

@@ -33,6 +33,10 @@ void gradcheck(const char *label, gradcheck_fn fn, void *user, df_tensor **input
 /* A tensor of the given shape filled from N(0,1) by a Philox stream of `seed`. */
 df_tensor *randn_tensor(uint64_t seed, int ndim, const int64_t *shape);
 
+/* Runs a shell command line with stderr merged into stdout; the output (NUL-terminated,
+ * truncated to len - 1) goes to out. Returns the exit code (-1 when killed by a signal). */
+int run_command(const char *cmdline, char *out, size_t len);
+
 /* Fixtures: tests/fixtures/<relpath>. fixture_path returns a static buffer. */
 const char *fixture_path(const char *relpath);
 /* Opens tests/fixtures/<relpath> (fails the test with df_last_error() when it cannot). The file

@@ -10,14 +10,9 @@
 #include <sys/wait.h>
 
 static int run(const char *args, char *err, size_t len) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", DF_CLI, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p);
-    size_t n = fread(err, 1, len - 1, p);
-    err[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s %s", DF_CLI, args);
+    return run_command(cmd, err, len);
 }
 
 Test(recipes_cmd_forward, unet2d_matches_diffusers) {

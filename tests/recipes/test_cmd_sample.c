@@ -15,13 +15,8 @@ static char dir[256];
 
 static int run(const char *args, char *out, size_t len) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s sample %s 2>&1", DF_CLI, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p);
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof cmd, "%s sample %s", DF_CLI, args);
+    return run_command(cmd, out, len);
 }
 
 static void copy(const char *from, const char *to) {

@@ -88,14 +88,9 @@ TestSuite(recipes_train_slow, .init = setup, .fini = teardown);
 /* Runs `diffusion train <yaml> output_dir=<out> <extra>`; returns the exit code, output in buf. */
 static int train(const char *out, const char *extra, char *buf, size_t len) {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s train %s output_dir=%s/%s %s 2>&1", DF_CLI, yaml,
-             root, out, extra);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p);
-    size_t n = fread(buf, 1, len - 1, p);
-    buf[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s train %s output_dir=%s/%s %s", DF_CLI, yaml, root,
+             out, extra);
+    return run_command(cmd, buf, len);
 }
 
 static char *read_file(const char *path, size_t *len) {
