@@ -177,7 +177,6 @@ static void entry_destroy(df_dnnl_prim *p) {
 /* ------------------------------------------------------------------ the cache --------------- */
 
 #define CACHE_BUCKETS 256
-#define CACHE_CAPACITY 512
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static df_dnnl_prim *buckets[CACHE_BUCKETS];
@@ -237,7 +236,7 @@ df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, v
         entry_destroy(fresh);
         return p;
     }
-    while (n_entries >= CACHE_CAPACITY) evict_one_locked();
+    while (n_entries >= DF_DNNL_CACHE_CAPACITY) evict_one_locked();
     fresh->refcount = 2; /* the table and the caller */
     fresh->last_use = ++use_clock;
     fresh->next = buckets[h % CACHE_BUCKETS];

@@ -103,6 +103,9 @@ const_dnnl_primitive_desc_t df_dnnl_prim_pd(const df_dnnl_prim *p);
  * waits for completion. */
 void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs);
 
+/* At most this many primitives are kept; the least recently used is evicted beyond. */
+#define DF_DNNL_CACHE_CAPACITY 512
+
 /* Cache statistics (tests): entries held, hits and misses since start. */
 typedef struct df_dnnl_cache_stats {
     int entries;

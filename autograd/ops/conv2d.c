@@ -166,6 +166,7 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
 
 static void conv2d_backward(df_node *n, const df_tensor *g) {
     const conv_shape *s = n->state;
+    if (g->numel == 0 || s->C == 0) return;
     df_tensor *x = n->inputs[0], *w = n->inputs[1];
     df_tensor *gx = df_node_grad(n, 0);
     df_tensor *gw = df_node_grad(n, 1);
