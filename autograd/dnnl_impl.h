@@ -38,6 +38,14 @@ void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const c
             df_dnnl_fail(opname, #call, df_dnnl_s_, __FILE__, __LINE__);                         \
     } while (0)
 
+/* A new primitive attribute (the caller destroys it) with a user-managed scratchpad and, when
+ * `sum`, a sum post-op (dst = result + dst). Every primitive is created with one: the library's
+ * default scratchpad is shared by all primitives of the process (unless oneDNN was built with
+ * DNNL_ENABLE_CONCURRENT_EXEC, which Debian's is not), so two threads running the backward-weights
+ * convolution at once corrupted each other's reduction buffers and barriers and hung; with a user
+ * scratchpad each execution gets its own (df_dnnl_prim_run allocates it from the memory pool). */
+dnnl_primitive_attr_t df_dnnl_attr_new(bool sum);
+
 /* Memory descriptors of F32 tensors: by tag (dnnl_format_tag_any for "primitive chooses"), and
  * by explicit strides in elements (transposed views). */
 dnnl_memory_desc_t df_dnnl_md_tag(int ndim, const int64_t *dims, dnnl_format_tag_t tag);

@@ -47,17 +47,9 @@ static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     dnnl_matmul_desc_t d;
     DF_DNNL_CHECK("matmul", dnnl_matmul_desc_init(&d, &a_md, &b_md, c->bias ? &bias_md : NULL,
                                                   &c_md));
-    dnnl_primitive_attr_t attr = NULL;
-    if (c->accumulate) {
-        dnnl_post_ops_t po;
-        DF_DNNL_CHECK("matmul", dnnl_primitive_attr_create(&attr));
-        DF_DNNL_CHECK("matmul", dnnl_post_ops_create(&po));
-        DF_DNNL_CHECK("matmul", dnnl_post_ops_append_sum(po, 1.0f));
-        DF_DNNL_CHECK("matmul", dnnl_primitive_attr_set_post_ops(attr, po));
-        dnnl_post_ops_destroy(po);
-    }
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(c->accumulate);
     DF_DNNL_CHECK("matmul", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
-    if (attr) dnnl_primitive_attr_destroy(attr);
+    dnnl_primitive_attr_destroy(attr);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, a_md};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, b_md};

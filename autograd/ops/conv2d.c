@@ -101,7 +101,9 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
                                 &d, dnnl_forward_training, dnnl_convolution_direct, &m.src, &m.w,
                                 s->bias ? &m.b : NULL, &m.dst, m.strides, m.dilates, m.pad_l,
                                 m.pad_r));
-    DF_DNNL_CHECK("conv2d", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(), NULL));
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("conv2d", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
+    dnnl_primitive_attr_destroy(attr);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
@@ -133,8 +135,10 @@ static void bwd_data_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
                                          &d, dnnl_convolution_direct, &m.src, &m.w, &m.dst,
                                          m.strides, m.dilates, m.pad_l, m.pad_r));
     df_dnnl_prim *hint = fwd_hint(&c->s, c->fwd_bias);
-    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(),
                                                                 df_dnnl_prim_pd(hint)));
+    dnnl_primitive_attr_destroy(attr);
     df_dnnl_prim_put(hint);
     args[0] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_DST, DF_DNNL_IN, m.dst_user};
     args[1] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
@@ -153,8 +157,10 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
                       &d, dnnl_convolution_direct, &m.src, &m.w, c->s.bias ? &m.b : NULL, &m.dst,
                       m.strides, m.dilates, m.pad_l, m.pad_r));
     df_dnnl_prim *hint = fwd_hint(&c->s, c->fwd_bias);
-    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(),
                                                                 df_dnnl_prim_pd(hint)));
+    dnnl_primitive_attr_destroy(attr);
     df_dnnl_prim_put(hint);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};

@@ -50,7 +50,9 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
                                     &d, p->training ? dnnl_forward_training
                                                     : dnnl_forward_inference,
                                     &data, &stat, p->eps, lnorm_flags(p)));
-    DF_DNNL_CHECK("layer_norm", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(), NULL));
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("layer_norm", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
+    dnnl_primitive_attr_destroy(attr);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, data};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DST, DF_DNNL_OUT, data};
@@ -77,8 +79,10 @@ static void bwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
                       p->eps, lnorm_flags(p)));
     df_dnnl_key hk = lnorm_key(DF_DNNL_KIND_LNORM_FWD, p);
     df_dnnl_prim *hint = df_dnnl_prim_get(&hk, fwd_build, (void *)p);
-    DF_DNNL_CHECK("layer_norm backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("layer_norm backward", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(),
                                                                     df_dnnl_prim_pd(hint)));
+    dnnl_primitive_attr_destroy(attr);
     df_dnnl_prim_put(hint);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, data};
