@@ -13,6 +13,7 @@
 #include "autograd/dnnl_impl.h"
 
 #include <oneapi/dnnl/dnnl_debug.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,11 +102,11 @@ void df_dnnl_key_push_n(df_dnnl_key *k, int n, const int64_t *v) {
 }
 
 static bool key_equal(const df_dnnl_key *a, const df_dnnl_key *b) {
-    return a->kind == b->kind && a->n == b->n && memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
+    return a->kind == b->kind && a->threads == b->threads && a->n == b->n && memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
 }
 
 static uint64_t key_hash(const df_dnnl_key *k) {
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)k->kind;
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)k->kind ^ ((uint64_t)k->threads << 32);
     for (int i = 0; i < k->n; i++) {
         h ^= (uint64_t)k->v[i];
         h *= 1099511628211ull;
@@ -222,7 +223,13 @@ static void evict_one_locked(void) {
     if (--p->refcount == 0) entry_destroy(p);
 }
 
-df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, void *ctx) {
+df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *user_key, df_dnnl_build_fn build, void *ctx) {
+    /* oneDNN fixes a primitive's thread count when it is created: the key includes it, so a
+     * change of omp_set_num_threads gets new primitives instead of silently keeping the old
+     * count */
+    df_dnnl_key k = *user_key;
+    df_dnnl_key_push(&k, k.threads ? k.threads : omp_get_max_threads());
+    const df_dnnl_key *key = &k;
     uint64_t h = key_hash(key);
     pthread_mutex_lock(&cache_lock);
     df_dnnl_prim *p = lookup_locked(key, h);
@@ -242,10 +249,14 @@ df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, v
     fresh->hash = h;
     df_dnnl_arg_spec specs[DF_DNNL_MAX_ARGS];
     memset(specs, 0, sizeof specs);
+    /* oneDNN reads the thread count when it creates the primitive descriptor */
+    int prev_threads = omp_get_max_threads();
+    if (key->threads) omp_set_num_threads(key->threads);
     build(ctx, &fresh->pd, &fresh->n_args, specs);
     DF_ASSERT(fresh->n_args >= 0 && fresh->n_args <= DF_DNNL_MAX_ARGS, "dnnl: %d arguments",
               fresh->n_args);
     entry_finish(fresh, specs);
+    if (key->threads) omp_set_num_threads(prev_threads);
 
     pthread_mutex_lock(&cache_lock);
     p = lookup_locked(key, h);
@@ -313,6 +324,9 @@ static void run_reorder(const char *opname, const scratch_prim *r, dnnl_memory_t
 }
 
 void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs) {
+    /* ... and some implementations read it again when they execute */
+    int prev_threads = omp_get_max_threads();
+    if (p->key.threads) omp_set_num_threads(p->key.threads);
     dnnl_engine_t e = df_dnnl_engine();
     dnnl_memory_t user[DF_DNNL_MAX_ARGS] = {0}, prim[DF_DNNL_MAX_ARGS] = {0};
     void *tmp[DF_DNNL_MAX_ARGS] = {0};
@@ -340,4 +354,5 @@ void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs) {
         if (prim[i]) dnnl_memory_destroy(prim[i]);
         if (tmp[i]) df_mem_free(tmp[i], p->args[i].prim_bytes);
     }
+    if (p->key.threads) omp_set_num_threads(prev_threads);
 }

@@ -55,13 +55,26 @@ dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims);
 
 /* ------------------------------------------------------------------ primitive cache --------- */
 
-#define DF_DNNL_KEY_MAX 48
+#define DF_DNNL_KEY_MAX 48 /* one slot is taken by the cache (the thread count) */
+
+/* Results must not depend on the thread count (resume must be exact). oneDNN splits some long
+ * reductions across threads — convolution backward-weights over the batch and pixels, a GEMM
+ * over a long inner dim (matmul backward, linear's weight gradient) — so their sums changed
+ * between 1 and 2 threads (up to 4e-3 on the benchmark shapes). Primitives doing such a
+ * reduction set key.threads = DF_DNNL_REDUCTION_THREADS: they are created and run with exactly
+ * that many OpenMP threads whatever OMP_NUM_THREADS says, which fixes the split. The price: on
+ * a machine with more cores those primitives use only this many. Override with
+ * -DDF_DNNL_REDUCTION_THREADS=n at build time (results then differ from other builds). */
+#ifndef DF_DNNL_REDUCTION_THREADS
+#define DF_DNNL_REDUCTION_THREADS 2
+#endif
 
 /* What identifies a primitive: the op kind (an op-private enum value, distinct per op file via
  * df_dnnl_kind) and up to DF_DNNL_KEY_MAX integers (shapes, params, flags). Zero-initialise,
  * then push values. */
 typedef struct df_dnnl_key {
     int kind;
+    int threads; /* 0: run with the caller's omp_get_max_threads(); > 0: see below */
     int n;
     int64_t v[DF_DNNL_KEY_MAX];
 } df_dnnl_key;
@@ -101,8 +114,8 @@ typedef void (*df_dnnl_build_fn)(void *ctx, dnnl_primitive_desc_t *pd, int *n_ar
 
 typedef struct df_dnnl_prim df_dnnl_prim;
 
-/* The cached primitive for key, built with build(ctx) on a miss. The caller holds a reference
- * until df_dnnl_prim_put. */
+/* The cached primitive for (key, current omp_get_max_threads()), built with build(ctx) on a
+ * miss. The caller holds a reference until df_dnnl_prim_put. */
 df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, void *ctx);
 void df_dnnl_prim_put(df_dnnl_prim *p);
 /* Borrowed while the reference is held. */
@@ -138,8 +151,10 @@ typedef struct df_dnnl_mat {
 df_dnnl_mat df_dnnl_mat_of(const float *data, int ndim, const int64_t *stored_dims, bool trans);
 
 /* c (= or +=) a * b (+ bias broadcast over rows when bias != NULL, length = c's cols) with
- * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). */
+ * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). `reduction`:
+ * the product is a gradient reduction (backward), run with DF_DNNL_REDUCTION_THREADS. */
 void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                    const float *bias, float *c, const int64_t *c_dims, bool accumulate);
+                    const float *bias, float *c, const int64_t *c_dims, bool accumulate,
+                    bool reduction);
 
 #endif

@@ -11,7 +11,9 @@
  *     (2) dw += conv_backward_weights(x, G)            (correlation of x with G)
  *     (3) db += sum_{n, i, j} G[n, o, i, j]            (from the same primitive as (2))
  *     both backward primitive descriptors are created with the forward one as hint; results are
- *     added into the gradients by a reorder with a sum post-op.
+ *     added into the gradients by a reorder with a sum post-op. (2) and (3) sum over the batch
+ *     and pixels, which oneDNN splits across threads: that primitive runs with
+ *     DF_DNNL_REDUCTION_THREADS threads (dnnl_impl.h) so the sums do not follow the thread count.
  *   saved: nothing (x, w are the node's inputs).
  *
  * Layout: DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the primitive is asked for
@@ -190,6 +192,7 @@ static void conv2d_backward(df_node *n, const df_tensor *g) {
     if (gw || gb) { /* (2), (3) */
         c.s.bias = gb != NULL;
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_WEIGHTS, &c.s);
+        k.threads = DF_DNNL_REDUCTION_THREADS; /* a split of the batch sum fixed by us */
         k.v[k.n++] = c.fwd_bias;
         /* the primitive always makes dw: without a weight gradient it goes to a scratch tensor */
         df_tensor *dw = gw;

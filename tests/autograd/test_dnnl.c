@@ -4,6 +4,7 @@
 #include "autograd/dnnl_impl.h"
 #include "tests/common/check.h"
 
+#include <omp.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -95,4 +96,44 @@ Test(autograd_dnnl, failing_call_stops_with_message, .signal = SIGABRT) {
     dnnl_dims_t d = {2, 3};
     /* a negative rank is invalid: stops with "test: <call> failed: invalid_arguments" */
     DF_DNNL_CHECK("test", dnnl_memory_desc_init_by_tag(&md, -1, d, dnnl_f32, dnnl_ab));
+}
+
+/* Conv and matmul gradients (forward too) at shapes where oneDNN splits the weight-gradient
+ * reductions across threads: bit-identical with 1 and 2 OpenMP threads. Before reductions ran
+ * with DF_DNNL_REDUCTION_THREADS, dw differed by up to 4e-3 here. */
+typedef struct big_run {
+    df_tensor *y, *gx, *gw, *gb, *mm_gb;
+} big_run;
+
+static big_run big_once(int threads) {
+    omp_set_num_threads(threads);
+    df_conv2d_params p = df_conv2d_default();
+    p.padding[0] = p.padding[1] = 1;
+    df_tensor *x = randn_tensor(8, DF_DIMS(32, 64, 32, 32));
+    df_tensor *w = randn_tensor(9, DF_DIMS(64, 64, 3, 3));
+    df_tensor *b = randn_tensor(10, DF_DIMS(64));
+    df_tensor *a = randn_tensor(11, DF_DIMS(32768, 64));
+    df_tensor *m = randn_tensor(12, DF_DIMS(64, 64));
+    df_tensor *ts[] = {x, w, b, a, m};
+    for (int i = 0; i < 5; i++) df_tensor_set_requires_grad(ts[i], true);
+    df_tensor *y = df_conv2d(x, w, b, p);
+    df_tensor *gy = randn_tensor(13, y->ndim, y->shape);
+    cr_assert(df_backward_with(y, gy) == DF_OK);
+    df_tensor *c = df_matmul(a, m, false, false);
+    df_tensor *gc = randn_tensor(14, c->ndim, c->shape);
+    cr_assert(df_backward_with(c, gc) == DF_OK);
+    big_run r = {df_detach(y), df_detach(x->grad), df_detach(w->grad), df_detach(b->grad),
+                 df_detach(m->grad)};
+    return r;
+}
+
+Test(autograd_dnnl, reductions_independent_of_thread_count) {
+    df_scope s = df_scope_begin();
+    big_run r1 = big_once(1), r2 = big_once(2);
+    check_close("conv y, 1 vs 2 threads", r2.y, r1.y, 0, 0);
+    check_close("conv dx, 1 vs 2 threads", r2.gx, r1.gx, 0, 0);
+    check_close("conv dw, 1 vs 2 threads", r2.gw, r1.gw, 0, 0);
+    check_close("conv db, 1 vs 2 threads", r2.gb, r1.gb, 0, 0);
+    check_close("matmul db, 1 vs 2 threads", r2.mm_gb, r1.mm_gb, 0, 0);
+    df_scope_end(s);
 }
