@@ -117,6 +117,7 @@ typedef struct df_tensor {
     struct df_tensor *grad; /* leaf gradient, owned; NULL until a backward reaches it */
     df_node *node;          /* the op that made this tensor (grad_fn); NULL for leaves */
     bool requires_grad;     /* leaves: set by the user; op outputs: true when `node` is set */
+    bool scoped;            /* one of the references belongs to an open scope */
     int refcount;
 } df_tensor;
 
@@ -153,6 +154,11 @@ DF_API df_tensor *df_detach(const df_tensor *t);
 DF_API df_tensor *df_tensor_view(const df_tensor *t, int ndim, const int64_t *shape, int64_t offset);
 
 DF_API df_tensor *df_tensor_retain(df_tensor *t);
+/* Hands a reference the caller owns (from df_tensor_new_owned, a retain, ...) to the innermost
+ * open scope, or leaves it with the caller when no scope is open: the way library code returns
+ * a result under the scope rule after building it with owned temporaries it may free on error.
+ * Returns t. */
+DF_API df_tensor *df_tensor_adopt(df_tensor *t);
 DF_API void df_tensor_free(df_tensor *t); /* drops one reference; NULL is a no-op */
 
 DF_API void df_tensor_fill_(df_tensor *t, double value);
@@ -214,38 +220,76 @@ DF_API df_status df_backward_with(df_tensor *out, const df_tensor *grad_out);
 
 /* ---------------------------------------------------------------- RNG ------------------------- */
 
-/* Counter-based Philox4x32-10 stream: (key = seed, counter) fully describe the state, so a
- * checkpoint stores two integers. Independent streams come from different `stream` ids. */
+/* Counter-based Philox4x32-10 stream: block b of stream `stream` under seed `seed` is
+ * philox(counter = (b, stream) as 128 bits, key = seed). Streams of one seed are disjoint
+ * counter ranges, so they never overlap; distinct (seed, stream) pairs give distinct sequences.
+ * The state is four integers (key, stream, counter, buf_used): a checkpoint stores them and
+ * df_philox_set_state continues the stream exactly. The struct is plain data. */
 typedef struct df_philox {
-    uint64_t key;     /* seed mixed with the stream id */
-    uint64_t counter; /* number of 128-bit blocks consumed */
-    uint32_t buf[4];
+    uint64_t key;     /* the seed */
+    uint64_t stream;  /* counter words 2..3 */
+    uint64_t counter; /* counter words 0..1: 128-bit blocks consumed so far */
+    uint32_t buf[4];  /* the last block (counter - 1) */
     int buf_used;     /* words of buf already handed out (4 = empty) */
 } df_philox;
 DF_API void df_philox_init(df_philox *g, uint64_t seed, uint64_t stream);
+/* Restores a state saved from the fields key, stream, counter, buf_used (buf is recomputed).
+ * buf_used must be in 0..4, and counter > 0 when buf_used < 4 (DF_ASSERT). */
+DF_API void df_philox_set_state(df_philox *g, uint64_t key, uint64_t stream, uint64_t counter,
+                                int buf_used);
 DF_API uint32_t df_philox_u32(df_philox *g);
-DF_API float df_philox_uniform(df_philox *g);       /* [0, 1) */
-DF_API float df_philox_normal(df_philox *g);        /* N(0, 1) */
+/* [0, 1): the top 24 bits of one word times 2^-24. */
+DF_API float df_philox_uniform(df_philox *g);
+/* N(0, 1) by Box-Muller on two words; df_philox_normal keeps only the cosine value (2 words per
+ * draw), the fill uses both (cos into out[i], sin into out[i+1]). */
+DF_API float df_philox_normal(df_philox *g);
 DF_API void df_philox_fill_normal(df_philox *g, float *out, int64_t n);
 DF_API void df_philox_fill_uniform(df_philox *g, float *out, int64_t n);
 
 /* torch's CPU generator (mt19937) with torch's sampling algorithms, so that
  * df_torchgen_seed(g, s) followed by fills reproduces torch.manual_seed(s); torch.randn(shape)
- * / torch.rand(shape) bit for bit. */
+ * / torch.rand(shape) (float32, CPU, torch 1.13 with its default AVX2 kernels) bit for bit,
+ * whatever CPU we run on; also torch.randperm / randint. Only float32 randn/rand: float64 tensors
+ * of 16 or more elements take another torch path (not reproduced). Calls continue the state
+ * exactly as successive torch calls on one generator do. The struct is plain data: copying it
+ * copies the generator. Not thread-safe (one per thread). */
 typedef struct df_torchgen {
     uint32_t mt[624];
-    int mti;
-    bool has_next_normal; /* torch caches the second Box-Muller value for scalar draws */
+    int mti;              /* next word of mt to hand out; 624 = regenerate before the next draw */
+    bool has_next_normal; /* torch caches the second Box-Muller value of its scalar normal path */
     double next_normal;
-    uint64_t seed;
+    uint64_t seed;        /* as given; only its low 32 bits seed mt (as in torch) */
 } df_torchgen;
+/* torch.manual_seed(seed) / Generator.manual_seed(seed): also clears the cached normal. */
 DF_API void df_torchgen_seed(df_torchgen *g, uint64_t seed);
+/* The generator's random() (one mt19937 word) and random64() (two words, first = high half). */
 DF_API uint32_t df_torchgen_u32(df_torchgen *g);
 DF_API uint64_t df_torchgen_u64(df_torchgen *g);
-/* torch.randn(n) into out (float32). */
+/* torch.randn(n) into out (float32); any shape with n elements (only numel matters). n < 16
+ * takes torch's scalar path, which reads and refills the cached normal; n >= 16 the block
+ * Box-Muller path, which leaves the cache alone. */
 DF_API void df_torchgen_randn(df_torchgen *g, float *out, int64_t n);
-/* torch.rand(n) into out (float32). */
+/* torch.rand(n) into out (float32): the low 24 bits of one word per element, times 2^-24. */
 DF_API void df_torchgen_rand(df_torchgen *g, float *out, int64_t n);
+/* One draw of torch's scalar at::normal_distribution<double>(0, 1) (the n < 16 randn path, and
+ * torch.randn(n, dtype=torch.float64) for n < 16): the cached value if any, else a new pair. */
+DF_API double df_torchgen_normal(df_torchgen *g);
+/* torch.randperm(n, generator=g) (int64) into out[n]: the order torch.utils.data.RandomSampler
+ * yields. */
+DF_API void df_torchgen_randperm(df_torchgen *g, int64_t n, int64_t *out);
+/* torch.randint(low, high, (n,), generator=g) (int64) into out[n]; low < high (DF_ASSERT). */
+DF_API void df_torchgen_randint(df_torchgen *g, int64_t low, int64_t high, int64_t *out,
+                                int64_t n);
+/* torch.empty((), dtype=torch.int64).random_(generator=g).item(): uniform in [0, 2^63) (how
+ * RandomSampler draws the seed of its own generator when given none). */
+DF_API int64_t df_torchgen_random_i64(df_torchgen *g);
+/* Checkpoints: the whole state as DF_TORCHGEN_STATE_WORDS u32 words, laid out as mt[0..623],
+ * mti, has_next_normal, next_normal (IEEE bits, low word first), seed (low word first).
+ * restore returns DF_ERR_FORMAT (g untouched) when mti or the flag is out of range. */
+#define DF_TORCHGEN_STATE_WORDS 630
+DF_API void df_torchgen_state_save(const df_torchgen *g, uint32_t out[DF_TORCHGEN_STATE_WORDS]);
+DF_API df_status df_torchgen_state_restore(df_torchgen *g,
+                                           const uint32_t in[DF_TORCHGEN_STATE_WORDS]);
 
 /* ---------------------------------------------------------------- ops ------------------------- */
 /* Every op checks shapes (DF_ASSERT naming the op and both shapes), computes its output in F32,
@@ -307,11 +351,18 @@ DF_API df_tensor *df_layer_norm(df_tensor *x, df_tensor *weight, df_tensor *bias
 
 /* Shapes. reshape: one dim may be -1; the result is a view. */
 DF_API df_tensor *df_reshape(df_tensor *a, int ndim, const int64_t *shape);
+/* concat, slice, chunk, permute and transpose copy elements of any dtype (the output keeps the
+ * input's dtype; gradients are F32 as everywhere). Each returns new tensors (scope rule).
+ * concat: torch.cat of n >= 1 tensors of one dtype and ndim >= 1, equal shapes except along
+ * dim (which may be 0 for some); the same tensor may appear more than once. */
 DF_API df_tensor *df_concat(df_tensor **ts, int n, int dim);
-/* a[..., start:start+len, ...] along dim (a copy). */
+/* a[..., start:start+len, ...] along dim (a copy; torch.narrow). start < 0 counts from the end;
+ * the range must lie inside the dim (len may be 0). */
 DF_API df_tensor *df_slice(df_tensor *a, int dim, int64_t start, int64_t len);
-/* n equal chunks along dim into out[0..n-1] (dim size divisible by n). */
+/* n equal chunks along dim into out[0..n-1] (dim size divisible by n), each a df_slice. */
 DF_API void df_chunk(df_tensor *a, int n, int dim, df_tensor **out);
+/* Materialised torch.permute: perm holds a->ndim distinct dims (negative allowed); out dim k is
+ * a's dim perm[k]. transpose swaps d0 and d1. */
 DF_API df_tensor *df_permute(df_tensor *a, const int *perm);
 DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
 
@@ -319,7 +370,9 @@ DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
 DF_API df_tensor *df_upsample_nearest2d(df_tensor *x, int scale);
 DF_API df_tensor *df_avg_pool2d(df_tensor *x, int kernel, int stride);
 
-/* Lookup: ids (I32 or I64, any shape) into table (V, D) -> (ids..., D). */
+/* Lookup: ids (I32 or I64, any shape up to 4 dims) into table (V, D) F32 -> (ids..., D) F32
+ * (F.embedding). An id outside [0, V) is a DF_ASSERT naming it and V. The gradient of table
+ * sums the rows of repeated ids; ids are kept for backward and must not change before it. */
 DF_API df_tensor *df_embedding(df_tensor *ids, df_tensor *table);
 
 /* Regularisation and masks. dropout: zero with probability p, scale the rest by 1/(1-p);

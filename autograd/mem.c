@@ -10,6 +10,7 @@
 #include "autograd/autograd.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +51,11 @@ static size_class *find_class(size_t bytes, bool create) {
 }
 
 void *df_mem_alloc(size_t bytes) {
+    /* a size near SIZE_MAX would wrap to 0 in round_up and hand out an empty block */
+    if (bytes > SIZE_MAX / 2) {
+        df_error(DF_ERR_NOMEM, "out of memory allocating %zu bytes (mem.c: size too large)", bytes);
+        return NULL;
+    }
     size_t n = round_up(bytes);
     pthread_mutex_lock(&lock);
     size_class *c = find_class(n, false);

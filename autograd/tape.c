@@ -9,6 +9,7 @@
  */
 #include "autograd/autograd_impl.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,7 +119,7 @@ static df_status list_push(node_list *l, df_node *n) {
     return DF_OK;
 }
 
-static uint64_t visit_epoch;
+static _Atomic uint64_t visit_epoch; /* shared by threads: each backward takes a fresh epoch */
 
 /* Every node reachable from root, each once, retained; n->pending = how many reachable nodes
  * consume its output. */
@@ -161,8 +162,11 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
         for (int64_t i = 0; i < out->numel; i++) g[i] += seed ? df_f32(seed)[i] : 1.0f;
         return DF_OK;
     }
-    node_list all = {0}, ready = {0};
-    uint64_t epoch = ++visit_epoch;
+    /* the work lists are kept per thread and reused, so a steady loop of backwards does not
+     * call malloc (backward never runs inside a backward) */
+    static _Thread_local node_list all, ready;
+    all.len = ready.len = 0;
+    uint64_t epoch = atomic_fetch_add(&visit_epoch, 1) + 1;
     df_status st = collect(out->node, &all, epoch);
     if (st == DF_OK) {
         df_node *root = out->node;
@@ -183,8 +187,7 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
     }
     df_grad_set_enabled(prev);
     for (size_t i = 0; i < all.len; i++) df_node_release(all.items[i]);
-    free(all.items);
-    free(ready.items);
+    all.len = ready.len = 0;
     return st;
 }
 

@@ -8,6 +8,7 @@
 #include "autograd/autograd_impl.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,9 +23,38 @@ typedef struct pending_item {
 static _Thread_local pending_item *pending;
 static _Thread_local size_t n_pending, cap_pending;
 static _Thread_local bool draining;
+static _Thread_local df_tensor **scope_stack;
+static _Thread_local size_t scope_len, scope_cap;
+static _Thread_local int scope_depth;
+
+/* The per-thread lists above are freed when their thread exits (loader workers come and go). */
+static pthread_key_t thread_lists_key;
+static pthread_once_t thread_lists_once = PTHREAD_ONCE_INIT;
+
+static void free_thread_lists(void *unused) {
+    (void)unused;
+    free(pending);
+    pending = NULL;
+    n_pending = cap_pending = 0;
+    free(scope_stack);
+    scope_stack = NULL;
+    scope_len = scope_cap = 0;
+}
+
+static void make_thread_lists_key(void) {
+    DF_ASSERT(pthread_key_create(&thread_lists_key, free_thread_lists) == 0,
+              "pthread_key_create failed");
+}
+
+/* Called before a thread's first list allocation: arranges for the lists to be freed. */
+static void register_thread_lists(void) {
+    pthread_once(&thread_lists_once, make_thread_lists_key);
+    if (!pthread_getspecific(thread_lists_key)) pthread_setspecific(thread_lists_key, (void *)1);
+}
 
 static void push_pending(bool is_node, void *p) {
     if (n_pending == cap_pending) {
+        register_thread_lists();
         cap_pending = cap_pending ? 2 * cap_pending : 256;
         pending = realloc(pending, cap_pending * sizeof *pending);
         DF_ASSERT(pending, "out of memory growing the release list");
@@ -64,12 +94,21 @@ static void drain(void) {
     draining = false;
 }
 
-void df_tensor_free(df_tensor *t) {
-    if (!t) return;
+/* Drops one reference (the shared path of df_tensor_free and df_scope_end). */
+static void release(df_tensor *t) {
     DF_ASSERT(t->refcount > 0, "df_tensor_free: tensor already freed");
     if (--t->refcount > 0) return;
     push_pending(false, t);
     drain();
+}
+
+void df_tensor_free(df_tensor *t) {
+    if (!t) return;
+    /* freeing the reference a scope holds would free the tensor twice (here and at scope end) */
+    DF_ASSERT(!(t->scoped && t->refcount == 1),
+              "df_tensor_free: the tensor belongs to the open scope; make temporaries you free "
+              "with df_tensor_new_owned (or retain before freeing)");
+    release(t);
 }
 
 df_tensor *df_tensor_retain(df_tensor *t) {
@@ -90,10 +129,6 @@ void df_node_release(df_node *n) {
 
 /* ------------------------------------------------------------------ scopes ------------------- */
 
-static _Thread_local df_tensor **scope_stack;
-static _Thread_local size_t scope_len, scope_cap;
-static _Thread_local int scope_depth;
-
 df_scope df_scope_begin(void) {
     scope_depth++;
     return (df_scope){scope_len};
@@ -101,18 +136,30 @@ df_scope df_scope_begin(void) {
 
 void df_scope_end(df_scope s) {
     DF_ASSERT(scope_depth > 0 && s.mark <= scope_len, "df_scope_end without a matching begin");
-    while (scope_len > s.mark) df_tensor_free(scope_stack[--scope_len]);
+    while (scope_len > s.mark) {
+        df_tensor *t = scope_stack[--scope_len];
+        t->scoped = false;
+        release(t);
+    }
     scope_depth--;
 }
 
 static void scope_adopt(df_tensor *t) {
     if (scope_depth == 0) return;
+    DF_ASSERT(!t->scoped, "a tensor was handed to a scope twice");
+    t->scoped = true;
     if (scope_len == scope_cap) {
+        register_thread_lists();
         scope_cap = scope_cap ? 2 * scope_cap : 1024;
         scope_stack = realloc(scope_stack, scope_cap * sizeof *scope_stack);
         DF_ASSERT(scope_stack, "out of memory growing a scope");
     }
     scope_stack[scope_len++] = t;
+}
+
+df_tensor *df_tensor_adopt(df_tensor *t) {
+    scope_adopt(t);
+    return t;
 }
 
 /* ------------------------------------------------------------------ creation ----------------- */
@@ -348,8 +395,8 @@ char *df_shape_str(const df_tensor *t, char *buf, size_t len) {
 }
 
 int df_dim_norm(const char *opname, int dim, int ndim) {
-    int d = dim < 0 ? dim + ndim : dim;
-    DF_ASSERT(d >= 0 && d < (ndim > 0 ? ndim : 1), "%s: dim %d out of range for %d dims", opname,
-              dim, ndim);
+    int n = ndim > 0 ? ndim : 1; /* a scalar takes dim 0 or -1, as torch's maybe_wrap_dim */
+    int d = dim < 0 ? dim + n : dim;
+    DF_ASSERT(d >= 0 && d < n, "%s: dim %d out of range for %d dims", opname, dim, ndim);
     return d;
 }

@@ -13,7 +13,16 @@ typedef struct df_command {
     int (*run)(int argc, char **argv);
 } df_command;
 
+int df_cmd_forward(int argc, char **argv);
+int df_cmd_sample(int argc, char **argv);
+int df_cmd_train(int argc, char **argv);
+/* `diffusion schedule CONFIG.json [--scheduler NAME] --steps N [--strength S]` (cmd_schedule.c). */
+int df_cmd_schedule(int argc, char **argv);
+
 /* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
 int df_cli_fail(const char *what);
+
+/* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
+int df_cmd_dataset(int argc, char **argv);
 
 #endif

@@ -6,6 +6,11 @@
 
 /* One line per command; each is defined in recipes/cmd_<name>.c. */
 static const df_command commands[] = {
+    {"train", "train a recipe from a YAML config", df_cmd_train},
+    {"forward", "run a diffusers component on named inputs (and backward)", df_cmd_forward},
+    {"schedule", "print a scheduler's timesteps and sigmas", df_cmd_schedule},
+    {"dataset", "pack an image folder into HDF5, or inspect a dataset", df_cmd_dataset},
+    {"sample", "generate images from a diffusers pipeline folder", df_cmd_sample},
     {NULL, NULL, NULL},
 };
 

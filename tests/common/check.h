@@ -4,6 +4,7 @@
 #define DF_TEST_CHECK_H
 
 #include "autograd/autograd.h"
+#include "nn/nn.h"
 
 #include <criterion/criterion.h>
 
@@ -34,5 +35,11 @@ df_tensor *randn_tensor(uint64_t seed, int ndim, const int64_t *shape);
 
 /* Fixtures: tests/fixtures/<relpath>. fixture_path returns a static buffer. */
 const char *fixture_path(const char *relpath);
+/* Opens tests/fixtures/<relpath> (fails the test with df_last_error() when it cannot). The file
+ * is cached and borrowed: valid until the next fixture_open/fixture_tensor of another path. */
+df_st_file *fixture_open(const char *relpath);
+/* Tensor `name` of fixture <relpath>: float dtypes converted to F32, integer dtypes kept. Fails
+ * the test when the file or the tensor is missing or unreadable. A new reference (scope rule). */
+df_tensor *fixture_tensor(const char *relpath, const char *name);
 
 #endif

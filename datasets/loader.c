@@ -1,0 +1,375 @@
+/* loader.c — the data loader: a global permutation per epoch, a data-parallel shard, worker
+ * threads that assemble whole batches, a bounded prefetch queue and a resumable cursor.
+ *
+ * Order: epoch e shuffles the N dataset samples with Fisher-Yates driven by Philox
+ * (seed, stream mix(PERM, e)); the sequence is padded by wrapping to a multiple of world_size
+ * (torch DistributedSampler) and rank r takes positions r, r + W, r + 2W, ... Batches cut the
+ * rank's share in order; with drop_last the final partial batch is left out.
+ *
+ * Determinism: batch k of the run is always the same samples with the same random crop / flip /
+ * caption dropout, because each sample draws from Philox (seed, stream mix(SAMPLE, e, p)) with
+ * p its position in the padded permutation — not from a worker's stream. Workers claim batches
+ * in sequence under the lock and deliver into slot seq % prefetch; the consumer takes slot
+ * next_seq only, so the delivery order is the claim order whatever the thread timing.
+ * A worker never claims more than `prefetch` batches past the consumer (bounded memory).
+ *
+ * Resume: the cursor (epoch, position) of the next batch is what a checkpoint stores; a loader
+ * created with that cursor as `start` yields the same batches as an uninterrupted run.
+ *
+ * Bad samples: without skip_bad_images, a batch with an unreadable sample carries the error,
+ * which df_loader_next returns (naming the file). With it, the sample is left out of its batch,
+ * the batch records the message, and the epoch's count is reported on stderr when the epoch's
+ * last batch is delivered. The epoch length never changes.
+ *
+ * Tensors: a worker creates the batch's pixel tensor outside any scope, so it is owned by the
+ * df_batch and handed to the consumer with it (the allocator is thread-safe).
+ */
+#include "datasets/datasets_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { STREAM_PERM = 1, STREAM_SAMPLE = 2 };
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t stream_id(uint64_t tag, uint64_t epoch, uint64_t pos) {
+    return mix64(mix64(mix64(tag) ^ epoch) ^ pos);
+}
+
+typedef struct slot {
+    int64_t seq;
+    bool ready;
+    df_batch *batch;
+    df_status status;
+    char err[1024];
+} slot;
+
+typedef struct skip_count {
+    int64_t epoch, count;
+} skip_count;
+
+struct df_loader {
+    const df_dataset *ds;
+    df_loader_opts o;
+    int64_t N, per_rank, used, bpe;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_ready;
+    pthread_t *threads;
+    int n_threads;
+    bool stop;
+    /* claim state (under mu) */
+    int64_t claim_seq, claim_epoch, claim_pos, perm_epoch;
+    int64_t *perm;
+    /* consumer state (under mu) */
+    int64_t next_seq;
+    df_loader_cursor cursor;
+    slot *slots;
+    df_status failed;
+    char fail_msg[1024];
+    skip_count *skips;
+    int n_skips;
+};
+
+df_loader_opts df_loader_opts_default(int batch_size, int resolution) {
+    return (df_loader_opts){.batch_size = batch_size,
+                            .seed = 0,
+                            .rank = 0,
+                            .world_size = 1,
+                            .workers = 2,
+                            .prefetch = 0,
+                            .shuffle = true,
+                            .drop_last = false,
+                            .transform = df_transform_default(resolution)};
+}
+
+void df_batch_free(df_batch *b) {
+    if (!b) return;
+    df_tensor_free(b->pixels);
+    for (int i = 0; i < b->n; i++) free(b->captions[i]);
+    for (int i = 0; i < b->n_skipped; i++) free(b->skipped[i]);
+    free(b->captions);
+    free(b->skipped);
+    free(b->indices);
+    free(b);
+}
+
+static void make_perm(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    if (!shuffle) return;
+    df_philox g;
+    df_philox_init(&g, seed, stream_id(STREAM_PERM, (uint64_t)epoch, 0));
+    for (int64_t i = n - 1; i > 0; i--) {
+        uint64_t r = ((uint64_t)df_philox_u32(&g) << 32) | df_philox_u32(&g);
+        int64_t j = (int64_t)(r % (uint64_t)(i + 1));
+        int64_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+/* Position in the padded permutation of the rank's `position`-th sample. */
+static int64_t perm_pos(const df_loader *l, int64_t position) {
+    return (position * l->o.world_size + l->o.rank) % l->N;
+}
+
+int64_t df_loader_sample_at(const df_loader *l, int64_t epoch, int64_t position) {
+    int64_t *perm = malloc(sizeof(int64_t) * (size_t)l->N);
+    DF_ASSERT(perm, "out of memory");
+    make_perm(perm, l->N, l->o.seed, epoch, l->o.shuffle);
+    int64_t v = perm[perm_pos(l, position)];
+    free(perm);
+    return v;
+}
+
+typedef struct job {
+    int64_t seq, epoch, pos;
+    int n;
+    bool epoch_end;
+    int64_t *samples, *keys;
+} job;
+
+/* Loads and transforms the job's samples into a new batch. */
+static df_status build(df_loader *l, const job *j, df_batch **out, char *err, size_t err_len) {
+    const df_transform *t = &l->o.transform;
+    int R = t->resolution, C = t->decode.channels;
+    df_batch *b = calloc(1, sizeof *b);
+    DF_ASSERT(b, "out of memory");
+    b->captions = calloc((size_t)j->n, sizeof(char *));
+    b->indices = calloc((size_t)j->n, sizeof(int64_t));
+    b->skipped = calloc((size_t)j->n, sizeof(char *));
+    DF_ASSERT(b->captions && b->indices && b->skipped, "out of memory");
+    b->epoch = j->epoch;
+    b->epoch_end = j->epoch_end;
+    b->next = j->epoch_end ? (df_loader_cursor){j->epoch + 1, 0}
+                           : (df_loader_cursor){j->epoch, j->pos + j->n};
+    size_t per = (size_t)C * R * R;
+    float *buf = malloc(sizeof(float) * per * (size_t)j->n);
+    DF_ASSERT(buf, "out of memory");
+    for (int i = 0; i < j->n; i++) {
+        df_philox g;
+        df_philox_init(&g, l->o.seed,
+                       stream_id(STREAM_SAMPLE, (uint64_t)j->epoch, (uint64_t)j->keys[i]));
+        df_tensor *img;
+        char *cap;
+        df_status s = df_dataset_get(l->ds, j->samples[i], &t->decode, &g, &img, &cap);
+        if (s != DF_OK) {
+            if (!l->ds->opts.skip_bad_images) {
+                snprintf(err, err_len, "%s", df_last_error());
+                free(buf);
+                df_batch_free(b);
+                return s;
+            }
+            b->skipped[b->n_skipped] = strdup(df_last_error());
+            DF_ASSERT(b->skipped[b->n_skipped], "out of memory");
+            b->n_skipped++;
+            continue;
+        }
+        df_transform_apply(t, img, &g, buf + per * (size_t)b->n);
+        df_tensor_free(img);
+        b->captions[b->n] = cap;
+        b->indices[b->n] = j->samples[i];
+        b->n++;
+    }
+    b->pixels = df_tensor_new(DF_DTYPE_F32, DF_DIMS(b->n, C, R, R));
+    memcpy(b->pixels->data, buf, sizeof(float) * per * (size_t)b->n);
+    free(buf);
+    *out = b;
+    return DF_OK;
+}
+
+static void *worker(void *arg) {
+    df_loader *l = arg;
+    int B = l->o.batch_size;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        if (l->claim_seq >= l->next_seq + l->o.prefetch) {
+            pthread_cond_wait(&l->cv_work, &l->mu);
+            continue;
+        }
+        job j = {.seq = l->claim_seq++, .epoch = l->claim_epoch, .pos = l->claim_pos};
+        int64_t left = l->used - l->claim_pos;
+        j.n = (int)(left < B ? left : B);
+        if (l->perm_epoch != j.epoch) {
+            make_perm(l->perm, l->N, l->o.seed, j.epoch, l->o.shuffle);
+            l->perm_epoch = j.epoch;
+        }
+        j.samples = malloc(sizeof(int64_t) * (size_t)j.n);
+        j.keys = malloc(sizeof(int64_t) * (size_t)j.n);
+        DF_ASSERT(j.samples && j.keys, "out of memory");
+        for (int i = 0; i < j.n; i++) {
+            j.keys[i] = perm_pos(l, j.pos + i);
+            j.samples[i] = l->perm[j.keys[i]];
+        }
+        l->claim_pos += j.n;
+        if (l->claim_pos >= l->used) {
+            j.epoch_end = true;
+            l->claim_epoch++;
+            l->claim_pos = 0;
+        }
+        pthread_mutex_unlock(&l->mu);
+
+        df_batch *b = NULL;
+        char err[1024] = "";
+        df_status s = build(l, &j, &b, err, sizeof err);
+        free(j.samples);
+        free(j.keys);
+
+        pthread_mutex_lock(&l->mu);
+        slot *sl = &l->slots[j.seq % l->o.prefetch];
+        sl->seq = j.seq;
+        sl->batch = b;
+        sl->status = s;
+        snprintf(sl->err, sizeof sl->err, "%s", err);
+        sl->ready = true;
+        pthread_cond_broadcast(&l->cv_ready);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loader **out) {
+    *out = NULL;
+    df_loader_opts o = *opts;
+    if (o.batch_size < 1) return df_error(DF_ERR_INVALID, "loader: batch_size must be >= 1");
+    if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size)
+        return df_error(DF_ERR_INVALID, "loader: rank %d of world size %d", o.rank, o.world_size);
+    if (o.workers < 1) o.workers = 1;
+    if (o.prefetch < 1) o.prefetch = 2 * o.workers;
+    if (o.transform.resolution < 1 || o.transform.resolution > DF_IMAGE_MAX_SIDE)
+        return df_error(DF_ERR_INVALID, "loader: resolution %d out of range",
+                        o.transform.resolution);
+    if (o.transform.decode.channels != 1 && o.transform.decode.channels != 3)
+        return df_error(DF_ERR_INVALID, "loader: channels must be 1 or 3");
+    int64_t N = df_dataset_len(ds);
+    if (N < 1) return df_error(DF_ERR_INVALID, "loader: the dataset is empty");
+    int64_t per_rank = (N + o.world_size - 1) / o.world_size;
+    int64_t used = o.drop_last ? per_rank / o.batch_size * o.batch_size : per_rank;
+    if (used < 1)
+        return df_error(DF_ERR_INVALID,
+                        "loader: %lld samples per rank is fewer than one batch of %d (drop_last)",
+                        (long long)per_rank, o.batch_size);
+    if (o.start.epoch < 0 || o.start.position < 0 || o.start.position >= used)
+        return df_error(DF_ERR_INVALID,
+                        "loader: cursor (%lld, %lld) outside an epoch of %lld samples",
+                        (long long)o.start.epoch, (long long)o.start.position, (long long)used);
+    df_loader *l = calloc(1, sizeof *l);
+    DF_ASSERT(l, "out of memory");
+    l->ds = ds;
+    l->o = o;
+    l->N = N;
+    l->per_rank = per_rank;
+    l->used = used;
+    l->bpe = (used + o.batch_size - 1) / o.batch_size;
+    l->perm = malloc(sizeof(int64_t) * (size_t)N);
+    l->slots = calloc((size_t)o.prefetch, sizeof(slot));
+    l->threads = calloc((size_t)o.workers, sizeof(pthread_t));
+    DF_ASSERT(l->perm && l->slots && l->threads, "out of memory");
+    l->perm_epoch = -1;
+    l->claim_epoch = o.start.epoch;
+    l->claim_pos = o.start.position;
+    l->cursor = o.start;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv_work, NULL);
+    pthread_cond_init(&l->cv_ready, NULL);
+    for (int i = 0; i < o.workers; i++) {
+        if (pthread_create(&l->threads[i], NULL, worker, l) != 0) {
+            df_loader_free(l);
+            return df_error(DF_ERR_NOMEM, "loader: cannot start worker thread %d", i);
+        }
+        l->n_threads++;
+    }
+    *out = l;
+    return DF_OK;
+}
+
+void df_loader_free(df_loader *l) {
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    l->stop = true;
+    pthread_cond_broadcast(&l->cv_work);
+    pthread_mutex_unlock(&l->mu);
+    for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
+    for (int i = 0; i < l->o.prefetch; i++)
+        if (l->slots[i].ready) df_batch_free(l->slots[i].batch);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv_work);
+    pthread_cond_destroy(&l->cv_ready);
+    free(l->threads);
+    free(l->slots);
+    free(l->perm);
+    free(l->skips);
+    free(l);
+}
+
+static int64_t *skip_slot(df_loader *l, int64_t epoch) {
+    for (int i = 0; i < l->n_skips; i++)
+        if (l->skips[i].epoch == epoch) return &l->skips[i].count;
+    l->skips = realloc(l->skips, sizeof *l->skips * (size_t)(l->n_skips + 1));
+    DF_ASSERT(l->skips, "out of memory");
+    l->skips[l->n_skips] = (skip_count){epoch, 0};
+    return &l->skips[l->n_skips++].count;
+}
+
+df_status df_loader_next(df_loader *l, df_batch **out) {
+    *out = NULL;
+    pthread_mutex_lock(&l->mu);
+    if (l->failed != DF_OK) {
+        pthread_mutex_unlock(&l->mu);
+        return df_error(l->failed, "%s", l->fail_msg);
+    }
+    slot *sl = &l->slots[l->next_seq % l->o.prefetch];
+    while (!(sl->ready && sl->seq == l->next_seq)) pthread_cond_wait(&l->cv_ready, &l->mu);
+    df_batch *b = sl->batch;
+    df_status s = sl->status;
+    if (s != DF_OK) {
+        l->failed = s;
+        snprintf(l->fail_msg, sizeof l->fail_msg, "%s", sl->err);
+    }
+    sl->ready = false;
+    sl->batch = NULL;
+    l->next_seq++;
+    if (b) {
+        l->cursor = b->next;
+        if (b->n_skipped) *skip_slot(l, b->epoch) += b->n_skipped;
+    }
+    int64_t skipped = b && b->epoch_end ? *skip_slot(l, b->epoch) : 0;
+    pthread_cond_broadcast(&l->cv_work);
+    pthread_mutex_unlock(&l->mu);
+    if (s != DF_OK) return df_error(s, "%s", l->fail_msg);
+    if (skipped > 0)
+        fprintf(stderr, "warning: epoch %lld: skipped %lld unreadable sample%s (skip_bad_images)\n",
+                (long long)b->epoch, (long long)skipped, skipped == 1 ? "" : "s");
+    *out = b;
+    return DF_OK;
+}
+
+df_loader_cursor df_loader_get_cursor(const df_loader *l) {
+    pthread_mutex_lock((pthread_mutex_t *)&l->mu);
+    df_loader_cursor c = l->cursor;
+    pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
+    return c;
+}
+
+int64_t df_loader_samples_per_epoch(const df_loader *l) {
+    return l->used;
+}
+
+int64_t df_loader_batches_per_epoch(const df_loader *l) {
+    return l->bpe;
+}
+
+int64_t df_loader_skipped(const df_loader *l, int64_t epoch) {
+    pthread_mutex_lock((pthread_mutex_t *)&l->mu);
+    int64_t v = 0;
+    for (int i = 0; i < l->n_skips; i++)
+        if (l->skips[i].epoch == epoch) v = l->skips[i].count;
+    pthread_mutex_unlock((pthread_mutex_t *)&l->mu);
+    return v;
+}

@@ -1,0 +1,257 @@
+/* infer.h — the public interface of infer/: noise schedulers (used by sampling and by training's
+ * add_noise / velocity / SNR), later the pipelines and the safety checker.
+ *
+ * Schedulers follow Hugging Face diffusers v0.21.4 (src/diffusers/schedulers/scheduling_*.py):
+ * the same config fields and defaults, the same timesteps, sigma tables in the dtypes diffusers
+ * keeps them in, and the same float32 arithmetic order in `step`, so that a loop run here equals
+ * diffusers' loop to float32 rounding.
+ */
+#ifndef DF_INFER_H
+#define DF_INFER_H
+
+#include "autograd/autograd.h"
+#include "nn/nn.h"
+
+/* ================================================================ schedulers ================== */
+
+typedef enum df_sched_kind {
+    DF_SCHED_DDPM = 0,            /* DDPMScheduler */
+    DF_SCHED_DDIM,                /* DDIMScheduler */
+    DF_SCHED_PNDM,                /* PNDMScheduler (PRK + PLMS, or PLMS with skip_prk_steps) */
+    DF_SCHED_EULER,               /* EulerDiscreteScheduler */
+    DF_SCHED_EULER_ANCESTRAL,     /* EulerAncestralDiscreteScheduler */
+    DF_SCHED_HEUN,                /* HeunDiscreteScheduler */
+    DF_SCHED_LMS,                 /* LMSDiscreteScheduler */
+    DF_SCHED_DPMSOLVER_MULTISTEP, /* DPMSolverMultistepScheduler */
+    DF_SCHED_UNIPC_MULTISTEP,     /* UniPCMultistepScheduler */
+    DF_SCHED_KIND_COUNT
+} df_sched_kind;
+
+typedef enum df_beta_schedule {
+    DF_BETA_LINEAR = 0,
+    DF_BETA_SCALED_LINEAR,
+    DF_BETA_SQUAREDCOS_CAP_V2,
+    DF_BETA_SIGMOID, /* DDPMScheduler only, as in diffusers */
+} df_beta_schedule;
+
+typedef enum df_prediction_type {
+    DF_PRED_EPSILON = 0,
+    DF_PRED_V_PREDICTION,
+    DF_PRED_SAMPLE,
+} df_prediction_type;
+
+typedef enum df_timestep_spacing {
+    DF_SPACING_LEADING = 0,
+    DF_SPACING_TRAILING,
+    DF_SPACING_LINSPACE,
+} df_timestep_spacing;
+
+typedef enum df_variance_type {
+    DF_VARIANCE_NONE = -1, /* JSON null (DPMSolverMultistepScheduler's default) */
+    DF_VARIANCE_FIXED_SMALL = 0,
+    DF_VARIANCE_FIXED_SMALL_LOG,
+    DF_VARIANCE_FIXED_LARGE,
+    DF_VARIANCE_FIXED_LARGE_LOG,
+    DF_VARIANCE_LEARNED,
+    DF_VARIANCE_LEARNED_RANGE,
+} df_variance_type;
+
+typedef enum df_interpolation_type {
+    DF_INTERP_LINEAR = 0,
+    DF_INTERP_LOG_LINEAR
+} df_interpolation_type;
+typedef enum df_algorithm_type { DF_ALGO_DPMSOLVERPP = 0, DF_ALGO_DPMSOLVER } df_algorithm_type;
+/* DPM-Solver: midpoint, heun. UniPC: bh1, bh2. */
+typedef enum df_solver_type {
+    DF_SOLVER_MIDPOINT = 0,
+    DF_SOLVER_HEUN,
+    DF_SOLVER_BH1,
+    DF_SOLVER_BH2,
+} df_solver_type;
+
+#define DF_SCHED_MAX_DISABLE_CORRECTOR 64
+
+/* A scheduler config: the union of the fields of every class, with diffusers' names. Which
+ * fields a class has (and so reads and writes back) is the class's __init__ signature in
+ * v0.21.4; the others keep the class defaults and are ignored. Keys the class does not know are
+ * kept in `extra` and written back unchanged (as diffusers does). */
+typedef struct df_sched_config {
+    df_sched_kind kind;
+    int64_t num_train_timesteps;
+    double beta_start, beta_end;
+    df_beta_schedule beta_schedule;
+    double *trained_betas; /* owned; NULL = null */
+    int64_t n_trained_betas;
+    df_prediction_type prediction_type;
+    df_timestep_spacing timestep_spacing;
+    int64_t steps_offset;
+    bool clip_sample;
+    double clip_sample_range;
+    bool thresholding;
+    double dynamic_thresholding_ratio, sample_max_value;
+    bool set_alpha_to_one;                    /* DDIM, PNDM */
+    bool skip_prk_steps;                      /* PNDM */
+    bool rescale_betas_zero_snr;              /* DDIM */
+    df_variance_type variance_type;           /* DDPM; DPM-Solver (null allowed) */
+    bool use_karras_sigmas;                   /* Euler, Heun, LMS, DPM-Solver, UniPC */
+    df_interpolation_type interpolation_type; /* Euler */
+    int64_t solver_order;                     /* DPM-Solver, UniPC */
+    df_algorithm_type algorithm_type;         /* DPM-Solver */
+    df_solver_type solver_type;               /* DPM-Solver, UniPC */
+    bool lower_order_final;                   /* DPM-Solver, UniPC */
+    double lambda_min_clipped;                /* DPM-Solver (-inf by default) */
+    bool predict_x0;                          /* UniPC */
+    int64_t disable_corrector[DF_SCHED_MAX_DISABLE_CORRECTOR]; /* UniPC */
+    int n_disable_corrector;
+    void *extra; /* owned cJSON object of the keys the class does not know (or NULL) */
+} df_sched_config;
+
+/* diffusers class name of a kind ("DDIMScheduler"). Static string. */
+DF_API const char *df_sched_kind_name(df_sched_kind kind);
+/* Parses a diffusers class name; DF_ERR_INVALID (message naming `what`) for an unknown one. */
+DF_API df_status df_sched_kind_parse(const char *name, const char *what, df_sched_kind *out);
+
+/* The class defaults of `kind` (diffusers' __init__ defaults). Free with df_sched_config_free. */
+DF_API void df_sched_config_default(df_sched_kind kind, df_sched_config *cfg);
+/* Parses a scheduler_config.json text as `class_name` would read it (NULL: the file's
+ * `_class_name`): the class's fields are type-checked and taken, missing ones keep the class's
+ * defaults, unknown keys are kept in `extra`. `file` names the source in error messages
+ * ("<file>: field 'beta_schedule': expected one of ...; got 'foo'"). On failure *cfg is left
+ * freed (safe to free again). Errors: DF_ERR_FORMAT (not JSON, wrong type), DF_ERR_INVALID (a
+ * value out of range or not supported by the class, an unknown class name). */
+DF_API df_status df_sched_config_parse(const char *json, size_t len, const char *file,
+                                       const char *class_name, df_sched_config *cfg);
+/* Reads and parses a file (see df_sched_config_parse). DF_ERR_IO when it cannot be read. */
+DF_API df_status df_sched_config_load(const char *path, const char *class_name,
+                                      df_sched_config *cfg);
+/* The config as diffusers' save_config writes it: every field of the class, the kept unknown
+ * keys, `_class_name` and `_diffusers_version` ("0.21.4"), keys sorted, indent 2, floats in
+ * Python's repr. Returns a malloc'd string the caller frees (NULL on out of memory). */
+DF_API char *df_sched_config_to_json(const df_sched_config *cfg);
+DF_API df_status df_sched_config_save(const df_sched_config *cfg, const char *path);
+/* Deep copy (trained_betas and the kept unknown keys included). DF_ERR_NOMEM on failure, with
+ * dst left safe to free. */
+DF_API df_status df_sched_config_copy(df_sched_config *dst, const df_sched_config *src);
+DF_API void df_sched_config_free(df_sched_config *cfg);
+
+/* A source of standard normal noise for the stochastic steps: `fill` writes n N(0,1) floats in
+ * the order torch.randn(shape) would. */
+typedef struct df_noise_source {
+    void (*fill)(void *state, float *out, int64_t n);
+    void *state;
+} df_noise_source;
+/* Noise from torch's CPU generator: the draws diffusers makes with torch.Generator on CPU. The
+ * generator is borrowed. */
+DF_API df_noise_source df_noise_from_torchgen(df_torchgen *g);
+/* Noise from caller-provided tensors: the i-th fill copies tensors[i] (F32, numel must equal n).
+ * `cursor` counts the fills; the struct is borrowed by the source. */
+typedef struct df_noise_list {
+    const df_tensor *const *tensors;
+    int count;
+    int cursor;
+} df_noise_list;
+DF_API df_noise_source df_noise_from_list(df_noise_list *list);
+
+typedef struct df_sched df_sched;
+
+/* A scheduler built from a config (copied): betas, alphas_cumprod and the class's tables as
+ * diffusers' __init__ makes them. Errors: DF_ERR_INVALID (trained_betas of the wrong length, an
+ * unsupported combination). Free with df_sched_free. */
+DF_API df_status df_sched_new(const df_sched_config *cfg, df_sched **out);
+DF_API void df_sched_free(df_sched *s);
+DF_API const df_sched_config *df_sched_config_of(const df_sched *s);
+
+/* set_timesteps(n): the timesteps sampling with n steps visits (and sigmas), and resets the
+ * multistep state. Errors: DF_ERR_INVALID naming 'steps' when n < 1 or n > num_train_timesteps. */
+DF_API df_status df_sched_set_timesteps(df_sched *s, int n);
+/* The current timesteps (borrowed, valid until the next set_timesteps; before the first one,
+ * diffusers' __init__ schedule T-1..0). Integer-valued for
+ * DDPM/DDIM/PNDM/DPM-Solver/UniPC (diffusers keeps int64), float32 values for the sigma
+ * schedulers (Euler, Euler ancestral, Heun, LMS). */
+DF_API int df_sched_num_timesteps(const df_sched *s);
+DF_API const double *df_sched_timesteps(const df_sched *s);
+DF_API bool df_sched_timesteps_are_float(const df_sched *s);
+/* The scheduler's `sigmas` after set_timesteps (NULL and 0 when the class has none: DDPM, DDIM,
+ * PNDM). Values are the float32 (or float64, DPM-Solver/UniPC with Karras sigmas) diffusers
+ * holds. Borrowed. */
+DF_API const double *df_sched_sigmas(const df_sched *s, int *n);
+/* Training tables (borrowed, num_train_timesteps long): betas, alphas_cumprod (float32). */
+DF_API const float *df_sched_betas(const df_sched *s);
+DF_API const float *df_sched_alphas_cumprod(const df_sched *s);
+/* DPM-Solver / UniPC tables alpha_t, sigma_t, lambda_t (NULL for the other classes). */
+DF_API const float *df_sched_dpm_table(const df_sched *s, const char *name);
+/* init_noise_sigma: 1 for the alpha schedulers, the sigma formula for Euler-like ones (float32,
+ * after set_timesteps). */
+DF_API double df_sched_init_noise_sigma(const df_sched *s);
+/* `order` (2 for Heun, 1 otherwise): the img2img start index is t_start * order. */
+DF_API int df_sched_order(const df_sched *s);
+/* img2img: diffusers' get_timesteps: init = min(int(n * strength), n), t_start = max(n - init, 0);
+ * returns t_start * order in *start_index. Needs set_timesteps(n) first. DF_ERR_INVALID naming
+ * 'strength' outside [0, 1]. */
+DF_API df_status df_sched_img2img_start(const df_sched *s, double strength, int *start_index);
+
+/* scale_model_input(sample, t): a new tensor (the scope rule of autograd.h), equal to sample for
+ * the alpha schedulers, sample / sqrt(sigma^2 + 1) for the sigma ones. DF_ERR_INVALID when t is
+ * not in the schedule of a sigma scheduler. */
+DF_API df_status df_sched_scale_model_input(df_sched *s, const df_tensor *sample, double t,
+                                            df_tensor **out);
+
+typedef struct df_sched_step_args {
+    double eta;                    /* DDIM only (default 0) */
+    bool use_clipped_model_output; /* DDIM */
+    df_noise_source *noise; /* used by stochastic steps (DDPM t > 0, DDIM eta > 0, Euler, Euler
+                               ancestral); may be NULL for the deterministic ones */
+} df_sched_step_args;
+
+/* step(model_output, t, sample): one sampling step. *prev_sample gets a new F32 tensor of
+ * sample's shape; *pred_original_sample (when non-NULL) gets a new tensor where diffusers' step
+ * returns one (DDPM, DDIM, Euler, Euler ancestral, LMS), else NULL. Shapes (N, C, H, W) or any
+ * shape; model_output and sample equal in shape, F32. `args` may be NULL (eta 0, no noise).
+ * Errors: DF_ERR_INVALID (t not in the schedule, set_timesteps not called, a stochastic step
+ * with no noise source). */
+DF_API df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
+                               const df_tensor *sample, const df_sched_step_args *args,
+                               df_tensor **prev_sample, df_tensor **pred_original_sample);
+
+/* Training side. timesteps: any dtype, one per row of x0 (its first dim). The alpha schedulers
+ * index alphas_cumprod with them; the sigma schedulers (Euler, Euler ancestral, Heun, LMS) look
+ * them up in the current schedule, as diffusers does — a fresh scheduler holds diffusers'
+ * __init__ schedule (every training timestep), so no set_timesteps is needed for training.
+ * Results are new tensors (scope rule). DF_ERR_INVALID for a timestep outside the schedule. */
+/* add_noise(x0, noise, timesteps): sqrt(abar) x0 + sqrt(1 - abar) noise, or x0 + sigma noise. */
+DF_API df_status df_sched_add_noise(df_sched *s, const df_tensor *x0, const df_tensor *noise,
+                                    const df_tensor *timesteps, df_tensor **out);
+/* get_velocity(sample, noise, timesteps): sqrt(abar) noise - sqrt(1 - abar) sample. */
+DF_API df_status df_sched_get_velocity(df_sched *s, const df_tensor *sample, const df_tensor *noise,
+                                       const df_tensor *timesteps, df_tensor **out);
+/* SNR per timestep, diffusers' training_utils.compute_snr: (sqrt(abar) / sqrt(1 - abar))^2 in
+ * float32. Returns a new F32 tensor shaped like timesteps. */
+DF_API df_status df_sched_snr(df_sched *s, const df_tensor *timesteps, df_tensor **out);
+
+/* ================================================================ pipelines ================ */
+
+/* An unconditional diffusers pipeline folder (model_index.json, unet/ = UNet2DModel,
+ * scheduler/scheduler_config.json). */
+typedef struct df_uncond_pipeline {
+    df_component unet;
+    df_sched_config sched_config;
+    bool has_sched_config;
+    df_sched *sched;
+} df_uncond_pipeline;
+
+/* Loads dir; `scheduler_name` (a diffusers class name, or NULL for the folder's own) builds that
+ * scheduler from the folder's scheduler config, as `Cls.from_config(...)`. Free with
+ * df_uncond_pipeline_free even on failure. */
+DF_API df_status df_uncond_pipeline_load(const char *dir, const char *scheduler_name,
+                                         df_uncond_pipeline *p);
+DF_API void df_uncond_pipeline_free(df_uncond_pipeline *p);
+/* The sampling loop (see pipeline_uncond.c) from init_noise (N, C, H, W), which is multiplied by
+ * init_noise_sigma; stochastic steps draw from gen. *out: the final sample (N, C, H, W) before
+ * any clamping, owned by the caller (df_tensor_free) whatever scope is open. */
+DF_API df_status df_uncond_sample(df_unet2d *unet, df_sched *s, int steps,
+                                  const df_tensor *init_noise, df_torchgen *gen, df_tensor **out);
+/* Samples in [-1, 1] (N, C, H, W) as one U8 (rows*H, cols*W, C) grid image (cols <= 0: about
+ * square), converted as diffusers' pipelines do. */
+DF_API df_tensor *df_images_to_grid(const df_tensor *x, int cols);
+
+#endif

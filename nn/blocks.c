@@ -1,0 +1,184 @@
+/* blocks.c — the down, mid and up blocks of diffusers' unet_2d_blocks.py, one generic struct per
+ * role (see df_block_config in nn.h for which diffusers class each configuration is):
+ *   down: for each layer: h = resnet(h, temb); h = attn(h[, ctx]); skips += h
+ *         then h = downsample(h) (3x3 stride-2 conv; padding 0 means pad right/bottom by one,
+ *         as the VAE encoder); skips += h
+ *   up:   for each layer: h = cat(h, skips.pop(), dim=1) (UNets only); h = resnet(h, temb);
+ *         h = attn(h[, ctx]); then h = conv(nearest_x2(h))
+ *   mid:  h = resnets[0](h, temb); for each layer: h = attn(h[, ctx]); h = resnets[i+1](h, temb)
+ * Up-block resnet widths follow get_up_block: layer i takes (i == 0 ? prev : out) channels plus
+ * the skip's (i == n-1 ? in : out).
+ */
+#include "nn/nn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static df_resnet_config resnet_config(const df_block_config *c, int in, int out) {
+    return (df_resnet_config){.in_channels = in, .out_channels = out,
+                              .temb_channels = c->temb_channels, .groups = c->groups,
+                              .eps = c->eps, .output_scale_factor = c->output_scale_factor,
+                              .scale_shift = c->scale_shift};
+}
+
+static void alloc_layers(df_block *b, const df_block_config *c, int n_resnets, int n_attn) {
+    b->n_resnets = n_resnets;
+    b->resnets = calloc((size_t)n_resnets, sizeof *b->resnets);
+    b->attn = c->attn;
+    b->n_attn = c->attn == DF_BLOCK_ATTN_NONE ? 0 : n_attn;
+    if (c->attn == DF_BLOCK_ATTN_SPATIAL) b->attentions = calloc((size_t)n_attn, sizeof *b->attentions);
+    if (c->attn == DF_BLOCK_ATTN_TRANSFORMER)
+        b->transformers = calloc((size_t)n_attn, sizeof *b->transformers);
+    DF_ASSERT(b->resnets && (b->n_attn == 0 || b->attentions || b->transformers), "out of memory");
+}
+
+/* Attention layer i of a block whose layers have `ch` channels. */
+static void attn_init(df_block *b, df_params *r, const char *name, const df_block_config *c,
+                      int i, int ch) {
+    char buf[DF_NAME_MAX];
+    df_name_index(buf, sizeof buf, name, "attentions", i);
+    if (c->attn == DF_BLOCK_ATTN_SPATIAL) {
+        int dim_head = c->attn_head_dim > 0 ? c->attn_head_dim : ch;
+        df_attention_config a = {.query_dim = ch, .heads = ch / dim_head, .dim_head = dim_head,
+                                 .qkv_bias = true, .norm_groups = c->groups, .norm_eps = c->eps,
+                                 .residual_connection = true,
+                                 .rescale_output_factor = c->output_scale_factor};
+        df_attention_init(&b->attentions[i], r, buf, a);
+    } else if (c->attn == DF_BLOCK_ATTN_TRANSFORMER) {
+        df_transformer2d_config t = c->transformer;
+        t.channels = ch;
+        df_transformer2d_init(&b->transformers[i], r, buf, t);
+    }
+}
+
+static df_tensor *attn_forward(const df_block *b, int i, df_tensor *x, df_tensor *ctx) {
+    if (b->attn == DF_BLOCK_ATTN_SPATIAL) return df_attention_forward(&b->attentions[i], x, NULL);
+    if (b->attn == DF_BLOCK_ATTN_TRANSFORMER)
+        return df_transformer2d_forward(&b->transformers[i], x, ctx);
+    return x;
+}
+
+void df_down_block_init(df_block *b, df_params *r, const char *name, df_block_config c) {
+    char buf[DF_NAME_MAX];
+    alloc_layers(b, &c, c.n_layers, c.n_layers);
+    for (int i = 0; i < c.n_layers; i++) {
+        int in = i == 0 ? c.in_channels : c.out_channels;
+        df_resnet_init(&b->resnets[i], r, df_name_index(buf, sizeof buf, name, "resnets", i),
+                       resnet_config(&c, in, c.out_channels));
+        if (b->n_attn) attn_init(b, r, name, &c, i, c.out_channels);
+    }
+    b->has_sampler = c.add_sample;
+    b->downsample_padding = c.downsample_padding;
+    if (c.add_sample)
+        df_conv_mod_init(&b->sampler, r, df_name_join(buf, sizeof buf, name, "downsamplers.0.conv"),
+                         c.out_channels, c.out_channels, 3, 2, c.downsample_padding, true);
+}
+
+void df_up_block_init(df_block *b, df_params *r, const char *name, df_block_config c) {
+    char buf[DF_NAME_MAX];
+    alloc_layers(b, &c, c.n_layers, c.n_layers);
+    for (int i = 0; i < c.n_layers; i++) {
+        int in;
+        if (c.prev_channels > 0) { /* UNet up block: concatenated skip */
+            int skip = i == c.n_layers - 1 ? c.in_channels : c.out_channels;
+            in = (i == 0 ? c.prev_channels : c.out_channels) + skip;
+        } else { /* UpDecoderBlock2D */
+            in = i == 0 ? c.in_channels : c.out_channels;
+        }
+        df_resnet_init(&b->resnets[i], r, df_name_index(buf, sizeof buf, name, "resnets", i),
+                       resnet_config(&c, in, c.out_channels));
+        if (b->n_attn) attn_init(b, r, name, &c, i, c.out_channels);
+    }
+    b->has_sampler = c.add_sample;
+    if (c.add_sample)
+        df_conv_mod_init(&b->sampler, r, df_name_join(buf, sizeof buf, name, "upsamplers.0.conv"),
+                         c.out_channels, c.out_channels, 3, 1, 1, true);
+}
+
+void df_mid_block_init(df_block *b, df_params *r, const char *name, df_block_config c) {
+    char buf[DF_NAME_MAX];
+    alloc_layers(b, &c, c.n_layers + 1, c.n_layers);
+    df_resnet_init(&b->resnets[0], r, df_name_index(buf, sizeof buf, name, "resnets", 0),
+                   resnet_config(&c, c.in_channels, c.in_channels));
+    for (int i = 0; i < c.n_layers; i++) {
+        if (b->n_attn) attn_init(b, r, name, &c, i, c.in_channels);
+        df_resnet_init(&b->resnets[i + 1], r, df_name_index(buf, sizeof buf, name, "resnets", i + 1),
+                       resnet_config(&c, c.in_channels, c.in_channels));
+    }
+}
+
+void df_block_free(df_block *b) {
+    for (int i = 0; b->transformers && i < b->n_attn; i++) df_transformer2d_free(&b->transformers[i]);
+    free(b->resnets);
+    free(b->attentions);
+    free(b->transformers);
+    b->resnets = NULL;
+    b->attentions = NULL;
+    b->transformers = NULL;
+}
+
+/* F.pad(x, (0, 1, 0, 1)): one zero column on the right and one zero row at the bottom. */
+static df_tensor *pad_right_bottom(df_tensor *x) {
+    int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], w = x->shape[3];
+    df_tensor *col = df_zeros(DF_DTYPE_F32, DF_DIMS(n, c, h, 1));
+    x = df_concat((df_tensor *[]){x, col}, 2, 3);
+    df_tensor *row = df_zeros(DF_DTYPE_F32, DF_DIMS(n, c, 1, w + 1));
+    return df_concat((df_tensor *[]){x, row}, 2, 2);
+}
+
+df_tensor *df_down_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
+                                 df_tensor *context, df_tensor **skips, int *n_skips) {
+    for (int i = 0; i < b->n_resnets; i++) {
+        x = df_resnet_forward(&b->resnets[i], x, temb);
+        if (b->n_attn) x = attn_forward(b, i, x, context);
+        if (skips) skips[(*n_skips)++] = x;
+    }
+    if (b->has_sampler) {
+        if (b->downsample_padding == 0) x = pad_right_bottom(x);
+        x = df_conv_mod_forward(&b->sampler, x);
+        if (skips) skips[(*n_skips)++] = x;
+    }
+    return x;
+}
+
+df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
+                               df_tensor *context, df_tensor **skips, int *n_skips) {
+    for (int i = 0; i < b->n_resnets; i++) {
+        if (skips) {
+            DF_ASSERT(*n_skips > 0, "up block: no skip connection left for layer %d", i);
+            x = df_concat((df_tensor *[]){x, skips[--(*n_skips)]}, 2, 1);
+        }
+        x = df_resnet_forward(&b->resnets[i], x, temb);
+        if (b->n_attn) x = attn_forward(b, i, x, context);
+    }
+    if (b->has_sampler) x = df_conv_mod_forward(&b->sampler, df_upsample_nearest2d(x, 2));
+    return x;
+}
+
+df_tensor *df_mid_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
+                                df_tensor *context) {
+    x = df_resnet_forward(&b->resnets[0], x, temb);
+    for (int i = 0; i + 1 < b->n_resnets; i++) {
+        if (b->n_attn) x = attn_forward(b, i, x, context);
+        x = df_resnet_forward(&b->resnets[i + 1], x, temb);
+    }
+    return x;
+}
+
+bool df_block_type_attn(const char *type, df_block_attn *out) {
+    static const struct {
+        const char *name;
+        df_block_attn attn;
+    } types[] = {{"DownBlock2D", DF_BLOCK_ATTN_NONE},          {"UpBlock2D", DF_BLOCK_ATTN_NONE},
+                 {"AttnDownBlock2D", DF_BLOCK_ATTN_SPATIAL},    {"AttnUpBlock2D", DF_BLOCK_ATTN_SPATIAL},
+                 {"CrossAttnDownBlock2D", DF_BLOCK_ATTN_TRANSFORMER},
+                 {"CrossAttnUpBlock2D", DF_BLOCK_ATTN_TRANSFORMER},
+                 {"DownEncoderBlock2D", DF_BLOCK_ATTN_NONE},    {"UpDecoderBlock2D", DF_BLOCK_ATTN_NONE}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        if (strcmp(type, types[i].name) == 0) {
+            *out = types[i].attn;
+            return true;
+        }
+    }
+    return false;
+}

@@ -1,0 +1,164 @@
+/* component.c — a diffusers component folder (`config.json` + `diffusion_pytorch_model.
+ * safetensors`, or its sharded `.index.json`) loaded as whichever model its `_class_name`
+ * names, with one forward over named inputs and outputs. It is what `diffusion forward` runs
+ * and what the model parity tests drive, so both exercise the same path.
+ *
+ * Inputs (diffusers' forward argument names): `sample`; `timestep` (0-d or one per item, any
+ * dtype) and `encoder_hidden_states` for the UNets; the VAE takes `noise` optionally.
+ * Outputs: UNets `sample`. AutoencoderKL: `latent_mean`, `latent_logvar`, `latent_std`,
+ * `kl` (per item), `sample` (decode of the mean) and, given `noise`, `z` = mean + std * noise
+ * and `decoded_z` = decode(z).
+ */
+#include "nn/nn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static bool file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The weights file of a component folder: plain, else sharded index. */
+static df_status weights_path(const char *dir, char *out, size_t len) {
+    snprintf(out, len, "%s/diffusion_pytorch_model.safetensors", dir);
+    if (file_exists(out)) return DF_OK;
+    snprintf(out, len, "%s/diffusion_pytorch_model.safetensors.index.json", dir);
+    if (file_exists(out)) return DF_OK;
+    return df_error(DF_ERR_NOTFOUND, "%s: no diffusion_pytorch_model.safetensors (or .index.json)",
+                    dir);
+}
+
+df_status df_component_load(const char *dir, df_component *c) {
+    memset(c, 0, sizeof *c);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    df_json j;
+    DF_TRY(df_json_load(path, &j));
+    df_status st = df_json_string(&j, "_class_name", "", c->class_name, sizeof c->class_name);
+    df_json_free(&j);
+    if (st != DF_OK) return st;
+    if (strcmp(c->class_name, "UNet2DModel") == 0) {
+        df_unet2d_config cfg;
+        c->unet2d = calloc(1, sizeof *c->unet2d);
+        if (!c->unet2d) return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
+        DF_TRY(df_unet2d_config_load(path, &cfg));
+        DF_TRY(df_unet2d_init(c->unet2d, &cfg, (df_init){0}));
+        c->params = &c->unet2d->params;
+    } else if (strcmp(c->class_name, "UNet2DConditionModel") == 0) {
+        df_unet2d_cond_config cfg;
+        c->unet2d_cond = calloc(1, sizeof *c->unet2d_cond);
+        if (!c->unet2d_cond) return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
+        DF_TRY(df_unet2d_cond_config_load(path, &cfg));
+        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg, (df_init){0}));
+        c->params = &c->unet2d_cond->params;
+    } else if (strcmp(c->class_name, "AutoencoderKL") == 0) {
+        df_vae_config cfg;
+        c->vae = calloc(1, sizeof *c->vae);
+        if (!c->vae) return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
+        DF_TRY(df_vae_config_load(path, &cfg));
+        DF_TRY(df_vae_init(c->vae, &cfg, (df_init){0}));
+        c->params = &c->vae->params;
+    } else {
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: _class_name '%s' (supported: UNet2DModel, UNet2DConditionModel, "
+                        "AutoencoderKL)",
+                        path, c->class_name);
+    }
+    DF_TRY(weights_path(dir, path, sizeof path));
+    return df_params_load(c->params, path, NULL);
+}
+
+void df_component_free(df_component *c) {
+    if (c->unet2d) df_unet2d_free(c->unet2d);
+    if (c->unet2d_cond) df_unet2d_cond_free(c->unet2d_cond);
+    if (c->vae) df_vae_free(c->vae);
+    free(c->unet2d);
+    free(c->unet2d_cond);
+    free(c->vae);
+    memset(c, 0, sizeof *c);
+}
+
+static df_tensor *find_input(const df_named *inputs, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(inputs[i].name, name) == 0) return inputs[i].tensor;
+    return NULL;
+}
+
+static df_status need(df_tensor *t, const char *cls, const char *name) {
+    if (!t) return df_error(DF_ERR_NOTFOUND, "%s: input '%s' is missing", cls, name);
+    return DF_OK;
+}
+
+static df_status check_sample(df_tensor *x, const char *cls, int channels) {
+    char s[64];
+    if (x->dtype != DF_DTYPE_F32 || x->ndim != 4 || x->shape[1] != channels)
+        return df_error(DF_ERR_INVALID, "%s: input 'sample' must be F32 (N, %d, H, W), got %s %s",
+                        cls, channels, df_dtype_name(x->dtype), df_shape_str(x, s, sizeof s));
+    return DF_OK;
+}
+
+static df_status check_timestep(const df_tensor *t, const df_tensor *x, const char *cls) {
+    if (t->numel != 1 && !(t->ndim == 1 && t->shape[0] == x->shape[0]))
+        return df_error(DF_ERR_INVALID,
+                        "%s: input 'timestep' must be 0-d or have one entry per batch item (%lld)",
+                        cls, (long long)x->shape[0]);
+    return DF_OK;
+}
+
+/* The VAE's outputs: the posterior, its sample with the given noise, and the decodes. */
+static df_status vae_forward(df_vae *m, df_tensor *x, df_tensor *noise, df_named *out, int *n) {
+    df_tensor *mean, *logvar;
+    df_vae_encode(m, x, &mean, &logvar);
+    if (noise && !df_tensor_same_shape(noise, mean))
+        return df_error(DF_ERR_INVALID, "AutoencoderKL: input 'noise' must match the latent shape");
+    df_tensor *std = df_exp(df_mul_scalar(logvar, 0.5f));
+    /* kl = 0.5 * sum_{C,H,W}(mean^2 + var - 1 - logvar) */
+    df_tensor *terms = df_sub(df_add_scalar(df_add(df_mul(mean, mean), df_exp(logvar)), -1.0f), logvar);
+    df_tensor *kl = df_mul_scalar(df_sum(terms, 3, (int[]){1, 2, 3}, false), 0.5f);
+    out[(*n)++] = (df_named){"latent_mean", mean};
+    out[(*n)++] = (df_named){"latent_logvar", logvar};
+    out[(*n)++] = (df_named){"latent_std", std};
+    out[(*n)++] = (df_named){"kl", kl};
+    out[(*n)++] = (df_named){"sample", df_vae_decode(m, mean)};
+    if (noise) {
+        df_tensor *z = df_add(mean, df_mul(std, noise));
+        out[(*n)++] = (df_named){"z", z};
+        out[(*n)++] = (df_named){"decoded_z", df_vae_decode(m, z)};
+    }
+    return DF_OK;
+}
+
+df_status df_component_forward(df_component *c, const df_named *inputs, int n_inputs,
+                               df_named *outputs, int *n_outputs) {
+    *n_outputs = 0;
+    const char *cls = c->class_name;
+    df_tensor *x = find_input(inputs, n_inputs, "sample");
+    DF_TRY(need(x, cls, "sample"));
+    if (c->vae) {
+        DF_TRY(check_sample(x, cls, c->vae->config.in_channels));
+        return vae_forward(c->vae, x, find_input(inputs, n_inputs, "noise"), outputs, n_outputs);
+    }
+    df_tensor *t = find_input(inputs, n_inputs, "timestep");
+    DF_TRY(need(t, cls, "timestep"));
+    DF_TRY(check_timestep(t, x, cls));
+    if (c->unet2d) {
+        DF_TRY(check_sample(x, cls, c->unet2d->config.in_channels));
+        outputs[(*n_outputs)++] = (df_named){"sample", df_unet2d_forward(c->unet2d, x, t)};
+        return DF_OK;
+    }
+    df_tensor *ctx = find_input(inputs, n_inputs, "encoder_hidden_states");
+    DF_TRY(need(ctx, cls, "encoder_hidden_states"));
+    DF_TRY(check_sample(x, cls, c->unet2d_cond->config.in_channels));
+    int cross = c->unet2d_cond->config.cross_attention_dim[0];
+    if (ctx->dtype != DF_DTYPE_F32 || ctx->ndim != 3 || ctx->shape[0] != x->shape[0] ||
+        ctx->shape[2] != cross)
+        return df_error(DF_ERR_INVALID,
+                        "%s: input 'encoder_hidden_states' must be F32 (N, S, %d) with N = %lld",
+                        cls, cross, (long long)x->shape[0]);
+    outputs[(*n_outputs)++] =
+        (df_named){"sample", df_unet2d_cond_forward(c->unet2d_cond, x, t, ctx)};
+    return DF_OK;
+}

@@ -1,0 +1,594 @@
+/* nn.h — the public interface of nn/: modules, the parameter registry, models, and the file
+ * formats they load and save (safetensors, sharded safetensors indexes, diffusers folders).
+ *
+ * Sections, each self-contained: safetensors files; sharded safetensors (index.json); the
+ * parameter registry; config.json; layers; embeddings; blocks; models. Modules are plain structs
+ * whose fields mirror diffusers' key segments; `*_init` registers every parameter in a df_params
+ * registry under its full dotted name; `*_forward` builds the output from ops (recording the
+ * tape when grad mode is on).
+ *
+ * Ownership and errors follow autograd/autograd.h: tensors returned as `df_tensor **out` are new
+ * references under the scope rule; handles (`df_st_file`, `df_st_index`, `df_st_set`) are freed
+ * with their `_close` function; failures return a negative df_status and set df_last_error() to
+ * "<file>: <reason>" naming the tensor or field.
+ */
+#ifndef DF_NN_H
+#define DF_NN_H
+
+#include "autograd/autograd.h"
+
+/* ================================================================ safetensors ================= */
+/* The safetensors format (design.md §10), read by mmap and validated completely at open:
+ *
+ *   u64 little-endian header length N (<= DF_ST_MAX_HEADER), with 8 + N <= file size;
+ *   N bytes of UTF-8 JSON: one object {name: {"dtype": s, "shape": [dims], "data_offsets":
+ *   [begin, end]}, ..., "__metadata__": {str: str}} followed only by whitespace (padding);
+ *   then the data: every tensor's bytes at [8 + N + begin, 8 + N + end).
+ *
+ * Rules enforced (each failure is DF_ERR_FORMAT "<path>: <reason>"): dtype is one of F64 F32 F16
+ * BF16 I64 I32 I16 I8 U64 U32 U16 U8 BOOL F8_E4M3 F8_E5M2; shape is an array of at most
+ * DF_ST_MAX_DIMS integral numbers in [0, 2^53]; data_offsets are two integral numbers in
+ * [0, 2^53] with begin <= end; numel * dtype size (overflow-checked) equals end - begin; sorted
+ * by begin, the tensors start at 0 and are contiguous (no gap, no overlap); 8 + N + the last end
+ * equals the file size (no trailing bytes); no key appears twice in any object; __metadata__,
+ * when present, is an object of strings. The order of keys in the header does not matter (the
+ * Python writer lists names alphabetically while laying data out by dtype alignment).
+ */
+
+#define DF_ST_MAX_DIMS 8
+#define DF_ST_MAX_HEADER 100000000u
+
+typedef struct df_st_file df_st_file;
+
+/* One tensor of a file. All pointers are borrowed from the df_st_file (valid until close). */
+typedef struct df_st_info {
+    const char *name;
+    df_dtype dtype; /* DF_DTYPE_COUNT when not `supported` */
+    int ndim;       /* 0 for a scalar */
+    int64_t shape[DF_ST_MAX_DIMS];
+    uint64_t begin, end;    /* byte range relative to the start of the data section */
+    const char *dtype_name; /* the file's spelling: "F32", "I8", "BOOL", ... */
+    bool supported;         /* the dtype is a df_dtype (F32 BF16 F16 F64 I32 I64 U8) */
+    int64_t numel;
+} df_st_info;
+
+/* Opens and fully validates `path` (mapped read-only; the data is not copied). On success *out
+ * owns the mapping until df_st_close. Errors: DF_ERR_IO (open/stat/mmap, with strerror),
+ * DF_ERR_FORMAT (any rule above), DF_ERR_UNSUPPORTED (more than DF_ST_MAX_DIMS dims),
+ * DF_ERR_NOMEM. *out is NULL on failure. */
+DF_API df_status df_st_open(const char *path, df_st_file **out);
+/* As df_st_open on n bytes already in memory. `buf` is borrowed: it must stay valid and
+ * unchanged until df_st_close. `label` names the buffer in error messages (copied). */
+DF_API df_status df_st_open_memory(const void *buf, size_t n, const char *label, df_st_file **out);
+/* Unmaps and frees; NULL is a no-op. Every pointer obtained from the file dies with it. */
+DF_API void df_st_close(df_st_file *f);
+
+/* The path (or label) the file was opened with. Borrowed. */
+DF_API const char *df_st_path(const df_st_file *f);
+/* Number of tensors (the __metadata__ entry is not a tensor). */
+DF_API int df_st_count(const df_st_file *f);
+/* Tensor i in data order (increasing begin), 0 <= i < df_st_count. Borrowed. */
+DF_API const df_st_info *df_st_info_at(const df_st_file *f, int i);
+/* The tensor called `name`, or NULL when absent (no error set). Borrowed. O(log n). */
+DF_API const df_st_info *df_st_find(const df_st_file *f, const char *name);
+/* The __metadata__ value of `key`, or NULL when absent. Borrowed. */
+DF_API const char *df_st_metadata(const df_st_file *f, const char *key);
+/* Number of __metadata__ entries and the i-th (key, value) pair (header order). Borrowed. */
+DF_API int df_st_metadata_count(const df_st_file *f);
+DF_API void df_st_metadata_at(const df_st_file *f, int i, const char **key, const char **value);
+/* The tensor's raw little-endian bytes inside the mapping (end - begin bytes; possibly not
+ * aligned for its dtype; NULL-safe for 0 bytes). Borrowed until df_st_close. */
+DF_API const void *df_st_data(const df_st_file *f, const df_st_info *info);
+
+/* Reads tensor `name` into a new tensor of dtype `as` (values converted: float <-> float rounds
+ * to nearest even as df_tensor_to, int <-> int truncates as a C cast, int -> float exact where
+ * representable). Reading a float tensor as an integer dtype is refused (DF_ERR_INVALID), as is
+ * any use of an unsupported file dtype (DF_ERR_UNSUPPORTED) or more than DF_MAX_DIMS dims
+ * (DF_ERR_UNSUPPORTED). DF_ERR_NOTFOUND when there is no such tensor. *out (a new reference,
+ * scope rule) is NULL on failure. */
+DF_API df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tensor **out);
+/* Converts tensor `name` straight from the mapping into `dst` (contiguous, any supported dtype),
+ * whose shape must equal the stored one exactly (else DF_ERR_INVALID naming both shapes). No
+ * intermediate copy. Other errors as df_st_read. dst is untouched on failure. */
+DF_API df_status df_st_read_into(const df_st_file *f, const char *name, df_tensor *dst);
+
+/* Writes n tensors (in this order, their own dtypes, contiguous 8-byte-aligned data) and
+ * n_meta string pairs to `path` (created or truncated, then fsynced). __metadata__ always
+ * holds "format": "pt" unless meta_keys supplies "format". Names must be non-empty, unique,
+ * valid UTF-8 and not "__metadata__"; metadata keys unique and strings valid UTF-8 (else
+ * DF_ERR_INVALID). A failed open/write/fsync/close (a full disk included) is DF_ERR_IO
+ * "<path>: <what> failed: <strerror>". A regular file is written to a temporary sibling
+ * ("<path>.tmp.<pid>.<k>"), fsynced and renamed over `path` (the folder is fsynced too), so
+ * `path` never holds a partial file and readers that have the old file mapped are undisturbed;
+ * a device or a pipe is written in place. */
+DF_API df_status df_st_save(const char *path, int n, const char *const *names,
+                            const df_tensor *const *ts, int n_meta, const char *const *meta_keys,
+                            const char *const *meta_values);
+
+/* ================================================================ sharded safetensors ========= */
+/* Large checkpoints are split into shards plus `<name>.safetensors.index.json`:
+ *   {"metadata": {...}, "weight_map": {"<tensor name>": "<shard file name>", ...}}
+ * Shard names are relative to the index's folder (a name with '/' or "..", or an absolute one,
+ * is refused: DF_ERR_FORMAT).
+ *
+ * df_st_index is the parsed index alone; df_st_set opens every shard (or one plain file) and
+ * answers "where is tensor X" across them, so a model loader treats both layouts alike:
+ *
+ *     df_st_set *s;
+ *     DF_TRY(df_st_set_open("unet/diffusion_pytorch_model.safetensors.index.json", &s));
+ *     // or df_st_set_open("unet/diffusion_pytorch_model.safetensors", &s)
+ *     const df_st_file *f; const df_st_info *info = df_st_set_find(s, "conv_in.weight", &f);
+ *     df_st_read_into(f, info->name, param);
+ *     df_st_set_close(s);
+ */
+
+typedef struct df_st_index df_st_index;
+
+/* Parses an index file. weight_map must be an object of non-empty strings, keys unique;
+ * "metadata" (optional) must be an object (its values are ignored except via
+ * df_st_index_total_size). Errors: DF_ERR_IO, DF_ERR_FORMAT naming the file and the key. */
+DF_API df_status df_st_index_open(const char *index_json_path, df_st_index **out);
+/* As df_st_index_open on `len` bytes of JSON text already in memory (need not be NUL-terminated;
+ * copied). `path` stands for the index file: it names it in errors and gives the shards'
+ * folder. */
+DF_API df_status df_st_index_parse(const char *text, size_t len, const char *path,
+                                   df_st_index **out);
+DF_API void df_st_index_close(df_st_index *idx);
+/* Number of tensor names in weight_map, and the i-th (name, shard file name) in file order. */
+DF_API int df_st_index_count(const df_st_index *idx);
+DF_API void df_st_index_at(const df_st_index *idx, int i, const char **name, const char **shard);
+/* The shard file name (as written in the index, relative to its folder) holding `name`, or
+ * NULL. Borrowed. */
+DF_API const char *df_st_index_shard(const df_st_index *idx, const char *name);
+/* Number of distinct shard files and the i-th, in order of first appearance. Borrowed. */
+DF_API int df_st_index_shard_count(const df_st_index *idx);
+DF_API const char *df_st_index_shard_at(const df_st_index *idx, int i);
+/* The folder of the index file ("." when none). Borrowed. */
+DF_API const char *df_st_index_dir(const df_st_index *idx);
+/* metadata.total_size, or -1 when absent or not a non-negative integer. */
+DF_API int64_t df_st_index_total_size(const df_st_index *idx);
+
+typedef struct df_st_set df_st_set;
+
+/* Opens `path`: a path ending in ".index.json" is an index whose shards are all opened and
+ * checked (every name of weight_map must be in the shard it names: DF_ERR_FORMAT otherwise;
+ * a tensor present in a shard but absent from weight_map is also refused, as is a name found
+ * in two shards); any other path is one safetensors file. Errors as df_st_index_open and
+ * df_st_open (the message names the shard). */
+DF_API df_status df_st_set_open(const char *path, df_st_set **out);
+DF_API void df_st_set_close(df_st_set *s);
+/* Total number of tensors over all shards, and the i-th (shard by shard, data order). The
+ * file holding it goes to *file when file is not NULL. */
+DF_API int df_st_set_count(const df_st_set *s);
+DF_API const df_st_info *df_st_set_info_at(const df_st_set *s, int i, const df_st_file **file);
+/* The tensor `name` and (when file is not NULL) the shard holding it, or NULL when absent. */
+DF_API const df_st_info *df_st_set_find(const df_st_set *s, const char *name,
+                                        const df_st_file **file);
+/* df_st_read / df_st_read_into on whichever shard holds `name` (DF_ERR_NOTFOUND naming the
+ * set's path when none does). */
+DF_API df_status df_st_set_read(const df_st_set *s, const char *name, df_dtype as, df_tensor **out);
+DF_API df_status df_st_set_read_into(const df_st_set *s, const char *name, df_tensor *dst);
+/* Number of files in the set (1 for a plain file) and the i-th. Borrowed. */
+DF_API int df_st_set_file_count(const df_st_set *s);
+DF_API const df_st_file *df_st_set_file_at(const df_st_set *s, int i);
+
+/* ================================================================ parameter registry ========= */
+
+#define DF_NAME_MAX 256
+
+typedef struct df_param {
+    char *name;        /* full dotted diffusers name, owned */
+    df_tensor *tensor; /* owned */
+    bool trainable;
+} df_param;
+
+typedef struct df_params {
+    df_param *items;
+    int n, cap;
+    df_philox *init; /* initialiser stream for new parameters; NULL leaves them zero */
+    bool shapes_only; /* names and shapes only: values are never touched (key-list checks) */
+    df_flat flat;    /* set by df_params_flatten */
+} df_params;
+
+/* An empty registry; `init_gen` (borrowed, may be NULL) draws initial values. */
+DF_API void df_params_init(df_params *r, df_philox *init_gen);
+DF_API void df_params_free(df_params *r);
+/* "prefix.leaf" (or "leaf" when prefix is empty) into buf; returns buf. */
+DF_API char *df_name_join(char *buf, size_t len, const char *prefix, const char *leaf);
+/* "prefix.leaf.index". */
+DF_API char *df_name_index(char *buf, size_t len, const char *prefix, const char *leaf, int index);
+/* Registers a zero-filled F32 parameter "prefix.leaf"; returns it (borrowed from r). */
+DF_API df_tensor *df_params_add(df_params *r, const char *prefix, const char *leaf, int ndim,
+                                const int64_t *shape);
+DF_API df_tensor *df_params_find(const df_params *r, const char *name);
+/* Fill from r->init (no-op when r->init is NULL): U(-bound, bound) / N(0, std^2). */
+DF_API void df_params_init_uniform(df_params *r, df_tensor *t, float bound);
+DF_API void df_params_init_normal(df_params *r, df_tensor *t, float std);
+/* Fills t with value (no-op in a shapes-only registry). */
+DF_API void df_params_fill(df_params *r, df_tensor *t, float value);
+DF_API int64_t df_params_count(const df_params *r);
+/* Sets `trainable` on every parameter whose name matches the fnmatch pattern; returns the count. */
+DF_API int df_params_set_trainable(df_params *r, const char *pattern, bool on);
+/* Moves all parameters into one flat buffer (df_flat) with flat gradients; trainable ones get
+ * requires_grad. Call once, after the model is built and loaded. */
+DF_API df_status df_params_flatten(df_params *r);
+/* requires_grad = trainable for every parameter. */
+DF_API void df_params_requires_grad(df_params *r);
+/* Loads a safetensors file, or a sharded `*.safetensors.index.json`, into the registered parameters: every registered name must be
+ * present with the same shape (DF_ERR_NOTFOUND / DF_ERR_FORMAT naming file and tensor); keys
+ * we do not have are counted into *n_unexpected (may be NULL) and warned about. Legacy attention
+ * names and CLIP's position_ids are handled. */
+DF_API df_status df_params_load(df_params *r, const char *path, int *n_unexpected);
+/* Writes every parameter, in registration order, to a safetensors file. */
+DF_API df_status df_params_save(const df_params *r, const char *path);
+
+/* ================================================================ config.json ================ */
+
+#define DF_JSON_STR 64
+
+typedef struct df_json {
+    struct cJSON *root;
+    char path[512]; /* the file (or label) named in errors */
+} df_json;
+
+DF_API df_status df_json_load(const char *path, df_json *out);
+DF_API df_status df_json_parse(const char *text, size_t len, const char *label, df_json *out);
+DF_API void df_json_free(df_json *j);
+/* Present with a non-null value / present as JSON null. */
+DF_API bool df_json_has(const df_json *j, const char *key);
+DF_API bool df_json_is_null(const df_json *j, const char *key);
+/* Typed getters: absent or null -> `def`; wrong type -> DF_ERR_FORMAT naming file and field. */
+DF_API df_status df_json_int(const df_json *j, const char *key, int def, int *out);
+DF_API df_status df_json_double(const df_json *j, const char *key, double def, double *out);
+DF_API df_status df_json_bool(const df_json *j, const char *key, bool def, bool *out);
+DF_API df_status df_json_string(const df_json *j, const char *key, const char *def, char *out,
+                                size_t len);
+/* A list of at most `max` ints into out, count into *n; absent leaves both unchanged. With
+ * accept_scalar, a single number is stored in out[0] and *n = -1 (the caller broadcasts). */
+DF_API df_status df_json_int_list(const df_json *j, const char *key, int max, int *out, int *n,
+                                  bool accept_scalar);
+DF_API df_status df_json_string_list(const df_json *j, const char *key, int max,
+                                     char (*out)[DF_JSON_STR], int *n);
+/* Prints a note for every top-level key not in `known` (keys starting with '_' excepted). */
+DF_API void df_json_note_unknown(const df_json *j, const char *const *known, int n_known);
+
+/* ================================================================ layers ===================== */
+
+typedef struct df_linear_mod {
+    df_tensor *weight, *bias; /* (out, in), (out) or NULL; borrowed from the registry */
+} df_linear_mod;
+
+typedef struct df_conv_mod {
+    df_tensor *weight, *bias; /* (out, in, k, k), (out) */
+    df_conv2d_params p;
+} df_conv_mod;
+
+typedef struct df_norm_mod {
+    df_tensor *weight, *bias; /* (C) */
+    int groups;               /* GroupNorm groups; 0 for LayerNorm */
+    float eps;
+} df_norm_mod;
+
+/* torch.nn.Linear / Conv2d default init when r->init is set: U(+-1/sqrt(fan_in)). */
+DF_API void df_linear_mod_init(df_linear_mod *m, df_params *r, const char *name, int in, int out,
+                               bool bias);
+DF_API df_tensor *df_linear_mod_forward(const df_linear_mod *m, df_tensor *x);
+DF_API void df_conv_mod_init(df_conv_mod *m, df_params *r, const char *name, int in, int out,
+                             int kernel, int stride, int padding, bool bias);
+DF_API df_tensor *df_conv_mod_forward(const df_conv_mod *m, df_tensor *x);
+/* GroupNorm / LayerNorm with affine weight 1, bias 0. */
+DF_API void df_groupnorm_mod_init(df_norm_mod *m, df_params *r, const char *name, int groups,
+                                  int channels, float eps);
+DF_API void df_layernorm_mod_init(df_norm_mod *m, df_params *r, const char *name, int dim,
+                                  float eps);
+DF_API df_tensor *df_norm_mod_forward(const df_norm_mod *m, df_tensor *x);
+
+/* ================================================================ embeddings ================= */
+
+/* diffusers get_timestep_embedding, in float32 whatever the model dtype: timesteps (N) of any
+ * dtype (a 0-d tensor is broadcast to `batch`) -> (N, dim). No history. */
+DF_API df_tensor *df_timestep_embedding(const df_tensor *timesteps, int batch, int dim,
+                                        bool flip_sin_to_cos, float downscale_freq_shift);
+
+/* TimestepEmbedding: linear_1 -> SiLU -> linear_2. */
+typedef struct df_timestep_mlp {
+    df_linear_mod linear_1, linear_2;
+} df_timestep_mlp;
+DF_API void df_timestep_mlp_init(df_timestep_mlp *m, df_params *r, const char *name, int in,
+                                 int dim);
+DF_API df_tensor *df_timestep_mlp_forward(const df_timestep_mlp *m, df_tensor *t_emb);
+
+/* ================================================================ blocks ===================== */
+
+/* ResnetBlock2D. temb_channels 0 = no time embedding (the VAE). */
+typedef struct df_resnet_config {
+    int in_channels, out_channels, temb_channels, groups;
+    float eps, output_scale_factor;
+    bool scale_shift; /* time_embedding_norm == "scale_shift" */
+} df_resnet_config;
+
+typedef struct df_resnet {
+    df_norm_mod norm1, norm2;
+    df_conv_mod conv1, conv2, conv_shortcut;
+    df_linear_mod time_emb_proj;
+    bool has_shortcut, has_temb, scale_shift;
+    float output_scale_factor;
+} df_resnet;
+DF_API void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_config c);
+/* x (N, Cin, H, W), temb (N, T) or NULL -> (N, Cout, H, W). */
+DF_API df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb);
+
+/* diffusers Attention with the classic AttnProcessor. */
+typedef struct df_attention_config {
+    int query_dim, cross_dim; /* cross_dim 0: self-attention only */
+    int heads, dim_head;
+    bool qkv_bias;
+    int norm_groups; /* > 0: the GroupNorm of UNet2DModel / VAE attention (residual form) */
+    float norm_eps;
+    bool residual_connection;
+    float rescale_output_factor;
+} df_attention_config;
+
+typedef struct df_attention {
+    df_norm_mod group_norm;
+    df_linear_mod to_q, to_k, to_v, to_out;
+    int heads, dim_head;
+    float scale;
+    bool has_group_norm, residual_connection;
+    float rescale_output_factor;
+} df_attention;
+DF_API void df_attention_init(df_attention *m, df_params *r, const char *name,
+                              df_attention_config c);
+/* x (N, C, H, W) or (N, T, C); context (N, S, Cc) or NULL (self-attention). Same shape as x. */
+DF_API df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *context);
+
+/* BasicTransformerBlock (layer norms, self-attn, cross-attn, GEGLU feed-forward). */
+typedef struct df_transformer_block {
+    df_norm_mod norm1, norm2, norm3;
+    df_attention attn1, attn2;
+    df_linear_mod ff_proj, ff_out; /* ff.net.0.proj, ff.net.2 */
+    bool only_cross_attention;
+} df_transformer_block;
+
+/* Transformer2DModel (continuous input) with one or more blocks. */
+typedef struct df_transformer2d {
+    df_norm_mod norm;
+    df_conv_mod proj_in_conv, proj_out_conv;
+    df_linear_mod proj_in_linear, proj_out_linear;
+    df_transformer_block *blocks;
+    int n_blocks;
+    bool use_linear_projection;
+} df_transformer2d;
+
+typedef struct df_transformer2d_config {
+    int channels, heads, cross_dim, layers, norm_groups;
+    bool use_linear_projection, only_cross_attention;
+} df_transformer2d_config;
+DF_API void df_transformer2d_init(df_transformer2d *m, df_params *r, const char *name,
+                                  df_transformer2d_config c);
+DF_API void df_transformer2d_free(df_transformer2d *m);
+DF_API df_tensor *df_transformer2d_forward(const df_transformer2d *m, df_tensor *x,
+                                           df_tensor *context);
+
+/* The down, up and mid blocks of UNets and the VAE, one struct per role: the block type decides
+ * which parts exist (DownBlock2D, AttnDownBlock2D, CrossAttnDownBlock2D, DownEncoderBlock2D;
+ * UpBlock2D, AttnUpBlock2D, CrossAttnUpBlock2D, UpDecoderBlock2D; UNetMidBlock2D,
+ * UNetMidBlock2DCrossAttn). */
+typedef enum df_block_attn {
+    DF_BLOCK_ATTN_NONE = 0,
+    DF_BLOCK_ATTN_SPATIAL,     /* Attention with group norm (UNet2DModel, VAE) */
+    DF_BLOCK_ATTN_TRANSFORMER, /* Transformer2DModel (cross-attention UNet) */
+} df_block_attn;
+
+typedef struct df_block_config {
+    int n_layers, in_channels, out_channels, prev_channels, temb_channels, groups;
+    float eps, output_scale_factor;
+    bool scale_shift;
+    df_block_attn attn;
+    int attn_head_dim;                   /* SPATIAL: head width (0 = one head) */
+    df_transformer2d_config transformer; /* TRANSFORMER: heads, cross_dim, ... */
+    bool add_sample;        /* a downsampler / upsampler after the layers */
+    int downsample_padding; /* 1 for UNets; 0 (and right/bottom pad) for the VAE encoder */
+} df_block_config;
+
+typedef struct df_block {
+    df_resnet *resnets;
+    df_attention *attentions;     /* SPATIAL */
+    df_transformer2d *transformers; /* TRANSFORMER */
+    int n_resnets, n_attn;
+    df_block_attn attn;
+    bool has_sampler;
+    df_conv_mod sampler; /* downsamplers.0.conv / upsamplers.0.conv */
+    int downsample_padding;
+} df_block;
+
+DF_API void df_down_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
+DF_API void df_up_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
+DF_API void df_mid_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
+DF_API void df_block_free(df_block *b);
+/* How many skip tensors a UNet's down path stores (conv_in's, one per layer, one per
+ * downsampler). */
+DF_API int df_unet_skip_count(const df_block *down, int n_blocks);
+/* The attention kind of a diffusers block class name; false for a class we do not implement. */
+DF_API bool df_block_type_attn(const char *type, df_block_attn *out);
+/* Down: appends each layer's output (and the downsampler's) to skips[*n_skips++]; returns the
+ * last. Up: consumes skips from the end. Mid: resnet, then (attention, resnet) pairs. */
+DF_API df_tensor *df_down_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
+                                        df_tensor *context, df_tensor **skips, int *n_skips);
+DF_API df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
+                                      df_tensor *context, df_tensor **skips, int *n_skips);
+DF_API df_tensor *df_mid_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
+                                       df_tensor *context);
+
+/* ================================================================ models ===================== */
+
+#define DF_MAX_BLOCKS 8
+
+/* UNet2DModel config (diffusers field names and defaults). */
+typedef struct df_unet2d_config {
+    int sample_size, in_channels, out_channels;
+    bool center_input_sample, flip_sin_to_cos;
+    int freq_shift;
+    int n_blocks;
+    char down_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
+    char up_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
+    int block_out_channels[DF_MAX_BLOCKS];
+    int layers_per_block;
+    float mid_block_scale_factor;
+    int downsample_padding;
+    float dropout;
+    char act_fn[DF_JSON_STR];
+    int attention_head_dim; /* 0 = None */
+    int norm_num_groups;
+    float norm_eps;
+    char resnet_time_scale_shift[DF_JSON_STR];
+    bool add_attention;
+    char time_embedding_type[DF_JSON_STR];
+} df_unet2d_config;
+
+/* UNet2DConditionModel config (SD 1.x / 2.x fields). */
+typedef struct df_unet2d_cond_config {
+    int sample_size, in_channels, out_channels;
+    bool center_input_sample, flip_sin_to_cos;
+    int freq_shift;
+    int n_blocks;
+    char down_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
+    char up_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
+    char mid_block_type[DF_JSON_STR];
+    int block_out_channels[DF_MAX_BLOCKS];
+    int layers_per_block[DF_MAX_BLOCKS];
+    int num_attention_heads[DF_MAX_BLOCKS]; /* resolved: num_attention_heads or attention_head_dim */
+    int cross_attention_dim[DF_MAX_BLOCKS];
+    int transformer_layers_per_block[DF_MAX_BLOCKS];
+    bool only_cross_attention[DF_MAX_BLOCKS];
+    int downsample_padding;
+    float mid_block_scale_factor, dropout;
+    char act_fn[DF_JSON_STR];
+    int norm_num_groups;
+    float norm_eps;
+    bool use_linear_projection, upcast_attention;
+    char resnet_time_scale_shift[DF_JSON_STR];
+    int conv_in_kernel, conv_out_kernel;
+} df_unet2d_cond_config;
+
+/* AutoencoderKL config. */
+typedef struct df_vae_config {
+    int in_channels, out_channels, latent_channels, sample_size;
+    int n_blocks;
+    char down_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
+    char up_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
+    int block_out_channels[DF_MAX_BLOCKS];
+    int layers_per_block, norm_num_groups;
+    char act_fn[DF_JSON_STR];
+    float scaling_factor;
+    bool force_upcast;
+} df_vae_config;
+
+DF_API df_unet2d_config df_unet2d_config_default(void);
+DF_API df_unet2d_cond_config df_unet2d_cond_config_default(void);
+DF_API df_vae_config df_vae_config_default(void);
+/* Reads a diffusers config.json over the class defaults; validates every field. */
+DF_API df_status df_unet2d_config_load(const char *path, df_unet2d_config *c);
+DF_API df_status df_unet2d_cond_config_load(const char *path, df_unet2d_cond_config *c);
+DF_API df_status df_vae_config_load(const char *path, df_vae_config *c);
+/* Writes config.json as diffusers' save_config does (every field, sorted, _class_name). */
+DF_API df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path);
+/* Writes a cJSON object to path, pretty-printed, and frees it. */
+DF_API df_status df_json_write_object(struct cJSON *obj, const char *path);
+/* The same over an already parsed config (the file's label is j->path). */
+DF_API df_status df_unet2d_config_from_json(const df_json *j, df_unet2d_config *c);
+DF_API df_status df_unet2d_cond_config_from_json(const df_json *j, df_unet2d_cond_config *c);
+DF_API df_status df_vae_config_from_json(const df_json *j, df_vae_config *c);
+
+typedef struct df_unet2d {
+    df_unet2d_config config;
+    df_params params;
+    df_conv_mod conv_in, conv_out;
+    df_timestep_mlp time_embedding;
+    df_block down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
+    df_norm_mod conv_norm_out;
+} df_unet2d;
+
+typedef struct df_unet2d_cond {
+    df_unet2d_cond_config config;
+    df_params params;
+    df_conv_mod conv_in, conv_out;
+    df_timestep_mlp time_embedding;
+    df_block down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
+    df_norm_mod conv_norm_out;
+} df_unet2d_cond;
+
+typedef struct df_vae {
+    df_vae_config config;
+    df_params params;
+    /* encoder.* */
+    df_conv_mod enc_conv_in, enc_conv_out;
+    df_block enc_down[DF_MAX_BLOCKS], enc_mid;
+    df_norm_mod enc_norm_out;
+    /* decoder.* */
+    df_conv_mod dec_conv_in, dec_conv_out;
+    df_block dec_up[DF_MAX_BLOCKS], dec_mid;
+    df_norm_mod dec_norm_out;
+    df_conv_mod quant_conv, post_quant_conv;
+} df_vae;
+
+/* How a model's parameters start: drawn from `gen` (torch's default initialisers' ranges), zero
+ * when gen is NULL, or never touched at all (shapes_only: for key-list checks of huge models). */
+typedef struct df_init {
+    df_philox *gen;
+    bool shapes_only;
+} df_init;
+
+/* Builds the model from its config, registering every parameter under diffusers' names. Validates the config (DF_ERR_UNSUPPORTED for a
+ * block type or option we do not implement). */
+DF_API df_status df_unet2d_init(df_unet2d *m, const df_unet2d_config *c, df_init init);
+DF_API void df_unet2d_free(df_unet2d *m);
+/* sample (N, C, H, W), timestep 0-d or (N) of any dtype -> (N, out, H, W). */
+DF_API df_tensor *df_unet2d_forward(df_unet2d *m, df_tensor *sample, const df_tensor *timestep);
+
+DF_API df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c,
+                                     df_init init);
+DF_API void df_unet2d_cond_free(df_unet2d_cond *m);
+/* encoder_hidden_states (N, S, cross_attention_dim). */
+DF_API df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample,
+                                         const df_tensor *timestep,
+                                         df_tensor *encoder_hidden_states);
+
+DF_API df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init);
+DF_API void df_vae_free(df_vae *m);
+/* The posterior of x: mean and logvar (clamped to [-30, 20]), each (N, latent, h, w). */
+DF_API void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor **logvar);
+/* z (N, latent, h, w) -> image (N, out, H, W). No scaling_factor is applied. */
+DF_API df_tensor *df_vae_decode(df_vae *m, df_tensor *z);
+
+/* ================================================================ components ================= */
+
+/* A tensor with a name (borrowed). */
+typedef struct df_named {
+    const char *name;
+    df_tensor *tensor;
+} df_named;
+
+#define DF_COMPONENT_MAX_OUTPUTS 8
+
+/* A diffusers component folder loaded as the model its config's _class_name names. */
+typedef struct df_component {
+    char class_name[DF_JSON_STR];
+    df_unet2d *unet2d;           /* exactly one of these is set */
+    df_unet2d_cond *unet2d_cond;
+    df_vae *vae;
+    df_params *params;           /* the model's registry */
+} df_component;
+
+/* Loads DIR/config.json and the weights (DIR/diffusion_pytorch_model.safetensors or its
+ * .index.json). Errors name the file and the field or tensor. Free with df_component_free even
+ * on failure. */
+DF_API df_status df_component_load(const char *dir, df_component *c);
+DF_API void df_component_free(df_component *c);
+/* Runs the model on named inputs (see component.c for the names) and fills outputs (at most
+ * DF_COMPONENT_MAX_OUTPUTS, names static, tensors under the scope rule). A missing or
+ * mis-shaped input is DF_ERR_NOTFOUND / DF_ERR_INVALID naming it. */
+DF_API df_status df_component_forward(df_component *c, const df_named *inputs, int n_inputs,
+                                      df_named *outputs, int *n_outputs);
+
+#endif

@@ -1,0 +1,213 @@
+/* registry.c — the parameter registry: every parameter of a model under its full dotted
+ * diffusers name (`down_blocks.0.resnets.0.conv1.weight`). It is the single source for loading,
+ * saving, freezing, LoRA targeting and optimizer groups.
+ *
+ * Loading follows diffusers' `load_state_dict` + `_load_state_dict_into_model`: names must
+ * match exactly (after the legacy aliases below), shapes must match, a missing key is an error
+ * naming it, an unexpected key is a warning (counted and printed once per file).
+ * Aliases: the VAE / UNet2DModel attention's pre-0.14 names `query`, `key`, `value`,
+ * `proj_attn` (-> `to_q`, `to_k`, `to_v`, `to_out.0`), and CLIP's `position_ids` buffer, which
+ * old transformers checkpoints carry and we ignore.
+ */
+#include "nn/nn.h"
+
+#include <fnmatch.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void df_params_init(df_params *r, df_philox *init_gen) {
+    memset(r, 0, sizeof *r);
+    r->init = init_gen;
+}
+
+void df_params_free(df_params *r) {
+    for (int i = 0; i < r->n; i++) {
+        free(r->items[i].name);
+        df_tensor_free(r->items[i].tensor);
+    }
+    free(r->items);
+    df_flat_free(&r->flat);
+    memset(r, 0, sizeof *r);
+}
+
+char *df_name_join(char *buf, size_t len, const char *prefix, const char *leaf) {
+    if (prefix && prefix[0]) snprintf(buf, len, "%s.%s", prefix, leaf);
+    else snprintf(buf, len, "%s", leaf);
+    return buf;
+}
+
+char *df_name_index(char *buf, size_t len, const char *prefix, const char *leaf, int index) {
+    char tmp[DF_NAME_MAX];
+    snprintf(tmp, sizeof tmp, "%s.%d", leaf, index);
+    return df_name_join(buf, len, prefix, tmp);
+}
+
+df_tensor *df_params_add(df_params *r, const char *prefix, const char *leaf, int ndim,
+                         const int64_t *shape) {
+    char name[DF_NAME_MAX];
+    df_name_join(name, sizeof name, prefix, leaf);
+    DF_ASSERT(!df_params_find(r, name), "parameter '%s' registered twice", name);
+    DF_ASSERT(!r->flat.data, "parameter '%s' registered after the registry was flattened", name);
+    if (r->n == r->cap) {
+        r->cap = r->cap ? 2 * r->cap : 64;
+        r->items = realloc(r->items, (size_t)r->cap * sizeof *r->items);
+        DF_ASSERT(r->items, "out of memory growing the parameter registry");
+    }
+    /* parameters outlive every scope: made with no scope open */
+    df_tensor *t = df_tensor_new_owned(DF_DTYPE_F32, ndim, shape);
+    if (!r->shapes_only) memset(t->data, 0, (size_t)t->numel * sizeof(float));
+    r->items[r->n++] = (df_param){.name = strdup(name), .tensor = t, .trainable = true};
+    return t;
+}
+
+df_tensor *df_params_find(const df_params *r, const char *name) {
+    for (int i = 0; i < r->n; i++)
+        if (strcmp(r->items[i].name, name) == 0) return r->items[i].tensor;
+    return NULL;
+}
+
+void df_params_fill(df_params *r, df_tensor *t, float value) {
+    if (!r->shapes_only) df_tensor_fill_(t, value);
+}
+
+void df_params_init_uniform(df_params *r, df_tensor *t, float bound) {
+    if (!r->init || r->shapes_only) return;
+    float *p = df_f32(t);
+    for (int64_t i = 0; i < t->numel; i++) p[i] = (2 * df_philox_uniform(r->init) - 1) * bound;
+}
+
+void df_params_init_normal(df_params *r, df_tensor *t, float std) {
+    if (!r->init || r->shapes_only) return;
+    df_philox_fill_normal(r->init, df_f32(t), t->numel);
+    for (int64_t i = 0; i < t->numel; i++) df_f32(t)[i] *= std;
+}
+
+int64_t df_params_count(const df_params *r) {
+    int64_t n = 0;
+    for (int i = 0; i < r->n; i++) n += r->items[i].tensor->numel;
+    return n;
+}
+
+int df_params_set_trainable(df_params *r, const char *pattern, bool on) {
+    int hits = 0;
+    for (int i = 0; i < r->n; i++) {
+        if (fnmatch(pattern, r->items[i].name, 0) == 0) {
+            r->items[i].trainable = on;
+            hits++;
+        }
+    }
+    return hits;
+}
+
+df_status df_params_flatten(df_params *r) {
+    df_tensor **ts = malloc((size_t)(r->n ? r->n : 1) * sizeof *ts);
+    if (!ts) return df_error(DF_ERR_NOMEM, "flatten: out of memory");
+    for (int i = 0; i < r->n; i++) ts[i] = r->items[i].tensor;
+    df_status st = df_flat_init(&r->flat, ts, r->n);
+    free(ts);
+    if (st != DF_OK) return st;
+    for (int i = 0; i < r->n; i++) r->items[i].tensor->requires_grad = r->items[i].trainable;
+    return DF_OK;
+}
+
+void df_params_requires_grad(df_params *r) {
+    for (int i = 0; i < r->n; i++) r->items[i].tensor->requires_grad = r->items[i].trainable;
+}
+
+/* The name a checkpoint key stands for in today's diffusers, or NULL to ignore the key. */
+static const char *canonical_name(const char *key, char *buf, size_t len) {
+    static const struct {
+        const char *old, *new;
+    } aliases[] = {{".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."},
+                   {".proj_attn.", ".to_out.0."}};
+    const char *dot = strrchr(key, '.');
+    if (dot && strcmp(dot, ".position_ids") == 0) return NULL;
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
+        const char *hit = strstr(key, aliases[i].old);
+        if (hit) {
+            snprintf(buf, len, "%.*s%s%s", (int)(hit - key), key, aliases[i].new,
+                     hit + strlen(aliases[i].old));
+            return buf;
+        }
+    }
+    return key;
+}
+
+/* Loads every key of one open file that names a registered parameter; marks them in `seen`. */
+static df_status load_set(df_params *r, const df_st_set *set, const char *path, bool *seen,
+                          int *n_unexpected) {
+    for (int i = 0; i < df_st_set_count(set); i++) {
+        const df_st_file *f;
+        const df_st_info *info = df_st_set_info_at(set, i, &f);
+        char buf[DF_NAME_MAX];
+        const char *name = canonical_name(info->name, buf, sizeof buf);
+        if (!name) continue;
+        int idx = -1;
+        for (int j = 0; j < r->n; j++)
+            if (strcmp(r->items[j].name, name) == 0) idx = j;
+        if (idx < 0) {
+            if (*n_unexpected < 5)
+                fprintf(stderr, "diffusion: warning: %s: unexpected tensor '%s' ignored\n", path,
+                        info->name);
+            (*n_unexpected)++;
+            continue;
+        }
+        df_tensor *t = r->items[idx].tensor;
+        bool same = info->ndim == t->ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = info->shape[d] == t->shape[d];
+        if (!same) {
+            char want[64], got[128];
+            size_t k = 0;
+            got[k++] = '[';
+            for (int d = 0; d < info->ndim && k < sizeof got - 24; d++)
+                k += (size_t)snprintf(got + k, sizeof got - k, d ? ", %lld" : "%lld",
+                                      (long long)info->shape[d]);
+            snprintf(got + k, sizeof got - k, "]");
+            return df_error(DF_ERR_FORMAT, "%s: tensor '%s' has shape %s in the file but %s in the model",
+                            path, info->name, got, df_shape_str(t, want, sizeof want));
+        }
+        DF_TRY(df_st_read_into(f, info->name, t));
+        seen[idx] = true;
+    }
+    return DF_OK;
+}
+
+df_status df_params_load(df_params *r, const char *path, int *n_unexpected_out) {
+    bool *seen = calloc((size_t)(r->n ? r->n : 1), sizeof *seen);
+    if (!seen) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    int n_unexpected = 0;
+    df_status st = DF_OK;
+    df_st_set *set = NULL;
+    st = df_st_set_open(path, &set);
+    if (st == DF_OK) st = load_set(r, set, path, seen, &n_unexpected);
+    df_st_set_close(set);
+    for (int i = 0; st == DF_OK && i < r->n; i++)
+        if (!seen[i])
+            st = df_error(DF_ERR_NOTFOUND, "%s: missing tensor '%s'", path, r->items[i].name);
+    free(seen);
+    if (n_unexpected > 5)
+        fprintf(stderr, "diffusion: warning: %s: %d unexpected tensors ignored in all\n", path,
+                n_unexpected);
+    if (n_unexpected_out) *n_unexpected_out = n_unexpected;
+    return st;
+}
+
+df_status df_params_save(const df_params *r, const char *path) {
+    const char **names = malloc((size_t)(r->n ? r->n : 1) * sizeof *names);
+    const df_tensor **ts = malloc((size_t)(r->n ? r->n : 1) * sizeof *ts);
+    df_status st;
+    if (!names || !ts) {
+        st = df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    } else {
+        for (int i = 0; i < r->n; i++) {
+            names[i] = r->items[i].name;
+            ts[i] = r->items[i].tensor;
+        }
+        st = df_st_save(path, r->n, names, ts, 0, NULL, NULL);
+    }
+    free(names);
+    free(ts);
+    return st;
+}

@@ -1,0 +1,135 @@
+/* unet2d_condition.c — diffusers UNet2DConditionModel (models/unet_2d_condition.py) for SD 1.x /
+ * 2.x configs: positional time embedding, cross-attention down/mid/up blocks built from
+ * Transformer2DModel, per-block lists (heads, cross-attention width, layers) reversed for the up
+ * path as in __init__. attention_head_dim is the number of heads when num_attention_heads is
+ * absent (resolved in the config reader). Sample sizes must be multiples of 2^(blocks-1) (the
+ * upsample_size path for other sizes is not implemented).
+ */
+#include "nn/nn.h"
+
+#include <string.h>
+
+static df_status check_blocks(const df_unet2d_cond_config *c) {
+    for (int i = 0; i < c->n_blocks; i++) {
+        df_block_attn a;
+        if (!df_block_type_attn(c->down_block_types[i], &a) || a == DF_BLOCK_ATTN_SPATIAL ||
+            strstr(c->down_block_types[i], "Encoder"))
+            return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: down block type '%s'",
+                            c->down_block_types[i]);
+        if (!df_block_type_attn(c->up_block_types[i], &a) || a == DF_BLOCK_ATTN_SPATIAL ||
+            strstr(c->up_block_types[i], "Decoder"))
+            return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: up block type '%s'",
+                            c->up_block_types[i]);
+    }
+    if (c->dropout != 0)
+        return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: dropout %g (only 0)", c->dropout);
+    return DF_OK;
+}
+
+df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c, df_init init) {
+    memset(m, 0, sizeof *m);
+    DF_TRY(check_blocks(c));
+    m->config = *c;
+    df_params *r = &m->params;
+    df_params_init(r, init.gen);
+    r->shapes_only = init.shapes_only;
+    char buf[DF_NAME_MAX];
+    int c0 = c->block_out_channels[0], temb = 4 * c0, nb = c->n_blocks;
+    df_block_config base = {.temb_channels = temb, .groups = c->norm_num_groups,
+                            .eps = c->norm_eps, .output_scale_factor = 1.0f,
+                            .scale_shift = strcmp(c->resnet_time_scale_shift, "scale_shift") == 0,
+                            .downsample_padding = c->downsample_padding};
+    base.transformer = (df_transformer2d_config){.norm_groups = c->norm_num_groups,
+                                                 .use_linear_projection = c->use_linear_projection};
+
+    df_conv_mod_init(&m->conv_in, r, "conv_in", c->in_channels, c0, c->conv_in_kernel, 1,
+                     (c->conv_in_kernel - 1) / 2, true);
+    df_timestep_mlp_init(&m->time_embedding, r, "time_embedding", c0, temb);
+
+    int out_ch = c0;
+    for (int i = 0; i < nb; i++) {
+        df_block_config b = base;
+        b.in_channels = out_ch;
+        out_ch = c->block_out_channels[i];
+        b.out_channels = out_ch;
+        b.n_layers = c->layers_per_block[i];
+        df_block_type_attn(c->down_block_types[i], &b.attn);
+        b.transformer.heads = c->num_attention_heads[i];
+        b.transformer.cross_dim = c->cross_attention_dim[i];
+        b.transformer.layers = c->transformer_layers_per_block[i];
+        b.transformer.only_cross_attention = c->only_cross_attention[i];
+        b.add_sample = i != nb - 1;
+        df_down_block_init(&m->down[i], r, df_name_index(buf, sizeof buf, "", "down_blocks", i), b);
+    }
+
+    df_block_config mid = base;
+    mid.in_channels = mid.out_channels = c->block_out_channels[nb - 1];
+    mid.n_layers = 1;
+    mid.output_scale_factor = c->mid_block_scale_factor;
+    mid.attn = DF_BLOCK_ATTN_TRANSFORMER;
+    mid.transformer.heads = c->num_attention_heads[nb - 1];
+    mid.transformer.cross_dim = c->cross_attention_dim[nb - 1];
+    mid.transformer.layers = c->transformer_layers_per_block[nb - 1];
+    df_mid_block_init(&m->mid, r, "mid_block", mid);
+
+    out_ch = c->block_out_channels[nb - 1];
+    for (int i = 0; i < nb; i++) {
+        int ri = nb - 1 - i; /* the reversed lists */
+        df_block_config b = base;
+        b.prev_channels = out_ch;
+        out_ch = c->block_out_channels[ri];
+        b.out_channels = out_ch;
+        b.in_channels = c->block_out_channels[nb - 1 - (i + 1 < nb ? i + 1 : nb - 1)];
+        b.n_layers = c->layers_per_block[ri] + 1;
+        df_block_type_attn(c->up_block_types[i], &b.attn);
+        b.transformer.heads = c->num_attention_heads[ri];
+        b.transformer.cross_dim = c->cross_attention_dim[ri];
+        b.transformer.layers = c->transformer_layers_per_block[ri];
+        b.transformer.only_cross_attention = c->only_cross_attention[ri];
+        b.add_sample = i != nb - 1;
+        df_up_block_init(&m->up[i], r, df_name_index(buf, sizeof buf, "", "up_blocks", i), b);
+    }
+
+    df_groupnorm_mod_init(&m->conv_norm_out, r, "conv_norm_out", c->norm_num_groups, c0,
+                          c->norm_eps);
+    df_conv_mod_init(&m->conv_out, r, "conv_out", c0, c->out_channels, c->conv_out_kernel, 1,
+                     (c->conv_out_kernel - 1) / 2, true);
+    return DF_OK;
+}
+
+void df_unet2d_cond_free(df_unet2d_cond *m) {
+    for (int i = 0; i < m->config.n_blocks; i++) {
+        df_block_free(&m->down[i]);
+        df_block_free(&m->up[i]);
+    }
+    df_block_free(&m->mid);
+    df_params_free(&m->params);
+}
+
+df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df_tensor *timestep,
+                                  df_tensor *encoder_hidden_states) {
+    const df_unet2d_cond_config *c = &m->config;
+    int64_t batch = sample->shape[0];
+    DF_ASSERT(sample->ndim == 4 && sample->shape[1] == c->in_channels,
+              "UNet2DConditionModel: sample must be (N, %d, H, W)", c->in_channels);
+    int factor = 1 << (c->n_blocks - 1);
+    DF_ASSERT(sample->shape[2] % factor == 0 && sample->shape[3] % factor == 0,
+              "UNet2DConditionModel: sample size must be a multiple of %d", factor);
+    if (c->center_input_sample) sample = df_add_scalar(df_mul_scalar(sample, 2.0f), -1.0f);
+    df_tensor *t_emb = df_timestep_embedding(timestep, (int)batch, c->block_out_channels[0],
+                                             c->flip_sin_to_cos, (float)c->freq_shift);
+    df_tensor *emb = df_timestep_mlp_forward(&m->time_embedding, t_emb);
+
+    df_tensor *skips[64];
+    int n_skips = 0;
+    DF_ASSERT(df_unet_skip_count(m->down, c->n_blocks) <= 64, "UNet2DConditionModel: too many skips");
+    df_tensor *h = df_conv_mod_forward(&m->conv_in, sample);
+    skips[n_skips++] = h;
+    for (int i = 0; i < c->n_blocks; i++)
+        h = df_down_block_forward(&m->down[i], h, emb, encoder_hidden_states, skips, &n_skips);
+    h = df_mid_block_forward(&m->mid, h, emb, encoder_hidden_states);
+    for (int i = 0; i < c->n_blocks; i++)
+        h = df_up_block_forward(&m->up[i], h, emb, encoder_hidden_states, skips, &n_skips);
+    h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
+    return df_conv_mod_forward(&m->conv_out, h);
+}

@@ -1,0 +1,229 @@
+/* recipe_unconditional.c — unconditional DDPM training, as diffusers'
+ * examples/unconditional_image_generation/train_unconditional.py:
+ *
+ *   noise ~ N(0, I) (+ noise_offset * N(0, I) per (item, channel)), t ~ U{0 .. T-1}
+ *   x_t = add_noise(x0, noise, t);  out = unet(x_t, t)
+ *   epsilon:      loss = mse(out, noise)
+ *   v_prediction: loss = mse(out, get_velocity(x0, noise, t))
+ *   sample:       loss = mean_i(snr_i * mse_i(out, x0))          (alpha_t / (1 - alpha_t))
+ *   snr_gamma > 0 (min-SNR, Hang et al. 2023, as train_text_to_image.py):
+ *                 loss = mean_i(w_i * mse_i),  w = min(snr, gamma) / snr (epsilon),
+ *                 / (snr + 1) (v_prediction), min(snr, gamma) (sample)
+ * The model is a UNet2DModel built from the `model.*` keys with sample_size = resolution; the
+ * export is a DDPMPipeline folder (model_index.json, unet/, scheduler/).
+ */
+#include "infer/infer.h"
+#include "recipes/recipes.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const df_cfg_field uncond_fields[] = {
+    {"model.block_out_channels", DF_CFG_INT_LIST, "[128, 128, 256, 256, 512, 512]", 1, 8192, NULL,
+     "UNet2DModel block widths"},
+    {"model.down_block_types", DF_CFG_STRING_LIST,
+     "[DownBlock2D, DownBlock2D, DownBlock2D, DownBlock2D, AttnDownBlock2D, DownBlock2D]", 0, 0,
+     NULL, "UNet2DModel down blocks (DownBlock2D, AttnDownBlock2D)"},
+    {"model.up_block_types", DF_CFG_STRING_LIST,
+     "[UpBlock2D, AttnUpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D]", 0, 0, NULL,
+     "UNet2DModel up blocks (UpBlock2D, AttnUpBlock2D)"},
+    {"model.layers_per_block", DF_CFG_INT, "2", 1, 16, NULL, "resnets per down block"},
+    {"model.attention_head_dim", DF_CFG_INT, "8", 0, 4096, NULL, "attention head width (0: one head)"},
+    {"model.norm_num_groups", DF_CFG_INT, "32", 1, 1024, NULL, "GroupNorm groups"},
+    {"prediction_type", DF_CFG_STRING, "epsilon", 0, 0, "epsilon|v_prediction|sample",
+     "what the UNet predicts"},
+    {"ddpm_num_steps", DF_CFG_INT, "1000", 1, 100000, NULL, "diffusion steps T"},
+    {"ddpm_beta_schedule", DF_CFG_STRING, "linear", 0, 0,
+     "linear|scaled_linear|squaredcos_cap_v2|sigmoid", "beta schedule"},
+    {"ddpm_num_inference_steps", DF_CFG_INT, "1000", 1, 100000, NULL,
+     "DDPM steps for validation grids", true},
+    {"snr_gamma", DF_CFG_FLOAT, "0", 0, 1e6, NULL, "min-SNR weighting gamma (0: off; 5 is usual)"},
+    {"noise_offset", DF_CFG_FLOAT, "0", 0, 10, NULL, "offset noise scale (0: off)"},
+};
+
+typedef struct uncond {
+    df_unet2d unet;
+    df_sched_config sched_config;
+    df_sched *sched;  /* training: add_noise, velocity, SNR */
+    df_philox init;
+    df_prediction_type prediction;
+    float snr_gamma, noise_offset;
+    int64_t num_train_timesteps, inference_steps, n_validation, seed;
+} uncond;
+
+static df_tensor *normal_tensor(df_philox *g, int ndim, const int64_t *shape) {
+    df_tensor *t = df_tensor_new(DF_DTYPE_F32, ndim, shape);
+    df_philox_fill_normal(g, df_f32(t), t->numel);
+    return t;
+}
+
+/* Per-item weights (N) for snr weighting, or NULL for a plain mean. */
+static df_tensor *loss_weights(uncond *u, const df_tensor *timesteps) {
+    bool plain = u->snr_gamma <= 0 && u->prediction != DF_PRED_SAMPLE;
+    if (plain) return NULL;
+    df_tensor *snr;
+    DF_ASSERT(df_sched_snr(u->sched, timesteps, &snr) == DF_OK, "snr: %s", df_last_error());
+    df_tensor *w = df_tensor_new(DF_DTYPE_F32, 1, snr->shape);
+    for (int64_t i = 0; i < snr->numel; i++) {
+        float s = df_f32(snr)[i], m = u->snr_gamma > 0 ? fminf(s, u->snr_gamma) : s;
+        float v = m;
+        if (u->snr_gamma > 0 && u->prediction == DF_PRED_EPSILON) v = m / s;
+        else if (u->snr_gamma > 0 && u->prediction == DF_PRED_V_PREDICTION) v = m / (s + 1.0f);
+        df_f32(w)[i] = v;
+    }
+    return w;
+}
+
+static df_tensor *uncond_loss(void *ctx, const df_batch *b, df_step_rng *rng) {
+    uncond *u = ctx;
+    df_tensor *x0 = b->pixels;
+    int64_t n = x0->shape[0], c = x0->shape[1];
+    df_tensor *noise = normal_tensor(&rng->noise, x0->ndim, x0->shape);
+    if (u->noise_offset > 0) {
+        df_tensor *off = normal_tensor(&rng->noise, DF_DIMS(n, c, 1, 1));
+        noise = df_add(noise, df_mul_scalar(off, u->noise_offset));
+    }
+    df_tensor *t = df_tensor_new(DF_DTYPE_I64, 1, &n);
+    for (int64_t i = 0; i < n; i++)
+        ((int64_t *)t->data)[i] =
+            (int64_t)(((uint64_t)df_philox_u32(&rng->timesteps) * (uint64_t)u->num_train_timesteps) >> 32);
+    df_tensor *noisy, *target;
+    DF_ASSERT(df_sched_add_noise(u->sched, x0, noise, t, &noisy) == DF_OK, "add_noise: %s",
+              df_last_error());
+    if (u->prediction == DF_PRED_EPSILON) target = noise;
+    else if (u->prediction == DF_PRED_SAMPLE) target = x0;
+    else DF_ASSERT(df_sched_get_velocity(u->sched, x0, noise, t, &target) == DF_OK, "velocity: %s",
+                   df_last_error());
+    df_tensor *out = df_unet2d_forward(&u->unet, noisy, t);
+    df_tensor *w = loss_weights(u, t);
+    if (!w) return df_mse_loss(out, target, true);
+    df_tensor *per_item = df_mean(df_mse_loss(out, target, false), 3, (int[]){1, 2, 3}, false);
+    return df_mean(df_mul(per_item, w), 0, NULL, false);
+}
+
+static df_status uncond_export(void *ctx, const char *dir) {
+    uncond *u = ctx;
+    char path[DF_PATH_MAX];
+    cJSON *index = cJSON_CreateObject();
+    cJSON_AddStringToObject(index, "_class_name", "DDPMPipeline");
+    cJSON_AddStringToObject(index, "_diffusers_version", "0.21.4");
+    const char *sched_pair[] = {"diffusers", "DDPMScheduler"}, *unet_pair[] = {"diffusers", "UNet2DModel"};
+    cJSON_AddItemToObject(index, "scheduler", cJSON_CreateStringArray(sched_pair, 2));
+    cJSON_AddItemToObject(index, "unet", cJSON_CreateStringArray(unet_pair, 2));
+    DF_TRY(df_pathf(path, sizeof path, "%s/model_index.json", dir));
+    DF_TRY(df_json_write_object(index, path));
+    DF_TRY(df_pathf(path, sizeof path, "%s/unet", dir));
+    DF_TRY(df_mkdirs(path));
+    DF_TRY(df_pathf(path, sizeof path, "%s/unet/config.json", dir));
+    DF_TRY(df_unet2d_config_save(&u->unet.config, path));
+    DF_TRY(df_pathf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dir));
+    DF_TRY(df_params_save(&u->unet.params, path));
+    DF_TRY(df_pathf(path, sizeof path, "%s/scheduler", dir));
+    DF_TRY(df_mkdirs(path));
+    DF_TRY(df_pathf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir));
+    return df_sched_config_save(&u->sched_config, path);
+}
+
+static df_status uncond_validate(void *ctx, int64_t step, df_tensor **grid) {
+    (void)step;
+    uncond *u = ctx;
+    df_sched *s;
+    DF_TRY(df_sched_new(&u->sched_config, &s));
+    df_torchgen gen;
+    df_torchgen_seed(&gen, (uint64_t)u->seed);
+    const df_unet2d_config *c = &u->unet.config;
+    df_tensor *noise = df_tensor_new(DF_DTYPE_F32, DF_DIMS(u->n_validation, c->in_channels,
+                                                           c->sample_size, c->sample_size));
+    df_torchgen_randn(&gen, df_f32(noise), noise->numel);
+    df_tensor *sample = NULL;
+    df_status st = df_uncond_sample(&u->unet, s, (int)u->inference_steps, noise, &gen, &sample);
+    df_sched_free(s);
+    if (st != DF_OK) return st;
+    *grid = df_images_to_grid(sample, 0);
+    df_tensor_free(sample);
+    return DF_OK;
+}
+
+static void uncond_free(void *ctx) {
+    uncond *u = ctx;
+    df_unet2d_free(&u->unet);
+    df_sched_free(u->sched);
+    df_sched_config_free(&u->sched_config);
+    free(u);
+}
+
+/* Copies a string-list key into a block-type array. */
+static int block_types(const df_config *cfg, const char *key, char (*out)[DF_JSON_STR]) {
+    const char *items[DF_MAX_BLOCKS];
+    int n = df_config_str_list(cfg, key, items, DF_MAX_BLOCKS);
+    for (int i = 0; i < n && i < DF_MAX_BLOCKS; i++) snprintf(out[i], DF_JSON_STR, "%s", items[i]);
+    return n;
+}
+
+static df_status uncond_create(const df_config *cfg, df_recipe *r) {
+    uncond *u = calloc(1, sizeof *u);
+    if (!u) return df_error(DF_ERR_NOMEM, "out of memory");
+    df_unet2d_config mc = df_unet2d_config_default();
+    int64_t ch[DF_MAX_BLOCKS];
+    int n = df_config_list(cfg, "model.block_out_channels", ch, DF_MAX_BLOCKS);
+    int nd = block_types(cfg, "model.down_block_types", mc.down_block_types);
+    int nu = block_types(cfg, "model.up_block_types", mc.up_block_types);
+    df_status st = DF_OK;
+    if (n < 1 || n > DF_MAX_BLOCKS || nd != n || nu != n)
+        st = df_error(DF_ERR_INVALID,
+                      "model.block_out_channels (%d), model.down_block_types (%d) and "
+                      "model.up_block_types (%d) must have the same length, 1 to %d (config)",
+                      n, nd, nu, DF_MAX_BLOCKS);
+    mc.n_blocks = n;
+    for (int i = 0; i < n && i < DF_MAX_BLOCKS; i++) mc.block_out_channels[i] = (int)ch[i];
+    mc.sample_size = (int)df_config_int(cfg, "resolution");
+    mc.layers_per_block = (int)df_config_int(cfg, "model.layers_per_block");
+    mc.attention_head_dim = (int)df_config_int(cfg, "model.attention_head_dim");
+    mc.norm_num_groups = (int)df_config_int(cfg, "model.norm_num_groups");
+    for (int i = 0; st == DF_OK && i < n; i++)
+        if (mc.block_out_channels[i] % mc.norm_num_groups != 0)
+            st = df_error(DF_ERR_INVALID,
+                          "model.norm_num_groups (%d) must divide every block width (%d) (config)",
+                          mc.norm_num_groups, mc.block_out_channels[i]);
+    if (st == DF_OK && mc.sample_size % (1 << (n - 1)) != 0)
+        st = df_error(DF_ERR_INVALID, "resolution %d is not divisible by 2^%d (config)",
+                      mc.sample_size, n - 1);
+    u->seed = df_config_int(cfg, "seed");
+    df_philox_init(&u->init, (uint64_t)u->seed, 0x1417); /* the initialisation stream */
+    if (st == DF_OK) st = df_unet2d_init(&u->unet, &mc, (df_init){.gen = &u->init});
+
+    /* DDPMScheduler as train_unconditional builds it */
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"_class_name\": \"DDPMScheduler\", \"num_train_timesteps\": %lld, "
+             "\"beta_schedule\": \"%s\", \"prediction_type\": \"%s\"}",
+             (long long)df_config_int(cfg, "ddpm_num_steps"), df_config_str(cfg, "ddpm_beta_schedule"),
+             df_config_str(cfg, "prediction_type"));
+    if (st == DF_OK)
+        st = df_sched_config_parse(json, strlen(json), "recipe", NULL, &u->sched_config);
+    if (st == DF_OK) st = df_sched_new(&u->sched_config, &u->sched);
+    if (st != DF_OK) {
+        free(u);
+        return st;
+    }
+    u->prediction = u->sched_config.prediction_type;
+    u->num_train_timesteps = df_config_int(cfg, "ddpm_num_steps");
+    u->inference_steps = df_config_int(cfg, "ddpm_num_inference_steps");
+    u->n_validation = df_config_int(cfg, "num_validation_images");
+    u->snr_gamma = (float)df_config_float(cfg, "snr_gamma");
+    u->noise_offset = (float)df_config_float(cfg, "noise_offset");
+    *r = (df_recipe){.name = "unconditional", .ctx = u, .params = &u->unet.params,
+                     .loss = uncond_loss, .export_model = uncond_export,
+                     .validate = uncond_validate, .free = uncond_free};
+    return DF_OK;
+}
+
+const df_recipe_def df_recipe_unconditional = {
+    .name = "unconditional",
+    .fields = uncond_fields,
+    .n_fields = (int)(sizeof uncond_fields / sizeof uncond_fields[0]),
+    .create = uncond_create,
+};

@@ -1,0 +1,23 @@
+/* recipes.h — the training recipes: each declares its config keys (appended to the trainer's)
+ * and builds a df_recipe from a resolved config. */
+#ifndef DF_RECIPES_H
+#define DF_RECIPES_H
+
+#include "train/train.h"
+
+typedef struct df_recipe_def {
+    const char *name;
+    const df_cfg_field *fields; /* the recipe's own keys */
+    int n_fields;
+    /* Builds the model and what the trainer needs; errors name the config key. */
+    df_status (*create)(const df_config *cfg, df_recipe *out);
+} df_recipe_def;
+
+extern const df_recipe_def df_recipe_unconditional;
+
+/* The recipe called name, or NULL. */
+const df_recipe_def *df_recipe_find(const char *name);
+/* The full schema of a recipe (trainer keys, then the recipe's), malloc'd; *n its length. */
+df_cfg_field *df_recipe_schema(const df_recipe_def *def, int *n);
+
+#endif

@@ -1,0 +1,144 @@
+/* test_models.c — forward and gradient parity of every model kind with diffusers v0.21.4 on the
+ * tiny fixtures in tests/fixtures/models/ (computed by diffusers itself: see tests/ref/README.md).
+ * Each case loads the component folder, runs the same inputs, forms loss = sum over probed
+ * outputs of sum(output * probe), and compares outputs, loss, input gradients and every
+ * parameter gradient by max |ours - torch| / max |torch| <= 1e-4 (the issue's criterion; torch's
+ * own float32 results sit ~1e-6 from float64, see the float32-vs-float64 table).
+ * Attention key-bias gradients are exactly zero in exact arithmetic (softmax ignores a per-row
+ * shift); their fixture values are float32 noise, so they are compared with an absolute
+ * tolerance of 1e-6 x the largest gradient in the model. */
+#include "nn/nn.h"
+#include "tests/common/check.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define REL_TOL 1e-4
+
+static bool is_key_bias(const char *name) {
+    return strstr(name, "to_k.bias") || strstr(name, "k_proj.bias");
+}
+
+static void expect_rel(const char *label, const df_tensor *got, const df_tensor *want) {
+    char sg[64], sw[64];
+    cr_assert(df_tensor_same_shape(got, want), "%s: shape %s, diffusers %s", label,
+              df_shape_str(got, sg, sizeof sg), df_shape_str(want, sw, sizeof sw));
+    double err = rel_max_err(got, want);
+    cr_expect(err <= REL_TOL, "%s: relative error %.3g > %g", label, err, REL_TOL);
+}
+
+static double max_abs(const df_tensor *t) {
+    double m = 0;
+    for (int64_t i = 0; i < t->numel; i++) m = fmax(m, fabs(df_tensor_get(t, i)));
+    return m;
+}
+
+static void run_case(const char *name) {
+    char dir[512], rel[512];
+    snprintf(dir, sizeof dir, "%s", fixture_path("models"));
+    snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/%s", name);
+    df_component comp;
+    cr_assert_eq(df_component_load(dir, &comp), DF_OK, "%s", df_last_error());
+    df_params_requires_grad(comp.params);
+
+    df_scope s = df_scope_begin();
+    df_st_file *in, *want;
+    snprintf(rel, sizeof rel, "models/%s/inputs.safetensors", name);
+    cr_assert_eq(df_st_open(fixture_path(rel), &in), DF_OK, "%s", df_last_error());
+    snprintf(rel, sizeof rel, "models/%s/outputs.safetensors", name);
+    cr_assert_eq(df_st_open(fixture_path(rel), &want), DF_OK, "%s", df_last_error());
+
+    df_named inputs[8], outputs[DF_COMPONENT_MAX_OUTPUTS];
+    int n_in = 0, n_out = 0;
+    for (int i = 0; i < df_st_count(in); i++) {
+        const df_st_info *info = df_st_info_at(in, i);
+        if (strncmp(info->name, "probe", 5) == 0) continue;
+        bool is_float = df_dtype_is_float(info->dtype) && strcmp(info->name, "timestep") != 0;
+        df_tensor *t;
+        cr_assert_eq(df_st_read(in, info->name, is_float ? DF_DTYPE_F32 : info->dtype, &t), DF_OK);
+        if (is_float) df_tensor_set_requires_grad(t, true);
+        inputs[n_in++] = (df_named){info->name, t};
+    }
+    cr_assert_eq(df_component_forward(&comp, inputs, n_in, outputs, &n_out), DF_OK, "%s",
+                 df_last_error());
+
+    df_tensor *loss = NULL;
+    for (int i = 0; i < n_out; i++) {
+        char label[128];
+        snprintf(label, sizeof label, "%s: output %s", name, outputs[i].name);
+        df_tensor *w;
+        if (df_st_find(want, outputs[i].name)) {
+            cr_assert_eq(df_st_read(want, outputs[i].name, DF_DTYPE_F32, &w), DF_OK);
+            expect_rel(label, outputs[i].tensor, w);
+        }
+        char probe[128];
+        snprintf(probe, sizeof probe, "probe.%s", outputs[i].name);
+        const char *pn = df_st_find(in, probe) ? probe
+                         : strcmp(outputs[i].name, "sample") == 0 ? "probe" : NULL;
+        if (!pn) continue;
+        df_tensor *p;
+        cr_assert_eq(df_st_read(in, pn, DF_DTYPE_F32, &p), DF_OK);
+        df_tensor *term = df_sum(df_mul(outputs[i].tensor, p), 0, NULL, false);
+        loss = loss ? df_add(loss, term) : term;
+    }
+    cr_assert(loss, "%s: no probed output", name);
+    df_tensor *wl;
+    cr_assert_eq(df_st_read(want, "loss", DF_DTYPE_F32, &wl), DF_OK);
+    expect_rel("loss", loss, wl);
+    cr_assert_eq(df_backward(loss), DF_OK, "%s", df_last_error());
+
+    for (int i = 0; i < n_in; i++) {
+        char key[128];
+        snprintf(key, sizeof key, "grad.input.%s", inputs[i].name);
+        if (!df_st_find(want, key)) continue;
+        df_tensor *w;
+        cr_assert_eq(df_st_read(want, key, DF_DTYPE_F32, &w), DF_OK);
+        if (max_abs(w) == 0) { /* nothing flows back (the VAE's noise: z is not in the loss) */
+            df_tensor *g = inputs[i].tensor->grad;
+            cr_expect(!g || max_abs(g) == 0, "%s: expected no gradient", key);
+        } else {
+            cr_assert(inputs[i].tensor->grad, "%s: no gradient for input %s", name, inputs[i].name);
+            expect_rel(key, inputs[i].tensor->grad, w);
+        }
+    }
+    double gmax = 0;
+    for (int i = 0; i < comp.params->n; i++) {
+        char key[DF_NAME_MAX + 16];
+        snprintf(key, sizeof key, "grad.param.%s", comp.params->items[i].name);
+        df_tensor *w;
+        cr_assert_eq(df_st_read(want, key, DF_DTYPE_F32, &w), DF_OK, "%s", df_last_error());
+        gmax = fmax(gmax, max_abs(w));
+    }
+    for (int i = 0; i < comp.params->n; i++) {
+        const char *pname = comp.params->items[i].name;
+        df_tensor *g = comp.params->items[i].tensor->grad;
+        char key[DF_NAME_MAX + 16];
+        snprintf(key, sizeof key, "grad.param.%s", pname);
+        cr_assert(g, "%s: parameter %s got no gradient", name, pname);
+        df_tensor *w;
+        cr_assert_eq(df_st_read(want, key, DF_DTYPE_F32, &w), DF_OK);
+        if (is_key_bias(pname)) check_close(key, g, w, 1e-6 * gmax, 0);
+        else expect_rel(key, g, w);
+    }
+    df_st_close(in);
+    df_st_close(want);
+    df_scope_end(s);
+    df_component_free(&comp);
+}
+
+Test(nn_models, unet2d_tiny) {
+    run_case("unet2d_tiny");
+}
+
+Test(nn_models, unet2dcond_tiny) {
+    run_case("unet2dcond_tiny");
+}
+
+Test(nn_models, unet2dcond_tiny_linear) {
+    run_case("unet2dcond_tiny_linear");
+}
+
+Test(nn_models, vae_tiny) {
+    run_case("vae_tiny");
+}

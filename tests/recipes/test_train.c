@@ -1,0 +1,317 @@
+/* test_train.c — `diffusion train` end to end on a tiny UNet and a generated 16-image dataset:
+ * the loss falls; N + stop + resume + N equals 2N bit for bit (weights, optimizer and EMA state,
+ * every step's loss); the same through kill -9 at random moments (checkpoints every step, so
+ * kills land inside checkpoint writes) with automatic resume from `latest`; a damaged newest
+ * checkpoint falls back to the previous one; config errors are exact; an injected NaN leaves
+ * the weights unchanged and is counted. */
+#include "datasets/datasets.h"
+#include "tests/common/check.h"
+#include "train/train.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static char root[256], data[300], yaml[300];
+
+/* 16 images of 8x8: colored squares on a gradient, with captions. */
+static void make_dataset(void) {
+    snprintf(data, sizeof data, "%s/data", root);
+    cr_assert_eq(df_mkdirs(data), DF_OK);
+    char path[512];
+    snprintf(path, sizeof path, "%s/metadata.jsonl", data);
+    FILE *meta = fopen(path, "w");
+    cr_assert(meta);
+    for (int i = 0; i < 16; i++) {
+        df_tensor *img = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(8, 8, 3));
+        uint8_t *p = img->data;
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 8; x++)
+                for (int c = 0; c < 3; c++) {
+                    bool inside = x >= 2 && x < 6 && y >= 2 && y < 6;
+                    p[(y * 8 + x) * 3 + c] =
+                        (uint8_t)(inside ? (i * 37 + c * 80) % 256 : (x * 16 + y * 8 + c * 40));
+                }
+        snprintf(path, sizeof path, "%s/%02d.png", data, i);
+        cr_assert_eq(df_png_write(path, img, 0, NULL, NULL), DF_OK, "%s", df_last_error());
+        df_tensor_free(img);
+        fprintf(meta, "{\"file_name\": \"%02d.png\", \"text\": \"square %d\"}\n", i, i);
+    }
+    fclose(meta);
+}
+
+static void setup(void) {
+    snprintf(root, sizeof root, "/tmp/df_train_XXXXXX");
+    cr_assert(mkdtemp(root));
+    make_dataset();
+    snprintf(yaml, sizeof yaml, "%s/tiny.yaml", root);
+    FILE *f = fopen(yaml, "w");
+    cr_assert(f);
+    fprintf(f,
+            "recipe: unconditional\n"
+            "train_data_dir: %s\n"
+            "resolution: 8\n"
+            "train_batch_size: 4\n"
+            "dataloader_num_workers: 1\n"
+            "max_train_steps: 12\n"
+            "learning_rate: 3e-3\n"
+            "lr_scheduler: cosine\n"
+            "lr_warmup_steps: 2\n"
+            "checkpointing_steps: 0\n"
+            "num_validation_images: 0\n"
+            "model:\n"
+            "  block_out_channels: [8, 16]\n"
+            "  down_block_types: [DownBlock2D, AttnDownBlock2D]\n"
+            "  up_block_types: [AttnUpBlock2D, UpBlock2D]\n"
+            "  layers_per_block: 1\n"
+            "  norm_num_groups: 4\n",
+            data);
+    fclose(f);
+}
+
+static void teardown(void) {
+    df_remove_tree(root);
+}
+
+TestSuite(recipes_train, .init = setup, .fini = teardown);
+TestSuite(recipes_train_slow, .init = setup, .fini = teardown);
+
+/* Runs `diffusion train <yaml> output_dir=<out> <extra>`; returns the exit code, output in buf. */
+static int train(const char *out, const char *extra, char *buf, size_t len) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s train %s output_dir=%s/%s %s 2>&1", DF_CLI, yaml,
+             root, out, extra);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p);
+    size_t n = fread(buf, 1, len - 1, p);
+    buf[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    *len = fread(b, 1, (size_t)n, f);
+    b[*len] = '\0';
+    fclose(f);
+    return b;
+}
+
+/* metrics.jsonl without the timing field (it_s), which differs run to run. */
+static char *losses_of(const char *run) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", root, run);
+    char *text = read_file(path, &len);
+    cr_assert(text, "no %s", path);
+    char *out = malloc(len + 1), *o = out;
+    for (char *p = text; *p;) {
+        char *it = strstr(p, "\"it_s\": ");
+        char *nl = strchr(p, '\n');
+        if (it && (!nl || it < nl)) {
+            memcpy(o, p, (size_t)(it - p));
+            o += it - p;
+            p = strchr(it, ',') + 1;
+        } else {
+            size_t n = nl ? (size_t)(nl - p) + 1 : strlen(p);
+            memcpy(o, p, n);
+            o += n;
+            p += n;
+        }
+    }
+    *o = '\0';
+    free(text);
+    return out;
+}
+
+static void expect_same_file(const char *a_run, const char *b_run, const char *rel) {
+    char pa[512], pb[512];
+    size_t la, lb;
+    snprintf(pa, sizeof pa, "%s/%s/%s", root, a_run, rel);
+    snprintf(pb, sizeof pb, "%s/%s/%s", root, b_run, rel);
+    char *a = read_file(pa, &la), *b = read_file(pb, &lb);
+    cr_assert(a && b, "missing %s or %s", pa, pb);
+    cr_expect(la == lb && memcmp(a, b, la) == 0, "%s differs between %s and %s", rel, a_run, b_run);
+    free(a);
+    free(b);
+}
+
+static void expect_same_run(const char *a, const char *b, int64_t step) {
+    static const char *files[] = {"training/model.safetensors", "training/optimizer.safetensors",
+                                  "training/ema.safetensors",
+                                  "unet/diffusion_pytorch_model.safetensors"};
+    char rel[256];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(rel, sizeof rel, "checkpoint-%lld/%s", (long long)step, files[i]);
+        expect_same_file(a, b, rel);
+    }
+    expect_same_file(a, b, "unet/diffusion_pytorch_model.safetensors"); /* the final export */
+    char *la = losses_of(a), *lb = losses_of(b);
+    cr_expect_str_eq(la, lb, "per-step losses differ");
+    free(la);
+    free(lb);
+}
+
+Test(recipes_train, loss_falls, .timeout = 300) {
+    char out[65536];
+    cr_assert_eq(train("fall", "max_train_steps=30 learning_rate=1e-2 lr_scheduler=constant", out,
+                       sizeof out), 0, "%s", out);
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof path, "%s/fall/metrics.jsonl", root);
+    char *text = read_file(path, &len);
+    double first = 0, last = 0;
+    int step = 0;
+    for (char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        double loss;
+        if (sscanf(strstr(p, "\"loss\": "), "\"loss\": %lf", &loss) != 1) break;
+        step++;
+        if (step <= 5) first += loss / 5;
+        if (step > 25) last += loss / 5;
+    }
+    free(text);
+    cr_assert_eq(step, 30);
+    cr_expect_lt(last, 0.8 * first, "loss did not fall: first 5 steps %.4f, last 5 %.4f", first, last);
+    /* the export is a diffusers pipeline folder */
+    snprintf(path, sizeof path, "%s/fall/model_index.json", root);
+    cr_assert(access(path, R_OK) == 0);
+    snprintf(path, sizeof path, "%s/fall/scheduler/scheduler_config.json", root);
+    cr_assert(access(path, R_OK) == 0);
+}
+
+Test(recipes_train, stop_and_resume_is_exact, .timeout = 300) {
+    char out[65536];
+    cr_assert_eq(train("whole", "", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("split", "--stop-after-steps 5", out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "stopped"), "%s", out);
+    cr_assert_eq(train("split", "--resume latest", out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "resuming from"), "%s", out);
+    expect_same_run("whole", "split", 12);
+}
+
+/* Starts training in the background; returns its pid. */
+static pid_t spawn_train(const char *run, bool resume) {
+    char outdir[400];
+    snprintf(outdir, sizeof outdir, "output_dir=%s/%s", root, run);
+    char *argv[] = {(char *)DF_CLI, "train", yaml, outdir, "checkpointing_steps=1",
+                    "max_train_steps=30", resume ? "--resume" : NULL, "latest", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    cr_assert_eq(posix_spawn(&pid, DF_CLI, &fa, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+}
+
+/* kill -9 at random moments until a run completes, then compare with an uninterrupted run. */
+static void kill_and_resume(int kills, unsigned seed) {
+    char out[65536];
+    cr_assert_eq(train("ref", "checkpointing_steps=1 max_train_steps=30", out, sizeof out), 0, "%s",
+                 out);
+    srand(seed);
+    int done = 0, killed = 0;
+    for (int attempt = 0; attempt < kills + 20 && !done; attempt++) {
+        pid_t pid = spawn_train("killed", attempt > 0);
+        int status;
+        if (killed < kills) {
+            /* 20 .. 400 ms: start-up, training steps and checkpoint writes (one per step) */
+            struct timespec d = {0, (20 + rand() % 380) * 1000000L};
+            while (d.tv_nsec >= 1000000000L) d.tv_sec++, d.tv_nsec -= 1000000000L;
+            nanosleep(&d, NULL);
+            if (waitpid(pid, &status, WNOHANG) == 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                killed++;
+                continue;
+            }
+        } else {
+            waitpid(pid, &status, 0);
+        }
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "run %d failed (status %d)",
+                  attempt, status);
+        done = 1;
+    }
+    cr_assert(done, "never completed");
+    cr_log_info("kill -9: %d kills before completion", killed);
+    cr_assert_eq(killed, kills, "only %d of %d kills landed before the run completed", killed, kills);
+    expect_same_run("ref", "killed", 30);
+}
+
+Test(recipes_train, kill9_and_resume_is_exact, .timeout = 600) {
+    kill_and_resume(5, 1234);
+}
+
+/* The long version: CTest runs it as `recipes_slow` (label slow) with DF_SLOW=1. */
+Test(recipes_train_slow, kill9_twenty_times, .timeout = 1800) {
+    if (!getenv("DF_SLOW")) cr_skip_test("slow: set DF_SLOW=1 (ctest -L slow)");
+    kill_and_resume(20, (unsigned)time(NULL));
+}
+
+Test(recipes_train, damaged_checkpoint_falls_back, .timeout = 300) {
+    char out[65536], path[512];
+    cr_assert_eq(train("dmg", "checkpointing_steps=4 max_train_steps=8", out, sizeof out), 0, "%s", out);
+    snprintf(path, sizeof path, "%s/dmg/checkpoint-8/training/optimizer.safetensors", root);
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f);
+    fseek(f, 200, SEEK_SET);
+    fputc('X', f);
+    fclose(f);
+    cr_assert_eq(train("dmg", "checkpointing_steps=4 max_train_steps=8 --resume latest", out,
+                       sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "skipping damaged checkpoint"), "%s", out);
+    cr_assert(strstr(out, "checkpoint-4 (step 4)"), "%s", out);
+}
+
+Test(recipes_train, config_errors_are_exact) {
+    char out[65536];
+    cr_assert_eq(train("e", "learnig_rate=1", out, sizeof out), 1);
+    cr_assert(strstr(out, "diffusion: config: unknown key 'learnig_rate' (did you mean "
+                          "'learning_rate'?) (command line)\n"), "%s", out);
+    cr_assert_eq(train("e", "train_batch_size=many", out, sizeof out), 1);
+    cr_assert(strstr(out, "diffusion: config: 'train_batch_size': expected an integer, got 'many' "
+                          "(command line:1)\n"), "%s", out);
+    cr_assert_eq(train("e", "learning_rate=-1", out, sizeof out), 1);
+    cr_assert(strstr(out, "diffusion: config: 'learning_rate': -1 is out of range [0, 10] "
+                          "(command line:1)\n"), "%s", out);
+    cr_assert_eq(train("e", "train_data_dir=/nonexistent", out, sizeof out), 1);
+    cr_assert(strstr(out, "/nonexistent"), "%s", out);
+}
+
+Test(recipes_train, injected_nan_is_skipped, .timeout = 300) {
+    char out[65536];
+    cr_assert_eq(train("nan", "max_train_steps=4 checkpointing_steps=2 inject_nan_at_step=2", out,
+                       sizeof out), 0, "%s", out);
+    /* step index 2 (the third step) was skipped: weights after it equal those before it */
+    cr_assert_eq(train("nan2", "max_train_steps=4 checkpointing_steps=3 inject_nan_at_step=2", out,
+                       sizeof out), 0, "%s", out);
+    expect_same_file("nan", "nan2", "checkpoint-4/training/model.safetensors"); /* sanity */
+    char a[512], b[512];
+    snprintf(a, sizeof a, "checkpoint-2/training/model.safetensors");
+    snprintf(b, sizeof b, "%s/nan2/checkpoint-3/training/model.safetensors", root);
+    char pa[1024];
+    snprintf(pa, sizeof pa, "%s/nan/%s", root, a);
+    size_t la, lb;
+    char *x = read_file(pa, &la), *y = read_file(b, &lb);
+    cr_assert(x && y && la == lb && memcmp(x, y, la) == 0,
+              "the skipped step changed the weights");
+    free(x);
+    free(y);
+    char *m = losses_of("nan");
+    cr_assert(strstr(m, "\"step\": 3, \"loss\"") && strstr(m, "\"skipped\": 1"), "%s", m);
+    free(m);
+}

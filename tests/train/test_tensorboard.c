@@ -1,0 +1,110 @@
+/* test_tensorboard.c — our event files decode as TensorBoard reads them: record framing with
+ * masked CRC-32C, the file_version event first, then scalar and image summaries with their
+ * tags, steps and values. The decoder here is written from the protobuf wire format. */
+#include "train/train.h"
+#include "tests/common/check.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t masked(const void *p, size_t n) {
+    uint32_t c = df_crc32c(p, n);
+    return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+static uint64_t varint(const unsigned char **p, const unsigned char *end) {
+    uint64_t v = 0;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        unsigned char b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) break;
+    }
+    return v;
+}
+
+/* Finds field `field` (first occurrence) of a message; returns its payload (len-delimited) or
+ * raw bytes (fixed); NULL when absent. */
+static const unsigned char *field_of(const unsigned char *m, size_t n, int field, size_t *len,
+                                     uint64_t *num) {
+    const unsigned char *p = m, *end = m + n;
+    while (p < end) {
+        uint64_t key = varint(&p, end);
+        int f = (int)(key >> 3), wt = (int)(key & 7);
+        const unsigned char *start = p;
+        size_t l = 0;
+        if (wt == 0) *num = varint(&p, end), l = (size_t)(p - start);
+        else if (wt == 1) l = 8, p += 8;
+        else if (wt == 5) l = 4, p += 4;
+        else if (wt == 2) l = varint(&p, end), start = p, p += l;
+        else cr_assert_fail("bad wire type %d", wt);
+        if (f == field) {
+            *len = l;
+            return start;
+        }
+    }
+    return NULL;
+}
+
+Test(train_tensorboard, records_decode) {
+    char dir[] = "/tmp/df_tb_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    df_tb_writer w;
+    cr_assert_eq(df_tb_open(&w, dir), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_tb_scalar(&w, "train/loss", 7, 0.25), DF_OK);
+    static const unsigned char png[] = {0x89, 'P', 'N', 'G', 1, 2, 3};
+    cr_assert_eq(df_tb_image(&w, "samples", 9, 64, 32, 3, png, sizeof png), DF_OK);
+    char path[DF_PATH_MAX];
+    snprintf(path, sizeof path, "%s", w.path);
+    df_tb_close(&w);
+
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    unsigned char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    const unsigned char *p = buf, *end = buf + n;
+    int records = 0;
+    while (p < end) {
+        uint64_t len;
+        uint32_t len_crc, data_crc;
+        memcpy(&len, p, 8);
+        memcpy(&len_crc, p + 8, 4);
+        cr_assert_eq(len_crc, masked(p, 8), "record %d: length CRC", records);
+        const unsigned char *data = p + 12;
+        memcpy(&data_crc, data + len, 4);
+        cr_assert_eq(data_crc, masked(data, len), "record %d: data CRC", records);
+        size_t l;
+        uint64_t num = 0;
+        cr_assert(field_of(data, len, 1, &l, &num) && l == 8, "wall_time");
+        if (records == 0) {
+            const unsigned char *v = field_of(data, len, 3, &l, &num);
+            cr_assert(v && l == 13 && memcmp(v, "brain.Event:2", 13) == 0);
+        } else {
+            cr_assert(field_of(data, len, 2, &l, &num));
+            cr_assert_eq(num, records == 1 ? 7u : 9u);
+            size_t sl, vl, tl;
+            const unsigned char *sum = field_of(data, len, 5, &sl, &num);
+            const unsigned char *val = field_of(sum, sl, 1, &vl, &num);
+            const unsigned char *tag = field_of(val, vl, 1, &tl, &num);
+            if (records == 1) {
+                cr_assert(tl == 10 && memcmp(tag, "train/loss", 10) == 0);
+                float x;
+                const unsigned char *sv = field_of(val, vl, 2, &tl, &num);
+                memcpy(&x, sv, 4);
+                cr_assert_eq(x, 0.25f);
+            } else {
+                cr_assert(tl == 7 && memcmp(tag, "samples", 7) == 0);
+                size_t il, el;
+                const unsigned char *img = field_of(val, vl, 4, &il, &num);
+                cr_assert(field_of(img, il, 1, &el, &num) && num == 64);
+                cr_assert(field_of(img, il, 2, &el, &num) && num == 32);
+                const unsigned char *enc = field_of(img, il, 4, &el, &num);
+                cr_assert(enc && el == sizeof png && memcmp(enc, png, el) == 0);
+            }
+        }
+        p = data + len + 4;
+        records++;
+    }
+    cr_assert_eq(records, 3);
+    df_remove_tree(dir);
+}

@@ -1,0 +1,199 @@
+/* train.h — the public interface of train/: the YAML run configuration (and later the trainer,
+ * checkpoints, signals, logging and MPI).
+ *
+ * Config: a recipe declares a schema — every key with its type, default, allowed range or
+ * choices and a one-line doc. Values come from the defaults, then a YAML file (nested mappings
+ * flatten to dotted keys: `model: {layers_per_block: 2}` is `model.layers_per_block`), then
+ * `key.sub=value` overrides. An unknown key, a wrong type or an out-of-range value is an error
+ * "<file>:<line>: <key>: <why>" (with the closest valid key for a misspelling). Only train/ and
+ * recipes/ read YAML; library modules take plain structs.
+ */
+#ifndef DF_TRAIN_H
+#define DF_TRAIN_H
+
+#include "autograd/autograd.h"
+#include "datasets/datasets.h"
+#include "nn/nn.h"
+#include "optim/optim.h"
+
+#include <stdio.h>
+
+typedef enum df_cfg_type {
+    DF_CFG_INT = 0,
+    DF_CFG_FLOAT,
+    DF_CFG_BOOL,
+    DF_CFG_STRING,
+    DF_CFG_INT_LIST,
+    DF_CFG_STRING_LIST,
+} df_cfg_type;
+
+/* One key of a schema. Numbers must lie in [min, max] (both 0: unbounded); strings with
+ * `choices` ("a|b|c") must be one of them. `def` is the default written as YAML text (NULL: the
+ * key has no default and is "unset" until given: a string "" / empty list). */
+typedef struct df_cfg_field {
+    const char *key;
+    df_cfg_type type;
+    const char *def;
+    double min, max;
+    const char *choices;
+    const char *doc;
+    bool operational; /* does not change what is computed (logging, cadence, workers): left out
+                         of df_config_hash, so changing it does not block a resume */
+} df_cfg_field;
+
+#define DF_CFG_MAX_LIST 16
+#define DF_CFG_ORIGIN 300
+
+typedef struct df_cfg_value {
+    double num;                       /* INT, FLOAT, BOOL (0/1) */
+    char *str;                        /* STRING (owned) */
+    int n;                            /* list length */
+    double nums[DF_CFG_MAX_LIST];     /* INT_LIST */
+    char *strs[DF_CFG_MAX_LIST];      /* STRING_LIST (owned) */
+    char origin[DF_CFG_ORIGIN];       /* "default", "<file>:<line>" or "command line" */
+} df_cfg_value;
+
+typedef struct df_config {
+    const df_cfg_field *schema; /* borrowed: static recipe tables */
+    int n;
+    df_cfg_value *values;
+} df_config;
+
+/* A config holding every field's default. The schema must be valid (asserted: defaults parse
+ * and lie in range). Free with df_config_free. */
+DF_API void df_config_init(df_config *c, const df_cfg_field *schema, int n);
+DF_API void df_config_free(df_config *c);
+/* Merges a YAML file (a mapping, nested mappings flattened with dots). Errors name file:line. */
+DF_API df_status df_config_load_yaml(df_config *c, const char *path);
+/* Merges YAML text (label names it in errors). */
+DF_API df_status df_config_load_yaml_text(df_config *c, const char *text, size_t len,
+                                          const char *label);
+/* Applies one "key.sub=value" override (value parsed as YAML: `[1, 2]` for lists). */
+DF_API df_status df_config_set(df_config *c, const char *assignment);
+/* Typed reads of a key that must exist in the schema with that type (asserted). */
+DF_API int64_t df_config_int(const df_config *c, const char *key);
+DF_API double df_config_float(const df_config *c, const char *key);
+DF_API bool df_config_bool(const df_config *c, const char *key);
+DF_API const char *df_config_str(const df_config *c, const char *key); /* borrowed */
+DF_API int df_config_list(const df_config *c, const char *key, int64_t *out, int max);
+DF_API int df_config_str_list(const df_config *c, const char *key, const char **out, int max);
+/* Writes the resolved config as YAML (nested by dots, schema order, one comment per key giving
+ * its origin when `with_origin`). */
+DF_API void df_config_write(const df_config *c, FILE *f, bool with_origin);
+DF_API df_status df_config_save(const df_config *c, const char *path);
+/* FNV-1a 64 of the resolved values of the non-operational keys (schema order), for checkpoint
+ * compatibility. */
+DF_API uint64_t df_config_hash(const df_config *c);
+/* The schema as a Markdown table (key, type, default, allowed, doc), for the README. */
+DF_API void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f);
+
+/* ================================================================ files and checksums ====== */
+
+#define DF_PATH_MAX 4096
+
+/* CRC-32C (Castagnoli) of n bytes, and its running form (start with crc = 0). */
+DF_API uint32_t df_crc32c(const void *data, size_t n);
+DF_API uint32_t df_crc32c_update(uint32_t crc, const void *data, size_t n);
+/* snprintf into a path buffer; DF_ERR_INVALID when it does not fit. */
+DF_API df_status df_pathf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* mkdir -p. */
+DF_API df_status df_mkdirs(const char *path);
+/* rm -rf (no error when absent). */
+DF_API df_status df_remove_tree(const char *path);
+
+/* ================================================================ checkpoints ============== */
+
+#define DF_CKPT_MAX_FILES 256
+
+/* A checkpoint being written (see checkpoint.c for the protocol). */
+typedef struct df_ckpt_writer {
+    int64_t step;
+    char run_dir[DF_PATH_MAX], tmp_dir[DF_PATH_MAX], final_dir[DF_PATH_MAX];
+    char files[DF_CKPT_MAX_FILES][256];
+    int n_files;
+} df_ckpt_writer;
+
+/* Starts checkpoint `step` of run_dir in a fresh temporary folder. */
+DF_API df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step);
+/* The path to write checkpoint file `rel` (a relative path, folders allowed) at, into path;
+ * creates its folder. Every file under the temporary folder at commit time is part of the
+ * checkpoint (writers may also write into w->tmp_dir directly). */
+DF_API df_status df_ckpt_file(df_ckpt_writer *w, const char *rel, char *path, size_t len);
+/* Makes the checkpoint durable and visible (fsync, DONE, rename, fsync), then keeps only the
+ * newest keep_last checkpoints (0 = keep all). On failure the temporary folder is removed and
+ * earlier checkpoints are untouched. */
+DF_API df_status df_ckpt_commit(df_ckpt_writer *w, int keep_last);
+/* Removes the temporary folder (keeps the thread's error message). */
+DF_API void df_ckpt_abort(df_ckpt_writer *w);
+/* DF_OK when dir has a DONE whose every file matches its size and checksum; otherwise
+ * DF_ERR_FORMAT naming the first problem. */
+DF_API df_status df_ckpt_verify(const char *dir);
+/* The steps of run_dir's checkpoint-<step> folders, ascending (at most max); returns the count. */
+DF_API int df_ckpt_list(const char *run_dir, int64_t *steps, int max);
+/* The newest checkpoint of run_dir that verifies, warning about each damaged newer one. */
+DF_API df_status df_ckpt_find_latest(const char *run_dir, char *out, size_t len);
+
+/* ================================================================ TensorBoard ============== */
+
+/* An events.out.tfevents.* file (see tensorboard.c for the format). */
+typedef struct df_tb_writer {
+    FILE *f;
+    char path[DF_PATH_MAX];
+} df_tb_writer;
+
+/* Creates logdir and a new event file in it (with the file_version event). */
+DF_API df_status df_tb_open(df_tb_writer *w, const char *logdir);
+/* Appends a scalar summary (flushed). */
+DF_API df_status df_tb_scalar(df_tb_writer *w, const char *tag, int64_t step, double value);
+/* Appends an image summary: PNG bytes of a height x width image with `channels` channels. */
+DF_API df_status df_tb_image(df_tb_writer *w, const char *tag, int64_t step, int height, int width,
+                             int channels, const void *png, size_t png_len);
+DF_API void df_tb_close(df_tb_writer *w);
+
+/* ================================================================ the trainer ============== */
+
+/* Random streams a recipe draws from, derived per step from (seed, purpose, rank, step): a
+ * resumed run draws exactly what the uninterrupted one did, whatever happened before. */
+typedef struct df_step_rng {
+    df_philox noise;     /* the diffusion noise */
+    df_philox timesteps; /* the training timesteps */
+    df_philox dropout;   /* dropout and other per-step randomness */
+} df_step_rng;
+
+/* What a recipe gives the trainer: the model's registry (the trainer flattens it and trains the
+ * parameters marked trainable), a loss for one micro-batch, and an exporter. */
+typedef struct df_recipe {
+    const char *name;
+    void *ctx;
+    df_params *params;
+    /* The scalar loss of one micro-batch (scope rule; the trainer owns the scope). */
+    df_tensor *(*loss)(void *ctx, const df_batch *batch, df_step_rng *rng);
+    /* Writes the trained model as a diffusers folder into dir (which exists). The parameters
+     * hold the weights to export (the trainer swaps EMA weights in around the call). */
+    df_status (*export_model)(void *ctx, const char *dir);
+    /* Generates validation samples as a U8 (H, W, C) grid (scope rule); may be NULL. */
+    df_status (*validate)(void *ctx, int64_t step, df_tensor **grid);
+    void (*free)(void *ctx);
+} df_recipe;
+
+/* The trainer's own config keys (diffusers' training flag names); recipes append theirs. */
+extern const df_cfg_field df_trainer_schema[];
+extern const int df_trainer_schema_len;
+
+typedef struct df_train_opts {
+    const char *resume;     /* NULL, "latest" or a checkpoint folder */
+    bool allow_config_change; /* resume even when the config hash differs */
+    const char *config_path;  /* for messages */
+    int64_t stop_after_steps; /* > 0: behave as if SIGTERM arrived after this step */
+} df_train_opts;
+
+/* Runs the training loop of the config's recipe to max_train_steps (or until SIGTERM/SIGUSR1,
+ * which finish the step, write a checkpoint and return DF_OK). Writes OUTPUT/config.yaml,
+ * metrics.jsonl, TensorBoard events, samples/, checkpoint-<step>/ folders and, at the end, the
+ * exported model in OUTPUT. */
+DF_API df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_opts *opts);
+
+/* The top-level string `key` of a YAML file (e.g. `recipe`), "" when absent. */
+DF_API df_status df_config_peek(const char *path, const char *key, char *out, size_t len);
+
+#endif

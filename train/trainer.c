@@ -1,0 +1,547 @@
+/* trainer.c — the training loop every recipe shares (design §8):
+ *
+ *   for step in [start, max_train_steps):
+ *       k micro-batches: loss_i = recipe.loss(batch_i) / k; backward (gradients add up)
+ *       non-finite loss or gradient -> skip: weights, optimizer and EMA untouched, counted;
+ *                                      10 in a row abort the run
+ *       otherwise: clip to max_grad_norm, lr = schedule(step), optimizer step, EMA step
+ *       log (metrics.jsonl, TensorBoard, progress), validation grid, checkpoint, signals
+ *
+ * Exact resume: everything a step depends on is either in the checkpoint (weights, optimizer
+ * and EMA state, the loader cursor, counters) or derived from (seed, step) (the per-step random
+ * streams), so N steps + resume + M steps equals N + M steps bit for bit. A checkpoint holds
+ * the exported diffusers folder (EMA weights when use_ema), plus `training/` with the raw
+ * weights, optimizer and EMA state, trainer_state.json and the resolved config.
+ */
+#include "train/train.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_NONFINITE_IN_A_ROW 10
+
+/* Stream purposes for df_step_rng (high bits of the Philox stream id). */
+enum { STREAM_NOISE = 1, STREAM_TIMESTEPS = 2, STREAM_DROPOUT = 3 };
+
+const df_cfg_field df_trainer_schema[] = {
+    {"recipe", DF_CFG_STRING, "unconditional", 0, 0, "unconditional", "which recipe trains"},
+    {"output_dir", DF_CFG_STRING, "runs/default", 0, 0, NULL,
+     "the run folder: config, metrics, samples, checkpoints, the exported model", true},
+    {"seed", DF_CFG_INT, "0", 0, 9007199254740991.0, NULL,
+     "seeds initialisation, data order and every per-step random stream"},
+    {"train_data_dir", DF_CFG_STRING, NULL, 0, 0, NULL,
+     "image folder (metadata.jsonl or .txt captions) or an HDF5 pack"},
+    {"resolution", DF_CFG_INT, "32", 8, 4096, NULL, "training image side in pixels"},
+    {"center_crop", DF_CFG_BOOL, "true", 0, 0, NULL, "center crop (else random crop)"},
+    {"random_flip", DF_CFG_BOOL, "true", 0, 0, NULL, "flip images horizontally at random"},
+    {"skip_bad_images", DF_CFG_BOOL, "false", 0, 0, NULL,
+     "skip unreadable images (counted, reported) instead of stopping"},
+    {"dataloader_num_workers", DF_CFG_INT, "2", 1, 64, NULL, "image decoding threads", true},
+    {"train_batch_size", DF_CFG_INT, "16", 1, 65536, NULL, "images per micro-batch"},
+    {"gradient_accumulation_steps", DF_CFG_INT, "1", 1, 4096, NULL,
+     "micro-batches per optimizer step"},
+    {"max_train_steps", DF_CFG_INT, "1000", 1, 1e12, NULL, "optimizer steps to train"},
+    {"optimizer", DF_CFG_STRING, "adamw", 0, 0, "adamw|adam|sgd|lion", "update rule"},
+    {"learning_rate", DF_CFG_FLOAT, "1e-4", 0, 10, NULL, "peak learning rate"},
+    {"scale_lr", DF_CFG_BOOL, "false", 0, 0, NULL,
+     "multiply the learning rate by batch x accumulation x processes"},
+    {"lr_scheduler", DF_CFG_STRING, "cosine", 0, 0,
+     "constant|constant_with_warmup|linear|cosine|cosine_with_restarts|polynomial",
+     "learning-rate schedule (diffusers' get_scheduler names)"},
+    {"lr_warmup_steps", DF_CFG_INT, "500", 0, 1e12, NULL, "linear warm-up steps"},
+    {"lr_num_cycles", DF_CFG_FLOAT, "0.5", 0, 1e6, NULL, "cosine cycles (restarts: count)"},
+    {"lr_power", DF_CFG_FLOAT, "1.0", 0, 100, NULL, "polynomial decay power"},
+    {"adam_beta1", DF_CFG_FLOAT, "0.95", 0, 0.999999, NULL, "Adam beta1 (Lion beta1)"},
+    {"adam_beta2", DF_CFG_FLOAT, "0.999", 0, 0.999999, NULL, "Adam beta2 (Lion beta2)"},
+    {"adam_weight_decay", DF_CFG_FLOAT, "1e-6", 0, 10, NULL, "weight decay"},
+    {"adam_epsilon", DF_CFG_FLOAT, "1e-8", 0, 1, NULL, "Adam epsilon"},
+    {"max_grad_norm", DF_CFG_FLOAT, "1.0", 0, 1e9, NULL, "clip the global gradient norm (0: off)"},
+    {"use_ema", DF_CFG_BOOL, "true", 0, 0, NULL, "keep an EMA of the weights; export it"},
+    {"ema_max_decay", DF_CFG_FLOAT, "0.9999", 0, 1, NULL, "EMA decay upper bound"},
+    {"ema_min_decay", DF_CFG_FLOAT, "0.0", 0, 1, NULL, "EMA decay lower bound"},
+    {"ema_inv_gamma", DF_CFG_FLOAT, "1.0", 1e-9, 1e9, NULL, "EMA warm-up inverse gamma"},
+    {"ema_power", DF_CFG_FLOAT, "0.75", 0, 100, NULL, "EMA warm-up power"},
+    {"mixed_precision", DF_CFG_STRING, "no", 0, 0, "no", "float32 training only (for now)"},
+    {"checkpointing_steps", DF_CFG_INT, "500", 0, 1e12, NULL, "checkpoint every N steps (0: only at the end)", true},
+    {"checkpoints_total_limit", DF_CFG_INT, "0", 0, 1e6, NULL, "keep the newest N checkpoints (0: all)", true},
+    {"logging_steps", DF_CFG_INT, "10", 1, 1e12, NULL, "a log line every N steps (off a terminal)", true},
+    {"validation_steps", DF_CFG_INT, "0", 0, 1e12, NULL,
+     "sample a validation grid every N steps (0: only at the end)", true},
+    {"num_validation_images", DF_CFG_INT, "16", 0, 1024, NULL, "images in a validation grid", true},
+    {"inject_nan_at_step", DF_CFG_INT, "-1", -1, 1e12, NULL,
+     "testing aid: poison the gradients of this step (-1: never)"},
+};
+const int df_trainer_schema_len = (int)(sizeof df_trainer_schema / sizeof df_trainer_schema[0]);
+
+/* ------------------------------------------------------------------ signals ------------------ */
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* ------------------------------------------------------------------ state -------------------- */
+
+typedef struct trainer {
+    const df_config *cfg;
+    df_recipe *recipe;
+    char out_dir[DF_PATH_MAX];
+    uint64_t seed;
+    int64_t step, max_steps;
+    int accum;
+    df_tensor **params; /* trainable parameters, in registry order */
+    const char **names;
+    int n_params;
+    df_optim *optim;
+    df_lr_schedule sched;
+    df_ema *ema;
+    df_dataset *data;
+    df_loader *loader;
+    df_loader_cursor cursor;
+    int64_t epoch;
+    int64_t skipped_steps, nonfinite_in_a_row;
+    FILE *metrics;
+    df_tb_writer tb;
+    bool tty;
+    double started;
+} trainer;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void step_rng(const trainer *t, int64_t step, df_step_rng *r) {
+    uint64_t s = (uint64_t)step & ((1ull << 40) - 1);
+    df_philox_init(&r->noise, t->seed, (uint64_t)STREAM_NOISE << 56 | s);
+    df_philox_init(&r->timesteps, t->seed, (uint64_t)STREAM_TIMESTEPS << 56 | s);
+    df_philox_init(&r->dropout, t->seed, (uint64_t)STREAM_DROPOUT << 56 | s);
+}
+
+/* ------------------------------------------------------------------ setup -------------------- */
+
+static df_status build_optimizer(trainer *t) {
+    const df_config *c = t->cfg;
+    df_optim_kind kind;
+    DF_TRY(df_optim_kind_parse(df_config_str(c, "optimizer"), &kind));
+    df_optim_hparams h = df_optim_hparams_default(kind);
+    double lr = df_config_float(c, "learning_rate");
+    if (df_config_bool(c, "scale_lr"))
+        lr = df_scale_lr(lr, (int)df_config_int(c, "train_batch_size"), t->accum, 1);
+    h.lr = lr;
+    h.weight_decay = df_config_float(c, "adam_weight_decay");
+    h.beta1 = df_config_float(c, "adam_beta1");
+    h.beta2 = df_config_float(c, "adam_beta2");
+    h.eps = df_config_float(c, "adam_epsilon");
+    DF_TRY(df_optim_hparams_check(kind, &h));
+    df_param_group g = {.params = t->params, .names = t->names, .n = t->n_params, .h = h};
+    DF_TRY(df_optim_new(kind, &g, 1, &t->optim));
+    DF_TRY(df_lr_schedule_init(&t->sched, df_config_str(c, "lr_scheduler"),
+                               df_config_int(c, "lr_warmup_steps"), t->max_steps, lr));
+    t->sched.num_cycles = df_config_float(c, "lr_num_cycles");
+    t->sched.power = df_config_float(c, "lr_power");
+    DF_TRY(df_lr_schedule_check(&t->sched));
+    if (df_config_bool(c, "use_ema")) {
+        df_ema_config e = df_ema_config_default();
+        e.decay = df_config_float(c, "ema_max_decay");
+        e.min_decay = df_config_float(c, "ema_min_decay");
+        e.use_ema_warmup = true;
+        e.inv_gamma = df_config_float(c, "ema_inv_gamma");
+        e.power = df_config_float(c, "ema_power");
+        DF_TRY(df_ema_config_check(&e));
+        DF_TRY(df_ema_new(&e, t->params, t->names, t->n_params, &t->ema));
+    }
+    return DF_OK;
+}
+
+static df_status open_data(trainer *t) {
+    const df_config *c = t->cfg;
+    const char *dir = df_config_str(c, "train_data_dir");
+    if (!*dir) return df_error(DF_ERR_INVALID, "train_data_dir is not set (%s)", "config");
+    df_dataset_opts o = df_dataset_opts_default();
+    o.skip_bad_images = df_config_bool(c, "skip_bad_images");
+    DF_TRY(df_dataset_open(dir, &o, &t->data));
+    if (df_dataset_len(t->data) == 0) return df_error(DF_ERR_INVALID, "%s: the dataset is empty", dir);
+    df_loader_opts lo = df_loader_opts_default((int)df_config_int(c, "train_batch_size"),
+                                               (int)df_config_int(c, "resolution"));
+    lo.seed = t->seed;
+    lo.workers = (int)df_config_int(c, "dataloader_num_workers");
+    lo.prefetch = 2 * lo.workers;
+    lo.transform.center_crop = df_config_bool(c, "center_crop");
+    lo.transform.random_flip = df_config_bool(c, "random_flip");
+    lo.start = t->cursor;
+    return df_loader_new(t->data, &lo, &t->loader);
+}
+
+/* ------------------------------------------------------------------ checkpoints -------------- */
+
+static df_status write_state_json(const trainer *t, const char *path) {
+    cJSON *o = cJSON_CreateObject();
+    char hash[32];
+    snprintf(hash, sizeof hash, "%016" PRIx64, df_config_hash(t->cfg));
+    cJSON_AddNumberToObject(o, "step", (double)t->step);
+    cJSON_AddNumberToObject(o, "epoch", (double)t->cursor.epoch);
+    cJSON *cur = cJSON_AddObjectToObject(o, "loader_cursor");
+    cJSON_AddNumberToObject(cur, "epoch", (double)t->cursor.epoch);
+    cJSON_AddNumberToObject(cur, "position", (double)t->cursor.position);
+    cJSON_AddNumberToObject(o, "seed", (double)t->seed);
+    cJSON_AddNumberToObject(o, "world_size", 1);
+    cJSON_AddStringToObject(o, "config_hash", hash);
+    cJSON_AddNumberToObject(o, "skipped_steps", (double)t->skipped_steps);
+    cJSON_AddNumberToObject(o, "nonfinite_in_a_row", (double)t->nonfinite_in_a_row);
+    /* the streams the next step draws from: (key, stream, counter, buf_used) each */
+    df_step_rng r;
+    step_rng(t, t->step, &r);
+    cJSON *rng = cJSON_AddObjectToObject(o, "rng");
+    const df_philox *streams[] = {&r.noise, &r.timesteps, &r.dropout};
+    const char *names[] = {"noise", "timesteps", "dropout"};
+    for (int i = 0; i < 3; i++) {
+        char buf[96];
+        snprintf(buf, sizeof buf, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %d", streams[i]->key,
+                 streams[i]->stream, streams[i]->counter, streams[i]->buf_used);
+        cJSON_AddStringToObject(rng, names[i], buf);
+    }
+    return df_json_write_object(o, path);
+}
+
+/* Exports the model (EMA weights swapped in when use_ema) into dir. */
+static df_status export_to(trainer *t, const char *dir) {
+    DF_TRY(df_mkdirs(dir));
+    if (t->ema) {
+        df_ema_store(t->ema);
+        df_ema_copy_to(t->ema);
+    }
+    df_status st = t->recipe->export_model(t->recipe->ctx, dir);
+    if (t->ema) df_ema_restore(t->ema);
+    return st;
+}
+
+static df_status write_checkpoint(trainer *t) {
+    df_ckpt_writer w;
+    char path[DF_PATH_MAX];
+    DF_TRY(df_ckpt_begin(&w, t->out_dir, t->step));
+    df_status st = export_to(t, w.tmp_dir);
+    if (st == DF_OK) st = df_ckpt_file(&w, "training/model.safetensors", path, sizeof path);
+    if (st == DF_OK) st = df_params_save(t->recipe->params, path);
+    if (st == DF_OK) st = df_ckpt_file(&w, "training/optimizer.safetensors", path, sizeof path);
+    if (st == DF_OK) st = df_optim_state_save(t->optim, path);
+    if (st == DF_OK && t->ema) st = df_ckpt_file(&w, "training/ema.safetensors", path, sizeof path);
+    if (st == DF_OK && t->ema) st = df_ema_state_save(t->ema, path);
+    if (st == DF_OK) st = df_ckpt_file(&w, "training/trainer_state.json", path, sizeof path);
+    if (st == DF_OK) st = write_state_json(t, path);
+    if (st == DF_OK) st = df_ckpt_file(&w, "training/config.yaml", path, sizeof path);
+    if (st == DF_OK) st = df_config_save(t->cfg, path);
+    if (st != DF_OK) {
+        df_ckpt_abort(&w);
+        return st;
+    }
+    return df_ckpt_commit(&w, (int)df_config_int(t->cfg, "checkpoints_total_limit"));
+}
+
+static df_status json_number(const cJSON *o, const char *key, const char *path, double *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(it)) return df_error(DF_ERR_FORMAT, "%s: field '%s' missing or not a number", path, key);
+    *out = it->valuedouble;
+    return DF_OK;
+}
+
+static df_status read_state_json(trainer *t, const char *path, const df_train_opts *opts) {
+    df_json j;
+    DF_TRY(df_json_load(path, &j));
+    double step = 0, ws = 0, ep = 0, pos = 0, skipped = 0, row = 0;
+    const cJSON *cur = cJSON_GetObjectItemCaseSensitive(j.root, "loader_cursor");
+    char hash[64] = "", want[32];
+    df_status st = json_number(j.root, "step", path, &step);
+    if (st == DF_OK) st = json_number(j.root, "world_size", path, &ws);
+    if (st == DF_OK) st = cur ? json_number(cur, "epoch", path, &ep)
+                              : df_error(DF_ERR_FORMAT, "%s: no loader_cursor", path);
+    if (st == DF_OK) st = json_number(cur, "position", path, &pos);
+    if (st == DF_OK) st = json_number(j.root, "skipped_steps", path, &skipped);
+    if (st == DF_OK) st = json_number(j.root, "nonfinite_in_a_row", path, &row);
+    if (st == DF_OK) st = df_json_string(&j, "config_hash", "", hash, sizeof hash);
+    df_json_free(&j);
+    if (st != DF_OK) return st;
+    snprintf(want, sizeof want, "%016" PRIx64, df_config_hash(t->cfg));
+    if (ws != 1)
+        return df_error(DF_ERR_INVALID, "%s: written by %g processes, resuming with 1", path, ws);
+    if (strcmp(hash, want) != 0 && !opts->allow_config_change)
+        return df_error(DF_ERR_INVALID,
+                        "%s: the config changed since this checkpoint (hash %s, now %s); compare "
+                        "with training/config.yaml, or pass --allow-config-change",
+                        path, hash, want);
+    if (step < 0 || step > (double)t->max_steps || ep < 0 || pos < 0)
+        return df_error(DF_ERR_FORMAT, "%s: step or cursor out of range", path);
+    t->step = (int64_t)step;
+    t->cursor = (df_loader_cursor){(int64_t)ep, (int64_t)pos};
+    t->skipped_steps = (int64_t)skipped;
+    t->nonfinite_in_a_row = (int64_t)row;
+    return DF_OK;
+}
+
+static df_status resume_from(trainer *t, const df_train_opts *opts) {
+    char dir[DF_PATH_MAX], path[DF_PATH_MAX];
+    if (strcmp(opts->resume, "latest") == 0) {
+        df_status st = df_ckpt_find_latest(t->out_dir, dir, sizeof dir);
+        if (st == DF_ERR_NOTFOUND) {
+            fprintf(stderr, "diffusion: no checkpoint in %s yet: starting from step 0\n", t->out_dir);
+            return DF_OK;
+        }
+        DF_TRY(st);
+    } else {
+        DF_TRY(df_pathf(dir, sizeof dir, "%s", opts->resume));
+        DF_TRY(df_ckpt_verify(dir));
+    }
+    DF_TRY(df_pathf(path, sizeof path, "%s/training/trainer_state.json", dir));
+    DF_TRY(read_state_json(t, path, opts));
+    DF_TRY(df_pathf(path, sizeof path, "%s/training/model.safetensors", dir));
+    DF_TRY(df_params_load(t->recipe->params, path, NULL));
+    DF_TRY(df_pathf(path, sizeof path, "%s/training/optimizer.safetensors", dir));
+    DF_TRY(df_optim_state_load(t->optim, path));
+    if (t->ema) {
+        DF_TRY(df_pathf(path, sizeof path, "%s/training/ema.safetensors", dir));
+        DF_TRY(df_ema_state_load(t->ema, path));
+    }
+    fprintf(stderr, "diffusion: resuming from %s (step %" PRId64 ")\n", dir, t->step);
+    return DF_OK;
+}
+
+/* Keeps the metrics lines of steps <= t->step (a resumed run rewrites what came after). */
+static df_status open_metrics(trainer *t) {
+    char path[DF_PATH_MAX], tmp[DF_PATH_MAX];
+    DF_TRY(df_pathf(path, sizeof path, "%s/metrics.jsonl", t->out_dir));
+    DF_TRY(df_pathf(tmp, sizeof tmp, "%s/metrics.jsonl.tmp", t->out_dir));
+    FILE *old = fopen(path, "r");
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        if (old) fclose(old);
+        return df_error(DF_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    }
+    char line[4096];
+    while (old && fgets(line, sizeof line, old)) {
+        long long s;
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s <= t->step && strchr(line, '\n'))
+            fputs(line, f);
+    }
+    if (old) fclose(old);
+    if (fflush(f) != 0 || rename(tmp, path) != 0) {
+        fclose(f);
+        return df_error(DF_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    t->metrics = f;
+    return DF_OK;
+}
+
+/* ------------------------------------------------------------------ the loop ----------------- */
+
+static df_status validation_grid(trainer *t, int64_t step) {
+    if (!t->recipe->validate || df_config_int(t->cfg, "num_validation_images") == 0) return DF_OK;
+    char path[DF_PATH_MAX], dir[DF_PATH_MAX];
+    DF_TRY(df_pathf(dir, sizeof dir, "%s/samples", t->out_dir));
+    DF_TRY(df_mkdirs(dir));
+    DF_TRY(df_pathf(path, sizeof path, "%s/step-%" PRId64 ".png", dir, step));
+    df_scope s = df_scope_begin();
+    df_tensor *grid = NULL;
+    if (t->ema) {
+        df_ema_store(t->ema);
+        df_ema_copy_to(t->ema);
+    }
+    df_status st = t->recipe->validate(t->recipe->ctx, step, &grid);
+    if (t->ema) df_ema_restore(t->ema);
+    char params[256];
+    snprintf(params, sizeof params, "validation grid, step %" PRId64 "%s", step,
+             t->ema ? ", EMA weights" : "");
+    const char *key = "parameters", *val = params;
+    if (st == DF_OK) st = df_png_write(path, grid, 1, &key, &val);
+    if (st == DF_OK) {
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            fseek(f, 0, SEEK_END);
+            long n = ftell(f);
+            fseek(f, 0, SEEK_SET);
+            void *bytes = n > 0 ? malloc((size_t)n) : NULL;
+            if (bytes && fread(bytes, 1, (size_t)n, f) == (size_t)n)
+                st = df_tb_image(&t->tb, "samples", step, (int)grid->shape[0], (int)grid->shape[1],
+                                 (int)grid->shape[2], bytes, (size_t)n);
+            free(bytes);
+            fclose(f);
+        }
+    }
+    df_scope_end(s);
+    return st;
+}
+
+static void log_step(trainer *t, double loss, double lr, double norm, double secs, bool skipped) {
+    double it_s = secs > 0 ? 1.0 / secs : 0;
+    fprintf(t->metrics,
+            "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+            "\"it_s\": %.4g, \"skipped\": %" PRId64 ", \"epoch\": %" PRId64 "}\n",
+            t->step, loss, lr, isfinite(norm) ? norm : -1.0, it_s, t->skipped_steps, t->epoch);
+    fflush(t->metrics);
+    df_tb_scalar(&t->tb, "train/loss", t->step, loss);
+    df_tb_scalar(&t->tb, "train/lr", t->step, lr);
+    double elapsed = now() - t->started;
+    int64_t done = t->step, total = t->max_steps;
+    double eta = done > 0 ? elapsed / (double)done * (double)(total - done) : 0;
+    if (t->tty) {
+        int width = 30, filled = (int)(width * done / (total ? total : 1));
+        fprintf(stderr, "\r[%.*s%*s] %" PRId64 "/%" PRId64 " %.2f it/s loss %.4f lr %.2e ETA %02d:%02d:%02d%s",
+                filled, "##############################", width - filled, "", done, total, it_s,
+                loss, lr, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
+                done == total ? "\n" : "");
+    } else if (done % df_config_int(t->cfg, "logging_steps") == 0 || done == total) {
+        fprintf(stderr, "step %" PRId64 "/%" PRId64 " loss %.6f lr %.3e grad_norm %.4f %.2f it/s ETA %.0fs%s\n",
+                done, total, loss, lr, norm, it_s, eta, skipped ? " (skipped: non-finite)" : "");
+    }
+}
+
+/* One optimizer step: k micro-batches, guard, update. */
+static df_status train_step(trainer *t) {
+    double t0 = now(), loss_sum = 0;
+    df_step_rng rng;
+    step_rng(t, t->step, &rng);
+    df_optim_zero_grad(t->optim);
+    bool finite = true;
+    for (int k = 0; k < t->accum; k++) {
+        df_batch *b = NULL;
+        DF_TRY(df_loader_next(t->loader, &b));
+        for (int i = 0; i < b->n_skipped; i++)
+            fprintf(stderr, "diffusion: warning: skipped %s\n", b->skipped[i]);
+        t->cursor = b->next;
+        t->epoch = b->epoch;
+        df_scope s = df_scope_begin();
+        df_tensor *loss = t->recipe->loss(t->recipe->ctx, b, &rng);
+        float value = df_f32(loss)[0];
+        loss_sum += value;
+        if (!isfinite(value)) finite = false;
+        df_status st = df_backward(t->accum > 1 ? df_mul_scalar(loss, 1.0f / (float)t->accum) : loss);
+        df_scope_end(s);
+        df_batch_free(b);
+        DF_TRY(st);
+    }
+    if (t->step == df_config_int(t->cfg, "inject_nan_at_step")) df_f32(t->params[0]->grad)[0] = NAN;
+    double norm = NAN, lr = df_config_float(t->cfg, "learning_rate") *
+                            df_lr_schedule_factor(&t->sched, t->step);
+    if (finite) finite = df_grad_all_finite(t->params, t->n_params);
+    if (finite) {
+        double max_norm = df_config_float(t->cfg, "max_grad_norm");
+        if (max_norm > 0) DF_TRY(df_clip_grad_norm(t->params, t->n_params, max_norm, &norm));
+        else norm = df_grad_norm(t->params, t->n_params);
+        df_lr_schedule_apply(&t->sched, t->optim, t->step);
+        lr = df_optim_group_hparams(t->optim, 0)->lr;
+        DF_TRY(df_optim_step(t->optim));
+        if (t->ema) df_ema_step(t->ema);
+        t->nonfinite_in_a_row = 0;
+    } else {
+        t->skipped_steps++;
+        if (++t->nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW)
+            return df_error(DF_ERR_INVALID,
+                            "%d steps in a row had a non-finite loss or gradient (last: step %" PRId64
+                            "); lower learning_rate or check the data",
+                            MAX_NONFINITE_IN_A_ROW, t->step);
+    }
+    df_optim_zero_grad(t->optim);
+    t->step++;
+    log_step(t, loss_sum / t->accum, lr, norm, now() - t0, !finite);
+    return DF_OK;
+}
+
+static void trainer_free(trainer *t) {
+    df_loader_free(t->loader);
+    df_dataset_free(t->data);
+    df_optim_free(t->optim);
+    df_ema_free(t->ema);
+    if (t->metrics) fclose(t->metrics);
+    df_tb_close(&t->tb);
+    free(t->params);
+    free(t->names);
+}
+
+static df_status run(trainer *t, const df_train_opts *opts) {
+    const df_config *c = t->cfg;
+    DF_TRY(df_mkdirs(t->out_dir));
+    df_params *reg = t->recipe->params;
+    DF_TRY(df_params_flatten(reg));
+    t->params = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->params);
+    t->names = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->names);
+    if (!t->params || !t->names) return df_error(DF_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < reg->n; i++) {
+        if (!reg->items[i].trainable) continue;
+        t->params[t->n_params] = reg->items[i].tensor;
+        t->names[t->n_params++] = reg->items[i].name;
+    }
+    DF_TRY(build_optimizer(t));
+    if (opts->resume) DF_TRY(resume_from(t, opts));
+    char path[DF_PATH_MAX];
+    DF_TRY(df_pathf(path, sizeof path, "%s/config.yaml", t->out_dir));
+    DF_TRY(df_config_save(c, path));
+    DF_TRY(open_data(t));
+    DF_TRY(open_metrics(t));
+    DF_TRY(df_pathf(path, sizeof path, "%s/logs", t->out_dir));
+    DF_TRY(df_tb_open(&t->tb, path));
+    fprintf(stderr, "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
+                    " -> %" PRId64 ", run folder %s\n",
+            t->recipe->name, (long long)df_params_count(reg), t->n_params,
+            (long long)df_dataset_len(t->data), t->step, t->max_steps, t->out_dir);
+
+    int64_t ckpt_every = df_config_int(c, "checkpointing_steps");
+    int64_t val_every = df_config_int(c, "validation_steps");
+    t->started = now();
+    int64_t first = t->step;
+    while (t->step < t->max_steps) {
+        DF_TRY(train_step(t));
+        if (t->step == first + 1) t->started = now() - (now() - t->started); /* keep ETA honest */
+        bool last = t->step == t->max_steps;
+        if (val_every > 0 && t->step % val_every == 0 && !last) DF_TRY(validation_grid(t, t->step));
+        bool stop = stop_requested != 0 ||
+                    (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
+        if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last) DF_TRY(write_checkpoint(t));
+        if (stop) {
+            fprintf(stderr, "\ndiffusion: stopped by a signal after step %" PRId64
+                            "; checkpoint written, rerun the same command to resume\n",
+                    t->step);
+            return DF_OK;
+        }
+    }
+    DF_TRY(validation_grid(t, t->step));
+    DF_TRY(export_to(t, t->out_dir));
+    fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
+            t->step, t->skipped_steps, t->out_dir);
+    return DF_OK;
+}
+
+df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_opts *opts) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = cfg;
+    t.recipe = recipe;
+    t.seed = (uint64_t)df_config_int(cfg, "seed");
+    t.max_steps = df_config_int(cfg, "max_train_steps");
+    t.accum = (int)df_config_int(cfg, "gradient_accumulation_steps");
+    t.tty = isatty(STDERR_FILENO);
+    DF_TRY(df_pathf(t.out_dir, sizeof t.out_dir, "%s", df_config_str(cfg, "output_dir")));
+    stop_requested = 0;
+    install_signals();
+    df_status st = run(&t, opts);
+    trainer_free(&t);
+    return st;
+}
