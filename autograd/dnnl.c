@@ -102,7 +102,8 @@ void df_dnnl_key_push_n(df_dnnl_key *k, int n, const int64_t *v) {
 }
 
 static bool key_equal(const df_dnnl_key *a, const df_dnnl_key *b) {
-    return a->kind == b->kind && a->threads == b->threads && a->n == b->n && memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
+    return a->kind == b->kind && a->threads == b->threads && a->n == b->n &&
+           memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
 }
 
 static uint64_t key_hash(const df_dnnl_key *k) {

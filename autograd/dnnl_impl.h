@@ -29,13 +29,13 @@ dnnl_engine_t df_dnnl_engine(void);
 dnnl_stream_t df_dnnl_stream(void);
 
 /* Stops with "<opname>: <call> failed: <status name>" (see the header comment). */
-void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file,
-                  int line) __attribute__((noreturn));
-#define DF_DNNL_CHECK(opname, call)                                                               \
-    do {                                                                                          \
-        dnnl_status_t df_dnnl_s_ = (call);                                                        \
-        if (df_dnnl_s_ != dnnl_success)                                                           \
-            df_dnnl_fail(opname, #call, df_dnnl_s_, __FILE__, __LINE__);                         \
+void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file, int line)
+    __attribute__((noreturn));
+#define DF_DNNL_CHECK(opname, call)                                                                \
+    do {                                                                                           \
+        dnnl_status_t df_dnnl_s_ = (call);                                                         \
+        if (df_dnnl_s_ != dnnl_success)                                                            \
+            df_dnnl_fail(opname, #call, df_dnnl_s_, __FILE__, __LINE__);                           \
     } while (0)
 
 /* A new primitive attribute (the caller destroys it) with a user-managed scratchpad and, when
@@ -99,7 +99,7 @@ enum {
 typedef enum df_dnnl_dir { DF_DNNL_IN, DF_DNNL_OUT, DF_DNNL_OUT_ACC } df_dnnl_dir;
 
 typedef struct df_dnnl_arg_spec {
-    int arg;                 /* DNNL_ARG_SRC, ... */
+    int arg; /* DNNL_ARG_SRC, ... */
     df_dnnl_dir dir;
     dnnl_memory_desc_t user; /* the plain layout of our tensor */
 } df_dnnl_arg_spec;

@@ -45,8 +45,8 @@ static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     bias_dims[nd - 1] = c->c_dims[nd - 1];
     dnnl_memory_desc_t bias_md = df_dnnl_md_plain(nd, bias_dims);
     dnnl_matmul_desc_t d;
-    DF_DNNL_CHECK("matmul", dnnl_matmul_desc_init(&d, &a_md, &b_md, c->bias ? &bias_md : NULL,
-                                                  &c_md));
+    DF_DNNL_CHECK("matmul",
+                  dnnl_matmul_desc_init(&d, &a_md, &b_md, c->bias ? &bias_md : NULL, &c_md));
     dnnl_primitive_attr_t attr = df_dnnl_attr_new(c->accumulate);
     DF_DNNL_CHECK("matmul", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
     dnnl_primitive_attr_destroy(attr);

@@ -43,7 +43,7 @@ static void layout_init(void) {
 typedef struct conv_shape {
     int64_t N, C, H, W, O, KH, KW, OH, OW;
     df_conv2d_params p;
-    bool bias;      /* forward: has bias; backward weights: computes the bias gradient */
+    bool bias; /* forward: has bias; backward weights: computes the bias gradient */
     int layout;
 } conv_shape;
 
@@ -53,9 +53,22 @@ df_conv2d_params df_conv2d_default(void) {
 
 static df_dnnl_key conv_key(int kind, const conv_shape *s) {
     df_dnnl_key k = {.kind = kind};
-    int64_t v[] = {s->N, s->C, s->H, s->W, s->O, s->KH, s->KW, s->p.stride[0], s->p.stride[1],
-                   s->p.padding[0], s->p.padding[1], s->p.dilation[0], s->p.dilation[1],
-                   s->p.groups, s->bias, s->layout};
+    int64_t v[] = {s->N,
+                   s->C,
+                   s->H,
+                   s->W,
+                   s->O,
+                   s->KH,
+                   s->KW,
+                   s->p.stride[0],
+                   s->p.stride[1],
+                   s->p.padding[0],
+                   s->p.padding[1],
+                   s->p.dilation[0],
+                   s->p.dilation[1],
+                   s->p.groups,
+                   s->bias,
+                   s->layout};
     df_dnnl_key_push_n(&k, (int)(sizeof v / sizeof v[0]), v);
     return k;
 }
@@ -99,10 +112,10 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     conv_mds m;
     conv_mds_init(s, &m);
     dnnl_convolution_desc_t d;
-    DF_DNNL_CHECK("conv2d", dnnl_dilated_convolution_forward_desc_init(
-                                &d, dnnl_forward_training, dnnl_convolution_direct, &m.src, &m.w,
-                                s->bias ? &m.b : NULL, &m.dst, m.strides, m.dilates, m.pad_l,
-                                m.pad_r));
+    DF_DNNL_CHECK("conv2d",
+                  dnnl_dilated_convolution_forward_desc_init(
+                      &d, dnnl_forward_training, dnnl_convolution_direct, &m.src, &m.w,
+                      s->bias ? &m.b : NULL, &m.dst, m.strides, m.dilates, m.pad_l, m.pad_r));
     dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
     DF_DNNL_CHECK("conv2d", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
     dnnl_primitive_attr_destroy(attr);
@@ -185,8 +198,7 @@ static void conv2d_backward(df_node *n, const df_tensor *g) {
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_DATA, &c.s);
         k.v[k.n++] = c.fwd_bias;
         df_dnnl_prim *p = df_dnnl_prim_get(&k, bwd_data_build, &c);
-        df_dnnl_prim_run("conv2d backward", p,
-                         (void *[]){df_f32(g), df_f32(w), df_f32(gx)});
+        df_dnnl_prim_run("conv2d backward", p, (void *[]){df_f32(g), df_f32(w), df_f32(gx)});
         df_dnnl_prim_put(p);
     }
     if (gw || gb) { /* (2), (3) */
@@ -220,10 +232,16 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
     DF_ASSERT(p.groups >= 1 && p.stride[0] >= 1 && p.stride[1] >= 1 && p.dilation[0] >= 1 &&
                   p.dilation[1] >= 1 && p.padding[0] >= 0 && p.padding[1] >= 0,
               "conv2d: bad params stride (%d, %d) padding (%d, %d) dilation (%d, %d) groups %d",
-              p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0],
-              p.dilation[1], p.groups);
-    conv_shape s = {.N = x->shape[0], .C = x->shape[1], .H = x->shape[2], .W = x->shape[3],
-                    .O = w->shape[0], .KH = w->shape[2], .KW = w->shape[3], .p = p,
+              p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+              p.groups);
+    conv_shape s = {.N = x->shape[0],
+                    .C = x->shape[1],
+                    .H = x->shape[2],
+                    .W = x->shape[3],
+                    .O = w->shape[0],
+                    .KH = w->shape[2],
+                    .KW = w->shape[3],
+                    .p = p,
                     .bias = bias != NULL};
     DF_ASSERT(s.C % p.groups == 0 && s.O % p.groups == 0 && w->shape[1] == s.C / p.groups,
               "conv2d: x %s, weight %s, groups %d", sx, sw, p.groups);

@@ -49,10 +49,10 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     dnnl_memory_desc_t stat = df_dnnl_md_tag(1, &p->M, dnnl_a);
     dnnl_memory_desc_t param = df_dnnl_md_tag(1, &p->D, dnnl_a);
     dnnl_layer_normalization_desc_t d;
-    DF_DNNL_CHECK("layer_norm", dnnl_layer_normalization_forward_desc_init(
-                                    &d, p->training ? dnnl_forward_training
-                                                    : dnnl_forward_inference,
-                                    &data, &stat, p->eps, lnorm_flags(p)));
+    DF_DNNL_CHECK("layer_norm",
+                  dnnl_layer_normalization_forward_desc_init(
+                      &d, p->training ? dnnl_forward_training : dnnl_forward_inference, &data,
+                      &stat, p->eps, lnorm_flags(p)));
     dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
     DF_DNNL_CHECK("layer_norm", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
     dnnl_primitive_attr_destroy(attr);
@@ -80,10 +80,9 @@ static void bwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     h.training = true;
     bool affine = p->scale || p->shift;
     dnnl_layer_normalization_desc_t d;
-    DF_DNNL_CHECK("layer_norm backward",
-                  dnnl_layer_normalization_backward_desc_init(
-                      &d, affine ? dnnl_backward : dnnl_backward_data, &data, &data, &stat,
-                      p->eps, lnorm_flags(&h)));
+    DF_DNNL_CHECK("layer_norm backward", dnnl_layer_normalization_backward_desc_init(
+                                             &d, affine ? dnnl_backward : dnnl_backward_data, &data,
+                                             &data, &stat, p->eps, lnorm_flags(&h)));
     df_dnnl_key hk = lnorm_key(DF_DNNL_KIND_LNORM_FWD, &h);
     df_dnnl_prim *hint = df_dnnl_prim_get(&hk, fwd_build, &h);
     dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
@@ -170,16 +169,15 @@ df_tensor *df_layer_norm(df_tensor *x, df_tensor *weight, df_tensor *bias, float
     char sx[64], sp[64];
     df_shape_str(x, sx, sizeof sx);
     DF_ASSERT(x->ndim >= 1 && x->shape[x->ndim - 1] > 0, "layer_norm: x %s", sx);
-    lnorm_params p = {.D = x->shape[x->ndim - 1], .eps = eps, .scale = weight != NULL,
-                      .shift = bias != NULL};
+    lnorm_params p = {
+        .D = x->shape[x->ndim - 1], .eps = eps, .scale = weight != NULL, .shift = bias != NULL};
     p.M = x->numel / p.D;
     df_tensor *params[2] = {weight, bias};
     for (int i = 0; i < 2; i++)
         if (params[i]) {
             DF_ASSERT_F32("layer_norm", params[i]);
-            DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.D,
-                      "layer_norm: %s %s for x %s", i ? "bias" : "weight",
-                      df_shape_str(params[i], sp, sizeof sp), sx);
+            DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.D, "layer_norm: %s %s for x %s",
+                      i ? "bias" : "weight", df_shape_str(params[i], sp, sizeof sp), sx);
         }
     df_tensor *inputs[3] = {x, weight, bias};
     p.training = df_needs_grad(3, inputs);

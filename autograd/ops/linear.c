@@ -73,8 +73,8 @@ df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
         int64_t x_dims[2] = {p.M, p.in}, w_dims[2] = {p.out, p.in}, y_dims[2] = {p.M, p.out};
         df_dnnl_mat xm = df_dnnl_mat_of(df_f32(x), 2, x_dims, false);
         df_dnnl_mat wt = df_dnnl_mat_of(df_f32(w), 2, w_dims, true);
-        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims,
-                       false, false);
+        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims, false,
+                       false);
     }
     df_node *n = df_node_new(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p);
     if (n) *(linear_params *)n->state = p;

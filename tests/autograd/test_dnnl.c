@@ -87,8 +87,8 @@ Test(autograd_dnnl, concurrent_use_from_two_threads) {
     /* same shapes, same team size: bit-identical to the single-threaded run. Before primitives
      * got a user-managed scratchpad (dnnl_impl.h, df_dnnl_attr_new) this hung about one run in
      * four in the backward-weights convolution. */
-    cr_assert(mismatches[0] == 0 && mismatches[1] == 0, "mismatching runs: %d, %d",
-              mismatches[0], mismatches[1]);
+    cr_assert(mismatches[0] == 0 && mismatches[1] == 0, "mismatching runs: %d, %d", mismatches[0],
+              mismatches[1]);
 }
 
 Test(autograd_dnnl, failing_call_stops_with_message, .signal = SIGABRT) {
