@@ -302,7 +302,10 @@ DF_API df_status df_torchgen_state_restore(df_torchgen *g,
 /* ---------------------------------------------------------------- ops ------------------------- */
 /* Every op checks shapes (DF_ASSERT naming the op and both shapes), computes its output in F32,
  * and records a node when grad mode is on and an input requires a gradient. Broadcasting follows
- * NumPy. `dims` arrays accept negative indices. */
+ * NumPy. `dims` arrays accept negative indices. Ops return tensors, not statuses: a oneDNN call
+ * failing inside an op (conv2d, matmul, linear, layer_norm), which for shapes the op accepted
+ * means a wrong descriptor or exhausted memory, sets df_last_error() to "<op>: <call> failed:
+ * <status>" (DF_ERR_DNNL) and stops with DF_ASSERT. */
 
 /* Binary, with broadcasting. */
 DF_API df_tensor *df_add(df_tensor *a, df_tensor *b);

@@ -13,6 +13,7 @@
 #include "autograd/dnnl_impl.h"
 
 #include <oneapi/dnnl/dnnl_debug.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,20 @@ void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const c
                   int line) {
     df_error(DF_ERR_DNNL, "%s: %s failed: %s", opname, call, dnnl_status2str(s));
     df_assert_fail(file, line, "%s", df_last_error());
+}
+
+dnnl_primitive_attr_t df_dnnl_attr_new(bool sum) {
+    dnnl_primitive_attr_t attr;
+    DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_create(&attr));
+    DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    if (sum) {
+        dnnl_post_ops_t po;
+        DF_DNNL_CHECK("dnnl", dnnl_post_ops_create(&po));
+        DF_DNNL_CHECK("dnnl", dnnl_post_ops_append_sum(po, 1.0f));
+        DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+    }
+    return attr;
 }
 
 /* ------------------------------------------------------------------ memory descriptors ------ */
@@ -87,11 +102,12 @@ void df_dnnl_key_push_n(df_dnnl_key *k, int n, const int64_t *v) {
 }
 
 static bool key_equal(const df_dnnl_key *a, const df_dnnl_key *b) {
-    return a->kind == b->kind && a->n == b->n && memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
+    return a->kind == b->kind && a->threads == b->threads && a->n == b->n &&
+           memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
 }
 
 static uint64_t key_hash(const df_dnnl_key *k) {
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)k->kind;
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)k->kind ^ ((uint64_t)k->threads << 32);
     for (int i = 0; i < k->n; i++) {
         h ^= (uint64_t)k->v[i];
         h *= 1099511628211ull;
@@ -102,10 +118,17 @@ static uint64_t key_hash(const df_dnnl_key *k) {
 
 /* ------------------------------------------------------------------ entries ----------------- */
 
+/* A primitive with its user-managed scratchpad (size 0 = none). */
+typedef struct scratch_prim {
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t scratch_md;
+    size_t scratch_bytes;
+} scratch_prim;
+
 typedef struct prim_arg {
     df_dnnl_arg_spec spec;
     dnnl_memory_desc_t prim_md; /* the layout the primitive uses */
-    dnnl_primitive_t reorder;   /* user <-> primitive layout, NULL when none is needed */
+    scratch_prim reorder;       /* user <-> primitive layout, .prim NULL when none is needed */
     size_t prim_bytes;
 } prim_arg;
 
@@ -116,33 +139,32 @@ struct df_dnnl_prim {
     uint64_t last_use;
     struct df_dnnl_prim *next; /* hash chain */
     dnnl_primitive_desc_t pd;
-    dnnl_primitive_t prim;
+    scratch_prim main;
     int n_args;
     prim_arg args[DF_DNNL_MAX_ARGS];
 };
 
-static void reorder_create(dnnl_primitive_t *out, const dnnl_memory_desc_t *src,
+static void scratch_prim_create(scratch_prim *sp, const_dnnl_primitive_desc_t pd) {
+    DF_DNNL_CHECK("dnnl", dnnl_primitive_create(&sp->prim, pd));
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    sp->scratch_bytes = md ? dnnl_memory_desc_get_size(md) : 0;
+    if (sp->scratch_bytes) sp->scratch_md = *md;
+}
+
+static void reorder_create(scratch_prim *out, const dnnl_memory_desc_t *src,
                            const dnnl_memory_desc_t *dst, bool accumulate) {
-    dnnl_primitive_attr_t attr = NULL;
-    if (accumulate) {
-        dnnl_post_ops_t po;
-        DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_create(&attr));
-        DF_DNNL_CHECK("dnnl", dnnl_post_ops_create(&po));
-        DF_DNNL_CHECK("dnnl", dnnl_post_ops_append_sum(po, 1.0f));
-        DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_set_post_ops(attr, po));
-        dnnl_post_ops_destroy(po);
-    }
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(accumulate);
     dnnl_engine_t e = df_dnnl_engine();
     dnnl_primitive_desc_t pd;
     DF_DNNL_CHECK("dnnl", dnnl_reorder_primitive_desc_create(&pd, src, e, dst, e, attr));
-    DF_DNNL_CHECK("dnnl", dnnl_primitive_create(out, pd));
+    scratch_prim_create(out, pd);
     dnnl_primitive_desc_destroy(pd);
-    if (attr) dnnl_primitive_attr_destroy(attr);
+    dnnl_primitive_attr_destroy(attr);
 }
 
 /* Builds the entry's arguments: the primitive's layout for each and the reorder between. */
 static void entry_finish(df_dnnl_prim *p, const df_dnnl_arg_spec *specs) {
-    DF_DNNL_CHECK("dnnl", dnnl_primitive_create(&p->prim, p->pd));
+    scratch_prim_create(&p->main, p->pd);
     for (int i = 0; i < p->n_args; i++) {
         prim_arg *a = &p->args[i];
         a->spec = specs[i];
@@ -168,8 +190,8 @@ static void entry_finish(df_dnnl_prim *p, const df_dnnl_arg_spec *specs) {
 
 static void entry_destroy(df_dnnl_prim *p) {
     for (int i = 0; i < p->n_args; i++)
-        if (p->args[i].reorder) dnnl_primitive_destroy(p->args[i].reorder);
-    if (p->prim) dnnl_primitive_destroy(p->prim);
+        if (p->args[i].reorder.prim) dnnl_primitive_destroy(p->args[i].reorder.prim);
+    if (p->main.prim) dnnl_primitive_destroy(p->main.prim);
     if (p->pd) dnnl_primitive_desc_destroy(p->pd);
     free(p);
 }
@@ -177,7 +199,6 @@ static void entry_destroy(df_dnnl_prim *p) {
 /* ------------------------------------------------------------------ the cache --------------- */
 
 #define CACHE_BUCKETS 256
-#define CACHE_CAPACITY 512
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static df_dnnl_prim *buckets[CACHE_BUCKETS];
@@ -203,7 +224,13 @@ static void evict_one_locked(void) {
     if (--p->refcount == 0) entry_destroy(p);
 }
 
-df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, void *ctx) {
+df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *user_key, df_dnnl_build_fn build, void *ctx) {
+    /* oneDNN fixes a primitive's thread count when it is created: the key includes it, so a
+     * change of omp_set_num_threads gets new primitives instead of silently keeping the old
+     * count */
+    df_dnnl_key k = *user_key;
+    df_dnnl_key_push(&k, k.threads ? k.threads : omp_get_max_threads());
+    const df_dnnl_key *key = &k;
     uint64_t h = key_hash(key);
     pthread_mutex_lock(&cache_lock);
     df_dnnl_prim *p = lookup_locked(key, h);
@@ -223,10 +250,14 @@ df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, v
     fresh->hash = h;
     df_dnnl_arg_spec specs[DF_DNNL_MAX_ARGS];
     memset(specs, 0, sizeof specs);
+    /* oneDNN reads the thread count when it creates the primitive descriptor */
+    int prev_threads = omp_get_max_threads();
+    if (key->threads) omp_set_num_threads(key->threads);
     build(ctx, &fresh->pd, &fresh->n_args, specs);
     DF_ASSERT(fresh->n_args >= 0 && fresh->n_args <= DF_DNNL_MAX_ARGS, "dnnl: %d arguments",
               fresh->n_args);
     entry_finish(fresh, specs);
+    if (key->threads) omp_set_num_threads(prev_threads);
 
     pthread_mutex_lock(&cache_lock);
     p = lookup_locked(key, h);
@@ -237,7 +268,7 @@ df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, v
         entry_destroy(fresh);
         return p;
     }
-    while (n_entries >= CACHE_CAPACITY) evict_one_locked();
+    while (n_entries >= DF_DNNL_CACHE_CAPACITY) evict_one_locked();
     fresh->refcount = 2; /* the table and the caller */
     fresh->last_use = ++use_clock;
     fresh->next = buckets[h % CACHE_BUCKETS];
@@ -268,39 +299,61 @@ df_dnnl_cache_stats df_dnnl_cache_get_stats(void) {
 
 /* ------------------------------------------------------------------ execution --------------- */
 
-static void run_reorder(const char *opname, dnnl_primitive_t r, dnnl_memory_t from,
+/* Executes sp with n arguments plus its scratchpad (allocated from the pool for this call). */
+static void run_scratch(const char *opname, const scratch_prim *sp, int n, dnnl_exec_arg_t *args) {
+    void *buf = NULL;
+    dnnl_memory_t mem = NULL;
+    if (sp->scratch_bytes) {
+        buf = df_mem_alloc(sp->scratch_bytes);
+        DF_ASSERT(buf, "%s: %s", opname, df_last_error());
+        DF_DNNL_CHECK(opname, dnnl_memory_create(&mem, &sp->scratch_md, df_dnnl_engine(), buf));
+        args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mem};
+    }
+    DF_DNNL_CHECK(opname, dnnl_primitive_execute(sp->prim, df_dnnl_stream(), n, args));
+    if (mem) {
+        /* the stream is in-order and CPU execution synchronous, but wait before freeing anyway */
+        DF_DNNL_CHECK(opname, dnnl_stream_wait(df_dnnl_stream()));
+        dnnl_memory_destroy(mem);
+        df_mem_free(buf, sp->scratch_bytes);
+    }
+}
+
+static void run_reorder(const char *opname, const scratch_prim *r, dnnl_memory_t from,
                         dnnl_memory_t to) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-    DF_DNNL_CHECK(opname, dnnl_primitive_execute(r, df_dnnl_stream(), 2, args));
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    run_scratch(opname, r, 2, args);
 }
 
 void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs) {
+    /* ... and some implementations read it again when they execute */
+    int prev_threads = omp_get_max_threads();
+    if (p->key.threads) omp_set_num_threads(p->key.threads);
     dnnl_engine_t e = df_dnnl_engine();
-    dnnl_stream_t s = df_dnnl_stream();
     dnnl_memory_t user[DF_DNNL_MAX_ARGS] = {0}, prim[DF_DNNL_MAX_ARGS] = {0};
     void *tmp[DF_DNNL_MAX_ARGS] = {0};
-    dnnl_exec_arg_t exec[DF_DNNL_MAX_ARGS];
+    dnnl_exec_arg_t exec[DF_DNNL_MAX_ARGS + 1];
     for (int i = 0; i < p->n_args; i++) {
         prim_arg *a = &p->args[i];
         DF_DNNL_CHECK(opname, dnnl_memory_create(&user[i], &a->spec.user, e, ptrs[i]));
-        if (a->reorder) {
+        if (a->reorder.prim) {
             tmp[i] = df_mem_alloc(a->prim_bytes);
             DF_ASSERT(tmp[i], "%s: %s", opname, df_last_error());
             DF_DNNL_CHECK(opname, dnnl_memory_create(&prim[i], &a->prim_md, e, tmp[i]));
-            if (a->spec.dir == DF_DNNL_IN) run_reorder(opname, a->reorder, user[i], prim[i]);
+            if (a->spec.dir == DF_DNNL_IN) run_reorder(opname, &a->reorder, user[i], prim[i]);
         }
-        exec[i] = (dnnl_exec_arg_t){a->spec.arg, a->reorder ? prim[i] : user[i]};
+        exec[i] = (dnnl_exec_arg_t){a->spec.arg, a->reorder.prim ? prim[i] : user[i]};
     }
-    DF_DNNL_CHECK(opname, dnnl_primitive_execute(p->prim, s, p->n_args, exec));
+    run_scratch(opname, &p->main, p->n_args, exec);
     for (int i = 0; i < p->n_args; i++) {
         prim_arg *a = &p->args[i];
-        if (a->reorder && a->spec.dir != DF_DNNL_IN)
-            run_reorder(opname, a->reorder, prim[i], user[i]);
+        if (a->reorder.prim && a->spec.dir != DF_DNNL_IN)
+            run_reorder(opname, &a->reorder, prim[i], user[i]);
     }
-    DF_DNNL_CHECK(opname, dnnl_stream_wait(s));
+    DF_DNNL_CHECK(opname, dnnl_stream_wait(df_dnnl_stream()));
     for (int i = 0; i < p->n_args; i++) {
         dnnl_memory_destroy(user[i]);
         if (prim[i]) dnnl_memory_destroy(prim[i]);
         if (tmp[i]) df_mem_free(tmp[i], p->args[i].prim_bytes);
     }
+    if (p->key.threads) omp_set_num_threads(prev_threads);
 }

@@ -29,14 +29,22 @@ dnnl_engine_t df_dnnl_engine(void);
 dnnl_stream_t df_dnnl_stream(void);
 
 /* Stops with "<opname>: <call> failed: <status name>" (see the header comment). */
-void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file,
-                  int line) __attribute__((noreturn));
-#define DF_DNNL_CHECK(opname, call)                                                               \
-    do {                                                                                          \
-        dnnl_status_t df_dnnl_s_ = (call);                                                        \
-        if (df_dnnl_s_ != dnnl_success)                                                           \
-            df_dnnl_fail(opname, #call, df_dnnl_s_, __FILE__, __LINE__);                         \
+void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file, int line)
+    __attribute__((noreturn));
+#define DF_DNNL_CHECK(opname, call)                                                                \
+    do {                                                                                           \
+        dnnl_status_t df_dnnl_s_ = (call);                                                         \
+        if (df_dnnl_s_ != dnnl_success)                                                            \
+            df_dnnl_fail(opname, #call, df_dnnl_s_, __FILE__, __LINE__);                           \
     } while (0)
+
+/* A new primitive attribute (the caller destroys it) with a user-managed scratchpad and, when
+ * `sum`, a sum post-op (dst = result + dst). Every primitive is created with one: the library's
+ * default scratchpad is shared by all primitives of the process (unless oneDNN was built with
+ * DNNL_ENABLE_CONCURRENT_EXEC, which Debian's is not), so two threads running the backward-weights
+ * convolution at once corrupted each other's reduction buffers and barriers and hung; with a user
+ * scratchpad each execution gets its own (df_dnnl_prim_run allocates it from the memory pool). */
+dnnl_primitive_attr_t df_dnnl_attr_new(bool sum);
 
 /* Memory descriptors of F32 tensors: by tag (dnnl_format_tag_any for "primitive chooses"), and
  * by explicit strides in elements (transposed views). */
@@ -47,13 +55,26 @@ dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims);
 
 /* ------------------------------------------------------------------ primitive cache --------- */
 
-#define DF_DNNL_KEY_MAX 48
+#define DF_DNNL_KEY_MAX 48 /* one slot is taken by the cache (the thread count) */
+
+/* Results must not depend on the thread count (resume must be exact). oneDNN splits some long
+ * reductions across threads — convolution backward-weights over the batch and pixels, a GEMM
+ * over a long inner dim (matmul backward, linear's weight gradient) — so their sums changed
+ * between 1 and 2 threads (up to 4e-3 on the benchmark shapes). Primitives doing such a
+ * reduction set key.threads = DF_DNNL_REDUCTION_THREADS: they are created and run with exactly
+ * that many OpenMP threads whatever OMP_NUM_THREADS says, which fixes the split. The price: on
+ * a machine with more cores those primitives use only this many. Override with
+ * -DDF_DNNL_REDUCTION_THREADS=n at build time (results then differ from other builds). */
+#ifndef DF_DNNL_REDUCTION_THREADS
+#define DF_DNNL_REDUCTION_THREADS 2
+#endif
 
 /* What identifies a primitive: the op kind (an op-private enum value, distinct per op file via
  * df_dnnl_kind) and up to DF_DNNL_KEY_MAX integers (shapes, params, flags). Zero-initialise,
  * then push values. */
 typedef struct df_dnnl_key {
     int kind;
+    int threads; /* 0: run with the caller's omp_get_max_threads(); > 0: see below */
     int n;
     int64_t v[DF_DNNL_KEY_MAX];
 } df_dnnl_key;
@@ -78,7 +99,7 @@ enum {
 typedef enum df_dnnl_dir { DF_DNNL_IN, DF_DNNL_OUT, DF_DNNL_OUT_ACC } df_dnnl_dir;
 
 typedef struct df_dnnl_arg_spec {
-    int arg;                 /* DNNL_ARG_SRC, ... */
+    int arg; /* DNNL_ARG_SRC, ... */
     df_dnnl_dir dir;
     dnnl_memory_desc_t user; /* the plain layout of our tensor */
 } df_dnnl_arg_spec;
@@ -93,8 +114,8 @@ typedef void (*df_dnnl_build_fn)(void *ctx, dnnl_primitive_desc_t *pd, int *n_ar
 
 typedef struct df_dnnl_prim df_dnnl_prim;
 
-/* The cached primitive for key, built with build(ctx) on a miss. The caller holds a reference
- * until df_dnnl_prim_put. */
+/* The cached primitive for (key, current omp_get_max_threads()), built with build(ctx) on a
+ * miss. The caller holds a reference until df_dnnl_prim_put. */
 df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, void *ctx);
 void df_dnnl_prim_put(df_dnnl_prim *p);
 /* Borrowed while the reference is held. */
@@ -102,6 +123,9 @@ const_dnnl_primitive_desc_t df_dnnl_prim_pd(const df_dnnl_prim *p);
 /* Executes with user data pointers in the order of the build's args (reorders included) and
  * waits for completion. */
 void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs);
+
+/* At most this many primitives are kept; the least recently used is evicted beyond. */
+#define DF_DNNL_CACHE_CAPACITY 512
 
 /* Cache statistics (tests): entries held, hits and misses since start. */
 typedef struct df_dnnl_cache_stats {
@@ -127,8 +151,10 @@ typedef struct df_dnnl_mat {
 df_dnnl_mat df_dnnl_mat_of(const float *data, int ndim, const int64_t *stored_dims, bool trans);
 
 /* c (= or +=) a * b (+ bias broadcast over rows when bias != NULL, length = c's cols) with
- * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). */
+ * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). `reduction`:
+ * the product is a gradient reduction (backward), run with DF_DNNL_REDUCTION_THREADS. */
 void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                    const float *bias, float *c, const int64_t *c_dims, bool accumulate);
+                    const float *bias, float *c, const int64_t *c_dims, bool accumulate,
+                    bool reduction);
 
 #endif

@@ -45,19 +45,11 @@ static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     bias_dims[nd - 1] = c->c_dims[nd - 1];
     dnnl_memory_desc_t bias_md = df_dnnl_md_plain(nd, bias_dims);
     dnnl_matmul_desc_t d;
-    DF_DNNL_CHECK("matmul", dnnl_matmul_desc_init(&d, &a_md, &b_md, c->bias ? &bias_md : NULL,
-                                                  &c_md));
-    dnnl_primitive_attr_t attr = NULL;
-    if (c->accumulate) {
-        dnnl_post_ops_t po;
-        DF_DNNL_CHECK("matmul", dnnl_primitive_attr_create(&attr));
-        DF_DNNL_CHECK("matmul", dnnl_post_ops_create(&po));
-        DF_DNNL_CHECK("matmul", dnnl_post_ops_append_sum(po, 1.0f));
-        DF_DNNL_CHECK("matmul", dnnl_primitive_attr_set_post_ops(attr, po));
-        dnnl_post_ops_destroy(po);
-    }
+    DF_DNNL_CHECK("matmul",
+                  dnnl_matmul_desc_init(&d, &a_md, &b_md, c->bias ? &bias_md : NULL, &c_md));
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(c->accumulate);
     DF_DNNL_CHECK("matmul", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
-    if (attr) dnnl_primitive_attr_destroy(attr);
+    dnnl_primitive_attr_destroy(attr);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, a_md};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, b_md};
@@ -68,7 +60,8 @@ static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
 }
 
 void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                    const float *bias, float *c, const int64_t *c_dims, bool accumulate) {
+                    const float *bias, float *c, const int64_t *c_dims, bool accumulate,
+                    bool reduction) {
     int nd = a->ndim;
     DF_ASSERT(b->ndim == nd, "%s: matmul operands with %d and %d dims", opname, nd, b->ndim);
     DF_ASSERT(a->dims[nd - 1] == b->dims[nd - 2] && a->dims[nd - 2] == c_dims[nd - 2] &&
@@ -76,7 +69,8 @@ void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat 
               "%s: matmul (%lld x %lld) * (%lld x %lld) -> (%lld x %lld)", opname,
               (long long)a->dims[nd - 2], (long long)a->dims[nd - 1], (long long)b->dims[nd - 2],
               (long long)b->dims[nd - 1], (long long)c_dims[nd - 2], (long long)c_dims[nd - 1]);
-    df_dnnl_key key = {.kind = DF_DNNL_KIND_MATMUL};
+    df_dnnl_key key = {.kind = DF_DNNL_KIND_MATMUL,
+                       .threads = reduction ? DF_DNNL_REDUCTION_THREADS : 0};
     df_dnnl_key_push(&key, nd);
     df_dnnl_key_push_n(&key, nd, a->dims);
     df_dnnl_key_push_n(&key, nd, a->strides);

@@ -48,8 +48,8 @@ static double last_min; /* minimum ms of the last timed case */
 typedef enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_WEIGHTS } conv_pass;
 
 /* Median ms of one conv pass. */
-static double time_conv(df_tensor *x, df_tensor *w, df_tensor *b, df_tensor *gy,
-                        df_conv2d_params p, conv_pass pass) {
+static double time_conv(df_tensor *x, df_tensor *w, df_tensor *b, df_tensor *gy, df_conv2d_params p,
+                        conv_pass pass) {
     double *t = malloc(sizeof(double) * (size_t)iters);
     df_tensor_set_requires_grad(x, pass == CONV_BWD_DATA);
     df_tensor_set_requires_grad(w, pass == CONV_BWD_WEIGHTS);

@@ -8,7 +8,9 @@
 #   DF_BENCH_ITERS=3 DF_BENCH_BATCH=8 bench/run-ops.sh   # a quick smoke run
 #   DF_CONV_LAYOUT=nhwc bench/run-ops.sh  # another conv layout (docs/layout.md)
 #   DF_BENCH_THREADS=1 DF_BENCH_CLOCK=cpu bench/run-ops.sh  # CPU time, 1 thread: for a machine
-#                                         # shared with other jobs (not the headline numbers)
+#                                         # shared with other jobs (not the headline numbers;
+#                                         # our conv_bwd_weights still runs DF_DNNL_REDUCTION_THREADS
+#                                         # = 2 threads, see autograd/dnnl_impl.h)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

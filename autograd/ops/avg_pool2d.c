@@ -46,8 +46,11 @@ df_tensor *df_avg_pool2d(df_tensor *x, int kernel, int stride) {
     DF_ASSERT(x->ndim == 4 && kernel >= 1 && stride >= 1 && x->shape[2] >= kernel &&
                   x->shape[3] >= kernel,
               "avg_pool2d: x %s, kernel %d, stride %d", sx, kernel, stride);
-    pool_params p = {.P = x->shape[0] * x->shape[1], .H = x->shape[2], .W = x->shape[3],
-                     .k = kernel, .s = stride};
+    pool_params p = {.P = x->shape[0] * x->shape[1],
+                     .H = x->shape[2],
+                     .W = x->shape[3],
+                     .k = kernel,
+                     .s = stride};
     p.OH = (p.H - kernel) / stride + 1;
     p.OW = (p.W - kernel) / stride + 1;
     const int64_t H = p.H, W = p.W, OH = p.OH, OW = p.OW, k = kernel, s = stride;

@@ -11,7 +11,9 @@
  *     (2) dw += conv_backward_weights(x, G)            (correlation of x with G)
  *     (3) db += sum_{n, i, j} G[n, o, i, j]            (from the same primitive as (2))
  *     both backward primitive descriptors are created with the forward one as hint; results are
- *     added into the gradients by a reorder with a sum post-op.
+ *     added into the gradients by a reorder with a sum post-op. (2) and (3) sum over the batch
+ *     and pixels, which oneDNN splits across threads: that primitive runs with
+ *     DF_DNNL_REDUCTION_THREADS threads (dnnl_impl.h) so the sums do not follow the thread count.
  *   saved: nothing (x, w are the node's inputs).
  *
  * Layout: DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the primitive is asked for
@@ -41,7 +43,7 @@ static void layout_init(void) {
 typedef struct conv_shape {
     int64_t N, C, H, W, O, KH, KW, OH, OW;
     df_conv2d_params p;
-    bool bias;      /* forward: has bias; backward weights: computes the bias gradient */
+    bool bias; /* forward: has bias; backward weights: computes the bias gradient */
     int layout;
 } conv_shape;
 
@@ -51,9 +53,22 @@ df_conv2d_params df_conv2d_default(void) {
 
 static df_dnnl_key conv_key(int kind, const conv_shape *s) {
     df_dnnl_key k = {.kind = kind};
-    int64_t v[] = {s->N, s->C, s->H, s->W, s->O, s->KH, s->KW, s->p.stride[0], s->p.stride[1],
-                   s->p.padding[0], s->p.padding[1], s->p.dilation[0], s->p.dilation[1],
-                   s->p.groups, s->bias, s->layout};
+    int64_t v[] = {s->N,
+                   s->C,
+                   s->H,
+                   s->W,
+                   s->O,
+                   s->KH,
+                   s->KW,
+                   s->p.stride[0],
+                   s->p.stride[1],
+                   s->p.padding[0],
+                   s->p.padding[1],
+                   s->p.dilation[0],
+                   s->p.dilation[1],
+                   s->p.groups,
+                   s->bias,
+                   s->layout};
     df_dnnl_key_push_n(&k, (int)(sizeof v / sizeof v[0]), v);
     return k;
 }
@@ -97,11 +112,13 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     conv_mds m;
     conv_mds_init(s, &m);
     dnnl_convolution_desc_t d;
-    DF_DNNL_CHECK("conv2d", dnnl_dilated_convolution_forward_desc_init(
-                                &d, dnnl_forward_training, dnnl_convolution_direct, &m.src, &m.w,
-                                s->bias ? &m.b : NULL, &m.dst, m.strides, m.dilates, m.pad_l,
-                                m.pad_r));
-    DF_DNNL_CHECK("conv2d", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(), NULL));
+    DF_DNNL_CHECK("conv2d",
+                  dnnl_dilated_convolution_forward_desc_init(
+                      &d, dnnl_forward_training, dnnl_convolution_direct, &m.src, &m.w,
+                      s->bias ? &m.b : NULL, &m.dst, m.strides, m.dilates, m.pad_l, m.pad_r));
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("conv2d", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
+    dnnl_primitive_attr_destroy(attr);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
@@ -133,8 +150,10 @@ static void bwd_data_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
                                          &d, dnnl_convolution_direct, &m.src, &m.w, &m.dst,
                                          m.strides, m.dilates, m.pad_l, m.pad_r));
     df_dnnl_prim *hint = fwd_hint(&c->s, c->fwd_bias);
-    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(),
                                                                 df_dnnl_prim_pd(hint)));
+    dnnl_primitive_attr_destroy(attr);
     df_dnnl_prim_put(hint);
     args[0] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_DST, DF_DNNL_IN, m.dst_user};
     args[1] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
@@ -153,8 +172,10 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
                       &d, dnnl_convolution_direct, &m.src, &m.w, c->s.bias ? &m.b : NULL, &m.dst,
                       m.strides, m.dilates, m.pad_l, m.pad_r));
     df_dnnl_prim *hint = fwd_hint(&c->s, c->fwd_bias);
-    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(),
                                                                 df_dnnl_prim_pd(hint)));
+    dnnl_primitive_attr_destroy(attr);
     df_dnnl_prim_put(hint);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};
@@ -166,6 +187,7 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
 
 static void conv2d_backward(df_node *n, const df_tensor *g) {
     const conv_shape *s = n->state;
+    if (g->numel == 0 || s->C == 0) return;
     df_tensor *x = n->inputs[0], *w = n->inputs[1];
     df_tensor *gx = df_node_grad(n, 0);
     df_tensor *gw = df_node_grad(n, 1);
@@ -176,13 +198,13 @@ static void conv2d_backward(df_node *n, const df_tensor *g) {
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_DATA, &c.s);
         k.v[k.n++] = c.fwd_bias;
         df_dnnl_prim *p = df_dnnl_prim_get(&k, bwd_data_build, &c);
-        df_dnnl_prim_run("conv2d backward", p,
-                         (void *[]){df_f32(g), df_f32(w), df_f32(gx)});
+        df_dnnl_prim_run("conv2d backward", p, (void *[]){df_f32(g), df_f32(w), df_f32(gx)});
         df_dnnl_prim_put(p);
     }
     if (gw || gb) { /* (2), (3) */
         c.s.bias = gb != NULL;
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_WEIGHTS, &c.s);
+        k.threads = DF_DNNL_REDUCTION_THREADS; /* a split of the batch sum fixed by us */
         k.v[k.n++] = c.fwd_bias;
         /* the primitive always makes dw: without a weight gradient it goes to a scratch tensor */
         df_tensor *dw = gw;
@@ -210,10 +232,16 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
     DF_ASSERT(p.groups >= 1 && p.stride[0] >= 1 && p.stride[1] >= 1 && p.dilation[0] >= 1 &&
                   p.dilation[1] >= 1 && p.padding[0] >= 0 && p.padding[1] >= 0,
               "conv2d: bad params stride (%d, %d) padding (%d, %d) dilation (%d, %d) groups %d",
-              p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0],
-              p.dilation[1], p.groups);
-    conv_shape s = {.N = x->shape[0], .C = x->shape[1], .H = x->shape[2], .W = x->shape[3],
-                    .O = w->shape[0], .KH = w->shape[2], .KW = w->shape[3], .p = p,
+              p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
+              p.groups);
+    conv_shape s = {.N = x->shape[0],
+                    .C = x->shape[1],
+                    .H = x->shape[2],
+                    .W = x->shape[3],
+                    .O = w->shape[0],
+                    .KH = w->shape[2],
+                    .KW = w->shape[3],
+                    .p = p,
                     .bias = bias != NULL};
     DF_ASSERT(s.C % p.groups == 0 && s.O % p.groups == 0 && w->shape[1] == s.C / p.groups,
               "conv2d: x %s, weight %s, groups %d", sx, sw, p.groups);

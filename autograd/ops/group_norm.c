@@ -57,8 +57,7 @@ static void group_norm_backward(df_node *n, const df_tensor *gout) {
                 float k1 = (float)rs, k2 = (float)(rs * a), k3 = (float)(rs * bq * rs),
                       fmu = (float)mu;
 #pragma omp simd
-                for (int64_t s = 0; s < S; s++)
-                    dc[s] += k1 * wc * gc[s] - k2 - k3 * (xc[s] - fmu);
+                for (int64_t s = 0; s < S; s++) dc[s] += k1 * wc * gc[s] - k2 - k3 * (xc[s] - fmu);
             }
         }
     }
@@ -86,8 +85,7 @@ static void group_norm_backward(df_node *n, const df_tensor *gout) {
 
 static const df_op group_norm_op = {"group_norm", group_norm_backward, NULL};
 
-df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor *bias,
-                         float eps) {
+df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor *bias, float eps) {
     DF_ASSERT_F32("group_norm", x);
     char sx[64], sp[64];
     df_shape_str(x, sx, sizeof sx);
@@ -100,9 +98,8 @@ df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor 
     for (int i = 0; i < 2; i++)
         if (params[i]) {
             DF_ASSERT_F32("group_norm", params[i]);
-            DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.C,
-                      "group_norm: %s %s for x %s", i ? "bias" : "weight",
-                      df_shape_str(params[i], sp, sizeof sp), sx);
+            DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.C, "group_norm: %s %s for x %s",
+                      i ? "bias" : "weight", df_shape_str(params[i], sp, sizeof sp), sx);
         }
     const int64_t N = p.N, C = p.C, S = p.S, G = p.G, Cg = C / G;
     int64_t ng_dims[2] = {N, G};

@@ -6,17 +6,20 @@
  *   forward:  oneDNN layer normalization, forward_training when a node is recorded (it outputs
  *             mean and variance, saved for backward), forward_inference otherwise; the affine
  *             parameters are separate memories (flags dnnl_use_scale / dnnl_use_shift of 2.6).
- *   backward (G = dy), by oneDNN's backward primitive (prop backward when affine, else
- *   backward_data), the forward primitive descriptor as hint:
- *     (1) dx += rstd (G w - mean(G w) - xhat mean(G w xhat))
- *     (2) dw += sum_rows G xhat
- *     (3) db += sum_rows G
- *     results are added into the gradients by a reorder with a sum post-op; a gradient the
- *     primitive must produce but nobody needs goes to a scratch tensor.
+ *   backward (G = dy):
+ *     (1) dx += rstd (G w - mean(G w) - xhat mean(G w xhat))   oneDNN's backward primitive
+ *         (backward_data; with affine flags 2.6 implements only prop backward, whose parameter
+ *         gradients are discarded), the forward primitive descriptor as hint, added into dx by a
+ *         reorder with a sum post-op; each row is reduced by one thread, so the result does not
+ *         depend on the thread count
+ *     (2) dw += sum_rows G xhat     our loop: column blocks in parallel, rows in order, in double
+ *     (3) db += sum_rows G          (oneDNN's diff_scale/diff_shift split the row sum across
+ *                                   threads and changed with the thread count: not used)
  *   saved: mean (M), variance (M).
  */
 #include "autograd/dnnl_impl.h"
 
+#include <math.h>
 #include <string.h>
 
 typedef struct lnorm_params {
@@ -46,11 +49,13 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     dnnl_memory_desc_t stat = df_dnnl_md_tag(1, &p->M, dnnl_a);
     dnnl_memory_desc_t param = df_dnnl_md_tag(1, &p->D, dnnl_a);
     dnnl_layer_normalization_desc_t d;
-    DF_DNNL_CHECK("layer_norm", dnnl_layer_normalization_forward_desc_init(
-                                    &d, p->training ? dnnl_forward_training
-                                                    : dnnl_forward_inference,
-                                    &data, &stat, p->eps, lnorm_flags(p)));
-    DF_DNNL_CHECK("layer_norm", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(), NULL));
+    DF_DNNL_CHECK("layer_norm",
+                  dnnl_layer_normalization_forward_desc_init(
+                      &d, p->training ? dnnl_forward_training : dnnl_forward_inference, &data,
+                      &stat, p->eps, lnorm_flags(p)));
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("layer_norm", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
+    dnnl_primitive_attr_destroy(attr);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, data};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DST, DF_DNNL_OUT, data};
@@ -69,16 +74,21 @@ static void bwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     dnnl_memory_desc_t data = df_dnnl_md_tag(2, dims, dnnl_ab);
     dnnl_memory_desc_t stat = df_dnnl_md_tag(1, &p->M, dnnl_a);
     dnnl_memory_desc_t param = df_dnnl_md_tag(1, &p->D, dnnl_a);
+    /* 2.6 implements backward_data only without affine flags; with them it is prop backward,
+     * whose diff_scale / diff_shift go to a scratch buffer and are ignored (see (2), (3)) */
+    lnorm_params h = *p;
+    h.training = true;
     bool affine = p->scale || p->shift;
     dnnl_layer_normalization_desc_t d;
-    DF_DNNL_CHECK("layer_norm backward",
-                  dnnl_layer_normalization_backward_desc_init(
-                      &d, affine ? dnnl_backward : dnnl_backward_data, &data, &data, &stat,
-                      p->eps, lnorm_flags(p)));
-    df_dnnl_key hk = lnorm_key(DF_DNNL_KIND_LNORM_FWD, p);
-    df_dnnl_prim *hint = df_dnnl_prim_get(&hk, fwd_build, (void *)p);
-    DF_DNNL_CHECK("layer_norm backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+    DF_DNNL_CHECK("layer_norm backward", dnnl_layer_normalization_backward_desc_init(
+                                             &d, affine ? dnnl_backward : dnnl_backward_data, &data,
+                                             &data, &stat, p->eps, lnorm_flags(&h)));
+    df_dnnl_key hk = lnorm_key(DF_DNNL_KIND_LNORM_FWD, &h);
+    df_dnnl_prim *hint = df_dnnl_prim_get(&hk, fwd_build, &h);
+    dnnl_primitive_attr_t attr = df_dnnl_attr_new(false);
+    DF_DNNL_CHECK("layer_norm backward", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(),
                                                                     df_dnnl_prim_pd(hint)));
+    dnnl_primitive_attr_destroy(attr);
     df_dnnl_prim_put(hint);
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, data};
@@ -89,41 +99,67 @@ static void bwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     /* 2.6 asks for the shift memory in backward too (unused by the math) */
     if (p->shift) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SHIFT, DF_DNNL_IN, param};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SRC, DF_DNNL_OUT_ACC, data};
-    if (p->scale) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SCALE, DF_DNNL_OUT_ACC, param};
-    if (p->shift) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SHIFT, DF_DNNL_OUT_ACC, param};
+    if (p->scale) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SCALE, DF_DNNL_OUT, param};
+    if (p->shift) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SHIFT, DF_DNNL_OUT, param};
     *n_args = n;
 }
 
-/* The gradient accumulator of input i, or a zeroed scratch tensor (*scratch set) when the
- * primitive writes a gradient nobody needs. */
-static float *grad_or_scratch(df_node *n, int i, int64_t numel, df_tensor **scratch) {
-    df_tensor *g = n->inputs[i] ? df_node_grad(n, i) : NULL;
-    if (g) return df_f32(g);
-    *scratch = df_tensor_new_unscoped(DF_DTYPE_F32, 1, &numel);
-    memset((*scratch)->data, 0, (size_t)numel * sizeof(float));
-    return df_f32(*scratch);
+/* (2), (3): column blocks in parallel, rows summed in order in double. */
+static void param_grads(const lnorm_params *p, const float *x, const float *g, const float *mean,
+                        const float *var, float *dw, float *db) {
+    const int64_t M = p->M, D = p->D;
+#pragma omp parallel for schedule(static) if (M * D > 65536)
+    for (int64_t j0 = 0; j0 < D; j0 += 64) {
+        int64_t j1 = j0 + 64 < D ? j0 + 64 : D;
+        double aw[64] = {0}, ab[64] = {0};
+        for (int64_t r = 0; r < M; r++) {
+            const float *xr = x + r * D, *gr = g + r * D;
+            double mu = mean[r], rs = 1.0 / sqrt((double)var[r] + (double)p->eps);
+            for (int64_t j = j0; j < j1; j++) {
+                aw[j - j0] += (double)gr[j] * ((xr[j] - mu) * rs);
+                ab[j - j0] += gr[j];
+            }
+        }
+        for (int64_t j = j0; j < j1; j++) {
+            if (dw) dw[j] += (float)aw[j - j0];
+            if (db) db[j] += (float)ab[j - j0];
+        }
+    }
 }
 
 static void layer_norm_backward(df_node *n, const df_tensor *g) {
     const lnorm_params *p = n->state;
     if (p->M == 0) return;
-    df_tensor *scratch[3] = {NULL, NULL, NULL};
-    void *ptrs[DF_DNNL_MAX_ARGS];
-    int k = 0;
-    ptrs[k++] = df_f32(n->inputs[0]);
-    ptrs[k++] = df_f32(n->saved[0]);
-    ptrs[k++] = df_f32(n->saved[1]);
-    ptrs[k++] = df_f32(g);
-    if (p->scale) ptrs[k++] = df_f32(n->inputs[1]);
-    if (p->shift) ptrs[k++] = df_f32(n->inputs[2]);
-    ptrs[k++] = grad_or_scratch(n, 0, p->M * p->D, &scratch[0]); /* (1) */
-    if (p->scale) ptrs[k++] = grad_or_scratch(n, 1, p->D, &scratch[1]); /* (2) */
-    if (p->shift) ptrs[k++] = grad_or_scratch(n, 2, p->D, &scratch[2]); /* (3) */
-    df_dnnl_key key = lnorm_key(DF_DNNL_KIND_LNORM_BWD, p);
-    df_dnnl_prim *prim = df_dnnl_prim_get(&key, bwd_build, (void *)p);
-    df_dnnl_prim_run("layer_norm backward", prim, ptrs);
-    df_dnnl_prim_put(prim);
-    for (int i = 0; i < 3; i++) df_tensor_free(scratch[i]);
+    const float *mean = df_f32(n->saved[0]), *var = df_f32(n->saved[1]);
+    df_tensor *gx = df_node_grad(n, 0);
+    if (gx) { /* (1) */
+        void *ptrs[DF_DNNL_MAX_ARGS];
+        int k = 0;
+        ptrs[k++] = df_f32(n->inputs[0]);
+        ptrs[k++] = (void *)mean;
+        ptrs[k++] = (void *)var;
+        ptrs[k++] = df_f32(g);
+        if (p->scale) ptrs[k++] = df_f32(n->inputs[1]);
+        if (p->shift) ptrs[k++] = df_f32(n->inputs[2]);
+        ptrs[k++] = df_f32(gx);
+        float ignored[2 * 64], *junk = ignored; /* oneDNN's parameter gradients, unused */
+        if (p->D > 64) junk = df_mem_alloc(2 * (size_t)p->D * sizeof(float));
+        DF_ASSERT(junk, "layer_norm backward: %s", df_last_error());
+        if (p->scale) ptrs[k++] = junk;
+        if (p->shift) ptrs[k++] = junk + p->D;
+        lnorm_params b = *p;
+        b.training = true;
+        df_dnnl_key key = lnorm_key(DF_DNNL_KIND_LNORM_BWD, &b);
+        df_dnnl_prim *prim = df_dnnl_prim_get(&key, bwd_build, (void *)p);
+        df_dnnl_prim_run("layer_norm backward", prim, ptrs);
+        df_dnnl_prim_put(prim);
+        if (junk != ignored) df_mem_free(junk, 2 * (size_t)p->D * sizeof(float));
+    }
+    df_tensor *gw = n->inputs[1] ? df_node_grad(n, 1) : NULL;
+    df_tensor *gb = n->inputs[2] ? df_node_grad(n, 2) : NULL;
+    if (gw || gb)
+        param_grads(p, df_f32(n->inputs[0]), df_f32(g), mean, var, gw ? df_f32(gw) : NULL,
+                    gb ? df_f32(gb) : NULL);
 }
 
 static const df_op layer_norm_op = {"layer_norm", layer_norm_backward, NULL};
@@ -133,16 +169,15 @@ df_tensor *df_layer_norm(df_tensor *x, df_tensor *weight, df_tensor *bias, float
     char sx[64], sp[64];
     df_shape_str(x, sx, sizeof sx);
     DF_ASSERT(x->ndim >= 1 && x->shape[x->ndim - 1] > 0, "layer_norm: x %s", sx);
-    lnorm_params p = {.D = x->shape[x->ndim - 1], .eps = eps, .scale = weight != NULL,
-                      .shift = bias != NULL};
+    lnorm_params p = {
+        .D = x->shape[x->ndim - 1], .eps = eps, .scale = weight != NULL, .shift = bias != NULL};
     p.M = x->numel / p.D;
     df_tensor *params[2] = {weight, bias};
     for (int i = 0; i < 2; i++)
         if (params[i]) {
             DF_ASSERT_F32("layer_norm", params[i]);
-            DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.D,
-                      "layer_norm: %s %s for x %s", i ? "bias" : "weight",
-                      df_shape_str(params[i], sp, sizeof sp), sx);
+            DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.D, "layer_norm: %s %s for x %s",
+                      i ? "bias" : "weight", df_shape_str(params[i], sp, sizeof sp), sx);
         }
     df_tensor *inputs[3] = {x, weight, bias};
     p.training = df_needs_grad(3, inputs);

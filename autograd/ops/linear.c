@@ -5,7 +5,8 @@
  *             (inner product measured against it: see docs/layout.md).
  *   backward (G = dy as (M, out)):
  *     (1) dX += G W            (M, out) x (out, in)
- *     (2) dW += G^T X          (out, M) x (M, in), G^T a strided view
+ *     (2) dW += G^T X          (out, M) x (M, in), G^T a strided view; a reduction over the
+ *                              M rows, run with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h)
  *     (3) db += sum_rows G     columns summed over rows in a fixed order (deterministic)
  *   saved: nothing (x, W, b are the node's inputs).
  */
@@ -23,13 +24,13 @@ static void linear_backward(df_node *n, const df_tensor *g) {
     if (gx && p->M > 0) { /* (1) */
         df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), 2, g_dims, false);
         df_dnnl_mat wm = df_dnnl_mat_of(w, 2, w_dims, false);
-        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, true);
+        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, true, false);
     }
     df_tensor *gw = df_node_grad(n, 1);
     if (gw && p->M > 0) { /* (2) */
         df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), 2, g_dims, true);
         df_dnnl_mat xm = df_dnnl_mat_of(x, 2, x_dims, false);
-        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, true);
+        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, true, true);
     }
     df_tensor *gb = n->inputs[2] ? df_node_grad(n, 2) : NULL;
     if (gb) { /* (3) blocks of columns in parallel, rows in order */
@@ -72,7 +73,7 @@ df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
         int64_t x_dims[2] = {p.M, p.in}, w_dims[2] = {p.out, p.in}, y_dims[2] = {p.M, p.out};
         df_dnnl_mat xm = df_dnnl_mat_of(df_f32(x), 2, x_dims, false);
         df_dnnl_mat wt = df_dnnl_mat_of(df_f32(w), 2, w_dims, true);
-        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims,
+        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims, false,
                        false);
     }
     df_node *n = df_node_new(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p);

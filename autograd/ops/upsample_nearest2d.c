@@ -42,11 +42,10 @@ df_tensor *df_upsample_nearest2d(df_tensor *x, int scale) {
     char sx[64];
     DF_ASSERT(x->ndim == 4 && scale >= 1, "upsample_nearest2d: x %s, scale %d (expected 4-D, >= 1)",
               df_shape_str(x, sx, sizeof sx), scale);
-    upsample_params p = {.P = x->shape[0] * x->shape[1], .H = x->shape[2], .W = x->shape[3],
-                         .k = scale};
+    upsample_params p = {
+        .P = x->shape[0] * x->shape[1], .H = x->shape[2], .W = x->shape[3], .k = scale};
     const int64_t H = p.H, W = p.W, k = scale, OW = W * k;
-    df_tensor *out =
-        df_tensor_new(DF_DTYPE_F32, DF_DIMS(x->shape[0], x->shape[1], H * k, W * k));
+    df_tensor *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(x->shape[0], x->shape[1], H * k, W * k));
     const float *xd = df_f32(x);
     float *y = df_f32(out);
 #pragma omp parallel for schedule(static)

@@ -33,8 +33,8 @@ Test(autograd_group_norm, grad_no_affine_3d) {
     df_tensor *x = randn_tensor(54, DF_DIMS(3, 4, 5));
     df_tensor_set_requires_grad(x, true);
     int groups = 2;
-    gradcheck("group_norm no affine", gn_fn, &groups, (df_tensor *[]){x, NULL, NULL}, 1, EPS,
-              ATOL, RTOL);
+    gradcheck("group_norm no affine", gn_fn, &groups, (df_tensor *[]){x, NULL, NULL}, 1, EPS, ATOL,
+              RTOL);
     df_tensor_free(x);
 }
 

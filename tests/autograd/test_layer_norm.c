@@ -70,9 +70,9 @@ Test(autograd_layer_norm, forward_against_loops) {
         for (int i = 0; i < 33; i++) var += pow(df_f32(x)[r * 33 + i] - mu, 2);
         var /= 33;
         for (int i = 0; i < 33; i++)
-            want[r * 33 + i] = (float)((df_f32(x)[r * 33 + i] - mu) / sqrt(var + 1e-5) *
-                                           df_f32(w)[i] +
-                                       df_f32(b)[i]);
+            want[r * 33 + i] =
+                (float)((df_f32(x)[r * 33 + i] - mu) / sqrt(var + 1e-5) * df_f32(w)[i] +
+                        df_f32(b)[i]);
     }
     check_close_f32("layer_norm vs loops", df_f32(y), want, 99, 1e-5, 1e-5);
     df_tensor_free(x);

@@ -24,8 +24,7 @@ Test(autograd_linear, grad_no_bias_x_frozen) {
     df_tensor *x = randn_tensor(34, DF_DIMS(6, 3));
     df_tensor *w = randn_tensor(35, DF_DIMS(2, 3));
     df_tensor_set_requires_grad(w, true);
-    gradcheck("linear no bias", linear_fn, NULL, (df_tensor *[]){x, w, NULL}, 2, 1e-2, 2e-3,
-              2e-3);
+    gradcheck("linear no bias", linear_fn, NULL, (df_tensor *[]){x, w, NULL}, 2, 1e-2, 2e-3, 2e-3);
     df_tensor_free(x);
     df_tensor_free(w);
 }

@@ -1,5 +1,6 @@
 /* test_matmul.c — df_matmul: gradient checks for both transposes and batch broadcasting, and a
- * forward check against a direct triple loop. Parity with torch.matmul in test_ops_dnnl_parity.c. */
+ * forward check against a direct triple loop. Parity with torch.matmul in test_ops_dnnl_parity.c.
+ */
 #include "tests/common/check.h"
 
 #define EPS 1e-2

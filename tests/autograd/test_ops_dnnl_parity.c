@@ -74,15 +74,18 @@ Test(autograd_ops_dnnl_parity, conv2d) {
     struct {
         const char *name;
         int stride, padding, dilation, groups;
-    } cases[] = {{"k3p1", 1, 1, 1, 1}, {"k3s2", 2, 1, 1, 1}, {"k3d2", 1, 2, 2, 1},
-                 {"k3g2", 1, 1, 1, 2}, {"k1", 1, 0, 1, 1}};
+    } cases[] = {{"k3p1", 1, 1, 1, 1},
+                 {"k3s2", 2, 1, 1, 1},
+                 {"k3d2", 1, 2, 2, 1},
+                 {"k3g2", 1, 1, 1, 2},
+                 {"k1", 1, 0, 1, 1}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         df_conv2d_params p = {{cases[i].stride, cases[i].stride},
                               {cases[i].padding, cases[i].padding},
                               {cases[i].dilation, cases[i].dilation},
                               cases[i].groups};
-        run_case("ops_dnnl/conv2d.safetensors", cases[i].name, 3,
-                 (const char *[]){"x", "w", "b"}, conv_fn, &p);
+        run_case("ops_dnnl/conv2d.safetensors", cases[i].name, 3, (const char *[]){"x", "w", "b"},
+                 conv_fn, &p);
     }
 }
 
@@ -104,8 +107,8 @@ Test(autograd_ops_dnnl_parity, matmul) {
                  {"batched_tn", {true, false}},
                  {"bcast_nt", {false, true}}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        run_case("ops_dnnl/matmul.safetensors", cases[i].name, 2, (const char *[]){"a", "b"},
-                 mm_fn, &cases[i].f);
+        run_case("ops_dnnl/matmul.safetensors", cases[i].name, 2, (const char *[]){"a", "b"}, mm_fn,
+                 &cases[i].f);
 }
 
 static df_tensor *linear_fn(df_tensor **in, const void *params) {

@@ -28,7 +28,8 @@ Test(autograd_upsample_nearest2d, forward) {
     float want[2 * 6 * 9];
     for (int c = 0; c < 2; c++)
         for (int i = 0; i < 6; i++)
-            for (int j = 0; j < 9; j++) want[(c * 6 + i) * 9 + j] = df_f32(x)[(c * 2 + i / 3) * 3 + j / 3];
+            for (int j = 0; j < 9; j++)
+                want[(c * 6 + i) * 9 + j] = df_f32(x)[(c * 2 + i / 3) * 3 + j / 3];
     check_close_f32("upsample vs indexing", df_f32(y), want, 108, 0, 0);
     df_tensor_free(x);
     df_tensor_free(y);
