@@ -214,19 +214,29 @@ static pid_t spawn_train(const char *run, bool resume) {
 }
 
 /* kill -9 at random moments until a run completes, then compare with an uninterrupted run. */
+static double seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static void kill_and_resume(int kills, unsigned seed) {
     char out[65536];
+    double t0 = seconds();
     cr_assert_eq(train("ref", "checkpointing_steps=1 max_train_steps=30", out, sizeof out), 0, "%s",
                  out);
+    /* kill delays scale with how long a whole run takes here, so that `kills` kills land before
+     * the run can complete (each resumed run makes at most 0.15 of the progress) */
+    double whole = seconds() - t0;
     srand(seed);
     int done = 0, killed = 0;
     for (int attempt = 0; attempt < kills + 20 && !done; attempt++) {
         pid_t pid = spawn_train("killed", attempt > 0);
         int status;
         if (killed < kills) {
-            /* 20 .. 400 ms: start-up, training steps and checkpoint writes (one per step) */
-            struct timespec d = {0, (20 + rand() % 380) * 1000000L};
-            while (d.tv_nsec >= 1000000000L) d.tv_sec++, d.tv_nsec -= 1000000000L;
+            /* 2% .. 15% of a whole run: start-up, training steps and checkpoint writes */
+            double delay = whole * (0.02 + 0.13 * (rand() / (double)RAND_MAX));
+            struct timespec d = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
             nanosleep(&d, NULL);
             if (waitpid(pid, &status, WNOHANG) == 0) {
                 kill(pid, SIGKILL);
