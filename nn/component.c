@@ -4,7 +4,9 @@
  * and what the model parity tests drive, so both exercise the same path.
  *
  * Inputs (diffusers' forward argument names): `sample`; `timestep` (0-d or one per item, any
- * dtype) and `encoder_hidden_states` for the UNets; the VAE takes `noise` optionally.
+ * dtype) and `encoder_hidden_states` for the UNets; the VAE takes `noise` optionally;
+ * CLIPTextModel takes `input_ids` and gives `last_hidden_state`, `pooler_output` and
+ * `hidden_states.i` (i = 0 .. layers).
  * Outputs: UNets `sample`. AutoencoderKL: `latent_mean`, `latent_logvar`, `latent_std`,
  * `kl` (per item), `sample` (decode of the mean) and, given `noise`, `z` = mean + std * noise
  * and `decoded_z` = decode(z).
@@ -22,13 +24,63 @@ static bool file_exists(const char *path) {
 }
 
 /* The weights file of a component folder: plain, else sharded index. */
-static df_status weights_path(const char *dir, char *out, size_t len) {
-    snprintf(out, len, "%s/diffusion_pytorch_model.safetensors", dir);
+static df_status weights_path(const char *dir, const char *stem, char *out, size_t len) {
+    snprintf(out, len, "%s/%s.safetensors", dir, stem);
     if (file_exists(out)) return DF_OK;
-    snprintf(out, len, "%s/diffusion_pytorch_model.safetensors.index.json", dir);
+    snprintf(out, len, "%s/%s.safetensors.index.json", dir, stem);
     if (file_exists(out)) return DF_OK;
-    return df_error(DF_ERR_NOTFOUND, "%s: no diffusion_pytorch_model.safetensors (or .index.json)",
-                    dir);
+    return df_error(DF_ERR_NOTFOUND, "%s: no %s.safetensors (or .index.json)", dir, stem);
+}
+
+/* transformers configs name the class in "architectures": ["CLIPTextModel"] */
+static df_status class_of(const df_json *j, char *out, size_t len) {
+    DF_TRY(df_json_string(j, "_class_name", "", out, len));
+    if (out[0]) return DF_OK;
+    char archs[1][DF_JSON_STR];
+    int n = 0;
+    if (df_json_string_list(j, "architectures", 1, archs, &n) == DF_OK && n == 1)
+        snprintf(out, len, "%s", archs[0]);
+    return DF_OK;
+}
+
+/* Builds the model the config names (zero weights); *stem is its weights file's stem. */
+static df_status build(df_component *c, const df_json *j, const char **stem) {
+    *stem = "diffusion_pytorch_model";
+    const char *cls = c->class_name;
+    if (strcmp(cls, "UNet2DModel") == 0) {
+        df_unet2d_config cfg;
+        DF_TRY(df_unet2d_config_from_json(j, &cfg));
+        if (!(c->unet2d = calloc(1, sizeof *c->unet2d))) return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_unet2d_init(c->unet2d, &cfg, (df_init){0}));
+        c->params = &c->unet2d->params;
+    } else if (strcmp(cls, "UNet2DConditionModel") == 0) {
+        df_unet2d_cond_config cfg;
+        DF_TRY(df_unet2d_cond_config_from_json(j, &cfg));
+        if (!(c->unet2d_cond = calloc(1, sizeof *c->unet2d_cond)))
+            return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg, (df_init){0}));
+        c->params = &c->unet2d_cond->params;
+    } else if (strcmp(cls, "AutoencoderKL") == 0) {
+        df_vae_config cfg;
+        DF_TRY(df_vae_config_from_json(j, &cfg));
+        if (!(c->vae = calloc(1, sizeof *c->vae))) return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_vae_init(c->vae, &cfg, (df_init){0}));
+        c->params = &c->vae->params;
+    } else if (strcmp(cls, "CLIPTextModel") == 0) {
+        df_clip_text_config cfg;
+        DF_TRY(df_clip_text_config_from_json(j, &cfg));
+        if (!(c->clip_text = calloc(1, sizeof *c->clip_text)))
+            return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_clip_text_init(c->clip_text, &cfg, (df_init){0}));
+        c->params = &c->clip_text->params;
+        *stem = "model";
+    } else {
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: class '%s' (supported: UNet2DModel, UNet2DConditionModel, "
+                        "AutoencoderKL, CLIPTextModel)",
+                        j->path, cls);
+    }
+    return DF_OK;
 }
 
 df_status df_component_load(const char *dir, df_component *c) {
@@ -37,37 +89,12 @@ df_status df_component_load(const char *dir, df_component *c) {
     snprintf(path, sizeof path, "%s/config.json", dir);
     df_json j;
     DF_TRY(df_json_load(path, &j));
-    df_status st = df_json_string(&j, "_class_name", "", c->class_name, sizeof c->class_name);
+    const char *stem;
+    df_status st = class_of(&j, c->class_name, sizeof c->class_name);
+    if (st == DF_OK) st = build(c, &j, &stem);
     df_json_free(&j);
     if (st != DF_OK) return st;
-    if (strcmp(c->class_name, "UNet2DModel") == 0) {
-        df_unet2d_config cfg;
-        c->unet2d = calloc(1, sizeof *c->unet2d);
-        if (!c->unet2d) return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
-        DF_TRY(df_unet2d_config_load(path, &cfg));
-        DF_TRY(df_unet2d_init(c->unet2d, &cfg, (df_init){0}));
-        c->params = &c->unet2d->params;
-    } else if (strcmp(c->class_name, "UNet2DConditionModel") == 0) {
-        df_unet2d_cond_config cfg;
-        c->unet2d_cond = calloc(1, sizeof *c->unet2d_cond);
-        if (!c->unet2d_cond) return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
-        DF_TRY(df_unet2d_cond_config_load(path, &cfg));
-        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg, (df_init){0}));
-        c->params = &c->unet2d_cond->params;
-    } else if (strcmp(c->class_name, "AutoencoderKL") == 0) {
-        df_vae_config cfg;
-        c->vae = calloc(1, sizeof *c->vae);
-        if (!c->vae) return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
-        DF_TRY(df_vae_config_load(path, &cfg));
-        DF_TRY(df_vae_init(c->vae, &cfg, (df_init){0}));
-        c->params = &c->vae->params;
-    } else {
-        return df_error(DF_ERR_UNSUPPORTED,
-                        "%s: _class_name '%s' (supported: UNet2DModel, UNet2DConditionModel, "
-                        "AutoencoderKL)",
-                        path, c->class_name);
-    }
-    DF_TRY(weights_path(dir, path, sizeof path));
+    DF_TRY(weights_path(dir, stem, path, sizeof path));
     return df_params_load(c->params, path, NULL);
 }
 
@@ -75,6 +102,8 @@ void df_component_free(df_component *c) {
     if (c->unet2d) df_unet2d_free(c->unet2d);
     if (c->unet2d_cond) df_unet2d_cond_free(c->unet2d_cond);
     if (c->vae) df_vae_free(c->vae);
+    if (c->clip_text) df_clip_text_free(c->clip_text);
+    free(c->clip_text);
     free(c->unet2d);
     free(c->unet2d_cond);
     free(c->vae);
@@ -131,10 +160,38 @@ static df_status vae_forward(df_vae *m, df_tensor *x, df_tensor *noise, df_named
     return DF_OK;
 }
 
+/* CLIP's outputs; hidden_states.i names live in a static table. */
+static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, int *n) {
+    static char names[DF_CLIP_MAX_LAYERS + 1][24];
+    DF_TRY(need(ids, "CLIPTextModel", "input_ids"));
+    if (ids->ndim != 2 || (ids->dtype != DF_DTYPE_I64 && ids->dtype != DF_DTYPE_I32))
+        return df_error(DF_ERR_INVALID, "CLIPTextModel: input 'input_ids' must be I64 or I32 (N, L)");
+    if (ids->shape[1] < 1 || ids->shape[1] > m->config.max_position_embeddings)
+        return df_error(DF_ERR_INVALID, "CLIPTextModel: %lld tokens (at most %d)",
+                        (long long)ids->shape[1], m->config.max_position_embeddings);
+    for (int64_t i = 0; i < ids->numel; i++) {
+        double id = df_tensor_get(ids, i);
+        if (id < 0 || id >= m->config.vocab_size)
+            return df_error(DF_ERR_INVALID, "CLIPTextModel: token id %.0f outside the vocabulary (%d)",
+                            id, m->config.vocab_size);
+    }
+    df_tensor *hidden[DF_CLIP_MAX_LAYERS + 1], *pooled;
+    df_tensor *last = df_clip_text_forward(m, ids, hidden, &pooled);
+    out[(*n)++] = (df_named){"last_hidden_state", last};
+    out[(*n)++] = (df_named){"pooler_output", pooled};
+    for (int i = 0; i <= m->config.num_hidden_layers; i++) {
+        snprintf(names[i], sizeof names[i], "hidden_states.%d", i);
+        out[(*n)++] = (df_named){names[i], hidden[i]};
+    }
+    return DF_OK;
+}
+
 df_status df_component_forward(df_component *c, const df_named *inputs, int n_inputs,
                                df_named *outputs, int *n_outputs) {
     *n_outputs = 0;
     const char *cls = c->class_name;
+    if (c->clip_text) return clip_forward(c->clip_text, find_input(inputs, n_inputs, "input_ids"),
+                                          outputs, n_outputs);
     df_tensor *x = find_input(inputs, n_inputs, "sample");
     DF_TRY(need(x, cls, "sample"));
     if (c->vae) {
@@ -161,4 +218,8 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
     outputs[(*n_outputs)++] =
         (df_named){"sample", df_unet2d_cond_forward(c->unet2d_cond, x, t, ctx)};
     return DF_OK;
+}
+
+const char *df_component_main_output(const df_component *c) {
+    return c->clip_text ? "last_hidden_state" : "sample";
 }

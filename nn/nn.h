@@ -570,6 +570,43 @@ DF_API void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor *
 /* z (N, latent, h, w) -> image (N, out, H, W). No scaling_factor is applied. */
 DF_API df_tensor *df_vae_decode(df_vae *m, df_tensor *z);
 
+/* ================================================================ CLIP text encoder ========== */
+
+#define DF_CLIP_MAX_LAYERS 64
+#define DF_CLIP_MAX_BATCH 1024
+
+/* CLIPTextConfig (transformers v4.33 field names and defaults). */
+typedef struct df_clip_text_config {
+    int vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads;
+    int max_position_embeddings;
+    float layer_norm_eps;
+    char hidden_act[DF_JSON_STR]; /* quick_gelu | gelu */
+    int bos_token_id, eos_token_id, pad_token_id;
+} df_clip_text_config;
+
+typedef struct df_clip_layer {
+    df_linear_mod q_proj, k_proj, v_proj, out_proj, fc1, fc2;
+    df_norm_mod layer_norm1, layer_norm2;
+} df_clip_layer;
+
+typedef struct df_clip_text {
+    df_clip_text_config config;
+    df_params params;
+    df_tensor *token_embedding, *position_embedding;
+    df_clip_layer *layers;
+    df_norm_mod final_layer_norm;
+} df_clip_text;
+
+DF_API df_clip_text_config df_clip_text_config_default(void);
+DF_API df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c);
+DF_API df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_init init);
+DF_API void df_clip_text_free(df_clip_text *m);
+/* input_ids (N, L) integer -> last_hidden_state (N, L, D). hidden_states (may be NULL) receives
+ * num_hidden_layers + 1 tensors (embeddings, then each layer's output before the final norm);
+ * pooled (may be NULL) the pooler_output (N, D). */
+DF_API df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
+                                       df_tensor **hidden_states, df_tensor **pooled);
+
 /* ================================================================ components ================= */
 
 /* A tensor with a name (borrowed). */
@@ -578,7 +615,7 @@ typedef struct df_named {
     df_tensor *tensor;
 } df_named;
 
-#define DF_COMPONENT_MAX_OUTPUTS 8
+#define DF_COMPONENT_MAX_OUTPUTS (DF_CLIP_MAX_LAYERS + 3)
 
 /* A diffusers component folder loaded as the model its config's _class_name names. */
 typedef struct df_component {
@@ -586,11 +623,13 @@ typedef struct df_component {
     df_unet2d *unet2d;           /* exactly one of these is set */
     df_unet2d_cond *unet2d_cond;
     df_vae *vae;
+    df_clip_text *clip_text;
     df_params *params;           /* the model's registry */
 } df_component;
 
 /* Loads DIR/config.json and the weights (DIR/diffusion_pytorch_model.safetensors or its
- * .index.json). Errors name the file and the field or tensor. Free with df_component_free even
+ * .index.json; for transformers components, whose config names the class in `architectures`,
+ * DIR/model.safetensors). Errors name the file and the field or tensor. Free with df_component_free even
  * on failure. */
 DF_API df_status df_component_load(const char *dir, df_component *c);
 DF_API void df_component_free(df_component *c);
@@ -599,5 +638,8 @@ DF_API void df_component_free(df_component *c);
  * mis-shaped input is DF_ERR_NOTFOUND / DF_ERR_INVALID naming it. */
 DF_API df_status df_component_forward(df_component *c, const df_named *inputs, int n_inputs,
                                       df_named *outputs, int *n_outputs);
+/* The main output's name (the one a bare `probe` tensor goes with): "sample", or
+ * "last_hidden_state" for CLIPTextModel. Static string. */
+DF_API const char *df_component_main_output(const df_component *c);
 
 #endif

@@ -2,7 +2,8 @@
  * [--backward probe.safetensors [--grads grads.safetensors]]`: runs one diffusers component on
  * named inputs and writes its named outputs; with --backward, the loss is the sum over every
  * output with a probe of sum(output * probe) (the probe of output X is the tensor
- * `probe.X`, else `probe` when X is `sample`, else `X`: so a diffusers fixture's inputs file,
+ * `probe.X`, else `probe` when X is the main output (`sample`; CLIP's `last_hidden_state`),
+ * else `X`: so a diffusers fixture's inputs file,
  * which holds both `sample` and `probe`, serves as its own probe file), and --grads receives every parameter's gradient
  * under its diffusers name and every float input's as `input.<name>`. The user's tool for
  * checking a port, and ours for parity with diffusers. */
@@ -22,10 +23,11 @@ static int usage(void) {
 }
 
 /* The probe for output `name` in the probe file, or NULL. */
-static const char *probe_name(const df_st_file *probes, const char *name, char *buf, size_t len) {
+static const char *probe_name(const df_st_file *probes, const char *name, const char *main_output,
+                              char *buf, size_t len) {
     snprintf(buf, len, "probe.%s", name);
     if (df_st_find(probes, buf)) return buf;
-    if (strcmp(name, "sample") == 0 && df_st_find(probes, "probe")) return "probe";
+    if (strcmp(name, main_output) == 0 && df_st_find(probes, "probe")) return "probe";
     if (df_st_find(probes, name)) return name;
     return NULL;
 }
@@ -49,7 +51,8 @@ static df_status write_named(const char *path, const df_named *items, int n) {
 }
 
 /* loss = sum over outputs with a probe of sum(output * probe); backward; *used = probes used. */
-static df_status run_backward(const char *probe_path, df_named *outputs, int n_out, int *used) {
+static df_status run_backward(const char *probe_path, const char *main_output, df_named *outputs,
+                              int n_out, int *used) {
     df_st_file *probes;
     DF_TRY(df_st_open(probe_path, &probes));
     df_tensor *loss = NULL;
@@ -57,7 +60,7 @@ static df_status run_backward(const char *probe_path, df_named *outputs, int n_o
     *used = 0;
     for (int i = 0; i < n_out && st == DF_OK; i++) {
         char buf[DF_NAME_MAX];
-        const char *pn = probe_name(probes, outputs[i].name, buf, sizeof buf);
+        const char *pn = probe_name(probes, outputs[i].name, main_output, buf, sizeof buf);
         if (!pn) continue;
         df_tensor *p;
         st = df_st_read(probes, pn, DF_DTYPE_F32, &p);
@@ -124,7 +127,8 @@ int df_cmd_forward(int argc, char **argv) {
     if (st == DF_OK) st = df_component_forward(&comp, inputs, n_in, outputs, &n_out);
     df_grad_set_enabled(prev);
     if (st == DF_OK) st = write_named(out_path, outputs, n_out);
-    if (st == DF_OK && probe_path) st = run_backward(probe_path, outputs, n_out, &used);
+    if (st == DF_OK && probe_path)
+        st = run_backward(probe_path, df_component_main_output(&comp), outputs, n_out, &used);
     if (st == DF_OK && grads_path) {
         int n = comp.params->n + n_in;
         df_named *grads = malloc((size_t)n * sizeof *grads);

@@ -100,3 +100,25 @@ Test(nn_keys, sd_vae) {
     cr_expect_eq(df_params_count(&m.params), 83653863);
     df_vae_free(&m);
 }
+
+static void check_clip(const char *config, const char *keys, int64_t want_count) {
+    df_json j;
+    cr_assert_eq(df_json_load(fixture_path(config), &j), DF_OK, "%s", df_last_error());
+    df_clip_text_config c;
+    cr_assert_eq(df_clip_text_config_from_json(&j, &c), DF_OK, "%s", df_last_error());
+    df_json_free(&j);
+    df_clip_text m;
+    cr_assert_eq(df_clip_text_init(&m, &c, (df_init){.shapes_only = true}), DF_OK);
+    check_registry(&m.params, keys);
+    cr_expect_eq(df_params_count(&m.params), want_count, "%s: %lld parameters", keys,
+                 (long long)df_params_count(&m.params));
+    df_clip_text_free(&m);
+}
+
+Test(nn_keys, sd15_text_encoder) {
+    check_clip("configs/sd15/text_encoder/config.json", "keys/sd15_text_encoder.txt", 123060480);
+}
+
+Test(nn_keys, sd21_text_encoder) {
+    check_clip("configs/sd21/text_encoder/config.json", "keys/sd21_text_encoder.txt", 340387840);
+}

@@ -75,7 +75,8 @@ static void run_case(const char *name) {
         char probe[128];
         snprintf(probe, sizeof probe, "probe.%s", outputs[i].name);
         const char *pn = df_st_find(in, probe) ? probe
-                         : strcmp(outputs[i].name, "sample") == 0 ? "probe" : NULL;
+                         : strcmp(outputs[i].name, df_component_main_output(&comp)) == 0 ? "probe"
+                                                                                       : NULL;
         if (!pn) continue;
         df_tensor *p;
         cr_assert_eq(df_st_read(in, pn, DF_DTYPE_F32, &p), DF_OK);
@@ -141,4 +142,8 @@ Test(nn_models, unet2dcond_tiny_linear) {
 
 Test(nn_models, vae_tiny) {
     run_case("vae_tiny");
+}
+
+Test(nn_models, clip_text_tiny) {
+    run_case("clip_text_tiny");
 }

@@ -1,0 +1,173 @@
+/* clip_text.c — transformers v4.33 CLIPTextModel (models/clip/modeling_clip.py), the text
+ * encoder of Stable Diffusion:
+ *   h_0 = token_embedding(ids) + position_embedding(0 .. L-1)            hidden_states.0
+ *   layer i: h = h + out_proj(attn(layer_norm1(h)))                      causal self-attention,
+ *            h = h + fc2(act(fc1(layer_norm2(h))))                       hidden_states.i
+ *   last_hidden_state = final_layer_norm(h_L)
+ * Attention: q = q_proj(x) * head_dim^-0.5 (scaled before q k^T), scores + causal mask of
+ * finfo(float32).min above the diagonal, softmax, v, out_proj. act: quick_gelu (SD 1.x) or
+ * gelu (exact; SD 2.x). Pooling: with eos_token_id == 2 (SD's configs) the row's argmax(ids)
+ * position (the first EOS when EOS is the largest id), else the first position equal to
+ * eos_token_id.
+ */
+#include "nn/nn.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+df_clip_text_config df_clip_text_config_default(void) {
+    df_clip_text_config c = {.vocab_size = 49408, .hidden_size = 512, .intermediate_size = 2048,
+                             .num_hidden_layers = 12, .num_attention_heads = 8,
+                             .max_position_embeddings = 77, .layer_norm_eps = 1e-5f,
+                             .bos_token_id = 49406, .eos_token_id = 49407, .pad_token_id = 1};
+    snprintf(c.hidden_act, DF_JSON_STR, "quick_gelu");
+    return c;
+}
+
+df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c) {
+    *c = df_clip_text_config_default();
+    double eps = c->layer_norm_eps;
+    DF_TRY(df_json_int(j, "vocab_size", c->vocab_size, &c->vocab_size));
+    DF_TRY(df_json_int(j, "hidden_size", c->hidden_size, &c->hidden_size));
+    DF_TRY(df_json_int(j, "intermediate_size", c->intermediate_size, &c->intermediate_size));
+    DF_TRY(df_json_int(j, "num_hidden_layers", c->num_hidden_layers, &c->num_hidden_layers));
+    DF_TRY(df_json_int(j, "num_attention_heads", c->num_attention_heads, &c->num_attention_heads));
+    DF_TRY(df_json_int(j, "max_position_embeddings", c->max_position_embeddings,
+                       &c->max_position_embeddings));
+    DF_TRY(df_json_double(j, "layer_norm_eps", eps, &eps));
+    c->layer_norm_eps = (float)eps;
+    DF_TRY(df_json_string(j, "hidden_act", c->hidden_act, c->hidden_act, sizeof c->hidden_act));
+    DF_TRY(df_json_int(j, "bos_token_id", c->bos_token_id, &c->bos_token_id));
+    DF_TRY(df_json_int(j, "eos_token_id", c->eos_token_id, &c->eos_token_id));
+    DF_TRY(df_json_int(j, "pad_token_id", c->pad_token_id, &c->pad_token_id));
+    if (strcmp(c->hidden_act, "quick_gelu") != 0 && strcmp(c->hidden_act, "gelu") != 0)
+        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'hidden_act': '%s' (quick_gelu or gelu)",
+                        j->path, c->hidden_act);
+    if (c->vocab_size < 1 || c->hidden_size < 1 || c->intermediate_size < 1 ||
+        c->num_hidden_layers < 1 || c->max_position_embeddings < 1 ||
+        c->num_hidden_layers > DF_CLIP_MAX_LAYERS)
+        return df_error(DF_ERR_FORMAT, "%s: a size field is out of range (layers at most %d)",
+                        j->path, DF_CLIP_MAX_LAYERS);
+    if (c->num_attention_heads < 1 || c->hidden_size % c->num_attention_heads != 0)
+        return df_error(DF_ERR_FORMAT, "%s: %d attention heads do not divide hidden_size %d",
+                        j->path, c->num_attention_heads, c->hidden_size);
+    return DF_OK;
+}
+
+df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_init init) {
+    memset(m, 0, sizeof *m);
+    m->config = *c;
+    df_params *r = &m->params;
+    df_params_init(r, init.gen);
+    r->shapes_only = init.shapes_only;
+    int d = c->hidden_size;
+    char buf[DF_NAME_MAX], layer[DF_NAME_MAX];
+    m->token_embedding = df_params_add(r, "text_model.embeddings.token_embedding", "weight",
+                                       DF_DIMS(c->vocab_size, d));
+    df_params_init_normal(r, m->token_embedding, 0.02f);
+    m->position_embedding = df_params_add(r, "text_model.embeddings.position_embedding", "weight",
+                                          DF_DIMS(c->max_position_embeddings, d));
+    df_params_init_normal(r, m->position_embedding, 0.02f);
+    m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
+    if (!m->layers) return df_error(DF_ERR_NOMEM, "CLIPTextModel: out of memory");
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        df_clip_layer *l = &m->layers[i];
+        df_name_index(layer, sizeof layer, "text_model.encoder", "layers", i);
+        /* registration order of CLIPAttention: k, v, q, out */
+        df_linear_mod_init(&l->k_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.k_proj"), d, d, true);
+        df_linear_mod_init(&l->v_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.v_proj"), d, d, true);
+        df_linear_mod_init(&l->q_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.q_proj"), d, d, true);
+        df_linear_mod_init(&l->out_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.out_proj"), d, d, true);
+        df_layernorm_mod_init(&l->layer_norm1, r, df_name_join(buf, sizeof buf, layer, "layer_norm1"), d,
+                              c->layer_norm_eps);
+        df_linear_mod_init(&l->fc1, r, df_name_join(buf, sizeof buf, layer, "mlp.fc1"), d,
+                           c->intermediate_size, true);
+        df_linear_mod_init(&l->fc2, r, df_name_join(buf, sizeof buf, layer, "mlp.fc2"),
+                           c->intermediate_size, d, true);
+        df_layernorm_mod_init(&l->layer_norm2, r, df_name_join(buf, sizeof buf, layer, "layer_norm2"), d,
+                              c->layer_norm_eps);
+    }
+    df_layernorm_mod_init(&m->final_layer_norm, r, "text_model.final_layer_norm", d,
+                          c->layer_norm_eps);
+    return DF_OK;
+}
+
+void df_clip_text_free(df_clip_text *m) {
+    free(m->layers);
+    m->layers = NULL;
+    df_params_free(&m->params);
+}
+
+/* (N, T, heads*d) -> (N, heads, T, d) */
+static df_tensor *heads_of(df_tensor *x, int heads) {
+    int64_t n = x->shape[0], t = x->shape[1], d = x->shape[2] / heads;
+    return df_permute(df_reshape(x, DF_DIMS(n, t, heads, d)), (int[]){0, 2, 1, 3});
+}
+
+static df_tensor *attention(const df_clip_text *m, const df_clip_layer *l, df_tensor *x,
+                            df_tensor *causal) {
+    int heads = m->config.num_attention_heads;
+    int64_t n = x->shape[0], t = x->shape[1], d = x->shape[2];
+    float scale = powf((float)(d / heads), -0.5f);
+    df_tensor *q = heads_of(df_mul_scalar(df_linear_mod_forward(&l->q_proj, x), scale), heads);
+    df_tensor *k = heads_of(df_linear_mod_forward(&l->k_proj, x), heads);
+    df_tensor *v = heads_of(df_linear_mod_forward(&l->v_proj, x), heads);
+    df_tensor *scores = df_masked_fill(df_matmul(q, k, false, true), causal, -FLT_MAX);
+    df_tensor *o = df_matmul(df_softmax(scores), v, false, false);
+    o = df_reshape(df_permute(o, (int[]){0, 2, 1, 3}), DF_DIMS(n, t, d));
+    return df_linear_mod_forward(&l->out_proj, o);
+}
+
+df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
+                                df_tensor **hidden_states, df_tensor **pooled) {
+    const df_clip_text_config *c = &m->config;
+    DF_ASSERT(input_ids->ndim == 2 && (input_ids->dtype == DF_DTYPE_I64 || input_ids->dtype == DF_DTYPE_I32),
+              "CLIPTextModel: input_ids must be integer (N, L)");
+    int64_t n = input_ids->shape[0], len = input_ids->shape[1];
+    DF_ASSERT(len >= 1 && len <= c->max_position_embeddings,
+              "CLIPTextModel: %lld tokens (at most %d)", (long long)len, c->max_position_embeddings);
+    df_tensor *pos_ids = df_arange(DF_DTYPE_I64, 0, (double)len, 1);
+    df_tensor *h = df_add(df_embedding((df_tensor *)input_ids, m->token_embedding),
+                          df_embedding(pos_ids, m->position_embedding));
+    /* causal mask: key j > query i is masked (finfo.min added; the same as setting it) */
+    df_tensor *causal = df_zeros(DF_DTYPE_U8, DF_DIMS(1, 1, len, len));
+    for (int64_t i = 0; i < len; i++)
+        for (int64_t j = i + 1; j < len; j++) ((uint8_t *)causal->data)[i * len + j] = 1;
+    if (hidden_states) hidden_states[0] = h;
+    bool quick = strcmp(c->hidden_act, "quick_gelu") == 0;
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        const df_clip_layer *l = &m->layers[i];
+        h = df_add(h, attention(m, l, df_norm_mod_forward(&l->layer_norm1, h), causal));
+        df_tensor *f = df_linear_mod_forward(&l->fc1, df_norm_mod_forward(&l->layer_norm2, h));
+        f = quick ? df_quick_gelu(f) : df_gelu(f);
+        h = df_add(h, df_linear_mod_forward(&l->fc2, f));
+        if (hidden_states) hidden_states[i + 1] = h;
+    }
+    df_tensor *last = df_norm_mod_forward(&m->final_layer_norm, h);
+    if (pooled) {
+        /* one row of `last` per item, at the pooling position */
+        df_tensor *rows[DF_CLIP_MAX_BATCH];
+        DF_ASSERT(n <= DF_CLIP_MAX_BATCH, "CLIPTextModel: batch %lld (at most %d)", (long long)n,
+                  DF_CLIP_MAX_BATCH);
+        for (int64_t b = 0; b < n; b++) {
+            int64_t at = 0;
+            double best = -1;
+            for (int64_t k = 0; k < len; k++) {
+                double id = df_tensor_get(input_ids, b * len + k);
+                if (c->eos_token_id == 2) {
+                    if (id > best) best = id, at = k; /* argmax: the first maximum */
+                } else if ((int64_t)id == c->eos_token_id) {
+                    at = k;
+                    break;
+                }
+            }
+            df_tensor *item = df_slice(last, 0, b, 1);
+            rows[b] = df_reshape(df_slice(item, 1, at, 1), DF_DIMS(1, c->hidden_size));
+        }
+        *pooled = df_concat(rows, (int)n, 0);
+    }
+    return last;
+}
