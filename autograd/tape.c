@@ -9,6 +9,7 @@
  */
 #include "autograd/autograd_impl.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,7 +119,7 @@ static df_status list_push(node_list *l, df_node *n) {
     return DF_OK;
 }
 
-static uint64_t visit_epoch;
+static _Atomic uint64_t visit_epoch; /* shared by threads: each backward takes a fresh epoch */
 
 /* Every node reachable from root, each once, retained; n->pending = how many reachable nodes
  * consume its output. */
@@ -162,7 +163,7 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
         return DF_OK;
     }
     node_list all = {0}, ready = {0};
-    uint64_t epoch = ++visit_epoch;
+    uint64_t epoch = atomic_fetch_add(&visit_epoch, 1) + 1;
     df_status st = collect(out->node, &all, epoch);
     if (st == DF_OK) {
         df_node *root = out->node;

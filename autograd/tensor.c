@@ -348,8 +348,8 @@ char *df_shape_str(const df_tensor *t, char *buf, size_t len) {
 }
 
 int df_dim_norm(const char *opname, int dim, int ndim) {
-    int d = dim < 0 ? dim + ndim : dim;
-    DF_ASSERT(d >= 0 && d < (ndim > 0 ? ndim : 1), "%s: dim %d out of range for %d dims", opname,
-              dim, ndim);
+    int n = ndim > 0 ? ndim : 1; /* a scalar takes dim 0 or -1, as torch's maybe_wrap_dim */
+    int d = dim < 0 ? dim + n : dim;
+    DF_ASSERT(d >= 0 && d < n, "%s: dim %d out of range for %d dims", opname, dim, ndim);
     return d;
 }

@@ -1,0 +1,306 @@
+/* dnnl.c — the process-wide oneDNN engine and stream, memory descriptor helpers, and the
+ * primitive cache (see dnnl_impl.h for the contract).
+ *
+ * Cache invariants: entries live in a hash table of chains guarded by `cache_lock`; an entry's
+ * refcount counts the table (1 while it is in the table) plus every caller holding it; eviction
+ * unlinks the least recently used entry and drops the table's reference, so an entry is
+ * destroyed only when nobody holds it. Builds run outside the lock: two threads missing the same
+ * key both build, and the loser destroys its copy.
+ *
+ * Follows oneDNN v2.6.3 examples/cpu_cnn_training_f32.c (engine/stream once, reorder only on
+ * layout mismatch).
+ */
+#include "autograd/dnnl_impl.h"
+
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ engine and stream ------- */
+
+static dnnl_engine_t engine;
+static dnnl_stream_t stream;
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_init(void) {
+    DF_DNNL_CHECK("dnnl", dnnl_engine_create(&engine, dnnl_cpu, 0));
+    DF_DNNL_CHECK("dnnl", dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+}
+
+dnnl_engine_t df_dnnl_engine(void) {
+    pthread_once(&engine_once, engine_init);
+    return engine;
+}
+
+dnnl_stream_t df_dnnl_stream(void) {
+    pthread_once(&engine_once, engine_init);
+    return stream;
+}
+
+void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file,
+                  int line) {
+    df_error(DF_ERR_DNNL, "%s: %s failed: %s", opname, call, dnnl_status2str(s));
+    df_assert_fail(file, line, "%s", df_last_error());
+}
+
+/* ------------------------------------------------------------------ memory descriptors ------ */
+
+dnnl_memory_desc_t df_dnnl_md_tag(int ndim, const int64_t *dims, dnnl_format_tag_t tag) {
+    dnnl_memory_desc_t md;
+    dnnl_dims_t d;
+    for (int i = 0; i < ndim; i++) d[i] = dims[i];
+    DF_DNNL_CHECK("dnnl", dnnl_memory_desc_init_by_tag(&md, ndim, d, dnnl_f32, tag));
+    return md;
+}
+
+dnnl_memory_desc_t df_dnnl_md_strides(int ndim, const int64_t *dims, const int64_t *strides) {
+    dnnl_memory_desc_t md;
+    dnnl_dims_t d, s;
+    for (int i = 0; i < ndim; i++) {
+        d[i] = dims[i];
+        s[i] = strides[i];
+    }
+    DF_DNNL_CHECK("dnnl", dnnl_memory_desc_init_by_strides(&md, ndim, d, dnnl_f32, s));
+    return md;
+}
+
+dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims) {
+    int64_t strides[DNNL_MAX_NDIMS];
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        strides[i] = s;
+        s *= dims[i];
+    }
+    return df_dnnl_md_strides(ndim, dims, strides);
+}
+
+/* ------------------------------------------------------------------ keys -------------------- */
+
+void df_dnnl_key_push(df_dnnl_key *k, int64_t v) {
+    DF_ASSERT(k->n < DF_DNNL_KEY_MAX, "dnnl: primitive key longer than %d", DF_DNNL_KEY_MAX);
+    k->v[k->n++] = v;
+}
+
+void df_dnnl_key_push_n(df_dnnl_key *k, int n, const int64_t *v) {
+    for (int i = 0; i < n; i++) df_dnnl_key_push(k, v[i]);
+}
+
+static bool key_equal(const df_dnnl_key *a, const df_dnnl_key *b) {
+    return a->kind == b->kind && a->n == b->n && memcmp(a->v, b->v, (size_t)a->n * 8) == 0;
+}
+
+static uint64_t key_hash(const df_dnnl_key *k) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)k->kind;
+    for (int i = 0; i < k->n; i++) {
+        h ^= (uint64_t)k->v[i];
+        h *= 1099511628211ull;
+        h ^= h >> 29;
+    }
+    return h;
+}
+
+/* ------------------------------------------------------------------ entries ----------------- */
+
+typedef struct prim_arg {
+    df_dnnl_arg_spec spec;
+    dnnl_memory_desc_t prim_md; /* the layout the primitive uses */
+    dnnl_primitive_t reorder;   /* user <-> primitive layout, NULL when none is needed */
+    size_t prim_bytes;
+} prim_arg;
+
+struct df_dnnl_prim {
+    df_dnnl_key key;
+    uint64_t hash;
+    int refcount;
+    uint64_t last_use;
+    struct df_dnnl_prim *next; /* hash chain */
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    int n_args;
+    prim_arg args[DF_DNNL_MAX_ARGS];
+};
+
+static void reorder_create(dnnl_primitive_t *out, const dnnl_memory_desc_t *src,
+                           const dnnl_memory_desc_t *dst, bool accumulate) {
+    dnnl_primitive_attr_t attr = NULL;
+    if (accumulate) {
+        dnnl_post_ops_t po;
+        DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_create(&attr));
+        DF_DNNL_CHECK("dnnl", dnnl_post_ops_create(&po));
+        DF_DNNL_CHECK("dnnl", dnnl_post_ops_append_sum(po, 1.0f));
+        DF_DNNL_CHECK("dnnl", dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_engine_t e = df_dnnl_engine();
+    dnnl_primitive_desc_t pd;
+    DF_DNNL_CHECK("dnnl", dnnl_reorder_primitive_desc_create(&pd, src, e, dst, e, attr));
+    DF_DNNL_CHECK("dnnl", dnnl_primitive_create(out, pd));
+    dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+}
+
+/* Builds the entry's arguments: the primitive's layout for each and the reorder between. */
+static void entry_finish(df_dnnl_prim *p, const df_dnnl_arg_spec *specs) {
+    DF_DNNL_CHECK("dnnl", dnnl_primitive_create(&p->prim, p->pd));
+    for (int i = 0; i < p->n_args; i++) {
+        prim_arg *a = &p->args[i];
+        a->spec = specs[i];
+        const dnnl_memory_desc_t *md =
+            dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, specs[i].arg);
+        DF_ASSERT(md && md->ndims > 0, "dnnl: primitive has no argument %d", specs[i].arg);
+        a->prim_md = *md;
+        a->prim_bytes = dnnl_memory_desc_get_size(md);
+        bool same = dnnl_memory_desc_equal(&a->prim_md, &a->spec.user);
+        switch (a->spec.dir) {
+        case DF_DNNL_IN:
+            if (!same) reorder_create(&a->reorder, &a->spec.user, &a->prim_md, false);
+            break;
+        case DF_DNNL_OUT:
+            if (!same) reorder_create(&a->reorder, &a->prim_md, &a->spec.user, false);
+            break;
+        case DF_DNNL_OUT_ACC:
+            reorder_create(&a->reorder, &a->prim_md, &a->spec.user, true);
+            break;
+        }
+    }
+}
+
+static void entry_destroy(df_dnnl_prim *p) {
+    for (int i = 0; i < p->n_args; i++)
+        if (p->args[i].reorder) dnnl_primitive_destroy(p->args[i].reorder);
+    if (p->prim) dnnl_primitive_destroy(p->prim);
+    if (p->pd) dnnl_primitive_desc_destroy(p->pd);
+    free(p);
+}
+
+/* ------------------------------------------------------------------ the cache --------------- */
+
+#define CACHE_BUCKETS 256
+#define CACHE_CAPACITY 512
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static df_dnnl_prim *buckets[CACHE_BUCKETS];
+static int n_entries;
+static uint64_t use_clock, n_hits, n_misses;
+
+static df_dnnl_prim *lookup_locked(const df_dnnl_key *key, uint64_t h) {
+    for (df_dnnl_prim *p = buckets[h % CACHE_BUCKETS]; p; p = p->next)
+        if (p->hash == h && key_equal(&p->key, key)) return p;
+    return NULL;
+}
+
+/* Unlinks the least recently used entry and drops the table's reference to it. */
+static void evict_one_locked(void) {
+    df_dnnl_prim **victim = NULL;
+    for (int b = 0; b < CACHE_BUCKETS; b++)
+        for (df_dnnl_prim **pp = &buckets[b]; *pp; pp = &(*pp)->next)
+            if (!victim || (*pp)->last_use < (*victim)->last_use) victim = pp;
+    if (!victim) return;
+    df_dnnl_prim *p = *victim;
+    *victim = p->next;
+    n_entries--;
+    if (--p->refcount == 0) entry_destroy(p);
+}
+
+df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, void *ctx) {
+    uint64_t h = key_hash(key);
+    pthread_mutex_lock(&cache_lock);
+    df_dnnl_prim *p = lookup_locked(key, h);
+    if (p) {
+        p->refcount++;
+        p->last_use = ++use_clock;
+        n_hits++;
+        pthread_mutex_unlock(&cache_lock);
+        return p;
+    }
+    n_misses++;
+    pthread_mutex_unlock(&cache_lock);
+
+    df_dnnl_prim *fresh = calloc(1, sizeof *fresh);
+    DF_ASSERT(fresh, "dnnl: out of memory for a primitive cache entry");
+    fresh->key = *key;
+    fresh->hash = h;
+    df_dnnl_arg_spec specs[DF_DNNL_MAX_ARGS];
+    memset(specs, 0, sizeof specs);
+    build(ctx, &fresh->pd, &fresh->n_args, specs);
+    DF_ASSERT(fresh->n_args >= 0 && fresh->n_args <= DF_DNNL_MAX_ARGS, "dnnl: %d arguments",
+              fresh->n_args);
+    entry_finish(fresh, specs);
+
+    pthread_mutex_lock(&cache_lock);
+    p = lookup_locked(key, h);
+    if (p) { /* another thread built it meanwhile */
+        p->refcount++;
+        p->last_use = ++use_clock;
+        pthread_mutex_unlock(&cache_lock);
+        entry_destroy(fresh);
+        return p;
+    }
+    while (n_entries >= CACHE_CAPACITY) evict_one_locked();
+    fresh->refcount = 2; /* the table and the caller */
+    fresh->last_use = ++use_clock;
+    fresh->next = buckets[h % CACHE_BUCKETS];
+    buckets[h % CACHE_BUCKETS] = fresh;
+    n_entries++;
+    pthread_mutex_unlock(&cache_lock);
+    return fresh;
+}
+
+void df_dnnl_prim_put(df_dnnl_prim *p) {
+    if (!p) return;
+    pthread_mutex_lock(&cache_lock);
+    bool dead = --p->refcount == 0;
+    pthread_mutex_unlock(&cache_lock);
+    if (dead) entry_destroy(p);
+}
+
+const_dnnl_primitive_desc_t df_dnnl_prim_pd(const df_dnnl_prim *p) {
+    return p->pd;
+}
+
+df_dnnl_cache_stats df_dnnl_cache_get_stats(void) {
+    pthread_mutex_lock(&cache_lock);
+    df_dnnl_cache_stats s = {n_entries, n_hits, n_misses};
+    pthread_mutex_unlock(&cache_lock);
+    return s;
+}
+
+/* ------------------------------------------------------------------ execution --------------- */
+
+static void run_reorder(const char *opname, dnnl_primitive_t r, dnnl_memory_t from,
+                        dnnl_memory_t to) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    DF_DNNL_CHECK(opname, dnnl_primitive_execute(r, df_dnnl_stream(), 2, args));
+}
+
+void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs) {
+    dnnl_engine_t e = df_dnnl_engine();
+    dnnl_stream_t s = df_dnnl_stream();
+    dnnl_memory_t user[DF_DNNL_MAX_ARGS] = {0}, prim[DF_DNNL_MAX_ARGS] = {0};
+    void *tmp[DF_DNNL_MAX_ARGS] = {0};
+    dnnl_exec_arg_t exec[DF_DNNL_MAX_ARGS];
+    for (int i = 0; i < p->n_args; i++) {
+        prim_arg *a = &p->args[i];
+        DF_DNNL_CHECK(opname, dnnl_memory_create(&user[i], &a->spec.user, e, ptrs[i]));
+        if (a->reorder) {
+            tmp[i] = df_mem_alloc(a->prim_bytes);
+            DF_ASSERT(tmp[i], "%s: %s", opname, df_last_error());
+            DF_DNNL_CHECK(opname, dnnl_memory_create(&prim[i], &a->prim_md, e, tmp[i]));
+            if (a->spec.dir == DF_DNNL_IN) run_reorder(opname, a->reorder, user[i], prim[i]);
+        }
+        exec[i] = (dnnl_exec_arg_t){a->spec.arg, a->reorder ? prim[i] : user[i]};
+    }
+    DF_DNNL_CHECK(opname, dnnl_primitive_execute(p->prim, s, p->n_args, exec));
+    for (int i = 0; i < p->n_args; i++) {
+        prim_arg *a = &p->args[i];
+        if (a->reorder && a->spec.dir != DF_DNNL_IN)
+            run_reorder(opname, a->reorder, prim[i], user[i]);
+    }
+    DF_DNNL_CHECK(opname, dnnl_stream_wait(s));
+    for (int i = 0; i < p->n_args; i++) {
+        dnnl_memory_destroy(user[i]);
+        if (prim[i]) dnnl_memory_destroy(prim[i]);
+        if (tmp[i]) df_mem_free(tmp[i], p->args[i].prim_bytes);
+    }
+}

@@ -1,0 +1,134 @@
+/* dnnl_impl.h — the oneDNN layer shared by the ops that run on it (conv2d, matmul, linear,
+ * layer_norm). Internal to autograd/.
+ *
+ * - One CPU engine and one stream for the process, created on first use (pthread_once).
+ * - DF_DNNL_CHECK(op, call): a oneDNN call that must succeed. Ops return tensors, not statuses,
+ *   and every shape reaching oneDNN has been checked by the op first, so a failing oneDNN call
+ *   for valid shapes is a programmer error (a wrong descriptor) or an allocation failure deep in
+ *   the library: the macro sets df_last_error() to "<op>: <call> failed: <status name>"
+ *   (DF_ERR_DNNL) and stops with DF_ASSERT, which prints that message.
+ * - A primitive cache: an op describes its primitive by a key (op kind, shapes, params); the
+ *   first request for a key builds the primitive descriptor, the primitive, and the reorders
+ *   between the plain layouts our tensors use ("user" memory) and the layouts the primitive
+ *   chose (format_tag_any), and later requests reuse them. Thread-safe (one mutex), bounded
+ *   (least recently used entries are evicted; an entry in use is freed when its last user puts
+ *   it back).
+ *
+ * Follows oneDNN v2.6.3 examples/cpu_cnn_training_f32.c: format_tag_any for the primitive, user
+ * memory in plain tags, a reorder only when the two differ, backward descriptors created with the
+ * forward primitive descriptor as hint.
+ */
+#ifndef DF_DNNL_IMPL_H
+#define DF_DNNL_IMPL_H
+
+#include "autograd/autograd_impl.h"
+
+#include <oneapi/dnnl/dnnl.h>
+
+dnnl_engine_t df_dnnl_engine(void);
+dnnl_stream_t df_dnnl_stream(void);
+
+/* Stops with "<opname>: <call> failed: <status name>" (see the header comment). */
+void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file,
+                  int line) __attribute__((noreturn));
+#define DF_DNNL_CHECK(opname, call)                                                               \
+    do {                                                                                          \
+        dnnl_status_t df_dnnl_s_ = (call);                                                        \
+        if (df_dnnl_s_ != dnnl_success)                                                           \
+            df_dnnl_fail(opname, #call, df_dnnl_s_, __FILE__, __LINE__);                         \
+    } while (0)
+
+/* Memory descriptors of F32 tensors: by tag (dnnl_format_tag_any for "primitive chooses"), and
+ * by explicit strides in elements (transposed views). */
+dnnl_memory_desc_t df_dnnl_md_tag(int ndim, const int64_t *dims, dnnl_format_tag_t tag);
+dnnl_memory_desc_t df_dnnl_md_strides(int ndim, const int64_t *dims, const int64_t *strides);
+/* Plain row-major (abcd...) F32 descriptor. */
+dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims);
+
+/* ------------------------------------------------------------------ primitive cache --------- */
+
+#define DF_DNNL_KEY_MAX 48
+
+/* What identifies a primitive: the op kind (an op-private enum value, distinct per op file via
+ * df_dnnl_kind) and up to DF_DNNL_KEY_MAX integers (shapes, params, flags). Zero-initialise,
+ * then push values. */
+typedef struct df_dnnl_key {
+    int kind;
+    int n;
+    int64_t v[DF_DNNL_KEY_MAX];
+} df_dnnl_key;
+void df_dnnl_key_push(df_dnnl_key *k, int64_t v);
+void df_dnnl_key_push_n(df_dnnl_key *k, int n, const int64_t *v);
+
+enum {
+    DF_DNNL_KIND_CONV_FWD = 1,
+    DF_DNNL_KIND_CONV_BWD_DATA,
+    DF_DNNL_KIND_CONV_BWD_WEIGHTS,
+    DF_DNNL_KIND_MATMUL,
+    DF_DNNL_KIND_INNER_PRODUCT_FWD,
+    DF_DNNL_KIND_LNORM_FWD,
+    DF_DNNL_KIND_LNORM_BWD,
+};
+
+/* How an execution argument meets user memory:
+ *   IN      user memory is read (reordered into the primitive's layout if it differs);
+ *   OUT     user memory is overwritten with the result;
+ *   OUT_ACC the result is added (+=) to user memory (a reorder with a sum post-op), which is
+ *           how backward accumulates into gradients. */
+typedef enum df_dnnl_dir { DF_DNNL_IN, DF_DNNL_OUT, DF_DNNL_OUT_ACC } df_dnnl_dir;
+
+typedef struct df_dnnl_arg_spec {
+    int arg;                 /* DNNL_ARG_SRC, ... */
+    df_dnnl_dir dir;
+    dnnl_memory_desc_t user; /* the plain layout of our tensor */
+} df_dnnl_arg_spec;
+
+#define DF_DNNL_MAX_ARGS 10
+
+/* Builds a primitive: creates *pd and fills args[0..*n_args) (the order in which
+ * df_dnnl_prim_run takes data pointers). Runs without the cache lock held, so it may itself get
+ * other entries (a backward pd's forward hint). */
+typedef void (*df_dnnl_build_fn)(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
+                                 df_dnnl_arg_spec *args);
+
+typedef struct df_dnnl_prim df_dnnl_prim;
+
+/* The cached primitive for key, built with build(ctx) on a miss. The caller holds a reference
+ * until df_dnnl_prim_put. */
+df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *key, df_dnnl_build_fn build, void *ctx);
+void df_dnnl_prim_put(df_dnnl_prim *p);
+/* Borrowed while the reference is held. */
+const_dnnl_primitive_desc_t df_dnnl_prim_pd(const df_dnnl_prim *p);
+/* Executes with user data pointers in the order of the build's args (reorders included) and
+ * waits for completion. */
+void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs);
+
+/* Cache statistics (tests): entries held, hits and misses since start. */
+typedef struct df_dnnl_cache_stats {
+    int entries;
+    uint64_t hits, misses;
+} df_dnnl_cache_stats;
+df_dnnl_cache_stats df_dnnl_cache_get_stats(void);
+
+/* ------------------------------------------------------------------ matmul helper ---------- */
+
+/* One matrix operand of a oneDNN matmul: dims (..., rows, cols) over `ndim` dims (all operands
+ * of a call have the same ndim, batch dims either equal or 1 for broadcasting) and element
+ * strides, so a transpose is a stride swap. */
+typedef struct df_dnnl_mat {
+    int ndim;
+    int64_t dims[DF_MAX_DIMS];
+    int64_t strides[DF_MAX_DIMS];
+    const float *data;
+} df_dnnl_mat;
+
+/* A contiguous (..., rows, cols) operand, or its transpose (logical dims (..., cols, rows))
+ * when `trans`. */
+df_dnnl_mat df_dnnl_mat_of(const float *data, int ndim, const int64_t *stored_dims, bool trans);
+
+/* c (= or +=) a * b (+ bias broadcast over rows when bias != NULL, length = c's cols) with
+ * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). */
+void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
+                    const float *bias, float *c, const int64_t *c_dims, bool accumulate);
+
+#endif

@@ -1,0 +1,246 @@
+/* conv2d.c — 2-D convolution (torch.nn.functional.conv2d) on oneDNN.
+ *
+ *   x (N, C, H, W), w (O, C/groups, KH, KW), b (O) or NULL -> y (N, O, OH, OW),
+ *   OH = floor((H + 2 ph - dh (KH - 1) - 1) / sh) + 1 (likewise OW).
+ *   y[n, o, i, j] = b[o] + sum_{c in group(o), ki, kj} w[o, c, ki, kj]
+ *                                                   x[n, c, i sh - ph + ki dh, j sw - pw + kj dw]
+ *   forward:  oneDNN convolution (forward_training), activations in plain NCHW user memory,
+ *             the primitive's own layout chosen with format_tag_any, reorders on mismatch.
+ *   backward (G = dy):
+ *     (1) dx += conv_backward_data(G, w)               (transposed convolution of G)
+ *     (2) dw += conv_backward_weights(x, G)            (correlation of x with G)
+ *     (3) db += sum_{n, i, j} G[n, o, i, j]            (from the same primitive as (2))
+ *     both backward primitive descriptors are created with the forward one as hint; results are
+ *     added into the gradients by a reorder with a sum post-op.
+ *   saved: nothing (x, w are the node's inputs).
+ *
+ * Layout: DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the primitive is asked for
+ * (any = the primitive chooses, usually blocked nChw8c/16c; nchw/nhwc force a plain layout,
+ * nhwc with reorders from and to our NCHW tensors). Weights are always format_tag_any and
+ * reordered on every call (a cache per weight version would have to track in-place optimizer
+ * updates; measured cost in docs/layout.md). The default is the fastest measured end to end.
+ */
+#include "autograd/dnnl_impl.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { LAYOUT_ANY = 0, LAYOUT_NCHW = 1, LAYOUT_NHWC = 2 };
+
+static int layout_mode;
+static pthread_once_t layout_once = PTHREAD_ONCE_INIT;
+
+static void layout_init(void) {
+    const char *s = getenv("DF_CONV_LAYOUT");
+    layout_mode = LAYOUT_ANY;
+    if (s && strcmp(s, "nchw") == 0) layout_mode = LAYOUT_NCHW;
+    if (s && strcmp(s, "nhwc") == 0) layout_mode = LAYOUT_NHWC;
+}
+
+typedef struct conv_shape {
+    int64_t N, C, H, W, O, KH, KW, OH, OW;
+    df_conv2d_params p;
+    bool bias;      /* forward: has bias; backward weights: computes the bias gradient */
+    int layout;
+} conv_shape;
+
+df_conv2d_params df_conv2d_default(void) {
+    return (df_conv2d_params){{1, 1}, {0, 0}, {1, 1}, 1};
+}
+
+static df_dnnl_key conv_key(int kind, const conv_shape *s) {
+    df_dnnl_key k = {.kind = kind};
+    int64_t v[] = {s->N, s->C, s->H, s->W, s->O, s->KH, s->KW, s->p.stride[0], s->p.stride[1],
+                   s->p.padding[0], s->p.padding[1], s->p.dilation[0], s->p.dilation[1],
+                   s->p.groups, s->bias, s->layout};
+    df_dnnl_key_push_n(&k, (int)(sizeof v / sizeof v[0]), v);
+    return k;
+}
+
+typedef struct conv_mds {
+    dnnl_memory_desc_t src_user, w_user, b_user, dst_user; /* our plain layouts */
+    dnnl_memory_desc_t src, w, b, dst;                     /* what the primitive is asked for */
+    dnnl_dims_t strides, dilates, pad_l, pad_r;
+} conv_mds;
+
+static void conv_mds_init(const conv_shape *s, conv_mds *m) {
+    int64_t src[4] = {s->N, s->C, s->H, s->W}, dst[4] = {s->N, s->O, s->OH, s->OW};
+    int64_t G = s->p.groups;
+    int64_t w4[4] = {s->O, s->C / G, s->KH, s->KW};
+    int64_t w5[5] = {G, s->O / G, s->C / G, s->KH, s->KW};
+    m->src_user = df_dnnl_md_tag(4, src, dnnl_nchw);
+    m->dst_user = df_dnnl_md_tag(4, dst, dnnl_nchw);
+    m->w_user = G > 1 ? df_dnnl_md_tag(5, w5, dnnl_goihw) : df_dnnl_md_tag(4, w4, dnnl_oihw);
+    m->b_user = df_dnnl_md_tag(1, &s->O, dnnl_x);
+    dnnl_format_tag_t act = s->layout == LAYOUT_NCHW   ? dnnl_nchw
+                            : s->layout == LAYOUT_NHWC ? dnnl_nhwc
+                                                       : dnnl_format_tag_any;
+    m->src = df_dnnl_md_tag(4, src, act);
+    m->dst = df_dnnl_md_tag(4, dst, act);
+    m->w = G > 1 ? df_dnnl_md_tag(5, w5, dnnl_format_tag_any)
+                 : df_dnnl_md_tag(4, w4, dnnl_format_tag_any);
+    m->b = m->b_user;
+    int64_t in[2] = {s->H, s->W}, k[2] = {s->KH, s->KW}, out[2] = {s->OH, s->OW};
+    for (int i = 0; i < 2; i++) {
+        m->strides[i] = s->p.stride[i];
+        m->dilates[i] = s->p.dilation[i] - 1; /* oneDNN counts the gaps */
+        m->pad_l[i] = s->p.padding[i];
+        /* the right padding that makes oneDNN's output size equal torch's floor division */
+        m->pad_r[i] = (out[i] - 1) * s->p.stride[i] + (k[i] - 1) * s->p.dilation[i] + 1 - in[i] -
+                      s->p.padding[i];
+    }
+}
+
+static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl_arg_spec *args) {
+    const conv_shape *s = ctx;
+    conv_mds m;
+    conv_mds_init(s, &m);
+    dnnl_convolution_desc_t d;
+    DF_DNNL_CHECK("conv2d", dnnl_dilated_convolution_forward_desc_init(
+                                &d, dnnl_forward_training, dnnl_convolution_direct, &m.src, &m.w,
+                                s->bias ? &m.b : NULL, &m.dst, m.strides, m.dilates, m.pad_l,
+                                m.pad_r));
+    DF_DNNL_CHECK("conv2d", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(), NULL));
+    int n = 0;
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
+    if (s->bias) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_BIAS, DF_DNNL_IN, m.b_user};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DST, DF_DNNL_OUT, m.dst_user};
+    *n_args = n;
+}
+
+/* The forward primitive descriptor used as hint by the backward ones (bias as in forward). */
+static df_dnnl_prim *fwd_hint(const conv_shape *s, bool fwd_bias) {
+    conv_shape f = *s;
+    f.bias = fwd_bias;
+    df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_FWD, &f);
+    return df_dnnl_prim_get(&k, fwd_build, &f);
+}
+
+typedef struct bwd_ctx {
+    conv_shape s;
+    bool fwd_bias;
+} bwd_ctx;
+
+static void bwd_data_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
+                           df_dnnl_arg_spec *args) {
+    const bwd_ctx *c = ctx;
+    conv_mds m;
+    conv_mds_init(&c->s, &m);
+    dnnl_convolution_desc_t d;
+    DF_DNNL_CHECK("conv2d backward", dnnl_dilated_convolution_backward_data_desc_init(
+                                         &d, dnnl_convolution_direct, &m.src, &m.w, &m.dst,
+                                         m.strides, m.dilates, m.pad_l, m.pad_r));
+    df_dnnl_prim *hint = fwd_hint(&c->s, c->fwd_bias);
+    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+                                                                df_dnnl_prim_pd(hint)));
+    df_dnnl_prim_put(hint);
+    args[0] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_DST, DF_DNNL_IN, m.dst_user};
+    args[1] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
+    args[2] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SRC, DF_DNNL_OUT_ACC, m.src_user};
+    *n_args = 3;
+}
+
+static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
+                              df_dnnl_arg_spec *args) {
+    const bwd_ctx *c = ctx;
+    conv_mds m;
+    conv_mds_init(&c->s, &m);
+    dnnl_convolution_desc_t d;
+    DF_DNNL_CHECK("conv2d backward",
+                  dnnl_dilated_convolution_backward_weights_desc_init(
+                      &d, dnnl_convolution_direct, &m.src, &m.w, c->s.bias ? &m.b : NULL, &m.dst,
+                      m.strides, m.dilates, m.pad_l, m.pad_r));
+    df_dnnl_prim *hint = fwd_hint(&c->s, c->fwd_bias);
+    DF_DNNL_CHECK("conv2d backward", dnnl_primitive_desc_create(pd, &d, NULL, df_dnnl_engine(),
+                                                                df_dnnl_prim_pd(hint)));
+    df_dnnl_prim_put(hint);
+    int n = 0;
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_DST, DF_DNNL_IN, m.dst_user};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_WEIGHTS, DF_DNNL_OUT_ACC, m.w_user};
+    if (c->s.bias) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_BIAS, DF_DNNL_OUT_ACC, m.b_user};
+    *n_args = n;
+}
+
+static void conv2d_backward(df_node *n, const df_tensor *g) {
+    const conv_shape *s = n->state;
+    df_tensor *x = n->inputs[0], *w = n->inputs[1];
+    df_tensor *gx = df_node_grad(n, 0);
+    df_tensor *gw = df_node_grad(n, 1);
+    df_tensor *gb = n->inputs[2] ? df_node_grad(n, 2) : NULL;
+    bwd_ctx c = {*s, s->bias};
+    if (gx) { /* (1) */
+        c.s.bias = false;
+        df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_DATA, &c.s);
+        k.v[k.n++] = c.fwd_bias;
+        df_dnnl_prim *p = df_dnnl_prim_get(&k, bwd_data_build, &c);
+        df_dnnl_prim_run("conv2d backward", p,
+                         (void *[]){df_f32(g), df_f32(w), df_f32(gx)});
+        df_dnnl_prim_put(p);
+    }
+    if (gw || gb) { /* (2), (3) */
+        c.s.bias = gb != NULL;
+        df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_WEIGHTS, &c.s);
+        k.v[k.n++] = c.fwd_bias;
+        /* the primitive always makes dw: without a weight gradient it goes to a scratch tensor */
+        df_tensor *dw = gw;
+        if (!dw) {
+            dw = df_tensor_new_unscoped(DF_DTYPE_F32, w->ndim, w->shape);
+            memset(dw->data, 0, (size_t)dw->numel * sizeof(float));
+        }
+        df_dnnl_prim *p = df_dnnl_prim_get(&k, bwd_weights_build, &c);
+        df_dnnl_prim_run("conv2d backward", p,
+                         (void *[]){df_f32(x), df_f32(g), df_f32(dw), gb ? df_f32(gb) : NULL});
+        df_dnnl_prim_put(p);
+        if (!gw) df_tensor_free(dw);
+    }
+}
+
+static const df_op conv2d_op = {"conv2d", conv2d_backward, NULL};
+
+df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p) {
+    DF_ASSERT_F32("conv2d", x);
+    DF_ASSERT_F32("conv2d", w);
+    char sx[64], sw[64], sb[64];
+    df_shape_str(x, sx, sizeof sx);
+    df_shape_str(w, sw, sizeof sw);
+    DF_ASSERT(x->ndim == 4 && w->ndim == 4, "conv2d: x %s, weight %s (expected 4-D)", sx, sw);
+    DF_ASSERT(p.groups >= 1 && p.stride[0] >= 1 && p.stride[1] >= 1 && p.dilation[0] >= 1 &&
+                  p.dilation[1] >= 1 && p.padding[0] >= 0 && p.padding[1] >= 0,
+              "conv2d: bad params stride (%d, %d) padding (%d, %d) dilation (%d, %d) groups %d",
+              p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0],
+              p.dilation[1], p.groups);
+    conv_shape s = {.N = x->shape[0], .C = x->shape[1], .H = x->shape[2], .W = x->shape[3],
+                    .O = w->shape[0], .KH = w->shape[2], .KW = w->shape[3], .p = p,
+                    .bias = bias != NULL};
+    DF_ASSERT(s.C % p.groups == 0 && s.O % p.groups == 0 && w->shape[1] == s.C / p.groups,
+              "conv2d: x %s, weight %s, groups %d", sx, sw, p.groups);
+    s.OH = (s.H + 2 * p.padding[0] - p.dilation[0] * (s.KH - 1) - 1) / p.stride[0] + 1;
+    s.OW = (s.W + 2 * p.padding[1] - p.dilation[1] * (s.KW - 1) - 1) / p.stride[1] + 1;
+    DF_ASSERT(s.OH >= 1 && s.OW >= 1 && s.H + 2 * p.padding[0] >= p.dilation[0] * (s.KH - 1) + 1 &&
+                  s.W + 2 * p.padding[1] >= p.dilation[1] * (s.KW - 1) + 1,
+              "conv2d: kernel of weight %s larger than padded input %s", sw, sx);
+    if (bias) {
+        DF_ASSERT_F32("conv2d", bias);
+        DF_ASSERT(bias->ndim == 1 && bias->numel == s.O, "conv2d: bias %s for weight %s",
+                  df_shape_str(bias, sb, sizeof sb), sw);
+    }
+    pthread_once(&layout_once, layout_init);
+    s.layout = layout_mode;
+    df_tensor *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(s.N, s.O, s.OH, s.OW));
+    if (out->numel > 0 && s.C > 0) {
+        df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_FWD, &s);
+        df_dnnl_prim *prim = df_dnnl_prim_get(&k, fwd_build, &s);
+        void *ptrs[4] = {df_f32(x), df_f32(w)};
+        int i = 2;
+        if (bias) ptrs[i++] = df_f32(bias);
+        ptrs[i] = df_f32(out);
+        df_dnnl_prim_run("conv2d", prim, ptrs);
+        df_dnnl_prim_put(prim);
+    }
+    df_node *n = df_node_new(&conv2d_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof s);
+    if (n) *(conv_shape *)n->state = s;
+    return out;
+}
