@@ -14,6 +14,8 @@
  * Output: one JSON line {"mode", "impl": "ours", "ms": median ms per step, "peak_rss_mib":
  * getrusage ru_maxrss in MiB, "iters"}. Inputs and targets are drawn outside the timed region.
  * Threads: OMP_NUM_THREADS (bench/run-unet.sh sets 2).
+ * DF_BENCH_MEM=1 also prints, per step on stderr, our allocator's view (df_mem_get_stats): bytes
+ * in use after the forward, after the backward (before the step's scope ends), and the peak.
  */
 #include "nn/nn.h"
 
@@ -122,6 +124,8 @@ int main(int argc, char **argv) {
 
     int n = sd15 ? 1 : 32;
     int64_t shape[4] = {n, sd15 ? 4 : 3, sd15 ? 64 : 32, sd15 ? 64 : 32};
+    const char *mem_env = getenv("DF_BENCH_MEM");
+    bool mem_report = mem_env && *mem_env && strcmp(mem_env, "0") != 0;
     double *t = malloc(sizeof(double) * (size_t)iters);
     for (int i = -warmup; i < iters; i++) {
         df_scope s = df_scope_begin();
@@ -130,17 +134,30 @@ int main(int argc, char **argv) {
         df_tensor *target = train ? randn(&data_gen, 4, shape) : NULL;
         df_tensor *ctx = sd15 ? randn(&data_gen, 3, (int64_t[]){1, 77, 768}) : NULL;
         double t0 = now_ms();
+        size_t fwd_bytes = 0, bwd_bytes = 0;
         if (train) {
             df_flat_zero_grad(&params->flat);
             df_tensor *loss = df_mse_loss(df_unet2d_forward(&unet, x, ts), target, true);
+            fwd_bytes = df_mem_get_stats().bytes_in_use;
             if (df_backward(loss) != DF_OK) die("backward");
+            bwd_bytes = df_mem_get_stats().bytes_in_use;
         } else if (sd15) {
             df_unet2d_cond_forward(&cond, x, ts, ctx);
+            fwd_bytes = df_mem_get_stats().bytes_in_use;
         } else {
             df_unet2d_forward(&unet, x, ts);
+            fwd_bytes = df_mem_get_stats().bytes_in_use;
         }
         df_scope_end(s); /* freeing the step's tensors is part of the step */
         double t1 = now_ms();
+        if (mem_report) {
+            df_mem_stats ms = df_mem_get_stats();
+            fprintf(stderr,
+                    "bench_unet: step %d: MiB in use after forward %.0f, after backward %.0f, "
+                    "after the scope %.0f; peak in use %.0f, cached %.0f\n",
+                    i, fwd_bytes / 1048576.0, bwd_bytes / 1048576.0, ms.bytes_in_use / 1048576.0,
+                    ms.peak_in_use / 1048576.0, ms.bytes_cached / 1048576.0);
+        }
         if (i >= 0) t[i] = t1 - t0;
     }
     qsort(t, (size_t)iters, sizeof *t, cmp_double);
