@@ -167,7 +167,8 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim, mult=4):
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0),
+                                  nn.Linear(dim * mult, dim)])
 
     def forward(self, x):
         for m in self.net:
@@ -200,7 +201,8 @@ class Transformer2DModel(nn.Module):
         self.norm = nn.GroupNorm(groups, cin, eps=1e-6)
         self.proj_in = nn.Linear(cin, inner) if linear else nn.Conv2d(cin, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner, heads, dim_head, cross_dim, only_cross) for _ in range(layers)])
+            [BasicTransformerBlock(inner, heads, dim_head, cross_dim, only_cross)
+             for _ in range(layers)])
         self.proj_out = nn.Linear(inner, cin) if linear else nn.Conv2d(inner, cin, 1)
 
     def forward(self, x, context):
@@ -273,8 +275,8 @@ class Block(nn.Module):
 
 def make_attention_factory(kind, eps, groups, head_dim=None, heads=None, layers=1, cross_dim=None,
                            linear=False, only_cross=False):
-    """kind 'spatial': UNet2DModel attention (head width head_dim); 'transformer': Transformer2DModel
-    with `heads` heads; None: no attention."""
+    """kind 'spatial': UNet2DModel attention (head width head_dim); 'transformer':
+    Transformer2DModel with `heads` heads; None: no attention."""
     if kind == "spatial":
         return lambda ch: Attention(ch, ch // head_dim, head_dim, bias=True, norm_groups=groups,
                                     eps=eps, residual=True)
@@ -418,7 +420,8 @@ class UNet2DConditionModel(UNetBase):
         self.cfg = cfg
         boc, g, eps, nb = cfg["block_out_channels"], cfg["norm_num_groups"], cfg["norm_eps"], \
             len(cfg["block_out_channels"])
-        heads = as_list(cfg["num_attention_heads"] or cfg["attention_head_dim"], nb)  # diffusers' naming quirk
+        # diffusers' naming quirk: attention_head_dim is the number of heads here
+        heads = as_list(cfg["num_attention_heads"] or cfg["attention_head_dim"], nb)
         lpb = as_list(cfg["layers_per_block"], nb)
         xdim = as_list(cfg["cross_attention_dim"], nb)
         tlpb = as_list(cfg["transformer_layers_per_block"], nb)
@@ -447,7 +450,8 @@ class UNet2DConditionModel(UNetBase):
         self.mid_block.attentions = nn.ModuleList([Transformer2DModel(
             heads[-1], boc[-1] // heads[-1], boc[-1], tlpb[-1], xdim[-1], g, lin, False)])
         rev = list(reversed(boc))
-        rheads, rlpb, rxdim, rtlpb, ronly = (list(reversed(v)) for v in (heads, lpb, xdim, tlpb, only))
+        rheads, rlpb, rxdim, rtlpb, ronly = (list(reversed(v))
+                                             for v in (heads, lpb, xdim, tlpb, only))
         self.up_blocks = nn.ModuleList()
         cout = rev[0]
         for i, name in enumerate(cfg["up_block_types"]):
