@@ -12,8 +12,9 @@
  *            64x64 latents, 77x768 context, forward only, grad mode off.
  * Usage: bench_unet MODE [CONFIG.json] [WARMUP ITERS]  (defaults 1 warm-up, 3 timed).
  * Output: one JSON line {"mode", "impl": "ours", "ms": median ms per step, "peak_rss_mib":
- * getrusage ru_maxrss in MiB, "iters"}. Inputs and targets are drawn outside the timed region.
- * Threads: OMP_NUM_THREADS (bench/run-unet.sh sets 2).
+ * getrusage ru_maxrss in MiB, "iters", "params": the parameter count}. Inputs and targets are
+ * drawn outside the timed region; ending the step's scope (freeing its tensors) is inside it.
+ * Threads: OMP_NUM_THREADS (bench/run-unet.sh sets 2, and OMP_WAIT_POLICY passive).
  * DF_BENCH_MEM=1 also prints, per step on stderr, our allocator's view (df_mem_get_stats): bytes
  * in use after the forward, after the backward (before the step's scope ends), and the peak.
  */
@@ -162,8 +163,8 @@ int main(int argc, char **argv) {
     }
     qsort(t, (size_t)iters, sizeof *t, cmp_double);
     printf("{\"mode\": \"%s\", \"impl\": \"ours\", \"ms\": %.2f, \"peak_rss_mib\": %.1f, "
-           "\"iters\": %d}\n",
-           mode, t[iters / 2], peak_rss_mib(), iters);
+           "\"iters\": %d, \"params\": %lld}\n",
+           mode, t[iters / 2], peak_rss_mib(), iters, (long long)df_params_count(params));
     free(t);
     if (sd15) df_unet2d_cond_free(&cond);
     else df_unet2d_free(&unet);

@@ -14,11 +14,16 @@
 # training step (zero grad, forward, MSE, backward) / forward; sd15 — the SD 1.5 UNet with random
 # weights (tests/fixtures/configs/sd15/unet/config.json), batch 1, 64x64 latents, 77x768 context,
 # forward. Env: DF_BENCH_WARMUP (1), DF_BENCH_ITERS (3; train32/infer32), DF_BENCH_SD15_WARMUP (1),
-# DF_BENCH_SD15_ITERS (2), DF_BENCH_MODES ("train32 infer32 sd15"), OMP_NUM_THREADS (2).
+# DF_BENCH_SD15_ITERS (2), DF_BENCH_MODES ("train32 infer32 sd15"), OMP_NUM_THREADS (2),
+# OMP_WAIT_POLICY (passive: on a shared machine libgomp's spinning waits for a descheduled peer
+# thread doubled both sides' step times; both processes use libgomp and get the same policy).
+# Caveat: Debian's python3-torch 1.13 is built with BLAS_INFO=generic and runs on netlib's
+# reference BLAS, so its Linear / bmm / baddbmm are slow (most of its time in the attention-heavy
+# modes); its convolutions use oneDNN 2.6.3 like ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build >/dev/null
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 warmup=${DF_BENCH_WARMUP:-1} iters=${DF_BENCH_ITERS:-3}
 sd_warmup=${DF_BENCH_SD15_WARMUP:-1} sd_iters=${DF_BENCH_SD15_ITERS:-2}
 sd15_config=tests/fixtures/configs/sd15/unet/config.json
@@ -36,7 +41,7 @@ for mode in ${DF_BENCH_MODES:-train32 infer32 sd15}; do
 done
 
 echo
-echo "threads: $OMP_NUM_THREADS; warm-up/timed iterations: $warmup/$iters (sd15: $sd_warmup/$sd_iters);" \
+echo "threads: $OMP_NUM_THREADS ($OMP_WAIT_POLICY); warm-up/timed iterations: $warmup/$iters (sd15: $sd_warmup/$sd_iters);" \
      "median ms per step; peak RSS = ru_maxrss of the mode's own process"
 $py - "$results" <<'EOF'
 import json, sys

@@ -18,7 +18,8 @@ Usage (OMP_NUM_THREADS=2 /usr/bin/python3 bench/torch_unet.py ...; see bench/run
   --check                       parity with the fixtures (exit status 1 on a mismatch)
   train32 | infer32 [WARMUP ITERS]      case (a): UNet2DModel 32x32, batch 32
   sd15 CONFIG.json [WARMUP ITERS]       case (b): SD 1.5 UNet, batch 1, 64x64 latents, 77x768
-Each mode prints one JSON line: {"mode", "impl", "ms" (median per step), "peak_rss_mib"}.
+Each mode prints one JSON line: {"mode", "impl", "ms" (median per step), "peak_rss_mib",
+"iters", "threads", "params"}.
 """
 import json
 import math
@@ -545,7 +546,8 @@ def bench(mode, argv):
     times.sort()
     print(json.dumps({"mode": mode, "impl": "torch", "ms": round(times[len(times) // 2], 2),
                       "peak_rss_mib": round(peak_rss_mib(), 1), "iters": iters,
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(),
+                      "params": sum(p.numel() for p in m.parameters())}), flush=True)
 
 
 def main():
