@@ -9,12 +9,14 @@
 #   bench/run-unet.sh                                   # all modes, default iterations
 #   DF_BENCH_MODES="train32" bench/run-unet.sh          # a subset
 #   DF_BENCH_WARMUP=2 DF_BENCH_ITERS=5 DF_BENCH_SD15_ITERS=3 bench/run-unet.sh   # quiet machine
+# The defaults take about 5 minutes on 2 idle cores, most of it PyTorch's sd15 forward (about a
+# minute or more per step on reference BLAS, see the caveat below).
 #
 # Modes: train32 / infer32 — UNet2DModel (sample 32, block_out_channels 64,128,128, batch 32)
 # training step (zero grad, forward, MSE, backward) / forward; sd15 — the SD 1.5 UNet with random
 # weights (tests/fixtures/configs/sd15/unet/config.json), batch 1, 64x64 latents, 77x768 context,
 # forward. Env: DF_BENCH_WARMUP (1), DF_BENCH_ITERS (3; train32/infer32), DF_BENCH_SD15_WARMUP (1),
-# DF_BENCH_SD15_ITERS (2), DF_BENCH_MODES ("train32 infer32 sd15"), OMP_NUM_THREADS (2),
+# DF_BENCH_SD15_ITERS (1), DF_BENCH_MODES ("train32 infer32 sd15"), OMP_NUM_THREADS (2),
 # OMP_WAIT_POLICY (passive: on a shared machine libgomp's spinning waits for a descheduled peer
 # thread doubled both sides' step times; both processes use libgomp and get the same policy).
 # Caveat: Debian's python3-torch 1.13 is built with BLAS_INFO=generic and runs on netlib's
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 scripts/build >/dev/null
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 warmup=${DF_BENCH_WARMUP:-1} iters=${DF_BENCH_ITERS:-3}
-sd_warmup=${DF_BENCH_SD15_WARMUP:-1} sd_iters=${DF_BENCH_SD15_ITERS:-2}
+sd_warmup=${DF_BENCH_SD15_WARMUP:-1} sd_iters=${DF_BENCH_SD15_ITERS:-1}
 sd15_config=tests/fixtures/configs/sd15/unet/config.json
 py=/usr/bin/python3
 
