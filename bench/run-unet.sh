@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# bench/run-unet.sh — whole-UNet benchmark against PyTorch (issue 3): builds (scripts/build),
+# proves the PyTorch peer is the diffusers model (bench/torch_unet.py --check against the
+# diffusers-written fixtures), then runs each mode of bench_unet and of its PyTorch peer in
+# separate processes, interleaved (ours, torch, ours, torch, ...), with 2 threads each, and prints
+# one table: mode, our ms per step, PyTorch ms, time ratio (ours / PyTorch), our peak RSS (MiB),
+# PyTorch peak RSS, RSS ratio. Every step time is the median of the timed iterations.
+#
+#   bench/run-unet.sh                                   # all modes, default iterations
+#   DF_BENCH_MODES="train32" bench/run-unet.sh          # a subset
+#   DF_BENCH_WARMUP=2 DF_BENCH_ITERS=5 DF_BENCH_SD15_ITERS=3 bench/run-unet.sh   # quiet machine
+# The defaults take about 5 minutes on 2 idle cores, most of it PyTorch's sd15 forward (about a
+# minute or more per step on reference BLAS, see the caveat below).
+#
+# Modes: train32 / infer32 — UNet2DModel (sample 32, block_out_channels 64,128,128, batch 32)
+# training step (zero grad, forward, MSE, backward) / forward; sd15 — the SD 1.5 UNet with random
+# weights (tests/fixtures/configs/sd15/unet/config.json), batch 1, 64x64 latents, 77x768 context,
+# forward. Env: DF_BENCH_WARMUP (1), DF_BENCH_ITERS (3; train32/infer32), DF_BENCH_SD15_WARMUP (1),
+# DF_BENCH_SD15_ITERS (1), DF_BENCH_MODES ("train32 infer32 sd15"), OMP_NUM_THREADS (2),
+# OMP_WAIT_POLICY (passive: on a shared machine libgomp's spinning waits for a descheduled peer
+# thread doubled both sides' step times; both processes use libgomp and get the same policy).
+# Caveat: Debian's python3-torch 1.13 is built with BLAS_INFO=generic and runs on netlib's
+# reference BLAS, so its Linear / bmm / baddbmm are slow (most of its time in the attention-heavy
+# modes); its convolutions use oneDNN 2.6.3 like ours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build >/dev/null
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+warmup=${DF_BENCH_WARMUP:-1} iters=${DF_BENCH_ITERS:-3}
+sd_warmup=${DF_BENCH_SD15_WARMUP:-1} sd_iters=${DF_BENCH_SD15_ITERS:-1}
+sd15_config=tests/fixtures/configs/sd15/unet/config.json
+py=/usr/bin/python3
+
+$py bench/torch_unet.py --check
+
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+for mode in ${DF_BENCH_MODES:-train32 infer32 sd15}; do
+    if [ "$mode" = sd15 ]; then args=("$sd15_config" "$sd_warmup" "$sd_iters")
+    else args=("$warmup" "$iters"); fi
+    build/bench/bench_unet "$mode" "${args[@]}" | tee -a "$results"
+    $py bench/torch_unet.py "$mode" "${args[@]}" | tee -a "$results"
+done
+
+echo
+echo "threads: $OMP_NUM_THREADS ($OMP_WAIT_POLICY); warm-up/timed iterations: $warmup/$iters (sd15: $sd_warmup/$sd_iters);" \
+     "median ms per step; peak RSS = ru_maxrss of the mode's own process"
+$py - "$results" <<'EOF'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rows.setdefault(r["mode"], {})[r["impl"]] = r
+print(f"{'mode':<9} {'ours ms':>10} {'torch ms':>10} {'time x':>7} {'ours MiB':>9} {'torch MiB':>9} {'RSS x':>6}")
+for mode, r in rows.items():
+    o, t = r.get("ours"), r.get("torch")
+    if not o or not t:
+        continue
+    print(f"{mode:<9} {o['ms']:>10.1f} {t['ms']:>10.1f} {o['ms'] / t['ms']:>7.2f} "
+          f"{o['peak_rss_mib']:>9.0f} {t['peak_rss_mib']:>9.0f} "
+          f"{o['peak_rss_mib'] / t['peak_rss_mib']:>6.2f}")
+EOF
