@@ -186,6 +186,10 @@ typedef struct df_scope {
 } df_scope;
 DF_API df_scope df_scope_begin(void);
 DF_API void df_scope_end(df_scope s);
+/* Ends scope s but keeps `keep` (made inside s, or owned by an enclosing scope) alive: it belongs
+ * to the enclosing scope afterwards (or to the caller when none is open). The way a module forward frees its intermediates as soon as it
+ * returns (inference) while its output lives on. Returns keep. */
+DF_API df_tensor *df_scope_end_keep(df_scope s, df_tensor *keep);
 /* Library code that builds a result from temporaries it frees itself: between suspend and
  * resume no scope adopts new tensors (the code owns them all), and the result is handed to the
  * caller's scope with df_tensor_adopt after resume. Pairs nest like scopes. */

@@ -157,6 +157,19 @@ static void scope_adopt(df_tensor *t) {
     scope_stack[scope_len++] = t;
 }
 
+df_tensor *df_scope_end_keep(df_scope s, df_tensor *keep) {
+    keep->refcount++; /* our own reference across the end of the scope */
+    df_scope_end(s);
+    if (keep->scoped || scope_depth == 0) {
+        /* already owned by an enclosing scope (made before s began), or no scope is left and the
+         * caller takes our reference */
+        if (keep->scoped) release(keep);
+        return keep;
+    }
+    scope_adopt(keep); /* our reference becomes the enclosing scope's */
+    return keep;
+}
+
 df_scope_pause df_scope_suspend(void) {
     df_scope_pause p = {scope_depth};
     scope_depth = 0;

@@ -1,7 +1,9 @@
 /* attention.c — diffusers Attention with the classic AttnProcessor (torch < 2.0):
  *   x (N, C, H, W) -> [group_norm] -> (N, HW, C);   ctx = context or x
  *   q = to_q(x), k = to_k(ctx), v = to_v(ctx)           split into heads (N, heads, T, d)
- *   p = softmax(q k^T * d^-1/2)  (baddbmm with alpha = scale)
+ *   p = softmax((q d^-1/2) k^T)  (diffusers: baddbmm with alpha = d^-1/2 on q k^T; scaling the
+ *                                 (T, d) q instead of the (T, S) scores saves a score-sized tensor
+ *                                 and a pass; the rounding differs by an ulp)
  *   o = to_out.0(merge_heads(p v))                      (to_out.1 is dropout 0)
  *   4-D input: back to (N, C, H, W); + residual when residual_connection; / rescale_output_factor
  * upcast_attention / upcast_softmax are no-ops for float32. The group norm of UNet2DModel and the
@@ -42,6 +44,7 @@ static df_tensor *split_heads(df_tensor *x, int heads) {
 }
 
 df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *context) {
+    df_scope scope = df_scope_begin();
     df_tensor *residual = x;
     int64_t n = x->shape[0], c = x->shape[1], h = 0, w = 0;
     df_tensor *hs = x;
@@ -53,10 +56,10 @@ df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *
         hs = df_transpose(df_norm_mod_forward(&m->group_norm, df_transpose(hs, 1, 2)), 1, 2);
     }
     df_tensor *ctx = context ? context : hs;
-    df_tensor *q = split_heads(df_linear_mod_forward(&m->to_q, hs), m->heads);
+    df_tensor *q = split_heads(df_mul_scalar(df_linear_mod_forward(&m->to_q, hs), m->scale), m->heads);
     df_tensor *k = split_heads(df_linear_mod_forward(&m->to_k, ctx), m->heads);
     df_tensor *v = split_heads(df_linear_mod_forward(&m->to_v, ctx), m->heads);
-    df_tensor *scores = df_mul_scalar(df_matmul(q, k, false, true), m->scale);
+    df_tensor *scores = df_matmul(q, k, false, true);
     df_tensor *o = df_matmul(df_softmax(scores), v, false, false); /* (N, heads, T, d) */
     int64_t t = o->shape[2];
     o = df_reshape(df_permute(o, (int[]){0, 2, 1, 3}), DF_DIMS(n, t, m->heads * m->dim_head));
@@ -64,5 +67,5 @@ df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *
     if (x->ndim == 4) o = df_reshape(df_transpose(o, 1, 2), DF_DIMS(n, c, h, w));
     if (m->residual_connection) o = df_add(o, residual);
     if (m->rescale_output_factor != 1.0f) o = df_mul_scalar(o, 1.0f / m->rescale_output_factor);
-    return o;
+    return df_scope_end_keep(scope, o);
 }

@@ -140,10 +140,11 @@ df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
     bool quick = strcmp(c->hidden_act, "quick_gelu") == 0;
     for (int i = 0; i < c->num_hidden_layers; i++) {
         const df_clip_layer *l = &m->layers[i];
+        df_scope scope = df_scope_begin();
         h = df_add(h, attention(m, l, df_norm_mod_forward(&l->layer_norm1, h), causal));
         df_tensor *f = df_linear_mod_forward(&l->fc1, df_norm_mod_forward(&l->layer_norm2, h));
         f = quick ? df_quick_gelu(f) : df_gelu(f);
-        h = df_add(h, df_linear_mod_forward(&l->fc2, f));
+        h = df_scope_end_keep(scope, df_add(h, df_linear_mod_forward(&l->fc2, f)));
         if (hidden_states) hidden_states[i + 1] = h;
     }
     df_tensor *last = df_norm_mod_forward(&m->final_layer_norm, h);

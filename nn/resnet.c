@@ -32,6 +32,7 @@ void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_conf
 }
 
 df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) {
+    df_scope scope = df_scope_begin(); /* intermediates die here unless the tape needs them */
     df_tensor *h = df_conv_mod_forward(&m->conv1, df_silu(df_norm_mod_forward(&m->norm1, x)));
     int64_t n = h->shape[0];
     df_tensor *t = NULL;
@@ -50,5 +51,5 @@ df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) 
     df_tensor *skip = m->has_shortcut ? df_conv_mod_forward(&m->conv_shortcut, x) : x;
     df_tensor *out = df_add(skip, h);
     if (m->output_scale_factor != 1.0f) out = df_mul_scalar(out, 1.0f / m->output_scale_factor);
-    return out;
+    return df_scope_end_keep(scope, out);
 }

@@ -32,6 +32,7 @@ static void block_init(df_transformer_block *b, df_params *r, const char *name, 
 }
 
 static df_tensor *block_forward(const df_transformer_block *b, df_tensor *h, df_tensor *ctx) {
+    df_scope scope = df_scope_begin();
     df_tensor *a = df_attention_forward(&b->attn1, df_norm_mod_forward(&b->norm1, h),
                                         b->only_cross_attention ? ctx : NULL);
     h = df_add(a, h);
@@ -39,7 +40,7 @@ static df_tensor *block_forward(const df_transformer_block *b, df_tensor *h, df_
     df_tensor *parts[2];
     df_chunk(df_linear_mod_forward(&b->ff_proj, df_norm_mod_forward(&b->norm3, h)), 2, -1, parts);
     df_tensor *ff = df_linear_mod_forward(&b->ff_out, df_mul(parts[0], df_gelu(parts[1])));
-    return df_add(ff, h);
+    return df_scope_end_keep(scope, df_add(ff, h));
 }
 
 void df_transformer2d_init(df_transformer2d *m, df_params *r, const char *name,
@@ -75,6 +76,7 @@ void df_transformer2d_free(df_transformer2d *m) {
 }
 
 df_tensor *df_transformer2d_forward(const df_transformer2d *m, df_tensor *x, df_tensor *context) {
+    df_scope scope = df_scope_begin();
     int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], w = x->shape[3];
     df_tensor *hs = df_norm_mod_forward(&m->norm, x);
     if (!m->use_linear_projection) hs = df_conv_mod_forward(&m->proj_in_conv, hs);
@@ -84,5 +86,5 @@ df_tensor *df_transformer2d_forward(const df_transformer2d *m, df_tensor *x, df_
     if (m->use_linear_projection) hs = df_linear_mod_forward(&m->proj_out_linear, hs);
     hs = df_permute(df_reshape(hs, DF_DIMS(n, h, w, c)), (int[]){0, 3, 1, 2});
     if (!m->use_linear_projection) hs = df_conv_mod_forward(&m->proj_out_conv, hs);
-    return df_add(hs, x);
+    return df_scope_end_keep(scope, df_add(hs, x));
 }
