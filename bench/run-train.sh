@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# bench/run-train.sh — training steps per second of recipes/configs/emoji-ddpm.yaml's model,
+# ours (`diffusion train` itself: data loading, EMA and all) against the PyTorch peer
+# (bench/torch_train_uncond.py: the same model and step with diffusers' formulas), same batch
+# (16), 2 threads, passive OpenMP waiting for both. Prints ms per step, the time ratio and the
+# peak-RSS ratio. Needs scripts/fetch-emoji and python3-torch (scripts/setup --dev).
+# Usage: bench/run-train.sh [STEPS]   (default 40; the first 10 steps are warm-up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=${1:-40}
+export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
+scripts/build >/dev/null
+out=$(mktemp -d)
+/usr/bin/time -f "%M" -o "$out/rss" build/diffusion train recipes/configs/emoji-ddpm.yaml \
+  output_dir="$out/run" max_train_steps="$steps" lr_warmup_steps=0 checkpointing_steps=0 \
+  num_validation_images=0 2>/dev/null
+ours_ms=$(python3 -c "
+import json,statistics,sys
+rows=[json.loads(l) for l in open('$out/run/metrics.jsonl')][10:]
+print(round(statistics.median(1000/r['it_s'] for r in rows),2))")
+ours_rss=$(awk '{printf "%.1f", $1/1024}' "$out/rss")
+torch_json=$(/usr/bin/python3 bench/torch_train_uncond.py 10 $((steps - 10)))
+torch_ms=$(python3 -c "import json;print(json.loads('$torch_json')['ms'])")
+torch_rss=$(python3 -c "import json;print(json.loads('$torch_json')['peak_rss_mib'])")
+printf "%-12s %10s %10s %8s %10s %10s %8s\n" mode "ours ms" "torch ms" "time x" "ours MiB" "torch MiB" "RSS x"
+printf "%-12s %10s %10s %8.2f %10s %10s %8.2f\n" emoji-ddpm "$ours_ms" "$torch_ms" \
+  "$(echo "$ours_ms / $torch_ms" | bc -l)" "$ours_rss" "$torch_rss" "$(echo "$ours_rss / $torch_rss" | bc -l)"
+rm -rf "$out"
