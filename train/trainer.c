@@ -506,10 +506,8 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     int64_t ckpt_every = df_config_int(c, "checkpointing_steps");
     int64_t val_every = df_config_int(c, "validation_steps");
     t->started = now();
-    int64_t first = t->step;
     while (t->step < t->max_steps) {
         DF_TRY(train_step(t));
-        if (t->step == first + 1) t->started = now() - (now() - t->started); /* keep ETA honest */
         bool last = t->step == t->max_steps;
         if (val_every > 0 && t->step % val_every == 0 && !last) DF_TRY(validation_grid(t, t->step));
         bool stop = stop_requested != 0 ||
