@@ -122,7 +122,8 @@ typedef struct trainer {
     FILE *metrics;
     df_tb_writer tb;
     bool tty;
-    double started;
+    double started;     /* when this process's first step began */
+    int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
 } trainer;
 
 static double now(void) {
@@ -400,8 +401,8 @@ static void log_step(trainer *t, double loss, double lr, double norm, double sec
     df_tb_scalar(&t->tb, "train/loss", t->step, loss);
     df_tb_scalar(&t->tb, "train/lr", t->step, lr);
     double elapsed = now() - t->started;
-    int64_t done = t->step, total = t->max_steps;
-    double eta = done > 0 ? elapsed / (double)done * (double)(total - done) : 0;
+    int64_t done = t->step, total = t->max_steps, ran = t->step - t->first_step;
+    double eta = ran > 0 ? elapsed / (double)ran * (double)(total - done) : 0;
     if (t->tty) {
         int width = 30, filled = (int)(width * done / (total ? total : 1));
         fprintf(stderr, "\r[%.*s%*s] %" PRId64 "/%" PRId64 " %.2f it/s loss %.4f lr %.2e ETA %02d:%02d:%02d%s",
@@ -506,6 +507,7 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     int64_t ckpt_every = df_config_int(c, "checkpointing_steps");
     int64_t val_every = df_config_int(c, "validation_steps");
     t->started = now();
+    t->first_step = t->step;
     while (t->step < t->max_steps) {
         DF_TRY(train_step(t));
         bool last = t->step == t->max_steps;
