@@ -51,9 +51,17 @@ struct df_storage {
 /* True when grad mode is on and any of the n inputs requires a gradient. */
 bool df_needs_grad(int n, df_tensor *const *inputs);
 /* Records a node making `out` (which then requires grad) when df_needs_grad(inputs); else
- * returns NULL and records nothing. */
+ * returns NULL and records nothing. The node keeps every input's data alive until its backward
+ * has run. */
 df_node *df_node_new(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
                      size_t state_size);
+/* As df_node_new, but keeps the data only of the inputs whose bit is set in keep_data (bit i:
+ * input i): an intermediate input outside the mask is held as a header without storage (shape,
+ * dtype and producer node, so gradients still reach it), and its memory is free to go as soon
+ * as nothing else uses it. The op's backward must read only shapes of those inputs. Leaves are
+ * always kept (they outlive the step anyway). */
+df_node *df_node_new_keep(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
+                          size_t state_size, unsigned keep_data);
 /* Keeps a detached alias of t in slot i for backward. */
 void df_node_save(df_node *n, int slot, const df_tensor *t);
 /* The F32 gradient accumulator of input i (created zero-filled, same shape as the input), or

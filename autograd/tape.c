@@ -32,8 +32,29 @@ bool df_needs_grad(int n, df_tensor *const *inputs) {
     return false;
 }
 
+/* A storage-less stand-in for an intermediate input: its shape and producer node only. */
+static df_tensor *grad_route(const df_tensor *t) {
+    df_tensor *h = df_mem_alloc(sizeof *h);
+    DF_ASSERT(h, "out of memory: %s", df_last_error());
+    memset(h, 0, sizeof *h);
+    h->dtype = t->dtype;
+    h->ndim = t->ndim;
+    memcpy(h->shape, t->shape, sizeof h->shape);
+    h->numel = t->numel;
+    h->node = t->node;
+    df_node_retain(t->node);
+    h->requires_grad = true;
+    h->refcount = 1;
+    return h;
+}
+
 df_node *df_node_new(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
                      size_t state_size) {
+    return df_node_new_keep(op, out, n_inputs, inputs, state_size, ~0u);
+}
+
+df_node *df_node_new_keep(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
+                          size_t state_size, unsigned keep_data) {
     if (!df_needs_grad(n_inputs, inputs)) return NULL;
     DF_ASSERT(out->node == NULL, "%s: output already has a node", op->name);
     size_t head = sizeof(df_node) + (size_t)n_inputs * sizeof(df_tensor *);
@@ -49,7 +70,11 @@ df_node *df_node_new(const df_op *op, df_tensor *out, int n_inputs, df_tensor *c
     n->state = state_size ? (char *)n + head : NULL;
     n->out_ndim = out->ndim;
     memcpy(n->out_shape, out->shape, sizeof n->out_shape);
-    for (int i = 0; i < n_inputs; i++) n->inputs[i] = inputs[i] ? df_tensor_retain(inputs[i]) : NULL;
+    for (int i = 0; i < n_inputs; i++) {
+        df_tensor *t = inputs[i];
+        bool keep = i >= 32 || (keep_data >> i) & 1u;
+        n->inputs[i] = !t ? NULL : (keep || !t->node) ? df_tensor_retain(t) : grad_route(t);
+    }
     out->node = n;
     out->requires_grad = true;
     return n;

@@ -63,7 +63,7 @@ static void push_pending(bool is_node, void *p) {
 }
 
 void df_storage_release(df_storage *s) {
-    if (!s || --s->refcount > 0) return;
+    if (!s || --s->refcount > 0) return; /* NULL: a gradient-routing header (tape.c) */
     if (!s->external) df_mem_free(s->data, s->bytes);
     df_mem_free(s, sizeof *s);
 }

@@ -70,7 +70,7 @@ df_tensor *df_avg_pool2d(df_tensor *x, int kernel, int stride) {
                 yp[i * OW + j] = acc / div;
             }
     }
-    df_node *n = df_node_new(&avg_pool_op, out, 1, &x, sizeof p);
+    df_node *n = df_node_new_keep(&avg_pool_op, out, 1, &x, sizeof p, 0u);
     if (n) *(pool_params *)n->state = p;
     return out;
 }

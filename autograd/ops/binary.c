@@ -188,6 +188,14 @@ static void binary_backward(df_node *n, const df_tensor *g) {
                           true);
             continue;
         }
+        if (plain) { /* ±g itself: add and sub never read their inputs (kept as shapes only) */
+            float *d = df_f32(gi);
+            const float *gv = df_f32(g);
+            float sg = (float)sign;
+#pragma omp parallel for simd schedule(static) if (g->numel > 32768)
+            for (int64_t i = 0; i < g->numel; i++) d[i] += sg * gv[i];
+            continue;
+        }
         df_bcast bc;
         df_bcast_init(&bc, g->ndim, g->shape, 4, (int[]){g->ndim, g->ndim, a->ndim, b->ndim},
                       (const int64_t *[]){g->shape, g->shape, a->shape, b->shape});
@@ -221,7 +229,9 @@ static df_tensor *binary(const df_op *op, bin_kind kind, df_tensor *a, df_tensor
               df_shape_str(b, sb, sizeof sb));
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, nd, shape);
     binary_forward(kind, out, a, b);
-    df_node *n = df_node_new(op, out, 2, (df_tensor *[]){a, b}, sizeof(binary_params));
+    /* add and sub need only shapes in backward; mul and div need both values */
+    unsigned keep = (kind == BIN_ADD || kind == BIN_SUB) ? 0u : 3u;
+    df_node *n = df_node_new_keep(op, out, 2, (df_tensor *[]){a, b}, sizeof(binary_params), keep);
     if (n) *(binary_params *)n->state = (binary_params){kind};
     return out;
 }

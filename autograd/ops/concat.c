@@ -82,7 +82,7 @@ df_tensor *df_concat(df_tensor **ts, int n, int dim) {
     }
     df_tensor *out = df_tensor_new(a->dtype, a->ndim, shape);
     concat_forward(out, ts, n, d);
-    df_node *node = df_node_new(&concat_op, out, n, ts, sizeof(concat_params));
+    df_node *node = df_node_new_keep(&concat_op, out, n, ts, sizeof(concat_params), 0u); /* shapes only */
     if (node) ((concat_params *)node->state)->dim = d;
     return out;
 }

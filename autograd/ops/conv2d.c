@@ -268,7 +268,7 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
         df_dnnl_prim_run("conv2d", prim, ptrs);
         df_dnnl_prim_put(prim);
     }
-    df_node *n = df_node_new(&conv2d_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof s);
+    df_node *n = df_node_new_keep(&conv2d_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof s, 3u);
     if (n) *(conv_shape *)n->state = s;
     return out;
 }

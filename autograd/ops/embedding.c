@@ -74,6 +74,6 @@ df_tensor *df_embedding(df_tensor *ids, df_tensor *table) {
     shape[ids->ndim] = D;
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, ids->ndim + 1, shape);
     embedding_forward(out, ids, table);
-    df_node_new(&embedding_op, out, 2, (df_tensor *[]){ids, table}, 0);
+    df_node_new_keep(&embedding_op, out, 2, (df_tensor *[]){ids, table}, 0, 1u); /* ids only */
     return out;
 }

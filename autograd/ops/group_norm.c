@@ -132,7 +132,7 @@ df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor 
             for (int64_t s = 0; s < S; s++) yc[s] = xc[s] * fa + fk;
         }
     }
-    df_node *n = df_node_new(&group_norm_op, out, 3, (df_tensor *[]){x, weight, bias}, sizeof p);
+    df_node *n = df_node_new_keep(&group_norm_op, out, 3, (df_tensor *[]){x, weight, bias}, sizeof p, 3u);
     if (n) {
         *(gnorm_params *)n->state = p;
         df_node_save(n, 0, mean_t);

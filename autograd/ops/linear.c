@@ -76,7 +76,7 @@ df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
         df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims, false,
                        false);
     }
-    df_node *n = df_node_new(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p);
+    df_node *n = df_node_new_keep(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p, 3u);
     if (n) *(linear_params *)n->state = p;
     return out;
 }

@@ -74,7 +74,7 @@ df_tensor *df_masked_fill(df_tensor *a, df_tensor *mask, float value) {
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
     masked_fill_run(df_f32(out), df_f32(a), a, mask, value, false);
     df_node *n =
-        df_node_new(&masked_fill_op, out, 2, (df_tensor *[]){a, mask}, sizeof(masked_fill_params));
+        df_node_new_keep(&masked_fill_op, out, 2, (df_tensor *[]){a, mask}, sizeof(masked_fill_params), 2u);
     if (n) *(masked_fill_params *)n->state = (masked_fill_params){value};
     return out;
 }

@@ -269,7 +269,7 @@ df_tensor *df_permute(df_tensor *a, const int *perm) {
     }
     df_tensor *out = df_tensor_new(a->dtype, a->ndim, shape);
     permute_run(a->data, out->data, df_dtype_size(a->dtype), a->ndim, a->shape, p, false);
-    df_node *node = df_node_new(&permute_op, out, 1, &a, sizeof(permute_params));
+    df_node *node = df_node_new_keep(&permute_op, out, 1, &a, sizeof(permute_params), 0u);
     if (node) memcpy(((permute_params *)node->state)->perm, p, sizeof p);
     return out;
 }

@@ -80,7 +80,7 @@ static df_tensor *reduce(const df_op *op, df_tensor *a, int ndims, const int *di
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, ond, oshape);
     df_reduce_sum(df_f32(a), a->ndim, a->shape, df_f32(out), a->ndim, p.kshape,
                   mean ? 1.0 / (double)count : 1.0, false);
-    df_node *n = df_node_new(op, out, 1, &a, sizeof p);
+    df_node *n = df_node_new_keep(op, out, 1, &a, sizeof p, 0u);
     if (n) *(reduce_params *)n->state = p;
     return out;
 }

@@ -39,6 +39,6 @@ df_tensor *df_reshape(df_tensor *a, int ndim, const int64_t *shape) {
     DF_ASSERT(known == a->numel, "reshape: %s (%lld elements) to %lld elements",
               df_shape_str(a, sa, sizeof sa), (long long)a->numel, (long long)known);
     df_tensor *out = df_tensor_view(a, ndim, dims, 0);
-    if (a->dtype == DF_DTYPE_F32) df_node_new(&reshape_op, out, 1, &a, 0);
+    if (a->dtype == DF_DTYPE_F32) df_node_new_keep(&reshape_op, out, 1, &a, 0, 0u);
     return out;
 }

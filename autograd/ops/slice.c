@@ -63,7 +63,7 @@ df_tensor *df_slice(df_tensor *a, int dim, int64_t start, int64_t len) {
     shape[d] = len;
     df_tensor *out = df_tensor_new(a->dtype, a->ndim, shape);
     slice_forward(out, a, d, start);
-    df_node *node = df_node_new(&slice_op, out, 1, &a, sizeof(slice_params));
+    df_node *node = df_node_new_keep(&slice_op, out, 1, &a, sizeof(slice_params), 0u);
     if (node) *(slice_params *)node->state = (slice_params){d, start};
     return out;
 }

@@ -69,7 +69,7 @@ static df_tensor *softmax(const df_op *op, df_tensor *a, bool log) {
     float *y = df_f32(out);
 #pragma omp parallel for schedule(static) if (a->numel > DF_PAR_GRAIN)
     for (int64_t r = 0; r < rows; r++) softmax_row(x + r * D, y + r * D, D, log);
-    df_node *n = df_node_new(op, out, 1, &a, sizeof(softmax_params));
+    df_node *n = df_node_new_keep(op, out, 1, &a, sizeof(softmax_params), 0u); /* uses its output */
     if (n) {
         *(softmax_params *)n->state = (softmax_params){log};
         df_node_save(n, 0, out);

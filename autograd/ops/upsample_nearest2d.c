@@ -60,7 +60,7 @@ df_tensor *df_upsample_nearest2d(df_tensor *x, int scale) {
                 for (int64_t j = 0; j < OW; j++) row[a * OW + j] = row[j];
         }
     }
-    df_node *n = df_node_new(&upsample_op, out, 1, &x, sizeof p);
+    df_node *n = df_node_new_keep(&upsample_op, out, 1, &x, sizeof p, 0u);
     if (n) *(upsample_params *)n->state = p;
     return out;
 }
