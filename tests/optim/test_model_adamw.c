@@ -81,7 +81,7 @@ static void trajectory(const char *name) {
         cr_assert_eq(df_st_read(want, key, DF_DTYPE_F32, &w), DF_OK, "%s", key);
         if (strstr(names[i], "to_k.bias") || strstr(names[i], "k_proj.bias")) {
             /* noise-driven +-lr moves (Adam's step can reach ~3 lr when the noise flips sign):
-             * only bounded, as ../shared/ref/README.md advises excluding them */
+             * only bounded, as the reference fixtures' README advises excluding them */
             check_close(key, params[i], w, 10 * 1e-3, 0);
             continue;
         }
