@@ -16,8 +16,7 @@ df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init) {
     memset(m, 0, sizeof *m);
     m->config = *c;
     df_params *r = &m->params;
-    df_params_init(r, init.gen);
-    r->shapes_only = init.shapes_only;
+    df_params_init_with(r, init);
     char buf[DF_NAME_MAX];
     int nb = c->n_blocks, c0 = c->block_out_channels[0], clast = c->block_out_channels[nb - 1];
     int lat = c->latent_channels;

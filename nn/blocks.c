@@ -183,6 +183,14 @@ bool df_block_type_attn(const char *type, df_block_attn *out) {
     return false;
 }
 
+df_block_config df_unet_base_block(int temb_channels, int groups, float eps,
+                                   const char *resnet_time_scale_shift, int downsample_padding) {
+    return (df_block_config){.temb_channels = temb_channels, .groups = groups, .eps = eps,
+                             .output_scale_factor = 1.0f,
+                             .scale_shift = strcmp(resnet_time_scale_shift, "scale_shift") == 0,
+                             .downsample_padding = downsample_padding};
+}
+
 df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR],
                                char (*up)[DF_JSON_STR], df_block_attn excluded) {
     for (int i = 0; i < n; i++) {

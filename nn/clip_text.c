@@ -61,8 +61,7 @@ df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_in
     memset(m, 0, sizeof *m);
     m->config = *c;
     df_params *r = &m->params;
-    df_params_init(r, init.gen);
-    r->shapes_only = init.shapes_only;
+    df_params_init_with(r, init);
     int d = c->hidden_size;
     char buf[DF_NAME_MAX], layer[DF_NAME_MAX];
     m->token_embedding = df_params_add(r, "text_model.embeddings.token_embedding", "weight",

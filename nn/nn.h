@@ -190,8 +190,17 @@ typedef struct df_params {
     df_flat flat;    /* set by df_params_flatten */
 } df_params;
 
+/* How a model's parameters start: drawn from `gen` (torch's default initialisers' ranges), zero
+ * when gen is NULL, or never touched at all (shapes_only: for key-list checks of huge models). */
+typedef struct df_init {
+    df_philox *gen;
+    bool shapes_only;
+} df_init;
+
 /* An empty registry; `init_gen` (borrowed, may be NULL) draws initial values. */
 DF_API void df_params_init(df_params *r, df_philox *init_gen);
+/* An empty registry set up as `init` says (the first step of every model's *_init). */
+DF_API void df_params_init_with(df_params *r, df_init init);
 DF_API void df_params_free(df_params *r);
 /* "prefix.leaf" (or "leaf" when prefix is empty) into buf; returns buf. */
 DF_API char *df_name_join(char *buf, size_t len, const char *prefix, const char *leaf);
@@ -406,6 +415,11 @@ DF_API void df_down_block_init(df_block *b, df_params *r, const char *name, df_b
 DF_API void df_up_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
 DF_API void df_mid_block_init(df_block *b, df_params *r, const char *name, df_block_config c);
 DF_API void df_block_free(df_block *b);
+/* The block settings both UNets share (time embedding width, norms, resnet time-embedding mode
+ * "default" or "scale_shift", downsample padding); each block adds its own widths. */
+DF_API df_block_config df_unet_base_block(int temb_channels, int groups, float eps,
+                                          const char *resnet_time_scale_shift,
+                                          int downsample_padding);
 /* DF_ERR_UNSUPPORTED naming the block type unless every down/up type is a UNet block of a kind
  * other than `excluded` (UNet2DModel has no cross-attention blocks; the conditional UNet no
  * spatial-attention ones). */
@@ -541,12 +555,6 @@ typedef struct df_vae {
     df_conv_mod quant_conv, post_quant_conv;
 } df_vae;
 
-/* How a model's parameters start: drawn from `gen` (torch's default initialisers' ranges), zero
- * when gen is NULL, or never touched at all (shapes_only: for key-list checks of huge models). */
-typedef struct df_init {
-    df_philox *gen;
-    bool shapes_only;
-} df_init;
 
 /* Builds the model from its config, registering every parameter under diffusers' names. Validates the config (DF_ERR_UNSUPPORTED for a
  * block type or option we do not implement). */

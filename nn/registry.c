@@ -22,6 +22,11 @@ void df_params_init(df_params *r, df_philox *init_gen) {
     r->init = init_gen;
 }
 
+void df_params_init_with(df_params *r, df_init init) {
+    df_params_init(r, init.gen);
+    r->shapes_only = init.shapes_only;
+}
+
 void df_params_free(df_params *r) {
     for (int i = 0; i < r->n; i++) {
         free(r->items[i].name);

@@ -22,14 +22,11 @@ df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c,
     DF_TRY(check_blocks(c));
     m->config = *c;
     df_params *r = &m->params;
-    df_params_init(r, init.gen);
-    r->shapes_only = init.shapes_only;
+    df_params_init_with(r, init);
     char buf[DF_NAME_MAX];
     int c0 = c->block_out_channels[0], temb = 4 * c0, nb = c->n_blocks;
-    df_block_config base = {.temb_channels = temb, .groups = c->norm_num_groups,
-                            .eps = c->norm_eps, .output_scale_factor = 1.0f,
-                            .scale_shift = strcmp(c->resnet_time_scale_shift, "scale_shift") == 0,
-                            .downsample_padding = c->downsample_padding};
+    df_block_config base = df_unet_base_block(temb, c->norm_num_groups, c->norm_eps,
+                                              c->resnet_time_scale_shift, c->downsample_padding);
     base.transformer = (df_transformer2d_config){.norm_groups = c->norm_num_groups,
                                                  .use_linear_projection = c->use_linear_projection};
 
