@@ -341,6 +341,13 @@ DF_API df_tensor *df_quick_gelu(df_tensor *a); /* x * sigmoid(1.702 x) */
 DF_API df_tensor *df_softmax(df_tensor *a);
 DF_API df_tensor *df_log_softmax(df_tensor *a);
 
+/* Fused attention: softmax(q k^T) v over the last two dims, q (..., T, d), k (..., S, d),
+ * v (..., S, e) with equal batch dims -> (..., T, e). The caller scales q. With `causal`, key j
+ * is masked out of query i's row for j > i (masked_fill with -FLT_MAX before the softmax). It
+ * equals df_matmul(df_softmax(df_matmul(q, k, false, true)), v, false, false) but never keeps
+ * the (T, S) probabilities: backward recomputes them block by block. */
+DF_API df_tensor *df_softmax_attention(df_tensor *q, df_tensor *k, df_tensor *v, bool causal);
+
 /* Reductions over `ndims` dims (ndims 0 = all dims). */
 DF_API df_tensor *df_sum(df_tensor *a, int ndims, const int *dims, bool keepdim);
 DF_API df_tensor *df_mean(df_tensor *a, int ndims, const int *dims, bool keepdim);

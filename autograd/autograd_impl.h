@@ -87,6 +87,14 @@ df_tensor *df_detach_unscoped(const df_tensor *t);
     DF_ASSERT((t)->dtype == DF_DTYPE_F32, "%s: expected F32, got %s", opname,                    \
               df_dtype_name((t)->dtype))
 
+/* Shared kernels. df_softmax_row: softmax (or log_softmax when `log`) of one row of D floats,
+ * stable (row maximum subtracted), the sum in double; y may equal x. */
+void df_softmax_row(const float *x, float *y, int64_t D, bool log);
+/* df_softmax_attention works in blocks of at most this many bytes of scores (default 8 MiB);
+ * returns the previous value. Results do not depend on it beyond rounding of dk/dv sums across
+ * row blocks; tests shrink it to cover the row-block path. */
+size_t df_softmax_attention_set_chunk_bytes(size_t bytes);
+
 /* Normalises a possibly negative dim against ndim; asserts it is in range. */
 int df_dim_norm(const char *opname, int dim, int ndim);
 

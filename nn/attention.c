@@ -5,6 +5,8 @@
  *                                 (T, d) q instead of the (T, S) scores saves a score-sized tensor
  *                                 and a pass; the rounding differs by an ulp)
  *   o = to_out.0(merge_heads(p v))                      (to_out.1 is dropout 0)
+ *   p v is one fused op (df_softmax_attention): the (T, S) probabilities are never stored for
+ *   backward, which recomputes them; that is most of a UNet's activation memory otherwise.
  *   4-D input: back to (N, C, H, W); + residual when residual_connection; / rescale_output_factor
  * upcast_attention / upcast_softmax are no-ops for float32. The group norm of UNet2DModel and the
  * VAE normalises (N, C, HW), the same as normalising (N, C, H, W).
@@ -59,8 +61,7 @@ df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *
     df_tensor *q = split_heads(df_mul_scalar(df_linear_mod_forward(&m->to_q, hs), m->scale), m->heads);
     df_tensor *k = split_heads(df_linear_mod_forward(&m->to_k, ctx), m->heads);
     df_tensor *v = split_heads(df_linear_mod_forward(&m->to_v, ctx), m->heads);
-    df_tensor *scores = df_matmul(q, k, false, true);
-    df_tensor *o = df_matmul(df_softmax(scores), v, false, false); /* (N, heads, T, d) */
+    df_tensor *o = df_softmax_attention(q, k, v, false); /* (N, heads, T, d) */
     int64_t t = o->shape[2];
     o = df_reshape(df_permute(o, (int[]){0, 2, 1, 3}), DF_DIMS(n, t, m->heads * m->dim_head));
     o = df_linear_mod_forward(&m->to_out, o);

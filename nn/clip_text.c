@@ -106,16 +106,14 @@ static df_tensor *heads_of(df_tensor *x, int heads) {
     return df_permute(df_reshape(x, DF_DIMS(n, t, heads, d)), (int[]){0, 2, 1, 3});
 }
 
-static df_tensor *attention(const df_clip_text *m, const df_clip_layer *l, df_tensor *x,
-                            df_tensor *causal) {
+static df_tensor *attention(const df_clip_text *m, const df_clip_layer *l, df_tensor *x) {
     int heads = m->config.num_attention_heads;
     int64_t n = x->shape[0], t = x->shape[1], d = x->shape[2];
     float scale = powf((float)(d / heads), -0.5f);
     df_tensor *q = heads_of(df_mul_scalar(df_linear_mod_forward(&l->q_proj, x), scale), heads);
     df_tensor *k = heads_of(df_linear_mod_forward(&l->k_proj, x), heads);
     df_tensor *v = heads_of(df_linear_mod_forward(&l->v_proj, x), heads);
-    df_tensor *scores = df_masked_fill(df_matmul(q, k, false, true), causal, -FLT_MAX);
-    df_tensor *o = df_matmul(df_softmax(scores), v, false, false);
+    df_tensor *o = df_softmax_attention(q, k, v, true); /* the causal mask: key j > query i out */
     o = df_reshape(df_permute(o, (int[]){0, 2, 1, 3}), DF_DIMS(n, t, d));
     return df_linear_mod_forward(&l->out_proj, o);
 }
@@ -131,16 +129,12 @@ df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
     df_tensor *pos_ids = df_arange(DF_DTYPE_I64, 0, (double)len, 1);
     df_tensor *h = df_add(df_embedding((df_tensor *)input_ids, m->token_embedding),
                           df_embedding(pos_ids, m->position_embedding));
-    /* causal mask: key j > query i is masked (finfo.min added; the same as setting it) */
-    df_tensor *causal = df_zeros(DF_DTYPE_U8, DF_DIMS(1, 1, len, len));
-    for (int64_t i = 0; i < len; i++)
-        for (int64_t j = i + 1; j < len; j++) ((uint8_t *)causal->data)[i * len + j] = 1;
     if (hidden_states) hidden_states[0] = h;
     bool quick = strcmp(c->hidden_act, "quick_gelu") == 0;
     for (int i = 0; i < c->num_hidden_layers; i++) {
         const df_clip_layer *l = &m->layers[i];
         df_scope scope = df_scope_begin();
-        h = df_add(h, attention(m, l, df_norm_mod_forward(&l->layer_norm1, h), causal));
+        h = df_add(h, attention(m, l, df_norm_mod_forward(&l->layer_norm1, h)));
         df_tensor *f = df_linear_mod_forward(&l->fc1, df_norm_mod_forward(&l->layer_norm2, h));
         f = quick ? df_quick_gelu(f) : df_gelu(f);
         h = df_scope_end_keep(scope, df_add(h, df_linear_mod_forward(&l->fc2, f)));

@@ -15,7 +15,7 @@ typedef struct softmax_params {
     bool log;
 } softmax_params;
 
-static void softmax_row(const float *x, float *y, int64_t D, bool log) {
+void df_softmax_row(const float *x, float *y, int64_t D, bool log) {
     float m = -INFINITY;
     for (int64_t j = 0; j < D; j++) m = x[j] > m ? x[j] : m;
     double s = 0;
@@ -68,7 +68,7 @@ static df_tensor *softmax(const df_op *op, df_tensor *a, bool log) {
     const float *x = df_f32(a);
     float *y = df_f32(out);
 #pragma omp parallel for schedule(static) if (a->numel > DF_PAR_GRAIN)
-    for (int64_t r = 0; r < rows; r++) softmax_row(x + r * D, y + r * D, D, log);
+    for (int64_t r = 0; r < rows; r++) df_softmax_row(x + r * D, y + r * D, D, log);
     df_node *n = df_node_new_keep(op, out, 1, &a, sizeof(softmax_params), 0u); /* uses its output */
     if (n) {
         *(softmax_params *)n->state = (softmax_params){log};
