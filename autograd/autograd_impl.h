@@ -67,6 +67,13 @@ void df_node_save(df_node *n, int slot, const df_tensor *t);
 /* The F32 gradient accumulator of input i (created zero-filled, same shape as the input), or
  * NULL when input i needs no gradient. Backward adds into it. */
 df_tensor *df_node_grad(df_node *n, int i);
+/* As df_node_grad, for a backward that writes a whole gradient at once: when input i has no
+ * gradient yet it is created *uninitialised* and *accumulate is set false (the caller must
+ * overwrite every element: `=`); when one exists (an earlier consumer of the input, or a leaf's
+ * .grad from an earlier backward) *accumulate is set true (the caller adds: `+=`). Saves the
+ * zero fill and a read of the gradient, which a memory-bound product such as a 1x1 convolution
+ * pays for. */
+df_tensor *df_node_grad_dest(df_node *n, int i, bool *accumulate);
 
 void df_node_retain(df_node *n);
 void df_node_release(df_node *n);

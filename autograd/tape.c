@@ -86,24 +86,38 @@ void df_node_save(df_node *n, int slot, const df_tensor *t) {
     n->saved[slot] = df_detach_unscoped(t);
 }
 
-df_tensor *df_node_grad(df_node *n, int i) {
+/* The gradient slot of input i (the producer's out_grad or the leaf's grad), or NULL when the
+ * input needs none. */
+static df_tensor **grad_slot(df_node *n, int i) {
     DF_ASSERT(i >= 0 && i < n->n_inputs, "%s: input %d of %d", n->op->name, i, n->n_inputs);
     df_tensor *t = n->inputs[i];
     if (!t) return NULL;
-    if (t->node) {
-        df_node *p = t->node;
-        if (!p->out_grad) {
-            p->out_grad = df_tensor_new_unscoped(DF_DTYPE_F32, p->out_ndim, p->out_shape);
-            memset(p->out_grad->data, 0, (size_t)p->out_grad->numel * sizeof(float));
-        }
-        return p->out_grad;
+    if (t->node) return &t->node->out_grad;
+    return t->requires_grad ? &t->grad : NULL;
+}
+
+static df_tensor *grad_new(df_node *n, int i) {
+    df_tensor *t = n->inputs[i];
+    return t->node ? df_tensor_new_unscoped(DF_DTYPE_F32, t->node->out_ndim, t->node->out_shape)
+                   : df_tensor_new_unscoped(DF_DTYPE_F32, t->ndim, t->shape);
+}
+
+df_tensor *df_node_grad(df_node *n, int i) {
+    df_tensor **slot = grad_slot(n, i);
+    if (!slot) return NULL;
+    if (!*slot) {
+        *slot = grad_new(n, i);
+        memset((*slot)->data, 0, (size_t)(*slot)->numel * sizeof(float));
     }
-    if (!t->requires_grad) return NULL;
-    if (!t->grad) {
-        t->grad = df_tensor_new_unscoped(DF_DTYPE_F32, t->ndim, t->shape);
-        memset(t->grad->data, 0, (size_t)t->grad->numel * sizeof(float));
-    }
-    return t->grad;
+    return *slot;
+}
+
+df_tensor *df_node_grad_dest(df_node *n, int i, bool *accumulate) {
+    df_tensor **slot = grad_slot(n, i);
+    *accumulate = slot && *slot;
+    if (!slot) return NULL;
+    if (!*slot) *slot = grad_new(n, i);
+    return *slot;
 }
 
 /* Releases what a node held for its backward: it cannot run again. */
@@ -195,9 +209,14 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
     df_status st = collect(out->node, &all, epoch);
     if (st == DF_OK) {
         df_node *root = out->node;
-        root->out_grad = df_tensor_new_unscoped(DF_DTYPE_F32, out->ndim, out->shape);
-        float *g = root->out_grad->data;
-        for (int64_t i = 0; i < out->numel; i++) g[i] = seed ? df_f32(seed)[i] : 1.0f;
+        /* a given seed is aliased, not copied: nothing writes a node's own out_grad (only the
+         * gradients of its inputs), and the root's output feeds no node of this graph */
+        if (seed) {
+            root->out_grad = df_detach_unscoped(seed);
+        } else {
+            root->out_grad = df_tensor_new_unscoped(DF_DTYPE_F32, out->ndim, out->shape);
+            df_f32(root->out_grad)[0] = 1.0f;
+        }
         st = list_push(&ready, root);
     }
     bool prev = df_grad_set_enabled(false);

@@ -11,7 +11,8 @@
  *     (2) dw += conv_backward_weights(x, G)            (correlation of x with G)
  *     (3) db += sum_{n, i, j} G[n, o, i, j]            (from the same primitive as (2))
  *     both backward primitive descriptors are created with the forward one as hint; results are
- *     added into the gradients by a reorder with a sum post-op. (2) and (3) sum over the batch
+ *     added into existing gradients by a reorder with a sum post-op, and written straight
+ *     (plain reorder or none) into gradients this backward creates (df_node_grad_dest). (2) and (3) sum over the batch
  *     and pixels, which oneDNN splits across threads: that primitive runs with
  *     DF_DNNL_REDUCTION_THREADS threads (dnnl_impl.h) so the sums do not follow the thread count.
  *   saved: nothing (x, w are the node's inputs).
@@ -138,7 +139,12 @@ static df_dnnl_prim *fwd_hint(const conv_shape *s, bool fwd_bias) {
 typedef struct bwd_ctx {
     conv_shape s;
     bool fwd_bias;
+    bool acc_x, acc_w, acc_b; /* add into the gradient (+=) or write it (=): df_node_grad_dest */
 } bwd_ctx;
+
+static df_dnnl_dir out_dir(bool accumulate) {
+    return accumulate ? DF_DNNL_OUT_ACC : DF_DNNL_OUT;
+}
 
 static void bwd_data_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
                            df_dnnl_arg_spec *args) {
@@ -157,7 +163,7 @@ static void bwd_data_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
     df_dnnl_prim_put(hint);
     args[0] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_DST, DF_DNNL_IN, m.dst_user};
     args[1] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, m.w_user};
-    args[2] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SRC, DF_DNNL_OUT_ACC, m.src_user};
+    args[2] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_SRC, out_dir(c->acc_x), m.src_user};
     *n_args = 3;
 }
 
@@ -180,8 +186,8 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
     int n = 0;
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, m.src_user};
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_DST, DF_DNNL_IN, m.dst_user};
-    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_WEIGHTS, DF_DNNL_OUT_ACC, m.w_user};
-    if (c->s.bias) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_BIAS, DF_DNNL_OUT_ACC, m.b_user};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_WEIGHTS, out_dir(c->acc_w), m.w_user};
+    if (c->s.bias) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DIFF_BIAS, out_dir(c->acc_b), m.b_user};
     *n_args = n;
 }
 
@@ -189,29 +195,27 @@ static void conv2d_backward(df_node *n, const df_tensor *g) {
     const conv_shape *s = n->state;
     if (g->numel == 0 || s->C == 0) return;
     df_tensor *x = n->inputs[0], *w = n->inputs[1];
-    df_tensor *gx = df_node_grad(n, 0);
-    df_tensor *gw = df_node_grad(n, 1);
-    df_tensor *gb = n->inputs[2] ? df_node_grad(n, 2) : NULL;
     bwd_ctx c = {*s, s->bias};
+    /* a gradient seen for the first time is written (=), saving its zero fill and a read */
+    df_tensor *gx = df_node_grad_dest(n, 0, &c.acc_x);
+    df_tensor *gw = df_node_grad_dest(n, 1, &c.acc_w);
+    df_tensor *gb = n->inputs[2] ? df_node_grad_dest(n, 2, &c.acc_b) : NULL;
     if (gx) { /* (1) */
         c.s.bias = false;
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_DATA, &c.s);
-        k.v[k.n++] = c.fwd_bias;
+        df_dnnl_key_push_n(&k, 2, (int64_t[]){c.fwd_bias, c.acc_x});
         df_dnnl_prim *p = df_dnnl_prim_get(&k, bwd_data_build, &c);
         df_dnnl_prim_run("conv2d backward", p, (void *[]){df_f32(g), df_f32(w), df_f32(gx)});
         df_dnnl_prim_put(p);
     }
     if (gw || gb) { /* (2), (3) */
         c.s.bias = gb != NULL;
+        /* the primitive always makes dw: without a weight gradient it goes to a scratch tensor */
+        df_tensor *dw = gw ? gw : df_tensor_new_unscoped(DF_DTYPE_F32, w->ndim, w->shape);
+        if (!gw) c.acc_w = false;
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_BWD_WEIGHTS, &c.s);
         k.threads = DF_DNNL_REDUCTION_THREADS; /* a split of the batch sum fixed by us */
-        k.v[k.n++] = c.fwd_bias;
-        /* the primitive always makes dw: without a weight gradient it goes to a scratch tensor */
-        df_tensor *dw = gw;
-        if (!dw) {
-            dw = df_tensor_new_unscoped(DF_DTYPE_F32, w->ndim, w->shape);
-            memset(dw->data, 0, (size_t)dw->numel * sizeof(float));
-        }
+        df_dnnl_key_push_n(&k, 3, (int64_t[]){c.fwd_bias, c.acc_w, gb && c.acc_b});
         df_dnnl_prim *p = df_dnnl_prim_get(&k, bwd_weights_build, &c);
         df_dnnl_prim_run("conv2d backward", p,
                          (void *[]){df_f32(x), df_f32(g), df_f32(dw), gb ? df_f32(gb) : NULL});

@@ -8,6 +8,7 @@
  *     (2) dW += G^T X          (out, M) x (M, in), G^T a strided view; a reduction over the
  *                              M rows, run with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h)
  *     (3) db += sum_rows G     columns summed over rows in a fixed order (deterministic)
+ *     a gradient this backward creates is written (=) instead (df_node_grad_dest)
  *   saved: nothing (x, W, b are the node's inputs).
  */
 #include "autograd/dnnl_impl.h"
@@ -20,23 +21,27 @@ static void linear_backward(df_node *n, const df_tensor *g) {
     const linear_params *p = n->state;
     const float *x = df_f32(n->inputs[0]), *w = df_f32(n->inputs[1]);
     int64_t g_dims[2] = {p->M, p->out}, x_dims[2] = {p->M, p->in}, w_dims[2] = {p->out, p->in};
-    df_tensor *gx = df_node_grad(n, 0);
+    /* with M = 0 the products are empty sums: zero-filled gradients (df_node_grad) */
+    bool acc = true;
+    df_tensor *gx = p->M > 0 ? df_node_grad_dest(n, 0, &acc) : df_node_grad(n, 0);
     if (gx && p->M > 0) { /* (1) */
         df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), 2, g_dims, false);
         df_dnnl_mat wm = df_dnnl_mat_of(w, 2, w_dims, false);
-        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, true, false);
+        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, acc, false);
     }
-    df_tensor *gw = df_node_grad(n, 1);
+    df_tensor *gw = p->M > 0 ? df_node_grad_dest(n, 1, &acc) : df_node_grad(n, 1);
     if (gw && p->M > 0) { /* (2) */
         df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), 2, g_dims, true);
         df_dnnl_mat xm = df_dnnl_mat_of(x, 2, x_dims, false);
-        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, true, true);
+        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, acc, true);
     }
-    df_tensor *gb = n->inputs[2] ? df_node_grad(n, 2) : NULL;
+    acc = true;
+    df_tensor *gb = n->inputs[2] ? df_node_grad_dest(n, 2, &acc) : NULL;
     if (gb) { /* (3) blocks of columns in parallel, rows in order */
         const float *gd = df_f32(g);
         float *db = df_f32(gb);
         int64_t O = p->out, M = p->M;
+        bool acc_b = acc;
 #pragma omp parallel for if (M * O > 65536)
         for (int64_t j0 = 0; j0 < O; j0 += 64) {
             int64_t j1 = j0 + 64 < O ? j0 + 64 : O;
@@ -44,7 +49,7 @@ static void linear_backward(df_node *n, const df_tensor *g) {
             for (int64_t i = 0; i < M; i++)
 #pragma omp simd
                 for (int64_t j = j0; j < j1; j++) acc[j - j0] += gd[i * O + j];
-            for (int64_t j = j0; j < j1; j++) db[j] += acc[j - j0];
+            for (int64_t j = j0; j < j1; j++) db[j] = (acc_b ? db[j] : 0.0f) + acc[j - j0];
         }
     }
 }

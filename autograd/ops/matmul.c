@@ -60,21 +60,22 @@ static bool batch_equal(const int64_t *x, const int64_t *y, int nd) {
 
 /* g_into (= or +=) x * y, where the result has the output's batch shape and is reduced into a
  * gradient of batch shape grad_dims when those differ. */
-static void product_into(df_tensor *grad, const int64_t *grad_dims, const df_dnnl_mat *x,
-                         const df_dnnl_mat *y, const matmul_params *p) {
+static void product_into(df_tensor *grad, bool accumulate, const int64_t *grad_dims,
+                         const df_dnnl_mat *x, const df_dnnl_mat *y, const matmul_params *p) {
     int nd = p->nd;
     int64_t out_dims[DF_MAX_DIMS];
     memcpy(out_dims, p->c_dims, sizeof out_dims);
     out_dims[nd - 2] = grad_dims[nd - 2];
     out_dims[nd - 1] = grad_dims[nd - 1];
     if (batch_equal(grad_dims, out_dims, nd)) {
-        df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(grad), out_dims, true, true);
+        df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(grad), out_dims, accumulate, true);
         return;
     }
     int64_t numel = 1;
     for (int i = 0; i < nd; i++) numel *= out_dims[i];
     df_tensor *tmp = df_tensor_new_unscoped(DF_DTYPE_F32, 1, &numel);
     df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(tmp), out_dims, false, true);
+    if (!accumulate) memset(grad->data, 0, (size_t)grad->numel * sizeof(float));
     reduce_batches(df_f32(grad), grad_dims, df_f32(tmp), out_dims, nd,
                    out_dims[nd - 2] * out_dims[nd - 1]);
     df_tensor_free(tmp);
@@ -82,28 +83,34 @@ static void product_into(df_tensor *grad, const int64_t *grad_dims, const df_dnn
 
 static void matmul_backward(df_node *n, const df_tensor *g) {
     const matmul_params *p = n->state;
+    if (g->numel == 0) { /* empty products: the gradients are zero-filled and stay so */
+        df_node_grad(n, 0);
+        df_node_grad(n, 1);
+        return;
+    }
     int nd = p->nd;
     const float *a = df_f32(n->inputs[0]), *b = df_f32(n->inputs[1]);
     df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), nd, p->c_dims, false);
     df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), nd, p->c_dims, true);
-    df_tensor *ga = df_node_grad(n, 0);
+    bool acc;
+    df_tensor *ga = df_node_grad_dest(n, 0, &acc);
     if (ga) { /* (1) */
         if (!p->trans_a) {
             df_dnnl_mat bt = df_dnnl_mat_of(b, nd, p->b_dims, !p->trans_b);
-            product_into(ga, p->a_dims, &gm, &bt, p);
+            product_into(ga, acc, p->a_dims, &gm, &bt, p);
         } else {
             df_dnnl_mat bm = df_dnnl_mat_of(b, nd, p->b_dims, p->trans_b);
-            product_into(ga, p->a_dims, &bm, &gt, p);
+            product_into(ga, acc, p->a_dims, &bm, &gt, p);
         }
     }
-    df_tensor *gb = df_node_grad(n, 1);
+    df_tensor *gb = df_node_grad_dest(n, 1, &acc);
     if (gb) { /* (2) */
         if (!p->trans_b) {
             df_dnnl_mat at = df_dnnl_mat_of(a, nd, p->a_dims, !p->trans_a);
-            product_into(gb, p->b_dims, &at, &gm, p);
+            product_into(gb, acc, p->b_dims, &at, &gm, p);
         } else {
             df_dnnl_mat am = df_dnnl_mat_of(a, nd, p->a_dims, p->trans_a);
-            product_into(gb, p->b_dims, &gt, &am, p);
+            product_into(gb, acc, p->b_dims, &gt, &am, p);
         }
     }
 }
