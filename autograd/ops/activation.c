@@ -13,11 +13,13 @@
  *              ga += g ((1 + tanh u)/2 + (x/2)(1 - tanh^2 u) b (1 + 3 k x^2))
  *   quick_gelu y = x s, s = sigmoid(1.702 x)  (CLIP's QuickGELUActivation)
  *              ga += g s + 1.702 ((g x)(1 - s)) s        (the autograd of the composite)
+ * e^ is df_expf (vmath_impl.h: vectorised, within 1 ulp of expf).
  * torch equivalents: torch.sigmoid, torch.tanh, F.silu, F.gelu, F.gelu(approximate='tanh'),
  * x * torch.sigmoid(1.702 * x). Only the input (retained by the node) and, where noted, the
  * output (a detached alias) are kept for backward.
  */
 #include "autograd/ops/unary_impl.h"
+#include "autograd/vmath_impl.h"
 
 static const df_no_params NONE = {0};
 
@@ -28,7 +30,7 @@ static const df_no_params NONE = {0};
 #define QUICK_GELU_A 1.702f
 
 static inline float sigmoidf(float x) {
-    return 1.0f / (1.0f + expf(-x));
+    return 1.0f / (1.0f + df_expf(-x));
 }
 
 /* ------------------------------------------------------------------ sigmoid ------------------ */
@@ -58,7 +60,7 @@ static inline float silu_grad(float g, float x) {
     return (g * s) * (1.0f + x * (1.0f - s));
 }
 
-DF_UNARY_FORWARD(silu_forward, df_no_params, x[i] / (1.0f + expf(-x[i])))
+DF_UNARY_FORWARD(silu_forward, df_no_params, x[i] / (1.0f + df_expf(-x[i])))
 DF_UNARY_BACKWARD(silu_backward, df_no_params, silu_grad(g[i], x[i]))
 static const df_op silu_op = {"silu", silu_backward, NULL};
 
@@ -70,7 +72,7 @@ df_tensor *df_silu(df_tensor *a) {
 
 static inline float gelu_grad(float g, float x) {
     float cdf = 0.5f * erfcf(-x * SQRT1_2F);
-    float pdf = GELU_PDF_C * expf(x * x * -0.5f);
+    float pdf = GELU_PDF_C * df_expf(x * x * -0.5f);
     return g * (cdf + x * pdf);
 }
 

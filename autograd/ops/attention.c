@@ -127,8 +127,10 @@ static void attention_backward(df_node *n, const df_tensor *g_) {
             const float *yr = pr + r * S;
             float *dr = dp + r * S;
             double acc = 0;
+#pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < S; j++) acc += (double)dr[j] * (double)yr[j];
             float dot = (float)acc;
+#pragma omp simd
             for (int64_t j = 0; j < S; j++) dr[j] = yr[j] * (dr[j] - dot);
         }
         df_dnnl_mat ds = df_dnnl_mat_of(dp, 3, ps_dims, false);

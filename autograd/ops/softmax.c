@@ -1,13 +1,15 @@
 /* softmax.c — softmax and log_softmax over the last dim (torch.softmax(x, -1),
  * torch.log_softmax(x, -1)), numerically stable: the row maximum is subtracted first.
  *
- *   x (..., D) -> y (..., D); per row m = max x, S = sum_j e^(x_j - m) (accumulated in double)
+ *   x (..., D) -> y (..., D); per row m = max x, S = sum_j e^(x_j - m) (accumulated in double,
+ *   in SIMD lanes: e^ is the vectorised df_expf of vmath_impl.h)
  *   softmax:     y = e^(x - m) * (1 / S)          gx += y (g - sum_j g_j y_j)     saved: y
  *   log_softmax: y = (x - m) - ln S               gx += g - e^y sum_j g_j         saved: y
  * Rows run in parallel; each row is reduced by one thread in a fixed order, so results do not
  * depend on the thread count.
  */
 #include "autograd/ops/broadcast_impl.h"
+#include "autograd/vmath_impl.h"
 
 #include <math.h>
 
@@ -17,18 +19,22 @@ typedef struct softmax_params {
 
 void df_softmax_row(const float *x, float *y, int64_t D, bool log) {
     float m = -INFINITY;
+#pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < D; j++) m = x[j] > m ? x[j] : m;
     double s = 0;
     if (log) {
-        for (int64_t j = 0; j < D; j++) s += (double)expf(x[j] - m);
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < D; j++) s += (double)df_expf(x[j] - m);
         float ls = logf((float)s);
         for (int64_t j = 0; j < D; j++) y[j] = (x[j] - m) - ls;
     } else {
+#pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < D; j++) {
-            y[j] = expf(x[j] - m);
+            y[j] = df_expf(x[j] - m);
             s += (double)y[j];
         }
         float inv = 1.0f / (float)s;
+#pragma omp simd
         for (int64_t j = 0; j < D; j++) y[j] *= inv;
     }
 }
@@ -47,12 +53,15 @@ static void softmax_backward(df_node *n, const df_tensor *g_) {
         float *dr = d + r * D;
         double acc = 0;
         if (log) {
+#pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < D; j++) acc += (double)gr[j];
             float s = (float)acc;
-            for (int64_t j = 0; j < D; j++) dr[j] += gr[j] - expf(yr[j]) * s;
+            for (int64_t j = 0; j < D; j++) dr[j] += gr[j] - df_expf(yr[j]) * s;
         } else {
+#pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < D; j++) acc += (double)gr[j] * (double)yr[j];
             float dot = (float)acc;
+#pragma omp simd
             for (int64_t j = 0; j < D; j++) dr[j] += yr[j] * (gr[j] - dot);
         }
     }

@@ -6,6 +6,7 @@
  * entry, constructor.
  */
 #include "autograd/ops/unary_impl.h"
+#include "autograd/vmath_impl.h"
 
 static const df_no_params NONE = {0};
 
@@ -23,7 +24,7 @@ df_tensor *df_neg(df_tensor *a) {
 /* ------------------------------------------------------------------ exp ---------------------- */
 /* out = e^x; ga += g * out (saved: out). torch.exp. */
 
-DF_UNARY_FORWARD(exp_forward, df_no_params, expf(x[i]))
+DF_UNARY_FORWARD(exp_forward, df_no_params, df_expf(x[i]))
 DF_UNARY_BACKWARD(exp_backward, df_no_params, g[i] * y[i])
 static const df_op exp_op = {"exp", exp_backward, NULL};
 

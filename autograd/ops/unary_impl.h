@@ -22,14 +22,18 @@
  * output, when the op saved it) and P (the op's params, type PT). */
 #define DF_UNARY_BACKWARD(NAME, PT, EXPR)                                                          \
     static void NAME(df_node *nd, const df_tensor *g_) {                                           \
-        df_tensor *ga = df_node_grad(nd, 0);                                                       \
+        bool acc_;                                                                                 \
+        df_tensor *ga = df_node_grad_dest(nd, 0, &acc_);                                           \
         if (!ga) return;                                                                           \
         float *d = df_f32(ga);                                                                     \
         const float *g = df_f32(g_), *x = df_f32(nd->inputs[0]);                                   \
         const float *y = nd->saved[0] ? df_f32(nd->saved[0]) : NULL;                               \
         const PT P = *(const PT *)nd->state;                                                       \
         (void)x, (void)y, (void)P;                                                                 \
-        DF_EW_LOOP(ga->numel, d[i] += (EXPR));                                                     \
+        if (acc_)                                                                                  \
+            DF_EW_LOOP(ga->numel, d[i] += (EXPR));                                                 \
+        else /* a fresh gradient: written, not zero-filled then added to */                        \
+            DF_EW_LOOP(ga->numel, d[i] = (EXPR));                                                  \
     }
 
 /* A forward of the form out[i] = EXPR, where EXPR may use x[i] and P (params of type PT). */
