@@ -7,10 +7,14 @@
 #   DF_BENCH_ITERS=30 bench/run-ops.sh    # more iterations (quiet machine)
 #   DF_BENCH_ITERS=3 DF_BENCH_BATCH=8 bench/run-ops.sh   # a quick smoke run
 #   DF_CONV_LAYOUT=nhwc bench/run-ops.sh  # another conv layout (docs/layout.md)
+#   DF_BENCH_ROUNDS=5 bench/run-ops.sh    # more alternating rounds (default 3, see below)
 #   DF_BENCH_THREADS=1 DF_BENCH_CLOCK=cpu bench/run-ops.sh  # CPU time, 1 thread: for a machine
 #                                         # shared with other jobs (not the headline numbers;
 #                                         # our conv_bwd_weights still runs DF_DNNL_REDUCTION_THREADS
 #                                         # = 2 threads, see autograd/dnnl_impl.h)
+# The two programs run alternately, DF_BENCH_ROUNDS times each (ours, torch, ours, torch, ...),
+# and each side's best median per case is kept: on a shared virtual machine a neighbour can slow
+# a whole run, and alternating spreads that over both sides instead of one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -18,13 +22,22 @@ cmake --build build -j 2 --target bench_ops >/dev/null
 export OMP_NUM_THREADS=${DF_BENCH_THREADS:-2}
 ours=$(mktemp) theirs=$(mktemp)
 trap 'rm -f "$ours" "$theirs"' EXIT
-build/bench/bench_ops >"$ours"
-/usr/bin/python3 bench/torch_ops.py >"$theirs"
-echo "threads: $OMP_NUM_THREADS, iterations: ${DF_BENCH_ITERS:-10} (median), clock: ${DF_BENCH_CLOCK:-wall}, conv layout: ${DF_CONV_LAYOUT:-any}"
+rounds=${DF_BENCH_ROUNDS:-3}
+for ((r = 0; r < rounds; r++)); do
+  build/bench/bench_ops >>"$ours"
+  /usr/bin/python3 bench/torch_ops.py >>"$theirs"
+done
+echo "threads: $OMP_NUM_THREADS, iterations: ${DF_BENCH_ITERS:-10} (median), rounds: $rounds (best median), clock: ${DF_BENCH_CLOCK:-wall}, conv layout: ${DF_CONV_LAYOUT:-any}"
+# per case the best GFLOP/s (column 4, at the median) of each side's rounds, in our case order
 awk -F'\t' '
-  NR == FNR { them[$1 "\t" $2] = $4; next }
-  BEGIN { printf "%-22s %-17s %10s %10s %7s\n", "shape", "op", "ours", "pytorch", "ratio";
-          printf "%-22s %-17s %10s %10s %7s\n", "", "", "GFLOP/s", "GFLOP/s", "" }
-  { t = them[$1 "\t" $2];
-    printf "%-22s %-17s %10.1f %10.1f %7.2f\n", $1, $2, $4, t, (t > 0 ? $4 / t : 0) }
+  NR == FNR { k = $1 "\t" $2; if ($4 > them[k]) them[k] = $4; next }
+  { k = $1 "\t" $2; if (!(k in ours)) order[n++] = k; if ($4 > ours[k]) ours[k] = $4 }
+  END {
+    printf "%-22s %-17s %10s %10s %7s\n", "shape", "op", "ours", "pytorch", "ratio";
+    printf "%-22s %-17s %10s %10s %7s\n", "", "", "GFLOP/s", "GFLOP/s", "";
+    for (i = 0; i < n; i++) {
+      k = order[i]; split(k, f, "\t"); t = them[k];
+      printf "%-22s %-17s %10.1f %10.1f %7.2f\n", f[1], f[2], ours[k], t, (t > 0 ? ours[k] / t : 0)
+    }
+  }
 ' "$theirs" "$ours"

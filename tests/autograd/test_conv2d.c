@@ -66,6 +66,10 @@ Test(autograd_conv2d, grad_1x1_weight_only) {
     check_conv("1x1, x no grad", 2, 5, 4, 4, 3, 1, df_conv2d_default(), true, false);
 }
 
+Test(autograd_conv2d, grad_1x1_all_inputs) {
+    check_conv("1x1, x, w and b", 2, 5, 4, 3, 3, 1, df_conv2d_default(), true, true);
+}
+
 Test(autograd_conv2d, grad_bias_only) {
     df_conv2d_params p = df_conv2d_default();
     df_tensor *x = randn_tensor(1, DF_DIMS(2, 3, 4, 4));
