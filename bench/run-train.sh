@@ -19,7 +19,8 @@ import json,statistics,sys
 rows=[json.loads(l) for l in open('$out/run/metrics.jsonl')][10:]
 print(round(statistics.median(1000/r['it_s'] for r in rows),2))")
 ours_rss=$(awk '{printf "%.1f", $1/1024}' "$out/rss")
-torch_json=$(/usr/bin/python3 bench/torch_train_uncond.py 10 $((steps - 10)))
+# the peer builds the model our run exported (unet/config.json) and trains its prediction type
+torch_json=$(/usr/bin/python3 bench/torch_train_uncond.py 10 $((steps - 10)) "$out/run")
 torch_ms=$(python3 -c "import json;print(json.loads('$torch_json')['ms'])")
 torch_rss=$(python3 -c "import json;print(json.loads('$torch_json')['peak_rss_mib'])")
 printf "%-12s %10s %10s %8s %10s %10s %8s\n" mode "ours ms" "torch ms" "time x" "ours MiB" "torch MiB" "RSS x"

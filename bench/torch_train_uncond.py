@@ -6,7 +6,11 @@ timesteps, MSE on epsilon, loss.backward(), clip_grad_norm_(1.0), AdamW (lr 5e-4
 EMAModel step with warm-up, power 0.75). Images are random tensors in [-1, 1] (no decoding cost,
 which favours PyTorch: ours decodes real PNGs on worker threads in the same two cores).
 
-Usage: /usr/bin/python3 bench/torch_train_uncond.py [WARMUP STEPS]  (2 threads)
+Usage: /usr/bin/python3 bench/torch_train_uncond.py [WARMUP STEPS [RUN_DIR]]  (2 threads)
+RUN_DIR: a folder exported by `diffusion train` (bench/run-train.sh passes its run): the model is
+built from its unet/config.json and the target follows its scheduler's prediction_type
+(epsilon: noise; v_prediction: sqrt(abar) noise - sqrt(1 - abar) x0), so the peer always trains
+what the recipe trains. Without it, CONFIG below (epsilon).
 Prints one JSON line: median ms per step, peak RSS (MiB)."""
 import json
 import os
@@ -29,8 +33,14 @@ def main():
     warmup = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    config, prediction = CONFIG, "epsilon"
+    if len(sys.argv) > 3:
+        with open(os.path.join(sys.argv[3], "unet", "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(sys.argv[3], "scheduler", "scheduler_config.json")) as f:
+            prediction = json.load(f).get("prediction_type", "epsilon")
     torch.manual_seed(0)
-    model = UNet2DModel(**CONFIG)
+    model = UNet2DModel(**config)
     ema = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.95, 0.999), weight_decay=1e-6,
                             eps=1e-8)
@@ -45,7 +55,8 @@ def main():
         a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
         s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
         noisy = a * clean + s * noise
-        loss = torch.nn.functional.mse_loss(model(noisy, t), noise)
+        target = a * noise - s * clean if prediction == "v_prediction" else noise
+        loss = torch.nn.functional.mse_loss(model(noisy, t), target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
