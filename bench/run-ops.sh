@@ -43,7 +43,7 @@ awk -F'\t' '
       k = order[i]; split(k, f, "\t");
       printf "%-22s %-17s %10.1f %10.1f %7.2f\n", f[1], f[2], gflop[k] / ours[k] * 1000,
              gflop[k] / them[k] * 1000, them[k] / ours[k]
-      # after a shape's three conv passes: forward + backward, what a training step pays
+      # after the three conv passes of a shape: forward + backward, what a training step pays
       if (f[2] ~ /^conv_/) { e2e_g += gflop[k]; e2e_o += ours[k]; e2e_t += them[k] }
       if (f[2] == "conv_bwd_weights") {
         printf "%-22s %-17s %10.1f %10.1f %7.2f\n", f[1], "conv_fwd+bwd", e2e_g / e2e_o * 1000,
