@@ -268,7 +268,9 @@ static void store_double(void *data, df_dtype dt, int64_t i, double v) {
     case DF_DTYPE_F64: ((double *)data)[i] = v; break;
     case DF_DTYPE_I32: ((int32_t *)data)[i] = (int32_t)v; break;
     case DF_DTYPE_I64: ((int64_t *)data)[i] = (int64_t)v; break;
-    case DF_DTYPE_U8: ((uint8_t *)data)[i] = (uint8_t)v; break;
+    /* through int64: a double outside 0..255 converted straight to uint8_t is undefined
+     * behaviour (UBSan flags it); int64 -> uint8 wraps modulo 256, as x86 has always done */
+    case DF_DTYPE_U8: ((uint8_t *)data)[i] = (uint8_t)(int64_t)v; break;
     default: DF_ASSERT(0, "bad dtype");
     }
 }

@@ -6,7 +6,8 @@
  * at a time. Every lane computes the same operations in the same order, so a value's result does
  * not depend on which lane, thread or loop tail computes it (exact resume needs that).
  *
- * Method (Cephes expf, S. L. Moshier): n = round(x log2 e) by the 1.5 * 2^23 trick;
+ * Method (Cephes expf, S. L. Moshier): n = round(x log2 e) by the 1.5 * 2^23 trick (read back
+ * from the sum's bits, so no float-to-int conversion);
  * r = x - n ln2 in two parts (Cody-Waite: n * C1 is exact); e^r by its degree-7 polynomial on
  * |r| <= ln2 / 2; e^x = e^r * 2^n, with 2^n built from exponent bits in two halves so that
  * n = -126 .. 128 stays representable. Below -87.34 (e^x < FLT_MIN) it returns 0 where libm
@@ -24,9 +25,16 @@
 #define DF_EXPF_LO (-87.33654f) /* ln FLT_MIN */
 #define DF_EXPF_HI 88.72283f    /* ln FLT_MAX */
 
-/* 2^k for an integer k in [-126, 127], from its exponent bits. */
+static inline uint32_t df_f32_bits_(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b;
+}
+
+/* 2^k for an integer k in [-126, 127], from its exponent bits (unsigned arithmetic: no
+ * undefined shift whatever k is). */
 static inline float df_exp2i_(int32_t k) {
-    int32_t bits = (k + 127) << 23;
+    uint32_t bits = (uint32_t)(k + 127) << 23;
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
@@ -36,7 +44,8 @@ static inline float df_expf(float x) {
     float xc = x < DF_EXPF_LO ? DF_EXPF_LO : x;
     xc = xc > DF_EXPF_HI ? DF_EXPF_HI : xc;
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float n = (xc * 1.44269504088896341f + magic) - magic;
+    float t = xc * 1.44269504088896341f + magic;
+    float n = t - magic;
     float r = xc - n * 0.693359375f; /* C1 + C2 = ln 2 */
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -46,7 +55,10 @@ static inline float df_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * (r * r) + r + 1.0f;
-    int32_t k = (int32_t)n, k1 = k >> 1; /* n in [-126, 128]: two halves in [-63, 64] */
+    /* n as an integer from t's low mantissa bits (t is in [2^23, 2^24), where the ulp is 1):
+     * converting the float n would be undefined for a NaN x, and compilers exploit that */
+    int32_t k = (int32_t)(df_f32_bits_(t) - df_f32_bits_(magic));
+    int32_t k1 = k >> 1; /* n in [-126, 128]: two halves in [-63, 64] */
     y = y * df_exp2i_(k1) * df_exp2i_(k - k1);
     y = x < DF_EXPF_LO ? 0.0f : y;
     return x > DF_EXPF_HI ? INFINITY : y;
