@@ -60,8 +60,10 @@ dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims);
 /* Results must not depend on the thread count (resume must be exact). oneDNN splits some long
  * reductions across threads — convolution backward-weights over the batch and pixels, a GEMM
  * over a long inner dim (matmul backward, linear's weight gradient) — so their sums changed
- * between 1 and 2 threads (up to 4e-3 on the benchmark shapes). Primitives doing such a
- * reduction set key.threads = DF_DNNL_REDUCTION_THREADS: they are created and run with exactly
+ * between 1 and 2 threads (up to 4e-3 on the benchmark shapes); the GEMM's blocking follows
+ * the thread count too, so even a short forward product ((1024 x 64) x (64 x 64), the UNet's
+ * attention projections) rounded differently. Backward-weights convolutions and every matmul
+ * set key.threads = DF_DNNL_REDUCTION_THREADS: they are created and run with exactly
  * that many OpenMP threads whatever OMP_NUM_THREADS says, which fixes the split. The price: on
  * a machine with more cores those primitives use only this many. Override with
  * -DDF_DNNL_REDUCTION_THREADS=n at build time (results then differ from other builds). */
@@ -151,10 +153,10 @@ typedef struct df_dnnl_mat {
 df_dnnl_mat df_dnnl_mat_of(const float *data, int ndim, const int64_t *stored_dims, bool trans);
 
 /* c (= or +=) a * b (+ bias broadcast over rows when bias != NULL, length = c's cols) with
- * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). `reduction`:
- * the product is a gradient reduction (backward), run with DF_DNNL_REDUCTION_THREADS. */
+ * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). Every product
+ * runs with DF_DNNL_REDUCTION_THREADS threads (oneDNN's GEMM blocking follows the thread count,
+ * and with it the rounding). */
 void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                    const float *bias, float *c, const int64_t *c_dims, bool accumulate,
-                    bool reduction);
+                    const float *bias, float *c, const int64_t *c_dims, bool accumulate);
 
 #endif

@@ -60,8 +60,7 @@ static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
 }
 
 void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                    const float *bias, float *c, const int64_t *c_dims, bool accumulate,
-                    bool reduction) {
+                    const float *bias, float *c, const int64_t *c_dims, bool accumulate) {
     int nd = a->ndim;
     DF_ASSERT(b->ndim == nd, "%s: matmul operands with %d and %d dims", opname, nd, b->ndim);
     DF_ASSERT(a->dims[nd - 1] == b->dims[nd - 2] && a->dims[nd - 2] == c_dims[nd - 2] &&
@@ -69,8 +68,10 @@ void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat 
               "%s: matmul (%lld x %lld) * (%lld x %lld) -> (%lld x %lld)", opname,
               (long long)a->dims[nd - 2], (long long)a->dims[nd - 1], (long long)b->dims[nd - 2],
               (long long)b->dims[nd - 1], (long long)c_dims[nd - 2], (long long)c_dims[nd - 1]);
-    df_dnnl_key key = {.kind = DF_DNNL_KIND_MATMUL,
-                       .threads = reduction ? DF_DNNL_REDUCTION_THREADS : 0};
+    /* every product runs with the fixed thread count: oneDNN's GEMM picks its blocking by the
+     * thread count, and a (1024 x 64) x (64 x 64) forward product came out different at 1 and
+     * 2 threads, not only the long backward reductions */
+    df_dnnl_key key = {.kind = DF_DNNL_KIND_MATMUL, .threads = DF_DNNL_REDUCTION_THREADS};
     df_dnnl_key_push(&key, nd);
     df_dnnl_key_push_n(&key, nd, a->dims);
     df_dnnl_key_push_n(&key, nd, a->strides);

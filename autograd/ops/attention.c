@@ -18,8 +18,7 @@
  *   (attention_chunk_bytes), which is what makes this op worth having next to the composite
  *   df_matmul(df_softmax(df_matmul(q, k, false, true)), v, false, false) it equals
  *   (tests/autograd/test_attention.c ties them together).
- *   Determinism: every product of the backward is a reduction run with
- *   DF_DNNL_REDUCTION_THREADS; row blocks of one item accumulate dk and dv in a fixed order.
+ *   Determinism: every product runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h); row blocks of one item accumulate dk and dv in a fixed order.
  */
 #include "autograd/dnnl_impl.h"
 #include "autograd/ops/broadcast_impl.h"
@@ -85,7 +84,7 @@ static void block_probs(const attention_params *p, const block *bl, const float 
     df_dnnl_mat qm = mat_of(q, bl, p->T, bl->nr, p->d, false);
     df_dnnl_mat km = mat_of(k, bl, p->S, p->S, p->d, true);
     int64_t s_dims[3] = {bl->nb, bl->nr, p->S};
-    df_dnnl_matmul("softmax_attention", &qm, &km, NULL, s, s_dims, false, false);
+    df_dnnl_matmul("softmax_attention", &qm, &km, NULL, s, s_dims, false);
     int64_t n_rows = bl->nb * bl->nr, S = p->S;
     bool causal = p->causal;
 #pragma omp parallel for schedule(static) if (n_rows * S > DF_PAR_GRAIN)
@@ -116,11 +115,11 @@ static void attention_backward(df_node *n, const df_tensor *g_) {
             df_dnnl_mat pt = df_dnnl_mat_of(pr, 3, ps_dims, true);
             int64_t v_dims[3] = {bl.nb, S, p->e};
             df_dnnl_matmul("softmax_attention backward", &pt, &gm, NULL,
-                           df_f32(gv) + bl.b0 * S * p->e, v_dims, true, true);
+                           df_f32(gv) + bl.b0 * S * p->e, v_dims, true);
         }
         if (!gq && !gk) continue;
         df_dnnl_mat vt = mat_of(v, &bl, S, S, p->e, true); /* (5) */
-        df_dnnl_matmul("softmax_attention backward", &gm, &vt, NULL, dp, ps_dims, false, true);
+        df_dnnl_matmul("softmax_attention backward", &gm, &vt, NULL, dp, ps_dims, false);
         int64_t n_rows = bl.nb * bl.nr;
 #pragma omp parallel for schedule(static) if (n_rows * S > DF_PAR_GRAIN)
         for (int64_t r = 0; r < n_rows; r++) { /* (7) */
@@ -138,14 +137,14 @@ static void attention_backward(df_node *n, const df_tensor *g_) {
             df_dnnl_mat km = mat_of(k, &bl, S, S, p->d, false);
             int64_t q_dims[3] = {bl.nb, bl.nr, p->d};
             df_dnnl_matmul("softmax_attention backward", &ds, &km, NULL,
-                           df_f32(gq) + (bl.b0 * p->T + bl.r0) * p->d, q_dims, true, true);
+                           df_f32(gq) + (bl.b0 * p->T + bl.r0) * p->d, q_dims, true);
         }
         if (gk) {
             df_dnnl_mat dst = df_dnnl_mat_of(dp, 3, ps_dims, true);
             df_dnnl_mat qm = mat_of(q, &bl, p->T, bl.nr, p->d, false);
             int64_t k_dims[3] = {bl.nb, S, p->d};
             df_dnnl_matmul("softmax_attention backward", &dst, &qm, NULL,
-                           df_f32(gk) + bl.b0 * S * p->d, k_dims, true, true);
+                           df_f32(gk) + bl.b0 * S * p->d, k_dims, true);
         }
     }
     df_tensor_free(pb);
@@ -190,7 +189,7 @@ df_tensor *df_softmax_attention(df_tensor *q, df_tensor *k, df_tensor *v, bool c
             df_dnnl_mat pm = df_dnnl_mat_of(df_f32(sb), 3, ps_dims, false); /* (4) */
             df_dnnl_mat vm = mat_of(df_f32(v), &bl, p.S, p.S, p.e, false);
             df_dnnl_matmul(op, &pm, &vm, NULL, df_f32(out) + (bl.b0 * p.T + bl.r0) * p.e, o_dims,
-                           false, false);
+                           false);
         }
         df_tensor_free(sb);
     } else if (out->numel > 0) {

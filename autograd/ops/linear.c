@@ -6,7 +6,8 @@
  *   backward (G = dy as (M, out)):
  *     (1) dX += G W            (M, out) x (out, in)
  *     (2) dW += G^T X          (out, M) x (M, in), G^T a strided view; a reduction over the
- *                              M rows, run with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h)
+ *                              M rows (every product here runs with DF_DNNL_REDUCTION_THREADS,
+ *                              dnnl_impl.h, so results do not follow the thread count)
  *     (3) db += sum_rows G     columns summed over rows in a fixed order (deterministic)
  *     a gradient this backward creates is written (=) instead (df_node_grad_dest)
  *   saved: nothing (x, W, b are the node's inputs).
@@ -27,13 +28,13 @@ static void linear_backward(df_node *n, const df_tensor *g) {
     if (gx && p->M > 0) { /* (1) */
         df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), 2, g_dims, false);
         df_dnnl_mat wm = df_dnnl_mat_of(w, 2, w_dims, false);
-        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, acc, false);
+        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, acc);
     }
     df_tensor *gw = p->M > 0 ? df_node_grad_dest(n, 1, &acc) : df_node_grad(n, 1);
     if (gw && p->M > 0) { /* (2) */
         df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), 2, g_dims, true);
         df_dnnl_mat xm = df_dnnl_mat_of(x, 2, x_dims, false);
-        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, acc, true);
+        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, acc);
     }
     acc = true;
     df_tensor *gb = n->inputs[2] ? df_node_grad_dest(n, 2, &acc) : NULL;
@@ -78,8 +79,7 @@ df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
         int64_t x_dims[2] = {p.M, p.in}, w_dims[2] = {p.out, p.in}, y_dims[2] = {p.M, p.out};
         df_dnnl_mat xm = df_dnnl_mat_of(df_f32(x), 2, x_dims, false);
         df_dnnl_mat wt = df_dnnl_mat_of(df_f32(w), 2, w_dims, true);
-        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims, false,
-                       false);
+        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims, false);
     }
     df_node *n = df_node_new_keep(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p, 3u);
     if (n) *(linear_params *)n->state = p;

@@ -8,8 +8,8 @@
  *   backward (G = dC, two matmuls per input, with the flags folded into strides):
  *     (1) dA = G B^T          stored as a (trans_a: da = dA^T = B G^T)
  *     (2) dB = A^T G          stored as b (trans_b: db = dB^T = G^T A)
- *     both products run with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h): dB sums over the rows M,
- *     which oneDNN splits across threads otherwise
+ *     every product (forward too) runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h): dB sums
+ *     over the rows M, which oneDNN splits across threads otherwise
  *     (3) when an input's batch dims were broadcast, the product is made at the output's batch
  *         shape and summed over the broadcast dims, batches in a fixed order (deterministic).
  *   saved: nothing (a and b are the node's inputs; ops never mutate inputs).
@@ -68,13 +68,13 @@ static void product_into(df_tensor *grad, bool accumulate, const int64_t *grad_d
     out_dims[nd - 2] = grad_dims[nd - 2];
     out_dims[nd - 1] = grad_dims[nd - 1];
     if (batch_equal(grad_dims, out_dims, nd)) {
-        df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(grad), out_dims, accumulate, true);
+        df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(grad), out_dims, accumulate);
         return;
     }
     int64_t numel = 1;
     for (int i = 0; i < nd; i++) numel *= out_dims[i];
     df_tensor *tmp = df_tensor_new_unscoped(DF_DTYPE_F32, 1, &numel);
-    df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(tmp), out_dims, false, true);
+    df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(tmp), out_dims, false);
     if (!accumulate) memset(grad->data, 0, (size_t)grad->numel * sizeof(float));
     reduce_batches(df_f32(grad), grad_dims, df_f32(tmp), out_dims, nd,
                    out_dims[nd - 2] * out_dims[nd - 1]);
@@ -143,7 +143,7 @@ df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
     p.c_dims[nd - 1] = bm.dims[nd - 1];
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, nd, p.c_dims);
     if (out->numel > 0)
-        df_dnnl_matmul("matmul", &am, &bm, NULL, df_f32(out), p.c_dims, false, false);
+        df_dnnl_matmul("matmul", &am, &bm, NULL, df_f32(out), p.c_dims, false);
     df_node *n = df_node_new(&matmul_op, out, 2, (df_tensor *[]){a, b}, sizeof p);
     if (n) *(matmul_params *)n->state = p;
     return out;
