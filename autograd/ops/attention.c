@@ -18,7 +18,8 @@
  *   (attention_chunk_bytes), which is what makes this op worth having next to the composite
  *   df_matmul(df_softmax(df_matmul(q, k, false, true)), v, false, false) it equals
  *   (tests/autograd/test_attention.c ties them together).
- *   Determinism: every product runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h); row blocks of one item accumulate dk and dv in a fixed order.
+ *   Determinism: every product runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h); row blocks of one
+ * item accumulate dk and dv in a fixed order.
  */
 #include "autograd/dnnl_impl.h"
 #include "autograd/ops/broadcast_impl.h"
@@ -72,8 +73,8 @@ static block block_at(const attention_params *p, int64_t i, int64_t items, int64
 }
 
 /* A (nb, rows, cols) operand starting at row r0 of item b0 of a (batch, R, cols) tensor. */
-static df_dnnl_mat mat_of(const float *base, const block *bl, int64_t R, int64_t rows,
-                          int64_t cols, bool trans) {
+static df_dnnl_mat mat_of(const float *base, const block *bl, int64_t R, int64_t rows, int64_t cols,
+                          bool trans) {
     int64_t dims[3] = {bl->nb, rows, cols};
     return df_dnnl_mat_of(base + (bl->b0 * R + (rows == R ? 0 : bl->r0)) * cols, 3, dims, trans);
 }

@@ -12,9 +12,10 @@
  *     (3) db += sum_{n, i, j} G[n, o, i, j]            (from the same primitive as (2))
  *     both backward primitive descriptors are created with the forward one as hint; results are
  *     added into existing gradients by a reorder with a sum post-op, and written straight
- *     (plain reorder or none) into gradients this backward creates (df_node_grad_dest). (2) and (3) sum over the batch
- *     and pixels, which oneDNN splits across threads: that primitive runs with
- *     DF_DNNL_REDUCTION_THREADS threads (dnnl_impl.h) so the sums do not follow the thread count.
+ *     (plain reorder or none) into gradients this backward creates (df_node_grad_dest).
+ *     (2) and (3) sum over the batch and pixels, which oneDNN splits across threads: that
+ *     primitive runs with DF_DNNL_REDUCTION_THREADS threads (dnnl_impl.h) so the sums do not
+ *     follow the thread count.
  *   saved: nothing (x, w are the node's inputs).
  *
  * Layout: DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the primitive is asked for

@@ -142,8 +142,7 @@ df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
     p.c_dims[nd - 2] = am.dims[nd - 2];
     p.c_dims[nd - 1] = bm.dims[nd - 1];
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, nd, p.c_dims);
-    if (out->numel > 0)
-        df_dnnl_matmul("matmul", &am, &bm, NULL, df_f32(out), p.c_dims, false);
+    if (out->numel > 0) df_dnnl_matmul("matmul", &am, &bm, NULL, df_f32(out), p.c_dims, false);
     df_node *n = df_node_new(&matmul_op, out, 2, (df_tensor *[]){a, b}, sizeof p);
     if (n) *(matmul_params *)n->state = p;
     return out;

@@ -54,7 +54,8 @@ Test(autograd_attention, gradcheck) {
 
 /* Runs the op (or the composite) with a fixed upstream gradient and returns y, dq, dk, dv as
  * owned clones. */
-static void run(bool fused, bool causal, df_tensor *const src[3], df_tensor *gy, df_tensor *out[4]) {
+static void run(bool fused, bool causal, df_tensor *const src[3], df_tensor *gy,
+                df_tensor *out[4]) {
     df_scope s = df_scope_begin();
     df_tensor *in[3];
     for (int i = 0; i < 3; i++) {
@@ -112,7 +113,8 @@ Test(autograd_attention, equals_composite) {
 Test(autograd_attention, blocks_agree) {
     for (int causal = 0; causal < 2; causal++) {
         df_scope s = df_scope_begin();
-        df_tensor *src[3] = {randn_tensor(61, DF_DIMS(5, 24, 8)), randn_tensor(62, DF_DIMS(5, 24, 8)),
+        df_tensor *src[3] = {randn_tensor(61, DF_DIMS(5, 24, 8)),
+                             randn_tensor(62, DF_DIMS(5, 24, 8)),
                              randn_tensor(63, DF_DIMS(5, 24, 6))};
         df_tensor *gy = randn_tensor(64, DF_DIMS(5, 24, 6));
         df_tensor *whole[4], *rows[4], *items[4];

@@ -61,8 +61,8 @@ Test(autograd_vmath, expf_same_in_vector_loop) {
     for (int i = 0; i < N; i++) {
         volatile float xi = x[i];
         float one = df_expf(xi);
-        cr_assert(memcmp(&one, &vec[i], 4) == 0, "x = %.9g: vector %.9g, scalar %.9g",
-                  (double)x[i], (double)vec[i], (double)one);
+        cr_assert(memcmp(&one, &vec[i], 4) == 0, "x = %.9g: vector %.9g, scalar %.9g", (double)x[i],
+                  (double)vec[i], (double)one);
     }
     free(x);
     free(vec);
