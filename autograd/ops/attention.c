@@ -18,8 +18,8 @@
  *   (attention_chunk_bytes), which is what makes this op worth having next to the composite
  *   df_matmul(df_softmax(df_matmul(q, k, false, true)), v, false, false) it equals
  *   (tests/autograd/test_attention.c ties them together).
- *   Determinism: every product runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h); row blocks of one
- * item accumulate dk and dv in a fixed order.
+ *   Determinism: every product runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h); row blocks
+ *   of one item accumulate dk and dv in a fixed order.
  */
 #include "autograd/dnnl_impl.h"
 #include "autograd/ops/broadcast_impl.h"
