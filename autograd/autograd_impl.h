@@ -97,6 +97,9 @@ df_tensor *df_detach_unscoped(const df_tensor *t);
 /* Shared kernels. df_softmax_row: softmax (or log_softmax when `log`) of one row of D floats,
  * stable (row maximum subtracted), the sum in double; y may equal x. */
 void df_softmax_row(const float *x, float *y, int64_t D, bool log);
+/* The softmax backward of one row: d = y (g - sum_j g_j y_j) (the sum in double), added into d
+ * when `accumulate`, else written; g may equal d. */
+void df_softmax_row_grad(const float *y, const float *g, float *d, int64_t D, bool accumulate);
 /* df_softmax_attention works in blocks of at most this many bytes of scores (default 8 MiB);
  * returns the previous value. Results do not depend on it beyond rounding of dk/dv sums across
  * row blocks; tests shrink it to cover the row-block path. */

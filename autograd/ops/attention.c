@@ -123,16 +123,8 @@ static void attention_backward(df_node *n, const df_tensor *g_) {
         df_dnnl_matmul("softmax_attention backward", &gm, &vt, NULL, dp, ps_dims, false);
         int64_t n_rows = bl.nb * bl.nr;
 #pragma omp parallel for schedule(static) if (n_rows * S > DF_PAR_GRAIN)
-        for (int64_t r = 0; r < n_rows; r++) { /* (7) */
-            const float *yr = pr + r * S;
-            float *dr = dp + r * S;
-            double acc = 0;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < S; j++) acc += (double)dr[j] * (double)yr[j];
-            float dot = (float)acc;
-#pragma omp simd
-            for (int64_t j = 0; j < S; j++) dr[j] = yr[j] * (dr[j] - dot);
-        }
+        for (int64_t r = 0; r < n_rows; r++) /* (7), in place */
+            df_softmax_row_grad(pr + r * S, dp + r * S, dp + r * S, S, false);
         df_dnnl_mat ds = df_dnnl_mat_of(dp, 3, ps_dims, false);
         if (gq) { /* (8) */
             df_dnnl_mat km = mat_of(k, &bl, S, S, p->d, false);

@@ -22,21 +22,24 @@ static void linear_backward(df_node *n, const df_tensor *g) {
     const linear_params *p = n->state;
     const float *x = df_f32(n->inputs[0]), *w = df_f32(n->inputs[1]);
     int64_t g_dims[2] = {p->M, p->out}, x_dims[2] = {p->M, p->in}, w_dims[2] = {p->out, p->in};
-    /* with M = 0 the products are empty sums: zero-filled gradients (df_node_grad) */
-    bool acc = true;
-    df_tensor *gx = p->M > 0 ? df_node_grad_dest(n, 0, &acc) : df_node_grad(n, 0);
-    if (gx && p->M > 0) { /* (1) */
+    if (g->numel == 0) { /* empty products (M or out is 0): zero-filled gradients */
+        for (int i = 0; i < 3; i++)
+            if (n->inputs[i]) df_node_grad(n, i);
+        return;
+    }
+    bool acc;
+    df_tensor *gx = df_node_grad_dest(n, 0, &acc);
+    if (gx) { /* (1) */
         df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), 2, g_dims, false);
         df_dnnl_mat wm = df_dnnl_mat_of(w, 2, w_dims, false);
         df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, acc);
     }
-    df_tensor *gw = p->M > 0 ? df_node_grad_dest(n, 1, &acc) : df_node_grad(n, 1);
-    if (gw && p->M > 0) { /* (2) */
+    df_tensor *gw = df_node_grad_dest(n, 1, &acc);
+    if (gw) { /* (2) */
         df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), 2, g_dims, true);
         df_dnnl_mat xm = df_dnnl_mat_of(x, 2, x_dims, false);
         df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, acc);
     }
-    acc = true;
     df_tensor *gb = n->inputs[2] ? df_node_grad_dest(n, 2, &acc) : NULL;
     if (gb) { /* (3) blocks of columns in parallel, rows in order */
         const float *gd = df_f32(g);

@@ -39,6 +39,20 @@ void df_softmax_row(const float *x, float *y, int64_t D, bool log) {
     }
 }
 
+void df_softmax_row_grad(const float *y, const float *g, float *d, int64_t D, bool accumulate) {
+    double acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < D; j++) acc += (double)g[j] * (double)y[j];
+    float dot = (float)acc;
+    if (accumulate) {
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) d[j] += y[j] * (g[j] - dot);
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < D; j++) d[j] = y[j] * (g[j] - dot);
+    }
+}
+
 static void softmax_backward(df_node *n, const df_tensor *g_) {
     const softmax_params *p = n->state;
     df_tensor *gx = df_node_grad(n, 0);
@@ -58,11 +72,7 @@ static void softmax_backward(df_node *n, const df_tensor *g_) {
             float s = (float)acc;
             for (int64_t j = 0; j < D; j++) dr[j] += gr[j] - df_expf(yr[j]) * s;
         } else {
-#pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < D; j++) acc += (double)gr[j] * (double)yr[j];
-            float dot = (float)acc;
-#pragma omp simd
-            for (int64_t j = 0; j < D; j++) dr[j] += yr[j] * (gr[j] - dot);
+            df_softmax_row_grad(yr, gr, dr, D, true);
         }
     }
 }
