@@ -119,6 +119,15 @@ typedef struct df_tensor {
     bool requires_grad;     /* leaves: set by the user; op outputs: true when `node` is set */
     bool scoped;            /* one of the references belongs to an open scope */
     int refcount;
+    /* Storage layout. 0: plain row-major (every tensor made outside the ops below). B > 0: a
+     * 4-D activation (N, C, H, W) stored channel-blocked as oneDNN's nChw{B}c, i.e. the
+     * row-major array (N, C / B, H, W, B) (C divisible by B): the layout the convolution
+     * kernels compute in, kept between ops so that no reorder runs around each convolution
+     * (docs/layout.md). Made by df_to_blocked and by the ops that accept it (conv2d,
+     * group_norm, the elementwise ops, concat along channels, upsample_nearest2d); any other op
+     * stops with a DF_ASSERT naming it: convert with df_to_plain first. `shape` is always the
+     * logical (N, C, H, W). */
+    int block;
 } df_tensor;
 
 /* `DF_DIMS(2, 3, 4)` expands to the (ndim, shape) argument pair `3, (int64_t[]){2, 3, 4}`. */
@@ -358,9 +367,12 @@ DF_API df_tensor *df_mean(df_tensor *a, int ndims, const int *dims, bool keepdim
 DF_API df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b);
 DF_API df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias);
 
-/* Convolution on (N, C, H, W) with weight (O, C/groups, KH, KW); bias (O) or NULL. */
+/* Convolution on (N, C, H, W) with weight (O, C/groups, KH, KW); bias (O) or NULL. The output
+ * is channel-blocked (df_tensor.block) when x is, or when `blocked_out` is set, and the output
+ * channels divide into blocks (O % df_act_block() == 0); plain otherwise. */
 typedef struct df_conv2d_params {
     int stride[2], padding[2], dilation[2], groups;
+    bool blocked_out;
 } df_conv2d_params;
 DF_API df_conv2d_params df_conv2d_default(void); /* stride 1, padding 0, dilation 1, groups 1 */
 DF_API df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p);
@@ -387,6 +399,16 @@ DF_API void df_chunk(df_tensor *a, int n, int dim, df_tensor **out);
  * a's dim perm[k]. transpose swaps d0 and d1. */
 DF_API df_tensor *df_permute(df_tensor *a, const int *perm);
 DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
+
+/* Activation layout (df_tensor.block). df_act_block: the channel block B of this machine's
+ * convolution kernels (8 with AVX2, 16 with AVX-512), or 0 when blocking is off (no such
+ * kernel, or the environment sets DF_ACT_LAYOUT=plain). df_to_blocked: x (N, C, H, W) in
+ * blocked layout, or an alias of x (a new tensor sharing its storage) when it already is
+ * blocked, is not 4-D, C is not a multiple of B, or B is 0. df_to_plain: x in plain layout (an
+ * alias of x when plain). Both are differentiable (the gradient takes the reverse reorder). */
+DF_API int df_act_block(void);
+DF_API df_tensor *df_to_blocked(df_tensor *x);
+DF_API df_tensor *df_to_plain(df_tensor *x);
 
 /* Spatial. */
 DF_API df_tensor *df_upsample_nearest2d(df_tensor *x, int scale);

@@ -90,6 +90,12 @@ dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims) {
     return df_dnnl_md_strides(ndim, dims, strides);
 }
 
+dnnl_memory_desc_t df_dnnl_md_act(const int64_t *dims, int block) {
+    dnnl_format_tag_t tag = block == 16 ? dnnl_nChw16c : block == 8 ? dnnl_nChw8c : dnnl_nchw;
+    DF_ASSERT(block == 0 || block == 8 || block == 16, "dnnl: channel block %d", block);
+    return df_dnnl_md_tag(4, dims, tag);
+}
+
 /* ------------------------------------------------------------------ keys -------------------- */
 
 void df_dnnl_key_push(df_dnnl_key *k, int64_t v) {

@@ -52,6 +52,9 @@ dnnl_memory_desc_t df_dnnl_md_tag(int ndim, const int64_t *dims, dnnl_format_tag
 dnnl_memory_desc_t df_dnnl_md_strides(int ndim, const int64_t *dims, const int64_t *strides);
 /* Plain row-major (abcd...) F32 descriptor. */
 dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims);
+/* A 4-D (N, C, H, W) activation in layout `block` (df_tensor.block): nchw when 0, else
+ * nChw{block}c. */
+dnnl_memory_desc_t df_dnnl_md_act(const int64_t *dims, int block);
 
 /* ------------------------------------------------------------------ primitive cache --------- */
 
@@ -91,6 +94,7 @@ enum {
     DF_DNNL_KIND_INNER_PRODUCT_FWD,
     DF_DNNL_KIND_LNORM_FWD,
     DF_DNNL_KIND_LNORM_BWD,
+    DF_DNNL_KIND_REORDER,
 };
 
 /* How an execution argument meets user memory:

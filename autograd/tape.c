@@ -41,6 +41,7 @@ static df_tensor *grad_route(const df_tensor *t) {
     h->ndim = t->ndim;
     memcpy(h->shape, t->shape, sizeof h->shape);
     h->numel = t->numel;
+    h->block = t->block;
     h->node = t->node;
     df_node_retain(t->node);
     h->requires_grad = true;
@@ -70,6 +71,7 @@ df_node *df_node_new_keep(const df_op *op, df_tensor *out, int n_inputs, df_tens
     n->state = state_size ? (char *)n + head : NULL;
     n->out_ndim = out->ndim;
     memcpy(n->out_shape, out->shape, sizeof n->out_shape);
+    n->out_block = out->block;
     for (int i = 0; i < n_inputs; i++) {
         df_tensor *t = inputs[i];
         bool keep = i >= 32 || (keep_data >> i) & 1u;
@@ -96,10 +98,14 @@ static df_tensor **grad_slot(df_node *n, int i) {
     return t->requires_grad ? &t->grad : NULL;
 }
 
+/* A new gradient for input i: its shape and layout. */
 static df_tensor *grad_new(df_node *n, int i) {
     df_tensor *t = n->inputs[i];
-    return t->node ? df_tensor_new_unscoped(DF_DTYPE_F32, t->node->out_ndim, t->node->out_shape)
-                   : df_tensor_new_unscoped(DF_DTYPE_F32, t->ndim, t->shape);
+    df_tensor *g = t->node
+                       ? df_tensor_new_unscoped(DF_DTYPE_F32, t->node->out_ndim, t->node->out_shape)
+                       : df_tensor_new_unscoped(DF_DTYPE_F32, t->ndim, t->shape);
+    g->block = t->node ? t->node->out_block : t->block;
+    return g;
 }
 
 df_tensor *df_node_grad(df_node *n, int i) {
@@ -195,6 +201,7 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
             return df_error(DF_ERR_INVALID, "backward: the tensor does not require grad");
         if (!out->grad) {
             out->grad = df_tensor_new_unscoped(DF_DTYPE_F32, out->ndim, out->shape);
+            out->grad->block = out->block;
             memset(out->grad->data, 0, (size_t)out->numel * sizeof(float));
         }
         float *g = out->grad->data;
@@ -242,7 +249,8 @@ df_status df_backward(df_tensor *loss) {
 }
 
 df_status df_backward_with(df_tensor *out, const df_tensor *grad_out) {
-    DF_ASSERT(df_tensor_same_shape(out, grad_out) && grad_out->dtype == DF_DTYPE_F32,
-              "backward_with: gradient shape or dtype differs from the output");
+    DF_ASSERT(df_tensor_same_shape(out, grad_out) && grad_out->dtype == DF_DTYPE_F32 &&
+                  grad_out->block == out->block,
+              "backward_with: gradient shape, dtype or layout differs from the output");
     return run_backward(out, grad_out);
 }

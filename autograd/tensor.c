@@ -345,8 +345,14 @@ static void convert(void *dst, df_dtype ddt, const void *src, df_dtype sdt, int6
     }
 }
 
-df_tensor *df_tensor_to(const df_tensor *t, df_dtype dt) {
+df_tensor *df_tensor_new_like(df_dtype dt, const df_tensor *t) {
     df_tensor *r = df_tensor_new(dt, t->ndim, t->shape);
+    r->block = t->block;
+    return r;
+}
+
+df_tensor *df_tensor_to(const df_tensor *t, df_dtype dt) {
+    df_tensor *r = df_tensor_new_like(dt, t);
     convert(r->data, dt, t->data, t->dtype, t->numel);
     return r;
 }
@@ -358,12 +364,21 @@ df_tensor *df_tensor_clone(const df_tensor *t) {
 void df_tensor_copy_(df_tensor *dst, const df_tensor *src) {
     DF_ASSERT(dst->numel == src->numel, "copy_: %lld elements into %lld", (long long)src->numel,
               (long long)dst->numel);
+    DF_ASSERT(dst->block == src->block, "copy_: layout nChw%dc into nChw%dc (0: plain)", src->block,
+              dst->block);
     convert(dst->data, dst->dtype, src->data, src->dtype, src->numel);
 }
 
 static df_tensor *view_unscoped(const df_tensor *t, int ndim, const int64_t *shape,
                                 int64_t offset) {
     df_tensor *v = tensor_header(t->dtype, ndim, shape);
+    /* a channel-blocked tensor has aliases, not views of another shape */
+    if (t->block) {
+        DF_ASSERT(offset == 0 && df_tensor_same_shape(v, t),
+                  "view: a channel-blocked (nChw%dc) tensor cannot be viewed with another shape; "
+                  "convert it with df_to_plain first", t->block);
+        v->block = t->block;
+    }
     DF_ASSERT(offset >= 0 && offset + v->numel <= t->numel,
               "view: %lld elements at offset %lld of a tensor of %lld", (long long)v->numel,
               (long long)offset, (long long)t->numel);

@@ -9,13 +9,18 @@
  * graph, with only x (bwd-data) or only w and b (bwd-weights) requiring a gradient, so the time
  * includes what a training step pays: the gradient buffer and the accumulation into it.
  *
+ * Activations (x, the output gradient, and so the output and dx) are in the layout the models
+ * keep between ops (channel-blocked, df_tensor.block, docs/layout.md): no reorder runs around
+ * the convolution, as in a UNet; DF_BENCH_LAYOUT=plain gives plain NCHW tensors instead (the
+ * convolution reorders them each call, as PyTorch does).
+ *
  * Output: one tab-separated line per case: shape, op, median ms, GFLOP/s at the median (2 FLOPs
  * per multiply-add; bias and reorders are not counted), and the minimum ms (steadier than the
  * median on a loaded machine).
- * Env: DF_BENCH_ITERS, DF_BENCH_WARMUP, DF_BENCH_BATCH (default 32), DF_CONV_LAYOUT (see
- * autograd/ops/conv2d.c), DF_BENCH_CLOCK=cpu to time process CPU time instead of wall time (with
- * OMP_NUM_THREADS=1 a comparison that survives a machine shared with other jobs: a descheduled
- * thread accrues no CPU time).
+ * Env: DF_BENCH_ITERS, DF_BENCH_WARMUP, DF_BENCH_BATCH (default 32), DF_BENCH_LAYOUT,
+ * DF_CONV_LAYOUT (see autograd/ops/conv2d.c), DF_BENCH_CLOCK=cpu to time process CPU time instead
+ * of wall time (with OMP_NUM_THREADS=1 a comparison that survives a machine shared with other jobs:
+ * a descheduled thread accrues no CPU time).
  */
 #include "autograd/autograd.h"
 
@@ -107,6 +112,19 @@ static double time_matmul(df_tensor *a, df_tensor *bm) {
     return med;
 }
 
+static bool plain_layout; /* DF_BENCH_LAYOUT=plain */
+
+/* An activation in the layout the models keep between ops (df_tensor.block): channel-blocked
+ * unless DF_BENCH_LAYOUT=plain. Takes t; the result is a leaf the caller owns. */
+static df_tensor *activation(df_tensor *t) {
+    if (plain_layout) return t;
+    df_tensor *b = df_to_blocked(t);
+    df_tensor_free(t);
+    df_tensor *leaf = df_detach(b); /* no history: the benchmark's input */
+    df_tensor_free(b);
+    return leaf;
+}
+
 static df_tensor *randn(uint64_t seed, int ndim, const int64_t *shape, float scale) {
     df_tensor *t = df_tensor_new(DF_DTYPE_F32, ndim, shape);
     df_philox g;
@@ -119,6 +137,8 @@ static df_tensor *randn(uint64_t seed, int ndim, const int64_t *shape, float sca
 int main(void) {
     const char *clk = getenv("DF_BENCH_CLOCK");
     if (clk && strcmp(clk, "cpu") == 0) clock_id = CLOCK_PROCESS_CPUTIME_ID;
+    const char *lay = getenv("DF_BENCH_LAYOUT");
+    plain_layout = lay && strcmp(lay, "plain") == 0;
     iters = env_int("DF_BENCH_ITERS", 10);
     warmup = env_int("DF_BENCH_WARMUP", 2);
     if (iters < 1) iters = 1;
@@ -131,10 +151,10 @@ int main(void) {
         for (int k = 3; k >= 1; k -= 2) {
             df_conv2d_params p = df_conv2d_default();
             p.padding[0] = p.padding[1] = k / 2;
-            df_tensor *x = randn(1, DF_DIMS(N, C, H, H), 1.0f);
+            df_tensor *x = activation(randn(1, DF_DIMS(N, C, H, H), 1.0f));
             df_tensor *w = randn(2, DF_DIMS(C, C, k, k), 0.05f);
             df_tensor *b = randn(3, DF_DIMS(C), 0.1f);
-            df_tensor *gy = randn(4, DF_DIMS(N, C, H, H), 1.0f);
+            df_tensor *gy = activation(randn(4, DF_DIMS(N, C, H, H), 1.0f));
             double flops = 2.0 * N * C * H * H * C * k * k;
             for (int pass = 0; pass < 3; pass++) {
                 double ms = time_conv(x, w, b, gy, p, (conv_pass)pass);

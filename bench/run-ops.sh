@@ -7,6 +7,8 @@
 #   DF_BENCH_ITERS=30 bench/run-ops.sh    # more iterations (quiet machine)
 #   DF_BENCH_ITERS=3 DF_BENCH_BATCH=8 bench/run-ops.sh   # a quick smoke run
 #   DF_CONV_LAYOUT=nhwc bench/run-ops.sh  # another conv layout (docs/layout.md)
+#   DF_BENCH_LAYOUT=plain bench/run-ops.sh  # our activations plain NCHW, as PyTorch's (default:
+#                                         # channel-blocked, the layout our models keep)
 #   DF_BENCH_ROUNDS=5 bench/run-ops.sh    # more alternating rounds (default 3, see below)
 #   DF_BENCH_THREADS=1 DF_BENCH_CLOCK=cpu bench/run-ops.sh  # CPU time, 1 thread: for a machine
 #                                         # shared with other jobs (not the headline numbers;
@@ -28,7 +30,7 @@ for ((r = 0; r < rounds; r++)); do
   build/bench/bench_ops >>"$ours"
   /usr/bin/python3 bench/torch_ops.py >>"$theirs"
 done
-echo "threads: $OMP_NUM_THREADS, iterations: ${DF_BENCH_ITERS:-10} x $rounds rounds, best time per case, clock: ${DF_BENCH_CLOCK:-wall}, conv layout: ${DF_CONV_LAYOUT:-any}"
+echo "threads: $OMP_NUM_THREADS, iterations: ${DF_BENCH_ITERS:-10} x $rounds rounds, best time per case, clock: ${DF_BENCH_CLOCK:-wall}, activations: ${DF_BENCH_LAYOUT:-blocked} (ours; PyTorch: NCHW), conv layout for plain: ${DF_CONV_LAYOUT:-any}"
 # per case each side's best (minimum) time over all rounds and iterations (column 5; a neighbour
 # on a shared machine only ever adds time), as GFLOP/s: column 4 (GFLOP/s at the median) times
 # column 3 (the median ms) is the case's GFLOP

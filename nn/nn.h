@@ -324,7 +324,9 @@ typedef struct df_resnet {
     float output_scale_factor;
 } df_resnet;
 DF_API void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_config c);
-/* x (N, Cin, H, W), temb (N, T) or NULL -> (N, Cout, H, W). */
+/* x (N, Cin, H, W), temb (N, T) or NULL -> (N, Cout, H, W). Runs in channel-blocked layout
+ * (df_to_blocked of x, when its channels divide into blocks): the output is blocked then, as are
+ * the blocks' outputs built on it; the models' outputs are plain (df_to_plain). */
 DF_API df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb);
 
 /* diffusers Attention with the classic AttnProcessor. */

@@ -104,8 +104,10 @@ df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df
                                              c->flip_sin_to_cos, (float)c->freq_shift);
     df_tensor *emb = df_timestep_mlp_forward(&m->time_embedding, t_emb);
 
-    df_tensor *h = df_conv_mod_forward(&m->conv_in, sample);
+    df_conv_mod conv_in = m->conv_in;
+    conv_in.p.blocked_out = true; /* activations stay channel-blocked up to conv_out */
+    df_tensor *h = df_conv_mod_forward(&conv_in, sample);
     h = df_unet_blocks_forward(m->down, &m->mid, m->up, c->n_blocks, h, emb, encoder_hidden_states);
     h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
-    return df_conv_mod_forward(&m->conv_out, h);
+    return df_to_plain(df_conv_mod_forward(&m->conv_out, h));
 }

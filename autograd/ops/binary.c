@@ -7,6 +7,8 @@
  *   mul: ga += g * b        gb += g * a
  *   div: ga += g / b        gb += -g * ((a / b) / b)        (torch's div_tensor_other_backward)
  * A gradient for a broadcast input is summed over its repeated dims (df_reduce_sum, in double).
+ * Channel-blocked operands (df_tensor.block) are looped over as (N, C / B, H, W, B); plain
+ * operands meet them as described at loop_shape; the output is blocked when an operand is.
  * Saved: nothing beyond the inputs, which the node retains (mul/div read them in backward).
  *
  * Scalar forms, s a float:
@@ -18,6 +20,8 @@
  * chain of reciprocal's and mul's backward in the same order, so values match torch bit for bit.
  */
 #include "autograd/ops/broadcast_impl.h"
+
+#include <string.h>
 
 typedef enum bin_kind { BIN_ADD, BIN_SUB, BIN_MUL, BIN_DIV } bin_kind;
 
@@ -165,10 +169,39 @@ static void bwd_row(const void *c_, const int64_t *off, int64_t n) {
 
 /* ------------------------------------------------------------------ binary op ---------------- */
 
+/* The shape the loops see when the output has channel block B (0: logical shapes throughout).
+ * A blocked (N, C, H, W) is the row-major (N, C / B, H, W, B); a plain operand, read against
+ * such an output with its shape right-aligned to (n, c, h, w), is (n, 1, h, w, 1) when it
+ * broadcasts over channels (c = 1) and (n, C / B, 1, 1, B) when it has one value per channel
+ * and no spatial extent (a bias, a time embedding): in both its row-major data already has
+ * that shape. Returns the ndim, or -1 for a plain operand with channels and space (which the
+ * op converts to blocked first). */
+static int loop_shape(int ndim, const int64_t *shape, int block, int out_block, int64_t *out) {
+    if (!out_block) {
+        memcpy(out, shape, sizeof(int64_t) * (size_t)ndim);
+        return ndim;
+    }
+    int64_t s4[4] = {1, 1, 1, 1};
+    for (int i = 0; i < ndim; i++) s4[4 - ndim + i] = shape[i];
+    int64_t lanes = block || s4[1] > 1 ? out_block : 1;
+    if (!block && s4[1] > 1 && (s4[2] > 1 || s4[3] > 1)) return -1;
+    int64_t r[5] = {s4[0], s4[1] / lanes, s4[2], s4[3], lanes};
+    memcpy(out, r, sizeof r);
+    return 5;
+}
+
+/* loop_shape of tensor t (a node's input may be a header without data: its shape and block
+ * are kept). */
+static int t_loop_shape(const df_tensor *t, int out_block, int64_t *out) {
+    return loop_shape(t->ndim, t->shape, t->block, out_block, out);
+}
+
 static void binary_forward(bin_kind kind, df_tensor *out, const df_tensor *a, const df_tensor *b) {
+    int64_t so[DF_MAX_DIMS], sa[DF_MAX_DIMS], sb[DF_MAX_DIMS];
+    int no = t_loop_shape(out, out->block, so), na = t_loop_shape(a, out->block, sa),
+        nb = t_loop_shape(b, out->block, sb);
     df_bcast bc;
-    df_bcast_init(&bc, out->ndim, out->shape, 3, (int[]){out->ndim, a->ndim, b->ndim},
-                  (const int64_t *[]){out->shape, a->shape, b->shape});
+    df_bcast_init(&bc, no, so, 3, (int[]){no, na, nb}, (const int64_t *[]){so, sa, sb});
     int last = bc.ndim - 1;
     fwd_ctx c = {kind, df_f32(out), df_f32(a), df_f32(b), bc.stride[1][last], bc.stride[2][last]};
     df_bcast_run(&bc, fwd_row, &c);
@@ -177,37 +210,38 @@ static void binary_forward(bin_kind kind, df_tensor *out, const df_tensor *a, co
 static void binary_backward(df_node *n, const df_tensor *g) {
     const binary_params *p = n->state;
     const df_tensor *a = n->inputs[0], *b = n->inputs[1];
+    int64_t sg[DF_MAX_DIMS], sa[DF_MAX_DIMS], sb[DF_MAX_DIMS], si[DF_MAX_DIMS];
+    int ng = t_loop_shape(g, g->block, sg), na = t_loop_shape(a, g->block, sa),
+        nb = t_loop_shape(b, g->block, sb);
     for (int which = 0; which < 2; which++) {
         df_tensor *gi = df_node_grad(n, which);
         if (!gi) continue;
-        bool same = gi->ndim == g->ndim && gi->numel == g->numel;
+        int ni = t_loop_shape(gi, g->block, si);
+        bool same = ni == ng && gi->numel == g->numel;
         bool plain = p->kind == BIN_ADD || p->kind == BIN_SUB;
         double sign = (p->kind == BIN_SUB && which == 1) ? -1.0 : 1.0;
         if (plain && !same) { /* the sum of ±g over the repeated dims */
-            df_reduce_sum(df_f32(g), g->ndim, g->shape, df_f32(gi), gi->ndim, gi->shape, sign,
-                          true);
+            df_reduce_sum(df_f32(g), ng, sg, df_f32(gi), ni, si, sign, true);
             continue;
         }
         if (plain) { /* ±g itself: add and sub never read their inputs (kept as shapes only) */
             float *d = df_f32(gi);
             const float *gv = df_f32(g);
-            float sg = (float)sign;
+            float sgn = (float)sign;
 #pragma omp parallel for simd schedule(static) if (g->numel > 32768)
-            for (int64_t i = 0; i < g->numel; i++) d[i] += sg * gv[i];
+            for (int64_t i = 0; i < g->numel; i++) d[i] += sgn * gv[i];
             continue;
         }
         df_bcast bc;
-        df_bcast_init(&bc, g->ndim, g->shape, 4, (int[]){g->ndim, g->ndim, a->ndim, b->ndim},
-                      (const int64_t *[]){g->shape, g->shape, a->shape, b->shape});
+        df_bcast_init(&bc, ng, sg, 4, (int[]){ng, ng, na, nb}, (const int64_t *[]){sg, sg, sa, sb});
         int last = bc.ndim - 1;
-        df_tensor *tmp = same ? NULL : df_tensor_new_unscoped(DF_DTYPE_F32, g->ndim, g->shape);
+        df_tensor *tmp = same ? NULL : df_tensor_new_unscoped(DF_DTYPE_F32, ng, sg);
         bwd_ctx c = {p->kind,           which,     same,      df_f32(same ? gi : tmp),
                      df_f32(g),         df_f32(a), df_f32(b), bc.stride[2][last],
                      bc.stride[3][last]};
         df_bcast_run(&bc, bwd_row, &c);
         if (tmp) {
-            df_reduce_sum(df_f32(tmp), g->ndim, g->shape, df_f32(gi), gi->ndim, gi->shape, 1.0,
-                          true);
+            df_reduce_sum(df_f32(tmp), ng, sg, df_f32(gi), ni, si, 1.0, true);
             df_tensor_free(tmp);
         }
     }
@@ -218,16 +252,33 @@ static const df_op sub_op = {"sub", binary_backward, NULL};
 static const df_op mul_op = {"mul", binary_backward, NULL};
 static const df_op div_op = {"div", binary_backward, NULL};
 
+/* The output's channel block: a blocked operand's (both blocked: equal blocks). */
+static int binary_block(const char *opname, const df_tensor *a, const df_tensor *b, int nd) {
+    DF_ASSERT(!a->block || !b->block || a->block == b->block,
+              "%s: operands blocked by nChw%dc and nChw%dc", opname, a->block, b->block);
+    int block = a->block ? a->block : b->block;
+    DF_ASSERT(!block || nd == 4, "%s: a channel-blocked operand broadcast to %d dims", opname, nd);
+    return block;
+}
+
 static df_tensor *binary(const df_op *op, bin_kind kind, df_tensor *a, df_tensor *b) {
-    DF_ASSERT_F32(op->name, a);
-    DF_ASSERT_F32(op->name, b);
+    DF_ASSERT_F32_ANY_LAYOUT(op->name, a);
+    DF_ASSERT_F32_ANY_LAYOUT(op->name, b);
     int nd;
-    int64_t shape[DF_MAX_DIMS];
+    int64_t shape[DF_MAX_DIMS], tmp[DF_MAX_DIMS];
     char sa[64], sb[64];
     DF_ASSERT(df_bcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape),
               "%s: shapes %s and %s do not broadcast", op->name, df_shape_str(a, sa, sizeof sa),
               df_shape_str(b, sb, sizeof sb));
+    int block = binary_block(op->name, a, b, nd);
+    /* a plain operand with channels and space meets a blocked one in blocked layout */
+    if (block && t_loop_shape(a, block, tmp) < 0) a = df_to_blocked(a);
+    if (block && t_loop_shape(b, block, tmp) < 0) b = df_to_blocked(b);
+    DF_ASSERT(t_loop_shape(a, block, tmp) >= 0 && t_loop_shape(b, block, tmp) >= 0,
+              "%s: shapes %s and %s: a plain operand that cannot meet a channel-blocked one",
+              op->name, df_shape_str(a, sa, sizeof sa), df_shape_str(b, sb, sizeof sb));
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, nd, shape);
+    out->block = block;
     binary_forward(kind, out, a, b);
     /* add and sub need only shapes in backward; mul and div need both values */
     unsigned keep = (kind == BIN_ADD || kind == BIN_SUB) ? 0u : 3u;
@@ -295,8 +346,8 @@ static const df_op rsub_scalar_op = {"rsub_scalar", scalar_backward, NULL};
 static const df_op rdiv_scalar_op = {"rdiv_scalar", scalar_backward, NULL};
 
 static df_tensor *scalar_op(const df_op *op, scal_kind kind, df_tensor *a, float s) {
-    DF_ASSERT_F32(op->name, a);
-    df_tensor *out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
+    DF_ASSERT_F32_ANY_LAYOUT(op->name, a); /* elementwise: any layout, kept */
+    df_tensor *out = df_tensor_new_like(DF_DTYPE_F32, a);
     float *o = df_f32(out);
     const float *x = df_f32(a);
     int64_t len = a->numel;

@@ -8,6 +8,11 @@
  * an input may have size 0 along dim. The same tensor may appear twice: both slices of the
  * gradient add into its one accumulator (each output row is handled by one thread, in input
  * order, so the sum does not depend on the thread count).
+ * Layout: along channels (dim 1 of 4-D F32 tensors) an input in channel-blocked layout
+ * (df_tensor.block) makes the output blocked: plain inputs are converted to it (df_to_blocked),
+ * and with (N, C_i / B, H, W, B) inputs an image's part is still one contiguous row of C_i H W
+ * elements, so the loops above are unchanged. Along any other dim blocked inputs are converted
+ * to plain (df_to_plain).
  */
 #include "autograd/autograd_impl.h"
 #include "autograd/ops/strides_impl.h"
@@ -62,11 +67,38 @@ static void concat_backward(df_node *n, const df_tensor *g) {
 
 static const df_op concat_op = {"concat", concat_backward, NULL};
 
-df_tensor *df_concat(df_tensor **ts, int n, int dim) {
+/* The common layout of a concat along d: the channel block when some input is blocked, d is
+ * the channel dim and every input's channels divide into blocks; else plain (0). */
+static int concat_block(df_tensor *const *ts, int n, int d) {
+    int block = 0;
+    for (int i = 0; i < n; i++) block = ts[i]->block ? ts[i]->block : block;
+    for (int i = 0; i < n && block; i++)
+        if (d != 1 || ts[i]->ndim != 4 || ts[i]->dtype != DF_DTYPE_F32 ||
+            ts[i]->shape[1] % block != 0 || (ts[i]->block && ts[i]->block != block))
+            block = 0;
+    return block;
+}
+
+df_tensor *df_concat(df_tensor **ts_in, int n, int dim) {
     DF_ASSERT(n >= 1, "concat: %d inputs", n);
+    DF_ASSERT(ts_in[0]->ndim >= 1, "concat: a zero-dimensional tensor cannot be concatenated");
+    int d = df_dim_norm("concat", dim, ts_in[0]->ndim);
+    /* channel-blocked inputs: joined as they are along channels (an image's blocks are one
+     * contiguous row, as its channels are in plain layout); every input is brought to the
+     * common layout first */
+    df_tensor *small[8], **ts = ts_in;
+    int block = concat_block(ts_in, n, d);
+    bool convert = false;
+    for (int i = 0; i < n; i++) convert |= ts_in[i]->block != block;
+    if (convert) {
+        ts = n <= 8 ? small : malloc((size_t)n * sizeof *ts);
+        DF_ASSERT(ts, "concat: out of memory for %d inputs", n);
+        for (int i = 0; i < n; i++)
+            ts[i] = ts_in[i]->block == block ? ts_in[i]
+                    : block                  ? df_to_blocked(ts_in[i])
+                                             : df_to_plain(ts_in[i]);
+    }
     const df_tensor *a = ts[0];
-    DF_ASSERT(a->ndim >= 1, "concat: a zero-dimensional tensor cannot be concatenated");
-    int d = df_dim_norm("concat", dim, a->ndim);
     int64_t shape[DF_MAX_DIMS];
     memcpy(shape, a->shape, sizeof shape);
     shape[d] = 0;
@@ -81,8 +113,11 @@ df_tensor *df_concat(df_tensor **ts, int n, int dim) {
         shape[d] += t->shape[d];
     }
     df_tensor *out = df_tensor_new(a->dtype, a->ndim, shape);
+    out->block = block;
     concat_forward(out, ts, n, d);
-    df_node *node = df_node_new_keep(&concat_op, out, n, ts, sizeof(concat_params), 0u); /* shapes only */
+    df_node *node =
+        df_node_new_keep(&concat_op, out, n, ts, sizeof(concat_params), 0u); /* shapes only */
     if (node) ((concat_params *)node->state)->dim = d;
+    if (ts != ts_in && ts != small) free(ts);
     return out;
 }

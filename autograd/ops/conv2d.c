@@ -4,8 +4,11 @@
  *   OH = floor((H + 2 ph - dh (KH - 1) - 1) / sh) + 1 (likewise OW).
  *   y[n, o, i, j] = b[o] + sum_{c in group(o), ki, kj} w[o, c, ki, kj]
  *                                                   x[n, c, i sh - ph + ki dh, j sw - pw + kj dw]
- *   forward:  oneDNN convolution (forward_training), activations in plain NCHW user memory,
- *             the primitive's own layout chosen with format_tag_any, reorders on mismatch.
+ *   forward:  oneDNN convolution (forward_training). Activations are either plain NCHW user
+ *             memory, for which the primitive's own layout is chosen with format_tag_any and
+ *             reorders run on mismatch, or channel-blocked tensors (df_tensor.block: nChw8c/16c,
+ *             the kernels' own layout), which the primitive reads and writes as they are. y is
+ *             blocked when x is (or params.blocked_out) and O divides into channel blocks.
  *   backward (G = dy):
  *     (1) dx += conv_backward_data(G, w)               (transposed convolution of G)
  *     (2) dw += conv_backward_weights(x, G)            (correlation of x with G)
@@ -18,11 +21,12 @@
  *     follow the thread count.
  *   saved: nothing (x, w are the node's inputs).
  *
- * Layout: DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the primitive is asked for
- * (any = the primitive chooses, usually blocked nChw8c/16c; nchw/nhwc force a plain layout,
- * nhwc with reorders from and to our NCHW tensors). Weights are always format_tag_any and
- * reordered on every call (a cache per weight version would have to track in-place optimizer
- * updates; measured cost in docs/layout.md). The default is the fastest measured end to end.
+ * Layout: for plain tensors, DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the
+ * primitive is asked for (any = the primitive chooses, usually blocked nChw8c/16c; nchw/nhwc
+ * force a plain layout, nhwc with reorders from and to our NCHW tensors). Weights are always
+ * format_tag_any and reordered on every call (a cache per weight version would have to track
+ * in-place optimizer updates; measured cost in docs/layout.md). The default is the fastest measured
+ * end to end.
  */
 #include "autograd/dnnl_impl.h"
 
@@ -47,10 +51,11 @@ typedef struct conv_shape {
     df_conv2d_params p;
     bool bias; /* forward: has bias; backward weights: computes the bias gradient */
     int layout;
+    int in_block, out_block; /* df_tensor.block of x and y (0: plain NCHW) */
 } conv_shape;
 
 df_conv2d_params df_conv2d_default(void) {
-    return (df_conv2d_params){{1, 1}, {0, 0}, {1, 1}, 1};
+    return (df_conv2d_params){{1, 1}, {0, 0}, {1, 1}, 1, false};
 }
 
 static df_dnnl_key conv_key(int kind, const conv_shape *s) {
@@ -70,7 +75,9 @@ static df_dnnl_key conv_key(int kind, const conv_shape *s) {
                    s->p.dilation[1],
                    s->p.groups,
                    s->bias,
-                   s->layout};
+                   s->layout,
+                   s->in_block,
+                   s->out_block};
     df_dnnl_key_push_n(&k, (int)(sizeof v / sizeof v[0]), v);
     return k;
 }
@@ -86,15 +93,16 @@ static void conv_mds_init(const conv_shape *s, conv_mds *m) {
     int64_t G = s->p.groups;
     int64_t w4[4] = {s->O, s->C / G, s->KH, s->KW};
     int64_t w5[5] = {G, s->O / G, s->C / G, s->KH, s->KW};
-    m->src_user = df_dnnl_md_tag(4, src, dnnl_nchw);
-    m->dst_user = df_dnnl_md_tag(4, dst, dnnl_nchw);
+    m->src_user = df_dnnl_md_act(src, s->in_block);
+    m->dst_user = df_dnnl_md_act(dst, s->out_block);
     m->w_user = G > 1 ? df_dnnl_md_tag(5, w5, dnnl_goihw) : df_dnnl_md_tag(4, w4, dnnl_oihw);
     m->b_user = df_dnnl_md_tag(1, &s->O, dnnl_x);
     dnnl_format_tag_t act = s->layout == LAYOUT_NCHW   ? dnnl_nchw
                             : s->layout == LAYOUT_NHWC ? dnnl_nhwc
                                                        : dnnl_format_tag_any;
-    m->src = df_dnnl_md_tag(4, src, act);
-    m->dst = df_dnnl_md_tag(4, dst, act);
+    /* a channel-blocked tensor is the primitive's own layout: no reorder */
+    m->src = s->in_block ? m->src_user : df_dnnl_md_tag(4, src, act);
+    m->dst = s->out_block ? m->dst_user : df_dnnl_md_tag(4, dst, act);
     m->w = G > 1 ? df_dnnl_md_tag(5, w5, dnnl_format_tag_any)
                  : df_dnnl_md_tag(4, w4, dnnl_format_tag_any);
     m->b = m->b_user;
@@ -228,7 +236,7 @@ static void conv2d_backward(df_node *n, const df_tensor *g) {
 static const df_op conv2d_op = {"conv2d", conv2d_backward, NULL};
 
 df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p) {
-    DF_ASSERT_F32("conv2d", x);
+    DF_ASSERT_F32_ANY_LAYOUT("conv2d", x);
     DF_ASSERT_F32("conv2d", w);
     char sx[64], sw[64], sb[64];
     df_shape_str(x, sx, sizeof sx);
@@ -262,7 +270,11 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
     }
     pthread_once(&layout_once, layout_init);
     s.layout = layout_mode;
+    int block = df_act_block();
+    s.in_block = x->block;
+    s.out_block = (x->block || p.blocked_out) && block && s.O % block == 0 ? block : 0;
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(s.N, s.O, s.OH, s.OW));
+    out->block = s.out_block;
     if (out->numel > 0 && s.C > 0) {
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_FWD, &s);
         df_dnnl_prim *prim = df_dnnl_prim_get(&k, fwd_build, &s);

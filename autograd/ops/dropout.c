@@ -31,9 +31,9 @@ static void dropout_backward(df_node *n, const df_tensor *g_) {
 static const df_op dropout_op = {"dropout", dropout_backward, NULL};
 
 df_tensor *df_dropout(df_tensor *a, float p, df_philox *gen) {
-    DF_ASSERT_F32("dropout", a);
+    DF_ASSERT_F32_ANY_LAYOUT("dropout", a); /* elementwise: any layout, kept */
     DF_ASSERT(p >= 0.0f && p < 1.0f, "dropout: p = %g outside [0, 1)", (double)p);
-    df_tensor *out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
+    df_tensor *out = df_tensor_new_like(DF_DTYPE_F32, a);
     float *o = df_f32(out);
     const float *x = df_f32(a);
     if (p == 0.0f) {

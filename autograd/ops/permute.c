@@ -256,6 +256,7 @@ static void permute_backward(df_node *n, const df_tensor *g) {
 static const df_op permute_op = {"permute", permute_backward, NULL};
 
 df_tensor *df_permute(df_tensor *a, const int *perm) {
+    DF_ASSERT_PLAIN("permute", a);
     int p[DF_MAX_DIMS] = {0};
     bool seen[DF_MAX_DIMS] = {false};
     int64_t shape[DF_MAX_DIMS];

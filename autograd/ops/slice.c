@@ -50,6 +50,7 @@ static void slice_backward(df_node *n, const df_tensor *g) {
 static const df_op slice_op = {"slice", slice_backward, NULL};
 
 df_tensor *df_slice(df_tensor *a, int dim, int64_t start, int64_t len) {
+    DF_ASSERT_PLAIN("slice", a);
     DF_ASSERT(a->ndim >= 1, "slice: a zero-dimensional tensor cannot be sliced");
     int d = df_dim_norm("slice", dim, a->ndim);
     int64_t size = a->shape[d];

@@ -50,8 +50,8 @@ typedef void (*df_unary_fwd)(const float *x, float *o, int64_t n, const void *pa
  * a copy of the params and, when `save_out`, a detached alias of the output. */
 static inline df_tensor *df_unary_apply(const df_op *op, df_tensor *a, df_unary_fwd fwd,
                                         const void *params, size_t size, bool save_out) {
-    DF_ASSERT_F32(op->name, a);
-    df_tensor *out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
+    DF_ASSERT_F32_ANY_LAYOUT(op->name, a); /* elementwise: any layout, kept */
+    df_tensor *out = df_tensor_new_like(DF_DTYPE_F32, a);
     fwd(df_f32(a), df_f32(out), a->numel, params);
     df_node *n = df_node_new(op, out, 1, &a, size);
     if (n) {

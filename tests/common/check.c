@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
-void check_close_f32(const char *label, const float *got, const float *want, int64_t n,
-                     double atol, double rtol) {
+void check_close_f32(const char *label, const float *got, const float *want, int64_t n, double atol,
+                     double rtol) {
     double max_abs = 0, max_rel = 0;
     int64_t first_bad = -1, n_bad = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -41,6 +41,8 @@ void check_close(const char *label, const df_tensor *got, const df_tensor *want,
               df_shape_str(got, sg, sizeof sg), df_shape_str(want, sw, sizeof sw));
     cr_assert(df_tensor_same_shape(got, want), "%s: shape %s, expected %s", label,
               df_shape_str(got, sg, sizeof sg), df_shape_str(want, sw, sizeof sw));
+    cr_assert(got->block == want->block, "%s: layout nChw%dc, expected nChw%dc (0: plain)", label,
+              got->block, want->block);
     df_scope s = df_scope_begin();
     df_tensor *g = got->dtype == DF_DTYPE_F32 ? (df_tensor *)got : df_tensor_to(got, DF_DTYPE_F32);
     df_tensor *w =

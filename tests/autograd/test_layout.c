@@ -1,0 +1,329 @@
+/* test_layout.c — channel-blocked activations (df_tensor.block): the conversions, and every op
+ * that accepts blocked tensors. Each op is checked twice: its blocked result (and gradients)
+ * against the same op on plain tensors, whose PyTorch parity the op's own test holds, and by
+ * finite differences through df_to_blocked / df_to_plain around it. Plain-only ops refuse a
+ * blocked input. Skipped where this machine's convolutions have no channel-blocked layout. */
+#include "tests/common/check.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#define EPS 1e-2
+#define ATOL 2e-3
+#define RTOL 2e-3
+
+static void need_blocks(void) {
+    if (df_act_block() == 0) cr_skip_test("no channel-blocked convolution layout here");
+}
+
+/* x plain -> f on blocked tensors -> plain: what a gradcheck and a plain comparison see. */
+typedef df_tensor *(*blocked_fn)(df_tensor **blocked, df_tensor **plain, void *user);
+
+typedef struct wrap {
+    blocked_fn f;
+    int n_act;    /* inputs[0..n_act) are activations, given to f blocked */
+    bool blocked; /* false: run f on plain activations (the reference) */
+    void *user;
+} wrap;
+
+static df_tensor *wrapped(df_tensor **in, void *user) {
+    wrap *w = user;
+    df_tensor *b[4] = {0};
+    for (int i = 0; i < w->n_act; i++) b[i] = w->blocked ? df_to_blocked(in[i]) : in[i];
+    for (int i = 0; i < w->n_act; i++)
+        if (w->blocked) cr_assert_eq(b[i]->block, df_act_block(), "input %d not blocked", i);
+    return df_to_plain(w->f(b, in + w->n_act, w->user));
+}
+
+/* Runs f on blocked and on plain activations: forward values and every input's gradient
+ * (for the seed r) within tol (0: bitwise); then a finite-difference check of the blocked
+ * form. */
+static void check_blocked(const char *label, blocked_fn f, void *user, df_tensor **in, int n,
+                          int n_act, double tol) {
+    need_blocks();
+    df_tensor *grads[2][8] = {{0}}, *outs[2];
+    for (int mode = 0; mode < 2; mode++) {
+        wrap w = {f, n_act, mode == 1, user};
+        for (int i = 0; i < n; i++) df_tensor_zero_grad(in[i]);
+        df_scope s = df_scope_begin();
+        df_tensor *y = wrapped(in, &w);
+        df_tensor *r = randn_tensor(99, y->ndim, y->shape);
+        cr_assert_eq(df_backward_with(y, r), DF_OK, "%s: %s", label, df_last_error());
+        outs[mode] = df_tensor_retain(df_detach(y));
+        for (int i = 0; i < n; i++)
+            grads[mode][i] = in[i]->grad ? df_tensor_clone(in[i]->grad) : NULL;
+        for (int i = 0; i < n; i++)
+            if (grads[mode][i]) df_tensor_retain(grads[mode][i]);
+        df_scope_end(s);
+    }
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s: forward", label);
+    check_close(buf, outs[1], outs[0], tol, tol);
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(grads[0][i] != NULL, grads[1][i] != NULL, "%s: gradient %d presence", label,
+                     i);
+        if (!grads[0][i]) continue;
+        snprintf(buf, sizeof buf, "%s: gradient of input %d", label, i);
+        check_close(buf, grads[1][i], grads[0][i], tol, tol);
+        df_tensor_free(grads[0][i]);
+        df_tensor_free(grads[1][i]);
+    }
+    df_tensor_free(outs[0]);
+    df_tensor_free(outs[1]);
+    wrap w = {f, n_act, true, user};
+    snprintf(buf, sizeof buf, "%s: gradcheck", label);
+    gradcheck(buf, wrapped, &w, in, n, EPS, ATOL, RTOL);
+}
+
+static df_tensor *param(uint64_t seed, int ndim, const int64_t *shape) {
+    df_tensor *t = randn_tensor(seed, ndim, shape);
+    df_tensor_set_requires_grad(t, true);
+    return t;
+}
+
+static void free_all(df_tensor **t, int n) {
+    for (int i = 0; i < n; i++) df_tensor_free(t[i]);
+}
+
+/* ------------------------------------------------------------------ conversions ------------- */
+
+Test(autograd_layout, block_is_the_convolution_layout) {
+    int b = df_act_block();
+    cr_assert(b == 0 || b == 8 || b == 16, "block %d", b);
+}
+
+Test(autograd_layout, round_trip_and_element_order) {
+    need_blocks();
+    int64_t B = df_act_block(), N = 2, C = 2 * B, H = 3, W = 2;
+    df_tensor *x = randn_tensor(1, DF_DIMS(N, C, H, W));
+    df_tensor *b = df_to_blocked(x);
+    cr_assert_eq(b->block, B);
+    const float *xp = df_f32(x), *bp = df_f32(b);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t s = 0; s < H * W; s++)
+                cr_assert_eq(bp[((n * (C / B) + c / B) * H * W + s) * B + c % B],
+                             xp[(n * C + c) * H * W + s], "element (%lld, %lld, %lld)",
+                             (long long)n, (long long)c, (long long)s);
+    df_tensor *back = df_to_plain(b);
+    cr_assert_eq(back->block, 0);
+    cr_assert_eq(memcmp(df_f32(back), xp, sizeof(float) * (size_t)x->numel), 0);
+    df_tensor *same = df_to_blocked(b);
+    cr_assert(same->block == B && same->data == b->data, "an already blocked tensor is aliased");
+    free_all((df_tensor *[]){x, b, back, same}, 4);
+}
+
+Test(autograd_layout, channels_not_divisible_stay_plain) {
+    need_blocks();
+    df_tensor *x = randn_tensor(1, DF_DIMS(1, df_act_block() + 4, 3, 3));
+    df_tensor *y = df_to_blocked(x);
+    cr_assert_eq(y->block, 0);
+    cr_assert_eq(y->data, x->data);
+    df_tensor *v = randn_tensor(1, DF_DIMS(16, 8));
+    df_tensor *z = df_to_blocked(v);
+    cr_assert_eq(z->block, 0, "only 4-D tensors are blocked");
+    free_all((df_tensor *[]){x, y, v, z}, 4);
+}
+
+static df_tensor *identity_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)p, (void)u;
+    return df_to_blocked(b[0]); /* an alias */
+}
+
+Test(autograd_layout, conversion_gradients) {
+    df_tensor *x = param(1, DF_DIMS(2, 16, 3, 2));
+    check_blocked("to_blocked/to_plain", identity_fn, NULL, (df_tensor *[]){x}, 1, 1, 0);
+    df_tensor_free(x);
+}
+
+/* ------------------------------------------------------------------ conv2d ------------------ */
+
+static df_tensor *conv_fn(df_tensor **b, df_tensor **p, void *u) {
+    return df_conv2d(b[0], p[0], p[1], *(df_conv2d_params *)u);
+}
+
+Test(autograd_layout, conv2d_3x3_same_as_plain) {
+    df_conv2d_params p = df_conv2d_default();
+    p.padding[0] = p.padding[1] = 1;
+    df_tensor *in[3] = {param(1, DF_DIMS(2, 16, 5, 4)), param(2, DF_DIMS(16, 16, 3, 3)),
+                        param(3, DF_DIMS(16))};
+    /* the plain path runs the same primitive on reordered copies: equal to the bit */
+    check_blocked("conv2d 3x3", conv_fn, &p, in, 3, 1, 0);
+    free_all(in, 3);
+}
+
+Test(autograd_layout, conv2d_stride2_1x1_and_plain_output) {
+    df_conv2d_params p = df_conv2d_default();
+    p.stride[0] = p.stride[1] = 2;
+    p.padding[0] = p.padding[1] = 1;
+    df_tensor *in[3] = {param(1, DF_DIMS(2, 16, 5, 5)), param(2, DF_DIMS(24, 16, 3, 3)),
+                        param(3, DF_DIMS(24))};
+    check_blocked("conv2d stride 2", conv_fn, &p, in, 3, 1, 0);
+    df_conv2d_params q = df_conv2d_default();
+    df_tensor *w4 = param(4, DF_DIMS(4, 16, 1, 1)); /* 4 output channels: a plain output */
+    check_blocked("conv2d 1x1 to 4 channels", conv_fn, &q, (df_tensor *[]){in[0], w4, NULL}, 2, 1,
+                  0);
+    need_blocks();
+    df_tensor *xb = df_to_blocked(in[0]);
+    df_tensor *y = df_conv2d(xb, w4, NULL, q);
+    cr_assert_eq(y->block, 0, "4 channels do not divide into blocks");
+    free_all(in, 3);
+    free_all((df_tensor *[]){w4, xb, y}, 3);
+}
+
+Test(autograd_layout, conv2d_blocked_out_from_plain_input) {
+    need_blocks();
+    df_conv2d_params p = df_conv2d_default();
+    p.padding[0] = p.padding[1] = 1;
+    p.blocked_out = true;
+    df_tensor *x = param(1, DF_DIMS(2, 3, 6, 5)), *w = param(2, DF_DIMS(16, 3, 3, 3)),
+              *b = param(3, DF_DIMS(16));
+    df_tensor *y = df_conv2d(x, w, b, p);
+    cr_assert_eq(y->block, df_act_block());
+    p.blocked_out = false;
+    df_tensor *ref = df_conv2d(x, w, b, p);
+    df_tensor *yp = df_to_plain(y);
+    check_close("conv_in blocked output", yp, ref, 0, 0);
+    free_all((df_tensor *[]){x, w, b, y, ref, yp}, 6);
+}
+
+/* ------------------------------------------------------------------ group_norm -------------- */
+
+typedef struct gn_case {
+    int groups;
+} gn_case;
+
+static df_tensor *gn_fn(df_tensor **b, df_tensor **p, void *u) {
+    return df_group_norm(b[0], ((gn_case *)u)->groups, p[0], p[1], 1e-5f);
+}
+
+Test(autograd_layout, group_norm_groups_inside_across_and_over_blocks) {
+    /* with B = 8 and C = 24: 6 groups of 4 lie inside blocks, 2 of 12 straddle them, 3 of 8
+     * are whole blocks (B = 16 gives other mixes of the same cases) */
+    int groups[3] = {6, 2, 3};
+    for (int i = 0; i < 3; i++) {
+        gn_case c = {groups[i]};
+        df_tensor *in[3] = {param(1, DF_DIMS(2, 48, 3, 4)), param(2, DF_DIMS(48)),
+                            param(3, DF_DIMS(48))};
+        char label[64];
+        snprintf(label, sizeof label, "group_norm, %d groups", groups[i]);
+        check_blocked(label, gn_fn, &c, in, 3, 1, 2e-6);
+        free_all(in, 3);
+    }
+}
+
+Test(autograd_layout, group_norm_without_affine) {
+    gn_case c = {4};
+    df_tensor *x = param(5, DF_DIMS(3, 16, 2, 5));
+    check_blocked("group_norm, no affine", gn_fn, &c, (df_tensor *[]){x, NULL, NULL}, 1, 1, 2e-6);
+    df_tensor_free(x);
+}
+
+/* ------------------------------------------------------------------ elementwise ------------- */
+
+static df_tensor *silu_scale_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)p, (void)u;
+    return df_mul_scalar(df_add_scalar(df_silu(b[0]), 0.5f), 0.7f);
+}
+
+Test(autograd_layout, unary_and_scalar_ops_keep_the_layout) {
+    df_tensor *x = param(1, DF_DIMS(2, 16, 3, 3));
+    check_blocked("silu, add_scalar, mul_scalar", silu_scale_fn, NULL, (df_tensor *[]){x}, 1, 1, 0);
+    df_tensor_free(x);
+}
+
+static df_tensor *bin_fn(df_tensor **b, df_tensor **p, void *u) {
+    int kind = *(int *)u;
+    df_tensor *other = p[0];
+    return kind == 0   ? df_add(b[0], other)
+           : kind == 1 ? df_mul(b[0], other)
+           : kind == 2 ? df_sub(other, b[0])
+                       : df_div(b[0], df_add_scalar(df_mul(other, other), 1.0f));
+}
+
+Test(autograd_layout, binary_ops_with_every_broadcast_a_unet_uses) {
+    const int64_t shapes[][4] = {
+        {2, 16, 1, 1}, /* a time embedding per image and channel */
+        {1, 16, 1, 1}, /* a per-channel scale */
+        {2, 1, 3, 4},  /* per pixel, over channels */
+        {1, 1, 1, 1},  /* a scalar tensor */
+        {2, 16, 3, 4}, /* full shape, plain: converted to blocked */
+    };
+    for (int s = 0; s < 5; s++)
+        for (int kind = 0; kind < 4; kind++) {
+            df_tensor *in[2] = {param(1, DF_DIMS(2, 16, 3, 4)), param(2, 4, shapes[s])};
+            char label[64];
+            snprintf(label, sizeof label, "binary kind %d, operand shape %d", kind, s);
+            check_blocked(label, bin_fn, &kind, in, 2, 1, 0);
+            free_all(in, 2);
+        }
+}
+
+static df_tensor *both_blocked_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)p, (void)u;
+    return df_add(df_mul(b[0], b[1]), b[1]);
+}
+
+Test(autograd_layout, binary_ops_on_two_blocked_tensors) {
+    df_tensor *in[2] = {param(1, DF_DIMS(2, 16, 3, 4)), param(2, DF_DIMS(2, 16, 3, 4))};
+    check_blocked("mul, add of two blocked", both_blocked_fn, NULL, in, 2, 2, 0);
+    free_all(in, 2);
+}
+
+/* ------------------------------------------------------------------ structure --------------- */
+
+static df_tensor *concat_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)u;
+    /* blocked, plain, blocked again: the plain one joins in blocked layout */
+    return df_concat((df_tensor *[]){b[0], p[0], b[0]}, 3, 1);
+}
+
+Test(autograd_layout, concat_along_channels) {
+    df_tensor *in[2] = {param(1, DF_DIMS(2, 16, 3, 2)), param(2, DF_DIMS(2, 8 * 3, 3, 2))};
+    check_blocked("concat", concat_fn, NULL, in, 2, 1, 0);
+    need_blocks();
+    df_tensor *b = df_to_blocked(in[0]);
+    df_tensor *y = df_concat((df_tensor *[]){b, in[1]}, 2, 1);
+    cr_assert_eq(y->block, df_act_block());
+    df_tensor *z = df_concat((df_tensor *[]){b, b}, 2, 3); /* along width: plain */
+    cr_assert_eq(z->block, 0);
+    free_all(in, 2);
+    free_all((df_tensor *[]){b, y, z}, 3);
+}
+
+static df_tensor *upsample_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)p, (void)u;
+    return df_upsample_nearest2d(b[0], 2);
+}
+
+Test(autograd_layout, upsample_nearest2d) {
+    df_tensor *x = param(1, DF_DIMS(2, 16, 3, 2));
+    check_blocked("upsample", upsample_fn, NULL, (df_tensor *[]){x}, 1, 1, 0);
+    df_tensor_free(x);
+}
+
+static df_tensor *dropout_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)p, (void)u;
+    return df_dropout(b[0], 0.0f, NULL);
+}
+
+Test(autograd_layout, dropout_identity) {
+    df_tensor *x = param(1, DF_DIMS(2, 16, 2, 2));
+    check_blocked("dropout p = 0", dropout_fn, NULL, (df_tensor *[]){x}, 1, 1, 0);
+    df_tensor_free(x);
+}
+
+/* ------------------------------------------------------------------ refusals ---------------- */
+
+Test(autograd_layout, plain_only_op_refuses_blocked, .signal = SIGABRT) {
+    if (df_act_block() == 0) raise(SIGABRT); /* nothing to refuse: pass */
+    df_tensor *x = df_to_blocked(randn_tensor(1, DF_DIMS(1, 16, 2, 2)));
+    df_softmax(x);
+}
+
+Test(autograd_layout, reshape_refuses_blocked, .signal = SIGABRT) {
+    if (df_act_block() == 0) raise(SIGABRT);
+    df_tensor *x = df_to_blocked(randn_tensor(1, DF_DIMS(1, 16, 2, 2)));
+    df_reshape(x, DF_DIMS(16, 4));
+}
