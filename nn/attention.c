@@ -47,7 +47,7 @@ static df_tensor *split_heads(df_tensor *x, int heads) {
 
 df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *context) {
     df_scope scope = df_scope_begin();
-    if (x->ndim == 4) x = df_to_plain(x); /* tokens are rows of a plain layout */
+    if (x->block) x = df_to_plain(x); /* tokens are rows of a plain layout */
     df_tensor *residual = x;
     int64_t n = x->shape[0], c = x->shape[1], h = 0, w = 0;
     df_tensor *hs = x;

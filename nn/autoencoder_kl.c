@@ -79,7 +79,8 @@ void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor **logvar
         h = df_down_block_forward(&m->enc_down[i], h, NULL, NULL, NULL, NULL);
     h = df_mid_block_forward(&m->enc_mid, h, NULL, NULL);
     h = df_conv_mod_forward(&m->enc_conv_out, df_silu(df_norm_mod_forward(&m->enc_norm_out, h)));
-    df_tensor *moments = df_to_plain(df_conv_mod_forward(&m->quant_conv, h));
+    df_tensor *moments = df_conv_mod_forward(&m->quant_conv, h);
+    if (moments->block) moments = df_to_plain(moments);
     df_tensor *parts[2];
     df_chunk(moments, 2, 1, parts);
     *mean = parts[0];
@@ -92,5 +93,6 @@ df_tensor *df_vae_decode(df_vae *m, df_tensor *z) {
     for (int i = 0; i < m->config.n_blocks; i++)
         h = df_up_block_forward(&m->dec_up[i], h, NULL, NULL, NULL, NULL);
     h = df_silu(df_norm_mod_forward(&m->dec_norm_out, h));
-    return df_to_plain(df_conv_mod_forward(&m->dec_conv_out, h));
+    h = df_conv_mod_forward(&m->dec_conv_out, h);
+    return h->block ? df_to_plain(h) : h;
 }

@@ -33,7 +33,7 @@ void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_conf
 
 df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) {
     df_scope scope = df_scope_begin(); /* intermediates die here unless the tape needs them */
-    x = df_to_blocked(x); /* the convolutions' layout, kept through the block */
+    if (!x->block) x = df_to_blocked(x); /* the convolutions' layout, kept through the block */
     df_tensor *h = df_conv_mod_forward(&m->conv1, df_silu(df_norm_mod_forward(&m->norm1, x)));
     int64_t n = h->shape[0];
     df_tensor *t = NULL;

@@ -77,7 +77,7 @@ void df_transformer2d_free(df_transformer2d *m) {
 
 df_tensor *df_transformer2d_forward(const df_transformer2d *m, df_tensor *x, df_tensor *context) {
     df_scope scope = df_scope_begin();
-    x = df_to_plain(x); /* tokens are rows of a plain layout */
+    if (x->block) x = df_to_plain(x); /* tokens are rows of a plain layout */
     int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], w = x->shape[3];
     df_tensor *hs = df_norm_mod_forward(&m->norm, x);
     if (!m->use_linear_projection) hs = df_conv_mod_forward(&m->proj_in_conv, hs);

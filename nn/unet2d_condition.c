@@ -109,5 +109,6 @@ df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df
     df_tensor *h = df_conv_mod_forward(&conv_in, sample);
     h = df_unet_blocks_forward(m->down, &m->mid, m->up, c->n_blocks, h, emb, encoder_hidden_states);
     h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
-    return df_to_plain(df_conv_mod_forward(&m->conv_out, h));
+    h = df_conv_mod_forward(&m->conv_out, h);
+    return h->block ? df_to_plain(h) : h;
 }

@@ -61,6 +61,61 @@ static void *scratch(size_t floats) {
 
 /* ------------------------------------------------------------------ transforms -------------- */
 
+/* dst[0..B) = src[0..B) when `inside`, else zeros (src is not read then: it may lie outside the
+ * image). B is 8 or 16: copies of a constant size, which the compiler inlines as vector moves (a
+ * loop of B would become a call to memcpy per lane group, 5% of a training step). */
+static inline void load_lanes(float *dst, const float *src, int64_t B, bool inside) {
+    if (inside && B == 8)
+        memcpy(dst, src, 8 * sizeof(float));
+    else if (inside)
+        memcpy(dst, src, 16 * sizeof(float));
+    else
+        memset(dst, 0, 16 * sizeof(float));
+}
+
+/* The tile bodies below take the lane count B as a constant (8 or 16, see LANE_DISPATCH): with
+ * it known, the lane loops compile to straight vector code. */
+#define DF_TILE static inline __attribute__((always_inline)) void
+/* Calls F(args..., B) with B a literal 8 or 16. */
+#define LANE_DISPATCH(B, F, ...)                                                                   \
+    do {                                                                                           \
+        if ((B) == 8)                                                                              \
+            F(__VA_ARGS__, 8);                                                                     \
+        else                                                                                       \
+            F(__VA_ARGS__, 16);                                                                    \
+    } while (0)
+
+/* One input tile: o[xi * s + l] = (B^T d B)[xi] of the 4x4 window at (2i - 1, 2j - 1) of the
+ * channel block xb (H x W x B). */
+DF_TILE input_tile(const float *xb, const wino_dims *d, int64_t i, int64_t j, float *o, int64_t s,
+                   const int64_t B) {
+    float w[4][4][LANES_MAX], r[4][4][LANES_MAX];
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++) {
+            int64_t y = 2 * i - 1 + a, xx = 2 * j - 1 + b;
+            load_lanes(w[a][b], xb + (y * d->W + xx) * B, B,
+                       y >= 0 && y < d->H && xx >= 0 && xx < d->W);
+        }
+    for (int b = 0; b < 4; b++) /* B^T d: along rows */
+#pragma omp simd
+        for (int64_t l = 0; l < B; l++) {
+            r[0][b][l] = w[0][b][l] - w[2][b][l];
+            r[1][b][l] = w[1][b][l] + w[2][b][l];
+            r[2][b][l] = w[2][b][l] - w[1][b][l];
+            r[3][b][l] = w[1][b][l] - w[3][b][l];
+        }
+    for (int a = 0; a < 4; a++) { /* (B^T d) B: along columns */
+        float *oa = o + (int64_t)(a * 4) * s;
+#pragma omp simd
+        for (int64_t l = 0; l < B; l++) {
+            oa[l] = r[a][0][l] - r[a][2][l];
+            oa[s + l] = r[a][1][l] + r[a][2][l];
+            oa[2 * s + l] = r[a][2][l] - r[a][1][l];
+            oa[3 * s + l] = r[a][1][l] - r[a][3][l];
+        }
+    }
+}
+
 /* V[xi][tt][c] = (B^T d B)[xi] for the tiles [t0, t0 + tc) of a blocked input x with cin
  * channels. */
 static void input_transform(const float *x, int64_t cin, const wino_dims *d, int64_t t0, int64_t tc,
@@ -71,39 +126,42 @@ static void input_transform(const float *x, int64_t cin, const wino_dims *d, int
         for (int64_t cb = 0; cb < CB; cb++) {
             int64_t t = t0 + tt, n = t / P, i = t % P / d->TW, j = t % d->TW;
             const float *xb = x + (n * CB + cb) * d->H * d->W * B;
-            float w[4][4][LANES_MAX], r[4][4][LANES_MAX];
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++) {
-                    int64_t y = 2 * i - 1 + a, xx = 2 * j - 1 + b;
-                    if (y >= 0 && y < d->H && xx >= 0 && xx < d->W)
-                        memcpy(w[a][b], xb + (y * d->W + xx) * B, sizeof(float) * (size_t)B);
-                    else
-                        memset(w[a][b], 0, sizeof(float) * (size_t)B);
-                }
-            for (int b = 0; b < 4; b++) /* B^T d: along rows */
-#pragma omp simd
-                for (int64_t l = 0; l < B; l++) {
-                    r[0][b][l] = w[0][b][l] - w[2][b][l];
-                    r[1][b][l] = w[1][b][l] + w[2][b][l];
-                    r[2][b][l] = w[2][b][l] - w[1][b][l];
-                    r[3][b][l] = w[1][b][l] - w[3][b][l];
-                }
-            for (int a = 0; a < 4; a++) { /* (B^T d) B: along columns */
-                float *o = V + ((int64_t)(a * 4) * tc + tt) * cin + cb * B;
-                const int64_t s = tc * cin; /* one transform point to the next */
-#pragma omp simd
-                for (int64_t l = 0; l < B; l++) {
-                    o[l] = r[a][0][l] - r[a][2][l];
-                    o[s + l] = r[a][1][l] + r[a][2][l];
-                    o[2 * s + l] = r[a][2][l] - r[a][1][l];
-                    o[3 * s + l] = r[a][1][l] - r[a][3][l];
-                }
-            }
+            LANE_DISPATCH(B, input_tile, xb, d, i, j, V + tt * cin + cb * B, tc * cin);
         }
 }
 
+/* One gradient tile: o[xi * s + l] = (A g A^T)[xi] of the 2x2 window at (2i, 2j) of the channel
+ * block gb (zeros past the image). */
+DF_TILE grad_tile(const float *gb, const wino_dims *d, int64_t i, int64_t j, float *o, int64_t s,
+                  const int64_t B) {
+    float w[2][2][LANES_MAX], r[4][2][LANES_MAX];
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            int64_t y = 2 * i + a, xx = 2 * j + b;
+            load_lanes(w[a][b], gb + (y * d->W + xx) * B, B, y < d->H && xx < d->W);
+        }
+    for (int b = 0; b < 2; b++) /* A g: rows (g0, g0 + g1, g0 - g1, -g1) */
+#pragma omp simd
+        for (int64_t l = 0; l < B; l++) {
+            r[0][b][l] = w[0][b][l];
+            r[1][b][l] = w[0][b][l] + w[1][b][l];
+            r[2][b][l] = w[0][b][l] - w[1][b][l];
+            r[3][b][l] = -w[1][b][l];
+        }
+    for (int a = 0; a < 4; a++) { /* (A g) A^T: columns */
+        float *oa = o + (int64_t)(a * 4) * s;
+#pragma omp simd
+        for (int64_t l = 0; l < B; l++) {
+            oa[l] = r[a][0][l];
+            oa[s + l] = r[a][0][l] + r[a][1][l];
+            oa[2 * s + l] = r[a][0][l] - r[a][1][l];
+            oa[3 * s + l] = -r[a][1][l];
+        }
+    }
+}
+
 /* D[xi][tt][o] = (A g A^T)[xi] of the 2x2 tiles [t0, t0 + tc) of a blocked gradient g with cout
- * channels (zeros past the image). */
+ * channels. */
 static void grad_transform(const float *g, int64_t cout, const wino_dims *d, int64_t t0, int64_t tc,
                            float *D) {
     const int64_t B = d->B, OB = cout / B, P = d->TH * d->TW;
@@ -112,35 +170,40 @@ static void grad_transform(const float *g, int64_t cout, const wino_dims *d, int
         for (int64_t ob = 0; ob < OB; ob++) {
             int64_t t = t0 + tt, n = t / P, i = t % P / d->TW, j = t % d->TW;
             const float *gb = g + (n * OB + ob) * d->H * d->W * B;
-            float w[2][2][LANES_MAX], r[4][2][LANES_MAX];
-            for (int a = 0; a < 2; a++)
-                for (int b = 0; b < 2; b++) {
-                    int64_t y = 2 * i + a, xx = 2 * j + b;
-                    if (y < d->H && xx < d->W)
-                        memcpy(w[a][b], gb + (y * d->W + xx) * B, sizeof(float) * (size_t)B);
-                    else
-                        memset(w[a][b], 0, sizeof(float) * (size_t)B);
-                }
-            for (int b = 0; b < 2; b++) /* A g: rows (g0, g0 + g1, g0 - g1, -g1) */
+            LANE_DISPATCH(B, grad_tile, gb, d, i, j, D + tt * cout + ob * B, tc * cout);
+        }
+}
+
+/* One output tile: the 2x2 outputs A^T m A (+ bias bb) of the transform-domain values
+ * m[xi * s + l], written (or added) into the channel block yb at (2i, 2j), rows and columns
+ * past the image dropped. */
+DF_TILE output_tile(const float *m, int64_t s, const float *bb, const wino_dims *d, int64_t i,
+                    int64_t j, float *yb, bool accumulate, const int64_t B) {
+    float r[2][4][LANES_MAX];
+    for (int b = 0; b < 4; b++) /* A^T M: rows */
 #pragma omp simd
-                for (int64_t l = 0; l < B; l++) {
-                    r[0][b][l] = w[0][b][l];
-                    r[1][b][l] = w[0][b][l] + w[1][b][l];
-                    r[2][b][l] = w[0][b][l] - w[1][b][l];
-                    r[3][b][l] = -w[1][b][l];
-                }
-            for (int a = 0; a < 4; a++) { /* (A g) A^T: columns */
-                float *o = D + ((int64_t)(a * 4) * tc + tt) * cout + ob * B;
-                const int64_t s = tc * cout;
+        for (int64_t l = 0; l < B; l++) {
+            float m0 = m[b * s + l], m1 = m[(4 + b) * s + l], m2 = m[(8 + b) * s + l],
+                  m3 = m[(12 + b) * s + l];
+            r[0][b][l] = m0 + m1 + m2;
+            r[1][b][l] = m1 - m2 - m3;
+        }
+    for (int a = 0; a < 2; a++) {
+        int64_t row = 2 * i + a;
+        if (row >= d->H) continue;
+        for (int c = 0; c < 2; c++) {
+            int64_t col = 2 * j + c;
+            if (col >= d->W) continue;
+            float *o = yb + (row * d->W + col) * B;
 #pragma omp simd
-                for (int64_t l = 0; l < B; l++) {
-                    o[l] = r[a][0][l];
-                    o[s + l] = r[a][0][l] + r[a][1][l];
-                    o[2 * s + l] = r[a][0][l] - r[a][1][l];
-                    o[3 * s + l] = -r[a][1][l];
-                }
+            for (int64_t l = 0; l < B; l++) {
+                float v = c == 0 ? r[a][0][l] + r[a][1][l] + r[a][2][l]
+                                 : r[a][1][l] - r[a][2][l] - r[a][3][l];
+                if (bb) v += bb[l];
+                o[l] = accumulate ? o[l] + v : v;
             }
         }
+    }
 }
 
 /* y (=, or += when accumulate) A^T M A (+ bias) for the tiles [t0, t0 + tc) of a blocked output
@@ -152,35 +215,9 @@ static void output_transform(const float *M, const float *bias, int64_t cout, co
     for (int64_t tt = 0; tt < tc; tt++)
         for (int64_t ob = 0; ob < OB; ob++) {
             int64_t t = t0 + tt, n = t / P, i = t % P / d->TW, j = t % d->TW;
-            const int64_t s = tc * cout;
-            float r[2][4][LANES_MAX];
-            for (int b = 0; b < 4; b++) { /* A^T M: rows */
-                const float *m = M + ((int64_t)b * tc + tt) * cout + ob * B;
-#pragma omp simd
-                for (int64_t l = 0; l < B; l++) {
-                    float m0 = m[l], m1 = m[4 * s + l], m2 = m[8 * s + l], m3 = m[12 * s + l];
-                    r[0][b][l] = m0 + m1 + m2;
-                    r[1][b][l] = m1 - m2 - m3;
-                }
-            }
             float *yb = y + (n * OB + ob) * d->H * d->W * B;
-            for (int a = 0; a < 2; a++) {
-                int64_t row = 2 * i + a;
-                if (row >= d->H) continue;
-                for (int c = 0; c < 2; c++) {
-                    int64_t col = 2 * j + c;
-                    if (col >= d->W) continue;
-                    float *o = yb + (row * d->W + col) * B;
-                    const float *bb = bias ? bias + ob * B : NULL;
-#pragma omp simd
-                    for (int64_t l = 0; l < B; l++) {
-                        float v = c == 0 ? r[a][0][l] + r[a][1][l] + r[a][2][l]
-                                         : r[a][1][l] - r[a][2][l] - r[a][3][l];
-                        if (bb) v += bb[l];
-                        o[l] = accumulate ? o[l] + v : v;
-                    }
-                }
-            }
+            LANE_DISPATCH(B, output_tile, M + tt * cout + ob * B, tc * cout,
+                          bias ? bias + ob * B : NULL, d, i, j, yb, accumulate);
         }
 }
 
