@@ -85,6 +85,21 @@ static inline void load_lanes(float *dst, const float *src, int64_t B, bool insi
             F(__VA_ARGS__, 16);                                                                    \
     } while (0)
 
+/* Runs the statement block (the variadic argument) for every tile tt of the chunk
+ * [t0, t0 + tc) and channel block cb in [0, blocks), in parallel, with n, i, j the tile's image,
+ * tile row and tile column. */
+#define FOR_TILE_BLOCKS(d, t0, tc, blocks, ...)                                                    \
+    do {                                                                                           \
+        const int64_t tiles_ = (d)->TH * (d)->TW;                                                  \
+        _Pragma("omp parallel for collapse(2) schedule(static)") for (int64_t tt = 0; tt < (tc);   \
+                                                                      tt++) for (int64_t cb = 0;   \
+                                                                                 cb < (blocks);    \
+                                                                                 cb++) {           \
+            int64_t t_ = (t0) + tt, n = t_ / tiles_, i = t_ % tiles_ / (d)->TW, j = t_ % (d)->TW;  \
+            __VA_ARGS__                                                                            \
+        }                                                                                          \
+    } while (0)
+
 /* One input tile: o[xi * s + l] = (B^T d B)[xi] of the 4x4 window at (2i - 1, 2j - 1) of the
  * channel block xb (H x W x B). */
 DF_TILE input_tile(const float *xb, const wino_dims *d, int64_t i, int64_t j, float *o, int64_t s,
@@ -114,20 +129,6 @@ DF_TILE input_tile(const float *xb, const wino_dims *d, int64_t i, int64_t j, fl
             oa[3 * s + l] = r[a][1][l] - r[a][3][l];
         }
     }
-}
-
-/* V[xi][tt][c] = (B^T d B)[xi] for the tiles [t0, t0 + tc) of a blocked input x with cin
- * channels. */
-static void input_transform(const float *x, int64_t cin, const wino_dims *d, int64_t t0, int64_t tc,
-                            float *V) {
-    const int64_t B = d->B, CB = cin / B, P = d->TH * d->TW;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t tt = 0; tt < tc; tt++)
-        for (int64_t cb = 0; cb < CB; cb++) {
-            int64_t t = t0 + tt, n = t / P, i = t % P / d->TW, j = t % d->TW;
-            const float *xb = x + (n * CB + cb) * d->H * d->W * B;
-            LANE_DISPATCH(B, input_tile, xb, d, i, j, V + tt * cin + cb * B, tc * cin);
-        }
 }
 
 /* One gradient tile: o[xi * s + l] = (A g A^T)[xi] of the 2x2 window at (2i, 2j) of the channel
@@ -160,18 +161,19 @@ DF_TILE grad_tile(const float *gb, const wino_dims *d, int64_t i, int64_t j, flo
     }
 }
 
-/* D[xi][tt][o] = (A g A^T)[xi] of the 2x2 tiles [t0, t0 + tc) of a blocked gradient g with cout
- * channels. */
-static void grad_transform(const float *g, int64_t cout, const wino_dims *d, int64_t t0, int64_t tc,
-                           float *D) {
-    const int64_t B = d->B, OB = cout / B, P = d->TH * d->TW;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t tt = 0; tt < tc; tt++)
-        for (int64_t ob = 0; ob < OB; ob++) {
-            int64_t t = t0 + tt, n = t / P, i = t % P / d->TW, j = t % d->TW;
-            const float *gb = g + (n * OB + ob) * d->H * d->W * B;
-            LANE_DISPATCH(B, grad_tile, gb, d, i, j, D + tt * cout + ob * B, tc * cout);
-        }
+/* The transform of a chunk's tiles [t0, t0 + tc) of a blocked tensor src with ch channels into
+ * out[xi][tt][c]: the input's V = B^T d B, or when `grad` the output gradient's D = A g A^T. */
+static void tile_transform(const float *src, int64_t ch, const wino_dims *d, int64_t t0, int64_t tc,
+                           float *out, bool grad) {
+    const int64_t B = d->B, CB = ch / B;
+    FOR_TILE_BLOCKS(d, t0, tc, CB, {
+        const float *sb = src + (n * CB + cb) * d->H * d->W * B;
+        float *o = out + tt * ch + cb * B;
+        if (grad)
+            LANE_DISPATCH(B, grad_tile, sb, d, i, j, o, tc * ch);
+        else
+            LANE_DISPATCH(B, input_tile, sb, d, i, j, o, tc * ch);
+    });
 }
 
 /* One output tile: the 2x2 outputs A^T m A (+ bias bb) of the transform-domain values
@@ -210,15 +212,12 @@ DF_TILE output_tile(const float *m, int64_t s, const float *bb, const wino_dims 
  * with cout channels. */
 static void output_transform(const float *M, const float *bias, int64_t cout, const wino_dims *d,
                              int64_t t0, int64_t tc, float *y, bool accumulate) {
-    const int64_t B = d->B, OB = cout / B, P = d->TH * d->TW;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t tt = 0; tt < tc; tt++)
-        for (int64_t ob = 0; ob < OB; ob++) {
-            int64_t t = t0 + tt, n = t / P, i = t % P / d->TW, j = t % d->TW;
-            float *yb = y + (n * OB + ob) * d->H * d->W * B;
-            LANE_DISPATCH(B, output_tile, M + tt * cout + ob * B, tc * cout,
-                          bias ? bias + ob * B : NULL, d, i, j, yb, accumulate);
-        }
+    const int64_t B = d->B, OB = cout / B;
+    FOR_TILE_BLOCKS(d, t0, tc, OB, {
+        float *yb = y + (n * OB + cb) * d->H * d->W * B;
+        LANE_DISPATCH(B, output_tile, M + tt * cout + cb * B, tc * cout,
+                      bias ? bias + cb * B : NULL, d, i, j, yb, accumulate);
+    });
 }
 
 /* U[xi][ci][co] = (G k G^T)[xi] with k = w[co, ci] (forward: ci = c, co = o) or, when
@@ -261,7 +260,7 @@ static void wino_conv(const float *in, int64_t cin, const float *U, int64_t cout
     df_dnnl_mat Um = df_dnnl_mat_of(U, 3, u_dims, false);
     for (int64_t t0 = 0; t0 < d->T; t0 += tcm) {
         int64_t tc = d->T - t0 < tcm ? d->T - t0 : tcm;
-        input_transform(in, cin, d, t0, tc, V);
+        tile_transform(in, cin, d, t0, tc, V, false);
         int64_t v_dims[3] = {16, tc, cin}, m_dims[3] = {16, tc, cout};
         df_dnnl_mat Vm = df_dnnl_mat_of(V, 3, v_dims, false);
         df_dnnl_matmul("conv2d (winograd)", &Vm, &Um, NULL, M, m_dims, false);
@@ -316,8 +315,8 @@ void df_winograd_backward_weights(const float *x, const float *g, float *dw, boo
     int64_t z_dims[3] = {16, O, C};
     for (int64_t t0 = 0; t0 < d.T; t0 += tcm) {
         int64_t tc = d.T - t0 < tcm ? d.T - t0 : tcm;
-        input_transform(x, C, &d, t0, tc, V);
-        grad_transform(g, O, &d, t0, tc, D);
+        tile_transform(x, C, &d, t0, tc, V, false);
+        tile_transform(g, O, &d, t0, tc, D, true);
         int64_t v_dims[3] = {16, tc, C}, d_dims[3] = {16, tc, O};
         df_dnnl_mat Dm = df_dnnl_mat_of(D, 3, d_dims, true),
                     Vm = df_dnnl_mat_of(V, 3, v_dims, false);

@@ -164,22 +164,25 @@ static df_tensor *conv_fn(df_tensor **b, df_tensor **p, void *u) {
  * parity test_conv2d.c holds), the sums round differently by a few ulps. */
 #define WINOGRAD_TOL 3e-5
 
-Test(autograd_layout, conv2d_3x3_winograd_same_as_plain) {
+/* A 3x3, padding-1 convolution of in[0] with in[1] (and in[2] when n is 3): blocked against
+ * plain within WINOGRAD_TOL, and finite differences. */
+static void check_conv3x3(const char *label, df_tensor **in, int n) {
     df_conv2d_params p = df_conv2d_default();
     p.padding[0] = p.padding[1] = 1;
+    check_blocked(label, conv_fn, &p, in, n, 1, WINOGRAD_TOL);
+    free_all(in, n);
+}
+
+Test(autograd_layout, conv2d_3x3_winograd_same_as_plain) {
     df_tensor *in[3] = {param(1, DF_DIMS(2, 16, 5, 4)), param(2, DF_DIMS(16, 16, 3, 3)),
                         param(3, DF_DIMS(16))};
-    check_blocked("conv2d 3x3", conv_fn, &p, in, 3, 1, WINOGRAD_TOL);
-    free_all(in, 3);
+    check_conv3x3("conv2d 3x3", in, 3);
 }
 
 Test(autograd_layout, conv2d_3x3_winograd_odd_sizes_no_bias) {
     /* odd height and width: the last tiles reach past the image; more channels in than out */
-    df_conv2d_params p = df_conv2d_default();
-    p.padding[0] = p.padding[1] = 1;
     df_tensor *in[3] = {param(1, DF_DIMS(3, 24, 7, 5)), param(2, DF_DIMS(16, 24, 3, 3)), NULL};
-    check_blocked("conv2d 3x3, 7x5, no bias", conv_fn, &p, in, 2, 1, WINOGRAD_TOL);
-    free_all(in, 2);
+    check_conv3x3("conv2d 3x3, 7x5, no bias", in, 2);
 }
 
 Test(autograd_layout, conv2d_3x3_winograd_wide_all_passes) {
