@@ -119,6 +119,10 @@ void df_softmax_row_grad(const float *y, const float *g, float *d, int64_t D, bo
  * returns the previous value. Results do not depend on it beyond rounding of dk/dv sums across
  * row blocks; tests shrink it to cover the row-block path. */
 size_t df_softmax_attention_set_chunk_bytes(size_t bytes);
+/* conv2d takes Winograd F(2x2, 3x3) from this many 2x2 output tiles (N ceil(OH / 2) ceil(OW / 2);
+ * default 256, measured in conv2d.c); returns the previous value. Tests lower it to reach the
+ * Winograd passes with small tensors. */
+int64_t df_conv2d_set_winograd_min_tiles(int64_t tiles);
 
 /* Normalises a possibly negative dim against ndim; asserts it is in range. */
 int df_dim_norm(const char *opname, int dim, int ndim);

@@ -208,13 +208,29 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
     *n_args = n;
 }
 
-/* 3x3, stride 1, padding 1, one group, on channel-blocked tensors: Winograd F(2x2, 3x3)
- * (conv2d_winograd.c), unless DF_CONV_WINOGRAD=0. */
+/* Winograd pays for its weight transform (16 C O values per call) only over enough 2x2 output
+ * tiles. Measured (bench_ops, AVX2, ms, Winograd / direct): 256 channels at 8x8, batch 1 (16
+ * tiles): forward 2.4 / 0.6; batch 4 (64 tiles): 3.2 / 1.9; batch 16 (256 tiles): 6.6 / 6.6,
+ * backward-weights 6.7 / 8.4; batch 32: 9.6 / 13.3. The SD 1.5 UNet forward at batch 1 was 24%
+ * slower with Winograd on its 16x16 and 8x8 levels. */
+static int64_t winograd_min_tiles = 256;
+
+int64_t df_conv2d_set_winograd_min_tiles(int64_t tiles) {
+    int64_t old = winograd_min_tiles;
+    winograd_min_tiles = tiles;
+    return old;
+}
+
+/* 3x3, stride 1, padding 1, one group, on channel-blocked tensors, over at least
+ * winograd_min_tiles output tiles: Winograd F(2x2, 3x3) (conv2d_winograd.c), unless
+ * DF_CONV_WINOGRAD=0. */
 static bool winograd_applies(const conv_shape *s) {
     const df_conv2d_params *p = &s->p;
+    int64_t tiles = s->N * ((s->OH + 1) / 2) * ((s->OW + 1) / 2);
     return !winograd_off && s->KH == 3 && s->KW == 3 && p->stride[0] == 1 && p->stride[1] == 1 &&
            p->padding[0] == 1 && p->padding[1] == 1 && p->dilation[0] == 1 && p->dilation[1] == 1 &&
-           p->groups == 1 && s->in_block && s->out_block == s->in_block;
+           p->groups == 1 && s->in_block && s->out_block == s->in_block &&
+           tiles >= winograd_min_tiles;
 }
 
 /* Whether the forward and backward-data passes take Winograd too: its 16 products per tile are

@@ -3,6 +3,7 @@
  * against the same op on plain tensors, whose PyTorch parity the op's own test holds, and by
  * finite differences through df_to_blocked / df_to_plain around it. Plain-only ops refuse a
  * blocked input. Skipped where this machine's convolutions have no channel-blocked layout. */
+#include "autograd/autograd_impl.h"
 #include "tests/common/check.h"
 
 #include <math.h>
@@ -169,8 +170,21 @@ static df_tensor *conv_fn(df_tensor **b, df_tensor **p, void *u) {
 static void check_conv3x3(const char *label, df_tensor **in, int n) {
     df_conv2d_params p = df_conv2d_default();
     p.padding[0] = p.padding[1] = 1;
+    int64_t old = df_conv2d_set_winograd_min_tiles(1); /* these few tiles take Winograd too */
     check_blocked(label, conv_fn, &p, in, n, 1, WINOGRAD_TOL);
+    df_conv2d_set_winograd_min_tiles(old);
     free_all(in, n);
+}
+
+Test(autograd_layout, conv2d_3x3_few_tiles_stays_direct) {
+    /* below the tile threshold a blocked 3x3 convolution is oneDNN's direct one: bitwise the
+     * plain result */
+    df_conv2d_params p = df_conv2d_default();
+    p.padding[0] = p.padding[1] = 1;
+    df_tensor *in[3] = {param(1, DF_DIMS(2, 16, 5, 4)), param(2, DF_DIMS(16, 16, 3, 3)),
+                        param(3, DF_DIMS(16))};
+    check_blocked("conv2d 3x3, 12 tiles", conv_fn, &p, in, 3, 1, 0);
+    free_all(in, 3);
 }
 
 Test(autograd_layout, conv2d_3x3_winograd_same_as_plain) {
@@ -191,6 +205,7 @@ Test(autograd_layout, conv2d_3x3_winograd_wide_all_passes) {
     p.padding[0] = p.padding[1] = 1;
     df_tensor *in[3] = {param(1, DF_DIMS(2, 128, 5, 3)), param(2, DF_DIMS(136, 128, 3, 3)),
                         param(3, DF_DIMS(136))};
+    int64_t old = df_conv2d_set_winograd_min_tiles(1);
     compare_blocked("conv2d 3x3, 128 -> 136 channels", conv_fn, &p, in, 3, 1, WINOGRAD_TOL);
     /* finite differences over x (the weights' 157 k elements would take minutes); the output
      * is linear in x, so a large step is exact and keeps the loss's rounding (outputs ~30 here)
@@ -199,6 +214,19 @@ Test(autograd_layout, conv2d_3x3_winograd_wide_all_passes) {
     df_tensor_set_requires_grad(in[2], false);
     wrap w = {conv_fn, 1, true, &p};
     gradcheck("conv2d 3x3 wide: gradcheck of x", wrapped, &w, in, 3, 1.0, ATOL, RTOL);
+    df_conv2d_set_winograd_min_tiles(old);
+    free_all(in, 3);
+}
+
+Test(autograd_layout, conv2d_3x3_winograd_wide_many_chunks) {
+    /* 240 tiles, chunks of about 124 at 128 + 136 channels: every pass over two chunks */
+    df_conv2d_params p = df_conv2d_default();
+    p.padding[0] = p.padding[1] = 1;
+    df_tensor *in[3] = {param(1, DF_DIMS(2, 128, 24, 20)), param(2, DF_DIMS(136, 128, 3, 3)),
+                        param(3, DF_DIMS(136))};
+    int64_t old = df_conv2d_set_winograd_min_tiles(1);
+    compare_blocked("conv2d 3x3 wide, two chunks", conv_fn, &p, in, 3, 1, WINOGRAD_TOL);
+    df_conv2d_set_winograd_min_tiles(old);
     free_all(in, 3);
 }
 
