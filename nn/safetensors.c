@@ -666,6 +666,7 @@ df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tens
 
 df_status df_st_read_into(const df_st_file *f, const char *name, df_tensor *dst) {
     DF_ASSERT(f && name && dst, "df_st_read_into: NULL argument");
+    DF_ASSERT(dst->block == 0, "df_st_read_into: '%s' into a channel-blocked tensor", name);
     const df_st_info *t;
     DF_TRY(read_check(f, name, dst->dtype, &t));
     bool same = t->ndim == dst->ndim;
@@ -760,6 +761,9 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
                                  const char *const *meta_keys, const char *const *meta_values) {
     for (int i = 0; i < n; i++) {
         DF_ASSERT(names[i] && ts[i], "df_st_save: NULL name or tensor %d", i);
+        /* the file holds row-major data: a channel-blocked activation must be converted first */
+        DF_ASSERT(ts[i]->block == 0, "df_st_save: tensor '%s' is channel-blocked; df_to_plain it",
+                  names[i]);
         if (!names[i][0] || strcmp(names[i], "__metadata__") == 0 || !valid_utf8_str(names[i]))
             return df_error(DF_ERR_INVALID, "%s: invalid tensor name '%s'", path, names[i]);
         for (int j = 0; j < i; j++)
