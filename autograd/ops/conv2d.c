@@ -22,7 +22,8 @@
  *   saved: nothing (x, w are the node's inputs).
  *   Winograd: a 3x3, stride-1, padding-1 convolution of blocked tensors runs its backward-
  *   weights pass, and from 128 channels in and out all three passes, as Winograd F(2x2, 3x3)
- *   (conv2d_winograd.c; measurements at winograd_wide). DF_CONV_WINOGRAD=0 turns it off.
+ *   (conv2d_winograd.c; measurements at winograd_wide), over at least 256 output tiles
+ *   (winograd_applies). DF_CONV_WINOGRAD=0 turns it off, =all takes it at every eligible shape.
  *
  * Layout: for plain tensors, DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the
  * primitive is asked for (any = the primitive chooses, usually blocked nChw8c/16c; nchw/nhwc
@@ -42,11 +43,13 @@ enum { LAYOUT_ANY = 0, LAYOUT_NCHW = 1, LAYOUT_NHWC = 2 };
 
 static int layout_mode;
 static bool winograd_off;
+static int64_t winograd_min_tiles = 256; /* see winograd_applies */
 static pthread_once_t layout_once = PTHREAD_ONCE_INIT;
 
 static void layout_init(void) {
     const char *w = getenv("DF_CONV_WINOGRAD");
     winograd_off = w && strcmp(w, "0") == 0;
+    if (w && strcmp(w, "all") == 0) winograd_min_tiles = 1; /* tests: every eligible shape */
     const char *s = getenv("DF_CONV_LAYOUT");
     layout_mode = LAYOUT_ANY;
     if (s && strcmp(s, "nchw") == 0) layout_mode = LAYOUT_NCHW;
@@ -213,7 +216,6 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
  * tiles): forward 2.4 / 0.6; batch 4 (64 tiles): 3.2 / 1.9; batch 16 (256 tiles): 6.6 / 6.6,
  * backward-weights 6.7 / 8.4; batch 32: 9.6 / 13.3. The SD 1.5 UNet forward at batch 1 was 24%
  * slower with Winograd on its 16x16 and 8x8 levels. */
-static int64_t winograd_min_tiles = 256;
 
 int64_t df_conv2d_set_winograd_min_tiles(int64_t tiles) {
     int64_t old = winograd_min_tiles;
