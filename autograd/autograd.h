@@ -150,7 +150,8 @@ DF_API df_tensor *df_arange(df_dtype dt, double start, double end, double step);
 DF_API df_tensor *df_from_data(df_dtype dt, int ndim, const int64_t *shape, const void *src);
 /* Wraps memory the caller keeps alive (no copy, never freed by us), e.g. an mmap. */
 DF_API df_tensor *df_tensor_wrap(df_dtype dt, int ndim, const int64_t *shape, void *data);
-/* A copy converted to `dt` (float <-> bf16/f16/f64 round to nearest even; to ints truncate). */
+/* A copy converted to `dt` (float <-> bf16/f16/f64 round to nearest even; to ints truncate), in
+ * t's layout. */
 DF_API df_tensor *df_tensor_to(const df_tensor *t, df_dtype dt);
 /* A contiguous copy with no history. */
 DF_API df_tensor *df_tensor_clone(const df_tensor *t);
@@ -175,7 +176,8 @@ DF_API void df_tensor_fill_(df_tensor *t, double value);
 DF_API void df_tensor_set_requires_grad(df_tensor *t, bool on);
 /* Zeroes (keeps) the leaf gradient if it has one. */
 DF_API void df_tensor_zero_grad(df_tensor *t);
-/* Element i as double, whatever the dtype (slow; for tests and printing). */
+/* Element i (in storage order: for a channel-blocked tensor the blocked order) as double,
+ * whatever the dtype (slow; for tests and printing). */
 DF_API double df_tensor_get(const df_tensor *t, int64_t i);
 DF_API bool df_tensor_same_shape(const df_tensor *a, const df_tensor *b);
 /* "[2, 3, 4]" into buf (at least 64 bytes); returns buf. */
