@@ -211,12 +211,12 @@ static void bwd_weights_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args,
     *n_args = n;
 }
 
-/* Winograd pays for its weight transform (16 C O values per call) only over enough 2x2 output
- * tiles. Measured (bench_ops, AVX2, ms, Winograd / direct): 256 channels at 8x8, batch 1 (16
- * tiles): forward 2.4 / 0.6; batch 4 (64 tiles): 3.2 / 1.9; batch 16 (256 tiles): 6.6 / 6.6,
- * backward-weights 6.7 / 8.4; batch 32: 9.6 / 13.3. The SD 1.5 UNet forward at batch 1 was 24%
- * slower with Winograd on its 16x16 and 8x8 levels. */
-
+/* winograd_min_tiles (256): Winograd pays for its weight transform (16 C O values per call)
+ * only over enough 2x2 output tiles. Measured (bench_ops, AVX2, ms, Winograd / direct): 256
+ * channels at 8x8, batch 1 (16 tiles): forward 2.4 / 0.6; batch 4 (64 tiles): 3.2 / 1.9; batch 16
+ * (256 tiles): 6.6 / 6.6, backward-weights 6.7 / 8.4; batch 32: 9.6 / 13.3. The SD 1.5 UNet forward
+ * at batch 1 was 24% slower with Winograd on its 16x16 and 8x8 levels. Tests lower it
+ * (autograd_impl.h). */
 int64_t df_conv2d_set_winograd_min_tiles(int64_t tiles) {
     int64_t old = winograd_min_tiles;
     winograd_min_tiles = tiles;

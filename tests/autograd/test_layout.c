@@ -199,14 +199,23 @@ Test(autograd_layout, conv2d_3x3_winograd_odd_sizes_no_bias) {
     check_conv3x3("conv2d 3x3, 7x5, no bias", in, 2);
 }
 
+/* A wide 3x3 convolution, 128 -> 136 channels, of x (N, 128, H, W): blocked against plain with
+ * Winograd at any tile count (so all three passes take it). Leaves the inputs in in[0..3). */
+static void compare_wide3x3(const char *label, int64_t N, int64_t H, int64_t W, df_tensor **in,
+                            df_conv2d_params *p) {
+    *p = df_conv2d_default();
+    p->padding[0] = p->padding[1] = 1;
+    in[0] = param(1, DF_DIMS(N, 128, H, W));
+    in[1] = param(2, DF_DIMS(136, 128, 3, 3));
+    in[2] = param(3, DF_DIMS(136));
+    compare_blocked(label, conv_fn, p, in, 3, 1, WINOGRAD_TOL);
+}
+
 Test(autograd_layout, conv2d_3x3_winograd_wide_all_passes) {
-    /* from 128 channels in and out the forward and backward-data passes take Winograd too */
-    df_conv2d_params p = df_conv2d_default();
-    p.padding[0] = p.padding[1] = 1;
-    df_tensor *in[3] = {param(1, DF_DIMS(2, 128, 5, 3)), param(2, DF_DIMS(136, 128, 3, 3)),
-                        param(3, DF_DIMS(136))};
-    int64_t old = df_conv2d_set_winograd_min_tiles(1);
-    compare_blocked("conv2d 3x3, 128 -> 136 channels", conv_fn, &p, in, 3, 1, WINOGRAD_TOL);
+    df_conv2d_set_winograd_min_tiles(1); /* this test's process only */
+    df_tensor *in[3];
+    df_conv2d_params p;
+    compare_wide3x3("conv2d 3x3, 128 -> 136 channels", 2, 5, 3, in, &p);
     /* finite differences over x (the weights' 157 k elements would take minutes); the output
      * is linear in x, so a large step is exact and keeps the loss's rounding (outputs ~30 here)
      * small against it */
@@ -214,19 +223,15 @@ Test(autograd_layout, conv2d_3x3_winograd_wide_all_passes) {
     df_tensor_set_requires_grad(in[2], false);
     wrap w = {conv_fn, 1, true, &p};
     gradcheck("conv2d 3x3 wide: gradcheck of x", wrapped, &w, in, 3, 1.0, ATOL, RTOL);
-    df_conv2d_set_winograd_min_tiles(old);
     free_all(in, 3);
 }
 
 Test(autograd_layout, conv2d_3x3_winograd_wide_many_chunks) {
     /* 240 tiles, chunks of about 124 at 128 + 136 channels: every pass over two chunks */
-    df_conv2d_params p = df_conv2d_default();
-    p.padding[0] = p.padding[1] = 1;
-    df_tensor *in[3] = {param(1, DF_DIMS(2, 128, 24, 20)), param(2, DF_DIMS(136, 128, 3, 3)),
-                        param(3, DF_DIMS(136))};
-    int64_t old = df_conv2d_set_winograd_min_tiles(1);
-    compare_blocked("conv2d 3x3 wide, two chunks", conv_fn, &p, in, 3, 1, WINOGRAD_TOL);
-    df_conv2d_set_winograd_min_tiles(old);
+    df_conv2d_set_winograd_min_tiles(1);
+    df_tensor *in[3];
+    df_conv2d_params p;
+    compare_wide3x3("conv2d 3x3 wide, two chunks", 2, 24, 20, in, &p);
     free_all(in, 3);
 }
 
