@@ -92,33 +92,13 @@ static void layout_backward(df_node *n, const df_tensor *g) {
     reorder(g->shape, g->block, df_f32(g), gx->block, df_f32(gx), acc);
 }
 
-/* The gradient of an alias: gx (=/+=) G, any shape. */
-static void alias_backward(df_node *n, const df_tensor *g) {
-    bool acc;
-    df_tensor *gx = df_node_grad_dest(n, 0, &acc);
-    if (!gx) return;
-    float *d = df_f32(gx);
-    const float *gv = df_f32(g);
-    if (acc) {
-#pragma omp parallel for simd schedule(static) if (g->numel > 32768)
-        for (int64_t i = 0; i < g->numel; i++) d[i] += gv[i];
-    } else {
-        memcpy(d, gv, sizeof(float) * (size_t)g->numel);
-    }
-}
-
 static const df_op to_blocked_op = {"to_blocked", layout_backward, NULL};
 static const df_op to_plain_op = {"to_plain", layout_backward, NULL};
-static const df_op alias_op = {"layout_alias", alias_backward, NULL};
 
-/* x in layout `block`: a reordered copy, or an alias of x (sharing its storage, with history)
- * when it already is in that layout. */
+/* x in layout `block`: a reordered copy, or an alias of x (a reshape to its own shape: shared
+ * storage, with history) when it already is in that layout. */
 static df_tensor *convert(const df_op *op, df_tensor *x, int block) {
-    if (x->block == block) {
-        df_tensor *v = df_tensor_view(x, x->ndim, x->shape, 0);
-        df_node_new_keep(&alias_op, v, 1, &x, 0, 0u);
-        return v;
-    }
+    if (x->block == block) return df_reshape(x, x->ndim, x->shape);
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, x->ndim, x->shape);
     out->block = block;
     if (out->numel > 0) reorder(x->shape, x->block, df_f32(x), block, df_f32(out), false);

@@ -2,14 +2,25 @@
  * tensor). One dim may be -1 and is inferred.
  *   forward:  out = view(a, shape)            (no copy)
  *   backward: ga += view(g, a.shape)
+ * A channel-blocked tensor (df_tensor.block) keeps its layout and can only be viewed with its
+ * own shape: an alias with history (df_to_blocked / df_to_plain of a tensor already in the
+ * layout).
  */
-#include "autograd/autograd_impl.h"
+#include "autograd/ops/broadcast_impl.h"
+
+#include <string.h>
 
 static void reshape_backward(df_node *n, const df_tensor *g) {
-    df_tensor *ga = df_node_grad(n, 0);
+    bool acc;
+    df_tensor *ga = df_node_grad_dest(n, 0, &acc);
     if (!ga) return;
     float *d = df_f32(ga);
     const float *s = df_f32(g);
+    if (!acc) { /* a fresh gradient: g itself */
+        memcpy(d, s, sizeof(float) * (size_t)ga->numel);
+        return;
+    }
+#pragma omp parallel for simd schedule(static) if (ga->numel > DF_PAR_GRAIN)
     for (int64_t i = 0; i < ga->numel; i++) d[i] += s[i];
 }
 
