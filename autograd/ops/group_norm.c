@@ -4,53 +4,73 @@
  *   x (N, C, *) with S spatial elements per channel, G groups of Cg = C / G channels; for each
  *   (n, g) over its m = Cg S elements: mu = mean(x), var = mean((x - mu)^2) (biased, as torch),
  *   rstd = 1 / sqrt(var + eps), xhat = (x - mu) rstd, y = xhat w[c] + b[c]; w, b (C) optional.
- *   forward:  parallel over (n, g); the sums of each (n, g) run sequentially in double
- *             (two passes: mean, then centred squares), so the result does not depend on the
- *             thread count.
+ *   forward:  per channel, sum_s x, then per group the channel sums in channel order (the
+ *             mean); then likewise sum_s (x - mu)^2 (the variance); y = x a[c] + k[c] with
+ *             a = rstd w[c], k = b[c] - mu a. Sums in double.
  *   backward (G = dy, per (n, g); sums over the group's elements, c the element's channel):
- *     (1) gx = G w[c]                               (the gradient reaching xhat)
- *     (2) a = mean(gx), bq = mean(gx xhat)
- *     (3) dx += rstd (gx - a - xhat bq)              (torch's native_group_norm_backward)
- *     (4) dw[c] += sum_{n, s} G xhat                 (parallel over c, n and s in order)
- *     (5) db[c] += sum_{n, s} G
- *   saved: mean (N, G), rstd (N, G).
+ *     (1) per channel: ta = sum_s G, tb = sum_s G (x - mu)
+ *     (2) a = sum_c w[c] ta / m, bq = sum_c w[c] tb rstd / m
+ *     (3) dx (=/+=) rstd w[c] G - rstd a - rstd^2 bq (x - mu)   (torch's
+ * native_group_norm_backward) (4) dw[c] += sum_n tb rstd (5) db[c] += sum_n ta saved: mean (N, G),
+ * rstd (N, G). Layout: x is seen as (N, C / L, S, L) with L lanes: L = 1 for a plain x, L = B for a
+ * channel-blocked one (df_tensor.block, nChw{B}c); y and dx take x's layout. The loops run
+ * over (n, channel block) in parallel with the L lanes side by side; every sum has a fixed
+ * order, so no result depends on the thread count.
  */
 #include "autograd/autograd_impl.h"
 
 #include <math.h>
 #include <stdlib.h>
 
+enum { LANES_MAX = 16 };
+
 typedef struct gnorm_params {
     int64_t N, C, S, G;
+    int64_t L; /* lanes: 1 (plain) or the channel block */
     float eps;
 } gnorm_params;
 
-/* ------------------------------------------------------------------ channel-blocked x -------- */
+/* The loops over one (n, channel block) take the lane count as a constant (1, 8 or 16; see
+ * LANES): known, it lets the compiler keep the lane sums in registers and vectorise. */
+#define GN_BLOCK static inline __attribute__((always_inline)) void
+/* Calls F(args..., L) with L a literal 1, 8 or 16. */
+#define LANES(L, F, ...)                                                                           \
+    do {                                                                                           \
+        if ((L) == 1)                                                                              \
+            F(__VA_ARGS__, 1);                                                                     \
+        else if ((L) == 8)                                                                         \
+            F(__VA_ARGS__, 8);                                                                     \
+        else                                                                                       \
+            F(__VA_ARGS__, 16);                                                                    \
+    } while (0)
 
-/* Per-channel sums over the S pixels of a blocked x (N, C / B, S, B), lanes side by side, in
- * double: out[n C + c] = sum_s x when mu is NULL, else sum_s (x - mu[n G + c / Cg])^2. */
-static void blocked_channel_sums(const float *x, const gnorm_params *p, int64_t B, const double *mu,
-                                 double *out) {
-    const int64_t C = p->C, S = p->S, CB = C / B, Cg = C / p->G;
+/* out[l] = sum_s xb[s L + l], or sum_s (xb[s L + l] - m[l])^2 when m is not NULL. */
+GN_BLOCK block_sums(const float *xb, int64_t S, const double *m, double *out, const int64_t L) {
+    double acc[LANES_MAX] = {0};
+    for (int64_t s = 0; s < S; s++) {
+        const float *v = xb + s * L;
+        if (m) {
+#pragma omp simd
+            for (int64_t l = 0; l < L; l++) acc[l] += ((double)v[l] - m[l]) * ((double)v[l] - m[l]);
+        } else {
+#pragma omp simd
+            for (int64_t l = 0; l < L; l++) acc[l] += v[l];
+        }
+    }
+    for (int64_t l = 0; l < L; l++) out[l] = acc[l];
+}
+
+/* out[n C + c] = sum_s x over channel c's S elements when mu is NULL, else
+ * sum_s (x - mu[n G + c / Cg])^2; in double. */
+static void channel_sums(const float *x, const gnorm_params *p, const double *mu, double *out) {
+    const int64_t C = p->C, S = p->S, L = p->L, CB = C / L, Cg = C / p->G;
 #pragma omp parallel for schedule(static)
     for (int64_t nb = 0; nb < p->N * CB; nb++) {
-        const float *xb = x + nb * S * B;
-        int64_t n = nb / CB, c0 = (nb % CB) * B;
-        double acc[16] = {0}, m[16] = {0};
+        int64_t n = nb / CB, c0 = (nb % CB) * L;
+        double m[LANES_MAX] = {0};
         if (mu)
-            for (int64_t l = 0; l < B; l++) m[l] = mu[n * p->G + (c0 + l) / Cg];
-        for (int64_t sp = 0; sp < S; sp++) {
-            const float *v = xb + sp * B;
-            if (mu) {
-#pragma omp simd
-                for (int64_t l = 0; l < B; l++)
-                    acc[l] += ((double)v[l] - m[l]) * ((double)v[l] - m[l]);
-            } else {
-#pragma omp simd
-                for (int64_t l = 0; l < B; l++) acc[l] += v[l];
-            }
-        }
-        for (int64_t l = 0; l < B; l++) out[n * C + c0 + l] = acc[l];
+            for (int64_t l = 0; l < L; l++) m[l] = mu[n * p->G + (c0 + l) / Cg];
+        LANES(L, block_sums, x + nb * S * L, S, mu ? m : NULL, out + n * C + c0);
     }
 }
 
@@ -64,20 +84,32 @@ static void group_sums(const double *cs, const gnorm_params *p, double *out) {
     }
 }
 
-static void group_norm_forward_blocked(const float *x, float *y, const gnorm_params *p, int64_t B,
-                                       const float *w, const float *b, float *mean, float *rstd) {
-    const int64_t N = p->N, C = p->C, S = p->S, G = p->G, Cg = C / G, CB = C / B;
+static void *scratch(size_t bytes) {
+    void *p = malloc(bytes);
+    DF_ASSERT(p, "group_norm: out of memory for %zu bytes of channel sums", bytes);
+    return p;
+}
+
+/* yb[s L + l] = xb[s L + l] a[l] + k[l]. */
+GN_BLOCK affine_block(const float *xb, float *yb, int64_t S, const float *a, const float *k,
+                      const int64_t L) {
+    for (int64_t s = 0; s < S; s++)
+#pragma omp simd
+        for (int64_t l = 0; l < L; l++) yb[s * L + l] = xb[s * L + l] * a[l] + k[l];
+}
+
+static void group_norm_forward(const float *x, float *y, const gnorm_params *p, const float *w,
+                               const float *b, float *mean, float *rstd) {
+    const int64_t N = p->N, C = p->C, S = p->S, G = p->G, L = p->L, Cg = C / G, CB = C / L;
     const double m = (double)Cg * S;
-    double *cs = malloc(sizeof(double) * (size_t)(N * C));
-    double *mu = malloc(sizeof(double) * (size_t)(N * G)),
-           *sq = malloc(sizeof(double) * (size_t)(N * G));
-    float *ak = malloc(sizeof(float) * 2 * (size_t)(N * C)); /* per (n, c): scale, then shift */
-    DF_ASSERT(cs && mu && sq && ak, "group_norm: out of memory for %lld channels",
-              (long long)(N * C));
-    blocked_channel_sums(x, p, B, NULL, cs); /* mean */
+    double *cs = scratch(sizeof(double) * (size_t)(N * C));
+    double *mu = scratch(sizeof(double) * (size_t)(N * G)),
+           *sq = scratch(sizeof(double) * (size_t)(N * G));
+    float *ak = scratch(sizeof(float) * 2 * (size_t)(N * C)); /* per (n, c): scale, then shift */
+    channel_sums(x, p, NULL, cs);                             /* mean */
     group_sums(cs, p, mu);
     for (int64_t ng = 0; ng < N * G; ng++) mu[ng] = m > 0 ? mu[ng] / m : 0;
-    blocked_channel_sums(x, p, B, mu, cs); /* centred squares */
+    channel_sums(x, p, mu, cs); /* centred squares */
     group_sums(cs, p, sq);
     float *a = ak, *k = ak + N * C;
     for (int64_t ng = 0; ng < N * G; ng++) {
@@ -85,61 +117,75 @@ static void group_norm_forward_blocked(const float *x, float *y, const gnorm_par
         mean[ng] = (float)mu[ng];
         rstd[ng] = (float)rs;
         for (int64_t c = (ng % G) * Cg; c < (ng % G + 1) * Cg; c++) {
-            /* y = x a + k with a = rstd w[c], k = b[c] - mu a */
             double ac = rs * (w ? w[c] : 1.0), kc = (b ? b[c] : 0.0) - mu[ng] * ac;
             a[ng / G * C + c] = (float)ac;
             k[ng / G * C + c] = (float)kc;
         }
     }
 #pragma omp parallel for schedule(static)
-    for (int64_t nb = 0; nb < N * CB; nb++) {
-        const float *xb = x + nb * S * B, *ab = a + nb * B, *kb = k + nb * B;
-        float *yb = y + nb * S * B;
-        for (int64_t sp = 0; sp < S; sp++)
-#pragma omp simd
-            for (int64_t l = 0; l < B; l++) yb[sp * B + l] = xb[sp * B + l] * ab[l] + kb[l];
-    }
+    for (int64_t nb = 0; nb < N * CB; nb++)
+        LANES(L, affine_block, x + nb * S * L, y + nb * S * L, S, a + nb * L, k + nb * L);
     free(cs);
     free(mu);
     free(sq);
     free(ak);
 }
 
-/* Backward (1)-(5) of the header for a blocked x; dx, the gradient of x, is blocked too. */
-static void group_norm_backward_blocked(df_node *n, const df_tensor *gout) {
+/* ta[l] = sum_s G, tb[l] = sum_s G (x - mu[l]) over one channel block. */
+GN_BLOCK grad_block_sums(const float *xb, const float *gb, int64_t S, const double *mu, double *ta,
+                         double *tb, const int64_t L) {
+    double sa[LANES_MAX] = {0}, sb[LANES_MAX] = {0};
+    for (int64_t s = 0; s < S; s++)
+#pragma omp simd
+        for (int64_t l = 0; l < L; l++) {
+            sa[l] += gb[s * L + l];
+            sb[l] += (double)gb[s * L + l] * (xb[s * L + l] - mu[l]);
+        }
+    for (int64_t l = 0; l < L; l++) {
+        ta[l] = sa[l];
+        tb[l] = sb[l];
+    }
+}
+
+/* db (= or +=) k1 G - k2 - k3 (x - km) over one channel block, ks = {k1, k2, k3, km}. */
+GN_BLOCK dx_block(const float *xb, const float *gb, float *db, int64_t S, const float *const *ks,
+                  bool acc, const int64_t L) {
+    const float *a1 = ks[0], *a2 = ks[1], *a3 = ks[2], *am = ks[3];
+    for (int64_t s = 0; s < S; s++) {
+        float *d = db + s * L;
+        const float *gv = gb + s * L, *xv = xb + s * L;
+        if (acc) {
+#pragma omp simd
+            for (int64_t l = 0; l < L; l++) d[l] += a1[l] * gv[l] - a2[l] - a3[l] * (xv[l] - am[l]);
+        } else {
+#pragma omp simd
+            for (int64_t l = 0; l < L; l++) d[l] = a1[l] * gv[l] - a2[l] - a3[l] * (xv[l] - am[l]);
+        }
+    }
+}
+
+static void group_norm_backward(df_node *n, const df_tensor *gout) {
     const gnorm_params *p = n->state;
-    const int64_t N = p->N, C = p->C, S = p->S, G = p->G, Cg = C / G, B = n->inputs[0]->block,
-                  CB = C / B;
+    const int64_t N = p->N, C = p->C, S = p->S, G = p->G, L = p->L, Cg = C / G, CB = C / L;
     const float *x = df_f32(n->inputs[0]), *g = df_f32(gout);
     const float *w = n->inputs[1] ? df_f32(n->inputs[1]) : NULL;
     const float *mean = df_f32(n->saved[0]), *rstd = df_f32(n->saved[1]);
-    double *ta = malloc(sizeof(double) * 2 * (size_t)(N * C)), *tb = ta + N * C;
-    DF_ASSERT(ta, "group_norm backward: out of memory for %lld channels", (long long)(N * C));
+    double *ta = scratch(sizeof(double) * 2 * (size_t)(N * C)), *tb = ta + N * C;
 #pragma omp parallel for schedule(static)
-    for (int64_t nb = 0; nb < N * CB; nb++) { /* per channel: sum G, sum G (x - mu) */
-        const float *xb = x + nb * S * B, *gb = g + nb * S * B;
-        int64_t nn = nb / CB, c0 = (nb % CB) * B;
-        double sa[16] = {0}, sb[16] = {0}, mu[16] = {0};
-        for (int64_t l = 0; l < B; l++) mu[l] = mean[nn * G + (c0 + l) / Cg];
-        for (int64_t sp = 0; sp < S; sp++)
-#pragma omp simd
-            for (int64_t l = 0; l < B; l++) {
-                sa[l] += gb[sp * B + l];
-                sb[l] += (double)gb[sp * B + l] * (xb[sp * B + l] - mu[l]);
-            }
-        for (int64_t l = 0; l < B; l++) {
-            ta[nn * C + c0 + l] = sa[l];
-            tb[nn * C + c0 + l] = sb[l];
-        }
+    for (int64_t nb = 0; nb < N * CB; nb++) { /* (1) */
+        int64_t nn = nb / CB, c0 = (nb % CB) * L;
+        double mu[LANES_MAX] = {0};
+        for (int64_t l = 0; l < L; l++) mu[l] = mean[nn * G + (c0 + l) / Cg];
+        LANES(L, grad_block_sums, x + nb * S * L, g + nb * S * L, S, mu, ta + nn * C + c0,
+              tb + nn * C + c0);
     }
     bool acc;
     df_tensor *gx_t = df_node_grad_dest(n, 0, &acc);
     if (gx_t) {
-        /* per (n, c): dx = k1[c] G - k2[c] - k3[c] (x - mu), the constants of (3) */
-        float *kk = malloc(sizeof(float) * 4 * (size_t)(N * C));
-        DF_ASSERT(kk, "group_norm backward: out of memory for %lld channels", (long long)(N * C));
+        /* per (n, c): dx = k1 G - k2 - k3 (x - mu) */
+        float *kk = scratch(sizeof(float) * 4 * (size_t)(N * C));
         float *k1 = kk, *k2 = kk + N * C, *k3 = kk + 2 * N * C, *km = kk + 3 * N * C;
-        for (int64_t ng = 0; ng < N * G; ng++) { /* (1), (2) */
+        for (int64_t ng = 0; ng < N * G; ng++) { /* (2) */
             int64_t nn = ng / G, c0 = (ng % G) * Cg;
             double rs = rstd[ng], sa = 0, sb = 0;
             for (int64_t c = c0; c < c0 + Cg; c++) {
@@ -158,22 +204,8 @@ static void group_norm_backward_blocked(df_node *n, const df_tensor *gout) {
         float *dx = df_f32(gx_t);
 #pragma omp parallel for schedule(static)
         for (int64_t nb = 0; nb < N * CB; nb++) { /* (3) */
-            const float *xb = x + nb * S * B, *gb = g + nb * S * B;
-            const float *a1 = k1 + nb * B, *a2 = k2 + nb * B, *a3 = k3 + nb * B, *am = km + nb * B;
-            float *db = dx + nb * S * B;
-            for (int64_t sp = 0; sp < S; sp++) {
-                float *d = db + sp * B;
-                const float *gv = gb + sp * B, *xv = xb + sp * B;
-                if (acc) {
-#pragma omp simd
-                    for (int64_t l = 0; l < B; l++)
-                        d[l] += a1[l] * gv[l] - a2[l] - a3[l] * (xv[l] - am[l]);
-                } else {
-#pragma omp simd
-                    for (int64_t l = 0; l < B; l++)
-                        d[l] = a1[l] * gv[l] - a2[l] - a3[l] * (xv[l] - am[l]);
-                }
-            }
+            const float *ks[4] = {k1 + nb * L, k2 + nb * L, k3 + nb * L, km + nb * L};
+            LANES(L, dx_block, x + nb * S * L, g + nb * S * L, dx + nb * S * L, S, ks, acc);
         }
         free(kk);
     }
@@ -191,69 +223,6 @@ static void group_norm_backward_blocked(df_node *n, const df_tensor *gout) {
     free(ta);
 }
 
-static void group_norm_backward(df_node *n, const df_tensor *gout) {
-    if (n->inputs[0]->block) {
-        group_norm_backward_blocked(n, gout);
-        return;
-    }
-    const gnorm_params *p = n->state;
-    const int64_t N = p->N, C = p->C, S = p->S, G = p->G, Cg = C / G;
-    const float *x = df_f32(n->inputs[0]), *g = df_f32(gout);
-    const float *w = n->inputs[1] ? df_f32(n->inputs[1]) : NULL;
-    const float *mean = df_f32(n->saved[0]), *rstd = df_f32(n->saved[1]);
-    df_tensor *gx_t = df_node_grad(n, 0);
-    df_tensor *gw_t = n->inputs[1] ? df_node_grad(n, 1) : NULL;
-    df_tensor *gb_t = n->inputs[2] ? df_node_grad(n, 2) : NULL;
-    if (gx_t) {
-        float *dx = df_f32(gx_t);
-#pragma omp parallel for schedule(static)
-        for (int64_t ng = 0; ng < N * G; ng++) {
-            int64_t nn = ng / G, gg = ng % G;
-            double mu = mean[ng], rs = rstd[ng], sa = 0, sb = 0;
-            for (int64_t c = gg * Cg; c < (gg + 1) * Cg; c++) { /* (1), (2) */
-                const float *xc = x + (nn * C + c) * S, *gc = g + (nn * C + c) * S;
-                double wc = w ? w[c] : 1.0, ta = 0, tb = 0;
-                for (int64_t s = 0; s < S; s++) {
-                    ta += gc[s];
-                    tb += (double)gc[s] * (xc[s] - mu);
-                }
-                sa += wc * ta;
-                sb += wc * tb * rs;
-            }
-            double m = (double)Cg * S, a = sa / m, bq = sb / m;
-            for (int64_t c = gg * Cg; c < (gg + 1) * Cg; c++) { /* (3) */
-                const float *xc = x + (nn * C + c) * S, *gc = g + (nn * C + c) * S;
-                float *dc = dx + (nn * C + c) * S;
-                float wc = w ? w[c] : 1.0f;
-                float k1 = (float)rs, k2 = (float)(rs * a), k3 = (float)(rs * bq * rs),
-                      fmu = (float)mu;
-#pragma omp simd
-                for (int64_t s = 0; s < S; s++) dc[s] += k1 * wc * gc[s] - k2 - k3 * (xc[s] - fmu);
-            }
-        }
-    }
-    if (gw_t || gb_t) {
-        float *dw = gw_t ? df_f32(gw_t) : NULL, *db = gb_t ? df_f32(gb_t) : NULL;
-#pragma omp parallel for schedule(static)
-        for (int64_t c = 0; c < C; c++) { /* (4), (5) */
-            double sw = 0, sb = 0;
-            for (int64_t nn = 0; nn < N; nn++) {
-                int64_t ng = nn * G + c / Cg;
-                double mu = mean[ng], rs = rstd[ng], tw = 0, tb = 0;
-                const float *xc = x + (nn * C + c) * S, *gc = g + (nn * C + c) * S;
-                for (int64_t s = 0; s < S; s++) {
-                    tb += gc[s];
-                    tw += (double)gc[s] * (xc[s] - mu);
-                }
-                sw += tw * rs;
-                sb += tb;
-            }
-            if (dw) dw[c] += (float)sw;
-            if (db) db[c] += (float)sb;
-        }
-    }
-}
-
 static const df_op group_norm_op = {"group_norm", group_norm_backward, NULL};
 
 df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor *bias, float eps) {
@@ -265,6 +234,7 @@ df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor 
     gnorm_params p = {.N = x->shape[0], .C = x->shape[1], .G = groups, .eps = eps};
     p.S = 1;
     for (int i = 2; i < x->ndim; i++) p.S *= x->shape[i];
+    p.L = x->block ? x->block : 1;
     df_tensor *params[2] = {weight, bias};
     for (int i = 0; i < 2; i++)
         if (params[i]) {
@@ -272,41 +242,12 @@ df_tensor *df_group_norm(df_tensor *x, int groups, df_tensor *weight, df_tensor 
             DF_ASSERT(params[i]->ndim == 1 && params[i]->numel == p.C, "group_norm: %s %s for x %s",
                       i ? "bias" : "weight", df_shape_str(params[i], sp, sizeof sp), sx);
         }
-    const int64_t N = p.N, C = p.C, S = p.S, G = p.G, Cg = C / G;
-    int64_t ng_dims[2] = {N, G};
+    int64_t ng_dims[2] = {p.N, p.G};
     df_tensor *out = df_tensor_new_like(DF_DTYPE_F32, x);
     df_tensor *mean_t = df_tensor_new_unscoped(DF_DTYPE_F32, 2, ng_dims);
     df_tensor *rstd_t = df_tensor_new_unscoped(DF_DTYPE_F32, 2, ng_dims);
-    const float *xd = df_f32(x), *w = weight ? df_f32(weight) : NULL,
-                *b = bias ? df_f32(bias) : NULL;
-    float *y = df_f32(out), *mean = df_f32(mean_t), *rstd = df_f32(rstd_t);
-    if (x->block) {
-        group_norm_forward_blocked(xd, y, &p, x->block, w, b, mean, rstd);
-    } else {
-#pragma omp parallel for schedule(static)
-        for (int64_t ng = 0; ng < N * G; ng++) {
-            const float *xg = xd + ng * Cg * S; /* a group's channels are contiguous */
-            int64_t m = Cg * S;
-            double sum = 0, sq = 0;
-            for (int64_t i = 0; i < m; i++) sum += xg[i];
-            double mu = m > 0 ? sum / (double)m : 0;
-            for (int64_t i = 0; i < m; i++) sq += ((double)xg[i] - mu) * ((double)xg[i] - mu);
-            double var = m > 0 ? sq / (double)m : 0;
-            double rs = 1.0 / sqrt(var + (double)eps);
-            mean[ng] = (float)mu;
-            rstd[ng] = (float)rs;
-            int64_t gg = ng % G;
-            for (int64_t c = gg * Cg; c < (gg + 1) * Cg; c++) {
-                /* y = x a + k with a = rstd w[c], k = b[c] - mu a */
-                double a = rs * (w ? w[c] : 1.0), k = (b ? b[c] : 0.0) - mu * a;
-                float fa = (float)a, fk = (float)k;
-                const float *xc = xg + (c - gg * Cg) * S;
-                float *yc = y + (ng * Cg + (c - gg * Cg)) * S;
-#pragma omp simd
-                for (int64_t s = 0; s < S; s++) yc[s] = xc[s] * fa + fk;
-            }
-        }
-    }
+    group_norm_forward(df_f32(x), df_f32(out), &p, weight ? df_f32(weight) : NULL,
+                       bias ? df_f32(bias) : NULL, df_f32(mean_t), df_f32(rstd_t));
     df_node *n =
         df_node_new_keep(&group_norm_op, out, 3, (df_tensor *[]){x, weight, bias}, sizeof p, 3u);
     if (n) {
