@@ -106,6 +106,22 @@ df_tensor *df_detach_unscoped(const df_tensor *t);
         DF_ASSERT_F32_ANY_LAYOUT(opname, t);                                                      \
         DF_ASSERT_PLAIN(opname, t);                                                               \
     } while (0)
+/* Kernels over channel-blocked data (df_tensor.block) take the lane count as a compile-time
+ * constant: DF_LANE_FN marks such a body (inlined into each call), and DF_LANES(L, F, args...)
+ * calls F(args..., L) with L a literal 1 (plain data), 8 or 16, so that the lane loops keep
+ * their values in registers and vectorise. DF_LANES_MAX sizes per-lane arrays. */
+#define DF_LANES_MAX 16
+#define DF_LANE_FN static inline __attribute__((always_inline)) void
+#define DF_LANES(L, F, ...)                                                                        \
+    do {                                                                                           \
+        if ((L) == 1)                                                                              \
+            F(__VA_ARGS__, 1);                                                                     \
+        else if ((L) == 8)                                                                         \
+            F(__VA_ARGS__, 8);                                                                     \
+        else                                                                                       \
+            F(__VA_ARGS__, 16);                                                                    \
+    } while (0)
+
 /* A new tensor (scope rule) with t's shape and layout. */
 df_tensor *df_tensor_new_like(df_dtype dt, const df_tensor *t);
 

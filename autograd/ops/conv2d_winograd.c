@@ -33,8 +33,6 @@
 
 #include <string.h>
 
-enum { LANES_MAX = 16 };
-
 typedef struct wino_dims {
     int64_t N, H, W, B;
     int64_t TH, TW, T; /* tiles per column, per row, in all */
@@ -73,38 +71,30 @@ static inline void load_lanes(float *dst, const float *src, int64_t B, bool insi
         memset(dst, 0, 16 * sizeof(float));
 }
 
-/* The tile bodies below take the lane count B as a constant (8 or 16, see LANE_DISPATCH): with
- * it known, the lane loops compile to straight vector code. */
-#define DF_TILE static inline __attribute__((always_inline)) void
-/* Calls F(args..., B) with B a literal 8 or 16. */
-#define LANE_DISPATCH(B, F, ...)                                                                   \
-    do {                                                                                           \
-        if ((B) == 8)                                                                              \
-            F(__VA_ARGS__, 8);                                                                     \
-        else                                                                                       \
-            F(__VA_ARGS__, 16);                                                                    \
-    } while (0)
-
 /* Runs the statement block (the variadic argument) for every tile tt of the chunk
  * [t0, t0 + tc) and channel block cb in [0, blocks), in parallel, with n, i, j the tile's image,
  * tile row and tile column. */
+// clang-format off
 #define FOR_TILE_BLOCKS(d, t0, tc, blocks, ...)                                                    \
     do {                                                                                           \
         const int64_t tiles_ = (d)->TH * (d)->TW;                                                  \
-        _Pragma("omp parallel for collapse(2) schedule(static)") for (int64_t tt = 0; tt < (tc);   \
-                                                                      tt++) for (int64_t cb = 0;   \
-                                                                                 cb < (blocks);    \
-                                                                                 cb++) {           \
-            int64_t t_ = (t0) + tt, n = t_ / tiles_, i = t_ % tiles_ / (d)->TW, j = t_ % (d)->TW;  \
-            __VA_ARGS__                                                                            \
-        }                                                                                          \
+        _Pragma("omp parallel for collapse(2) schedule(static)")                                   \
+        for (int64_t tt = 0; tt < (tc); tt++)                                                      \
+            for (int64_t cb = 0; cb < (blocks); cb++) {                                            \
+                int64_t t_ = (t0) + tt, n = t_ / tiles_, i = t_ % tiles_ / (d)->TW,               \
+                        j = t_ % (d)->TW;                                                          \
+                __VA_ARGS__                                                                        \
+            }                                                                                      \
     } while (0)
+// clang-format on
+
+/* The tile bodies take the lane count B as a constant (DF_LANES, autograd_impl.h). */
 
 /* One input tile: o[xi * s + l] = (B^T d B)[xi] of the 4x4 window at (2i - 1, 2j - 1) of the
  * channel block xb (H x W x B). */
-DF_TILE input_tile(const float *xb, const wino_dims *d, int64_t i, int64_t j, float *o, int64_t s,
-                   const int64_t B) {
-    float w[4][4][LANES_MAX], r[4][4][LANES_MAX];
+DF_LANE_FN input_tile(const float *xb, const wino_dims *d, int64_t i, int64_t j, float *o,
+                      int64_t s, const int64_t B) {
+    float w[4][4][DF_LANES_MAX], r[4][4][DF_LANES_MAX];
     for (int a = 0; a < 4; a++)
         for (int b = 0; b < 4; b++) {
             int64_t y = 2 * i - 1 + a, xx = 2 * j - 1 + b;
@@ -133,9 +123,9 @@ DF_TILE input_tile(const float *xb, const wino_dims *d, int64_t i, int64_t j, fl
 
 /* One gradient tile: o[xi * s + l] = (A g A^T)[xi] of the 2x2 window at (2i, 2j) of the channel
  * block gb (zeros past the image). */
-DF_TILE grad_tile(const float *gb, const wino_dims *d, int64_t i, int64_t j, float *o, int64_t s,
-                  const int64_t B) {
-    float w[2][2][LANES_MAX], r[4][2][LANES_MAX];
+DF_LANE_FN grad_tile(const float *gb, const wino_dims *d, int64_t i, int64_t j, float *o, int64_t s,
+                     const int64_t B) {
+    float w[2][2][DF_LANES_MAX], r[4][2][DF_LANES_MAX];
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++) {
             int64_t y = 2 * i + a, xx = 2 * j + b;
@@ -170,18 +160,18 @@ static void tile_transform(const float *src, int64_t ch, const wino_dims *d, int
         const float *sb = src + (n * CB + cb) * d->H * d->W * B;
         float *o = out + tt * ch + cb * B;
         if (grad)
-            LANE_DISPATCH(B, grad_tile, sb, d, i, j, o, tc * ch);
+            DF_LANES(B, grad_tile, sb, d, i, j, o, tc * ch);
         else
-            LANE_DISPATCH(B, input_tile, sb, d, i, j, o, tc * ch);
+            DF_LANES(B, input_tile, sb, d, i, j, o, tc * ch);
     });
 }
 
 /* One output tile: the 2x2 outputs A^T m A (+ bias bb) of the transform-domain values
  * m[xi * s + l], written (or added) into the channel block yb at (2i, 2j), rows and columns
  * past the image dropped. */
-DF_TILE output_tile(const float *m, int64_t s, const float *bb, const wino_dims *d, int64_t i,
-                    int64_t j, float *yb, bool accumulate, const int64_t B) {
-    float r[2][4][LANES_MAX];
+DF_LANE_FN output_tile(const float *m, int64_t s, const float *bb, const wino_dims *d, int64_t i,
+                       int64_t j, float *yb, bool accumulate, const int64_t B) {
+    float r[2][4][DF_LANES_MAX];
     for (int b = 0; b < 4; b++) /* A^T M: rows */
 #pragma omp simd
         for (int64_t l = 0; l < B; l++) {
@@ -215,8 +205,8 @@ static void output_transform(const float *M, const float *bias, int64_t cout, co
     const int64_t B = d->B, OB = cout / B;
     FOR_TILE_BLOCKS(d, t0, tc, OB, {
         float *yb = y + (n * OB + cb) * d->H * d->W * B;
-        LANE_DISPATCH(B, output_tile, M + tt * cout + cb * B, tc * cout,
-                      bias ? bias + cb * B : NULL, d, i, j, yb, accumulate);
+        DF_LANES(B, output_tile, M + tt * cout + cb * B, tc * cout, bias ? bias + cb * B : NULL, d,
+                 i, j, yb, accumulate);
     });
 }
 
@@ -293,7 +283,7 @@ static void bias_grad(const float *g, const wino_dims *d, int64_t O, float *db, 
     const int64_t B = d->B, OB = O / B, S = d->H * d->W;
 #pragma omp parallel for schedule(static)
     for (int64_t ob = 0; ob < OB; ob++) {
-        double acc[LANES_MAX] = {0};
+        double acc[DF_LANES_MAX] = {0};
         for (int64_t n = 0; n < d->N; n++) {
             const float *gb = g + (n * OB + ob) * S * B;
             for (int64_t s = 0; s < S; s++)

@@ -22,31 +22,17 @@
 #include <math.h>
 #include <stdlib.h>
 
-enum { LANES_MAX = 16 };
-
 typedef struct gnorm_params {
     int64_t N, C, S, G;
     int64_t L; /* lanes: 1 (plain) or the channel block */
     float eps;
 } gnorm_params;
 
-/* The loops over one (n, channel block) take the lane count as a constant (1, 8 or 16; see
- * LANES): known, it lets the compiler keep the lane sums in registers and vectorise. */
-#define GN_BLOCK static inline __attribute__((always_inline)) void
-/* Calls F(args..., L) with L a literal 1, 8 or 16. */
-#define LANES(L, F, ...)                                                                           \
-    do {                                                                                           \
-        if ((L) == 1)                                                                              \
-            F(__VA_ARGS__, 1);                                                                     \
-        else if ((L) == 8)                                                                         \
-            F(__VA_ARGS__, 8);                                                                     \
-        else                                                                                       \
-            F(__VA_ARGS__, 16);                                                                    \
-    } while (0)
+/* The loops over one (n, channel block) take the lane count as a constant (DF_LANES). */
 
 /* out[l] = sum_s xb[s L + l], or sum_s (xb[s L + l] - m[l])^2 when m is not NULL. */
-GN_BLOCK block_sums(const float *xb, int64_t S, const double *m, double *out, const int64_t L) {
-    double acc[LANES_MAX] = {0};
+DF_LANE_FN block_sums(const float *xb, int64_t S, const double *m, double *out, const int64_t L) {
+    double acc[DF_LANES_MAX] = {0};
     for (int64_t s = 0; s < S; s++) {
         const float *v = xb + s * L;
         if (m) {
@@ -67,10 +53,10 @@ static void channel_sums(const float *x, const gnorm_params *p, const double *mu
 #pragma omp parallel for schedule(static)
     for (int64_t nb = 0; nb < p->N * CB; nb++) {
         int64_t n = nb / CB, c0 = (nb % CB) * L;
-        double m[LANES_MAX] = {0};
+        double m[DF_LANES_MAX] = {0};
         if (mu)
             for (int64_t l = 0; l < L; l++) m[l] = mu[n * p->G + (c0 + l) / Cg];
-        LANES(L, block_sums, x + nb * S * L, S, mu ? m : NULL, out + n * C + c0);
+        DF_LANES(L, block_sums, x + nb * S * L, S, mu ? m : NULL, out + n * C + c0);
     }
 }
 
@@ -91,8 +77,8 @@ static void *scratch(size_t bytes) {
 }
 
 /* yb[s L + l] = xb[s L + l] a[l] + k[l]. */
-GN_BLOCK affine_block(const float *xb, float *yb, int64_t S, const float *a, const float *k,
-                      const int64_t L) {
+DF_LANE_FN affine_block(const float *xb, float *yb, int64_t S, const float *a, const float *k,
+                        const int64_t L) {
     for (int64_t s = 0; s < S; s++)
 #pragma omp simd
         for (int64_t l = 0; l < L; l++) yb[s * L + l] = xb[s * L + l] * a[l] + k[l];
@@ -124,7 +110,7 @@ static void group_norm_forward(const float *x, float *y, const gnorm_params *p, 
     }
 #pragma omp parallel for schedule(static)
     for (int64_t nb = 0; nb < N * CB; nb++)
-        LANES(L, affine_block, x + nb * S * L, y + nb * S * L, S, a + nb * L, k + nb * L);
+        DF_LANES(L, affine_block, x + nb * S * L, y + nb * S * L, S, a + nb * L, k + nb * L);
     free(cs);
     free(mu);
     free(sq);
@@ -132,9 +118,9 @@ static void group_norm_forward(const float *x, float *y, const gnorm_params *p, 
 }
 
 /* ta[l] = sum_s G, tb[l] = sum_s G (x - mu[l]) over one channel block. */
-GN_BLOCK grad_block_sums(const float *xb, const float *gb, int64_t S, const double *mu, double *ta,
-                         double *tb, const int64_t L) {
-    double sa[LANES_MAX] = {0}, sb[LANES_MAX] = {0};
+DF_LANE_FN grad_block_sums(const float *xb, const float *gb, int64_t S, const double *mu,
+                           double *ta, double *tb, const int64_t L) {
+    double sa[DF_LANES_MAX] = {0}, sb[DF_LANES_MAX] = {0};
     for (int64_t s = 0; s < S; s++)
 #pragma omp simd
         for (int64_t l = 0; l < L; l++) {
@@ -148,8 +134,8 @@ GN_BLOCK grad_block_sums(const float *xb, const float *gb, int64_t S, const doub
 }
 
 /* db (= or +=) k1 G - k2 - k3 (x - km) over one channel block, ks = {k1, k2, k3, km}. */
-GN_BLOCK dx_block(const float *xb, const float *gb, float *db, int64_t S, const float *const *ks,
-                  bool acc, const int64_t L) {
+DF_LANE_FN dx_block(const float *xb, const float *gb, float *db, int64_t S, const float *const *ks,
+                    bool acc, const int64_t L) {
     const float *a1 = ks[0], *a2 = ks[1], *a3 = ks[2], *am = ks[3];
     for (int64_t s = 0; s < S; s++) {
         float *d = db + s * L;
@@ -174,10 +160,10 @@ static void group_norm_backward(df_node *n, const df_tensor *gout) {
 #pragma omp parallel for schedule(static)
     for (int64_t nb = 0; nb < N * CB; nb++) { /* (1) */
         int64_t nn = nb / CB, c0 = (nb % CB) * L;
-        double mu[LANES_MAX] = {0};
+        double mu[DF_LANES_MAX] = {0};
         for (int64_t l = 0; l < L; l++) mu[l] = mean[nn * G + (c0 + l) / Cg];
-        LANES(L, grad_block_sums, x + nb * S * L, g + nb * S * L, S, mu, ta + nn * C + c0,
-              tb + nn * C + c0);
+        DF_LANES(L, grad_block_sums, x + nb * S * L, g + nb * S * L, S, mu, ta + nn * C + c0,
+                 tb + nn * C + c0);
     }
     bool acc;
     df_tensor *gx_t = df_node_grad_dest(n, 0, &acc);
@@ -205,7 +191,7 @@ static void group_norm_backward(df_node *n, const df_tensor *gout) {
 #pragma omp parallel for schedule(static)
         for (int64_t nb = 0; nb < N * CB; nb++) { /* (3) */
             const float *ks[4] = {k1 + nb * L, k2 + nb * L, k3 + nb * L, km + nb * L};
-            LANES(L, dx_block, x + nb * S * L, g + nb * S * L, dx + nb * S * L, S, ks, acc);
+            DF_LANES(L, dx_block, x + nb * S * L, g + nb * S * L, dx + nb * S * L, S, ks, acc);
         }
         free(kk);
     }

@@ -67,12 +67,12 @@ df_tensor *df_upsample_nearest2d(df_tensor *x, int scale) {
                 for (int64_t b = 0; b < k; b++) {
                     float *dst = row + (j * k + b) * V;
                     const float *src = xp + (i * W + j) * V;
-                    if (V == 8) /* constant sizes: inlined moves, not a memcpy call per element */
+                    if (V == 1) /* constant sizes: inlined moves, not a memcpy call per element */
+                        *dst = *src;
+                    else if (V == 8)
                         memcpy(dst, src, 8 * sizeof(float));
-                    else if (V == 16)
-                        memcpy(dst, src, 16 * sizeof(float));
                     else
-                        for (int64_t v = 0; v < V; v++) dst[v] = src[v];
+                        memcpy(dst, src, 16 * sizeof(float));
                 }
             for (int64_t a = 1; a < k; a++)
                 memcpy(row + a * OW * V, row, sizeof(float) * (size_t)(OW * V));
