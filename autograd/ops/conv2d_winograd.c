@@ -30,6 +30,7 @@
 #include "autograd/ops/conv2d_winograd_impl.h"
 
 #include "autograd/dnnl_impl.h"
+#include "autograd/ops/broadcast_impl.h"
 
 #include <string.h>
 
@@ -278,23 +279,6 @@ void df_winograd_backward_data(const float *g, const float *w, float *dx, bool a
     df_mem_free(U, sizeof(float) * (size_t)(16 * C * O));
 }
 
-/* db[o] (=/+=) sum over n, i, j of the blocked g, per lane in double, in a fixed order. */
-static void bias_grad(const float *g, const wino_dims *d, int64_t O, float *db, bool accumulate) {
-    const int64_t B = d->B, OB = O / B, S = d->H * d->W;
-#pragma omp parallel for schedule(static)
-    for (int64_t ob = 0; ob < OB; ob++) {
-        double acc[DF_LANES_MAX] = {0};
-        for (int64_t n = 0; n < d->N; n++) {
-            const float *gb = g + (n * OB + ob) * S * B;
-            for (int64_t s = 0; s < S; s++)
-#pragma omp simd
-                for (int64_t l = 0; l < B; l++) acc[l] += gb[s * B + l];
-        }
-        for (int64_t l = 0; l < B; l++)
-            db[ob * B + l] = accumulate ? db[ob * B + l] + (float)acc[l] : (float)acc[l];
-    }
-}
-
 void df_winograd_backward_weights(const float *x, const float *g, float *dw, bool acc_w, float *db,
                                   bool acc_b, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
                                   int64_t B) {
@@ -331,7 +315,10 @@ void df_winograd_backward_weights(const float *x, const float *g, float *dw, boo
             for (int b = 0; b < 3; b++) o[a * 3 + b] = acc_w ? o[a * 3 + b] + v[b] : v[b];
         }
     }
-    if (db) bias_grad(g, &d, O, db, acc_b);
+    if (db) { /* db[o] (=/+=) the sum of g over n, i, j: g seen as (N, O / B, H W, B) */
+        int64_t gs[4] = {N, O / B, H * W, B}, bs[4] = {1, O / B, 1, B};
+        df_reduce_sum(g, 4, gs, db, 4, bs, 1.0, acc_b);
+    }
     df_mem_free(V, sizeof(float) * (size_t)(16 * tcm * C));
     df_mem_free(D, sizeof(float) * (size_t)(16 * tcm * O));
     df_mem_free(Z, sizeof(float) * (size_t)(16 * O * C));
