@@ -39,7 +39,8 @@ typedef enum df_status {
  * failing call on this thread. */
 DF_API const char *df_last_error(void);
 /* Sets the thread's error message (printf format) and returns `code`, for `return df_error(...)`. */
-DF_API df_status df_error(df_status code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+DF_API df_status df_error(df_status code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Clears the thread's error message. */
 DF_API void df_error_clear(void);
 /* Name of a status code ("DF_ERR_IO", ...). Static string. */
@@ -48,15 +49,15 @@ DF_API const char *df_status_name(df_status s);
 /* Prints "file:line: assertion failed: <message>" to stderr and aborts. Always on. */
 DF_API void df_assert_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 3, 4)));
-#define DF_ASSERT(cond, ...)                                                                      \
-    do {                                                                                          \
-        if (!(cond)) df_assert_fail(__FILE__, __LINE__, __VA_ARGS__);                             \
+#define DF_ASSERT(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) df_assert_fail(__FILE__, __LINE__, __VA_ARGS__);                              \
     } while (0)
 /* Propagates a failing status: `DF_TRY(df_foo(...));` inside a function returning df_status. */
-#define DF_TRY(expr)                                                                              \
-    do {                                                                                          \
-        df_status df_try_s_ = (expr);                                                             \
-        if (df_try_s_ != DF_OK) return df_try_s_;                                                 \
+#define DF_TRY(expr)                                                                               \
+    do {                                                                                           \
+        df_status df_try_s_ = (expr);                                                              \
+        if (df_try_s_ != DF_OK) return df_try_s_;                                                  \
     } while (0)
 
 /* ---------------------------------------------------------------- dtypes ---------------------- */
@@ -90,13 +91,13 @@ DF_API float df_f16_to_f32(uint16_t x);
 /* The caching allocator behind every tensor: blocks are 64-byte aligned and, once freed, kept
  * in per-size free lists and handed out again, so a loop that makes the same shapes step after
  * step stops calling malloc after its first step. Thread-safe. */
-DF_API void *df_mem_alloc(size_t bytes);           /* NULL on failure (error set) */
-DF_API void df_mem_free(void *p, size_t bytes);    /* `bytes` as passed to df_mem_alloc */
-DF_API void df_mem_trim(void);                     /* returns every cached block to the system */
+DF_API void *df_mem_alloc(size_t bytes);        /* NULL on failure (error set) */
+DF_API void df_mem_free(void *p, size_t bytes); /* `bytes` as passed to df_mem_alloc */
+DF_API void df_mem_trim(void);                  /* returns every cached block to the system */
 
 typedef struct df_mem_stats {
-    size_t bytes_in_use;    /* handed out and not freed */
-    size_t bytes_cached;    /* freed, kept for reuse */
+    size_t bytes_in_use; /* handed out and not freed */
+    size_t bytes_cached; /* freed, kept for reuse */
     size_t peak_in_use;
     uint64_t system_allocs; /* how many times the pool called the system allocator */
 } df_mem_stats;
@@ -131,8 +132,10 @@ typedef struct df_tensor {
 } df_tensor;
 
 /* `DF_DIMS(2, 3, 4)` expands to the (ndim, shape) argument pair `3, (int64_t[]){2, 3, 4}`. */
-#define DF_DIMS(...)                                                                              \
-    (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]) { __VA_ARGS__ }
+#define DF_DIMS(...)                                                                               \
+    (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]) {                       \
+        __VA_ARGS__                                                                                \
+    }
 
 /* New tensors. All return a new reference (see the ownership rule above) and never NULL: running
  * out of memory here is fatal (DF_ASSERT), as the step cannot continue. Values of df_tensor_new
@@ -161,7 +164,8 @@ DF_API void df_tensor_copy_(df_tensor *dst, const df_tensor *src);
 DF_API df_tensor *df_detach(const df_tensor *t);
 /* A view of t's storage with another shape (same numel, no history): the building block of
  * reshape. `offset` is in elements. */
-DF_API df_tensor *df_tensor_view(const df_tensor *t, int ndim, const int64_t *shape, int64_t offset);
+DF_API df_tensor *df_tensor_view(const df_tensor *t, int ndim, const int64_t *shape,
+                                 int64_t offset);
 
 DF_API df_tensor *df_tensor_retain(df_tensor *t);
 /* Hands a reference the caller owns (from df_tensor_new_owned, a retain, ...) to the innermost
@@ -281,7 +285,7 @@ typedef struct df_torchgen {
     int mti;              /* next word of mt to hand out; 624 = regenerate before the next draw */
     bool has_next_normal; /* torch caches the second Box-Muller value of its scalar normal path */
     double next_normal;
-    uint64_t seed;        /* as given; only its low 32 bits seed mt (as in torch) */
+    uint64_t seed; /* as given; only its low 32 bits seed mt (as in torch) */
 } df_torchgen;
 /* torch.manual_seed(seed) / Generator.manual_seed(seed): also clears the cached normal. */
 DF_API void df_torchgen_seed(df_torchgen *g, uint64_t seed);
@@ -301,8 +305,7 @@ DF_API double df_torchgen_normal(df_torchgen *g);
  * yields. */
 DF_API void df_torchgen_randperm(df_torchgen *g, int64_t n, int64_t *out);
 /* torch.randint(low, high, (n,), generator=g) (int64) into out[n]; low < high (DF_ASSERT). */
-DF_API void df_torchgen_randint(df_torchgen *g, int64_t low, int64_t high, int64_t *out,
-                                int64_t n);
+DF_API void df_torchgen_randint(df_torchgen *g, int64_t low, int64_t high, int64_t *out, int64_t n);
 /* torch.empty((), dtype=torch.int64).random_(generator=g).item(): uniform in [0, 2^63) (how
  * RandomSampler draws the seed of its own generator when given none). */
 DF_API int64_t df_torchgen_random_i64(df_torchgen *g);
@@ -344,8 +347,8 @@ DF_API df_tensor *df_clamp(df_tensor *a, float lo, float hi); /* torch.clamp; gr
 DF_API df_tensor *df_sigmoid(df_tensor *a);
 DF_API df_tensor *df_tanh(df_tensor *a);
 DF_API df_tensor *df_silu(df_tensor *a);
-DF_API df_tensor *df_gelu(df_tensor *a);      /* exact: x * Phi(x) (erf) */
-DF_API df_tensor *df_gelu_tanh(df_tensor *a); /* approximate='tanh' */
+DF_API df_tensor *df_gelu(df_tensor *a);       /* exact: x * Phi(x) (erf) */
+DF_API df_tensor *df_gelu_tanh(df_tensor *a);  /* approximate='tanh' */
 DF_API df_tensor *df_quick_gelu(df_tensor *a); /* x * sigmoid(1.702 x) */
 
 /* Softmax family over the last dim. */

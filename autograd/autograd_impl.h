@@ -33,12 +33,12 @@ struct df_node {
     df_tensor *out_grad;                 /* accumulated gradient of the output, owned */
     int out_ndim;
     int64_t out_shape[DF_MAX_DIMS];
-    int out_block;        /* the output's df_tensor.block (its gradient's layout) */
-    void *state;          /* state_size zeroed bytes, inline in this allocation */
+    int out_block; /* the output's df_tensor.block (its gradient's layout) */
+    void *state;   /* state_size zeroed bytes, inline in this allocation */
     size_t alloc_bytes;
-    uint64_t visit;       /* df_backward bookkeeping */
-    int pending;          /* df_backward: consumers not yet run */
-    df_tensor *inputs[];  /* retained */
+    uint64_t visit;      /* df_backward bookkeeping */
+    int pending;         /* df_backward: consumers not yet run */
+    df_tensor *inputs[]; /* retained */
 };
 
 /* storage: the refcounted block behind tensors. */
@@ -92,19 +92,19 @@ df_tensor *df_detach_unscoped(const df_tensor *t);
 
 /* Asserts t is F32 (ops compute in F32), in any layout: for the ops that handle channel-blocked
  * tensors (df_tensor.block). */
-#define DF_ASSERT_F32_ANY_LAYOUT(opname, t)                                                       \
-    DF_ASSERT((t)->dtype == DF_DTYPE_F32, "%s: expected F32, got %s", opname,                    \
+#define DF_ASSERT_F32_ANY_LAYOUT(opname, t)                                                        \
+    DF_ASSERT((t)->dtype == DF_DTYPE_F32, "%s: expected F32, got %s", opname,                      \
               df_dtype_name((t)->dtype))
 /* Asserts t is in plain layout: every op that indexes elements row-major checks it. */
-#define DF_ASSERT_PLAIN(opname, t)                                                                \
-    DF_ASSERT((t)->block == 0,                                                                    \
-              "%s: input is channel-blocked (nChw%dc); convert it with df_to_plain first",       \
-              opname, (t)->block)
+#define DF_ASSERT_PLAIN(opname, t)                                                                 \
+    DF_ASSERT((t)->block == 0,                                                                     \
+              "%s: input is channel-blocked (nChw%dc); convert it with df_to_plain first", opname, \
+              (t)->block)
 /* Asserts t is F32 and plain (ops compute in F32). */
-#define DF_ASSERT_F32(opname, t)                                                                  \
-    do {                                                                                          \
-        DF_ASSERT_F32_ANY_LAYOUT(opname, t);                                                      \
-        DF_ASSERT_PLAIN(opname, t);                                                               \
+#define DF_ASSERT_F32(opname, t)                                                                   \
+    do {                                                                                           \
+        DF_ASSERT_F32_ANY_LAYOUT(opname, t);                                                       \
+        DF_ASSERT_PLAIN(opname, t);                                                                \
     } while (0)
 /* Kernels over channel-blocked data (df_tensor.block) take the lane count as a compile-time
  * constant: DF_LANE_FN marks such a body (inlined into each call), and DF_LANES(L, F, args...)

@@ -187,9 +187,7 @@ static void entry_finish(df_dnnl_prim *p, const df_dnnl_arg_spec *specs) {
         case DF_DNNL_OUT:
             if (!same) reorder_create(&a->reorder, &a->prim_md, &a->spec.user, false);
             break;
-        case DF_DNNL_OUT_ACC:
-            reorder_create(&a->reorder, &a->prim_md, &a->spec.user, true);
-            break;
+        case DF_DNNL_OUT_ACC: reorder_create(&a->reorder, &a->prim_md, &a->spec.user, true); break;
         }
     }
 }

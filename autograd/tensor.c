@@ -88,8 +88,10 @@ static void drain(void) {
     draining = true;
     while (n_pending > 0) {
         pending_item it = pending[--n_pending];
-        if (it.is_node) destroy_node(it.p);
-        else destroy_tensor(it.p);
+        if (it.is_node)
+            destroy_node(it.p);
+        else
+            destroy_tensor(it.p);
     }
     draining = false;
 }
@@ -317,7 +319,9 @@ df_tensor *df_tensor_wrap(df_dtype dt, int ndim, const int64_t *shape, void *dat
     df_tensor *t = tensor_header(dt, ndim, shape);
     df_storage *s = df_mem_alloc(sizeof *s);
     DF_ASSERT(s, "out of memory: %s", df_last_error());
-    *s = (df_storage){.refcount = 1, .external = true, .data = data,
+    *s = (df_storage){.refcount = 1,
+                      .external = true,
+                      .data = data,
                       .bytes = (size_t)t->numel * df_dtype_size(dt)};
     t->storage = s;
     t->data = data;
@@ -376,7 +380,8 @@ static df_tensor *view_unscoped(const df_tensor *t, int ndim, const int64_t *sha
     if (t->block) {
         DF_ASSERT(offset == 0 && df_tensor_same_shape(v, t),
                   "view: a channel-blocked (nChw%dc) tensor cannot be viewed with another shape; "
-                  "convert it with df_to_plain first", t->block);
+                  "convert it with df_to_plain first",
+                  t->block);
         v->block = t->block;
     }
     DF_ASSERT(offset >= 0 && offset + v->numel <= t->numel,

@@ -166,7 +166,9 @@ int main(int argc, char **argv) {
            "\"iters\": %d, \"params\": %lld}\n",
            mode, t[iters / 2], peak_rss_mib(), iters, (long long)df_params_count(params));
     free(t);
-    if (sd15) df_unet2d_cond_free(&cond);
-    else df_unet2d_free(&unet);
+    if (sd15)
+        df_unet2d_cond_free(&cond);
+    else
+        df_unet2d_free(&unet);
     return 0;
 }

@@ -103,16 +103,10 @@ df_status df__jpeg_decode(const void *bytes, size_t n, const char *name, df_tens
     int channels;
     bool is_cmyk = false;
     switch (ci.jpeg_color_space) {
-    case JCS_GRAYSCALE:
-        ci.out_color_space = JCS_GRAYSCALE, channels = 1;
-        break;
+    case JCS_GRAYSCALE: ci.out_color_space = JCS_GRAYSCALE, channels = 1; break;
     case JCS_CMYK:
-    case JCS_YCCK:
-        ci.out_color_space = JCS_CMYK, channels = 3, is_cmyk = true;
-        break;
-    default:
-        ci.out_color_space = JCS_RGB, channels = 3;
-        break;
+    case JCS_YCCK: ci.out_color_space = JCS_CMYK, channels = 3, is_cmyk = true; break;
+    default: ci.out_color_space = JCS_RGB, channels = 3; break;
     }
     /* libjpeg-turbo has no backing store: past this budget it fails cleanly instead of
      * allocating, so a small progressive file claiming a huge image cannot take gigabytes for

@@ -187,7 +187,7 @@ static df_status write_strings(hid_t file, const char *out_path, const char *nam
 }
 
 static df_status pack_write(const df_dataset *ds, const char *out_path, int resolution,
-                        df_resample filter, const char *source, int64_t *n_skipped) {
+                            df_resample filter, const char *source, int64_t *n_skipped) {
     if (resolution < 1 || resolution > DF_IMAGE_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "%s: resolution %d out of range", out_path, resolution);
     int64_t n = df_dataset_images(ds), k = 0, skipped = 0;

@@ -28,8 +28,9 @@ df_status df_uncond_pipeline_load(const char *dir, const char *scheduler_name,
     snprintf(path, sizeof path, "%s/unet", dir);
     DF_TRY(df_component_load(path, &p->unet));
     if (!p->unet.unet2d)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: unconditional pipelines need a UNet2DModel, not %s",
-                        path, p->unet.class_name);
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: unconditional pipelines need a UNet2DModel, not %s", path,
+                        p->unet.class_name);
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
     DF_TRY(df_sched_config_load(path, scheduler_name, &p->sched_config));
     p->has_sched_config = true;

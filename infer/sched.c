@@ -214,28 +214,15 @@ df_status df_sched_set_timesteps(df_sched *s, int n) {
     df_status st;
     switch (s->cfg.kind) {
     case DF_SCHED_DDPM:
-    case DF_SCHED_DDIM:
-        st = sched_ddpm_set_timesteps(s, n);
-        break;
-    case DF_SCHED_PNDM:
-        st = sched_pndm_set_timesteps(s, n);
-        break;
+    case DF_SCHED_DDIM: st = sched_ddpm_set_timesteps(s, n); break;
+    case DF_SCHED_PNDM: st = sched_pndm_set_timesteps(s, n); break;
     case DF_SCHED_EULER:
-    case DF_SCHED_EULER_ANCESTRAL:
-        st = sched_euler_set_timesteps(s, n);
-        break;
-    case DF_SCHED_HEUN:
-        st = sched_heun_set_timesteps(s, n);
-        break;
-    case DF_SCHED_LMS:
-        st = sched_lms_set_timesteps(s, n);
-        break;
+    case DF_SCHED_EULER_ANCESTRAL: st = sched_euler_set_timesteps(s, n); break;
+    case DF_SCHED_HEUN: st = sched_heun_set_timesteps(s, n); break;
+    case DF_SCHED_LMS: st = sched_lms_set_timesteps(s, n); break;
     case DF_SCHED_DPMSOLVER_MULTISTEP:
-    case DF_SCHED_UNIPC_MULTISTEP:
-        st = sched_multistep_set_timesteps(s, n);
-        break;
-    default:
-        st = df_error(DF_ERR_INVALID, "bad scheduler kind");
+    case DF_SCHED_UNIPC_MULTISTEP: st = sched_multistep_set_timesteps(s, n); break;
+    default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
     if (st != DF_OK) return st;
     s->num_inference_steps = n;
@@ -383,35 +370,16 @@ df_status df_sched_step(df_sched *s, const df_tensor *model_output, double t,
     float *p = sched_slot(s, SLOT_PREV), *o = sched_slot(s, SLOT_X0);
     df_status st;
     switch (k) {
-    case DF_SCHED_DDPM:
-        st = sched_ddpm_step(s, mo, t, x, batch, args, p, o);
-        break;
-    case DF_SCHED_DDIM:
-        st = sched_ddim_step(s, mo, t, x, batch, args, p, o);
-        break;
-    case DF_SCHED_PNDM:
-        st = sched_pndm_step(s, mo, t, x, p);
-        break;
-    case DF_SCHED_EULER:
-        st = sched_euler_step(s, mo, t, x, args, p, o);
-        break;
-    case DF_SCHED_EULER_ANCESTRAL:
-        st = sched_euler_ancestral_step(s, mo, t, x, args, p, o);
-        break;
-    case DF_SCHED_HEUN:
-        st = sched_heun_step(s, mo, t, x, p);
-        break;
-    case DF_SCHED_LMS:
-        st = sched_lms_step(s, mo, t, x, p, o);
-        break;
-    case DF_SCHED_DPMSOLVER_MULTISTEP:
-        st = sched_dpmsolver_step(s, mo, t, x, batch, p);
-        break;
-    case DF_SCHED_UNIPC_MULTISTEP:
-        st = sched_unipc_step(s, mo, t, x, batch, p);
-        break;
-    default:
-        st = df_error(DF_ERR_INVALID, "bad scheduler kind");
+    case DF_SCHED_DDPM: st = sched_ddpm_step(s, mo, t, x, batch, args, p, o); break;
+    case DF_SCHED_DDIM: st = sched_ddim_step(s, mo, t, x, batch, args, p, o); break;
+    case DF_SCHED_PNDM: st = sched_pndm_step(s, mo, t, x, p); break;
+    case DF_SCHED_EULER: st = sched_euler_step(s, mo, t, x, args, p, o); break;
+    case DF_SCHED_EULER_ANCESTRAL: st = sched_euler_ancestral_step(s, mo, t, x, args, p, o); break;
+    case DF_SCHED_HEUN: st = sched_heun_step(s, mo, t, x, p); break;
+    case DF_SCHED_LMS: st = sched_lms_step(s, mo, t, x, p, o); break;
+    case DF_SCHED_DPMSOLVER_MULTISTEP: st = sched_dpmsolver_step(s, mo, t, x, batch, p); break;
+    case DF_SCHED_UNIPC_MULTISTEP: st = sched_unipc_step(s, mo, t, x, batch, p); break;
+    default: st = df_error(DF_ERR_INVALID, "bad scheduler kind");
     }
     if (st != DF_OK) return st;
     df_tensor *prev = df_tensor_new(DF_DTYPE_F32, sample->ndim, sample->shape);

@@ -103,9 +103,7 @@ df_status sched_build_tables(df_sched *s) {
         for (int64_t i = 0; i < T; i++) b[i] = (float)c->trained_betas[i];
     } else {
         switch (c->beta_schedule) {
-        case DF_BETA_LINEAR:
-            sched_torch_linspace_f32(c->beta_start, c->beta_end, T, b);
-            break;
+        case DF_BETA_LINEAR: sched_torch_linspace_f32(c->beta_start, c->beta_end, T, b); break;
         case DF_BETA_SCALED_LINEAR:
             sched_torch_linspace_f32(sqrt(c->beta_start), sqrt(c->beta_end), T, b);
             for (int64_t i = 0; i < T; i++) b[i] = b[i] * b[i];

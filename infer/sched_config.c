@@ -197,18 +197,13 @@ void df_sched_config_default(df_sched_kind kind, df_sched_config *c) {
         c->clip_sample = true;
         c->set_alpha_to_one = true;
         break;
-    case DF_SCHED_PNDM:
-        c->timestep_spacing = DF_SPACING_LEADING;
-        break;
+    case DF_SCHED_PNDM: c->timestep_spacing = DF_SPACING_LEADING; break;
     case DF_SCHED_HEUN:
         c->beta_start = 0.00085;
         c->beta_end = 0.012;
         break;
-    case DF_SCHED_UNIPC_MULTISTEP:
-        c->solver_type = DF_SOLVER_BH2;
-        break;
-    default:
-        break;
+    case DF_SCHED_UNIPC_MULTISTEP: c->solver_type = DF_SOLVER_BH2; break;
+    default: break;
     }
 }
 
@@ -803,15 +798,9 @@ static void emit_json(sbuf *b, const cJSON *v, int level) {
 static void emit_field(sbuf *b, const field *f, const df_sched_config *c) {
     const char *base = (const char *)c + f->off;
     switch (f->type) {
-    case F_INT:
-        emit_number(b, (double)*(const int64_t *)base, false);
-        break;
-    case F_FLOAT:
-        emit_number(b, *(const double *)base, true);
-        break;
-    case F_BOOL:
-        sb_str(b, *(const bool *)base ? "true" : "false");
-        break;
+    case F_INT: emit_number(b, (double)*(const int64_t *)base, false); break;
+    case F_FLOAT: emit_number(b, *(const double *)base, true); break;
+    case F_BOOL: sb_str(b, *(const bool *)base ? "true" : "false"); break;
     case F_ENUM: {
         int e = *(const int *)base;
         if (e < 0)
@@ -848,9 +837,7 @@ static void emit_field(sbuf *b, const field *f, const df_sched_config *c) {
             sb_str(b, "  ]");
         }
         break;
-    case F_NULL:
-        sb_str(b, "null");
-        break;
+    case F_NULL: sb_str(b, "null"); break;
     }
 }
 

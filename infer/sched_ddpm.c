@@ -45,14 +45,10 @@ static float ddpm_variance(const df_sched *s, float ac_t, float ac_prev) {
     float variance = (1.0f - ac_prev) / (1.0f - ac_t) * current_beta_t;
     if (variance < 1e-20f) variance = 1e-20f;
     switch (s->cfg.variance_type) {
-    case DF_VARIANCE_FIXED_SMALL_LOG:
-        return expf(0.5f * logf(variance));
-    case DF_VARIANCE_FIXED_LARGE:
-        return current_beta_t;
-    case DF_VARIANCE_FIXED_LARGE_LOG:
-        return logf(current_beta_t);
-    default:
-        return variance;
+    case DF_VARIANCE_FIXED_SMALL_LOG: return expf(0.5f * logf(variance));
+    case DF_VARIANCE_FIXED_LARGE: return current_beta_t;
+    case DF_VARIANCE_FIXED_LARGE_LOG: return logf(current_beta_t);
+    default: return variance;
     }
 }
 

@@ -112,9 +112,7 @@ static void convert(df_sched *s, const float *mo, int64_t t, const float *x, int
         case DF_PRED_EPSILON:
             for (int64_t k = 0; k < n; k++) out[k] = (x[k] - sg * mo[k]) / a;
             break;
-        case DF_PRED_SAMPLE:
-            memcpy(out, mo, (size_t)n * sizeof(float));
-            break;
+        case DF_PRED_SAMPLE: memcpy(out, mo, (size_t)n * sizeof(float)); break;
         case DF_PRED_V_PREDICTION:
             for (int64_t k = 0; k < n; k++) out[k] = a * x[k] - sg * mo[k];
             break;
@@ -123,9 +121,7 @@ static void convert(df_sched *s, const float *mo, int64_t t, const float *x, int
         return;
     }
     switch (c->prediction_type) {
-    case DF_PRED_EPSILON:
-        memcpy(out, mo, (size_t)n * sizeof(float));
-        break;
+    case DF_PRED_EPSILON: memcpy(out, mo, (size_t)n * sizeof(float)); break;
     case DF_PRED_SAMPLE:
         for (int64_t k = 0; k < n; k++) out[k] = (x[k] - a * mo[k]) / sg;
         break;

@@ -205,9 +205,7 @@ df_status sched_unipc_step(df_sched *s, const float *mo, double t, const float *
         case DF_PRED_EPSILON:
             for (int64_t k = 0; k < n; k++) conv[k] = (x[k] - sg * mo[k]) / a;
             break;
-        case DF_PRED_SAMPLE:
-            memcpy(conv, mo, (size_t)n * sizeof(float));
-            break;
+        case DF_PRED_SAMPLE: memcpy(conv, mo, (size_t)n * sizeof(float)); break;
         case DF_PRED_V_PREDICTION:
             for (int64_t k = 0; k < n; k++) conv[k] = a * x[k] - sg * mo[k];
             break;
@@ -215,9 +213,7 @@ df_status sched_unipc_step(df_sched *s, const float *mo, double t, const float *
         if (c->thresholding) sched_threshold(s, conv, n, batch);
     } else {
         switch (c->prediction_type) {
-        case DF_PRED_EPSILON:
-            memcpy(conv, mo, (size_t)n * sizeof(float));
-            break;
+        case DF_PRED_EPSILON: memcpy(conv, mo, (size_t)n * sizeof(float)); break;
         case DF_PRED_SAMPLE:
             for (int64_t k = 0; k < n; k++) conv[k] = (x[k] - a * mo[k]) / sg;
             break;

@@ -23,8 +23,8 @@ void df_attention_init(df_attention *m, df_params *r, const char *name, df_atten
     if (m->has_group_norm)
         df_groupnorm_mod_init(&m->group_norm, r, df_name_join(buf, sizeof buf, name, "group_norm"),
                               c.norm_groups, c.query_dim, c.norm_eps);
-    df_linear_mod_init(&m->to_q, r, df_name_join(buf, sizeof buf, name, "to_q"), c.query_dim,
-                       inner, c.qkv_bias);
+    df_linear_mod_init(&m->to_q, r, df_name_join(buf, sizeof buf, name, "to_q"), c.query_dim, inner,
+                       c.qkv_bias);
     df_linear_mod_init(&m->to_k, r, df_name_join(buf, sizeof buf, name, "to_k"), kv_dim, inner,
                        c.qkv_bias);
     df_linear_mod_init(&m->to_v, r, df_name_join(buf, sizeof buf, name, "to_v"), kv_dim, inner,
@@ -59,7 +59,8 @@ df_tensor *df_attention_forward(const df_attention *m, df_tensor *x, df_tensor *
         hs = df_transpose(df_norm_mod_forward(&m->group_norm, df_transpose(hs, 1, 2)), 1, 2);
     }
     df_tensor *ctx = context ? context : hs;
-    df_tensor *q = split_heads(df_mul_scalar(df_linear_mod_forward(&m->to_q, hs), m->scale), m->heads);
+    df_tensor *q =
+        split_heads(df_mul_scalar(df_linear_mod_forward(&m->to_q, hs), m->scale), m->heads);
     df_tensor *k = split_heads(df_linear_mod_forward(&m->to_k, ctx), m->heads);
     df_tensor *v = split_heads(df_linear_mod_forward(&m->to_v, ctx), m->heads);
     df_tensor *o = df_softmax_attention(q, k, v, false); /* (N, heads, T, d) */

@@ -20,7 +20,9 @@ df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init) {
     char buf[DF_NAME_MAX];
     int nb = c->n_blocks, c0 = c->block_out_channels[0], clast = c->block_out_channels[nb - 1];
     int lat = c->latent_channels;
-    df_block_config base = {.groups = c->norm_num_groups, .eps = 1e-6f, .output_scale_factor = 1.0f,
+    df_block_config base = {.groups = c->norm_num_groups,
+                            .eps = 1e-6f,
+                            .output_scale_factor = 1.0f,
                             .downsample_padding = 0};
 
     df_conv_mod_init(&m->enc_conv_in, r, "encoder.conv_in", c->in_channels, c0, 3, 1, 1, true);
@@ -88,7 +90,8 @@ void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor **logvar
 }
 
 df_tensor *df_vae_decode(df_vae *m, df_tensor *z) {
-    df_tensor *h = df_conv_mod_forward(&m->dec_conv_in, df_conv_mod_forward(&m->post_quant_conv, z));
+    df_tensor *h =
+        df_conv_mod_forward(&m->dec_conv_in, df_conv_mod_forward(&m->post_quant_conv, z));
     h = df_mid_block_forward(&m->dec_mid, h, NULL, NULL);
     for (int i = 0; i < m->config.n_blocks; i++)
         h = df_up_block_forward(&m->dec_up[i], h, NULL, NULL, NULL, NULL);

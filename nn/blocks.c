@@ -15,9 +15,12 @@
 #include <string.h>
 
 static df_resnet_config resnet_config(const df_block_config *c, int in, int out) {
-    return (df_resnet_config){.in_channels = in, .out_channels = out,
-                              .temb_channels = c->temb_channels, .groups = c->groups,
-                              .eps = c->eps, .output_scale_factor = c->output_scale_factor,
+    return (df_resnet_config){.in_channels = in,
+                              .out_channels = out,
+                              .temb_channels = c->temb_channels,
+                              .groups = c->groups,
+                              .eps = c->eps,
+                              .output_scale_factor = c->output_scale_factor,
                               .scale_shift = c->scale_shift};
 }
 
@@ -26,21 +29,26 @@ static void alloc_layers(df_block *b, const df_block_config *c, int n_resnets, i
     b->resnets = calloc((size_t)n_resnets, sizeof *b->resnets);
     b->attn = c->attn;
     b->n_attn = c->attn == DF_BLOCK_ATTN_NONE ? 0 : n_attn;
-    if (c->attn == DF_BLOCK_ATTN_SPATIAL) b->attentions = calloc((size_t)n_attn, sizeof *b->attentions);
+    if (c->attn == DF_BLOCK_ATTN_SPATIAL)
+        b->attentions = calloc((size_t)n_attn, sizeof *b->attentions);
     if (c->attn == DF_BLOCK_ATTN_TRANSFORMER)
         b->transformers = calloc((size_t)n_attn, sizeof *b->transformers);
     DF_ASSERT(b->resnets && (b->n_attn == 0 || b->attentions || b->transformers), "out of memory");
 }
 
 /* Attention layer i of a block whose layers have `ch` channels. */
-static void attn_init(df_block *b, df_params *r, const char *name, const df_block_config *c,
-                      int i, int ch) {
+static void attn_init(df_block *b, df_params *r, const char *name, const df_block_config *c, int i,
+                      int ch) {
     char buf[DF_NAME_MAX];
     df_name_index(buf, sizeof buf, name, "attentions", i);
     if (c->attn == DF_BLOCK_ATTN_SPATIAL) {
         int dim_head = c->attn_head_dim > 0 ? c->attn_head_dim : ch;
-        df_attention_config a = {.query_dim = ch, .heads = ch / dim_head, .dim_head = dim_head,
-                                 .qkv_bias = true, .norm_groups = c->groups, .norm_eps = c->eps,
+        df_attention_config a = {.query_dim = ch,
+                                 .heads = ch / dim_head,
+                                 .dim_head = dim_head,
+                                 .qkv_bias = true,
+                                 .norm_groups = c->groups,
+                                 .norm_eps = c->eps,
                                  .residual_connection = true,
                                  .rescale_output_factor = c->output_scale_factor};
         df_attention_init(&b->attentions[i], r, buf, a);
@@ -102,13 +110,15 @@ void df_mid_block_init(df_block *b, df_params *r, const char *name, df_block_con
                    resnet_config(&c, c.in_channels, c.in_channels));
     for (int i = 0; i < c.n_layers; i++) {
         if (b->n_attn) attn_init(b, r, name, &c, i, c.in_channels);
-        df_resnet_init(&b->resnets[i + 1], r, df_name_index(buf, sizeof buf, name, "resnets", i + 1),
+        df_resnet_init(&b->resnets[i + 1], r,
+                       df_name_index(buf, sizeof buf, name, "resnets", i + 1),
                        resnet_config(&c, c.in_channels, c.in_channels));
     }
 }
 
 void df_block_free(df_block *b) {
-    for (int i = 0; b->transformers && i < b->n_attn; i++) df_transformer2d_free(&b->transformers[i]);
+    for (int i = 0; b->transformers && i < b->n_attn; i++)
+        df_transformer2d_free(&b->transformers[i]);
     free(b->resnets);
     free(b->attentions);
     free(b->transformers);
@@ -141,8 +151,8 @@ df_tensor *df_down_block_forward(const df_block *b, df_tensor *x, df_tensor *tem
     return x;
 }
 
-df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
-                               df_tensor *context, df_tensor **skips, int *n_skips) {
+df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb, df_tensor *context,
+                               df_tensor **skips, int *n_skips) {
     for (int i = 0; i < b->n_resnets; i++) {
         if (skips) {
             DF_ASSERT(*n_skips > 0, "up block: no skip connection left for layer %d", i);
@@ -169,11 +179,14 @@ bool df_block_type_attn(const char *type, df_block_attn *out) {
     static const struct {
         const char *name;
         df_block_attn attn;
-    } types[] = {{"DownBlock2D", DF_BLOCK_ATTN_NONE},          {"UpBlock2D", DF_BLOCK_ATTN_NONE},
-                 {"AttnDownBlock2D", DF_BLOCK_ATTN_SPATIAL},    {"AttnUpBlock2D", DF_BLOCK_ATTN_SPATIAL},
+    } types[] = {{"DownBlock2D", DF_BLOCK_ATTN_NONE},
+                 {"UpBlock2D", DF_BLOCK_ATTN_NONE},
+                 {"AttnDownBlock2D", DF_BLOCK_ATTN_SPATIAL},
+                 {"AttnUpBlock2D", DF_BLOCK_ATTN_SPATIAL},
                  {"CrossAttnDownBlock2D", DF_BLOCK_ATTN_TRANSFORMER},
                  {"CrossAttnUpBlock2D", DF_BLOCK_ATTN_TRANSFORMER},
-                 {"DownEncoderBlock2D", DF_BLOCK_ATTN_NONE},    {"UpDecoderBlock2D", DF_BLOCK_ATTN_NONE}};
+                 {"DownEncoderBlock2D", DF_BLOCK_ATTN_NONE},
+                 {"UpDecoderBlock2D", DF_BLOCK_ATTN_NONE}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (strcmp(type, types[i].name) == 0) {
             *out = types[i].attn;
@@ -185,7 +198,9 @@ bool df_block_type_attn(const char *type, df_block_attn *out) {
 
 df_block_config df_unet_base_block(int temb_channels, int groups, float eps,
                                    const char *resnet_time_scale_shift, int downsample_padding) {
-    return (df_block_config){.temb_channels = temb_channels, .groups = groups, .eps = eps,
+    return (df_block_config){.temb_channels = temb_channels,
+                             .groups = groups,
+                             .eps = eps,
                              .output_scale_factor = 1.0f,
                              .scale_shift = strcmp(resnet_time_scale_shift, "scale_shift") == 0,
                              .downsample_padding = downsample_padding};

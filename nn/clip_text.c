@@ -19,10 +19,16 @@
 #include <string.h>
 
 df_clip_text_config df_clip_text_config_default(void) {
-    df_clip_text_config c = {.vocab_size = 49408, .hidden_size = 512, .intermediate_size = 2048,
-                             .num_hidden_layers = 12, .num_attention_heads = 8,
-                             .max_position_embeddings = 77, .layer_norm_eps = 1e-5f,
-                             .bos_token_id = 49406, .eos_token_id = 49407, .pad_token_id = 1};
+    df_clip_text_config c = {.vocab_size = 49408,
+                             .hidden_size = 512,
+                             .intermediate_size = 2048,
+                             .num_hidden_layers = 12,
+                             .num_attention_heads = 8,
+                             .max_position_embeddings = 77,
+                             .layer_norm_eps = 1e-5f,
+                             .bos_token_id = 49406,
+                             .eos_token_id = 49407,
+                             .pad_token_id = 1};
     snprintf(c.hidden_act, DF_JSON_STR, "quick_gelu");
     return c;
 }
@@ -76,17 +82,23 @@ df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_in
         df_clip_layer *l = &m->layers[i];
         df_name_index(layer, sizeof layer, "text_model.encoder", "layers", i);
         /* registration order of CLIPAttention: k, v, q, out */
-        df_linear_mod_init(&l->k_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.k_proj"), d, d, true);
-        df_linear_mod_init(&l->v_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.v_proj"), d, d, true);
-        df_linear_mod_init(&l->q_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.q_proj"), d, d, true);
-        df_linear_mod_init(&l->out_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.out_proj"), d, d, true);
-        df_layernorm_mod_init(&l->layer_norm1, r, df_name_join(buf, sizeof buf, layer, "layer_norm1"), d,
+        df_linear_mod_init(&l->k_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.k_proj"),
+                           d, d, true);
+        df_linear_mod_init(&l->v_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.v_proj"),
+                           d, d, true);
+        df_linear_mod_init(&l->q_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.q_proj"),
+                           d, d, true);
+        df_linear_mod_init(&l->out_proj, r,
+                           df_name_join(buf, sizeof buf, layer, "self_attn.out_proj"), d, d, true);
+        df_layernorm_mod_init(&l->layer_norm1, r,
+                              df_name_join(buf, sizeof buf, layer, "layer_norm1"), d,
                               c->layer_norm_eps);
         df_linear_mod_init(&l->fc1, r, df_name_join(buf, sizeof buf, layer, "mlp.fc1"), d,
                            c->intermediate_size, true);
         df_linear_mod_init(&l->fc2, r, df_name_join(buf, sizeof buf, layer, "mlp.fc2"),
                            c->intermediate_size, d, true);
-        df_layernorm_mod_init(&l->layer_norm2, r, df_name_join(buf, sizeof buf, layer, "layer_norm2"), d,
+        df_layernorm_mod_init(&l->layer_norm2, r,
+                              df_name_join(buf, sizeof buf, layer, "layer_norm2"), d,
                               c->layer_norm_eps);
     }
     df_layernorm_mod_init(&m->final_layer_norm, r, "text_model.final_layer_norm", d,
@@ -121,11 +133,13 @@ static df_tensor *attention(const df_clip_text *m, const df_clip_layer *l, df_te
 df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
                                 df_tensor **hidden_states, df_tensor **pooled) {
     const df_clip_text_config *c = &m->config;
-    DF_ASSERT(input_ids->ndim == 2 && (input_ids->dtype == DF_DTYPE_I64 || input_ids->dtype == DF_DTYPE_I32),
+    DF_ASSERT(input_ids->ndim == 2 &&
+                  (input_ids->dtype == DF_DTYPE_I64 || input_ids->dtype == DF_DTYPE_I32),
               "CLIPTextModel: input_ids must be integer (N, L)");
     int64_t n = input_ids->shape[0], len = input_ids->shape[1];
     DF_ASSERT(len >= 1 && len <= c->max_position_embeddings,
-              "CLIPTextModel: %lld tokens (at most %d)", (long long)len, c->max_position_embeddings);
+              "CLIPTextModel: %lld tokens (at most %d)", (long long)len,
+              c->max_position_embeddings);
     df_tensor *pos_ids = df_arange(DF_DTYPE_I64, 0, (double)len, 1);
     df_tensor *h = df_add(df_embedding((df_tensor *)input_ids, m->token_embedding),
                           df_embedding(pos_ids, m->position_embedding));

@@ -50,7 +50,8 @@ static df_status build(df_component *c, const df_json *j, const char **stem) {
     if (strcmp(cls, "UNet2DModel") == 0) {
         df_unet2d_config cfg;
         DF_TRY(df_unet2d_config_from_json(j, &cfg));
-        if (!(c->unet2d = calloc(1, sizeof *c->unet2d))) return df_error(DF_ERR_NOMEM, "out of memory");
+        if (!(c->unet2d = calloc(1, sizeof *c->unet2d)))
+            return df_error(DF_ERR_NOMEM, "out of memory");
         DF_TRY(df_unet2d_init(c->unet2d, &cfg, (df_init){0}));
         c->params = &c->unet2d->params;
     } else if (strcmp(cls, "UNet2DConditionModel") == 0) {
@@ -145,7 +146,8 @@ static df_status vae_forward(df_vae *m, df_tensor *x, df_tensor *noise, df_named
         return df_error(DF_ERR_INVALID, "AutoencoderKL: input 'noise' must match the latent shape");
     df_tensor *std = df_exp(df_mul_scalar(logvar, 0.5f));
     /* kl = 0.5 * sum_{C,H,W}(mean^2 + var - 1 - logvar) */
-    df_tensor *terms = df_sub(df_add_scalar(df_add(df_mul(mean, mean), df_exp(logvar)), -1.0f), logvar);
+    df_tensor *terms =
+        df_sub(df_add_scalar(df_add(df_mul(mean, mean), df_exp(logvar)), -1.0f), logvar);
     df_tensor *kl = df_mul_scalar(df_sum(terms, 3, (int[]){1, 2, 3}, false), 0.5f);
     out[(*n)++] = (df_named){"latent_mean", mean};
     out[(*n)++] = (df_named){"latent_logvar", logvar};
@@ -165,15 +167,17 @@ static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, in
     static char names[DF_CLIP_MAX_LAYERS + 1][24];
     DF_TRY(need(ids, "CLIPTextModel", "input_ids"));
     if (ids->ndim != 2 || (ids->dtype != DF_DTYPE_I64 && ids->dtype != DF_DTYPE_I32))
-        return df_error(DF_ERR_INVALID, "CLIPTextModel: input 'input_ids' must be I64 or I32 (N, L)");
+        return df_error(DF_ERR_INVALID,
+                        "CLIPTextModel: input 'input_ids' must be I64 or I32 (N, L)");
     if (ids->shape[1] < 1 || ids->shape[1] > m->config.max_position_embeddings)
         return df_error(DF_ERR_INVALID, "CLIPTextModel: %lld tokens (at most %d)",
                         (long long)ids->shape[1], m->config.max_position_embeddings);
     for (int64_t i = 0; i < ids->numel; i++) {
         double id = df_tensor_get(ids, i);
         if (id < 0 || id >= m->config.vocab_size)
-            return df_error(DF_ERR_INVALID, "CLIPTextModel: token id %.0f outside the vocabulary (%d)",
-                            id, m->config.vocab_size);
+            return df_error(DF_ERR_INVALID,
+                            "CLIPTextModel: token id %.0f outside the vocabulary (%d)", id,
+                            m->config.vocab_size);
     }
     df_tensor *hidden[DF_CLIP_MAX_LAYERS + 1], *pooled;
     df_tensor *last = df_clip_text_forward(m, ids, hidden, &pooled);
@@ -190,8 +194,9 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
                                df_named *outputs, int *n_outputs) {
     *n_outputs = 0;
     const char *cls = c->class_name;
-    if (c->clip_text) return clip_forward(c->clip_text, find_input(inputs, n_inputs, "input_ids"),
-                                          outputs, n_outputs);
+    if (c->clip_text)
+        return clip_forward(c->clip_text, find_input(inputs, n_inputs, "input_ids"), outputs,
+                            n_outputs);
     df_tensor *x = find_input(inputs, n_inputs, "sample");
     DF_TRY(need(x, cls, "sample"));
     if (c->vae) {

@@ -50,8 +50,8 @@ static void norm_init(df_norm_mod *m, df_params *r, const char *name, int groups
     m->eps = eps;
 }
 
-void df_groupnorm_mod_init(df_norm_mod *m, df_params *r, const char *name, int groups,
-                           int channels, float eps) {
+void df_groupnorm_mod_init(df_norm_mod *m, df_params *r, const char *name, int groups, int channels,
+                           float eps) {
     DF_ASSERT(groups > 0 && channels % groups == 0, "%s: %d channels in %d groups", name, channels,
               groups);
     norm_init(m, r, name, groups, channels, eps);

@@ -13,14 +13,22 @@ static void set_strings(char (*dst)[DF_JSON_STR], const char *const *src, int n)
 }
 
 df_unet2d_config df_unet2d_config_default(void) {
-    df_unet2d_config c = {.in_channels = 3, .out_channels = 3, .flip_sin_to_cos = true,
-                          .n_blocks = 4, .block_out_channels = {224, 448, 672, 896},
-                          .layers_per_block = 2, .mid_block_scale_factor = 1,
-                          .downsample_padding = 1, .attention_head_dim = 8,
-                          .norm_num_groups = 32, .norm_eps = 1e-5f, .add_attention = true};
-    set_strings(c.down_block_types,
-                (const char *[]){"DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D",
-                                 "AttnDownBlock2D"}, 4);
+    df_unet2d_config c = {.in_channels = 3,
+                          .out_channels = 3,
+                          .flip_sin_to_cos = true,
+                          .n_blocks = 4,
+                          .block_out_channels = {224, 448, 672, 896},
+                          .layers_per_block = 2,
+                          .mid_block_scale_factor = 1,
+                          .downsample_padding = 1,
+                          .attention_head_dim = 8,
+                          .norm_num_groups = 32,
+                          .norm_eps = 1e-5f,
+                          .add_attention = true};
+    set_strings(
+        c.down_block_types,
+        (const char *[]){"DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"},
+        4);
     set_strings(c.up_block_types,
                 (const char *[]){"AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"},
                 4);
@@ -31,17 +39,25 @@ df_unet2d_config df_unet2d_config_default(void) {
 }
 
 df_unet2d_cond_config df_unet2d_cond_config_default(void) {
-    df_unet2d_cond_config c = {.in_channels = 4, .out_channels = 4, .flip_sin_to_cos = true,
-                               .n_blocks = 4, .block_out_channels = {320, 640, 1280, 1280},
-                               .downsample_padding = 1, .mid_block_scale_factor = 1,
-                               .norm_num_groups = 32, .norm_eps = 1e-5f, .conv_in_kernel = 3,
+    df_unet2d_cond_config c = {.in_channels = 4,
+                               .out_channels = 4,
+                               .flip_sin_to_cos = true,
+                               .n_blocks = 4,
+                               .block_out_channels = {320, 640, 1280, 1280},
+                               .downsample_padding = 1,
+                               .mid_block_scale_factor = 1,
+                               .norm_num_groups = 32,
+                               .norm_eps = 1e-5f,
+                               .conv_in_kernel = 3,
                                .conv_out_kernel = 3};
     set_strings(c.down_block_types,
                 (const char *[]){"CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                 "CrossAttnDownBlock2D", "DownBlock2D"}, 4);
+                                 "CrossAttnDownBlock2D", "DownBlock2D"},
+                4);
     set_strings(c.up_block_types,
                 (const char *[]){"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                                 "CrossAttnUpBlock2D"}, 4);
+                                 "CrossAttnUpBlock2D"},
+                4);
     snprintf(c.mid_block_type, DF_JSON_STR, "UNetMidBlock2DCrossAttn");
     for (int i = 0; i < DF_MAX_BLOCKS; i++) {
         c.layers_per_block[i] = 2;
@@ -55,9 +71,15 @@ df_unet2d_cond_config df_unet2d_cond_config_default(void) {
 }
 
 df_vae_config df_vae_config_default(void) {
-    df_vae_config c = {.in_channels = 3, .out_channels = 3, .latent_channels = 4,
-                       .sample_size = 32, .n_blocks = 1, .block_out_channels = {64},
-                       .layers_per_block = 1, .norm_num_groups = 32, .scaling_factor = 0.18215f,
+    df_vae_config c = {.in_channels = 3,
+                       .out_channels = 3,
+                       .latent_channels = 4,
+                       .sample_size = 32,
+                       .n_blocks = 1,
+                       .block_out_channels = {64},
+                       .layers_per_block = 1,
+                       .norm_num_groups = 32,
+                       .scaling_factor = 0.18215f,
                        .force_upcast = true};
     snprintf(c.down_block_types[0], DF_JSON_STR, "DownEncoderBlock2D");
     snprintf(c.up_block_types[0], DF_JSON_STR, "UpDecoderBlock2D");
@@ -79,8 +101,8 @@ static df_status read_blocks(const df_json *j, int *n_blocks, char (*down)[DF_JS
                         j->path, nd, nu, nc);
     for (int i = 0; i < nc; i++)
         if (channels[i] <= 0)
-            return df_error(DF_ERR_FORMAT, "%s: field 'block_out_channels': entry %d is %d", j->path,
-                            i, channels[i]);
+            return df_error(DF_ERR_FORMAT, "%s: field 'block_out_channels': entry %d is %d",
+                            j->path, i, channels[i]);
     *n_blocks = nc;
     return DF_OK;
 }
@@ -147,8 +169,10 @@ static df_status unet2d_fields(const df_json *j, df_unet2d_config *c) {
     DF_TRY(float_field(j, "dropout", &c->dropout));
     DF_TRY(df_json_string(j, "act_fn", c->act_fn, c->act_fn, sizeof c->act_fn));
     /* attention_head_dim: absent keeps the default 8; null means None (one full-width head) */
-    if (df_json_is_null(j, "attention_head_dim")) c->attention_head_dim = 0;
-    else DF_TRY(df_json_int(j, "attention_head_dim", c->attention_head_dim, &c->attention_head_dim));
+    if (df_json_is_null(j, "attention_head_dim"))
+        c->attention_head_dim = 0;
+    else
+        DF_TRY(df_json_int(j, "attention_head_dim", c->attention_head_dim, &c->attention_head_dim));
     DF_TRY(df_json_int(j, "norm_num_groups", c->norm_num_groups, &c->norm_num_groups));
     DF_TRY(float_field(j, "norm_eps", &c->norm_eps));
     DF_TRY(df_json_string(j, "resnet_time_scale_shift", c->resnet_time_scale_shift,
@@ -219,22 +243,30 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
     DF_TRY(require_string(j, "mid_block_type", "UNetMidBlock2DCrossAttn", NULL));
     DF_TRY(require_string(j, "time_embedding_type", "positional", NULL));
     static const char *const unsupported[] = {
-        "class_embed_type", "addition_embed_type", "num_class_embeds", "encoder_hid_dim",
-        "encoder_hid_dim_type", "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act",
-        "time_cond_proj_dim", "projection_class_embeddings_input_dim", "cross_attention_norm"};
+        "class_embed_type",      "addition_embed_type",
+        "num_class_embeds",      "encoder_hid_dim",
+        "encoder_hid_dim_type",  "time_embedding_dim",
+        "time_embedding_act_fn", "timestep_post_act",
+        "time_cond_proj_dim",    "projection_class_embeddings_input_dim",
+        "cross_attention_norm"};
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++)
         DF_TRY(require_null(j, unsupported[i]));
     bool flag = false;
     DF_TRY(df_json_bool(j, "dual_cross_attention", false, &flag));
-    if (flag) return df_error(DF_ERR_UNSUPPORTED, "%s: field 'dual_cross_attention' must be false", j->path);
+    if (flag)
+        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'dual_cross_attention' must be false",
+                        j->path);
     DF_TRY(df_json_bool(j, "resnet_skip_time_act", false, &flag));
-    if (flag) return df_error(DF_ERR_UNSUPPORTED, "%s: field 'resnet_skip_time_act' must be false", j->path);
+    if (flag)
+        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'resnet_skip_time_act' must be false",
+                        j->path);
     if (c->conv_in_kernel % 2 == 0 || c->conv_out_kernel % 2 == 0)
         return df_error(DF_ERR_FORMAT, "%s: conv_in_kernel / conv_out_kernel must be odd", j->path);
     for (int i = 0; i < n; i++)
         if (c->num_attention_heads[i] <= 0 || c->block_out_channels[i] % c->num_attention_heads[i])
-            return df_error(DF_ERR_FORMAT, "%s: %d attention heads do not divide %d channels (block %d)",
-                            j->path, c->num_attention_heads[i], c->block_out_channels[i], i);
+            return df_error(DF_ERR_FORMAT,
+                            "%s: %d attention heads do not divide %d channels (block %d)", j->path,
+                            c->num_attention_heads[i], c->block_out_channels[i], i);
     return check_groups(j, c->norm_num_groups, c->block_out_channels, n);
 }
 
@@ -266,11 +298,13 @@ static df_status vae_fields(const df_json *j, df_vae_config *c) {
     DF_TRY(require_string(j, "act_fn", "silu", "swish"));
     for (int i = 0; i < c->n_blocks; i++) {
         if (strcmp(c->down_block_types[i], "DownEncoderBlock2D") != 0)
-            return df_error(DF_ERR_UNSUPPORTED, "%s: down_block_types[%d]: '%s' (only DownEncoderBlock2D)",
-                            j->path, i, c->down_block_types[i]);
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "%s: down_block_types[%d]: '%s' (only DownEncoderBlock2D)", j->path, i,
+                            c->down_block_types[i]);
         if (strcmp(c->up_block_types[i], "UpDecoderBlock2D") != 0)
-            return df_error(DF_ERR_UNSUPPORTED, "%s: up_block_types[%d]: '%s' (only UpDecoderBlock2D)",
-                            j->path, i, c->up_block_types[i]);
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "%s: up_block_types[%d]: '%s' (only UpDecoderBlock2D)", j->path, i,
+                            c->up_block_types[i]);
     }
     return check_groups(j, c->norm_num_groups, c->block_out_channels, c->n_blocks);
 }

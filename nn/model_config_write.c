@@ -57,12 +57,15 @@ df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path) {
     cJSON_AddStringToObject(o, "_diffusers_version", DIFFUSERS_VERSION);
     cJSON_AddStringToObject(o, "act_fn", c->act_fn);
     cJSON_AddBoolToObject(o, "add_attention", c->add_attention);
-    if (c->attention_head_dim) cJSON_AddNumberToObject(o, "attention_head_dim", c->attention_head_dim);
-    else cJSON_AddNullToObject(o, "attention_head_dim");
+    if (c->attention_head_dim)
+        cJSON_AddNumberToObject(o, "attention_head_dim", c->attention_head_dim);
+    else
+        cJSON_AddNullToObject(o, "attention_head_dim");
     cJSON_AddItemToObject(o, "block_out_channels", int_array(c->block_out_channels, c->n_blocks));
     cJSON_AddBoolToObject(o, "center_input_sample", c->center_input_sample);
     cJSON_AddNullToObject(o, "class_embed_type");
-    cJSON_AddItemToObject(o, "down_block_types", string_array((char(*)[DF_JSON_STR])c->down_block_types, c->n_blocks));
+    cJSON_AddItemToObject(o, "down_block_types",
+                          string_array((char(*)[DF_JSON_STR])c->down_block_types, c->n_blocks));
     cJSON_AddNumberToObject(o, "downsample_padding", c->downsample_padding);
     cJSON_AddStringToObject(o, "downsample_type", "conv");
     cJSON_AddNumberToObject(o, "dropout", shortest(c->dropout));
@@ -76,10 +79,13 @@ df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path) {
     cJSON_AddNullToObject(o, "num_class_embeds");
     cJSON_AddNumberToObject(o, "out_channels", c->out_channels);
     cJSON_AddStringToObject(o, "resnet_time_scale_shift", c->resnet_time_scale_shift);
-    if (c->sample_size) cJSON_AddNumberToObject(o, "sample_size", c->sample_size);
-    else cJSON_AddNullToObject(o, "sample_size");
+    if (c->sample_size)
+        cJSON_AddNumberToObject(o, "sample_size", c->sample_size);
+    else
+        cJSON_AddNullToObject(o, "sample_size");
     cJSON_AddStringToObject(o, "time_embedding_type", c->time_embedding_type);
-    cJSON_AddItemToObject(o, "up_block_types", string_array((char(*)[DF_JSON_STR])c->up_block_types, c->n_blocks));
+    cJSON_AddItemToObject(o, "up_block_types",
+                          string_array((char(*)[DF_JSON_STR])c->up_block_types, c->n_blocks));
     cJSON_AddStringToObject(o, "upsample_type", "conv");
     return write_json(o, path);
 }

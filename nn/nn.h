@@ -185,9 +185,9 @@ typedef struct df_param {
 typedef struct df_params {
     df_param *items;
     int n, cap;
-    df_philox *init; /* initialiser stream for new parameters; NULL leaves them zero */
+    df_philox *init;  /* initialiser stream for new parameters; NULL leaves them zero */
     bool shapes_only; /* names and shapes only: values are never touched (key-list checks) */
-    df_flat flat;    /* set by df_params_flatten */
+    df_flat flat;     /* set by df_params_flatten */
 } df_params;
 
 /* How a model's parameters start: drawn from `gen` (torch's default initialisers' ranges), zero
@@ -398,13 +398,13 @@ typedef struct df_block_config {
     df_block_attn attn;
     int attn_head_dim;                   /* SPATIAL: head width (0 = one head) */
     df_transformer2d_config transformer; /* TRANSFORMER: heads, cross_dim, ... */
-    bool add_sample;        /* a downsampler / upsampler after the layers */
+    bool add_sample;                     /* a downsampler / upsampler after the layers */
     int downsample_padding; /* 1 for UNets; 0 (and right/bottom pad) for the VAE encoder */
 } df_block_config;
 
 typedef struct df_block {
     df_resnet *resnets;
-    df_attention *attentions;     /* SPATIAL */
+    df_attention *attentions;       /* SPATIAL */
     df_transformer2d *transformers; /* TRANSFORMER */
     int n_resnets, n_attn;
     df_block_attn attn;
@@ -482,7 +482,8 @@ typedef struct df_unet2d_cond_config {
     char mid_block_type[DF_JSON_STR];
     int block_out_channels[DF_MAX_BLOCKS];
     int layers_per_block[DF_MAX_BLOCKS];
-    int num_attention_heads[DF_MAX_BLOCKS]; /* resolved: num_attention_heads or attention_head_dim */
+    int num_attention_heads
+        [DF_MAX_BLOCKS]; /* resolved: num_attention_heads or attention_head_dim */
     int cross_attention_dim[DF_MAX_BLOCKS];
     int transformer_layers_per_block[DF_MAX_BLOCKS];
     bool only_cross_attention[DF_MAX_BLOCKS];
@@ -557,7 +558,6 @@ typedef struct df_vae {
     df_conv_mod quant_conv, post_quant_conv;
 } df_vae;
 
-
 /* Builds the model from its config, registering every parameter under diffusers' names. Validates the config (DF_ERR_UNSUPPORTED for a
  * block type or option we do not implement). */
 DF_API df_status df_unet2d_init(df_unet2d *m, const df_unet2d_config *c, df_init init);
@@ -630,11 +630,11 @@ typedef struct df_named {
 /* A diffusers component folder loaded as the model its config's _class_name names. */
 typedef struct df_component {
     char class_name[DF_JSON_STR];
-    df_unet2d *unet2d;           /* exactly one of these is set */
+    df_unet2d *unet2d; /* exactly one of these is set */
     df_unet2d_cond *unet2d_cond;
     df_vae *vae;
     df_clip_text *clip_text;
-    df_params *params;           /* the model's registry */
+    df_params *params; /* the model's registry */
 } df_component;
 
 /* Loads DIR/config.json and the weights (DIR/diffusion_pytorch_model.safetensors or its

@@ -38,8 +38,10 @@ void df_params_free(df_params *r) {
 }
 
 char *df_name_join(char *buf, size_t len, const char *prefix, const char *leaf) {
-    if (prefix && prefix[0]) snprintf(buf, len, "%s.%s", prefix, leaf);
-    else snprintf(buf, len, "%s", leaf);
+    if (prefix && prefix[0])
+        snprintf(buf, len, "%s.%s", prefix, leaf);
+    else
+        snprintf(buf, len, "%s", leaf);
     return buf;
 }
 
@@ -125,7 +127,9 @@ void df_params_requires_grad(df_params *r) {
 static const char *canonical_name(const char *key, char *buf, size_t len) {
     static const struct {
         const char *old, *new;
-    } aliases[] = {{".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."},
+    } aliases[] = {{".query.", ".to_q."},
+                   {".key.", ".to_k."},
+                   {".value.", ".to_v."},
                    {".proj_attn.", ".to_out.0."}};
     const char *dot = strrchr(key, '.');
     if (dot && strcmp(dot, ".position_ids") == 0) return NULL;
@@ -170,8 +174,9 @@ static df_status load_set(df_params *r, const df_st_set *set, const char *path, 
                 k += (size_t)snprintf(got + k, sizeof got - k, d ? ", %lld" : "%lld",
                                       (long long)info->shape[d]);
             snprintf(got + k, sizeof got - k, "]");
-            return df_error(DF_ERR_FORMAT, "%s: tensor '%s' has shape %s in the file but %s in the model",
-                            path, info->name, got, df_shape_str(t, want, sizeof want));
+            return df_error(DF_ERR_FORMAT,
+                            "%s: tensor '%s' has shape %s in the file but %s in the model", path,
+                            info->name, got, df_shape_str(t, want, sizeof want));
         }
         DF_TRY(df_st_read_into(f, info->name, t));
         seen[idx] = true;

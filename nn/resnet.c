@@ -25,14 +25,13 @@ void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_conf
                      c.out_channels, 3, 1, 1, true);
     m->has_shortcut = c.in_channels != c.out_channels;
     if (m->has_shortcut)
-        df_conv_mod_init(&m->conv_shortcut, r,
-                         df_name_join(buf, sizeof buf, name, "conv_shortcut"), c.in_channels,
-                         c.out_channels, 1, 1, 0, true);
+        df_conv_mod_init(&m->conv_shortcut, r, df_name_join(buf, sizeof buf, name, "conv_shortcut"),
+                         c.in_channels, c.out_channels, 1, 1, 0, true);
     m->output_scale_factor = c.output_scale_factor;
 }
 
 df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) {
-    df_scope scope = df_scope_begin(); /* intermediates die here unless the tape needs them */
+    df_scope scope = df_scope_begin();   /* intermediates die here unless the tape needs them */
     if (!x->block) x = df_to_blocked(x); /* the convolutions' layout, kept through the block */
     df_tensor *h = df_conv_mod_forward(&m->conv1, df_silu(df_norm_mod_forward(&m->norm1, x)));
     int64_t n = h->shape[0];

@@ -508,10 +508,8 @@ static double load_f(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 4 * i, 4);
         return v;
     }
-    case DF_DTYPE_BF16:
-        return df_bf16_to_f32(ld16(p, i));
-    case DF_DTYPE_F16:
-        return df_f16_to_f32(ld16(p, i));
+    case DF_DTYPE_BF16: return df_bf16_to_f32(ld16(p, i));
+    case DF_DTYPE_F16: return df_f16_to_f32(ld16(p, i));
     case DF_DTYPE_F64: {
         double v;
         memcpy(&v, p + 8 * i, 8);
@@ -527,10 +525,8 @@ static double load_f(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 8 * i, 8);
         return (double)v;
     }
-    case DF_DTYPE_U8:
-        return p[i];
-    default:
-        DF_ASSERT(0, "bad dtype %d", (int)dt);
+    case DF_DTYPE_U8: return p[i];
+    default: DF_ASSERT(0, "bad dtype %d", (int)dt);
     }
     return 0;
 }
@@ -547,10 +543,8 @@ static int64_t load_i(const uint8_t *p, df_dtype dt, int64_t i) {
         memcpy(&v, p + 8 * i, 8);
         return v;
     }
-    case DF_DTYPE_U8:
-        return p[i];
-    default:
-        DF_ASSERT(0, "load_i: %s is not an integer dtype", df_dtype_name(dt));
+    case DF_DTYPE_U8: return p[i];
+    default: DF_ASSERT(0, "load_i: %s is not an integer dtype", df_dtype_name(dt));
     }
     return 0;
 }
@@ -607,8 +601,7 @@ static void convert_from_file(void *dst, df_dtype ddt, const uint8_t *src, df_dt
         for (int64_t i = 0; i < n; i++) d[i] = (uint8_t)load_i(src, sdt, i);
         return;
     }
-    default:
-        DF_ASSERT(0, "bad dtype %d", (int)ddt);
+    default: DF_ASSERT(0, "bad dtype %d", (int)ddt);
     }
 }
 

@@ -11,13 +11,16 @@
 
 #include <stdlib.h>
 
-static void block_init(df_transformer_block *b, df_params *r, const char *name, int dim,
-                       int heads, int cross_dim, bool only_cross) {
+static void block_init(df_transformer_block *b, df_params *r, const char *name, int dim, int heads,
+                       int cross_dim, bool only_cross) {
     char buf[DF_NAME_MAX];
     int dim_head = dim / heads;
     df_layernorm_mod_init(&b->norm1, r, df_name_join(buf, sizeof buf, name, "norm1"), dim, 1e-5f);
-    df_attention_config a = {.query_dim = dim, .cross_dim = only_cross ? cross_dim : 0,
-                             .heads = heads, .dim_head = dim_head, .qkv_bias = false,
+    df_attention_config a = {.query_dim = dim,
+                             .cross_dim = only_cross ? cross_dim : 0,
+                             .heads = heads,
+                             .dim_head = dim_head,
+                             .qkv_bias = false,
                              .rescale_output_factor = 1.0f};
     df_attention_init(&b->attn1, r, df_name_join(buf, sizeof buf, name, "attn1"), a);
     df_layernorm_mod_init(&b->norm2, r, df_name_join(buf, sizeof buf, name, "norm2"), dim, 1e-5f);
@@ -26,8 +29,8 @@ static void block_init(df_transformer_block *b, df_params *r, const char *name, 
     df_layernorm_mod_init(&b->norm3, r, df_name_join(buf, sizeof buf, name, "norm3"), dim, 1e-5f);
     df_linear_mod_init(&b->ff_proj, r, df_name_join(buf, sizeof buf, name, "ff.net.0.proj"), dim,
                        2 * 4 * dim, true);
-    df_linear_mod_init(&b->ff_out, r, df_name_join(buf, sizeof buf, name, "ff.net.2"), 4 * dim,
-                       dim, true);
+    df_linear_mod_init(&b->ff_out, r, df_name_join(buf, sizeof buf, name, "ff.net.2"), 4 * dim, dim,
+                       true);
     b->only_cross_attention = only_cross;
 }
 
@@ -51,11 +54,11 @@ void df_transformer2d_init(df_transformer2d *m, df_params *r, const char *name,
                           ch, 1e-6f);
     m->use_linear_projection = c.use_linear_projection;
     if (c.use_linear_projection)
-        df_linear_mod_init(&m->proj_in_linear, r, df_name_join(buf, sizeof buf, name, "proj_in"), ch,
-                           ch, true);
+        df_linear_mod_init(&m->proj_in_linear, r, df_name_join(buf, sizeof buf, name, "proj_in"),
+                           ch, ch, true);
     else
-        df_conv_mod_init(&m->proj_in_conv, r, df_name_join(buf, sizeof buf, name, "proj_in"), ch, ch,
-                         1, 1, 0, true);
+        df_conv_mod_init(&m->proj_in_conv, r, df_name_join(buf, sizeof buf, name, "proj_in"), ch,
+                         ch, 1, 1, 0, true);
     m->n_blocks = c.layers;
     m->blocks = calloc((size_t)c.layers, sizeof *m->blocks);
     DF_ASSERT(m->blocks, "out of memory");

@@ -11,8 +11,9 @@
 #include <string.h>
 
 static df_status check_blocks(const df_unet2d_config *c) {
-    DF_TRY(df_unet_check_blocks("UNet2DModel", c->n_blocks, (char(*)[DF_JSON_STR])c->down_block_types,
-                                (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_TRANSFORMER));
+    DF_TRY(
+        df_unet_check_blocks("UNet2DModel", c->n_blocks, (char(*)[DF_JSON_STR])c->down_block_types,
+                             (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_TRANSFORMER));
     if (c->dropout != 0)
         return df_error(DF_ERR_UNSUPPORTED, "UNet2DModel: dropout %g (only 0)", c->dropout);
     return DF_OK;
@@ -67,7 +68,8 @@ df_status df_unet2d_init(df_unet2d *m, const df_unet2d_config *c, df_init init) 
         df_up_block_init(&m->up[i], r, df_name_index(buf, sizeof buf, "", "up_blocks", i), b);
     }
 
-    df_groupnorm_mod_init(&m->conv_norm_out, r, "conv_norm_out", c->norm_num_groups, c0, c->norm_eps);
+    df_groupnorm_mod_init(&m->conv_norm_out, r, "conv_norm_out", c->norm_num_groups, c0,
+                          c->norm_eps);
     df_conv_mod_init(&m->conv_out, r, "conv_out", c0, c->out_channels, 3, 1, 1, true);
     return DF_OK;
 }

@@ -10,10 +10,12 @@
 #include <string.h>
 
 static df_status check_blocks(const df_unet2d_cond_config *c) {
-    DF_TRY(df_unet_check_blocks("UNet2DConditionModel", c->n_blocks, (char(*)[DF_JSON_STR])c->down_block_types,
+    DF_TRY(df_unet_check_blocks("UNet2DConditionModel", c->n_blocks,
+                                (char(*)[DF_JSON_STR])c->down_block_types,
                                 (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_SPATIAL));
     if (c->dropout != 0)
-        return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: dropout %g (only 0)", c->dropout);
+        return df_error(DF_ERR_UNSUPPORTED, "UNet2DConditionModel: dropout %g (only 0)",
+                        c->dropout);
     return DF_OK;
 }
 

@@ -98,12 +98,9 @@ double df_lr_schedule_factor(const df_lr_schedule *s, int64_t step) {
     if (step < warm) return (double)step / (double)max_i64(1, warm);
     double progress = (double)(step - warm) / (double)max_i64(1, train - warm);
     switch (s->kind) {
-    case DF_LR_CONSTANT_WITH_WARMUP:
-        return 1.0;
-    case DF_LR_LINEAR:
-        return fmax(0.0, (double)(train - step) / (double)max_i64(1, train - warm));
-    case DF_LR_COSINE:
-        return fmax(0.0, 0.5 * (1.0 + cos(M_PI * s->num_cycles * 2.0 * progress)));
+    case DF_LR_CONSTANT_WITH_WARMUP: return 1.0;
+    case DF_LR_LINEAR: return fmax(0.0, (double)(train - step) / (double)max_i64(1, train - warm));
+    case DF_LR_COSINE: return fmax(0.0, 0.5 * (1.0 + cos(M_PI * s->num_cycles * 2.0 * progress)));
     case DF_LR_COSINE_WITH_RESTARTS: {
         if (progress >= 1.0) return 0.0;
         double x = s->num_cycles * progress;
@@ -118,8 +115,7 @@ double df_lr_schedule_factor(const df_lr_schedule *s, int64_t step) {
         double decay = lr_range * pow(pct_remaining, s->power) + s->lr_end;
         return decay / s->lr_init;
     }
-    default:
-        DF_ASSERT(0, "lr schedule kind %d", (int)s->kind);
+    default: DF_ASSERT(0, "lr schedule kind %d", (int)s->kind);
     }
     return 0.0;
 }

@@ -103,20 +103,15 @@ static int64_t padded(int64_t n) {
 /* Which moment slots group h of `kind` uses, and their state-name suffixes. */
 static int slots_used(df_optim_kind kind, const df_optim_hparams *h, const char **suffix) {
     switch (kind) {
-    case DF_OPTIM_SGD:
-        suffix[0] = "momentum_buffer";
-        return h->momentum != 0 ? 1 : 0;
+    case DF_OPTIM_SGD: suffix[0] = "momentum_buffer"; return h->momentum != 0 ? 1 : 0;
     case DF_OPTIM_ADAM:
     case DF_OPTIM_ADAMW:
         suffix[0] = "exp_avg";
         suffix[1] = "exp_avg_sq";
         suffix[2] = "max_exp_avg_sq";
         return h->amsgrad ? 3 : 2;
-    case DF_OPTIM_LION:
-        suffix[0] = "exp_avg";
-        return 1;
-    default:
-        DF_ASSERT(0, "optimizer kind %d", (int)kind);
+    case DF_OPTIM_LION: suffix[0] = "exp_avg"; return 1;
+    default: DF_ASSERT(0, "optimizer kind %d", (int)kind);
     }
     return 0;
 }
@@ -277,20 +272,11 @@ df_status df_optim_step(df_optim *o) {
         int64_t step = ((int64_t *)og->step->data)[0] + 1;
         memset(&sc[g], 0, sizeof sc[g]);
         switch (o->kind) {
-        case DF_OPTIM_SGD:
-            df_sgd_scalars(&og->h, step, &sc[g]);
-            break;
-        case DF_OPTIM_ADAM:
-            df_adam_scalars(&og->h, false, step, &sc[g]);
-            break;
-        case DF_OPTIM_ADAMW:
-            df_adam_scalars(&og->h, true, step, &sc[g]);
-            break;
-        case DF_OPTIM_LION:
-            df_lion_scalars(&og->h, &sc[g]);
-            break;
-        default:
-            DF_ASSERT(0, "optimizer kind %d", (int)o->kind);
+        case DF_OPTIM_SGD: df_sgd_scalars(&og->h, step, &sc[g]); break;
+        case DF_OPTIM_ADAM: df_adam_scalars(&og->h, false, step, &sc[g]); break;
+        case DF_OPTIM_ADAMW: df_adam_scalars(&og->h, true, step, &sc[g]); break;
+        case DF_OPTIM_LION: df_lion_scalars(&og->h, &sc[g]); break;
+        default: DF_ASSERT(0, "optimizer kind %d", (int)o->kind);
         }
     }
     for (int i = 0; i < o->n_params; i++) {
@@ -314,19 +300,14 @@ df_status df_optim_step(df_optim *o) {
         const float *g = df_f32(pp->t->grad) + ch->start;
         int64_t off = pp->moment_off + ch->start;
         switch (kind) {
-        case DF_OPTIM_SGD:
-            df_sgd_kernel(s, p, g, m0 ? m0 + off : NULL, ch->len);
-            break;
+        case DF_OPTIM_SGD: df_sgd_kernel(s, p, g, m0 ? m0 + off : NULL, ch->len); break;
         case DF_OPTIM_ADAM:
         case DF_OPTIM_ADAMW:
             df_adam_kernel(s, kind == DF_OPTIM_ADAMW, p, g, m0 + off, m1 + off,
                            s->amsgrad ? m2 + off : NULL, ch->len);
             break;
-        case DF_OPTIM_LION:
-            df_lion_kernel(s, p, g, m0 + off, ch->len);
-            break;
-        default:
-            break;
+        case DF_OPTIM_LION: df_lion_kernel(s, p, g, m0 + off, ch->len); break;
+        default: break;
         }
     }
     for (int g = 0; g < o->n_groups; g++) ((int64_t *)o->groups[g].step->data)[0] += 1;

@@ -59,29 +59,13 @@ void df_sgd_kernel(const optim_scalars *s, float *restrict p, const float *restr
     }
     const int which = (wd ? 4 : 0) | (s->skip_first ? 2 : 0) | (s->nesterov ? 1 : 0);
     switch (which) {
-    case 0:
-        sgd_loop(s, p, g, buf, n, false, true, false, false);
-        break;
-    case 1:
-        sgd_loop(s, p, g, buf, n, false, true, false, true);
-        break;
-    case 2:
-        sgd_loop(s, p, g, buf, n, false, true, true, false);
-        break;
-    case 3:
-        sgd_loop(s, p, g, buf, n, false, true, true, true);
-        break;
-    case 4:
-        sgd_loop(s, p, g, buf, n, true, true, false, false);
-        break;
-    case 5:
-        sgd_loop(s, p, g, buf, n, true, true, false, true);
-        break;
-    case 6:
-        sgd_loop(s, p, g, buf, n, true, true, true, false);
-        break;
-    default:
-        sgd_loop(s, p, g, buf, n, true, true, true, true);
-        break;
+    case 0: sgd_loop(s, p, g, buf, n, false, true, false, false); break;
+    case 1: sgd_loop(s, p, g, buf, n, false, true, false, true); break;
+    case 2: sgd_loop(s, p, g, buf, n, false, true, true, false); break;
+    case 3: sgd_loop(s, p, g, buf, n, false, true, true, true); break;
+    case 4: sgd_loop(s, p, g, buf, n, true, true, false, false); break;
+    case 5: sgd_loop(s, p, g, buf, n, true, true, false, true); break;
+    case 6: sgd_loop(s, p, g, buf, n, true, true, true, false); break;
+    default: sgd_loop(s, p, g, buf, n, true, true, true, true); break;
     }
 }

@@ -38,12 +38,9 @@ static int fail(const char *what) {
 
 static const char *kind_name(df_dataset_kind k) {
     switch (k) {
-    case DF_DATASET_METADATA:
-        return "image folder with metadata.jsonl";
-    case DF_DATASET_SIDECAR:
-        return "image folder with sidecar captions";
-    default:
-        return "HDF5 pack";
+    case DF_DATASET_METADATA: return "image folder with metadata.jsonl";
+    case DF_DATASET_SIDECAR: return "image folder with sidecar captions";
+    default: return "HDF5 pack";
     }
 }
 

@@ -85,13 +85,20 @@ int df_cmd_forward(int argc, char **argv) {
                *grads_path = NULL;
     for (int i = 0; i < argc; i++) {
         const char **slot = NULL;
-        if (strcmp(argv[i], "--inputs") == 0) slot = &in_path;
-        else if (strcmp(argv[i], "--out") == 0) slot = &out_path;
-        else if (strcmp(argv[i], "--backward") == 0) slot = &probe_path;
-        else if (strcmp(argv[i], "--grads") == 0) slot = &grads_path;
-        else if (argv[i][0] == '-') return usage();
-        else if (!dir) dir = argv[i];
-        else return usage();
+        if (strcmp(argv[i], "--inputs") == 0)
+            slot = &in_path;
+        else if (strcmp(argv[i], "--out") == 0)
+            slot = &out_path;
+        else if (strcmp(argv[i], "--backward") == 0)
+            slot = &probe_path;
+        else if (strcmp(argv[i], "--grads") == 0)
+            slot = &grads_path;
+        else if (argv[i][0] == '-')
+            return usage();
+        else if (!dir)
+            dir = argv[i];
+        else
+            return usage();
         if (slot) {
             if (i + 1 >= argc) return usage();
             *slot = argv[++i];
@@ -143,7 +150,8 @@ int df_cmd_forward(int argc, char **argv) {
             if (!inputs[i].tensor->requires_grad) continue;
             snprintf(names[i], DF_NAME_MAX, "input.%s", inputs[i].name);
             df_tensor *t = inputs[i].tensor;
-            grads[k++] = (df_named){names[i], t->grad ? t->grad : df_zeros(DF_DTYPE_F32, t->ndim, t->shape)};
+            grads[k++] =
+                (df_named){names[i], t->grad ? t->grad : df_zeros(DF_DTYPE_F32, t->ndim, t->shape)};
         }
         st = grads && names ? write_named(grads_path, grads, k)
                             : df_error(DF_ERR_NOMEM, "%s: out of memory", grads_path);

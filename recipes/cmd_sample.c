@@ -57,19 +57,26 @@ int df_cmd_sample(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = a[0] == '-';
         if (takes && !v) return usage();
-        if (strcmp(a, "--scheduler") == 0) sched_name = v;
-        else if (strcmp(a, "--latents") == 0) latents_path = v;
-        else if (strcmp(a, "--out") == 0) out_png = v;
-        else if (strcmp(a, "--out-tensor") == 0) out_tensor = v;
+        if (strcmp(a, "--scheduler") == 0)
+            sched_name = v;
+        else if (strcmp(a, "--latents") == 0)
+            latents_path = v;
+        else if (strcmp(a, "--out") == 0)
+            out_png = v;
+        else if (strcmp(a, "--out-tensor") == 0)
+            out_tensor = v;
         else if (strcmp(a, "--steps") == 0) {
             if (!parse_long(v, 1, 100000, &steps)) return usage();
         } else if (strcmp(a, "--seed") == 0) {
             if (!parse_long(v, 0, INT64_MAX, &seed)) return usage();
         } else if (strcmp(a, "--n") == 0) {
             if (!parse_long(v, 1, 4096, &n)) return usage();
-        } else if (takes) return usage();
-        else if (!dir) dir = a;
-        else return usage();
+        } else if (takes)
+            return usage();
+        else if (!dir)
+            dir = a;
+        else
+            return usage();
         if (takes) i++;
     }
     if (!dir || (out_png && out_tensor)) return usage();
@@ -88,7 +95,9 @@ int df_cmd_sample(int argc, char **argv) {
     df_scope scope = df_scope_begin();
     df_tensor *noise = NULL, *sample = NULL;
     st = initial_noise(latents_path, &p.unet.unet2d->config, (int)n, &gen, &noise);
-    if (st == DF_OK) st = df_uncond_sample(df_unet2d_denoise, p.unet.unet2d, p.sched, (int)steps, noise, &gen, &sample);
+    if (st == DF_OK)
+        st = df_uncond_sample(df_unet2d_denoise, p.unet.unet2d, p.sched, (int)steps, noise, &gen,
+                              &sample);
     if (st == DF_OK && out_tensor) {
         const char *name = "sample";
         st = df_st_save(out_tensor, 1, &name, (const df_tensor *const *)&sample, 0, NULL, NULL);

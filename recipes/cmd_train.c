@@ -62,7 +62,8 @@ int df_cmd_train(int argc, char **argv) {
         } else if (strcmp(argv[i], "--print-config") == 0) {
             print = true;
         } else if (strcmp(argv[i], "--stop-after-steps") == 0) {
-            if (++i >= argc || (opts.stop_after_steps = strtoll(argv[i], NULL, 10)) <= 0) return usage();
+            if (++i >= argc || (opts.stop_after_steps = strtoll(argv[i], NULL, 10)) <= 0)
+                return usage();
         } else if (strcmp(argv[i], "--allow-config-change") == 0) {
             opts.allow_config_change = true;
         } else if (argv[i][0] == '-') {
@@ -91,8 +92,10 @@ int df_cmd_train(int argc, char **argv) {
     df_config_init(&cfg, schema, n);
     df_status st = df_config_load_yaml(&cfg, path);
     for (int i = first_override; st == DF_OK && i >= 0 && i < argc; i++)
-        if (argv[i][0] != '-' && strchr(argv[i], '=') && argv[i] != path) st = df_config_set(&cfg, argv[i]);
-        else if (strcmp(argv[i], "--resume") == 0 || strcmp(argv[i], "--stop-after-steps") == 0) i++;
+        if (argv[i][0] != '-' && strchr(argv[i], '=') && argv[i] != path)
+            st = df_config_set(&cfg, argv[i]);
+        else if (strcmp(argv[i], "--resume") == 0 || strcmp(argv[i], "--stop-after-steps") == 0)
+            i++;
     int rc = 0;
     if (st != DF_OK) {
         rc = df_cli_fail("config");

@@ -18,7 +18,8 @@ static const df_command commands[] = {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: diffusion <command> [args]\n\ncommands:\n");
-    for (const df_command *c = commands; c->name; c++) fprintf(f, "  %-10s %s\n", c->name, c->summary);
+    for (const df_command *c = commands; c->name; c++)
+        fprintf(f, "  %-10s %s\n", c->name, c->summary);
 }
 
 /* OpenMP threads that spin while they wait (libgomp's default) starve the threads they wait for

@@ -31,7 +31,8 @@ static const df_cfg_field uncond_fields[] = {
      "[UpBlock2D, AttnUpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D, UpBlock2D]", 0, 0, NULL,
      "UNet2DModel up blocks (UpBlock2D, AttnUpBlock2D)"},
     {"model.layers_per_block", DF_CFG_INT, "2", 1, 16, NULL, "resnets per down block"},
-    {"model.attention_head_dim", DF_CFG_INT, "8", 0, 4096, NULL, "attention head width (0: one head)"},
+    {"model.attention_head_dim", DF_CFG_INT, "8", 0, 4096, NULL,
+     "attention head width (0: one head)"},
     {"model.norm_num_groups", DF_CFG_INT, "32", 1, 1024, NULL, "GroupNorm groups"},
     {"prediction_type", DF_CFG_STRING, "epsilon", 0, 0, "epsilon|v_prediction|sample",
      "what the UNet predicts"},
@@ -47,7 +48,7 @@ static const df_cfg_field uncond_fields[] = {
 typedef struct uncond {
     df_unet2d unet;
     df_sched_config sched_config;
-    df_sched *sched;  /* training: add_noise, velocity, SNR */
+    df_sched *sched; /* training: add_noise, velocity, SNR */
     df_philox init;
     df_prediction_type prediction;
     float snr_gamma, noise_offset;
@@ -70,8 +71,10 @@ static df_tensor *loss_weights(uncond *u, const df_tensor *timesteps) {
     for (int64_t i = 0; i < snr->numel; i++) {
         float s = df_f32(snr)[i], m = u->snr_gamma > 0 ? fminf(s, u->snr_gamma) : s;
         float v = m;
-        if (u->snr_gamma > 0 && u->prediction == DF_PRED_EPSILON) v = m / s;
-        else if (u->snr_gamma > 0 && u->prediction == DF_PRED_V_PREDICTION) v = m / (s + 1.0f);
+        if (u->snr_gamma > 0 && u->prediction == DF_PRED_EPSILON)
+            v = m / s;
+        else if (u->snr_gamma > 0 && u->prediction == DF_PRED_V_PREDICTION)
+            v = m / (s + 1.0f);
         df_f32(w)[i] = v;
     }
     return w;
@@ -88,15 +91,19 @@ static df_tensor *uncond_loss(void *ctx, const df_batch *b, df_step_rng *rng) {
     }
     df_tensor *t = df_tensor_new(DF_DTYPE_I64, 1, &n);
     for (int64_t i = 0; i < n; i++)
-        ((int64_t *)t->data)[i] =
-            (int64_t)(((uint64_t)df_philox_u32(&rng->timesteps) * (uint64_t)u->num_train_timesteps) >> 32);
+        ((int64_t *)t->data)[i] = (int64_t)(((uint64_t)df_philox_u32(&rng->timesteps) *
+                                             (uint64_t)u->num_train_timesteps) >>
+                                            32);
     df_tensor *noisy, *target;
     DF_ASSERT(df_sched_add_noise(u->sched, x0, noise, t, &noisy) == DF_OK, "add_noise: %s",
               df_last_error());
-    if (u->prediction == DF_PRED_EPSILON) target = noise;
-    else if (u->prediction == DF_PRED_SAMPLE) target = x0;
-    else DF_ASSERT(df_sched_get_velocity(u->sched, x0, noise, t, &target) == DF_OK, "velocity: %s",
-                   df_last_error());
+    if (u->prediction == DF_PRED_EPSILON)
+        target = noise;
+    else if (u->prediction == DF_PRED_SAMPLE)
+        target = x0;
+    else
+        DF_ASSERT(df_sched_get_velocity(u->sched, x0, noise, t, &target) == DF_OK, "velocity: %s",
+                  df_last_error());
     df_tensor *out = df_unet2d_forward(&u->unet, noisy, t);
     df_tensor *w = loss_weights(u, t);
     if (!w) return df_mse_loss(out, target, true);
@@ -110,7 +117,8 @@ static df_status uncond_export(void *ctx, const char *dir) {
     cJSON *index = cJSON_CreateObject();
     cJSON_AddStringToObject(index, "_class_name", "DDPMPipeline");
     cJSON_AddStringToObject(index, "_diffusers_version", "0.21.4");
-    const char *sched_pair[] = {"diffusers", "DDPMScheduler"}, *unet_pair[] = {"diffusers", "UNet2DModel"};
+    const char *sched_pair[] = {"diffusers", "DDPMScheduler"},
+               *unet_pair[] = {"diffusers", "UNet2DModel"};
     cJSON_AddItemToObject(index, "scheduler", cJSON_CreateStringArray(sched_pair, 2));
     cJSON_AddItemToObject(index, "unet", cJSON_CreateStringArray(unet_pair, 2));
     DF_TRY(df_pathf(path, sizeof path, "%s/model_index.json", dir));
@@ -135,11 +143,12 @@ static df_status uncond_validate(void *ctx, int64_t step, df_tensor **grid) {
     df_torchgen gen;
     df_torchgen_seed(&gen, (uint64_t)u->seed);
     const df_unet2d_config *c = &u->unet.config;
-    df_tensor *noise = df_tensor_new(DF_DTYPE_F32, DF_DIMS(u->n_validation, c->in_channels,
-                                                           c->sample_size, c->sample_size));
+    df_tensor *noise = df_tensor_new(
+        DF_DTYPE_F32, DF_DIMS(u->n_validation, c->in_channels, c->sample_size, c->sample_size));
     df_torchgen_randn(&gen, df_f32(noise), noise->numel);
     df_tensor *sample = NULL;
-    df_status st = df_uncond_sample(df_unet2d_denoise, &u->unet, s, (int)u->inference_steps, noise, &gen, &sample);
+    df_status st = df_uncond_sample(df_unet2d_denoise, &u->unet, s, (int)u->inference_steps, noise,
+                                    &gen, &sample);
     df_sched_free(s);
     if (st != DF_OK) return st;
     *grid = df_images_to_grid(sample, 0);
@@ -200,8 +209,8 @@ static df_status uncond_create(const df_config *cfg, df_recipe *r) {
     snprintf(json, sizeof json,
              "{\"_class_name\": \"DDPMScheduler\", \"num_train_timesteps\": %lld, "
              "\"beta_schedule\": \"%s\", \"prediction_type\": \"%s\"}",
-             (long long)df_config_int(cfg, "ddpm_num_steps"), df_config_str(cfg, "ddpm_beta_schedule"),
-             df_config_str(cfg, "prediction_type"));
+             (long long)df_config_int(cfg, "ddpm_num_steps"),
+             df_config_str(cfg, "ddpm_beta_schedule"), df_config_str(cfg, "prediction_type"));
     if (st == DF_OK)
         st = df_sched_config_parse(json, strlen(json), "recipe", NULL, &u->sched_config);
     if (st == DF_OK) st = df_sched_new(&u->sched_config, &u->sched);
@@ -215,9 +224,13 @@ static df_status uncond_create(const df_config *cfg, df_recipe *r) {
     u->n_validation = df_config_int(cfg, "num_validation_images");
     u->snr_gamma = (float)df_config_float(cfg, "snr_gamma");
     u->noise_offset = (float)df_config_float(cfg, "noise_offset");
-    *r = (df_recipe){.name = "unconditional", .ctx = u, .params = &u->unet.params,
-                     .loss = uncond_loss, .export_model = uncond_export,
-                     .validate = uncond_validate, .free = uncond_free};
+    *r = (df_recipe){.name = "unconditional",
+                     .ctx = u,
+                     .params = &u->unet.params,
+                     .loss = uncond_loss,
+                     .export_model = uncond_export,
+                     .validate = uncond_validate,
+                     .free = uncond_free};
     return DF_OK;
 }
 

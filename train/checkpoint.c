@@ -51,7 +51,8 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
 
 df_status df_remove_tree(const char *path) {
     struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? DF_OK : df_error(DF_ERR_IO, "%s: %s", path, strerror(errno));
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? DF_OK : df_error(DF_ERR_IO, "%s: %s", path, strerror(errno));
     if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
         return df_error(DF_ERR_IO, "%s: cannot remove: %s", path, strerror(errno));
     return DF_OK;
@@ -60,7 +61,7 @@ df_status df_remove_tree(const char *path) {
 df_status df_mkdirs(const char *path) {
     char buf[DF_PATH_MAX];
     DF_TRY(df_pathf(buf, sizeof buf, "%s", path));
-    for (char *p = buf + 1; ; p++) {
+    for (char *p = buf + 1;; p++) {
         bool end = *p == '\0';
         if (*p == '/' || end) {
             *p = '\0';
@@ -77,7 +78,8 @@ df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step) {
     memset(w, 0, sizeof *w);
     w->step = step;
     DF_TRY(df_pathf(w->run_dir, sizeof w->run_dir, "%s", run_dir));
-    DF_TRY(df_pathf(w->tmp_dir, sizeof w->tmp_dir, "%s/.checkpoint-%" PRId64 ".tmp", run_dir, step));
+    DF_TRY(
+        df_pathf(w->tmp_dir, sizeof w->tmp_dir, "%s/.checkpoint-%" PRId64 ".tmp", run_dir, step));
     DF_TRY(df_pathf(w->final_dir, sizeof w->final_dir, "%s/checkpoint-%" PRId64, run_dir, step));
     DF_TRY(df_mkdirs(run_dir));
     DF_TRY(df_remove_tree(w->tmp_dir)); /* a leftover of a killed run */
@@ -88,7 +90,8 @@ df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step) {
 
 df_status df_ckpt_file(df_ckpt_writer *w, const char *rel, char *path, size_t len) {
     if (rel[0] == '/' || strstr(rel, "..") || strchr(rel, ' ') || strchr(rel, '\n'))
-        return df_error(DF_ERR_INVALID, "checkpoint file name '%s' is not a plain relative path", rel);
+        return df_error(DF_ERR_INVALID, "checkpoint file name '%s' is not a plain relative path",
+                        rel);
     DF_TRY(df_pathf(path, len, "%s/%s", w->tmp_dir, rel));
     /* make the file's folder */
     char dir[DF_PATH_MAX];
@@ -190,7 +193,8 @@ df_status df_ckpt_commit(df_ckpt_writer *w, int keep_last) {
         if (st == DF_OK) st = checksum_file(path, &crc, &size);
         if (st == DF_OK) fprintf(f, "%08" PRIx32 " %" PRIu64 " %s\n", crc, size, w->files[i]);
     }
-    if (fflush(f) != 0 || ferror(f)) st = st ? st : df_error(DF_ERR_IO, "%s: write failed: %s", done_tmp, strerror(errno));
+    if (fflush(f) != 0 || ferror(f))
+        st = st ? st : df_error(DF_ERR_IO, "%s: write failed: %s", done_tmp, strerror(errno));
     if (st == DF_OK && fsync(fileno(f)) != 0)
         st = df_error(DF_ERR_IO, "%s: fsync failed: %s", done_tmp, strerror(errno));
     if (fclose(f) != 0 && st == DF_OK) st = df_error(DF_ERR_IO, "%s: close failed", done_tmp);
@@ -201,7 +205,8 @@ df_status df_ckpt_commit(df_ckpt_writer *w, int keep_last) {
         const char *slash = strrchr(w->files[i], '/');
         if (!slash) continue;
         char dir[DF_PATH_MAX];
-        st = df_pathf(dir, sizeof dir, "%s/%.*s", w->tmp_dir, (int)(slash - w->files[i]), w->files[i]);
+        st = df_pathf(dir, sizeof dir, "%s/%.*s", w->tmp_dir, (int)(slash - w->files[i]),
+                      w->files[i]);
         if (st == DF_OK) st = fsync_path(dir, true);
     }
     if (st == DF_OK) st = fsync_path(w->tmp_dir, true);
@@ -286,7 +291,8 @@ df_status df_ckpt_find_latest(const char *run_dir, char *out, size_t len) {
     int n = df_ckpt_list(run_dir, steps, 4096);
     for (int i = n - 1; i >= 0; i--) {
         char dir[DF_PATH_MAX];
-        if (df_pathf(dir, sizeof dir, "%s/checkpoint-%" PRId64, run_dir, steps[i]) != DF_OK) continue;
+        if (df_pathf(dir, sizeof dir, "%s/checkpoint-%" PRId64, run_dir, steps[i]) != DF_OK)
+            continue;
         if (df_ckpt_verify(dir) == DF_OK) {
             snprintf(out, len, "%s", dir);
             return DF_OK;

@@ -17,8 +17,8 @@
 #define MAX_YAML_BYTES (4u << 20)
 
 static const char *type_name(df_cfg_type t) {
-    static const char *names[] = {"an integer", "a number", "true or false", "a string",
-                                  "a list of integers", "a list of strings"};
+    static const char *names[] = {"an integer", "a number",           "true or false",
+                                  "a string",   "a list of integers", "a list of strings"};
     return names[t];
 }
 
@@ -122,20 +122,24 @@ static df_status check_choice(const df_cfg_field *f, const char *s, const char *
 static df_status scalar_into(const df_cfg_field *f, df_cfg_value *v, const char *s, int elem,
                              const char *origin) {
     double num = 0;
-    df_cfg_type t = f->type == DF_CFG_INT_LIST ? DF_CFG_INT
-                    : f->type == DF_CFG_STRING_LIST ? DF_CFG_STRING : f->type;
+    df_cfg_type t = f->type == DF_CFG_INT_LIST      ? DF_CFG_INT
+                    : f->type == DF_CFG_STRING_LIST ? DF_CFG_STRING
+                                                    : f->type;
     switch (t) {
     case DF_CFG_INT:
     case DF_CFG_FLOAT:
     case DF_CFG_BOOL: {
-        bool ok = t == DF_CFG_INT ? parse_int(s, &num) : t == DF_CFG_FLOAT ? parse_float(s, &num)
-                                                                           : parse_bool(s, &num);
+        bool ok = t == DF_CFG_INT     ? parse_int(s, &num)
+                  : t == DF_CFG_FLOAT ? parse_float(s, &num)
+                                      : parse_bool(s, &num);
         if (!ok)
             return df_error(DF_ERR_INVALID, "'%s': expected %s, got '%s' (%s)", f->key,
                             type_name(f->type), s, origin);
         DF_TRY(check_range(f, num, origin));
-        if (f->type == DF_CFG_INT_LIST) v->nums[elem] = num;
-        else v->num = num;
+        if (f->type == DF_CFG_INT_LIST)
+            v->nums[elem] = num;
+        else
+            v->num = num;
         return DF_OK;
     }
     default: {
@@ -192,7 +196,8 @@ static df_status assign_node(df_config *c, int i, yaml_document_t *doc, yaml_nod
             if (!e || e->type != YAML_SCALAR_NODE)
                 st = df_error(DF_ERR_INVALID, "'%s': expected %s (%s)", f->key, type_name(f->type),
                               origin);
-            else st = scalar_into(f, &tmp, (const char *)e->data.scalar.value, k, origin);
+            else
+                st = scalar_into(f, &tmp, (const char *)e->data.scalar.value, k, origin);
             tmp.n = k + 1;
         }
         if (st == DF_OK) {
@@ -215,7 +220,8 @@ static df_status assign_node(df_config *c, int i, yaml_document_t *doc, yaml_nod
 static df_status merge_mapping(df_config *c, yaml_document_t *doc, yaml_node_t *map,
                                const char *prefix, const char *label, int depth) {
     if (depth > 8) return df_error(DF_ERR_INVALID, "nesting deeper than 8 levels (%s)", label);
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key);
         yaml_node_t *v = yaml_document_get_node(doc, p->value);
         char origin[DF_CFG_ORIGIN];
@@ -257,7 +263,8 @@ df_status df_config_load_yaml_text(df_config *c, const char *text, size_t len, c
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     df_status st = DF_OK;
-    if (root && root->type == YAML_MAPPING_NODE) st = merge_mapping(c, &doc, root, "", label, 0);
+    if (root && root->type == YAML_MAPPING_NODE)
+        st = merge_mapping(c, &doc, root, "", label, 0);
     else if (root && !(root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0))
         st = df_error(DF_ERR_FORMAT, "the top level must be a mapping of keys (%s:1)", label);
     yaml_document_delete(&doc);
@@ -282,7 +289,8 @@ df_status df_config_load_yaml(df_config *c, const char *path) {
 df_status df_config_set(df_config *c, const char *assignment) {
     const char *eq = strchr(assignment, '=');
     if (!eq || eq == assignment)
-        return df_error(DF_ERR_INVALID, "override '%s' is not key=value (command line)", assignment);
+        return df_error(DF_ERR_INVALID, "override '%s' is not key=value (command line)",
+                        assignment);
     char key[256];
     size_t klen = (size_t)(eq - assignment);
     if (klen >= sizeof key) return df_error(DF_ERR_INVALID, "override key too long (command line)");
@@ -375,20 +383,28 @@ int df_config_str_list(const df_config *c, const char *key, const char **out, in
 
 /* Writes a scalar as YAML text (strings double-quoted with escapes). */
 static void write_scalar(FILE *f, const df_cfg_field *fd, const df_cfg_value *v, int elem) {
-    df_cfg_type t = fd->type == DF_CFG_INT_LIST ? DF_CFG_INT
-                    : fd->type == DF_CFG_STRING_LIST ? DF_CFG_STRING : fd->type;
+    df_cfg_type t = fd->type == DF_CFG_INT_LIST      ? DF_CFG_INT
+                    : fd->type == DF_CFG_STRING_LIST ? DF_CFG_STRING
+                                                     : fd->type;
     double num = fd->type == DF_CFG_INT_LIST ? v->nums[elem] : v->num;
     const char *s = fd->type == DF_CFG_STRING_LIST ? v->strs[elem] : v->str;
-    if (t == DF_CFG_INT) fprintf(f, "%lld", (long long)num);
-    else if (t == DF_CFG_FLOAT) fprintf(f, "%.17g", num);
-    else if (t == DF_CFG_BOOL) fprintf(f, "%s", num != 0 ? "true" : "false");
-    else if (!s || !*s) fprintf(f, "null");
+    if (t == DF_CFG_INT)
+        fprintf(f, "%lld", (long long)num);
+    else if (t == DF_CFG_FLOAT)
+        fprintf(f, "%.17g", num);
+    else if (t == DF_CFG_BOOL)
+        fprintf(f, "%s", num != 0 ? "true" : "false");
+    else if (!s || !*s)
+        fprintf(f, "null");
     else {
         fputc('"', f);
         for (const char *p = s; *p; p++) {
-            if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-            else if (*p == '\n') fprintf(f, "\\n");
-            else fputc(*p, f);
+            if (*p == '"' || *p == '\\')
+                fprintf(f, "\\%c", *p);
+            else if (*p == '\n')
+                fprintf(f, "\\n");
+            else
+                fputc(*p, f);
         }
         fputc('"', f);
     }
@@ -408,7 +424,8 @@ static void write_config(const df_config *c, FILE *f, bool with_origin, bool has
             if (*p != '.') continue;
             size_t len = (size_t)(p - key);
             bool same = strncmp(prev, key, len + 1) == 0;
-            if (same) common = len + 1;
+            if (same)
+                common = len + 1;
             else {
                 fprintf(f, "%*s%.*s:\n", 2 * depth, "", (int)(len - common), key + common);
                 common = len + 1;
@@ -465,7 +482,8 @@ void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f) {
     for (int i = 0; i < n; i++) {
         const df_cfg_field *fd = &schema[i];
         char allowed[128] = "";
-        if (fd->choices) snprintf(allowed, sizeof allowed, "%s", fd->choices);
+        if (fd->choices)
+            snprintf(allowed, sizeof allowed, "%s", fd->choices);
         else if (fd->min != 0 || fd->max != 0) {
             bool ints = fd->type == DF_CFG_INT || fd->type == DF_CFG_INT_LIST;
             snprintf(allowed, sizeof allowed, ints ? "[%.0f, %.0f]" : "[%g, %g]", fd->min, fd->max);

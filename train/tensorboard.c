@@ -128,8 +128,8 @@ df_status df_tb_scalar(df_tb_writer *w, const char *tag, int64_t step, double va
     pb_bytes(&sum, 1, val.data, val.len);
     event_head(&ev, step);
     pb_bytes(&ev, 5, sum.data, sum.len);
-    df_status st = val.failed || sum.failed ? df_error(DF_ERR_NOMEM, "out of memory")
-                                            : write_record(w, &ev);
+    df_status st =
+        val.failed || sum.failed ? df_error(DF_ERR_NOMEM, "out of memory") : write_record(w, &ev);
     free(val.data);
     free(sum.data);
     free(ev.data);
@@ -151,9 +151,8 @@ df_status df_tb_image(df_tb_writer *w, const char *tag, int64_t step, int height
     pb_bytes(&sum, 1, val.data, val.len);
     event_head(&ev, step);
     pb_bytes(&ev, 5, sum.data, sum.len);
-    df_status st = img.failed || val.failed || sum.failed
-                       ? df_error(DF_ERR_NOMEM, "out of memory")
-                       : write_record(w, &ev);
+    df_status st = img.failed || val.failed || sum.failed ? df_error(DF_ERR_NOMEM, "out of memory")
+                                                          : write_record(w, &ev);
     free(img.data);
     free(val.data);
     free(sum.data);

@@ -45,12 +45,12 @@ typedef struct df_cfg_field {
 #define DF_CFG_ORIGIN 300
 
 typedef struct df_cfg_value {
-    double num;                       /* INT, FLOAT, BOOL (0/1) */
-    char *str;                        /* STRING (owned) */
-    int n;                            /* list length */
-    double nums[DF_CFG_MAX_LIST];     /* INT_LIST */
-    char *strs[DF_CFG_MAX_LIST];      /* STRING_LIST (owned) */
-    char origin[DF_CFG_ORIGIN];       /* "default", "<file>:<line>" or "command line" */
+    double num;                   /* INT, FLOAT, BOOL (0/1) */
+    char *str;                    /* STRING (owned) */
+    int n;                        /* list length */
+    double nums[DF_CFG_MAX_LIST]; /* INT_LIST */
+    char *strs[DF_CFG_MAX_LIST];  /* STRING_LIST (owned) */
+    char origin[DF_CFG_ORIGIN];   /* "default", "<file>:<line>" or "command line" */
 } df_cfg_value;
 
 typedef struct df_config {
@@ -95,7 +95,8 @@ DF_API void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f);
 DF_API uint32_t df_crc32c(const void *data, size_t n);
 DF_API uint32_t df_crc32c_update(uint32_t crc, const void *data, size_t n);
 /* snprintf into a path buffer; DF_ERR_INVALID when it does not fit. */
-DF_API df_status df_pathf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+DF_API df_status df_pathf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* mkdir -p. */
 DF_API df_status df_mkdirs(const char *path);
 /* rm -rf (no error when absent). */
@@ -181,7 +182,7 @@ extern const df_cfg_field df_trainer_schema[];
 extern const int df_trainer_schema_len;
 
 typedef struct df_train_opts {
-    const char *resume;     /* NULL, "latest" or a checkpoint folder */
+    const char *resume;       /* NULL, "latest" or a checkpoint folder */
     bool allow_config_change; /* resume even when the config hash differs */
     const char *config_path;  /* for messages */
     int64_t stop_after_steps; /* > 0: behave as if SIGTERM arrived after this step */

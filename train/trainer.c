@@ -70,9 +70,12 @@ const df_cfg_field df_trainer_schema[] = {
     {"ema_inv_gamma", DF_CFG_FLOAT, "1.0", 1e-9, 1e9, NULL, "EMA warm-up inverse gamma"},
     {"ema_power", DF_CFG_FLOAT, "0.75", 0, 100, NULL, "EMA warm-up power"},
     {"mixed_precision", DF_CFG_STRING, "no", 0, 0, "no", "float32 training only (for now)"},
-    {"checkpointing_steps", DF_CFG_INT, "500", 0, 1e12, NULL, "checkpoint every N steps (0: only at the end)", true},
-    {"checkpoints_total_limit", DF_CFG_INT, "0", 0, 1e6, NULL, "keep the newest N checkpoints (0: all)", true},
-    {"logging_steps", DF_CFG_INT, "10", 1, 1e12, NULL, "a log line every N steps (off a terminal)", true},
+    {"checkpointing_steps", DF_CFG_INT, "500", 0, 1e12, NULL,
+     "checkpoint every N steps (0: only at the end)", true},
+    {"checkpoints_total_limit", DF_CFG_INT, "0", 0, 1e6, NULL,
+     "keep the newest N checkpoints (0: all)", true},
+    {"logging_steps", DF_CFG_INT, "10", 1, 1e12, NULL, "a log line every N steps (off a terminal)",
+     true},
     {"validation_steps", DF_CFG_INT, "0", 0, 1e12, NULL,
      "sample a validation grid every N steps (0: only at the end)", true},
     {"num_validation_images", DF_CFG_INT, "16", 0, 1024, NULL, "images in a validation grid", true},
@@ -182,7 +185,8 @@ static df_status open_data(trainer *t) {
     df_dataset_opts o = df_dataset_opts_default();
     o.skip_bad_images = df_config_bool(c, "skip_bad_images");
     DF_TRY(df_dataset_open(dir, &o, &t->data));
-    if (df_dataset_len(t->data) == 0) return df_error(DF_ERR_INVALID, "%s: the dataset is empty", dir);
+    if (df_dataset_len(t->data) == 0)
+        return df_error(DF_ERR_INVALID, "%s: the dataset is empty", dir);
     df_loader_opts lo = df_loader_opts_default((int)df_config_int(c, "train_batch_size"),
                                                (int)df_config_int(c, "resolution"));
     lo.seed = t->seed;
@@ -261,7 +265,8 @@ static df_status write_checkpoint(trainer *t) {
 
 static df_status json_number(const cJSON *o, const char *key, const char *path, double *out) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(it)) return df_error(DF_ERR_FORMAT, "%s: field '%s' missing or not a number", path, key);
+    if (!cJSON_IsNumber(it))
+        return df_error(DF_ERR_FORMAT, "%s: field '%s' missing or not a number", path, key);
     *out = it->valuedouble;
     return DF_OK;
 }
@@ -274,8 +279,9 @@ static df_status read_state_json(trainer *t, const char *path, const df_train_op
     char hash[64] = "", want[32];
     df_status st = json_number(j.root, "step", path, &step);
     if (st == DF_OK) st = json_number(j.root, "world_size", path, &ws);
-    if (st == DF_OK) st = cur ? json_number(cur, "epoch", path, &ep)
-                              : df_error(DF_ERR_FORMAT, "%s: no loader_cursor", path);
+    if (st == DF_OK)
+        st = cur ? json_number(cur, "epoch", path, &ep)
+                 : df_error(DF_ERR_FORMAT, "%s: no loader_cursor", path);
     if (st == DF_OK) st = json_number(cur, "position", path, &pos);
     if (st == DF_OK) st = json_number(j.root, "skipped_steps", path, &skipped);
     if (st == DF_OK) st = json_number(j.root, "nonfinite_in_a_row", path, &row);
@@ -304,7 +310,8 @@ static df_status resume_from(trainer *t, const df_train_opts *opts) {
     if (strcmp(opts->resume, "latest") == 0) {
         df_status st = df_ckpt_find_latest(t->out_dir, dir, sizeof dir);
         if (st == DF_ERR_NOTFOUND) {
-            fprintf(stderr, "diffusion: no checkpoint in %s yet: starting from step 0\n", t->out_dir);
+            fprintf(stderr, "diffusion: no checkpoint in %s yet: starting from step 0\n",
+                    t->out_dir);
             return DF_OK;
         }
         DF_TRY(st);
@@ -405,12 +412,16 @@ static void log_step(trainer *t, double loss, double lr, double norm, double sec
     double eta = ran > 0 ? elapsed / (double)ran * (double)(total - done) : 0;
     if (t->tty) {
         int width = 30, filled = (int)(width * done / (total ? total : 1));
-        fprintf(stderr, "\r[%.*s%*s] %" PRId64 "/%" PRId64 " %.2f it/s loss %.4f lr %.2e ETA %02d:%02d:%02d%s",
+        fprintf(stderr,
+                "\r[%.*s%*s] %" PRId64 "/%" PRId64
+                " %.2f it/s loss %.4f lr %.2e ETA %02d:%02d:%02d%s",
                 filled, "##############################", width - filled, "", done, total, it_s,
                 loss, lr, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
                 done == total ? "\n" : "");
     } else if (done % df_config_int(t->cfg, "logging_steps") == 0 || done == total) {
-        fprintf(stderr, "step %" PRId64 "/%" PRId64 " loss %.6f lr %.3e grad_norm %.4f %.2f it/s ETA %.0fs%s\n",
+        fprintf(stderr,
+                "step %" PRId64 "/%" PRId64
+                " loss %.6f lr %.3e grad_norm %.4f %.2f it/s ETA %.0fs%s\n",
                 done, total, loss, lr, norm, it_s, eta, skipped ? " (skipped: non-finite)" : "");
     }
 }
@@ -434,7 +445,8 @@ static df_status train_step(trainer *t) {
         float value = df_f32(loss)[0];
         loss_sum += value;
         if (!isfinite(value)) finite = false;
-        df_status st = df_backward(t->accum > 1 ? df_mul_scalar(loss, 1.0f / (float)t->accum) : loss);
+        df_status st =
+            df_backward(t->accum > 1 ? df_mul_scalar(loss, 1.0f / (float)t->accum) : loss);
         df_scope_end(s);
         df_batch_free(b);
         DF_TRY(st);
@@ -445,8 +457,10 @@ static df_status train_step(trainer *t) {
     if (finite) finite = df_grad_all_finite(t->params, t->n_params);
     if (finite) {
         double max_norm = df_config_float(t->cfg, "max_grad_norm");
-        if (max_norm > 0) DF_TRY(df_clip_grad_norm(t->params, t->n_params, max_norm, &norm));
-        else norm = df_grad_norm(t->params, t->n_params);
+        if (max_norm > 0)
+            DF_TRY(df_clip_grad_norm(t->params, t->n_params, max_norm, &norm));
+        else
+            norm = df_grad_norm(t->params, t->n_params);
         df_lr_schedule_apply(&t->sched, t->optim, t->step);
         lr = df_optim_group_hparams(t->optim, 0)->lr;
         DF_TRY(df_optim_step(t->optim));
@@ -455,10 +469,11 @@ static df_status train_step(trainer *t) {
     } else {
         t->skipped_steps++;
         if (++t->nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW)
-            return df_error(DF_ERR_INVALID,
-                            "%d steps in a row had a non-finite loss or gradient (last: step %" PRId64
-                            "); lower learning_rate or check the data",
-                            MAX_NONFINITE_IN_A_ROW, t->step);
+            return df_error(
+                DF_ERR_INVALID,
+                "%d steps in a row had a non-finite loss or gradient (last: step %" PRId64
+                "); lower learning_rate or check the data",
+                MAX_NONFINITE_IN_A_ROW, t->step);
     }
     df_optim_zero_grad(t->optim);
     t->step++;
@@ -499,8 +514,9 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     DF_TRY(open_metrics(t));
     DF_TRY(df_pathf(path, sizeof path, "%s/logs", t->out_dir));
     DF_TRY(df_tb_open(&t->tb, path));
-    fprintf(stderr, "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
-                    " -> %" PRId64 ", run folder %s\n",
+    fprintf(stderr,
+            "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
+            " -> %" PRId64 ", run folder %s\n",
             t->recipe->name, (long long)df_params_count(reg), t->n_params,
             (long long)df_dataset_len(t->data), t->step, t->max_steps, t->out_dir);
 
@@ -514,10 +530,12 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         if (val_every > 0 && t->step % val_every == 0 && !last) DF_TRY(validation_grid(t, t->step));
         bool stop = stop_requested != 0 ||
                     (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
-        if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last) DF_TRY(write_checkpoint(t));
+        if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last)
+            DF_TRY(write_checkpoint(t));
         if (stop) {
-            fprintf(stderr, "\ndiffusion: stopped by a signal after step %" PRId64
-                            "; checkpoint written, rerun the same command to resume\n",
+            fprintf(stderr,
+                    "\ndiffusion: stopped by a signal after step %" PRId64
+                    "; checkpoint written, rerun the same command to resume\n",
                     t->step);
             return DF_OK;
         }

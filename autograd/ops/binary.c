@@ -72,18 +72,10 @@ static void fwd_row(const void *c_, const int64_t *off, int64_t n) {
     const float *a = c->a + off[1], *b = c->b + off[2];
     int64_t sa = c->sa, sb = c->sb;
     switch (c->kind) {
-    case BIN_ADD:
-        LOOP2(x + y);
-        break;
-    case BIN_SUB:
-        LOOP2(x - y);
-        break;
-    case BIN_MUL:
-        LOOP2(x * y);
-        break;
-    case BIN_DIV:
-        LOOP2(x / y);
-        break;
+    case BIN_ADD: LOOP2(x + y); break;
+    case BIN_SUB: LOOP2(x - y); break;
+    case BIN_MUL: LOOP2(x * y); break;
+    case BIN_DIV: LOOP2(x / y); break;
     }
 }
 
@@ -146,24 +138,12 @@ static void bwd_row(const void *c_, const int64_t *off, int64_t n) {
     switch (c->kind * 2 + c->which) {
     case BIN_ADD * 2 + 0:
     case BIN_ADD * 2 + 1:
-    case BIN_SUB * 2 + 0:
-        LOOP3(gv);
-        break;
-    case BIN_SUB * 2 + 1:
-        LOOP3(-gv);
-        break;
-    case BIN_MUL * 2 + 0:
-        LOOP3(gv * y);
-        break;
-    case BIN_MUL * 2 + 1:
-        LOOP3(gv * x);
-        break;
-    case BIN_DIV * 2 + 0:
-        LOOP3(gv / y);
-        break;
-    case BIN_DIV * 2 + 1:
-        LOOP3(-gv * ((x / y) / y));
-        break;
+    case BIN_SUB * 2 + 0: LOOP3(gv); break;
+    case BIN_SUB * 2 + 1: LOOP3(-gv); break;
+    case BIN_MUL * 2 + 0: LOOP3(gv * y); break;
+    case BIN_MUL * 2 + 1: LOOP3(gv * x); break;
+    case BIN_DIV * 2 + 0: LOOP3(gv / y); break;
+    case BIN_DIV * 2 + 1: LOOP3(-gv * ((x / y) / y)); break;
     }
 }
 

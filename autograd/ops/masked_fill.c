@@ -12,12 +12,9 @@ typedef struct masked_fill_params {
 
 static inline bool mask_at(const void *m, df_dtype dt, int64_t i) {
     switch (dt) {
-    case DF_DTYPE_U8:
-        return ((const uint8_t *)m)[i] != 0;
-    case DF_DTYPE_I32:
-        return ((const int32_t *)m)[i] != 0;
-    default:
-        return ((const int64_t *)m)[i] != 0;
+    case DF_DTYPE_U8: return ((const uint8_t *)m)[i] != 0;
+    case DF_DTYPE_I32: return ((const int32_t *)m)[i] != 0;
+    default: return ((const int64_t *)m)[i] != 0;
     }
 }
 
@@ -73,8 +70,8 @@ df_tensor *df_masked_fill(df_tensor *a, df_tensor *mask, float value) {
               df_shape_str(a, sa, sizeof sa));
     df_tensor *out = df_tensor_new(DF_DTYPE_F32, a->ndim, a->shape);
     masked_fill_run(df_f32(out), df_f32(a), a, mask, value, false);
-    df_node *n =
-        df_node_new_keep(&masked_fill_op, out, 2, (df_tensor *[]){a, mask}, sizeof(masked_fill_params), 2u);
+    df_node *n = df_node_new_keep(&masked_fill_op, out, 2, (df_tensor *[]){a, mask},
+                                  sizeof(masked_fill_params), 2u);
     if (n) *(masked_fill_params *)n->state = (masked_fill_params){value};
     return out;
 }

@@ -83,14 +83,10 @@ typedef struct scal_case {
 static df_tensor *call_scal(df_tensor **in, void *u) {
     scal_case *c = u;
     switch (c->kind) {
-    case 0:
-        return df_add_scalar(in[0], c->s);
-    case 1:
-        return df_mul_scalar(in[0], c->s);
-    case 2:
-        return df_rsub_scalar(c->s, in[0]);
-    default:
-        return df_rdiv_scalar(c->s, in[0]);
+    case 0: return df_add_scalar(in[0], c->s);
+    case 1: return df_mul_scalar(in[0], c->s);
+    case 2: return df_rsub_scalar(c->s, in[0]);
+    default: return df_rdiv_scalar(c->s, in[0]);
     }
 }
 

@@ -18,7 +18,8 @@ static long rss_kib(void) {
 
 Test(autograd_memory, conv_net_rss_does_not_grow, .timeout = 120) {
     df_tensor *w1 = randn_tensor(1, DF_DIMS(16, 3, 3, 3)), *b1 = randn_tensor(2, DF_DIMS(16));
-    df_tensor *gw = df_tensor_new_owned(DF_DTYPE_F32, DF_DIMS(16)), *gb = randn_tensor(3, DF_DIMS(16));
+    df_tensor *gw = df_tensor_new_owned(DF_DTYPE_F32, DF_DIMS(16)),
+              *gb = randn_tensor(3, DF_DIMS(16));
     df_tensor_fill_(gw, 1.0);
     df_tensor *w2 = randn_tensor(4, DF_DIMS(3, 16, 3, 3)), *b2 = randn_tensor(5, DF_DIMS(3));
     df_tensor *params[] = {w1, b1, gw, gb, w2, b2};
@@ -49,8 +50,7 @@ Test(autograd_memory, conv_net_rss_does_not_grow, .timeout = 120) {
     cr_expect_leq(rss_end - rss_warm, 1024, "RSS grew by %ld KiB between steps 20 and 200",
                   rss_end - rss_warm);
     cr_expect_eq(df_mem_get_stats().system_allocs, allocs_warm,
-                 "the pool allocated after warm-up (%llu -> %llu)",
-                 (unsigned long long)allocs_warm,
+                 "the pool allocated after warm-up (%llu -> %llu)", (unsigned long long)allocs_warm,
                  (unsigned long long)df_mem_get_stats().system_allocs);
     for (int i = 0; i < 6; i++) df_tensor_free(params[i]);
     df_flat_free(&flat);

@@ -20,48 +20,27 @@ static df_tensor *call_unary(df_tensor **in, void *u) {
     const unary_case *c = u;
     df_tensor *x = in[0];
     switch (c->kind) {
-    case 0:
-        return df_neg(x);
-    case 1:
-        return df_exp(x);
-    case 2:
-        return df_log(x);
-    case 3:
-        return df_sqrt(x);
-    case 4:
-        return df_rsqrt(x);
-    case 5:
-        return df_pow(x, 2.0f);
-    case 6:
-        return df_pow(x, 3.0f);
-    case 7:
-        return df_pow(x, 0.5f);
-    case 8:
-        return df_pow(x, -0.5f);
-    case 9:
-        return df_pow(x, -1.0f);
-    case 10:
-        return df_pow(x, -2.0f);
-    case 11:
-        return df_pow(x, 1.7f);
-    case 12:
-        return df_pow(x, 0.0f);
-    case 13:
-        return df_pow(x, 1.0f);
-    case 14:
-        return df_clamp(x, -0.55f, 0.65f);
-    case 15:
-        return df_sigmoid(x);
-    case 16:
-        return df_tanh(x);
-    case 17:
-        return df_silu(x);
-    case 18:
-        return df_gelu(x);
-    case 19:
-        return df_gelu_tanh(x);
-    default:
-        return df_quick_gelu(x);
+    case 0: return df_neg(x);
+    case 1: return df_exp(x);
+    case 2: return df_log(x);
+    case 3: return df_sqrt(x);
+    case 4: return df_rsqrt(x);
+    case 5: return df_pow(x, 2.0f);
+    case 6: return df_pow(x, 3.0f);
+    case 7: return df_pow(x, 0.5f);
+    case 8: return df_pow(x, -0.5f);
+    case 9: return df_pow(x, -1.0f);
+    case 10: return df_pow(x, -2.0f);
+    case 11: return df_pow(x, 1.7f);
+    case 12: return df_pow(x, 0.0f);
+    case 13: return df_pow(x, 1.0f);
+    case 14: return df_clamp(x, -0.55f, 0.65f);
+    case 15: return df_sigmoid(x);
+    case 16: return df_tanh(x);
+    case 17: return df_silu(x);
+    case 18: return df_gelu(x);
+    case 19: return df_gelu_tanh(x);
+    default: return df_quick_gelu(x);
     }
 }
 

@@ -11,8 +11,8 @@
 /* Asserts |got - want| <= atol + rtol * |want| elementwise over n floats. On failure prints the
  * label, the max abs and rel differences, the first bad index and the first pairs, then fails
  * the test. */
-void check_close_f32(const char *label, const float *got, const float *want, int64_t n,
-                     double atol, double rtol);
+void check_close_f32(const char *label, const float *got, const float *want, int64_t n, double atol,
+                     double rtol);
 /* As check_close_f32 for two tensors of equal shape (converted to F32). */
 void check_close(const char *label, const df_tensor *got, const df_tensor *want, double atol,
                  double rtol);

@@ -54,9 +54,9 @@ static void run_loop(const char *file, const char *config, const char *cls) {
     df_sched_config_free(&cfg);
 }
 
-#define LOOP(name, file, config, cls)                                                             \
-    Test(infer_pipeline_loop, name) {                                                             \
-        run_loop(file, config, cls);                                                              \
+#define LOOP(name, file, config, cls)                                                              \
+    Test(infer_pipeline_loop, name) {                                                              \
+        run_loop(file, config, cls);                                                               \
     }
 
 LOOP(ddpm, "DDPMScheduler.safetensors", "scheduler_config.json", "DDPMScheduler")

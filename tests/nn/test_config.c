@@ -58,8 +58,8 @@ Test(nn_config, defaults_when_fields_absent) {
 
 Test(nn_config, heads_from_attention_head_dim) {
     df_unet2d_cond_config c;
-    const char *p = write_file("config.json",
-                               "{\"attention_head_dim\": [5, 10, 20, 20], \"cross_attention_dim\": 1024}");
+    const char *p = write_file(
+        "config.json", "{\"attention_head_dim\": [5, 10, 20, 20], \"cross_attention_dim\": 1024}");
     cr_assert_eq(df_unet2d_cond_config_load(p, &c), DF_OK, "%s", df_last_error());
     cr_assert_eq(c.num_attention_heads[0], 5);
     cr_assert_eq(c.num_attention_heads[3], 20);
@@ -68,29 +68,33 @@ Test(nn_config, heads_from_attention_head_dim) {
 
 Test(nn_config, wrong_type_names_file_and_field) {
     df_unet2d_config c;
-    expect_error(df_unet2d_config_load(write_file("config.json", "{\"layers_per_block\": \"two\"}"), &c),
-                 DF_ERR_FORMAT, "'layers_per_block'");
+    expect_error(
+        df_unet2d_config_load(write_file("config.json", "{\"layers_per_block\": \"two\"}"), &c),
+        DF_ERR_FORMAT, "'layers_per_block'");
     cr_assert(strstr(df_last_error(), "config.json"));
-    expect_error(df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 1.5]}"), &c),
-                 DF_ERR_FORMAT, "'block_out_channels'");
+    expect_error(
+        df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 1.5]}"), &c),
+        DF_ERR_FORMAT, "'block_out_channels'");
     expect_error(df_unet2d_config_load(write_file("c.json", "{\"norm_eps\": true}"), &c),
                  DF_ERR_FORMAT, "'norm_eps'");
 }
 
 Test(nn_config, inconsistent_lists) {
     df_unet2d_config c;
-    expect_error(df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 64]}"), &c),
-                 DF_ERR_FORMAT, "same non-zero length");
-    expect_error(df_unet2d_config_load(
-                     write_file("c.json", "{\"block_out_channels\": [30, 60, 90, 120], "
-                                          "\"norm_num_groups\": 32}"),
-                     &c),
-                 DF_ERR_FORMAT, "'norm_num_groups'");
+    expect_error(
+        df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 64]}"), &c),
+        DF_ERR_FORMAT, "same non-zero length");
+    expect_error(
+        df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [30, 60, 90, 120], "
+                                                   "\"norm_num_groups\": 32}"),
+                              &c),
+        DF_ERR_FORMAT, "'norm_num_groups'");
 }
 
 Test(nn_config, unsupported_features_refused) {
     df_unet2d_cond_config c;
-    expect_error(df_unet2d_cond_config_load(write_file("c.json", "{\"class_embed_type\": \"timestep\"}"), &c),
+    expect_error(df_unet2d_cond_config_load(
+                     write_file("c.json", "{\"class_embed_type\": \"timestep\"}"), &c),
                  DF_ERR_UNSUPPORTED, "'class_embed_type'");
     df_vae_config v;
     expect_error(df_vae_config_load(write_file("c.json", "{\"act_fn\": \"relu\"}"), &v),
@@ -99,9 +103,10 @@ Test(nn_config, unsupported_features_refused) {
 
 Test(nn_config, malformed_json_gives_line) {
     df_vae_config v;
-    expect_error(df_vae_config_load(write_file("c.json", "{\n\"a\": 1,\n\"b\": }"), &v), DF_ERR_FORMAT,
-                 "c.json:3");
-    expect_error(df_vae_config_load(write_file("c.json", "[1, 2]"), &v), DF_ERR_FORMAT, "not a JSON object");
+    expect_error(df_vae_config_load(write_file("c.json", "{\n\"a\": 1,\n\"b\": }"), &v),
+                 DF_ERR_FORMAT, "c.json:3");
+    expect_error(df_vae_config_load(write_file("c.json", "[1, 2]"), &v), DF_ERR_FORMAT,
+                 "not a JSON object");
     char missing[300];
     snprintf(missing, sizeof missing, "%s/absent.json", tmpdir);
     expect_error(df_vae_config_load(missing, &v), DF_ERR_IO, "absent.json");
@@ -124,28 +129,31 @@ static const char *save(const char *file, int n, const char **names, df_tensor *
 Test(nn_config, load_rules) {
     df_params r;
     build_registry(&r);
-    df_tensor *a = df_full(DF_DTYPE_F32, DF_DIMS(2, 2), 3.0), *b = df_full(DF_DTYPE_F32, DF_DIMS(3), 4.0);
+    df_tensor *a = df_full(DF_DTYPE_F32, DF_DIMS(2, 2), 3.0),
+              *b = df_full(DF_DTYPE_F32, DF_DIMS(3), 4.0);
     df_tensor *wrong = df_zeros(DF_DTYPE_F32, DF_DIMS(4));
 
     /* legacy name `query` maps to `to_q`; an extra key is counted, not fatal */
     df_tensor *extra = df_zeros(DF_DTYPE_F32, DF_DIMS(1));
     int unexpected = -1;
-    const char *ok = save("legacy.safetensors", 3,
-                          (const char *[]){"mid_block.attentions.0.query.weight", "conv_in.weight",
-                                           "something.else"},
-                          (df_tensor *[]){a, b, extra});
+    const char *ok = save(
+        "legacy.safetensors", 3,
+        (const char *[]){"mid_block.attentions.0.query.weight", "conv_in.weight", "something.else"},
+        (df_tensor *[]){a, b, extra});
     cr_assert_eq(df_params_load(&r, ok, &unexpected), DF_OK, "%s", df_last_error());
     cr_assert_eq(unexpected, 1);
     cr_assert_eq(df_tensor_get(df_params_find(&r, "mid_block.attentions.0.to_q.weight"), 3), 3.0);
 
-    const char *missing = save("missing.safetensors", 1, (const char *[]){"conv_in.weight"},
-                               (df_tensor *[]){b});
-    expect_error(df_params_load(&r, missing, NULL), DF_ERR_NOTFOUND, "mid_block.attentions.0.to_q.weight");
+    const char *missing =
+        save("missing.safetensors", 1, (const char *[]){"conv_in.weight"}, (df_tensor *[]){b});
+    expect_error(df_params_load(&r, missing, NULL), DF_ERR_NOTFOUND,
+                 "mid_block.attentions.0.to_q.weight");
     cr_assert(strstr(df_last_error(), "missing.safetensors"));
 
-    const char *shape = save("shape.safetensors", 2,
-                             (const char *[]){"mid_block.attentions.0.to_q.weight", "conv_in.weight"},
-                             (df_tensor *[]){a, wrong});
+    const char *shape =
+        save("shape.safetensors", 2,
+             (const char *[]){"mid_block.attentions.0.to_q.weight", "conv_in.weight"},
+             (df_tensor *[]){a, wrong});
     expect_error(df_params_load(&r, shape, NULL), DF_ERR_FORMAT, "'conv_in.weight' has shape [4]");
     df_tensor_free(a);
     df_tensor_free(b);

@@ -72,7 +72,8 @@ static void check_registry(const df_params *r, const char *rel) {
 
 static void check_unet_cond(const char *config, const char *keys, int64_t want_count) {
     df_unet2d_cond_config c;
-    cr_assert_eq(df_unet2d_cond_config_load(fixture_path(config), &c), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_unet2d_cond_config_load(fixture_path(config), &c), DF_OK, "%s",
+                 df_last_error());
     df_unet2d_cond m;
     cr_assert_eq(df_unet2d_cond_init(&m, &c, (df_init){.shapes_only = true}), DF_OK, "%s",
                  df_last_error());

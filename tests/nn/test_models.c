@@ -74,9 +74,9 @@ static void run_case(const char *name) {
         }
         char probe[128];
         snprintf(probe, sizeof probe, "probe.%s", outputs[i].name);
-        const char *pn = df_st_find(in, probe) ? probe
+        const char *pn = df_st_find(in, probe)                                           ? probe
                          : strcmp(outputs[i].name, df_component_main_output(&comp)) == 0 ? "probe"
-                                                                                       : NULL;
+                                                                                         : NULL;
         if (!pn) continue;
         df_tensor *p;
         cr_assert_eq(df_st_read(in, pn, DF_DTYPE_F32, &p), DF_OK);
@@ -119,8 +119,10 @@ static void run_case(const char *name) {
         cr_assert(g, "%s: parameter %s got no gradient", name, pname);
         df_tensor *w;
         cr_assert_eq(df_st_read(want, key, DF_DTYPE_F32, &w), DF_OK);
-        if (is_key_bias(pname)) check_close(key, g, w, 1e-6 * gmax, 0);
-        else expect_rel(key, g, w);
+        if (is_key_bias(pname))
+            check_close(key, g, w, 1e-6 * gmax, 0);
+        else
+            expect_rel(key, g, w);
     }
     df_st_close(in);
     df_st_close(want);

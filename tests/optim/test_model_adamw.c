@@ -23,7 +23,8 @@ static void trajectory(const char *name) {
     df_tensor *params[1024];
     const char *names[1024];
     cr_assert_leq(reg->n, 1024);
-    for (int i = 0; i < reg->n; i++) params[i] = reg->items[i].tensor, names[i] = reg->items[i].name;
+    for (int i = 0; i < reg->n; i++)
+        params[i] = reg->items[i].tensor, names[i] = reg->items[i].name;
     df_optim_hparams h = df_optim_hparams_default(DF_OPTIM_ADAMW);
     h.lr = 1e-3, h.beta1 = 0.9, h.beta2 = 0.999, h.eps = 1e-8, h.weight_decay = 1e-2;
     df_param_group g = {.params = params, .names = names, .n = reg->n, .h = h};
@@ -58,7 +59,7 @@ static void trajectory(const char *name) {
         for (int i = 0; i < n_out; i++) {
             char probe[128];
             snprintf(probe, sizeof probe, "probe.%s", out[i].name);
-            const char *pn = df_st_find(in, probe) ? probe
+            const char *pn = df_st_find(in, probe)                                       ? probe
                              : strcmp(out[i].name, df_component_main_output(&comp)) == 0 ? "probe"
                                                                                          : NULL;
             if (!pn) continue;

@@ -43,7 +43,8 @@ static void setup(void) {
     FILE *f = fopen(path, "w");
     fputs("{\"_class_name\": \"DDPMPipeline\", \"_diffusers_version\": \"0.21.4\", "
           "\"scheduler\": [\"diffusers\", \"PNDMScheduler\"], \"unet\": [\"diffusers\", "
-          "\"UNet2DModel\"]}\n", f);
+          "\"UNet2DModel\"]}\n",
+          f);
     fclose(f);
 }
 
@@ -66,7 +67,8 @@ static df_tensor *read_sample(const char *file) {
 
 Test(recipes_cmd_sample, grid_and_determinism) {
     char out[8192], args[2048];
-    snprintf(args, sizeof args, "%s/pipe --scheduler DDIMScheduler --steps 4 --n 3 --seed 7 --out %s/g.png", dir, dir);
+    snprintf(args, sizeof args,
+             "%s/pipe --scheduler DDIMScheduler --steps 4 --n 3 --seed 7 --out %s/g.png", dir, dir);
     cr_assert_eq(run(args, out, sizeof out), 0, "%s", out);
     char path[512];
     snprintf(path, sizeof path, "%s/g.png", dir);
@@ -81,9 +83,15 @@ Test(recipes_cmd_sample, grid_and_determinism) {
               "parameters chunk lacks the settings");
 
     df_scope s = df_scope_begin();
-    snprintf(args, sizeof args, "%s/pipe --scheduler DDIMScheduler --steps 4 --n 2 --seed 7 --out-tensor %s/a.safetensors", dir, dir);
+    snprintf(
+        args, sizeof args,
+        "%s/pipe --scheduler DDIMScheduler --steps 4 --n 2 --seed 7 --out-tensor %s/a.safetensors",
+        dir, dir);
     cr_assert_eq(run(args, out, sizeof out), 0, "%s", out);
-    snprintf(args, sizeof args, "%s/pipe --scheduler DDIMScheduler --steps 4 --n 2 --seed 7 --out-tensor %s/b.safetensors", dir, dir);
+    snprintf(
+        args, sizeof args,
+        "%s/pipe --scheduler DDIMScheduler --steps 4 --n 2 --seed 7 --out-tensor %s/b.safetensors",
+        dir, dir);
     cr_assert_eq(run(args, out, sizeof out), 0, "%s", out);
     df_tensor *a = read_sample("a.safetensors"), *b = read_sample("b.safetensors");
     check_close("same seed", a, b, 0, 0);
@@ -97,11 +105,15 @@ Test(recipes_cmd_sample, grid_and_determinism) {
     const char *name = "latents";
     snprintf(path, sizeof path, "%s/lat.safetensors", dir);
     cr_assert_eq(df_st_save(path, 1, &name, (const df_tensor *const *)&lat, 0, NULL, NULL), DF_OK);
-    snprintf(args, sizeof args, "%s/pipe --scheduler DDIMScheduler --steps 4 --latents %s --seed 7 --out-tensor %s/c.safetensors", dir, path, dir);
+    snprintf(args, sizeof args,
+             "%s/pipe --scheduler DDIMScheduler --steps 4 --latents %s --seed 7 --out-tensor "
+             "%s/c.safetensors",
+             dir, path, dir);
     cr_assert_eq(run(args, out, sizeof out), 0, "%s", out);
     check_close("--latents", read_sample("c.safetensors"), a, 0, 0);
     /* the folder's own scheduler (PNDM) runs too, and differs */
-    snprintf(args, sizeof args, "%s/pipe --steps 4 --n 2 --seed 7 --out-tensor %s/d.safetensors", dir, dir);
+    snprintf(args, sizeof args, "%s/pipe --steps 4 --n 2 --seed 7 --out-tensor %s/d.safetensors",
+             dir, dir);
     cr_assert_eq(run(args, out, sizeof out), 0, "%s", out);
     cr_assert_gt(rel_max_err(read_sample("d.safetensors"), a), 1e-3);
     df_scope_end(s);

@@ -169,7 +169,8 @@ static void expect_same_run(const char *a, const char *b, int64_t step) {
 Test(recipes_train, loss_falls, .timeout = 300) {
     char out[65536];
     cr_assert_eq(train("fall", "max_train_steps=30 learning_rate=1e-2 lr_scheduler=constant", out,
-                       sizeof out), 0, "%s", out);
+                       sizeof out),
+                 0, "%s", out);
     char path[512];
     size_t len;
     snprintf(path, sizeof path, "%s/fall/metrics.jsonl", root);
@@ -185,7 +186,8 @@ Test(recipes_train, loss_falls, .timeout = 300) {
     }
     free(text);
     cr_assert_eq(step, 30);
-    cr_expect_lt(last, 0.8 * first, "loss did not fall: first 5 steps %.4f, last 5 %.4f", first, last);
+    cr_expect_lt(last, 0.8 * first, "loss did not fall: first 5 steps %.4f, last 5 %.4f", first,
+                 last);
     /* the export is a diffusers pipeline folder */
     snprintf(path, sizeof path, "%s/fall/model_index.json", root);
     cr_assert(access(path, R_OK) == 0);
@@ -207,8 +209,15 @@ Test(recipes_train, stop_and_resume_is_exact, .timeout = 300) {
 static pid_t spawn_train(const char *run, bool resume) {
     char outdir[400];
     snprintf(outdir, sizeof outdir, "output_dir=%s/%s", root, run);
-    char *argv[] = {(char *)DF_CLI, "train", yaml, outdir, "checkpointing_steps=1",
-                    "max_train_steps=30", resume ? "--resume" : NULL, "latest", NULL};
+    char *argv[] = {(char *)DF_CLI,
+                    "train",
+                    yaml,
+                    outdir,
+                    "checkpointing_steps=1",
+                    "max_train_steps=30",
+                    resume ? "--resume" : NULL,
+                    "latest",
+                    NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
@@ -298,15 +307,17 @@ Test(recipes_train_slow, kill9_twenty_times, .timeout = 1800) {
 
 Test(recipes_train, damaged_checkpoint_falls_back, .timeout = 300) {
     char out[65536], path[512];
-    cr_assert_eq(train("dmg", "checkpointing_steps=4 max_train_steps=8", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("dmg", "checkpointing_steps=4 max_train_steps=8", out, sizeof out), 0, "%s",
+                 out);
     snprintf(path, sizeof path, "%s/dmg/checkpoint-8/training/optimizer.safetensors", root);
     FILE *f = fopen(path, "r+b");
     cr_assert(f);
     fseek(f, 200, SEEK_SET);
     fputc('X', f);
     fclose(f);
-    cr_assert_eq(train("dmg", "checkpointing_steps=4 max_train_steps=8 --resume latest", out,
-                       sizeof out), 0, "%s", out);
+    cr_assert_eq(
+        train("dmg", "checkpointing_steps=4 max_train_steps=8 --resume latest", out, sizeof out), 0,
+        "%s", out);
     cr_assert(strstr(out, "skipping damaged checkpoint"), "%s", out);
     cr_assert(strstr(out, "checkpoint-4 (step 4)"), "%s", out);
 }
@@ -315,13 +326,16 @@ Test(recipes_train, config_errors_are_exact) {
     char out[65536];
     cr_assert_eq(train("e", "learnig_rate=1", out, sizeof out), 1);
     cr_assert(strstr(out, "diffusion: config: unknown key 'learnig_rate' (did you mean "
-                          "'learning_rate'?) (command line)\n"), "%s", out);
+                          "'learning_rate'?) (command line)\n"),
+              "%s", out);
     cr_assert_eq(train("e", "train_batch_size=many", out, sizeof out), 1);
     cr_assert(strstr(out, "diffusion: config: 'train_batch_size': expected an integer, got 'many' "
-                          "(command line:1)\n"), "%s", out);
+                          "(command line:1)\n"),
+              "%s", out);
     cr_assert_eq(train("e", "learning_rate=-1", out, sizeof out), 1);
     cr_assert(strstr(out, "diffusion: config: 'learning_rate': -1 is out of range [0, 10] "
-                          "(command line:1)\n"), "%s", out);
+                          "(command line:1)\n"),
+              "%s", out);
     cr_assert_eq(train("e", "train_data_dir=/nonexistent", out, sizeof out), 1);
     cr_assert(strstr(out, "/nonexistent"), "%s", out);
 }
@@ -329,10 +343,12 @@ Test(recipes_train, config_errors_are_exact) {
 Test(recipes_train, injected_nan_is_skipped, .timeout = 300) {
     char out[65536];
     cr_assert_eq(train("nan", "max_train_steps=4 checkpointing_steps=2 inject_nan_at_step=2", out,
-                       sizeof out), 0, "%s", out);
+                       sizeof out),
+                 0, "%s", out);
     /* step index 2 (the third step) was skipped: weights after it equal those before it */
     cr_assert_eq(train("nan2", "max_train_steps=4 checkpointing_steps=3 inject_nan_at_step=2", out,
-                       sizeof out), 0, "%s", out);
+                       sizeof out),
+                 0, "%s", out);
     expect_same_file("nan", "nan2", "checkpoint-4/training/model.safetensors"); /* sanity */
     char a[512], b[512];
     snprintf(a, sizeof a, "checkpoint-2/training/model.safetensors");
@@ -341,8 +357,7 @@ Test(recipes_train, injected_nan_is_skipped, .timeout = 300) {
     snprintf(pa, sizeof pa, "%s/nan/%s", root, a);
     size_t la, lb;
     char *x = read_file(pa, &la), *y = read_file(b, &lb);
-    cr_assert(x && y && la == lb && memcmp(x, y, la) == 0,
-              "the skipped step changed the weights");
+    cr_assert(x && y && la == lb && memcmp(x, y, la) == 0, "the skipped step changed the weights");
     free(x);
     free(y);
     char *m = losses_of("nan");

@@ -59,7 +59,8 @@ Test(train_config, file_then_command_line) {
     cr_assert_eq(df_config_int(&cfg, "model.layers_per_block"), 3);
     cr_assert(df_config_bool(&cfg, "use_ema"));
     cr_assert_eq(df_config_set(&cfg, "train_batch_size=4"), DF_OK);
-    cr_assert_eq(df_config_set(&cfg, "model.block_out_channels=[8, 16]"), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_config_set(&cfg, "model.block_out_channels=[8, 16]"), DF_OK, "%s",
+                 df_last_error());
     cr_assert_eq(df_config_int(&cfg, "train_batch_size"), 4);
     int64_t ch[4];
     cr_assert_eq(df_config_list(&cfg, "model.block_out_channels", ch, 4), 2);
@@ -86,8 +87,9 @@ Test(train_config, exact_errors) {
                    "'model.block_out_channels': expected a list of integers (recipe.yaml:2)");
     expect_message(df_config_set(&cfg, "use_ema=maybe"),
                    "'use_ema': expected true or false, got 'maybe' (command line:1)");
-    expect_message(df_config_set(&cfg, "train_batchsize=2"),
-                   "unknown key 'train_batchsize' (did you mean 'train_batch_size'?) (command line)");
+    expect_message(
+        df_config_set(&cfg, "train_batchsize=2"),
+        "unknown key 'train_batchsize' (did you mean 'train_batch_size'?) (command line)");
     expect_message(load("a: [1, 2\n"),
                    "not valid YAML: did not find expected ',' or ']' (recipe.yaml:2)");
     expect_message(load("- 1\n- 2\n"), "the top level must be a mapping of keys (recipe.yaml:1)");
@@ -99,7 +101,8 @@ Test(train_config, a_failed_load_keeps_earlier_values) {
 }
 
 Test(train_config, write_reload_and_hash) {
-    cr_assert_eq(load("output_dir: \"runs/a b\"\nmodel:\n  down_block_types: [X, \"Y: z\"]\n"), DF_OK);
+    cr_assert_eq(load("output_dir: \"runs/a b\"\nmodel:\n  down_block_types: [X, \"Y: z\"]\n"),
+                 DF_OK);
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);

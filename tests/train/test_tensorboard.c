@@ -32,11 +32,16 @@ static const unsigned char *field_of(const unsigned char *m, size_t n, int field
         int f = (int)(key >> 3), wt = (int)(key & 7);
         const unsigned char *start = p;
         size_t l = 0;
-        if (wt == 0) *num = varint(&p, end), l = (size_t)(p - start);
-        else if (wt == 1) l = 8, p += 8;
-        else if (wt == 5) l = 4, p += 4;
-        else if (wt == 2) l = varint(&p, end), start = p, p += l;
-        else cr_assert_fail("bad wire type %d", wt);
+        if (wt == 0)
+            *num = varint(&p, end), l = (size_t)(p - start);
+        else if (wt == 1)
+            l = 8, p += 8;
+        else if (wt == 5)
+            l = 4, p += 4;
+        else if (wt == 2)
+            l = varint(&p, end), start = p, p += l;
+        else
+            cr_assert_fail("bad wire type %d", wt);
         if (f == field) {
             *len = l;
             return start;
