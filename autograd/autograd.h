@@ -412,6 +412,11 @@ DF_API df_tensor *df_transpose(df_tensor *a, int d0, int d1);
  * blocked, is not 4-D, C is not a multiple of B, or B is 0. df_to_plain: x in plain layout (an
  * alias of x when plain). Both are differentiable (the gradient takes the reverse reorder). */
 DF_API int df_act_block(void);
+/* Makes B = block (0, 8 or 16) from now on, whatever the machine's kernels prefer, and returns
+ * the B in force before. For tests that compare block widths: oneDNN runs a convolution in a
+ * layout that is not its own through a slower kernel, with the same results up to rounding.
+ * Call it with no blocked tensor alive; not thread-safe against ops running meanwhile. */
+DF_API int df_act_block_set(int block);
 DF_API df_tensor *df_to_blocked(df_tensor *x);
 DF_API df_tensor *df_to_plain(df_tensor *x);
 

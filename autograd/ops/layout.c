@@ -4,7 +4,8 @@
  *   df_act_block: asks oneDNN which source layout it picks (format_tag_any) for a 3x3
  *                 convolution of 64 channels; B is that layout's channel block (nChw8c with
  *                 AVX2, nChw16c with AVX-512), 0 when it is not a channel-blocked layout or the
- *                 environment sets DF_ACT_LAYOUT=plain. Decided once per process.
+ *                 environment sets DF_ACT_LAYOUT=plain. Decided once per process;
+ *                 df_act_block_set changes it (tests: results must not depend on B).
  *   to_blocked:   y = reorder(x) nchw -> nChw{B}c        backward: gx (=/+=) reorder(G) back
  *   to_plain:     y = reorder(x) nChw{B}c -> nchw         backward: gx (=/+=) reorder(G) back
  *   A reorder only moves elements, so values are exact both ways. The reorders are oneDNN's
@@ -52,6 +53,13 @@ static void act_block_init(void) {
 int df_act_block(void) {
     pthread_once(&act_block_once, act_block_init);
     return act_block;
+}
+
+int df_act_block_set(int block) {
+    DF_ASSERT(block == 0 || block == 8 || block == 16, "df_act_block_set: block %d", block);
+    int old = df_act_block();
+    act_block = block;
+    return old;
 }
 
 typedef struct reorder_ctx {

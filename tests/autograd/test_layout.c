@@ -19,22 +19,31 @@ static void need_blocks(void) {
     if (df_act_block() == 0) cr_skip_test("no channel-blocked convolution layout here");
 }
 
+/* The channel block B the shapes below are built from: this machine's (8 with AVX2, 16 with
+ * AVX-512), or 8 where nothing is blocked (those cases then compare plain with plain). No test
+ * assumes one width: channel counts are multiples of B, or B + B / 2 to miss the blocks. */
+static int64_t blk(void) {
+    int b = df_act_block();
+    return b ? b : 8;
+}
+
 /* x plain -> f on blocked tensors -> plain: what a gradcheck and a plain comparison see. */
 typedef df_tensor *(*blocked_fn)(df_tensor **blocked, df_tensor **plain, void *user);
 
 typedef struct wrap {
     blocked_fn f;
-    int n_act;    /* inputs[0..n_act) are activations, given to f blocked */
-    bool blocked; /* false: run f on plain activations (the reference) */
+    int n_act; /* inputs[0..n_act) are activations, given to f blocked */
     void *user;
 } wrap;
 
+/* f on in[0..n_act) converted to the current block (df_act_block; with block 0, df_to_blocked
+ * is the identity: the plain reference). */
 static df_tensor *wrapped(df_tensor **in, void *user) {
     wrap *w = user;
     df_tensor *b[4] = {0};
-    for (int i = 0; i < w->n_act; i++) b[i] = w->blocked ? df_to_blocked(in[i]) : in[i];
+    for (int i = 0; i < w->n_act; i++) b[i] = df_to_blocked(in[i]);
     for (int i = 0; i < w->n_act; i++)
-        if (w->blocked) cr_assert_eq(b[i]->block, df_act_block(), "input %d not blocked", i);
+        cr_assert_eq(b[i]->block, df_act_block(), "input %d not blocked", i);
     return df_to_plain(w->f(b, in + w->n_act, w->user));
 }
 
@@ -47,14 +56,16 @@ static double max_abs(const df_tensor *t) {
     return m;
 }
 
-/* Runs f on blocked and on plain activations: forward values and every input's gradient
- * (for the seed r) within tol relative to each tensor's largest value (0: bitwise). */
+/* Runs f with blocking off (block 0: the plain reference) and on: forward values and every
+ * input's gradient (for the seed r) within tol relative to each tensor's largest value (0:
+ * bitwise). */
 static void compare_blocked(const char *label, blocked_fn f, void *user, df_tensor **in, int n,
                             int n_act, double tol) {
     need_blocks();
     df_tensor *grads[2][8] = {{0}}, *outs[2];
     for (int mode = 0; mode < 2; mode++) {
-        wrap w = {f, n_act, mode == 1, user};
+        wrap w = {f, n_act, user};
+        int machine_block = df_act_block_set(mode == 0 ? 0 : df_act_block());
         for (int i = 0; i < n; i++) df_tensor_zero_grad(in[i]);
         df_scope s = df_scope_begin();
         df_tensor *y = wrapped(in, &w);
@@ -66,6 +77,7 @@ static void compare_blocked(const char *label, blocked_fn f, void *user, df_tens
         for (int i = 0; i < n; i++)
             if (grads[mode][i]) df_tensor_retain(grads[mode][i]);
         df_scope_end(s);
+        df_act_block_set(machine_block);
     }
     char buf[128];
     snprintf(buf, sizeof buf, "%s: forward", label);
@@ -87,7 +99,7 @@ static void compare_blocked(const char *label, blocked_fn f, void *user, df_tens
 static void check_blocked(const char *label, blocked_fn f, void *user, df_tensor **in, int n,
                           int n_act, double tol) {
     compare_blocked(label, f, user, in, n, n_act, tol);
-    wrap w = {f, n_act, true, user};
+    wrap w = {f, n_act, user};
     char buf[128];
     snprintf(buf, sizeof buf, "%s: gradcheck", label);
     gradcheck(buf, wrapped, &w, in, n, EPS, ATOL, RTOL);
@@ -195,7 +207,9 @@ Test(autograd_layout, conv2d_3x3_winograd_same_as_plain) {
 
 Test(autograd_layout, conv2d_3x3_winograd_odd_sizes_no_bias) {
     /* odd height and width: the last tiles reach past the image; more channels in than out */
-    df_tensor *in[3] = {param(1, DF_DIMS(3, 24, 7, 5)), param(2, DF_DIMS(16, 24, 3, 3)), NULL};
+    int64_t B = blk();
+    df_tensor *in[3] = {param(1, DF_DIMS(3, 3 * B, 7, 5)), param(2, DF_DIMS(2 * B, 3 * B, 3, 3)),
+                        NULL};
     check_conv3x3("conv2d 3x3, 7x5, no bias", in, 2);
 }
 
@@ -221,7 +235,7 @@ Test(autograd_layout, conv2d_3x3_winograd_wide_all_passes) {
      * small against it */
     df_tensor_set_requires_grad(in[1], false);
     df_tensor_set_requires_grad(in[2], false);
-    wrap w = {conv_fn, 1, true, &p};
+    wrap w = {conv_fn, 1, &p};
     gradcheck("conv2d 3x3 wide: gradcheck of x", wrapped, &w, in, 3, 1.0, ATOL, RTOL);
     free_all(in, 3);
 }
@@ -245,7 +259,8 @@ Test(autograd_layout, conv2d_3x3_winograd_many_chunks) {
     df_tensor *in[3] = {x, w, b};
     df_tensor *grads[2][3], *outs[2];
     for (int mode = 0; mode < 2; mode++) { /* no gradcheck: 35 k inputs */
-        wrap wr = {conv_fn, 1, mode == 1, &p};
+        wrap wr = {conv_fn, 1, &p};
+        int machine_block = df_act_block_set(mode == 0 ? 0 : df_act_block());
         for (int i = 0; i < 3; i++) df_tensor_zero_grad(in[i]);
         df_scope s = df_scope_begin();
         df_tensor *y = wrapped(in, &wr);
@@ -254,6 +269,7 @@ Test(autograd_layout, conv2d_3x3_winograd_many_chunks) {
         outs[mode] = df_tensor_retain(df_detach(y));
         for (int i = 0; i < 3; i++) grads[mode][i] = df_tensor_retain(df_tensor_clone(in[i]->grad));
         df_scope_end(s);
+        df_act_block_set(machine_block);
     }
     check_close("many chunks: forward", outs[1], outs[0], WINOGRAD_TOL, WINOGRAD_TOL);
     /* the weight and bias gradients sum 35 k products: relative to their size */
@@ -394,7 +410,8 @@ static df_tensor *concat_fn(df_tensor **b, df_tensor **p, void *u) {
 }
 
 Test(autograd_layout, concat_along_channels) {
-    df_tensor *in[2] = {param(1, DF_DIMS(2, 16, 3, 2)), param(2, DF_DIMS(2, 8 * 3, 3, 2))};
+    int64_t B = blk();
+    df_tensor *in[2] = {param(1, DF_DIMS(2, 2 * B, 3, 2)), param(2, DF_DIMS(2, 3 * B, 3, 2))};
     check_blocked("concat", concat_fn, NULL, in, 2, 1, 0);
     need_blocks();
     df_tensor *b = df_to_blocked(in[0]);
@@ -404,6 +421,40 @@ Test(autograd_layout, concat_along_channels) {
     cr_assert_eq(z->block, 0);
     free_all(in, 2);
     free_all((df_tensor *[]){b, y, z}, 3);
+}
+
+/* A ResNet-like chain over channels that do not divide into blocks, as a model with 24
+ * channels meets at B = 16: x (N, B + B / 2, H, W) cannot be blocked and stays plain; conv1
+ * writes 2B channels blocked (blocked_out); group norm and SiLU keep them blocked; the concat
+ * with x and conv2 (back to B + B / 2 channels) give plain results; the residual adds plain.
+ * The activations are p[0] (not given blocked: f checks each layout itself). */
+static df_tensor *odd_channels_fn(df_tensor **b, df_tensor **p, void *u) {
+    (void)b, (void)u;
+    int B = df_act_block();
+    df_tensor *x = df_to_blocked(p[0]);
+    cr_assert_eq(x->block, 0, "B + B / 2 channels do not block");
+    df_conv2d_params c = df_conv2d_default();
+    c.padding[0] = c.padding[1] = 1;
+    c.blocked_out = true;
+    /* weights scaled to unit output variance: finite differences stay accurate */
+    df_tensor *w1 = df_mul_scalar(p[1], 1.0f / sqrtf(9.0f * p[1]->shape[1]));
+    df_tensor *w2 = df_mul_scalar(p[2], 1.0f / sqrtf(9.0f * p[2]->shape[1]));
+    df_tensor *h = df_silu(df_group_norm(df_conv2d(x, w1, NULL, c), 4, NULL, NULL, 1e-5f));
+    cr_assert_eq(h->block, B, "2B channels out of conv1 are blocked");
+    df_tensor *cat = df_concat((df_tensor *[]){h, x}, 2, 1);
+    cr_assert_eq(cat->block, 0, "3.5B channels do not block");
+    df_tensor *y = df_add(df_conv2d(h, w2, NULL, c), x);
+    cr_assert_eq(y->block, 0, "B + B / 2 channels out of conv2 are plain");
+    return df_concat((df_tensor *[]){y, cat}, 2, 1);
+}
+
+Test(autograd_layout, channels_that_do_not_divide_into_blocks) {
+    int64_t B = blk(), C = B + B / 2;
+    df_tensor *in[3] = {param(1, DF_DIMS(2, C, 4, 3)), param(2, DF_DIMS(2 * B, C, 3, 3)),
+                        param(3, DF_DIMS(C, 2 * B, 3, 3))};
+    /* the tiles are few: every convolution is oneDNN's direct one, bitwise the plain result */
+    check_blocked("odd channel chain", odd_channels_fn, NULL, in, 3, 0, 0);
+    free_all(in, 3);
 }
 
 static df_tensor *upsample_fn(df_tensor **b, df_tensor **p, void *u) {
