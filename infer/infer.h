@@ -1,5 +1,5 @@
 /* infer.h — the public interface of infer/: noise schedulers (used by sampling and by training's
- * add_noise / velocity / SNR), later the pipelines and the safety checker.
+ * add_noise / velocity / SNR), the unconditional pipeline loop and image grids.
  *
  * Schedulers follow Hugging Face diffusers v0.21.4 (src/diffusers/schedulers/scheduling_*.py):
  * the same config fields and defaults, the same timesteps, sigma tables in the dtypes diffusers

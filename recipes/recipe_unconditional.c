@@ -214,8 +214,8 @@ static df_status uncond_create(const df_config *cfg, df_recipe *r) {
     if (st == DF_OK)
         st = df_sched_config_parse(json, strlen(json), "recipe", NULL, &u->sched_config);
     if (st == DF_OK) st = df_sched_new(&u->sched_config, &u->sched);
-    if (st != DF_OK) {
-        free(u);
+    if (st != DF_OK) { /* uncond_free takes what was built, NULL and zeroed parts too */
+        uncond_free(u);
         return st;
     }
     u->prediction = u->sched_config.prediction_type;

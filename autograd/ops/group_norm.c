@@ -10,9 +10,12 @@
  *   backward (G = dy, per (n, g); sums over the group's elements, c the element's channel):
  *     (1) per channel: ta = sum_s G, tb = sum_s G (x - mu)
  *     (2) a = sum_c w[c] ta / m, bq = sum_c w[c] tb rstd / m
- *     (3) dx (=/+=) rstd w[c] G - rstd a - rstd^2 bq (x - mu)   (torch's
- * native_group_norm_backward) (4) dw[c] += sum_n tb rstd (5) db[c] += sum_n ta saved: mean (N, G),
- * rstd (N, G). Layout: x is seen as (N, C / L, S, L) with L lanes: L = 1 for a plain x, L = B for a
+ *     (3) dx (=/+=) rstd w[c] G - rstd a - rstd^2 bq (x - mu)
+ *         (torch's native_group_norm_backward)
+ *     (4) dw[c] += sum_n tb rstd
+ *     (5) db[c] += sum_n ta
+ *   saved: mean (N, G), rstd (N, G).
+ * Layout: x is seen as (N, C / L, S, L) with L lanes: L = 1 for a plain x, L = B for a
  * channel-blocked one (df_tensor.block, nChw{B}c); y and dx take x's layout. The loops run
  * over (n, channel block) in parallel with the L lanes side by side; every sum has a fixed
  * order, so no result depends on the thread count.
