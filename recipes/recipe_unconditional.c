@@ -1,14 +1,7 @@
 /* recipe_unconditional.c — unconditional DDPM training, as diffusers'
- * examples/unconditional_image_generation/train_unconditional.py:
- *
- *   noise ~ N(0, I) (+ noise_offset * N(0, I) per (item, channel)), t ~ U{0 .. T-1}
- *   x_t = add_noise(x0, noise, t);  out = unet(x_t, t)
- *   epsilon:      loss = mse(out, noise)
- *   v_prediction: loss = mse(out, get_velocity(x0, noise, t))
- *   sample:       loss = mean_i(snr_i * mse_i(out, x0))          (alpha_t / (1 - alpha_t))
- *   snr_gamma > 0 (min-SNR, Hang et al. 2023, as train_text_to_image.py):
- *                 loss = mean_i(w_i * mse_i),  w = min(snr, gamma) / snr (epsilon),
- *                 / (snr + 1) (v_prediction), min(snr, gamma) (sample)
+ * examples/unconditional_image_generation/train_unconditional.py: the shared diffusion loss
+ * (train/diffusion_loss.c: epsilon, v_prediction or sample targets, min-SNR, offset noise) of
+ * a UNet2DModel on the images.
  * The model is a UNet2DModel built from the `model.*` keys with sample_size = resolution; the
  * export is a DDPMPipeline folder (model_index.json, unet/, scheduler/).
  */
@@ -50,65 +43,20 @@ typedef struct uncond {
     df_sched_config sched_config;
     df_sched *sched; /* training: add_noise, velocity, SNR */
     df_philox init;
-    df_prediction_type prediction;
-    float snr_gamma, noise_offset;
-    int64_t num_train_timesteps, inference_steps, n_validation, seed;
+    df_diffusion_loss_config loss;
+    int64_t inference_steps, n_validation, seed;
 } uncond;
-
-static df_tensor *normal_tensor(df_philox *g, int ndim, const int64_t *shape) {
-    df_tensor *t = df_tensor_new(DF_DTYPE_F32, ndim, shape);
-    df_philox_fill_normal(g, df_f32(t), t->numel);
-    return t;
-}
-
-/* Per-item weights (N) for snr weighting, or NULL for a plain mean. */
-static df_tensor *loss_weights(uncond *u, const df_tensor *timesteps) {
-    bool plain = u->snr_gamma <= 0 && u->prediction != DF_PRED_SAMPLE;
-    if (plain) return NULL;
-    df_tensor *snr;
-    DF_ASSERT(df_sched_snr(u->sched, timesteps, &snr) == DF_OK, "snr: %s", df_last_error());
-    df_tensor *w = df_tensor_new(DF_DTYPE_F32, 1, snr->shape);
-    for (int64_t i = 0; i < snr->numel; i++) {
-        float s = df_f32(snr)[i], m = u->snr_gamma > 0 ? fminf(s, u->snr_gamma) : s;
-        float v = m;
-        if (u->snr_gamma > 0 && u->prediction == DF_PRED_EPSILON)
-            v = m / s;
-        else if (u->snr_gamma > 0 && u->prediction == DF_PRED_V_PREDICTION)
-            v = m / (s + 1.0f);
-        df_f32(w)[i] = v;
-    }
-    return w;
-}
 
 static df_tensor *uncond_loss(void *ctx, const df_batch *b, df_step_rng *rng) {
     uncond *u = ctx;
-    df_tensor *x0 = b->pixels;
-    int64_t n = x0->shape[0], c = x0->shape[1];
-    df_tensor *noise = normal_tensor(&rng->noise, x0->ndim, x0->shape);
-    if (u->noise_offset > 0) {
-        df_tensor *off = normal_tensor(&rng->noise, DF_DIMS(n, c, 1, 1));
-        noise = df_add(noise, df_mul_scalar(off, u->noise_offset));
-    }
-    df_tensor *t = df_tensor_new(DF_DTYPE_I64, 1, &n);
-    for (int64_t i = 0; i < n; i++)
-        ((int64_t *)t->data)[i] = (int64_t)(((uint64_t)df_philox_u32(&rng->timesteps) *
-                                             (uint64_t)u->num_train_timesteps) >>
-                                            32);
-    df_tensor *noisy, *target;
-    DF_ASSERT(df_sched_add_noise(u->sched, x0, noise, t, &noisy) == DF_OK, "add_noise: %s",
-              df_last_error());
-    if (u->prediction == DF_PRED_EPSILON)
-        target = noise;
-    else if (u->prediction == DF_PRED_SAMPLE)
-        target = x0;
-    else
-        DF_ASSERT(df_sched_get_velocity(u->sched, x0, noise, t, &target) == DF_OK, "velocity: %s",
-                  df_last_error());
-    df_tensor *out = df_unet2d_forward(&u->unet, noisy, t);
-    df_tensor *w = loss_weights(u, t);
-    if (!w) return df_mse_loss(out, target, true);
-    df_tensor *per_item = df_mean(df_mse_loss(out, target, false), 3, (int[]){1, 2, 3}, false);
-    return df_mean(df_mul(per_item, w), 0, NULL, false);
+    df_diffusion_draw d;
+    df_tensor *loss;
+    DF_ASSERT(df_diffusion_draw_sample(&u->loss, u->sched, b->pixels, rng, &d) == DF_OK,
+              "diffusion loss: %s", df_last_error());
+    df_tensor *out = df_unet2d_forward(&u->unet, d.noisy, d.timesteps);
+    DF_ASSERT(df_diffusion_loss(&u->loss, u->sched, out, &d, NULL, NULL, &loss) == DF_OK,
+              "diffusion loss: %s", df_last_error());
+    return loss;
 }
 
 static df_status uncond_export(void *ctx, const char *dir) {
@@ -218,12 +166,13 @@ static df_status uncond_create(const df_config *cfg, df_recipe *r) {
         uncond_free(u);
         return st;
     }
-    u->prediction = u->sched_config.prediction_type;
-    u->num_train_timesteps = df_config_int(cfg, "ddpm_num_steps");
+    u->loss =
+        (df_diffusion_loss_config){.prediction = u->sched_config.prediction_type,
+                                   .num_train_timesteps = df_config_int(cfg, "ddpm_num_steps"),
+                                   .snr_gamma = (float)df_config_float(cfg, "snr_gamma"),
+                                   .noise_offset = (float)df_config_float(cfg, "noise_offset")};
     u->inference_steps = df_config_int(cfg, "ddpm_num_inference_steps");
     u->n_validation = df_config_int(cfg, "num_validation_images");
-    u->snr_gamma = (float)df_config_float(cfg, "snr_gamma");
-    u->noise_offset = (float)df_config_float(cfg, "noise_offset");
     *r = (df_recipe){.name = "unconditional",
                      .ctx = u,
                      .params = &u->unet.params,

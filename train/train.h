@@ -13,6 +13,7 @@
 
 #include "autograd/autograd.h"
 #include "datasets/datasets.h"
+#include "infer/infer.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
 
@@ -160,6 +161,38 @@ typedef struct df_step_rng {
     df_philox timesteps; /* the training timesteps */
     df_philox dropout;   /* dropout and other per-step randomness */
 } df_step_rng;
+
+/* The diffusion loss (train/diffusion_loss.c: the formulas), shared by every recipe. */
+typedef struct df_diffusion_loss_config {
+    df_prediction_type prediction; /* what the model predicts: the target */
+    int64_t num_train_timesteps;   /* T: timesteps are drawn from 0 .. T-1 */
+    float snr_gamma;               /* min-SNR gamma; 0: off */
+    float noise_offset;            /* offset noise scale; 0: off */
+    float input_perturbation;      /* extra noise on the model input only; 0: off */
+} df_diffusion_loss_config;
+
+/* One draw: noise, timesteps (N, I64), the noisy input x_t and the target (scope rule). */
+typedef struct df_diffusion_draw {
+    df_tensor *noise, *timesteps, *noisy, *target;
+} df_diffusion_draw;
+
+/* Draws noise and timesteps for x0 (N, C, H, W) from the step's streams and forms x_t and the
+ * target with sched's add_noise / get_velocity. */
+DF_API df_status df_diffusion_draw_sample(const df_diffusion_loss_config *c, df_sched *sched,
+                                          const df_tensor *x0, df_step_rng *rng,
+                                          df_diffusion_draw *out);
+/* As df_diffusion_draw_sample with given noise, timesteps and (optional, NULL: noise) the noise
+ * that forms x_t (input perturbation): for parity tests and recipes with their own draws. */
+DF_API df_status df_diffusion_prepare(const df_diffusion_loss_config *c, df_sched *sched,
+                                      const df_tensor *x0, df_tensor *noise, df_tensor *input_noise,
+                                      df_tensor *timesteps, df_diffusion_draw *out);
+/* The scalar loss of model_out against the draw's target: per-item means (over mask, an F32
+ * (N, 1 or C, H, W) of 0..1, when given) weighted by min-SNR and item_weights (N, optional),
+ * then the mean over items. Errors name the mismatched shape. */
+DF_API df_status df_diffusion_loss(const df_diffusion_loss_config *c, df_sched *sched,
+                                   const df_tensor *model_out, const df_diffusion_draw *d,
+                                   const df_tensor *item_weights, const df_tensor *mask,
+                                   df_tensor **loss);
 
 /* What a recipe gives the trainer: the model's registry (the trainer flattens it and trains the
  * parameters marked trainable), a loss for one micro-batch, and an exporter. */
