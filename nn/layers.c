@@ -1,7 +1,8 @@
 /* layers.c — Linear, Conv2d, GroupNorm and LayerNorm modules over the registry (torch.nn's
  * parameter names `weight`/`bias` and default initialisation: kaiming_uniform(a=sqrt(5)) for
  * weights and U(+-1/sqrt(fan_in)) for biases, i.e. U(+-1/sqrt(fan_in)) for both; norms start at
- * weight 1, bias 0). */
+ * weight 1, bias 0). Linear and conv modules register themselves in the registry's module table
+ * and apply their adapters (nn/adapter.c) after their own op. */
 #include "nn/nn.h"
 
 #include <math.h>
@@ -16,10 +17,13 @@ void df_linear_mod_init(df_linear_mod *m, df_params *r, const char *name, int in
         m->bias = df_params_add(r, name, "bias", DF_DIMS(out));
         df_params_init_uniform(r, m->bias, bound);
     }
+    m->adapter = NULL;
+    df_params_add_module(r, name, DF_MODULE_LINEAR, m);
 }
 
 df_tensor *df_linear_mod_forward(const df_linear_mod *m, df_tensor *x) {
-    return df_linear(x, m->weight, m->bias);
+    df_tensor *y = df_linear(x, m->weight, m->bias);
+    return m->adapter ? df_adapters_apply(m->adapter, m, DF_MODULE_LINEAR, x, y) : y;
 }
 
 void df_conv_mod_init(df_conv_mod *m, df_params *r, const char *name, int in, int out, int kernel,
@@ -35,10 +39,13 @@ void df_conv_mod_init(df_conv_mod *m, df_params *r, const char *name, int in, in
     m->p = df_conv2d_default();
     m->p.stride[0] = m->p.stride[1] = stride;
     m->p.padding[0] = m->p.padding[1] = padding;
+    m->adapter = NULL;
+    df_params_add_module(r, name, DF_MODULE_CONV, m);
 }
 
 df_tensor *df_conv_mod_forward(const df_conv_mod *m, df_tensor *x) {
-    return df_conv2d(x, m->weight, m->bias, m->p);
+    df_tensor *y = df_conv2d(x, m->weight, m->bias, m->p);
+    return m->adapter ? df_adapters_apply(m->adapter, m, DF_MODULE_CONV, x, y) : y;
 }
 
 static void norm_init(df_norm_mod *m, df_params *r, const char *name, int groups, int channels,

@@ -182,9 +182,20 @@ typedef struct df_param {
     bool trainable;
 } df_param;
 
+/* A module that can carry adapters (nn/adapter.c): its diffusers name (`...attn1.to_q`), its
+ * kind and the module (a df_linear_mod or df_conv_mod, borrowed from the model). */
+typedef enum df_module_kind { DF_MODULE_LINEAR, DF_MODULE_CONV } df_module_kind;
+typedef struct df_module_ref {
+    char *name; /* owned */
+    df_module_kind kind;
+    void *module;
+} df_module_ref;
+
 typedef struct df_params {
     df_param *items;
     int n, cap;
+    df_module_ref *modules; /* every linear and conv module, in registration order */
+    int n_modules, cap_modules;
     df_philox *init;  /* initialiser stream for new parameters; NULL leaves them zero */
     bool shapes_only; /* names and shapes only: values are never touched (key-list checks) */
     df_flat flat;     /* set by df_params_flatten */
@@ -261,15 +272,49 @@ DF_API df_status df_json_string_list(const df_json *j, const char *key, int max,
 /* Prints a note for every top-level key not in `known` (keys starting with '_' excepted). */
 DF_API void df_json_note_unknown(const df_json *j, const char *const *known, int n_known);
 
+/* ================================================================ adapters =================== */
+
+/* An adapter on a linear or conv module (LoRA, LoCon, a test probe): the module's forward
+ * computes y = op(x) and then y = a->forward(a, module, kind, x, y) for each adapter of its
+ * chain in order. forward returns the new output (y plus the adapter's term; scope rule) and
+ * must not change x or y. The adapter and its parameters are the caller's; a module only
+ * points at them. */
+typedef struct df_adapter df_adapter;
+struct df_adapter {
+    df_tensor *(*forward)(df_adapter *a, const void *module, df_module_kind kind, df_tensor *x,
+                          df_tensor *y);
+    void *ctx;
+    df_adapter *next; /* the next adapter of the same module, applied after this one */
+};
+
+/* Registers module `m` of `kind` under `name` (the layers' *_init do this). */
+DF_API void df_params_add_module(df_params *r, const char *name, df_module_kind kind, void *m);
+/* The module called name exactly, or NULL. Borrowed. */
+DF_API const df_module_ref *df_module_find(const df_params *r, const char *name);
+/* The modules whose names match the fnmatch glob (`*` spans dots: `*attn1.to_q`,
+ * `*.ff.net.*`), in registration order, into out[0 .. max); returns how many match (may exceed
+ * max). */
+DF_API int df_modules_match(const df_params *r, const char *glob, const df_module_ref **out,
+                            int max);
+/* Appends adapter a (borrowed; a->next is overwritten) to the chain of module m. */
+DF_API void df_module_attach(const df_module_ref *m, df_adapter *a);
+/* Removes every adapter from every module of r. */
+DF_API void df_modules_detach_all(df_params *r);
+/* y after the adapters of `chain` (the layers' forwards call this). */
+DF_API df_tensor *df_adapters_apply(df_adapter *chain, const void *module, df_module_kind kind,
+                                    df_tensor *x, df_tensor *y);
+
 /* ================================================================ layers ===================== */
 
 typedef struct df_linear_mod {
     df_tensor *weight, *bias; /* (out, in), (out) or NULL; borrowed from the registry */
+    df_adapter *adapter;      /* applied after the product; NULL: none */
 } df_linear_mod;
 
 typedef struct df_conv_mod {
     df_tensor *weight, *bias; /* (out, in, k, k), (out) */
     df_conv2d_params p;
+    df_adapter *adapter; /* applied after the convolution; NULL: none */
 } df_conv_mod;
 
 typedef struct df_norm_mod {

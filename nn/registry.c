@@ -33,6 +33,8 @@ void df_params_free(df_params *r) {
         df_tensor_free(r->items[i].tensor);
     }
     free(r->items);
+    for (int i = 0; i < r->n_modules; i++) free(r->modules[i].name);
+    free(r->modules);
     df_flat_free(&r->flat);
     memset(r, 0, sizeof *r);
 }
