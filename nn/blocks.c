@@ -47,7 +47,7 @@ static void attn_init(df_block *b, df_params *r, const char *name, const df_bloc
                                  .heads = ch / dim_head,
                                  .dim_head = dim_head,
                                  .qkv_bias = true,
-                                 .norm_groups = c->groups,
+                                 .norm_groups = c->attn_without_norm ? 0 : c->groups,
                                  .norm_eps = c->eps,
                                  .residual_connection = true,
                                  .rescale_output_factor = c->output_scale_factor};
@@ -161,7 +161,17 @@ df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
         x = df_resnet_forward(&b->resnets[i], x, temb);
         if (b->n_attn) x = attn_forward(b, i, x, context);
     }
-    if (b->has_sampler) x = df_conv_mod_forward(&b->sampler, df_upsample_nearest2d(x, 2));
+    if (b->has_sampler) {
+        x = df_upsample_nearest2d(x, 2);
+        /* F.interpolate(size=skip's size): 2h -> 2h - 1 rows keeps rows floor(i / 2), the x2
+         * result without its last row (the skip of a side s came from ceil(s / 2) rows) */
+        const df_tensor *next = skips && *n_skips > 0 ? skips[*n_skips - 1] : NULL;
+        if (next && (next->shape[2] < x->shape[2] || next->shape[3] < x->shape[3])) {
+            if (x->block) x = df_to_plain(x);
+            x = df_slice(df_slice(x, 2, 0, next->shape[2]), 3, 0, next->shape[3]);
+        }
+        x = df_conv_mod_forward(&b->sampler, x);
+    }
     return x;
 }
 
@@ -218,18 +228,17 @@ df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR]
     return DF_OK;
 }
 
-#define MAX_SKIPS 64
-
 df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid, const df_block *up,
                                   int n_blocks, df_tensor *h, df_tensor *temb, df_tensor *context) {
-    df_tensor *skips[MAX_SKIPS];
+    df_tensor *skips[DF_UNET_MAX_SKIPS];
     int n_skips = 0, needed = 1;
     for (int i = 0; i < n_blocks; i++) needed += down[i].n_resnets + (down[i].has_sampler ? 1 : 0);
-    DF_ASSERT(needed <= MAX_SKIPS, "UNet: %d skip connections (at most %d)", needed, MAX_SKIPS);
+    DF_ASSERT(needed <= DF_UNET_MAX_SKIPS, "UNet: %d skip connections (at most %d)", needed,
+              DF_UNET_MAX_SKIPS); /* the config readers bound layers_per_block */
     skips[n_skips++] = h;
     for (int i = 0; i < n_blocks; i++)
         h = df_down_block_forward(&down[i], h, temb, context, skips, &n_skips);
-    h = df_mid_block_forward(mid, h, temb, context);
+    if (mid) h = df_mid_block_forward(mid, h, temb, context);
     for (int i = 0; i < n_blocks; i++)
         h = df_up_block_forward(&up[i], h, temb, context, skips, &n_skips);
     return h;
