@@ -11,6 +11,7 @@
  */
 #include "nn/nn.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,6 +152,28 @@ df_tensor *df_down_block_forward(const df_block *b, df_tensor *x, df_tensor *tem
     return x;
 }
 
+/* torch's nearest source index (upsample_nearest2d with an output size, no scale given): the
+ * float scale in / out, floor, clamped. */
+static int64_t nearest_src(int64_t i, int64_t in, int64_t out) {
+    if (out == 2 * in) return i >> 1;
+    float scale = (float)in / (float)out;
+    int64_t src = (int64_t)floorf((float)i * scale);
+    return src < in - 1 ? src : in - 1;
+}
+
+/* F.interpolate(x, size=(oh, ow), mode="nearest") as two products with one-hot matrices
+ * (R x C^T, each output element exactly one input element): differentiable through df_matmul,
+ * and only on the rare upsample_size path. */
+static df_tensor *nearest_resize(df_tensor *x, int64_t oh, int64_t ow) {
+    if (x->block) x = df_to_plain(x);
+    int64_t h = x->shape[2], w = x->shape[3];
+    df_tensor *cols = df_zeros(DF_DTYPE_F32, DF_DIMS(w, ow)); /* (W, OW) */
+    for (int64_t j = 0; j < ow; j++) df_f32(cols)[nearest_src(j, w, ow) * ow + j] = 1.0f;
+    df_tensor *rows = df_zeros(DF_DTYPE_F32, DF_DIMS(oh, h)); /* (OH, H) */
+    for (int64_t i = 0; i < oh; i++) df_f32(rows)[i * h + nearest_src(i, h, oh)] = 1.0f;
+    return df_matmul(rows, df_matmul(x, cols, false, false), false, false);
+}
+
 df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb, df_tensor *context,
                                df_tensor **skips, int *n_skips) {
     for (int i = 0; i < b->n_resnets; i++) {
@@ -162,14 +185,13 @@ df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
         if (b->n_attn) x = attn_forward(b, i, x, context);
     }
     if (b->has_sampler) {
-        x = df_upsample_nearest2d(x, 2);
-        /* F.interpolate(size=skip's size): 2h -> 2h - 1 rows keeps rows floor(i / 2), the x2
-         * result without its last row (the skip of a side s came from ceil(s / 2) rows) */
+        /* Upsample2D: nearest x2, or F.interpolate(size=the next skip's size) when that is not
+         * twice this size (diffusers' upsample_size, for sides that do not divide) */
         const df_tensor *next = skips && *n_skips > 0 ? skips[*n_skips - 1] : NULL;
-        if (next && (next->shape[2] < x->shape[2] || next->shape[3] < x->shape[3])) {
-            if (x->block) x = df_to_plain(x);
-            x = df_slice(df_slice(x, 2, 0, next->shape[2]), 3, 0, next->shape[3]);
-        }
+        if (next && (next->shape[2] != 2 * x->shape[2] || next->shape[3] != 2 * x->shape[3]))
+            x = nearest_resize(x, next->shape[2], next->shape[3]);
+        else
+            x = df_upsample_nearest2d(x, 2);
         x = df_conv_mod_forward(&b->sampler, x);
     }
     return x;

@@ -435,9 +435,9 @@ DF_API df_block_config df_unet_base_block(int temb_channels, int groups, float e
 DF_API df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR],
                                       char (*up)[DF_JSON_STR], df_block_attn excluded);
 /* The UNet body shared by both UNets: h = conv_in output; the down path (storing skips), the mid
- * block (none when mid is NULL) and the up path (consuming them). Each upsampler's output is
- * cut to the size of the skip it meets next (diffusers' upsample_size for sides that do not
- * divide by 2^(blocks-1)); with sides that divide, the cut is a no-op. */
+ * block (none when mid is NULL) and the up path (consuming them). Each upsampler resizes to
+ * the size of the skip it meets next (diffusers' upsample_size, nearest as F.interpolate, for
+ * sides that do not divide by 2^(blocks-1)); with sides that divide, that is the plain x2. */
 DF_API df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid,
                                          const df_block *up, int n_blocks, df_tensor *h,
                                          df_tensor *temb, df_tensor *context);
