@@ -25,6 +25,19 @@ static df_status check_blocks(const df_unet2d_config *c) {
                              (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_TRANSFORMER));
     if (c->dropout != 0)
         return df_error(DF_ERR_UNSUPPORTED, "UNet2DModel: dropout %g (only 0)", c->dropout);
+    /* a spatial attention needs a head: width // attention_head_dim >= 1 */
+    for (int i = 0; c->attention_head_dim && i < c->n_blocks; i++) {
+        df_block_attn a = DF_BLOCK_ATTN_NONE, u = DF_BLOCK_ATTN_NONE;
+        df_block_type_attn(c->down_block_types[i], &a);
+        df_block_type_attn(c->up_block_types[c->n_blocks - 1 - i], &u);
+        bool mid = i == c->n_blocks - 1 && c->add_attention;
+        if ((a == DF_BLOCK_ATTN_SPATIAL || u == DF_BLOCK_ATTN_SPATIAL || mid) &&
+            c->attention_head_dim > c->block_out_channels[i])
+            return df_error(DF_ERR_INVALID,
+                            "UNet2DModel: attention_head_dim %d is wider than block %d (%d "
+                            "channels): no head left",
+                            c->attention_head_dim, i, c->block_out_channels[i]);
+    }
     return DF_OK;
 }
 

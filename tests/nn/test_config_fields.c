@@ -273,6 +273,10 @@ Test(nn_config_fields, absurd_sizes_refused_before_allocating) {
     big.block_out_channels[0] = 1 << 20;
     expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
                  "block width");
+    big = df_unet2d_config_default();
+    big.attention_head_dim = 4096;
+    expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
+                 "attention_head_dim");
 }
 
 /* A component folder: config.json with `config` and the weights of a tiny fixture. */
