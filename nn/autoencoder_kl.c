@@ -14,6 +14,14 @@
 
 df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init) {
     memset(m, 0, sizeof *m);
+    DF_TRY(df_model_check_widths("AutoencoderKL", c->n_blocks, c->block_out_channels,
+                                 c->norm_num_groups, c->in_channels, c->out_channels));
+    if (c->latent_channels < 1 || c->latent_channels > DF_MODEL_MAX_CHANNELS ||
+        c->layers_per_block < 1 || c->layers_per_block > DF_MODEL_MAX_LAYERS)
+        return df_error(
+            DF_ERR_INVALID,
+            "AutoencoderKL: latent_channels %d (1 to %d), layers_per_block %d (1 to %d)",
+            c->latent_channels, DF_MODEL_MAX_CHANNELS, c->layers_per_block, DF_MODEL_MAX_LAYERS);
     m->config = *c;
     df_params *r = &m->params;
     df_params_init_with(r, init);
@@ -67,6 +75,16 @@ df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init) {
     df_conv_mod_init(&m->quant_conv, r, "quant_conv", 2 * lat, 2 * lat, 1, 1, 0, true);
     df_conv_mod_init(&m->post_quant_conv, r, "post_quant_conv", lat, lat, 1, 1, 0, true);
     return DF_OK;
+}
+
+df_status df_vae_check_sample(const df_vae_config *c, const df_tensor *sample) {
+    /* each DownEncoderBlock2D downsampler pads one row and needs 3: a side of at least 2 */
+    return df_model_check_sides("AutoencoderKL", sample, c->in_channels, 1,
+                                1LL << (c->n_blocks - 1));
+}
+
+df_status df_vae_check_latents(const df_vae_config *c, const df_tensor *z) {
+    return df_model_check_sides("AutoencoderKL (latents)", z, c->latent_channels, 1, 1);
 }
 
 void df_vae_free(df_vae *m) {

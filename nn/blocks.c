@@ -11,6 +11,7 @@
  */
 #include "nn/nn.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,7 +48,7 @@ static void attn_init(df_block *b, df_params *r, const char *name, const df_bloc
                                  .heads = ch / dim_head,
                                  .dim_head = dim_head,
                                  .qkv_bias = true,
-                                 .norm_groups = c->groups,
+                                 .norm_groups = c->attn_without_norm ? 0 : c->groups,
                                  .norm_eps = c->eps,
                                  .residual_connection = true,
                                  .rescale_output_factor = c->output_scale_factor};
@@ -151,6 +152,28 @@ df_tensor *df_down_block_forward(const df_block *b, df_tensor *x, df_tensor *tem
     return x;
 }
 
+/* torch's nearest source index (upsample_nearest2d with an output size, no scale given): the
+ * float scale in / out, floor, clamped. */
+static int64_t nearest_src(int64_t i, int64_t in, int64_t out) {
+    if (out == 2 * in) return i >> 1;
+    float scale = (float)in / (float)out;
+    int64_t src = (int64_t)floorf((float)i * scale);
+    return src < in - 1 ? src : in - 1;
+}
+
+/* F.interpolate(x, size=(oh, ow), mode="nearest") as two products with one-hot matrices
+ * (R x C^T, each output element exactly one input element): differentiable through df_matmul,
+ * and only on the rare upsample_size path. */
+static df_tensor *nearest_resize(df_tensor *x, int64_t oh, int64_t ow) {
+    if (x->block) x = df_to_plain(x);
+    int64_t h = x->shape[2], w = x->shape[3];
+    df_tensor *cols = df_zeros(DF_DTYPE_F32, DF_DIMS(w, ow)); /* (W, OW) */
+    for (int64_t j = 0; j < ow; j++) df_f32(cols)[nearest_src(j, w, ow) * ow + j] = 1.0f;
+    df_tensor *rows = df_zeros(DF_DTYPE_F32, DF_DIMS(oh, h)); /* (OH, H) */
+    for (int64_t i = 0; i < oh; i++) df_f32(rows)[i * h + nearest_src(i, h, oh)] = 1.0f;
+    return df_matmul(rows, df_matmul(x, cols, false, false), false, false);
+}
+
 df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb, df_tensor *context,
                                df_tensor **skips, int *n_skips) {
     for (int i = 0; i < b->n_resnets; i++) {
@@ -161,7 +184,16 @@ df_tensor *df_up_block_forward(const df_block *b, df_tensor *x, df_tensor *temb,
         x = df_resnet_forward(&b->resnets[i], x, temb);
         if (b->n_attn) x = attn_forward(b, i, x, context);
     }
-    if (b->has_sampler) x = df_conv_mod_forward(&b->sampler, df_upsample_nearest2d(x, 2));
+    if (b->has_sampler) {
+        /* Upsample2D: nearest x2, or F.interpolate(size=the next skip's size) when that is not
+         * twice this size (diffusers' upsample_size, for sides that do not divide) */
+        const df_tensor *next = skips && *n_skips > 0 ? skips[*n_skips - 1] : NULL;
+        if (next && (next->shape[2] != 2 * x->shape[2] || next->shape[3] != 2 * x->shape[3]))
+            x = nearest_resize(x, next->shape[2], next->shape[3]);
+        else
+            x = df_upsample_nearest2d(x, 2);
+        x = df_conv_mod_forward(&b->sampler, x);
+    }
     return x;
 }
 
@@ -218,18 +250,17 @@ df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR]
     return DF_OK;
 }
 
-#define MAX_SKIPS 64
-
 df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid, const df_block *up,
                                   int n_blocks, df_tensor *h, df_tensor *temb, df_tensor *context) {
-    df_tensor *skips[MAX_SKIPS];
+    df_tensor *skips[DF_UNET_MAX_SKIPS];
     int n_skips = 0, needed = 1;
     for (int i = 0; i < n_blocks; i++) needed += down[i].n_resnets + (down[i].has_sampler ? 1 : 0);
-    DF_ASSERT(needed <= MAX_SKIPS, "UNet: %d skip connections (at most %d)", needed, MAX_SKIPS);
+    DF_ASSERT(needed <= DF_UNET_MAX_SKIPS, "UNet: %d skip connections (at most %d)", needed,
+              DF_UNET_MAX_SKIPS); /* the config readers bound layers_per_block */
     skips[n_skips++] = h;
     for (int i = 0; i < n_blocks; i++)
         h = df_down_block_forward(&down[i], h, temb, context, skips, &n_skips);
-    h = df_mid_block_forward(mid, h, temb, context);
+    if (mid) h = df_mid_block_forward(mid, h, temb, context);
     for (int i = 0; i < n_blocks; i++)
         h = df_up_block_forward(&up[i], h, temb, context, skips, &n_skips);
     return h;

@@ -35,7 +35,29 @@ df_clip_text_config df_clip_text_config_default(void) {
 
 df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c) {
     *c = df_clip_text_config_default();
-    double eps = c->layer_norm_eps;
+    /* CLIPTextConfig fields whose None the model cannot run with (pad / bos ids are unused by
+     * CLIPTextModel's forward, so their null is accepted as upstream does) */
+    static const char *const not_null[] = {"vocab_size",          "hidden_size",
+                                           "intermediate_size",   "num_hidden_layers",
+                                           "num_attention_heads", "max_position_embeddings",
+                                           "hidden_act",          "layer_norm_eps",
+                                           "attention_dropout",   "eos_token_id"};
+    for (size_t i = 0; i < sizeof not_null / sizeof not_null[0]; i++)
+        if (df_json_is_null(j, not_null[i]))
+            return df_error(DF_ERR_FORMAT, "%s: field '%s' is null (CLIPTextModel needs a value)",
+                            j->path, not_null[i]);
+    double eps = c->layer_norm_eps, dropout = 0, unused_f;
+    int unused_i;
+    DF_TRY(df_json_double(j, "attention_dropout", 0, &dropout));
+    if (dropout != 0)
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: field 'attention_dropout': %g (only 0: dropout is not implemented)",
+                        j->path, dropout);
+    /* no effect on CLIPTextModel: projection_dim (CLIPTextModelWithProjection's), the
+     * initialisers' scales (loaded weights replace them); only their types are checked */
+    DF_TRY(df_json_int(j, "projection_dim", 0, &unused_i));
+    DF_TRY(df_json_double(j, "initializer_range", 0, &unused_f));
+    DF_TRY(df_json_double(j, "initializer_factor", 0, &unused_f));
     DF_TRY(df_json_int(j, "vocab_size", c->vocab_size, &c->vocab_size));
     DF_TRY(df_json_int(j, "hidden_size", c->hidden_size, &c->hidden_size));
     DF_TRY(df_json_int(j, "intermediate_size", c->intermediate_size, &c->intermediate_size));
@@ -45,18 +67,27 @@ df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c
                        &c->max_position_embeddings));
     DF_TRY(df_json_double(j, "layer_norm_eps", eps, &eps));
     c->layer_norm_eps = (float)eps;
-    DF_TRY(df_json_string(j, "hidden_act", c->hidden_act, c->hidden_act, sizeof c->hidden_act));
+    DF_TRY(df_json_string(j, "hidden_act", "quick_gelu", c->hidden_act, sizeof c->hidden_act));
     DF_TRY(df_json_int(j, "bos_token_id", c->bos_token_id, &c->bos_token_id));
     DF_TRY(df_json_int(j, "eos_token_id", c->eos_token_id, &c->eos_token_id));
     DF_TRY(df_json_int(j, "pad_token_id", c->pad_token_id, &c->pad_token_id));
     if (strcmp(c->hidden_act, "quick_gelu") != 0 && strcmp(c->hidden_act, "gelu") != 0)
         return df_error(DF_ERR_UNSUPPORTED, "%s: field 'hidden_act': '%s' (quick_gelu or gelu)",
                         j->path, c->hidden_act);
-    if (c->vocab_size < 1 || c->hidden_size < 1 || c->intermediate_size < 1 ||
-        c->num_hidden_layers < 1 || c->max_position_embeddings < 1 ||
-        c->num_hidden_layers > DF_CLIP_MAX_LAYERS)
-        return df_error(DF_ERR_FORMAT, "%s: a size field is out of range (layers at most %d)",
-                        j->path, DF_CLIP_MAX_LAYERS);
+    const struct {
+        const char *key;
+        int v, hi;
+    } sizes[] = {{"vocab_size", c->vocab_size, DF_CLIP_MAX_VOCAB},
+                 {"hidden_size", c->hidden_size, DF_MODEL_MAX_CHANNELS},
+                 {"intermediate_size", c->intermediate_size, 4 * DF_MODEL_MAX_CHANNELS},
+                 {"num_hidden_layers", c->num_hidden_layers, DF_CLIP_MAX_LAYERS},
+                 {"max_position_embeddings", c->max_position_embeddings, DF_CLIP_MAX_POSITIONS}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].v < 1 || sizes[i].v > sizes[i].hi)
+            return df_error(DF_ERR_FORMAT, "%s: field '%s': %d outside [1, %d]", j->path,
+                            sizes[i].key, sizes[i].v, sizes[i].hi);
+    if (!(eps >= 0 && eps < 1e30))
+        return df_error(DF_ERR_FORMAT, "%s: field 'layer_norm_eps': %g", j->path, eps);
     if (c->num_attention_heads < 1 || c->hidden_size % c->num_attention_heads != 0)
         return df_error(DF_ERR_FORMAT, "%s: %d attention heads do not divide hidden_size %d",
                         j->path, c->num_attention_heads, c->hidden_size);

@@ -43,8 +43,9 @@ static df_status class_of(const df_json *j, char *out, size_t len) {
     return DF_OK;
 }
 
-/* Builds the model the config names (zero weights); *stem is its weights file's stem. */
-static df_status build(df_component *c, const df_json *j, const char **stem) {
+/* Builds the model the config names (zero weights, or shapes only); *stem is its weights file's
+ * stem. */
+static df_status build(df_component *c, const df_json *j, const char **stem, df_init init) {
     *stem = "diffusion_pytorch_model";
     const char *cls = c->class_name;
     if (strcmp(cls, "UNet2DModel") == 0) {
@@ -52,27 +53,27 @@ static df_status build(df_component *c, const df_json *j, const char **stem) {
         DF_TRY(df_unet2d_config_from_json(j, &cfg));
         if (!(c->unet2d = calloc(1, sizeof *c->unet2d)))
             return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_unet2d_init(c->unet2d, &cfg, (df_init){0}));
+        DF_TRY(df_unet2d_init(c->unet2d, &cfg, init));
         c->params = &c->unet2d->params;
     } else if (strcmp(cls, "UNet2DConditionModel") == 0) {
         df_unet2d_cond_config cfg;
         DF_TRY(df_unet2d_cond_config_from_json(j, &cfg));
         if (!(c->unet2d_cond = calloc(1, sizeof *c->unet2d_cond)))
             return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg, (df_init){0}));
+        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg, init));
         c->params = &c->unet2d_cond->params;
     } else if (strcmp(cls, "AutoencoderKL") == 0) {
         df_vae_config cfg;
         DF_TRY(df_vae_config_from_json(j, &cfg));
         if (!(c->vae = calloc(1, sizeof *c->vae))) return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_vae_init(c->vae, &cfg, (df_init){0}));
+        DF_TRY(df_vae_init(c->vae, &cfg, init));
         c->params = &c->vae->params;
     } else if (strcmp(cls, "CLIPTextModel") == 0) {
         df_clip_text_config cfg;
         DF_TRY(df_clip_text_config_from_json(j, &cfg));
         if (!(c->clip_text = calloc(1, sizeof *c->clip_text)))
             return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_clip_text_init(c->clip_text, &cfg, (df_init){0}));
+        DF_TRY(df_clip_text_init(c->clip_text, &cfg, init));
         c->params = &c->clip_text->params;
         *stem = "model";
     } else {
@@ -84,19 +85,36 @@ static df_status build(df_component *c, const df_json *j, const char **stem) {
     return DF_OK;
 }
 
+/* Frees the model (the class name stays). */
+static void free_model(df_component *c) {
+    char cls[DF_JSON_STR];
+    memcpy(cls, c->class_name, sizeof cls);
+    df_component_free(c);
+    memcpy(c->class_name, cls, sizeof cls);
+}
+
+/* The model is built twice: first shapes only (no parameter memory), whose names and shapes are
+ * checked against the weights file's header, so a config that disagrees with its file (or
+ * implies gigabytes the file does not hold) is refused before anything is allocated; then for
+ * real, and loaded. */
 df_status df_component_load(const char *dir, df_component *c) {
     memset(c, 0, sizeof *c);
-    char path[1024];
+    char path[1024], weights[1024];
     snprintf(path, sizeof path, "%s/config.json", dir);
     df_json j;
     DF_TRY(df_json_load(path, &j));
-    const char *stem;
+    const char *stem = NULL;
     df_status st = class_of(&j, c->class_name, sizeof c->class_name);
-    if (st == DF_OK) st = build(c, &j, &stem);
+    if (st == DF_OK) st = build(c, &j, &stem, (df_init){.shapes_only = true});
+    if (st == DF_OK) st = weights_path(dir, stem, weights, sizeof weights);
+    if (st == DF_OK) st = df_params_load(c->params, weights, NULL);
+    if (st == DF_OK) {
+        free_model(c);
+        st = build(c, &j, &stem, (df_init){0});
+    }
     df_json_free(&j);
     if (st != DF_OK) return st;
-    DF_TRY(weights_path(dir, stem, path, sizeof path));
-    return df_params_load(c->params, path, NULL);
+    return df_params_load(c->params, weights, NULL);
 }
 
 void df_component_free(df_component *c) {
@@ -119,14 +137,6 @@ static df_tensor *find_input(const df_named *inputs, int n, const char *name) {
 
 static df_status need(df_tensor *t, const char *cls, const char *name) {
     if (!t) return df_error(DF_ERR_NOTFOUND, "%s: input '%s' is missing", cls, name);
-    return DF_OK;
-}
-
-static df_status check_sample(df_tensor *x, const char *cls, int channels) {
-    char s[64];
-    if (x->dtype != DF_DTYPE_F32 || x->ndim != 4 || x->shape[1] != channels)
-        return df_error(DF_ERR_INVALID, "%s: input 'sample' must be F32 (N, %d, H, W), got %s %s",
-                        cls, channels, df_dtype_name(x->dtype), df_shape_str(x, s, sizeof s));
     return DF_OK;
 }
 
@@ -169,6 +179,9 @@ static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, in
     if (ids->ndim != 2 || (ids->dtype != DF_DTYPE_I64 && ids->dtype != DF_DTYPE_I32))
         return df_error(DF_ERR_INVALID,
                         "CLIPTextModel: input 'input_ids' must be I64 or I32 (N, L)");
+    if (ids->shape[0] < 1 || ids->shape[0] > DF_CLIP_MAX_BATCH)
+        return df_error(DF_ERR_INVALID, "CLIPTextModel: batch of %lld (1 to %d)",
+                        (long long)ids->shape[0], DF_CLIP_MAX_BATCH);
     if (ids->shape[1] < 1 || ids->shape[1] > m->config.max_position_embeddings)
         return df_error(DF_ERR_INVALID, "CLIPTextModel: %lld tokens (at most %d)",
                         (long long)ids->shape[1], m->config.max_position_embeddings);
@@ -190,6 +203,19 @@ static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, in
     return DF_OK;
 }
 
+/* The encoder_hidden_states width: that of any block with cross-attention (the config reader
+ * checked they agree); 0 when no block has any. */
+static int cross_width(const df_unet2d_cond *m) {
+    const df_unet2d_cond_config *c = &m->config;
+    int n = c->n_blocks;
+    if (m->has_mid) return c->cross_attention_dim[n - 1];
+    for (int i = 0; i < n; i++) {
+        if (m->down[i].attn == DF_BLOCK_ATTN_TRANSFORMER) return c->cross_attention_dim[i];
+        if (m->up[i].attn == DF_BLOCK_ATTN_TRANSFORMER) return c->cross_attention_dim[n - 1 - i];
+    }
+    return 0;
+}
+
 df_status df_component_forward(df_component *c, const df_named *inputs, int n_inputs,
                                df_named *outputs, int *n_outputs) {
     *n_outputs = 0;
@@ -200,23 +226,23 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
     df_tensor *x = find_input(inputs, n_inputs, "sample");
     DF_TRY(need(x, cls, "sample"));
     if (c->vae) {
-        DF_TRY(check_sample(x, cls, c->vae->config.in_channels));
+        DF_TRY(df_vae_check_sample(&c->vae->config, x));
         return vae_forward(c->vae, x, find_input(inputs, n_inputs, "noise"), outputs, n_outputs);
     }
     df_tensor *t = find_input(inputs, n_inputs, "timestep");
     DF_TRY(need(t, cls, "timestep"));
     DF_TRY(check_timestep(t, x, cls));
     if (c->unet2d) {
-        DF_TRY(check_sample(x, cls, c->unet2d->config.in_channels));
+        DF_TRY(df_unet2d_check_sample(&c->unet2d->config, x));
         outputs[(*n_outputs)++] = (df_named){"sample", df_unet2d_forward(c->unet2d, x, t)};
         return DF_OK;
     }
     df_tensor *ctx = find_input(inputs, n_inputs, "encoder_hidden_states");
     DF_TRY(need(ctx, cls, "encoder_hidden_states"));
-    DF_TRY(check_sample(x, cls, c->unet2d_cond->config.in_channels));
-    int cross = c->unet2d_cond->config.cross_attention_dim[0];
+    DF_TRY(df_unet2d_cond_check_sample(&c->unet2d_cond->config, x));
+    int cross = cross_width(c->unet2d_cond);
     if (ctx->dtype != DF_DTYPE_F32 || ctx->ndim != 3 || ctx->shape[0] != x->shape[0] ||
-        ctx->shape[2] != cross)
+        (cross && ctx->shape[2] != cross))
         return df_error(DF_ERR_INVALID,
                         "%s: input 'encoder_hidden_states' must be F32 (N, S, %d) with N = %lld",
                         cls, cross, (long long)x->shape[0]);

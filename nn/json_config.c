@@ -151,6 +151,30 @@ df_status df_json_int_list(const df_json *j, const char *key, int max, int *out,
     return DF_OK;
 }
 
+df_status df_json_bool_list(const df_json *j, const char *key, int max, bool *out, int *n,
+                            bool accept_scalar) {
+    const cJSON *it = item(j, key);
+    if (!it) return DF_OK;
+    if (accept_scalar && cJSON_IsBool(it)) {
+        out[0] = cJSON_IsTrue(it);
+        *n = -1;
+        return DF_OK;
+    }
+    if (!cJSON_IsArray(it)) return type_error(j, key, "a list of true / false");
+    int count = cJSON_GetArraySize(it);
+    if (count > max)
+        return df_error(DF_ERR_FORMAT, "%s: field '%s': %d entries (at most %d)", j->path, key,
+                        count, max);
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, it) {
+        if (!cJSON_IsBool(e)) return type_error(j, key, "a list of true / false");
+        out[i++] = cJSON_IsTrue(e);
+    }
+    *n = count;
+    return DF_OK;
+}
+
 df_status df_json_string_list(const df_json *j, const char *key, int max, char (*out)[DF_JSON_STR],
                               int *n) {
     const cJSON *it = item(j, key);

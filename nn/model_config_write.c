@@ -79,7 +79,10 @@ df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path) {
     cJSON_AddNullToObject(o, "num_class_embeds");
     cJSON_AddNumberToObject(o, "out_channels", c->out_channels);
     cJSON_AddStringToObject(o, "resnet_time_scale_shift", c->resnet_time_scale_shift);
-    if (c->sample_size)
+    if (c->sample_size && c->sample_width)
+        cJSON_AddItemToObject(o, "sample_size",
+                              int_array((const int[]){c->sample_size, c->sample_width}, 2));
+    else if (c->sample_size)
         cJSON_AddNumberToObject(o, "sample_size", c->sample_size);
     else
         cJSON_AddNullToObject(o, "sample_size");

@@ -197,7 +197,7 @@ typedef struct df_params {
     df_module_ref *modules; /* every linear and conv module, in registration order */
     int n_modules, cap_modules;
     df_philox *init;  /* initialiser stream for new parameters; NULL leaves them zero */
-    bool shapes_only; /* names and shapes only: values are never touched (key-list checks) */
+    bool shapes_only; /* names and shapes only: tensors have no storage (key-list checks) */
     df_flat flat;     /* set by df_params_flatten */
 } df_params;
 
@@ -234,10 +234,12 @@ DF_API int df_params_set_trainable(df_params *r, const char *pattern, bool on);
 DF_API df_status df_params_flatten(df_params *r);
 /* requires_grad = trainable for every parameter. */
 DF_API void df_params_requires_grad(df_params *r);
-/* Loads a safetensors file, or a sharded `*.safetensors.index.json`, into the registered parameters: every registered name must be
- * present with the same shape (DF_ERR_NOTFOUND / DF_ERR_FORMAT naming file and tensor); keys
- * we do not have are counted into *n_unexpected (may be NULL) and warned about. Legacy attention
- * names and CLIP's position_ids are handled. */
+/* Loads a safetensors file, or a sharded `*.safetensors.index.json`, into the registered
+ * parameters: every registered name must be present with the same shape (DF_ERR_NOTFOUND /
+ * DF_ERR_FORMAT naming file and tensor); keys we do not have are counted into *n_unexpected (may
+ * be NULL) and warned about. Legacy attention names and CLIP's position_ids are handled. On a
+ * shapes-only registry only the names and shapes are checked (the file's header against the
+ * model: what df_component_load does before allocating anything). */
 DF_API df_status df_params_load(df_params *r, const char *path, int *n_unexpected);
 /* Writes every parameter, in registration order, to a safetensors file. */
 DF_API df_status df_params_save(const df_params *r, const char *path);
@@ -267,6 +269,9 @@ DF_API df_status df_json_string(const df_json *j, const char *key, const char *d
  * accept_scalar, a single number is stored in out[0] and *n = -1 (the caller broadcasts). */
 DF_API df_status df_json_int_list(const df_json *j, const char *key, int max, int *out, int *n,
                                   bool accept_scalar);
+/* As df_json_int_list for true / false entries. */
+DF_API df_status df_json_bool_list(const df_json *j, const char *key, int max, bool *out, int *n,
+                                   bool accept_scalar);
 DF_API df_status df_json_string_list(const df_json *j, const char *key, int max,
                                      char (*out)[DF_JSON_STR], int *n);
 /* Prints a note for every top-level key not in `known` (keys starting with '_' excepted). */
@@ -441,7 +446,9 @@ typedef struct df_block_config {
     float eps, output_scale_factor;
     bool scale_shift;
     df_block_attn attn;
-    int attn_head_dim;                   /* SPATIAL: head width (0 = one head) */
+    int attn_head_dim;      /* SPATIAL: head width (0 = one head) */
+    bool attn_without_norm; /* SPATIAL: no group_norm (UNetMidBlock2D unless the resnets' time
+                               scale shift is "default") */
     df_transformer2d_config transformer; /* TRANSFORMER: heads, cross_dim, ... */
     bool add_sample;                     /* a downsampler / upsampler after the layers */
     int downsample_padding; /* 1 for UNets; 0 (and right/bottom pad) for the VAE encoder */
@@ -473,7 +480,9 @@ DF_API df_block_config df_unet_base_block(int temb_channels, int groups, float e
 DF_API df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR],
                                       char (*up)[DF_JSON_STR], df_block_attn excluded);
 /* The UNet body shared by both UNets: h = conv_in output; the down path (storing skips), the mid
- * block and the up path (consuming them). */
+ * block (none when mid is NULL) and the up path (consuming them). Each upsampler resizes to
+ * the size of the skip it meets next (diffusers' upsample_size, nearest as F.interpolate, for
+ * sides that do not divide by 2^(blocks-1)); with sides that divide, that is the plain x2. */
 DF_API df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid,
                                          const df_block *up, int n_blocks, df_tensor *h,
                                          df_tensor *temb, df_tensor *context);
@@ -494,9 +503,20 @@ DF_API df_tensor *df_mid_block_forward(const df_block *b, df_tensor *x, df_tenso
 
 #define DF_MAX_BLOCKS 8
 
-/* UNet2DModel config (diffusers field names and defaults). */
+/* Sane limits of the config readers (well above every published model: SD/SDXL use at most
+ * 1280 channels, 10 transformer layers, 3 resnets per block). A config beyond them is refused
+ * (DF_ERR_FORMAT naming the file and field) before anything is allocated. */
+#define DF_MODEL_MAX_CHANNELS 16384 /* block widths, in/out/latent channels, cross-attn width */
+#define DF_MODEL_MAX_LAYERS 64      /* layers_per_block, transformer_layers_per_block */
+#define DF_MODEL_MAX_KERNEL 15      /* conv_in_kernel, conv_out_kernel */
+#define DF_MODEL_MAX_SIDE 65536     /* sample_size sides and input sides */
+/* Skip connections a UNet can hold: conv_in's plus (layers + 1) per block. */
+#define DF_UNET_MAX_SKIPS (1 + DF_MAX_BLOCKS * (DF_MODEL_MAX_LAYERS + 1))
+
+/* UNet2DModel config (diffusers field names and defaults). sample_size is the height (0 =
+ * None); sample_width the width of the [height, width] list form, 0 for the int form (square). */
 typedef struct df_unet2d_config {
-    int sample_size, in_channels, out_channels;
+    int sample_size, sample_width, in_channels, out_channels;
     bool center_input_sample, flip_sin_to_cos;
     int freq_shift;
     int n_blocks;
@@ -516,9 +536,11 @@ typedef struct df_unet2d_config {
     char time_embedding_type[DF_JSON_STR];
 } df_unet2d_config;
 
-/* UNet2DConditionModel config (SD 1.x / 2.x fields). */
+/* UNet2DConditionModel config (SD 1.x / 2.x fields; docs/config-fields.md lists every field).
+ * mid_block_type "" means null (no mid block). time_embedding_dim 0 = None (4 x the first block
+ * width); time_embedding_act_fn / timestep_post_act "" = None, else "silu". */
 typedef struct df_unet2d_cond_config {
-    int sample_size, in_channels, out_channels;
+    int sample_size, sample_width, in_channels, out_channels;
     bool center_input_sample, flip_sin_to_cos;
     int freq_shift;
     int n_blocks;
@@ -540,11 +562,13 @@ typedef struct df_unet2d_cond_config {
     bool use_linear_projection, upcast_attention;
     char resnet_time_scale_shift[DF_JSON_STR];
     int conv_in_kernel, conv_out_kernel;
+    int time_embedding_dim;
+    char time_embedding_act_fn[DF_JSON_STR], timestep_post_act[DF_JSON_STR];
 } df_unet2d_cond_config;
 
 /* AutoencoderKL config. */
 typedef struct df_vae_config {
-    int in_channels, out_channels, latent_channels, sample_size;
+    int in_channels, out_channels, latent_channels, sample_size, sample_width;
     int n_blocks;
     char down_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
     char up_block_types[DF_MAX_BLOCKS][DF_JSON_STR];
@@ -586,6 +610,7 @@ typedef struct df_unet2d_cond {
     df_conv_mod conv_in, conv_out;
     df_timestep_mlp time_embedding;
     df_block down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
+    bool has_mid; /* false for mid_block_type null */
     df_norm_mod conv_norm_out;
 } df_unet2d_cond;
 
@@ -606,6 +631,25 @@ typedef struct df_vae {
 /* Builds the model from its config, registering every parameter under diffusers' names. Validates the config (DF_ERR_UNSUPPORTED for a
  * block type or option we do not implement). */
 DF_API df_status df_unet2d_init(df_unet2d *m, const df_unet2d_config *c, df_init init);
+/* Whether the model can run on a sample of (n, channels, height, width): DF_ERR_INVALID naming
+ * the model and the size otherwise. UNet2DModel needs sides divisible by 2^(blocks-1) (diffusers
+ * fails on others); UNet2DConditionModel takes any side (diffusers' upsample_size path); the VAE
+ * encoder needs sides of at least 2^(blocks-1). All need sides in [1, DF_MODEL_MAX_SIDE]. The
+ * forward functions assume a checked size (df_component_forward checks). */
+DF_API df_status df_unet2d_check_sample(const df_unet2d_config *c, const df_tensor *sample);
+DF_API df_status df_unet2d_cond_check_sample(const df_unet2d_cond_config *c,
+                                             const df_tensor *sample);
+DF_API df_status df_vae_check_sample(const df_vae_config *c, const df_tensor *sample);
+DF_API df_status df_vae_check_latents(const df_vae_config *c, const df_tensor *z);
+/* The widths every UNet / VAE config must have (DF_ERR_INVALID naming `cls` otherwise): 1 to
+ * DF_MAX_BLOCKS blocks, each width in [1, DF_MODEL_MAX_CHANNELS] divisible by `groups`. The
+ * *_init functions check these (and their own fields) for configs built in code. */
+DF_API df_status df_model_check_widths(const char *cls, int n_blocks, const int *channels,
+                                       int groups, int in_channels, int out_channels);
+/* The shared check: x F32 (N >= 1, channels, H, W), each side in [at_least,
+ * DF_MODEL_MAX_SIDE] and a multiple of `multiple`; `cls` names the model in the error. */
+DF_API df_status df_model_check_sides(const char *cls, const df_tensor *x, int channels,
+                                      int64_t multiple, int64_t at_least);
 DF_API void df_unet2d_free(df_unet2d *m);
 /* sample (N, C, H, W), timestep 0-d or (N) of any dtype -> (N, out, H, W). */
 DF_API df_tensor *df_unet2d_forward(df_unet2d *m, df_tensor *sample, const df_tensor *timestep);
@@ -629,6 +673,8 @@ DF_API df_tensor *df_vae_decode(df_vae *m, df_tensor *z);
 
 #define DF_CLIP_MAX_LAYERS 64
 #define DF_CLIP_MAX_BATCH 1024
+#define DF_CLIP_MAX_VOCAB (1 << 20)
+#define DF_CLIP_MAX_POSITIONS 65536
 
 /* CLIPTextConfig (transformers v4.33 field names and defaults). */
 typedef struct df_clip_text_config {

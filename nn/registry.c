@@ -30,7 +30,10 @@ void df_params_init_with(df_params *r, df_init init) {
 void df_params_free(df_params *r) {
     for (int i = 0; i < r->n; i++) {
         free(r->items[i].name);
-        df_tensor_free(r->items[i].tensor);
+        if (r->shapes_only)
+            free(r->items[i].tensor); /* a header without storage (df_params_add) */
+        else
+            df_tensor_free(r->items[i].tensor);
     }
     free(r->items);
     for (int i = 0; i < r->n_modules; i++) free(r->modules[i].name);
@@ -64,9 +67,22 @@ df_tensor *df_params_add(df_params *r, const char *prefix, const char *leaf, int
         r->items = realloc(r->items, (size_t)r->cap * sizeof *r->items);
         DF_ASSERT(r->items, "out of memory growing the parameter registry");
     }
-    /* parameters outlive every scope: made with no scope open */
-    df_tensor *t = df_tensor_new_owned(DF_DTYPE_F32, ndim, shape);
-    if (!r->shapes_only) memset(t->data, 0, (size_t)t->numel * sizeof(float));
+    df_tensor *t;
+    if (r->shapes_only) {
+        /* a header (dtype, shape, numel) without storage: a shapes-only registry of any size
+         * costs no parameter memory (key-list checks, and the shape check before loading) */
+        t = calloc(1, sizeof *t);
+        DF_ASSERT(t, "out of memory growing the parameter registry");
+        t->dtype = DF_DTYPE_F32;
+        t->ndim = ndim;
+        t->numel = 1;
+        for (int d = 0; d < ndim; d++) t->numel *= (t->shape[d] = shape[d]);
+        t->refcount = 1;
+    } else {
+        /* parameters outlive every scope: made with no scope open */
+        t = df_tensor_new_owned(DF_DTYPE_F32, ndim, shape);
+        memset(t->data, 0, (size_t)t->numel * sizeof(float));
+    }
     r->items[r->n++] = (df_param){.name = strdup(name), .tensor = t, .trainable = true};
     return t;
 }
@@ -159,7 +175,7 @@ static df_status load_set(df_params *r, const df_st_set *set, const char *path, 
         for (int j = 0; j < r->n; j++)
             if (strcmp(r->items[j].name, name) == 0) idx = j;
         if (idx < 0) {
-            if (*n_unexpected < 5)
+            if (*n_unexpected < 5 && !r->shapes_only)
                 fprintf(stderr, "diffusion: warning: %s: unexpected tensor '%s' ignored\n", path,
                         info->name);
             (*n_unexpected)++;
@@ -180,7 +196,7 @@ static df_status load_set(df_params *r, const df_st_set *set, const char *path, 
                             "%s: tensor '%s' has shape %s in the file but %s in the model", path,
                             info->name, got, df_shape_str(t, want, sizeof want));
         }
-        DF_TRY(df_st_read_into(f, info->name, t));
+        if (!r->shapes_only) DF_TRY(df_st_read_into(f, info->name, t));
         seen[idx] = true;
     }
     return DF_OK;
@@ -199,7 +215,7 @@ df_status df_params_load(df_params *r, const char *path, int *n_unexpected_out) 
         if (!seen[i])
             st = df_error(DF_ERR_NOTFOUND, "%s: missing tensor '%s'", path, r->items[i].name);
     free(seen);
-    if (n_unexpected > 5)
+    if (n_unexpected > 5 && !r->shapes_only)
         fprintf(stderr, "diffusion: warning: %s: %d unexpected tensors ignored in all\n", path,
                 n_unexpected);
     if (n_unexpected_out) *n_unexpected_out = n_unexpected;

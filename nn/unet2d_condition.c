@@ -2,14 +2,43 @@
  * 2.x configs: positional time embedding, cross-attention down/mid/up blocks built from
  * Transformer2DModel, per-block lists (heads, cross-attention width, layers) reversed for the up
  * path as in __init__. attention_head_dim is the number of heads when num_attention_heads is
- * absent (resolved in the config reader). Sample sizes must be multiples of 2^(blocks-1) (the
- * upsample_size path for other sizes is not implemented).
+ * absent (resolved in the config reader). Any sample side works: each upsampler's output
+ * is cut to the size of the skip it meets (diffusers' upsample_size, df_unet_blocks_forward).
+ * Time embedding: linear_1 (C0 -> T), SiLU, linear_2 (T -> T), then timestep_post_act inside
+ * TimestepEmbedding and time_embedding_act_fn after it (both SiLU or none), T =
+ * time_embedding_dim or 4 C0. mid_block_type null: no mid block.
  */
 #include "nn/nn.h"
 
 #include <string.h>
 
 static df_status check_blocks(const df_unet2d_cond_config *c) {
+    const char *cls = "UNet2DConditionModel";
+    DF_TRY(df_model_check_widths(cls, c->n_blocks, c->block_out_channels, c->norm_num_groups,
+                                 c->in_channels, c->out_channels));
+    for (int i = 0; i < c->n_blocks; i++)
+        if (c->layers_per_block[i] < 1 || c->layers_per_block[i] > DF_MODEL_MAX_LAYERS ||
+            c->transformer_layers_per_block[i] < 1 ||
+            c->transformer_layers_per_block[i] > DF_MODEL_MAX_LAYERS ||
+            c->num_attention_heads[i] < 1 ||
+            c->block_out_channels[i] % c->num_attention_heads[i] != 0 ||
+            c->cross_attention_dim[i] < 1 || c->cross_attention_dim[i] > DF_MODEL_MAX_CHANNELS)
+            return df_error(DF_ERR_INVALID,
+                            "%s: block %d: layers %d, transformer layers %d (1 to %d), %d heads "
+                            "for %d channels, cross-attention width %d",
+                            cls, i, c->layers_per_block[i], c->transformer_layers_per_block[i],
+                            DF_MODEL_MAX_LAYERS, c->num_attention_heads[i],
+                            c->block_out_channels[i], c->cross_attention_dim[i]);
+    if (c->conv_in_kernel < 1 || c->conv_in_kernel % 2 == 0 ||
+        c->conv_in_kernel > DF_MODEL_MAX_KERNEL || c->conv_out_kernel < 1 ||
+        c->conv_out_kernel % 2 == 0 || c->conv_out_kernel > DF_MODEL_MAX_KERNEL ||
+        c->time_embedding_dim < 0 || c->time_embedding_dim > 4 * DF_MODEL_MAX_CHANNELS ||
+        c->downsample_padding < 0 || c->downsample_padding > 1)
+        return df_error(DF_ERR_INVALID,
+                        "%s: conv kernels %d, %d (odd, at most %d), time_embedding_dim %d, "
+                        "downsample_padding %d",
+                        cls, c->conv_in_kernel, c->conv_out_kernel, DF_MODEL_MAX_KERNEL,
+                        c->time_embedding_dim, c->downsample_padding);
     DF_TRY(df_unet_check_blocks("UNet2DConditionModel", c->n_blocks,
                                 (char(*)[DF_JSON_STR])c->down_block_types,
                                 (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_SPATIAL));
@@ -26,7 +55,8 @@ df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c,
     df_params *r = &m->params;
     df_params_init_with(r, init);
     char buf[DF_NAME_MAX];
-    int c0 = c->block_out_channels[0], temb = 4 * c0, nb = c->n_blocks;
+    int c0 = c->block_out_channels[0], nb = c->n_blocks;
+    int temb = c->time_embedding_dim ? c->time_embedding_dim : 4 * c0;
     df_block_config base = df_unet_base_block(temb, c->norm_num_groups, c->norm_eps,
                                               c->resnet_time_scale_shift, c->downsample_padding);
     base.transformer = (df_transformer2d_config){.norm_groups = c->norm_num_groups,
@@ -60,7 +90,8 @@ df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c,
     mid.transformer.heads = c->num_attention_heads[nb - 1];
     mid.transformer.cross_dim = c->cross_attention_dim[nb - 1];
     mid.transformer.layers = c->transformer_layers_per_block[nb - 1];
-    df_mid_block_init(&m->mid, r, "mid_block", mid);
+    m->has_mid = c->mid_block_type[0] != '\0';
+    if (m->has_mid) df_mid_block_init(&m->mid, r, "mid_block", mid);
 
     out_ch = c->block_out_channels[nb - 1];
     for (int i = 0; i < nb; i++) {
@@ -88,8 +119,12 @@ df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c,
 }
 
 void df_unet2d_cond_free(df_unet2d_cond *m) {
-    df_unet_blocks_free(m->down, &m->mid, m->up, m->config.n_blocks);
+    df_unet_blocks_free(m->down, m->has_mid ? &m->mid : NULL, m->up, m->config.n_blocks);
     df_params_free(&m->params);
+}
+
+df_status df_unet2d_cond_check_sample(const df_unet2d_cond_config *c, const df_tensor *sample) {
+    return df_model_check_sides("UNet2DConditionModel", sample, c->in_channels, 1, 1);
 }
 
 df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df_tensor *timestep,
@@ -98,18 +133,18 @@ df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df
     int64_t batch = sample->shape[0];
     DF_ASSERT(sample->ndim == 4 && sample->shape[1] == c->in_channels,
               "UNet2DConditionModel: sample must be (N, %d, H, W)", c->in_channels);
-    int factor = 1 << (c->n_blocks - 1);
-    DF_ASSERT(sample->shape[2] % factor == 0 && sample->shape[3] % factor == 0,
-              "UNet2DConditionModel: sample size must be a multiple of %d", factor);
     if (c->center_input_sample) sample = df_add_scalar(df_mul_scalar(sample, 2.0f), -1.0f);
     df_tensor *t_emb = df_timestep_embedding(timestep, (int)batch, c->block_out_channels[0],
                                              c->flip_sin_to_cos, (float)c->freq_shift);
     df_tensor *emb = df_timestep_mlp_forward(&m->time_embedding, t_emb);
+    if (c->timestep_post_act[0]) emb = df_silu(emb);
+    if (c->time_embedding_act_fn[0]) emb = df_silu(emb);
 
     df_conv_mod conv_in = m->conv_in;
     conv_in.p.blocked_out = true; /* activations stay channel-blocked up to conv_out */
     df_tensor *h = df_conv_mod_forward(&conv_in, sample);
-    h = df_unet_blocks_forward(m->down, &m->mid, m->up, c->n_blocks, h, emb, encoder_hidden_states);
+    h = df_unet_blocks_forward(m->down, m->has_mid ? &m->mid : NULL, m->up, c->n_blocks, h, emb,
+                               encoder_hidden_states);
     h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
     h = df_conv_mod_forward(&m->conv_out, h);
     return h->block ? df_to_plain(h) : h;

@@ -40,11 +40,13 @@ static df_status initial_noise(const char *latents_path, const df_unet2d_config 
         if ((*out)->ndim != 4 || (*out)->shape[1] != c->in_channels)
             return df_error(DF_ERR_INVALID, "%s: 'latents' must be (N, %d, H, W)", latents_path,
                             c->in_channels);
-        return DF_OK;
+        return df_unet2d_check_sample(c, *out);
     }
     if (c->sample_size <= 0)
         return df_error(DF_ERR_INVALID, "the UNet config has no sample_size: give --latents");
-    *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(n, c->in_channels, c->sample_size, c->sample_size));
+    int width = c->sample_width ? c->sample_width : c->sample_size;
+    *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(n, c->in_channels, c->sample_size, width));
+    DF_TRY(df_unet2d_check_sample(c, *out));
     df_torchgen_randn(gen, df_f32(*out), (*out)->numel);
     return DF_OK;
 }

@@ -218,3 +218,29 @@ Test(nn_models, vae_tiny) {
 Test(nn_models, clip_text_tiny) {
     run_case("clip_text_tiny");
 }
+
+/* The honoured non-default config fields (docs/config-fields.md), each fixture several at once:
+ * tests/ref/gen_models_config_fields.py lists which. */
+Test(nn_models, unet2d_fields_a) {
+    run_case("unet2d_fields_a");
+}
+
+Test(nn_models, unet2d_fields_b) {
+    run_case("unet2d_fields_b");
+}
+
+Test(nn_models, unet2dcond_fields_a) {
+    run_case("unet2dcond_fields_a");
+}
+
+Test(nn_models, unet2dcond_fields_b) {
+    run_case("unet2dcond_fields_b");
+}
+
+Test(nn_models, vae_fields) {
+    run_case("vae_fields");
+}
+
+Test(nn_models, clip_text_fields) {
+    run_case("clip_text_fields");
+}
