@@ -198,7 +198,7 @@ typedef struct df_params {
     int n_modules, cap_modules;
     df_philox *init;  /* initialiser stream for new parameters; NULL leaves them zero */
     bool shapes_only; /* names and shapes only: tensors have no storage (key-list checks) */
-    df_flat flat;     /* set by df_params_flatten */
+    df_flat flat;     /* the trainable parameters and their gradients (df_params_flatten) */
 } df_params;
 
 /* How a model's parameters start: drawn from `gen` (torch's default initialisers' ranges), zero
@@ -229,9 +229,14 @@ DF_API void df_params_fill(df_params *r, df_tensor *t, float value);
 DF_API int64_t df_params_count(const df_params *r);
 /* Sets `trainable` on every parameter whose name matches the fnmatch pattern; returns the count. */
 DF_API int df_params_set_trainable(df_params *r, const char *pattern, bool on);
-/* Moves all parameters into one flat buffer (df_flat) with flat gradients; trainable ones get
- * requires_grad. Call once, after the model is built and loaded. */
+/* Moves the trainable parameters into one flat buffer with flat gradients (r->flat, requires_grad
+ * on); the frozen ones keep their own storage as data only (no gradient memory, requires_grad
+ * off, so no op records them, and no optimizer state). Call once, after the model is built,
+ * loaded and marked. */
 DF_API df_status df_params_flatten(df_params *r);
+/* Marks every parameter frozen and flattens: a model that only runs (a frozen base, a VAE or
+ * text encoder under training). */
+DF_API df_status df_params_freeze(df_params *r);
 /* requires_grad = trainable for every parameter. */
 DF_API void df_params_requires_grad(df_params *r);
 /* Loads a safetensors file, or a sharded `*.safetensors.index.json`, into the registered
@@ -243,6 +248,32 @@ DF_API void df_params_requires_grad(df_params *r);
 DF_API df_status df_params_load(df_params *r, const char *path, int *n_unexpected);
 /* Writes every parameter, in registration order, to a safetensors file. */
 DF_API df_status df_params_save(const df_params *r, const char *path);
+
+/* Which parameters a save or a partial load concerns: every condition set must hold; a zeroed
+ * selection takes them all. */
+typedef struct df_param_select {
+    bool trainable_only; /* only parameters marked trainable */
+    const char *prefix;  /* names starting with prefix; NULL: any */
+    const char *glob;    /* names matching the fnmatch glob (`*` spans dots); NULL: any */
+} df_param_select;
+DF_API bool df_param_selected(const df_param *p, const df_param_select *sel);
+/* Writes the selected parameters, in registration order. */
+DF_API df_status df_params_save_select(const df_params *r, const char *path,
+                                       const df_param_select *sel);
+
+/* What a partial load did: tensors applied, selected parameters the file lacks (they keep their
+ * values), file tensors that name no selected parameter. The name lists are owned (free with
+ * df_load_report_free). */
+typedef struct df_load_report {
+    int applied, n_missing, n_unexpected;
+    char **missing, **unexpected;
+} df_load_report;
+/* Loads the tensors of a file (or sharded index) that name selected parameters (an adapter or a
+ * fine-tuned part on top of a base): a shape mismatch is an error naming the tensor and both
+ * shapes; missing and unexpected tensors are not errors, the report lists them. */
+DF_API df_status df_params_load_partial(df_params *r, const char *path, const df_param_select *sel,
+                                        df_load_report *report);
+DF_API void df_load_report_free(df_load_report *report);
 
 /* ================================================================ config.json ================ */
 

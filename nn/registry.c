@@ -127,14 +127,33 @@ int df_params_set_trainable(df_params *r, const char *pattern, bool on) {
 }
 
 df_status df_params_flatten(df_params *r) {
-    df_tensor **ts = malloc((size_t)(r->n ? r->n : 1) * sizeof *ts);
-    if (!ts) return df_error(DF_ERR_NOMEM, "flatten: out of memory");
-    for (int i = 0; i < r->n; i++) ts[i] = r->items[i].tensor;
-    df_status st = df_flat_init(&r->flat, ts, r->n);
-    free(ts);
-    if (st != DF_OK) return st;
-    for (int i = 0; i < r->n; i++) r->items[i].tensor->requires_grad = r->items[i].trainable;
-    return DF_OK;
+    df_tensor **train = malloc((size_t)(r->n ? r->n : 1) * sizeof *train);
+    df_tensor **frozen = malloc((size_t)(r->n ? r->n : 1) * sizeof *frozen);
+    df_status st = DF_OK;
+    int n_train = 0, n_frozen = 0;
+    if (!train || !frozen) st = df_error(DF_ERR_NOMEM, "flatten: out of memory");
+    for (int i = 0; st == DF_OK && i < r->n; i++) {
+        if (r->items[i].trainable)
+            train[n_train++] = r->items[i].tensor;
+        else
+            frozen[n_frozen++] = r->items[i].tensor;
+    }
+    if (st == DF_OK) st = df_flat_init(&r->flat, train, n_train);
+    /* frozen values stay where they are (moving them would hold two copies at once): only
+     * their gradients go, and with requires_grad off no op records them */
+    for (int i = 0; st == DF_OK && i < n_frozen; i++) {
+        if (frozen[i]->grad) df_tensor_free(frozen[i]->grad);
+        frozen[i]->grad = NULL;
+        frozen[i]->requires_grad = false;
+    }
+    free(train);
+    free(frozen);
+    return st;
+}
+
+df_status df_params_freeze(df_params *r) {
+    for (int i = 0; i < r->n; i++) r->items[i].trainable = false;
+    return df_params_flatten(r);
 }
 
 void df_params_requires_grad(df_params *r) {
@@ -162,9 +181,32 @@ static const char *canonical_name(const char *key, char *buf, size_t len) {
     return key;
 }
 
-/* Loads every key of one open file that names a registered parameter; marks them in `seen`. */
-static df_status load_set(df_params *r, const df_st_set *set, const char *path, bool *seen,
-                          int *n_unexpected) {
+bool df_param_selected(const df_param *p, const df_param_select *sel) {
+    if (!sel) return true;
+    if (sel->trainable_only && !p->trainable) return false;
+    if (sel->prefix && strncmp(p->name, sel->prefix, strlen(sel->prefix)) != 0) return false;
+    return !sel->glob || fnmatch(sel->glob, p->name, 0) == 0;
+}
+
+/* Appends a copy of name to a report list. */
+static df_status report_add(char ***list, int *n, const char *name) {
+    char **grown = realloc(*list, (size_t)(*n + 1) * sizeof *grown);
+    char *copy = strdup(name);
+    if (!grown || !copy) {
+        free(copy);
+        if (grown) *list = grown;
+        return df_error(DF_ERR_NOMEM, "load report: out of memory");
+    }
+    *list = grown;
+    (*list)[(*n)++] = copy;
+    return DF_OK;
+}
+
+/* Loads every key of one open file that names a selected parameter; marks them in `seen`. Keys
+ * that name none are counted in rep->n_unexpected and listed when `list` is set, else warned
+ * about (the first five). */
+static df_status load_set(df_params *r, const df_st_set *set, const char *path,
+                          const df_param_select *sel, bool *seen, df_load_report *rep, bool list) {
     for (int i = 0; i < df_st_set_count(set); i++) {
         const df_st_file *f;
         const df_st_info *info = df_st_set_info_at(set, i, &f);
@@ -173,12 +215,14 @@ static df_status load_set(df_params *r, const df_st_set *set, const char *path, 
         if (!name) continue;
         int idx = -1;
         for (int j = 0; j < r->n; j++)
-            if (strcmp(r->items[j].name, name) == 0) idx = j;
+            if (strcmp(r->items[j].name, name) == 0 && df_param_selected(&r->items[j], sel))
+                idx = j;
         if (idx < 0) {
-            if (*n_unexpected < 5 && !r->shapes_only)
+            if (list)
+                DF_TRY(report_add(&rep->unexpected, &rep->n_unexpected, info->name));
+            else if (rep->n_unexpected++ < 5 && !r->shapes_only)
                 fprintf(stderr, "diffusion: warning: %s: unexpected tensor '%s' ignored\n", path,
                         info->name);
-            (*n_unexpected)++;
             continue;
         }
         df_tensor *t = r->items[idx].tensor;
@@ -198,42 +242,77 @@ static df_status load_set(df_params *r, const df_st_set *set, const char *path, 
         }
         if (!r->shapes_only) DF_TRY(df_st_read_into(f, info->name, t));
         seen[idx] = true;
+        rep->applied++;
     }
     return DF_OK;
+}
+
+/* Opens path and loads what it holds of the selection into r; seen[i] marks the loaded. */
+static df_status load_file(df_params *r, const char *path, const df_param_select *sel, bool *seen,
+                           df_load_report *rep, bool list) {
+    df_st_set *set = NULL;
+    df_status st = df_st_set_open(path, &set);
+    if (st == DF_OK) st = load_set(r, set, path, sel, seen, rep, list);
+    df_st_set_close(set);
+    return st;
 }
 
 df_status df_params_load(df_params *r, const char *path, int *n_unexpected_out) {
     bool *seen = calloc((size_t)(r->n ? r->n : 1), sizeof *seen);
     if (!seen) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
-    int n_unexpected = 0;
-    df_status st = DF_OK;
-    df_st_set *set = NULL;
-    st = df_st_set_open(path, &set);
-    if (st == DF_OK) st = load_set(r, set, path, seen, &n_unexpected);
-    df_st_set_close(set);
+    df_load_report rep = {0};
+    df_status st = load_file(r, path, NULL, seen, &rep, false);
     for (int i = 0; st == DF_OK && i < r->n; i++)
         if (!seen[i])
             st = df_error(DF_ERR_NOTFOUND, "%s: missing tensor '%s'", path, r->items[i].name);
     free(seen);
-    if (n_unexpected > 5 && !r->shapes_only)
+    if (rep.n_unexpected > 5 && !r->shapes_only)
         fprintf(stderr, "diffusion: warning: %s: %d unexpected tensors ignored in all\n", path,
-                n_unexpected);
-    if (n_unexpected_out) *n_unexpected_out = n_unexpected;
+                rep.n_unexpected);
+    if (n_unexpected_out) *n_unexpected_out = rep.n_unexpected;
     return st;
 }
 
+df_status df_params_load_partial(df_params *r, const char *path, const df_param_select *sel,
+                                 df_load_report *rep) {
+    *rep = (df_load_report){0};
+    bool *seen = calloc((size_t)(r->n ? r->n : 1), sizeof *seen);
+    if (!seen) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    df_status st = load_file(r, path, sel, seen, rep, true);
+    for (int i = 0; st == DF_OK && i < r->n; i++)
+        if (!seen[i] && df_param_selected(&r->items[i], sel))
+            st = report_add(&rep->missing, &rep->n_missing, r->items[i].name);
+    free(seen);
+    if (st != DF_OK) df_load_report_free(rep);
+    return st;
+}
+
+void df_load_report_free(df_load_report *rep) {
+    for (int i = 0; i < rep->n_missing; i++) free(rep->missing[i]);
+    for (int i = 0; i < rep->n_unexpected; i++) free(rep->unexpected[i]);
+    free(rep->missing);
+    free(rep->unexpected);
+    *rep = (df_load_report){0};
+}
+
 df_status df_params_save(const df_params *r, const char *path) {
+    return df_params_save_select(r, path, NULL);
+}
+
+df_status df_params_save_select(const df_params *r, const char *path, const df_param_select *sel) {
     const char **names = malloc((size_t)(r->n ? r->n : 1) * sizeof *names);
     const df_tensor **ts = malloc((size_t)(r->n ? r->n : 1) * sizeof *ts);
     df_status st;
     if (!names || !ts) {
         st = df_error(DF_ERR_NOMEM, "%s: out of memory", path);
     } else {
+        int n = 0;
         for (int i = 0; i < r->n; i++) {
-            names[i] = r->items[i].name;
-            ts[i] = r->items[i].tensor;
+            if (!df_param_selected(&r->items[i], sel)) continue;
+            names[n] = r->items[i].name;
+            ts[n++] = r->items[i].tensor;
         }
-        st = df_st_save(path, r->n, names, ts, 0, NULL, NULL);
+        st = df_st_save(path, n, names, ts, 0, NULL, NULL);
     }
     free(names);
     free(ts);
