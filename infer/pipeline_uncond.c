@@ -31,6 +31,13 @@ df_status df_uncond_pipeline_load(const char *dir, const char *scheduler_name,
         return df_error(DF_ERR_UNSUPPORTED,
                         "%s: unconditional pipelines need a UNet2DModel, not %s", path,
                         p->unet.class_name);
+    const df_unet2d_config *uc = &p->unet.unet2d->config;
+    if (uc->out_channels != uc->in_channels)
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: out_channels %d differs from in_channels %d: the scheduler steps "
+                        "need a model output shaped as the sample (learned variance is not "
+                        "implemented)",
+                        path, uc->out_channels, uc->in_channels);
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
     DF_TRY(df_sched_config_load(path, scheduler_name, &p->sched_config));
     p->has_sched_config = true;

@@ -17,11 +17,14 @@ df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init) {
     DF_TRY(df_model_check_widths("AutoencoderKL", c->n_blocks, c->block_out_channels,
                                  c->norm_num_groups, c->in_channels, c->out_channels));
     if (c->latent_channels < 1 || c->latent_channels > DF_MODEL_MAX_CHANNELS ||
-        c->layers_per_block < 1 || c->layers_per_block > DF_MODEL_MAX_LAYERS)
+        c->layers_per_block < 0 || c->layers_per_block > DF_MODEL_MAX_LAYERS)
         return df_error(
             DF_ERR_INVALID,
-            "AutoencoderKL: latent_channels %d (1 to %d), layers_per_block %d (1 to %d)",
+            "AutoencoderKL: latent_channels %d (1 to %d), layers_per_block %d (0 to %d)",
             c->latent_channels, DF_MODEL_MAX_CHANNELS, c->layers_per_block, DF_MODEL_MAX_LAYERS);
+    int layers[DF_MAX_BLOCKS];
+    for (int i = 0; i < c->n_blocks; i++) layers[i] = c->layers_per_block;
+    DF_TRY(df_model_check_zero_layers("AutoencoderKL", c->n_blocks, c->block_out_channels, layers));
     m->config = *c;
     df_params *r = &m->params;
     df_params_init_with(r, init);

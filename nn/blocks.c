@@ -34,7 +34,9 @@ static void alloc_layers(df_block *b, const df_block_config *c, int n_resnets, i
         b->attentions = calloc((size_t)n_attn, sizeof *b->attentions);
     if (c->attn == DF_BLOCK_ATTN_TRANSFORMER)
         b->transformers = calloc((size_t)n_attn, sizeof *b->transformers);
-    DF_ASSERT(b->resnets && (b->n_attn == 0 || b->attentions || b->transformers), "out of memory");
+    DF_ASSERT((b->resnets || n_resnets == 0) &&
+                  (b->n_attn == 0 || b->attentions || b->transformers),
+              "out of memory");
 }
 
 /* Attention layer i of a block whose layers have `ch` channels. */

@@ -43,44 +43,55 @@ static df_status class_of(const df_json *j, char *out, size_t len) {
     return DF_OK;
 }
 
-/* Builds the model the config names (zero weights, or shapes only); *stem is its weights file's
- * stem. */
-static df_status build(df_component *c, const df_json *j, const char **stem, df_init init) {
+/* A parsed config of any of the four classes. */
+typedef union any_config {
+    df_unet2d_config unet2d;
+    df_unet2d_cond_config unet2d_cond;
+    df_vae_config vae;
+    df_clip_text_config clip_text;
+} any_config;
+
+/* Reads the config of the class c->class_name names; *stem is its weights file's stem. */
+static df_status read_config(const df_component *c, const df_json *j, any_config *cfg,
+                             const char **stem) {
     *stem = "diffusion_pytorch_model";
     const char *cls = c->class_name;
+    if (strcmp(cls, "UNet2DModel") == 0) return df_unet2d_config_from_json(j, &cfg->unet2d);
+    if (strcmp(cls, "UNet2DConditionModel") == 0)
+        return df_unet2d_cond_config_from_json(j, &cfg->unet2d_cond);
+    if (strcmp(cls, "AutoencoderKL") == 0) return df_vae_config_from_json(j, &cfg->vae);
+    if (strcmp(cls, "CLIPTextModel") == 0) {
+        *stem = "model";
+        return df_clip_text_config_from_json(j, &cfg->clip_text);
+    }
+    return df_error(DF_ERR_UNSUPPORTED,
+                    "%s: class '%s' (supported: UNet2DModel, UNet2DConditionModel, "
+                    "AutoencoderKL, CLIPTextModel)",
+                    j->path, cls);
+}
+
+/* Builds the model (zero weights, or shapes only) from the config read_config gave. */
+static df_status build(df_component *c, const any_config *cfg, df_init init) {
+    const char *cls = c->class_name;
     if (strcmp(cls, "UNet2DModel") == 0) {
-        df_unet2d_config cfg;
-        DF_TRY(df_unet2d_config_from_json(j, &cfg));
         if (!(c->unet2d = calloc(1, sizeof *c->unet2d)))
             return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_unet2d_init(c->unet2d, &cfg, init));
+        DF_TRY(df_unet2d_init(c->unet2d, &cfg->unet2d, init));
         c->params = &c->unet2d->params;
     } else if (strcmp(cls, "UNet2DConditionModel") == 0) {
-        df_unet2d_cond_config cfg;
-        DF_TRY(df_unet2d_cond_config_from_json(j, &cfg));
         if (!(c->unet2d_cond = calloc(1, sizeof *c->unet2d_cond)))
             return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg, init));
+        DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg->unet2d_cond, init));
         c->params = &c->unet2d_cond->params;
     } else if (strcmp(cls, "AutoencoderKL") == 0) {
-        df_vae_config cfg;
-        DF_TRY(df_vae_config_from_json(j, &cfg));
         if (!(c->vae = calloc(1, sizeof *c->vae))) return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_vae_init(c->vae, &cfg, init));
+        DF_TRY(df_vae_init(c->vae, &cfg->vae, init));
         c->params = &c->vae->params;
-    } else if (strcmp(cls, "CLIPTextModel") == 0) {
-        df_clip_text_config cfg;
-        DF_TRY(df_clip_text_config_from_json(j, &cfg));
+    } else {
         if (!(c->clip_text = calloc(1, sizeof *c->clip_text)))
             return df_error(DF_ERR_NOMEM, "out of memory");
-        DF_TRY(df_clip_text_init(c->clip_text, &cfg, init));
+        DF_TRY(df_clip_text_init(c->clip_text, &cfg->clip_text, init));
         c->params = &c->clip_text->params;
-        *stem = "model";
-    } else {
-        return df_error(DF_ERR_UNSUPPORTED,
-                        "%s: class '%s' (supported: UNet2DModel, UNet2DConditionModel, "
-                        "AutoencoderKL, CLIPTextModel)",
-                        j->path, cls);
     }
     return DF_OK;
 }
@@ -104,15 +115,17 @@ df_status df_component_load(const char *dir, df_component *c) {
     df_json j;
     DF_TRY(df_json_load(path, &j));
     const char *stem = NULL;
+    any_config cfg;
     df_status st = class_of(&j, c->class_name, sizeof c->class_name);
-    if (st == DF_OK) st = build(c, &j, &stem, (df_init){.shapes_only = true});
+    if (st == DF_OK) st = read_config(c, &j, &cfg, &stem);
+    df_json_free(&j);
+    if (st == DF_OK) st = build(c, &cfg, (df_init){.shapes_only = true});
     if (st == DF_OK) st = weights_path(dir, stem, weights, sizeof weights);
     if (st == DF_OK) st = df_params_load(c->params, weights, NULL);
     if (st == DF_OK) {
         free_model(c);
-        st = build(c, &j, &stem, (df_init){0});
+        st = build(c, &cfg, (df_init){0});
     }
-    df_json_free(&j);
     if (st != DF_OK) return st;
     return df_params_load(c->params, weights, NULL);
 }

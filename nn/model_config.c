@@ -280,10 +280,11 @@ static df_status dropout_field(const df_json *j, float *v) {
 static df_status unet_block_types(const df_json *j, const char *cls, int n,
                                   char (*down)[DF_JSON_STR], char (*up)[DF_JSON_STR],
                                   df_block_attn excluded) {
-    if (df_unet_check_blocks(cls, n, down, up, excluded) != DF_OK)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'down_block_types' / 'up_block_types': %s",
-                        j->path, df_last_error());
-    return DF_OK;
+    if (df_unet_check_blocks(cls, n, down, up, excluded) == DF_OK) return DF_OK;
+    char why[256];
+    snprintf(why, sizeof why, "%s", df_last_error());
+    return df_error(DF_ERR_UNSUPPORTED, "%s: field 'down_block_types' / 'up_block_types': %s",
+                    j->path, why);
 }
 
 static const char *const unet2d_known[] = {"sample_size",
@@ -313,6 +314,14 @@ static const char *const unet2d_known[] = {"sample_size",
 static const char *const unet2d_nullable[] = {"sample_size", "attention_head_dim",
                                               "class_embed_type", "num_class_embeds"};
 
+/* layers_per_block 0 with a width change: diffusers' downsampler asserts; refused here. */
+static df_status zero_layers(const df_json *j, int n, const int *channels, const int *layers) {
+    if (df_model_check_zero_layers("", n, channels, layers) == DF_OK) return DF_OK;
+    char why[256];
+    snprintf(why, sizeof why, "%s", df_last_error() + 1); /* after the empty class name's ':' */
+    return df_error(DF_ERR_FORMAT, "%s: field 'layers_per_block':%s", j->path, why);
+}
+
 static df_status unet2d_fields(const df_json *j, df_unet2d_config *c) {
     DF_TRY(
         check_keys(j, unet2d_known, COUNT(unet2d_known), unet2d_nullable, COUNT(unet2d_nullable)));
@@ -326,7 +335,10 @@ static df_status unet2d_fields(const df_json *j, df_unet2d_config *c) {
                        c->block_out_channels));
     DF_TRY(unet_block_types(j, "UNet2DModel", c->n_blocks, c->down_block_types, c->up_block_types,
                             DF_BLOCK_ATTN_TRANSFORMER));
-    DF_TRY(int_field(j, "layers_per_block", &c->layers_per_block, 1, DF_MODEL_MAX_LAYERS));
+    DF_TRY(int_field(j, "layers_per_block", &c->layers_per_block, 0, DF_MODEL_MAX_LAYERS));
+    int layers[DF_MAX_BLOCKS];
+    for (int i = 0; i < c->n_blocks; i++) layers[i] = c->layers_per_block;
+    DF_TRY(zero_layers(j, c->n_blocks, c->block_out_channels, layers));
     DF_TRY(float_field(j, "mid_block_scale_factor", &c->mid_block_scale_factor));
     DF_TRY(int_field(j, "downsample_padding", &c->downsample_padding, 0, 1));
     DF_TRY(dropout_field(j, &c->dropout));
@@ -482,7 +494,8 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
         DF_TRY(require_string(j, "mid_block_type", "UNetMidBlock2DCrossAttn", NULL));
         snprintf(c->mid_block_type, sizeof c->mid_block_type, "UNetMidBlock2DCrossAttn");
     }
-    DF_TRY(read_per_block(j, "layers_per_block", n, c->layers_per_block, 1, DF_MODEL_MAX_LAYERS));
+    DF_TRY(read_per_block(j, "layers_per_block", n, c->layers_per_block, 0, DF_MODEL_MAX_LAYERS));
+    DF_TRY(zero_layers(j, n, c->block_out_channels, c->layers_per_block));
     /* diffusers v0.21: num_attention_heads = num_attention_heads or attention_head_dim, and a
      * num_attention_heads that is set raises (the naming issue of diffusers#2011) */
     if (df_json_has(j, "num_attention_heads"))
@@ -496,7 +509,7 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
     for (int i = 0; i < n; i++) c->num_attention_heads[i] = heads[i];
     DF_TRY(read_per_block(j, "cross_attention_dim", n, c->cross_attention_dim, 1,
                           DF_MODEL_MAX_CHANNELS));
-    DF_TRY(read_per_block(j, "transformer_layers_per_block", n, c->transformer_layers_per_block, 1,
+    DF_TRY(read_per_block(j, "transformer_layers_per_block", n, c->transformer_layers_per_block, 0,
                           DF_MODEL_MAX_LAYERS));
     DF_TRY(only_cross_field(j, n, c->only_cross_attention));
     bool mid_only_cross = false; /* only UNetMidBlock2DSimpleCrossAttn reads it */
@@ -608,7 +621,10 @@ static df_status vae_fields(const df_json *j, df_vae_config *c) {
     DF_TRY(sample_size_field(j, &c->sample_size, &c->sample_width));
     DF_TRY(read_blocks(j, &c->n_blocks, c->down_block_types, c->up_block_types,
                        c->block_out_channels));
-    DF_TRY(int_field(j, "layers_per_block", &c->layers_per_block, 1, DF_MODEL_MAX_LAYERS));
+    DF_TRY(int_field(j, "layers_per_block", &c->layers_per_block, 0, DF_MODEL_MAX_LAYERS));
+    int layers[DF_MAX_BLOCKS];
+    for (int i = 0; i < c->n_blocks; i++) layers[i] = c->layers_per_block;
+    DF_TRY(zero_layers(j, c->n_blocks, c->block_out_channels, layers));
     DF_TRY(act_field(j, "act_fn", c->act_fn, sizeof c->act_fn));
     DF_TRY(float_field(j, "scaling_factor", &c->scaling_factor));
     /* force_upcast (annotated float upstream, used as a bool): no effect in float32 */

@@ -677,6 +677,10 @@ DF_API df_status df_vae_check_latents(const df_vae_config *c, const df_tensor *z
  * *_init functions check these (and their own fields) for configs built in code. */
 DF_API df_status df_model_check_widths(const char *cls, int n_blocks, const int *channels,
                                        int groups, int in_channels, int out_channels);
+/* A block with no resnet (layers_per_block 0) passes its input on: its width must equal the
+ * previous block's (DF_ERR_INVALID otherwise; diffusers' downsampler asserts there). */
+DF_API df_status df_model_check_zero_layers(const char *cls, int n_blocks, const int *channels,
+                                            const int *layers);
 /* The shared check: x F32 (N >= 1, channels, H, W), each side in [at_least,
  * DF_MODEL_MAX_SIDE] and a multiple of `multiple`; `cls` names the model in the error. */
 DF_API df_status df_model_check_sides(const char *cls, const df_tensor *x, int channels,

@@ -61,7 +61,7 @@ void df_transformer2d_init(df_transformer2d *m, df_params *r, const char *name,
                          ch, 1, 1, 0, true);
     m->n_blocks = c.layers;
     m->blocks = calloc((size_t)c.layers, sizeof *m->blocks);
-    DF_ASSERT(m->blocks, "out of memory");
+    DF_ASSERT(m->blocks || c.layers == 0, "out of memory");
     for (int i = 0; i < c.layers; i++)
         block_init(&m->blocks[i], r, df_name_index(buf, sizeof buf, name, "transformer_blocks", i),
                    ch, c.heads, c.cross_dim, c.only_cross_attention);

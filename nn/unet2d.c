@@ -13,10 +13,10 @@
 static df_status check_blocks(const df_unet2d_config *c) {
     DF_TRY(df_model_check_widths("UNet2DModel", c->n_blocks, c->block_out_channels,
                                  c->norm_num_groups, c->in_channels, c->out_channels));
-    if (c->layers_per_block < 1 || c->layers_per_block > DF_MODEL_MAX_LAYERS ||
+    if (c->layers_per_block < 0 || c->layers_per_block > DF_MODEL_MAX_LAYERS ||
         c->attention_head_dim < 0 || c->downsample_padding < 0 || c->downsample_padding > 1)
         return df_error(DF_ERR_INVALID,
-                        "UNet2DModel: layers_per_block %d (1 to %d), attention_head_dim %d, "
+                        "UNet2DModel: layers_per_block %d (0 to %d), attention_head_dim %d, "
                         "downsample_padding %d (0 or 1)",
                         c->layers_per_block, DF_MODEL_MAX_LAYERS, c->attention_head_dim,
                         c->downsample_padding);
@@ -25,6 +25,9 @@ static df_status check_blocks(const df_unet2d_config *c) {
                              (char(*)[DF_JSON_STR])c->up_block_types, DF_BLOCK_ATTN_TRANSFORMER));
     if (c->dropout != 0)
         return df_error(DF_ERR_UNSUPPORTED, "UNet2DModel: dropout %g (only 0)", c->dropout);
+    int layers[DF_MAX_BLOCKS];
+    for (int i = 0; i < c->n_blocks; i++) layers[i] = c->layers_per_block;
+    DF_TRY(df_model_check_zero_layers("UNet2DModel", c->n_blocks, c->block_out_channels, layers));
     /* a spatial attention needs a head: width // attention_head_dim >= 1 */
     for (int i = 0; c->attention_head_dim && i < c->n_blocks; i++) {
         df_block_attn a = DF_BLOCK_ATTN_NONE, u = DF_BLOCK_ATTN_NONE;
@@ -101,6 +104,17 @@ df_status df_unet2d_init(df_unet2d *m, const df_unet2d_config *c, df_init init) 
 void df_unet2d_free(df_unet2d *m) {
     df_unet_blocks_free(m->down, &m->mid, m->up, m->config.n_blocks);
     df_params_free(&m->params);
+}
+
+df_status df_model_check_zero_layers(const char *cls, int n_blocks, const int *channels,
+                                     const int *layers) {
+    for (int i = 1; i < n_blocks; i++)
+        if (layers[i] == 0 && channels[i] != channels[i - 1])
+            return df_error(DF_ERR_INVALID,
+                            "%s: block %d has no resnet to take its input from %d to %d channels "
+                            "(layers_per_block 0 needs equal widths; diffusers fails there too)",
+                            cls, i, channels[i - 1], channels[i]);
+    return DF_OK;
 }
 
 df_status df_model_check_widths(const char *cls, int n_blocks, const int *channels, int groups,

@@ -17,18 +17,20 @@ static df_status check_blocks(const df_unet2d_cond_config *c) {
     DF_TRY(df_model_check_widths(cls, c->n_blocks, c->block_out_channels, c->norm_num_groups,
                                  c->in_channels, c->out_channels));
     for (int i = 0; i < c->n_blocks; i++)
-        if (c->layers_per_block[i] < 1 || c->layers_per_block[i] > DF_MODEL_MAX_LAYERS ||
-            c->transformer_layers_per_block[i] < 1 ||
+        if (c->layers_per_block[i] < 0 || c->layers_per_block[i] > DF_MODEL_MAX_LAYERS ||
+            c->transformer_layers_per_block[i] < 0 ||
             c->transformer_layers_per_block[i] > DF_MODEL_MAX_LAYERS ||
             c->num_attention_heads[i] < 1 ||
             c->block_out_channels[i] % c->num_attention_heads[i] != 0 ||
             c->cross_attention_dim[i] < 1 || c->cross_attention_dim[i] > DF_MODEL_MAX_CHANNELS)
             return df_error(DF_ERR_INVALID,
-                            "%s: block %d: layers %d, transformer layers %d (1 to %d), %d heads "
+                            "%s: block %d: layers %d, transformer layers %d (0 to %d), %d heads "
                             "for %d channels, cross-attention width %d",
                             cls, i, c->layers_per_block[i], c->transformer_layers_per_block[i],
                             DF_MODEL_MAX_LAYERS, c->num_attention_heads[i],
                             c->block_out_channels[i], c->cross_attention_dim[i]);
+    DF_TRY(
+        df_model_check_zero_layers(cls, c->n_blocks, c->block_out_channels, c->layers_per_block));
     if (c->conv_in_kernel < 1 || c->conv_in_kernel % 2 == 0 ||
         c->conv_in_kernel > DF_MODEL_MAX_KERNEL || c->conv_out_kernel < 1 ||
         c->conv_out_kernel % 2 == 0 || c->conv_out_kernel > DF_MODEL_MAX_KERNEL ||

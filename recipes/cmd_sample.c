@@ -45,8 +45,10 @@ static df_status initial_noise(const char *latents_path, const df_unet2d_config 
     if (c->sample_size <= 0)
         return df_error(DF_ERR_INVALID, "the UNet config has no sample_size: give --latents");
     int width = c->sample_width ? c->sample_width : c->sample_size;
+    df_tensor shape = {
+        .dtype = DF_DTYPE_F32, .ndim = 4, .shape = {n, c->in_channels, c->sample_size, width}};
+    DF_TRY(df_unet2d_check_sample(c, &shape)); /* before allocating */
     *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(n, c->in_channels, c->sample_size, width));
-    DF_TRY(df_unet2d_check_sample(c, *out));
     df_torchgen_randn(gen, df_f32(*out), (*out)->numel);
     return DF_OK;
 }
@@ -97,6 +99,9 @@ int df_cmd_sample(int argc, char **argv) {
     df_scope scope = df_scope_begin();
     df_tensor *noise = NULL, *sample = NULL;
     st = initial_noise(latents_path, &p.unet.unet2d->config, (int)n, &gen, &noise);
+    if (st == DF_OK && out_png && noise->shape[1] != 1 && noise->shape[1] != 3)
+        st = df_error(DF_ERR_INVALID, "%s: a %lld-channel sample is no image: use --out-tensor",
+                      out_png, (long long)noise->shape[1]);
     if (st == DF_OK)
         st = df_uncond_sample(df_unet2d_denoise, p.unet.unet2d, p.sched, (int)steps, noise, &gen,
                               &sample);

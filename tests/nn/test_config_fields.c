@@ -212,6 +212,13 @@ Test(nn_config_fields, unsupported_values_refused_by_name) {
         cr_assert(strstr(df_last_error(), "unet/config.json"), "%s", df_last_error());
     }
     df_unet2d_config u;
+    expect_error(parse_unet2d("{\"down_block_types\": [\"SkipDownBlock2D\", \"DownBlock2D\", "
+                              "\"DownBlock2D\", \"DownBlock2D\"]}",
+                              &u),
+                 DF_ERR_UNSUPPORTED,
+                 "unet/config.json: field 'down_block_types' / "
+                 "'up_block_types': UNet2DModel: down block type "
+                 "'SkipDownBlock2D'");
     expect_error(parse_unet2d("{\"downsample_type\": \"resnet\"}", &u), DF_ERR_UNSUPPORTED,
                  "downsample_type");
     expect_error(parse_unet2d("{\"num_class_embeds\": 10}", &u), DF_ERR_UNSUPPORTED,
@@ -245,6 +252,20 @@ Test(nn_config_fields, absurd_sizes_refused_before_allocating) {
         cr_assert_eq(st, DF_ERR_FORMAT, "%s: %s", unet2d_cases[i][0], df_last_error());
         cr_assert(strstr(df_last_error(), unet2d_cases[i][1]), "%s", df_last_error());
     }
+    /* layers_per_block 0 passes a block's input on: only between equal widths (diffusers'
+     * downsampler asserts otherwise); parity with 0 in models::unet2d_fields_b */
+    expect_error(
+        parse_unet2d("{\"layers_per_block\": 0, \"block_out_channels\": [8, 16], "
+                     "\"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\", "
+                     "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"]}",
+                     &u),
+        DF_ERR_FORMAT, "block 1 has no resnet");
+    cr_assert_eq(
+        parse_unet2d("{\"layers_per_block\": 0, \"block_out_channels\": [8, 8], "
+                     "\"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\", "
+                     "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"]}",
+                     &u),
+        DF_OK, "%s", df_last_error());
     df_unet2d_cond_config c;
     expect_error(parse_cond("{\"transformer_layers_per_block\": 100000}", &c), DF_ERR_FORMAT,
                  "transformer_layers_per_block");
@@ -273,6 +294,10 @@ Test(nn_config_fields, absurd_sizes_refused_before_allocating) {
     big.block_out_channels[0] = 1 << 20;
     expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
                  "block width");
+    big = df_unet2d_config_default();
+    big.layers_per_block = 0; /* widths 224 -> 448 with no resnet between */
+    expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
+                 "no resnet");
     big = df_unet2d_config_default();
     big.attention_head_dim = 4096;
     expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,

@@ -76,9 +76,9 @@ def unet2d_a(g):
     "in_channels": 3, "out_channels": 3,
     "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
     "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [4, 8, 12],
-    "layers_per_block": 2,
-    "attention_head_dim": 5,              # heads = width // 5: inner width 5 / 10 != 8 / 12
+    "block_out_channels": [12, 12, 12],
+    "layers_per_block": 0,                # blocks without resnets (up blocks keep one)
+    "attention_head_dim": 5,              # heads = width // 5: inner width 10 != 12
     "norm_num_groups": 2,                 # not one channel a group: biases keep a gradient
     "add_attention": False,               # no mid-block attention
 })
@@ -123,8 +123,9 @@ def unet2dcond_a(g):  # 9 x 7: not a multiple of 2, the upsample_size path
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "only_cross_attention": True,
-    "block_out_channels": [4, 8, 12],
-    "layers_per_block": 1,
+    "block_out_channels": [4, 4, 12],
+    "layers_per_block": [1, 0, 1],        # block 1: no resnet (so the width of block 0)
+    "transformer_layers_per_block": [0, 1, 1],  # a Transformer2DModel without blocks
     "mid_block_scale_factor": 2.0,
     "norm_num_groups": 2,
     "cross_attention_dim": 8,
