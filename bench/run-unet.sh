@@ -9,8 +9,7 @@
 #   bench/run-unet.sh                                   # all modes, default iterations
 #   DF_BENCH_MODES="train32" bench/run-unet.sh          # a subset
 #   DF_BENCH_WARMUP=2 DF_BENCH_ITERS=5 DF_BENCH_SD15_ITERS=3 bench/run-unet.sh   # quiet machine
-# The defaults take about 5 minutes on 2 idle cores, most of it PyTorch's sd15 forward (about a
-# minute or more per step on reference BLAS, see the caveat below).
+# The defaults take a few minutes on 2 idle cores, most of it the sd15 forwards.
 #
 # Modes: train32 / infer32 — UNet2DModel (sample 32, block_out_channels 64,128,128, batch 32)
 # training step (zero grad, forward, MSE, backward) / forward; sd15 — the SD 1.5 UNet with random
@@ -19,9 +18,10 @@
 # DF_BENCH_SD15_ITERS (1), DF_BENCH_MODES ("train32 infer32 sd15"), OMP_NUM_THREADS (2),
 # OMP_WAIT_POLICY (passive: on a shared machine libgomp's spinning waits for a descheduled peer
 # thread doubled both sides' step times; both processes use libgomp and get the same policy).
-# Caveat: Debian's python3-torch 1.13 is built with BLAS_INFO=generic and runs on netlib's
-# reference BLAS, so its Linear / bmm / baddbmm are slow (most of its time in the attention-heavy
-# modes); its convolutions use oneDNN 2.6.3 like ours.
+# Debian's python3-torch 1.13 is built with BLAS_INFO=generic: its Linear / bmm / baddbmm run on
+# the `libblas.so.3` alternative, which must be OpenBLAS (scripts/setup --dev); the peer prints
+# which BLAS it uses and refuses netlib's reference BLAS (bench/peer_blas.py). Its convolutions
+# use oneDNN 2.6.3 like ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build >/dev/null

@@ -21,6 +21,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peer_blas import require_fast_blas  # noqa: E402
 from torch_unet import UNet2DModel  # noqa: E402
 
 CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
@@ -30,6 +31,7 @@ CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
 
 
 def main():
+    require_fast_blas()
     warmup = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from peer_blas import require_fast_blas
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
@@ -551,6 +553,7 @@ def bench(mode, argv):
 
 
 def main():
+    require_fast_blas()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
