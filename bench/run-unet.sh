@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run-unet.sh — whole-UNet benchmark against PyTorch (issue 3): builds (scripts/build),
-# proves the PyTorch peer is the diffusers model (bench/torch_unet.py --check against the
-# diffusers-written fixtures), then runs each mode of bench_unet and of its PyTorch peer in
+# proves the PyTorch peer is the diffusers model (bench/torch_unet.py --check: forward, loss and
+# every gradient of the timed models against fixtures written by diffusers v0.21.4 itself), then runs each mode of bench_unet and of its PyTorch peer in
 # separate processes, interleaved (ours, torch, ours, torch, ...), with 2 threads each, and prints
 # one table: mode, our ms per step, PyTorch ms, time ratio (ours / PyTorch), our peak RSS (MiB),
 # PyTorch peak RSS, RSS ratio. Every step time is the median of the timed iterations.
@@ -9,6 +9,8 @@
 #   bench/run-unet.sh                                   # all modes, default iterations
 #   DF_BENCH_MODES="train32" bench/run-unet.sh          # a subset
 #   DF_BENCH_WARMUP=2 DF_BENCH_ITERS=5 DF_BENCH_SD15_ITERS=3 bench/run-unet.sh   # quiet machine
+#   DF_DIFFUSERS_PATH=SHIM:DIFFUSERS_SRC bench/run-unet.sh   # the peer is diffusers' own classes
+#                                       # (bench/torch_unet.py peer_classes) instead of its copy
 # The defaults take a few minutes on 2 idle cores, most of it the sd15 forwards.
 #
 # Modes: train32 / infer32 — UNet2DModel (sample 32, block_out_channels 64,128,128, batch 32)
@@ -51,6 +53,7 @@ rows = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     rows.setdefault(r["mode"], {})[r["impl"]] = r
+print("peer:", ", ".join(sorted({r["torch"].get("peer", "reimpl") for r in rows.values() if "torch" in r})))
 print(f"{'mode':<9} {'ours ms':>10} {'torch ms':>10} {'time x':>7} {'ours MiB':>9} {'torch MiB':>9} {'RSS x':>6}")
 for mode, r in rows.items():
     o, t = r.get("ours"), r.get("torch")
