@@ -7,6 +7,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from peer_blas import require_fast_blas
+
+require_fast_blas()
+
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 torch.manual_seed(0)
 x = torch.randn(8, 128, 32, 32, requires_grad=True)

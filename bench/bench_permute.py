@@ -7,6 +7,10 @@ import time
 
 import torch
 
+from peer_blas import require_fast_blas
+
+require_fast_blas()
+
 CASES = [
     ("attn heads (B,T,H,D)->(B,H,T,D)", (2, 4096, 8, 40), (0, 2, 1, 3)),
     ("attn merge (B,H,T,D)->(B,T,H,D)", (2, 8, 4096, 40), (0, 2, 1, 3)),

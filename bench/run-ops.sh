@@ -22,7 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j 2 --target bench_ops >/dev/null
-export OMP_NUM_THREADS=${DF_BENCH_THREADS:-2}
+# passive OpenMP waiting on both sides (unless set): on a shared 2-core machine spinning waits for a
+# descheduled thread multiply step times (see bench/run-adamw.sh)
+export OMP_NUM_THREADS=${DF_BENCH_THREADS:-2} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 ours=$(mktemp) theirs=$(mktemp)
 trap 'rm -f "$ours" "$theirs"' EXIT
 rounds=${DF_BENCH_ROUNDS:-3}
@@ -30,7 +32,7 @@ for ((r = 0; r < rounds; r++)); do
   build/bench/bench_ops >>"$ours"
   /usr/bin/python3 bench/torch_ops.py >>"$theirs"
 done
-echo "threads: $OMP_NUM_THREADS, iterations: ${DF_BENCH_ITERS:-10} x $rounds rounds, best time per case, clock: ${DF_BENCH_CLOCK:-wall}, activations: ${DF_BENCH_LAYOUT:-blocked} (ours; PyTorch: NCHW), conv layout for plain: ${DF_CONV_LAYOUT:-any}"
+echo "threads: $OMP_NUM_THREADS ($OMP_WAIT_POLICY), iterations: ${DF_BENCH_ITERS:-10} x $rounds rounds, best time per case, clock: ${DF_BENCH_CLOCK:-wall}, activations: ${DF_BENCH_LAYOUT:-blocked} (ours; PyTorch: NCHW), conv layout for plain: ${DF_CONV_LAYOUT:-any}"
 # per case each side's best (minimum) time over all rounds and iterations (column 5; a neighbour
 # on a shared machine only ever adds time), as GFLOP/s: column 4 (GFLOP/s at the median) times
 # column 3 (the median ms) is the case's GFLOP

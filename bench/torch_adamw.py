@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from peer_blas import require_fast_blas
+
 
 def bench(foreach, n, n_tensors, steps):
     per = n // n_tensors
@@ -32,6 +34,7 @@ def bench(foreach, n, n_tensors, steps):
 
 
 def main():
+    require_fast_blas()
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", type=int, default=100_000_000)
     ap.add_argument("--tensors", type=int, default=100)

@@ -15,6 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from peer_blas import require_fast_blas
+
 ITERS = max(1, int(os.environ.get("DF_BENCH_ITERS", "10")))
 WARMUP = max(0, int(os.environ.get("DF_BENCH_WARMUP", "2")))
 N = int(os.environ.get("DF_BENCH_BATCH", "32"))
@@ -36,6 +38,7 @@ def median_ms(fn):
 
 
 def main():
+    require_fast_blas()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for C, H in ((64, 32), (128, 16), (256, 8)):

@@ -1,5 +1,6 @@
 """torch_train_uncond.py — the PyTorch peer of `diffusion train recipes/configs/emoji-ddpm.yaml`:
-the same UNet2DModel (bench/torch_unet.py, checked against diffusers' fixtures by its --check)
+the same UNet2DModel (bench/torch_unet.py's re-implementation, proven equal to diffusers v0.21.4
+forward and backward by its --check; DF_DIFFUSERS_PATH: diffusers' own class, see peer_classes)
 trained with diffusers' train_unconditional.py step: DDPM linear-beta noise at uniform random
 timesteps, MSE on epsilon, loss.backward(), clip_grad_norm_(1.0), AdamW (lr 5e-4, betas
 (0.95, 0.999), weight decay 1e-6, eps 1e-8), and an EMA update of every parameter (diffusers'
@@ -21,7 +22,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_unet import UNet2DModel  # noqa: E402
+from peer_blas import require_fast_blas  # noqa: E402
+from torch_unet import peer_classes  # noqa: E402
 
 CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
               block_out_channels=[32, 64, 64], norm_num_groups=16, attention_head_dim=8,
@@ -30,6 +32,7 @@ CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
 
 
 def main():
+    require_fast_blas()
     warmup = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -40,7 +43,8 @@ def main():
         with open(os.path.join(sys.argv[3], "scheduler", "scheduler_config.json")) as f:
             prediction = json.load(f).get("prediction_type", "epsilon")
     torch.manual_seed(0)
-    model = UNet2DModel(**config)
+    unet, _, peer = peer_classes()
+    model = unet(**config)
     ema = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.95, 0.999), weight_decay=1e-6,
                             eps=1e-8)
@@ -68,7 +72,7 @@ def main():
         if step >= warmup:
             times.append((time.perf_counter() - t0) * 1000)
     times.sort()
-    print(json.dumps({"mode": "emoji-ddpm", "impl": "torch", "ms": round(times[len(times) // 2], 2),
+    print(json.dumps({"mode": "emoji-ddpm", "impl": "torch", "peer": peer, "ms": round(times[len(times) // 2], 2),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                       "steps": steps}))
 

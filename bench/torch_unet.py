@@ -1,7 +1,7 @@
 """torch_unet.py — the PyTorch peer of bench/bench_unet.c: diffusers v0.21.4's UNet2DModel and
-UNet2DConditionModel re-implemented in plain torch (diffusers cannot be installed next to Debian's
-python3-torch 1.13), with the same modules, parameter names and arithmetic for the configs the
-benchmark uses:
+UNet2DConditionModel re-implemented in plain torch (Debian ships no diffusers for its
+python3-torch 1.13, and the benchmarks must run on a clean clone), with the same modules,
+parameter names and arithmetic for the configs the benchmark uses:
 
   ResnetBlock2D ("default" time embedding norm, SiLU, no dropout), Downsample2D (3x3 stride 2
   conv), Upsample2D (nearest x2 then 3x3 conv), Attention with the classic AttnProcessor
@@ -10,9 +10,14 @@ benchmark uses:
   of BasicTransformerBlocks (LayerNorm, self-attention, cross-attention, GEGLU feed-forward),
   Timesteps (get_timestep_embedding) and TimestepEmbedding, the UNet's skip bookkeeping.
 It follows diffusers' src/diffusers/models/{unet_2d,unet_2d_condition,unet_2d_blocks,resnet,
-attention,attention_processor,transformer_2d,embeddings}.py; `--check` proves it is the same
-model by loading the diffusers fixtures (tests/fixtures/models/*_tiny: weights saved by
-diffusers v0.21.4, inputs, outputs) with load_state_dict(strict=True) and comparing outputs.
+attention,attention_processor,transformer_2d,embeddings}.py. `--check` proves it is the same
+model: (1) the models the benchmarks time (train32, the emoji-ddpm model, an SD 1.5-shaped
+UNet2DConditionModel with narrower channels), forward, MSE loss and every parameter's gradient,
+against diffusers v0.21.4 itself (tests/fixtures/bench/peer_parity.safetensors, written by
+tests/ref/gen_bench_peer.py from the upstream source; equal to the last bit when written);
+(2) the diffusers-saved fixtures tests/fixtures/models/*_tiny loaded with
+load_state_dict(strict=True), outputs compared.
+DF_DIFFUSERS_PATH=DIRS times diffusers' own classes instead (peer_classes below).
 
 Usage (OMP_NUM_THREADS=2 /usr/bin/python3 bench/torch_unet.py ...; see bench/run-unet.sh):
   --check                       parity with the fixtures (exit status 1 on a mismatch)
@@ -31,6 +36,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from peer_blas import require_fast_blas
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -470,9 +477,49 @@ class UNet2DConditionModel(UNetBase):
 
 # ------------------------------------------------------------------------------ check and bench
 
+def check_peer_parity():
+    """The models the benchmarks time, forward and backward, against diffusers v0.21.4 itself
+    (tests/fixtures/bench/peer_parity.safetensors, written by tests/ref/gen_bench_peer.py)."""
+    import st
+    from gen_bench_peer import CASES, fill_weights, make_inputs, run_case
+    want, meta = st.load(os.path.join(ROOT, "tests", "fixtures", "bench", "peer_parity.safetensors"))
+    ok = True
+    for case, (cls, cfg, shape, ctx) in CASES.items():
+        if json.loads(meta[f"{case}.config"]) != json.loads(json.dumps(cfg)):
+            print(f"check {case}: the fixture's config differs from gen_bench_peer.py's: regenerate")
+            ok = False
+            continue
+        m = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}[cls](**cfg)
+        fill_weights(m)
+        inputs = make_inputs(case, shape, ctx)
+        for k, v in inputs.items():
+            if not torch.equal(v, want[f"{case}.inputs.{k}"]):
+                print(f"check {case}: input {k} differs from the fixture's (torch's generator?)")
+                ok = False
+        got, names = run_case(m, inputs, lambda m, x, inp: m(
+            x, inp["timestep"], *((inp["encoder_hidden_states"],) if ctx else ())))
+        if names != json.loads(meta[f"{case}.params"]):
+            print(f"check {case}: parameter names differ from diffusers'")
+            ok = False
+            continue
+        errs = {}
+        for k in ("sample", "loss", "grad.sample", "grad.norm"):
+            w = want[f"{case}.{k}"]
+            errs[k] = ((got[k] - w).abs().max() / w.abs().max()).item()
+        # projections: relative to each gradient's norm (a projection can be near zero)
+        errs["grad.proj"] = ((got["grad.proj"] - want[f"{case}.grad.proj"]).abs()
+                             / want[f"{case}.grad.norm"].clamp_min(1e-30)).max().item()
+        good = all(e < 1e-4 for e in errs.values())
+        ok &= good
+        print(f"check {case} (diffusers v0.21.4 forward + backward): {len(names)} parameters, max "
+              f"rel err " + ", ".join(f"{k} {e:.1e}" for k, e in errs.items())
+              + (" ok" if good else " FAIL"))
+    return ok
+
+
 def check():
     import st
-    ok = True
+    ok = check_peer_parity()
     for name in ("unet2d_tiny", "unet2dcond_tiny", "unet2dcond_tiny_linear"):
         d = os.path.join(ROOT, "tests", "fixtures", "models", name)
         with open(os.path.join(d, "config.json")) as f:
@@ -498,8 +545,39 @@ def check():
     return ok
 
 
-def case_a():
-    return UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2,
+def peer_classes():
+    """(UNet2DModel, UNet2DConditionModel, peer name) the benchmarks time: this file's classes
+    ("reimpl"), or with DF_DIFFUSERS_PATH set (folders, os.pathsep-separated, put first on sys.path:
+    the one holding the `diffusers` package and what it imports, e.g. the oracle's shim/ and
+    upstream/diffusers-v0.21.4/src) diffusers' own classes ("diffusers"), called so that they
+    return the sample tensor as these do. --check proves the two compute the same numbers."""
+    paths = os.environ.get("DF_DIFFUSERS_PATH")
+    if not paths:
+        return UNet2DModel, UNet2DConditionModel, "reimpl"
+    for p in reversed(paths.split(os.pathsep)):
+        sys.path.insert(0, p)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    try:
+        import diffusers
+    except ImportError as e:
+        raise SystemExit(f"torch_unet.py: DF_DIFFUSERS_PATH={paths}: cannot import diffusers ({e}); "
+                         "unset it to time this file's re-implementation (proven equal by --check)")
+
+    def plain(cls):
+        class Plain(cls):
+            def forward(self, *args, **kwargs):
+                return super().forward(*args, return_dict=False, **kwargs)[0]
+        Plain.__name__ = cls.__name__
+        return Plain
+
+    print(f"torch_unet.py: peer = diffusers {diffusers.__version__} from {diffusers.__file__}",
+          file=sys.stderr)
+    return plain(diffusers.UNet2DModel), plain(diffusers.UNet2DConditionModel), "diffusers"
+
+
+def case_a(cls):
+    return cls(sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
 
@@ -516,10 +594,11 @@ def bench(mode, argv):
         argv = argv[1:]
     warmup = int(argv[0]) if len(argv) > 0 else 1
     iters = int(argv[1]) if len(argv) > 1 else 3
+    unet, unet_cond, peer = peer_classes()
     if mode in ("train32", "infer32"):
-        m, n, shape = case_a(), 32, (32, 3, 32, 32)
+        m, n, shape = case_a(unet), 32, (32, 3, 32, 32)
     elif mode == "sd15":
-        m, n, shape = UNet2DConditionModel(**cfg), 1, (1, 4, 64, 64)
+        m, n, shape = unet_cond(**cfg), 1, (1, 4, 64, 64)
     else:
         raise SystemExit(f"torch_unet.py: unknown mode {mode}")
     x = torch.randn(*shape)
@@ -544,13 +623,14 @@ def bench(mode, argv):
         if i >= warmup:
             times.append((t1 - t0) * 1e3)
     times.sort()
-    print(json.dumps({"mode": mode, "impl": "torch", "ms": round(times[len(times) // 2], 2),
+    print(json.dumps({"mode": mode, "impl": "torch", "peer": peer, "ms": round(times[len(times) // 2], 2),
                       "peak_rss_mib": round(peak_rss_mib(), 1), "iters": iters,
                       "threads": torch.get_num_threads(),
                       "params": sum(p.numel() for p in m.parameters())}), flush=True)
 
 
 def main():
+    require_fast_blas()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
