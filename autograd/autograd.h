@@ -240,7 +240,23 @@ DF_API bool df_grad_enabled(void);
 
 /* Backpropagates from a scalar (numel 1) `loss`: every leaf with requires_grad that `loss`
  * depends on gets d loss / d leaf added (+=) to its `grad` (created zero-filled when NULL).
- * Each node releases what it saved once its backward has run, so the graph is consumed. */
+ * Each node releases what it saved once its backward has run, so the graph is consumed.
+ *
+ * Re-entrant: an op's backward may run a forward and a backward of its own (gradient
+ * checkpointing recomputes a segment and backpropagates through it). The rules for such a node:
+ * (1) grad mode is off while a backward runs: it turns it on (df_grad_set_enabled) to record the
+ *     recomputation and restores it;
+ * (2) the nested graph must not reach a node of the enclosing graph (df_backward then fails with
+ *     DF_ERR_INVALID, and nothing of the enclosing graph is touched): inputs with history are
+ *     detached (df_detach) into fresh leaves with requires_grad, and their .grad added into the
+ *     node's input gradients by hand; leaves (parameters) may be used as they are, their .grad
+ *     receives the nested contributions exactly as the plain graph would give them;
+ * (3) tensors made while the node runs follow the scope rule: they belong to the innermost open
+ *     scope, usually the caller's step scope, so the node opens its own scope around the
+ *     recomputation and ends it before returning (gradients and the tape's own buffers are never
+ *     scoped, so nothing it must keep is freed);
+ * (4) a failing nested backward is reported with df_tape_fail (autograd_impl.h): the enclosing
+ *     backward stops and returns that status. */
 DF_API df_status df_backward(df_tensor *loss);
 /* As df_backward with an explicit gradient of `out` (same shape). */
 DF_API df_status df_backward_with(df_tensor *out, const df_tensor *grad_out);

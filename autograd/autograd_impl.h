@@ -76,6 +76,12 @@ df_tensor *df_node_grad(df_node *n, int i);
  * pays for. */
 df_tensor *df_node_grad_dest(df_node *n, int i, bool *accumulate);
 
+/* Reports a recoverable failure from inside an op's backward (whose signature has no status):
+ * the running backward stops after this node and df_backward returns `st` (the first one
+ * reported; the message is the caller's df_error). What a backward that runs a nested forward and
+ * backward (recomputation) does when that fails. Only valid while a backward runs. */
+void df_tape_fail(df_status st);
+
 void df_node_retain(df_node *n);
 void df_node_release(df_node *n);
 

@@ -6,6 +6,12 @@
  * algorithm on consumer counts: a tensor used twice receives both contributions before its own
  * node runs), then runs them, releasing each node's inputs, saved tensors and gradient as soon
  * as its backward is done. A consumed node cannot be run again.
+ *
+ * Re-entrant: a node's backward may itself run a forward with grad mode on and a backward of
+ * that new graph (what gradient checkpointing does: recompute a segment, backpropagate through
+ * it). Each backward has its own frame (work lists, visit epoch) on a per-thread stack; a nested
+ * backward that reaches a node an enclosing backward is still walking stops with
+ * DF_ERR_INVALID instead of corrupting its consumer counts (the rules: autograd.h, df_backward).
  */
 #include "autograd/autograd_impl.h"
 
@@ -164,18 +170,81 @@ static df_status list_push(node_list *l, df_node *n) {
     return DF_OK;
 }
 
+/* One running backward: its work lists, its visit epoch and the first failure a node reported.
+ * Frames form a per-thread stack (a backward run from inside a node's backward pushes one);
+ * a frame and its lists are kept for the next backward at the same depth, so a steady loop of
+ * backwards, nested or not, does not call malloc. */
+typedef struct backward_frame {
+    node_list all, ready;
+    uint64_t epoch;
+    df_status failed;                    /* df_tape_fail; DF_OK while every node succeeds */
+    struct backward_frame *outer, *next; /* the enclosing frame; the cached deeper frame */
+} backward_frame;
+
+static _Thread_local backward_frame base_frame;
+static _Thread_local backward_frame *frame_top; /* the innermost running backward; NULL: none */
+
 static _Atomic uint64_t visit_epoch; /* shared by threads: each backward takes a fresh epoch */
+
+/* Pushes a frame for a new backward (NULL when a deeper frame cannot be allocated). */
+static backward_frame *frame_push(void) {
+    backward_frame *f = frame_top ? frame_top->next : &base_frame;
+    if (!f) {
+        f = calloc(1, sizeof *f);
+        if (!f) {
+            df_error(DF_ERR_NOMEM, "backward: out of memory for a nested backward");
+            return NULL;
+        }
+        frame_top->next = f;
+    }
+    f->outer = frame_top;
+    f->all.len = f->ready.len = 0;
+    f->failed = DF_OK;
+    f->epoch = atomic_fetch_add(&visit_epoch, 1) + 1;
+    frame_top = f;
+    return f;
+}
+
+static void frame_pop(backward_frame *f) {
+    f->all.len = f->ready.len = 0;
+    frame_top = f->outer;
+}
+
+void df_tape_fail(df_status st) {
+    DF_ASSERT(frame_top, "df_tape_fail: no backward is running");
+    DF_ASSERT(st != DF_OK, "df_tape_fail: DF_OK is not a failure");
+    if (frame_top->failed == DF_OK) frame_top->failed = st;
+}
+
+/* True when an enclosing (still running) backward collected n and has not consumed it: a nested
+ * backward must not touch it (its pending count belongs to the enclosing walk). */
+static bool in_enclosing_backward(const df_node *n, const backward_frame *f) {
+    for (const backward_frame *o = f->outer; o; o = o->outer)
+        if (n->visit == o->epoch) return true;
+    return false;
+}
+
+/* Takes node p into the walk of frame f (once), retained, with no consumers counted yet. */
+static df_status collect_one(df_node *p, backward_frame *f) {
+    if (in_enclosing_backward(p, f))
+        return df_error(DF_ERR_INVALID,
+                        "backward: a backward run inside a backward reached a node (%s) of the "
+                        "enclosing backward's graph; detach the inputs of the recomputed segment "
+                        "(df_detach) and route their gradients by hand",
+                        p->op->name);
+    p->visit = f->epoch;
+    p->pending = 0;
+    df_node_retain(p);
+    return list_push(&f->all, p);
+}
 
 /* Every node reachable from root, each once, retained; n->pending = how many reachable nodes
  * consume its output. */
-static df_status collect(df_node *root, node_list *all, uint64_t epoch) {
+static df_status collect(df_node *root, backward_frame *f) {
     size_t head = 0;
-    root->visit = epoch;
-    root->pending = 0;
-    df_node_retain(root);
-    DF_TRY(list_push(all, root));
-    while (head < all->len) {
-        df_node *n = all->items[head++];
+    DF_TRY(collect_one(root, f));
+    while (head < f->all.len) {
+        df_node *n = f->all.items[head++];
         if (node_consumed(n))
             return df_error(DF_ERR_INVALID,
                             "backward: the graph was already consumed by an earlier backward");
@@ -183,12 +252,7 @@ static df_status collect(df_node *root, node_list *all, uint64_t epoch) {
             df_tensor *t = n->inputs[i];
             if (!t || !t->node) continue;
             df_node *p = t->node;
-            if (p->visit != epoch) {
-                p->visit = epoch;
-                p->pending = 0;
-                df_node_retain(p);
-                DF_TRY(list_push(all, p));
-            }
+            if (p->visit != f->epoch) DF_TRY(collect_one(p, f));
             p->pending++;
         }
     }
@@ -208,12 +272,9 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
         for (int64_t i = 0; i < out->numel; i++) g[i] += seed ? df_f32(seed)[i] : 1.0f;
         return DF_OK;
     }
-    /* the work lists are kept per thread and reused, so a steady loop of backwards does not
-     * call malloc (backward never runs inside a backward) */
-    static _Thread_local node_list all, ready;
-    all.len = ready.len = 0;
-    uint64_t epoch = atomic_fetch_add(&visit_epoch, 1) + 1;
-    df_status st = collect(out->node, &all, epoch);
+    backward_frame *f = frame_push();
+    if (!f) return DF_ERR_NOMEM;
+    df_status st = collect(out->node, f);
     if (st == DF_OK) {
         df_node *root = out->node;
         /* a given seed is aliased, not copied: nothing writes a node's own out_grad (only the
@@ -224,21 +285,22 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
             root->out_grad = df_tensor_new_unscoped(DF_DTYPE_F32, out->ndim, out->shape);
             df_f32(root->out_grad)[0] = 1.0f;
         }
-        st = list_push(&ready, root);
+        st = list_push(&f->ready, root);
     }
     bool prev = df_grad_set_enabled(false);
-    while (st == DF_OK && ready.len > 0) {
-        df_node *n = ready.items[--ready.len];
+    while (st == DF_OK && f->ready.len > 0) {
+        df_node *n = f->ready.items[--f->ready.len];
         if (n->out_grad) n->op->backward(n, n->out_grad);
+        st = f->failed; /* a node that failed (df_tape_fail) stops the walk after itself */
         for (int i = 0; i < n->n_inputs && st == DF_OK; i++) {
             df_tensor *t = n->inputs[i];
-            if (t && t->node && --t->node->pending == 0) st = list_push(&ready, t->node);
+            if (t && t->node && --t->node->pending == 0) st = list_push(&f->ready, t->node);
         }
         node_consume(n);
     }
     df_grad_set_enabled(prev);
-    for (size_t i = 0; i < all.len; i++) df_node_release(all.items[i]);
-    all.len = ready.len = 0;
+    for (size_t i = 0; i < f->all.len; i++) df_node_release(f->all.items[i]);
+    frame_pop(f);
     return st;
 }
 
