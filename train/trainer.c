@@ -624,7 +624,9 @@ static df_status train_step(trainer *t) {
     step_rng(t, t->step, &rng);
     df_optim_zero_grad(t->optim);
     bool finite = true;
-    for (int k = 0; k < t->accum; k++) {
+    df_grad_accum acc;
+    DF_TRY(df_grad_accum_init(&acc, t->accum));
+    for (bool stepped = false; !stepped;) { /* accelerate's accumulate over k micro-batches */
         df_batch *b = NULL;
         DF_TRY(df_loader_next(t->loader, &b));
         for (int i = 0; i < b->n_skipped; i++)
@@ -636,11 +638,12 @@ static df_status train_step(trainer *t) {
         float value = df_f32(loss)[0];
         loss_sum += value;
         if (!isfinite(value)) finite = false;
-        df_status st =
-            df_backward(t->accum > 1 ? df_mul_scalar(loss, 1.0f / (float)t->accum) : loss);
+        float scale = df_grad_accum_loss_scale(&acc); /* the gradients sum to the mean's */
+        df_status st = df_backward(t->accum > 1 ? df_mul_scalar(loss, scale) : loss);
         df_scope_end(s);
         df_batch_free(b);
         DF_TRY(st);
+        stepped = df_grad_accum_tick(&acc);
     }
     if (t->step == df_config_int(t->cfg, "inject_nan_at_step")) df_f32(t->params[0]->grad)[0] = NAN;
     double norm = NAN, lr = df_config_float(t->cfg, "learning_rate") *
