@@ -5,18 +5,24 @@
  * only removes this run's older complete checkpoints; `--resume latest` picks this run's newest
  * valid checkpoint and says so when all are damaged; the final export is renamed into place;
  * the messages of SIGTERM, --stop-after-steps, a missing --resume folder, a config change, a
- * folder as the recipe and an unset train_data_dir say what happened and what to do.
+ * folder as the recipe and an unset train_data_dir say what happened and what to do; a "full
+ * disk" (a file-size limit lowered, then raised again on the running training) is a warning
+ * naming the log files, after which metrics.jsonl and the TensorBoard file have every step,
+ * whole.
  * docs/reliability.md lists these promises with the test of each. */
 #include "datasets/datasets.h"
 #include "tests/common/check.h"
 #include "train/train.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -224,11 +230,12 @@ Test(reliability_run, two_trainings_at_once_and_sigterm) {
         struct timespec d = {0, 10000000};
         nanosleep(&d, NULL);
     }
-    cr_assert_geq(count_lines("busy/metrics.jsonl"), 1, "the first training never started");
-    int rc = train("busy", "--resume latest", out, sizeof out);
+    bool started = count_lines("busy/metrics.jsonl") >= 1;
+    int rc = started ? train("busy", "--resume latest", out, sizeof out) : -1;
     kill(pid, SIGTERM);
     int status;
     waitpid(pid, &status, 0);
+    cr_assert(started, "the first training never started");
     cr_assert_eq(rc, 1, "%s", out);
     cr_assert(strstr(out, "is in use by another training (pid "), "%s", out);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
@@ -362,4 +369,119 @@ Test(reliability_run, final_export_is_renamed_into_place) {
     cr_assert(!exists("ex/.export.tmp") && !exists("ex/.export.old"));
     expect_same("ex/unet/diffusion_pytorch_model.safetensors",
                 "ex/checkpoint-4/unet/diffusion_pytorch_model.safetensors");
+}
+
+static uint32_t masked_crc(const void *p, size_t n) {
+    uint32_t c = df_crc32c(p, n);
+    return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+static bool log_has(const char *rel, const char *needle) {
+    size_t len;
+    char *t = slurp(rel, &len);
+    bool has = t && strstr(t, needle);
+    free(t);
+    return has;
+}
+
+static void wait_for(const char *rel, const char *needle) {
+    for (int i = 0; i < 30000 && !log_has(rel, needle); i++) {
+        struct timespec d = {0, 10000000};
+        nanosleep(&d, NULL);
+    }
+    cr_assert(log_has(rel, needle), "no '%s' in %s", needle, rel);
+}
+
+/* Issue 23.6: a disk full for 2 s left gaps and a spliced line in metrics.jsonl and a corrupt
+ * TensorBoard file, with exit 0 and no warning. The full disk is a file-size limit
+ * (RLIMIT_FSIZE, SIGXFSZ ignored: writes past it fail with EFBIG) set before exec and raised
+ * again with prlimit once the training has warned; then SIGTERM ends it. */
+Test(reliability_run, log_writes_that_fail_are_warned_and_caught_up) {
+    char outdir[400], log[400];
+    snprintf(outdir, sizeof outdir, "output_dir=%s/full", root);
+    snprintf(log, sizeof log, "%s/full.log", root);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives a failed test */
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2);
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit r;
+        getrlimit(RLIMIT_FSIZE, &r);
+        r.rlim_cur = 1600; /* config.yaml fits; metrics and events fill up within ~15 steps */
+        setrlimit(RLIMIT_FSIZE, &r);
+        execl(DF_CLI, DF_CLI, "train", yaml, outdir, "max_train_steps=100000",
+              "checkpointing_steps=0", "logging_steps=1000000", (char *)NULL);
+        _exit(127);
+    }
+    wait_for("full.log", "metrics.jsonl: write failed");
+    wait_for("full.log", "tfevents"); /* the events file's warning names it */
+    struct rlimit r;
+    getrlimit(RLIMIT_FSIZE, &r); /* this process's: unlimited */
+    cr_assert_eq(prlimit(pid, RLIMIT_FSIZE, &r, NULL), 0);
+    wait_for("full.log", "metrics.jsonl is written again, nothing missing");
+    for (int i = 0; i < 30000; i++) {
+        size_t len;
+        char *t = slurp("full.log", &len);
+        const char *w = t ? strstr(t, "is written again") : NULL;
+        bool both = w && strstr(w + 1, "is written again");
+        free(t);
+        if (both) break;
+        struct timespec d = {0, 10000000};
+        nanosleep(&d, NULL);
+    }
+    kill(pid, SIGTERM);
+    int status;
+    waitpid(pid, &status, 0);
+    size_t len;
+    char *text = slurp("full.log", &len);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d: %s", status, text);
+    cr_assert(strstr(text, "tfevents") && strstr(text, "is written again, nothing missing\n") &&
+                  strstr(strstr(text, "is written again") + 1, "is written again"),
+              "%s", text);
+    free(text);
+    /* metrics.jsonl: steps 1..N, each line whole */
+    char *m = slurp("full/metrics.jsonl", &len);
+    cr_assert(m && len > 0 && m[len - 1] == '\n');
+    int steps = 0;
+    for (char *p = m; *p; p = strchr(p, '\n') + 1) {
+        int step = 0;
+        char *nl = strchr(p, '\n');
+        cr_assert(sscanf(p, "{\"step\": %d, \"loss\": ", &step) == 1 && step == steps + 1 &&
+                      nl[-1] == '}' && !memchr(p + 1, '{', (size_t)(nl - p - 1)),
+                  "line %d: %.*s", steps + 1, (int)(nl - p), p);
+        steps++;
+    }
+    free(m);
+    cr_assert_gt(len, 1600, "the log should have outgrown the 1600-byte limit");
+    /* the events file: whole records (both CRCs), the version record then 2 per step */
+    char rel[600];
+    DIR *d = NULL;
+    snprintf(rel, sizeof rel, "%s/full/logs", root);
+    cr_assert((d = opendir(rel)));
+    struct dirent *e;
+    while ((e = readdir(d)) && strncmp(e->d_name, "events.", 7) != 0) {
+    }
+    cr_assert(e);
+    snprintf(rel, sizeof rel, "full/logs/%s", e->d_name);
+    closedir(d);
+    unsigned char *ev = (unsigned char *)slurp(rel, &len);
+    size_t off = 0;
+    int records = 0;
+    while (off < len) {
+        uint64_t n;
+        uint32_t crc;
+        cr_assert(len - off >= 12, "torn record header");
+        memcpy(&n, ev + off, 8);
+        memcpy(&crc, ev + off + 8, 4);
+        cr_assert_eq(crc, masked_crc(ev + off, 8), "record %d: length CRC", records);
+        cr_assert(len - off >= 16 + n, "torn record %d", records);
+        memcpy(&crc, ev + off + 12 + n, 4);
+        cr_assert_eq(crc, masked_crc(ev + off + 12, n), "record %d: data CRC", records);
+        off += 16 + n;
+        records++;
+    }
+    free(ev);
+    cr_assert_eq(records, 1 + 2 * steps);
 }
