@@ -46,6 +46,15 @@ static df_status lock_file(const char *path, int *fd_out, bool *busy) {
         if (fd < 0) return df_error(DF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
         if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
             int err = errno;
+            if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {
+                /* a file system without locks: train, but say what is not guarded */
+                fprintf(stderr,
+                        "diffusion: warning: %s: cannot lock (%s): a second training in this "
+                        "folder would not be detected\n",
+                        path, strerror(err));
+                *fd_out = fd;
+                return DF_OK;
+            }
             close(fd);
             if (err == EWOULDBLOCK) {
                 *busy = true;
