@@ -126,12 +126,17 @@ int df_cmd_train(int argc, char **argv) {
                  path);
         rc = df_cli_fail("config");
     } else {
+        /* the run folder first: a refusal costs nothing, building the model may cost minutes */
+        df_run_lock lock;
+        st = df_train_claim(&cfg, &opts, &lock);
+        opts.lock = &lock;
         df_recipe recipe;
-        st = def->create(&cfg, &recipe);
+        if (st == DF_OK) st = def->create(&cfg, &recipe);
         if (st == DF_OK) {
             st = df_train_run(&cfg, &recipe, &opts);
             recipe.free(recipe.ctx);
         }
+        df_run_lock_release(&lock);
         if (st != DF_OK) rc = df_cli_fail("train");
     }
     df_config_free(&cfg);

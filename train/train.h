@@ -261,10 +261,19 @@ typedef struct df_train_opts {
     bool allow_config_change; /* resume even when the config hash differs */
     const char *config_path;  /* for messages */
     int64_t stop_after_steps; /* > 0: behave as if SIGTERM arrived after this step */
+    df_run_lock *lock;        /* output_dir already claimed by df_train_claim (borrowed; the
+                                 caller releases it), or NULL: df_train_run claims it */
 } df_train_opts;
 
+/* Claims the config's output_dir for a training with these options, cheaply, before the model
+ * is built: takes the folder's lock (refused when another process holds it); refuses a fresh
+ * start (no resume) in a folder that holds checkpoints, or with opts->overwrite moves the old
+ * run aside; refuses `--resume DIR` when DIR does not exist. Release with df_run_lock_release. */
+DF_API df_status df_train_claim(const df_config *cfg, const df_train_opts *opts, df_run_lock *lock);
+
 /* Runs the training loop of the config's recipe to max_train_steps (or until SIGTERM/SIGUSR1,
- * which finish the step, write a checkpoint and return DF_OK). Writes OUTPUT/config.yaml,
+ * which finish the step, write a checkpoint and return DF_OK). Claims output_dir first (see
+ * df_train_claim) unless opts->lock holds it. Writes OUTPUT/run.json, config.yaml,
  * metrics.jsonl, TensorBoard events, samples/, checkpoint-<step>/ folders and, at the end, the
  * exported model in OUTPUT. */
 DF_API df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_opts *opts);

@@ -429,6 +429,23 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
     return DF_OK;
 }
 
+/* The --resume folder, when named, must exist (checked before anything is built). */
+static df_status check_resume_dir(const df_train_opts *opts) {
+    struct stat sb;
+    if (!opts->resume || strcmp(opts->resume, "latest") == 0) return DF_OK;
+    if (stat(opts->resume, &sb) != 0)
+        return df_error(DF_ERR_NOTFOUND,
+                        "--resume %s: the folder does not exist (give a checkpoint-<step> "
+                        "folder, or `latest` for the newest checkpoint of output_dir)",
+                        opts->resume);
+    if (!S_ISDIR(sb.st_mode))
+        return df_error(DF_ERR_INVALID,
+                        "--resume %s: not a folder (give a checkpoint-<step> folder, or "
+                        "`latest`)",
+                        opts->resume);
+    return DF_OK;
+}
+
 /* Resumes from opts->resume; *resumed_run gets the checkpoint's run id ("" when it has none,
  * or when `latest` found no checkpoint and the run starts at step 0). */
 static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_identity,
@@ -454,18 +471,8 @@ static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_id
                             t->out_dir, t->identity.run_id, t->out_dir);
         DF_TRY(st);
     } else {
-        struct stat sb;
         DF_TRY(df_pathf(dir, sizeof dir, "%s", opts->resume));
-        if (stat(dir, &sb) != 0)
-            return df_error(DF_ERR_NOTFOUND,
-                            "--resume %s: the folder does not exist (give a checkpoint-<step> "
-                            "folder, or `latest` for the newest checkpoint of output_dir)",
-                            dir);
-        if (!S_ISDIR(sb.st_mode))
-            return df_error(DF_ERR_INVALID,
-                            "--resume %s: not a folder (give a checkpoint-<step> "
-                            "folder, or `latest`)",
-                            dir);
+        DF_TRY(check_resume_dir(opts));
         DF_TRY(df_ckpt_verify(dir));
     }
     DF_TRY(df_ckpt_run_id(dir, resumed_run, DF_RUN_ID_LEN));
@@ -486,32 +493,39 @@ static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_id
 
 /* ------------------------------------------------------------------ the run folder --------- */
 
-/* Makes the run folder this process's: locked for the run; a fresh start (no --resume) in a
- * folder that holds checkpoints is refused, or with --overwrite the old run is moved aside. */
-static df_status claim_run_dir(trainer *t, const df_train_opts *opts) {
-    DF_TRY(df_run_lock_acquire(&t->lock, t->out_dir));
+/* Makes out_dir this process's: locked for the run; a fresh start (no --resume) in a folder
+ * that holds checkpoints is refused, or with --overwrite the old run is moved aside. */
+static df_status claim_run_dir(const char *out_dir, const df_train_opts *opts, df_run_lock *lock) {
+    DF_TRY(check_resume_dir(opts));
+    DF_TRY(df_run_lock_acquire(lock, out_dir));
     int64_t steps[4096];
-    int n = df_ckpt_list(t->out_dir, steps, 4096);
+    int n = df_ckpt_list(out_dir, steps, 4096);
     if (opts->resume || n == 0) return DF_OK;
     if (!opts->overwrite) {
         df_run_identity old;
         char who[256] = "";
-        if (df_run_identity_load(t->out_dir, &old) == DF_OK)
+        if (df_run_identity_load(out_dir, &old) == DF_OK)
             snprintf(who, sizeof who, "; run %s started %s on %s, seed %" PRIu64, old.run_id,
                      old.started, old.host, old.seed);
+        df_run_lock_release(lock);
         return df_error(DF_ERR_INVALID,
                         "%s already holds a run (%d checkpoint%s, the newest checkpoint-%" PRId64
                         "%s). To continue it, add --resume latest; to start a new run, choose "
                         "another output_dir, or add --overwrite to move the old run aside to "
                         "%s.old-<n> (nothing is deleted)",
-                        t->out_dir, n, n == 1 ? "" : "s", steps[n - 1], who, t->out_dir);
+                        out_dir, n, n == 1 ? "" : "s", steps[n - 1], who, out_dir);
     }
     char moved[DF_PATH_MAX];
-    DF_TRY(df_run_move_aside(t->out_dir, moved, sizeof moved));
-    df_run_lock_release(&t->lock);
-    fprintf(stderr, "diffusion: --overwrite: moved the previous run of %s to %s\n", t->out_dir,
-            moved);
-    return df_run_lock_acquire(&t->lock, t->out_dir);
+    df_status st = df_run_move_aside(out_dir, moved, sizeof moved);
+    df_run_lock_release(lock);
+    DF_TRY(st);
+    fprintf(stderr, "diffusion: --overwrite: moved the previous run of %s to %s\n", out_dir, moved);
+    return df_run_lock_acquire(lock, out_dir);
+}
+
+df_status df_train_claim(const df_config *cfg, const df_train_opts *opts, df_run_lock *lock) {
+    lock->fd = -1;
+    return claim_run_dir(df_config_str(cfg, "output_dir"), opts, lock);
 }
 
 /* The run's identity: resumed runs keep the checkpoint's run (run.json rewritten if it named
@@ -689,7 +703,7 @@ static void trainer_free(trainer *t) {
 
 static df_status run(trainer *t, const df_train_opts *opts) {
     const df_config *c = t->cfg;
-    DF_TRY(claim_run_dir(t, opts));
+    if (!opts->lock) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
     df_params *reg = t->recipe->params;
     DF_TRY(df_params_flatten(reg));
     t->params = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->params);

@@ -485,3 +485,31 @@ Test(reliability_run, log_writes_that_fail_are_warned_and_caught_up) {
     free(ev);
     cr_assert_eq(records, 1 + 2 * steps);
 }
+
+/* The run-folder refusals cost nothing: they come before the model is built. The recipe here is
+ * the default model (2.7 GB of weights) under an 800 MB address-space limit, so building it
+ * first would fail on memory instead of giving the refusal. */
+Test(reliability_run, refusals_come_before_the_model_is_built) {
+    char out[65536], cmd[2048], big[400];
+    cr_assert_eq(train("d", "max_train_steps=2", out, sizeof out), 0, "%s", out);
+    snprintf(big, sizeof big, "%s/big.yaml", root);
+    FILE *f = fopen(big, "w");
+    fprintf(f, "train_data_dir: %s/data\n", root);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "ulimit -v 800000; %s train %s output_dir=%s/d", DF_CLI, big, root);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "already holds a run"), "%s", out);
+    snprintf(cmd, sizeof cmd, "ulimit -v 800000; %s train %s output_dir=%s/d --resume %s/nowhere",
+             DF_CLI, big, root, root);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "/nowhere: the folder does not exist"), "%s", out);
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/d", root);
+    df_run_lock lock;
+    cr_assert_eq(df_run_lock_acquire(&lock, dir), DF_OK, "%s", df_last_error());
+    snprintf(cmd, sizeof cmd, "ulimit -v 800000; %s train %s output_dir=%s/d --resume latest",
+             DF_CLI, big, root);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "is in use by another training"), "%s", out);
+    df_run_lock_release(&lock);
+}
