@@ -5,7 +5,8 @@
  * exits; `--stop-after-steps N` stops after step N as SIGTERM would (checkpoint, exit 0), for
  * time-boxed jobs and tests; `--overwrite` starts a new run in an output_dir that holds one by
  * moving the old run aside (see train/run_dir.c). Input that cannot train (a folder as the
- * recipe, no train_data_dir) is refused before the model is built. */
+ * recipe, no train_data_dir) and a run folder that cannot be used (in use, holding another
+ * run, a missing --resume folder: df_train_claim) are refused before the model is built. */
 #include "recipes/cli.h"
 #include "recipes/recipes.h"
 

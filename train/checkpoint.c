@@ -362,9 +362,11 @@ static df_status read_done(const char *dir, char *run_id, size_t run_id_len, boo
             st = checksum_file(path, &crc, &size);
         } else if (st == DF_OK) {
             struct stat sb;
-            if (stat(path, &sb) != 0) st = df_error(DF_ERR_FORMAT, "%s: %s is missing", dir, rel);
-            size = (uint64_t)sb.st_size;
-            crc = want_crc;
+            if (stat(path, &sb) != 0)
+                st = df_error(DF_ERR_FORMAT, "%s: %s is missing", dir, rel);
+            else
+                size = (uint64_t)sb.st_size;
+            crc = want_crc; /* sizes only: the checksums are read on resume */
         }
         if (st == DF_OK && (size != want_size || crc != want_crc))
             st = df_error(DF_ERR_FORMAT, "%s: %s does not match its checksum in DONE", dir, rel);
