@@ -1,14 +1,19 @@
 /* cmd_train.c — `diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR]
- * [--print-config] [--allow-config-change] [--stop-after-steps N]`: resolves the config (defaults < file < command
- * line; the file's `recipe` key picks the recipe), then runs the trainer. `--print-config`
- * prints the resolved config with where each value came from, and exits; `--stop-after-steps N`
- * stops after step N as SIGTERM would (checkpoint, exit 0), for time-boxed jobs and tests. */
+ * [--overwrite] [--print-config] [--allow-config-change] [--stop-after-steps N]`: resolves the
+ * config (defaults < file < command line; the file's `recipe` key picks the recipe), then runs
+ * the trainer. `--print-config` prints the resolved config with where each value came from, and
+ * exits; `--stop-after-steps N` stops after step N as SIGTERM would (checkpoint, exit 0), for
+ * time-boxed jobs and tests; `--overwrite` starts a new run in an output_dir that holds one by
+ * moving the old run aside (see train/run_dir.c). Input that cannot train (a folder as the
+ * recipe, no train_data_dir) and a run folder that cannot be used (in use, holding another
+ * run, a missing --resume folder: df_train_claim) are refused before the model is built. */
 #include "recipes/cli.h"
 #include "recipes/recipes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const df_recipe_def *const all_recipes[] = {&df_recipe_unconditional};
 
@@ -29,7 +34,8 @@ df_cfg_field *df_recipe_schema(const df_recipe_def *def, int *n) {
 
 static int usage(void) {
     fprintf(stderr, "usage: diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR] "
-                    "[--print-config] [--allow-config-change] [--stop-after-steps N]\n"
+                    "[--overwrite] [--print-config] [--allow-config-change] "
+                    "[--stop-after-steps N]\n"
                     "       diffusion train --docs [RECIPE]\n");
     return 2;
 }
@@ -66,6 +72,8 @@ int df_cmd_train(int argc, char **argv) {
                 return usage();
         } else if (strcmp(argv[i], "--allow-config-change") == 0) {
             opts.allow_config_change = true;
+        } else if (strcmp(argv[i], "--overwrite") == 0) {
+            opts.overwrite = true;
         } else if (argv[i][0] == '-') {
             return usage();
         } else if (!path) {
@@ -78,6 +86,17 @@ int df_cmd_train(int argc, char **argv) {
     }
     if (!path) return usage();
     opts.config_path = path;
+    if (opts.overwrite && opts.resume) {
+        df_error(DF_ERR_INVALID, "--overwrite starts a new run and --resume continues one: give "
+                                 "one of them");
+        return df_cli_fail("train");
+    }
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        df_error(DF_ERR_INVALID, "%s is a folder, not a YAML recipe (e.g. recipes/configs/*.yaml)",
+                 path);
+        return df_cli_fail("config");
+    }
     char name[64];
     if (df_config_peek(path, "recipe", name, sizeof name) != DF_OK) return df_cli_fail("config");
     if (!name[0]) snprintf(name, sizeof name, "unconditional");
@@ -101,13 +120,24 @@ int df_cmd_train(int argc, char **argv) {
         rc = df_cli_fail("config");
     } else if (print) {
         df_config_write(&cfg, stdout, true);
+    } else if (!df_config_str(&cfg, "train_data_dir")[0]) {
+        df_error(DF_ERR_INVALID,
+                 "train_data_dir is not set: give the training images in %s "
+                 "(train_data_dir: FOLDER) or on the command line (train_data_dir=FOLDER)",
+                 path);
+        rc = df_cli_fail("config");
     } else {
+        /* the run folder first: a refusal costs nothing, building the model may cost minutes */
+        df_run_lock lock;
+        st = df_train_claim(&cfg, &opts, &lock);
+        opts.lock = &lock;
         df_recipe recipe;
-        st = def->create(&cfg, &recipe);
+        if (st == DF_OK) st = def->create(&cfg, &recipe);
         if (st == DF_OK) {
             st = df_train_run(&cfg, &recipe, &opts);
             recipe.free(recipe.ctx);
         }
+        df_run_lock_release(&lock);
         if (st != DF_OK) rc = df_cli_fail("train");
     }
     df_config_free(&cfg);

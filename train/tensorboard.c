@@ -9,10 +9,15 @@
  *   Value   { string tag = 1; float simple_value = 2; Image image = 4; }
  *   Image   { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }
  * The first event carries file_version "brain.Event:2", as TensorFlow's writer does.
+ * Failed writes: a record is framed in memory and queued; the queue is written at the offset
+ * after the last whole record. A failed or short write cuts the file back there (a reader never
+ * meets a torn record) and keeps the queue, which the next successful write empties: no record
+ * is lost to a full disk that frees up again.
  */
 #include "train/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -85,15 +90,52 @@ static double now_seconds(void) {
     return (double)tv.tv_sec + tv.tv_usec * 1e-6;
 }
 
+/* Writes the queued records after the last whole one. */
+static df_status flush_pending(df_tb_writer *w) {
+    size_t done = 0;
+    int err = 0;
+    while (done < w->pending_len) {
+        ssize_t n =
+            pwrite(w->fd, w->pending + done, w->pending_len - done, (off_t)w->good + (off_t)done);
+        if (n <= 0) {
+            err = n < 0 ? errno : ENOSPC;
+            if (n < 0 && err == EINTR) continue;
+            break;
+        }
+        done += (size_t)n;
+    }
+    if (done < w->pending_len) {
+        if (ftruncate(w->fd, (off_t)w->good) != 0) { /* a later write overwrites the rest */
+        }
+        return df_error(DF_ERR_IO, "%s: write failed: %s (%zu bytes of records waiting)", w->path,
+                        strerror(err), w->pending_len);
+    }
+    w->good += (int64_t)w->pending_len;
+    w->pending_len = 0;
+    return DF_OK;
+}
+
 static df_status write_record(df_tb_writer *w, const pb_buf *event) {
     if (event->failed) return df_error(DF_ERR_NOMEM, "%s: out of memory", w->path);
+    if (w->fd < 0) return df_error(DF_ERR_IO, "%s: not open", w->path);
     uint64_t len = event->len;
     uint32_t len_crc = masked_crc(&len, 8), data_crc = masked_crc(event->data, event->len);
-    if (fwrite(&len, 8, 1, w->f) != 1 || fwrite(&len_crc, 4, 1, w->f) != 1 ||
-        (event->len && fwrite(event->data, event->len, 1, w->f) != 1) ||
-        fwrite(&data_crc, 4, 1, w->f) != 1 || fflush(w->f) != 0)
-        return df_error(DF_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
-    return DF_OK;
+    size_t need = w->pending_len + 16 + event->len;
+    if (need > w->pending_cap) {
+        size_t cap = w->pending_cap ? w->pending_cap : 4096;
+        while (cap < need) cap *= 2;
+        unsigned char *p = realloc(w->pending, cap);
+        if (!p) return df_error(DF_ERR_NOMEM, "%s: out of memory queueing a record", w->path);
+        w->pending = p;
+        w->pending_cap = cap;
+    }
+    unsigned char *p = w->pending + w->pending_len;
+    memcpy(p, &len, 8);
+    memcpy(p + 8, &len_crc, 4);
+    if (event->len) memcpy(p + 12, event->data, event->len);
+    memcpy(p + 12 + event->len, &data_crc, 4);
+    w->pending_len = need;
+    return flush_pending(w);
 }
 
 /* An Event with wall_time and step; the caller adds its payload. */
@@ -105,13 +147,16 @@ static void event_head(pb_buf *b, int64_t step) {
 
 df_status df_tb_open(df_tb_writer *w, const char *logdir) {
     memset(w, 0, sizeof *w);
+    w->fd = -1;
     DF_TRY(df_mkdirs(logdir));
     char host[64] = "localhost";
     gethostname(host, sizeof host - 1);
     DF_TRY(df_pathf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s", logdir,
                     (long long)now_seconds(), host));
-    w->f = fopen(w->path, "ab");
-    if (!w->f) return df_error(DF_ERR_IO, "%s: cannot create: %s", w->path, strerror(errno));
+    w->fd = open(w->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+    if (w->fd < 0) return df_error(DF_ERR_IO, "%s: cannot create: %s", w->path, strerror(errno));
+    off_t end = lseek(w->fd, 0, SEEK_END);
+    w->good = end > 0 ? (int64_t)end : 0;
     pb_buf b = {0};
     event_head(&b, 0);
     static const char version[] = "brain.Event:2";
@@ -161,6 +206,9 @@ df_status df_tb_image(df_tb_writer *w, const char *tag, int64_t step, int height
 }
 
 void df_tb_close(df_tb_writer *w) {
-    if (w->f) fclose(w->f);
-    w->f = NULL;
+    if (w->fd >= 0) close(w->fd);
+    w->fd = -1;
+    free(w->pending);
+    w->pending = NULL;
+    w->pending_len = w->pending_cap = 0;
 }

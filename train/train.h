@@ -1,5 +1,5 @@
-/* train.h — the public interface of train/: the YAML run configuration (and later the trainer,
- * checkpoints, signals, logging and MPI).
+/* train.h — the public interface of train/: the YAML run configuration, files and checksums,
+ * checkpoints, run-folder ownership (identity and lock), TensorBoard events and the trainer.
  *
  * Config: a recipe declares a schema — every key with its type, default, allowed range or
  * choices and a one-line doc. Values come from the defaults, then a YAML file (nested mappings
@@ -106,51 +106,125 @@ DF_API df_status df_remove_tree(const char *path);
 /* ================================================================ checkpoints ============== */
 
 #define DF_CKPT_MAX_FILES 256
+#define DF_RUN_ID_LEN 17 /* 16 hex digits and the NUL */
 
 /* A checkpoint being written (see checkpoint.c for the protocol). */
 typedef struct df_ckpt_writer {
     int64_t step;
+    char run_id[DF_RUN_ID_LEN]; /* the run it belongs to ("" for none), recorded in DONE */
     char run_dir[DF_PATH_MAX], tmp_dir[DF_PATH_MAX], final_dir[DF_PATH_MAX];
     char files[DF_CKPT_MAX_FILES][256];
     int n_files;
 } df_ckpt_writer;
 
-/* Starts checkpoint `step` of run_dir in a fresh temporary folder. */
-DF_API df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step);
+/* Starts checkpoint `step` of run `run_id` (16 hex digits, or "" / NULL for none) of run_dir in
+ * a fresh temporary folder. */
+DF_API df_status df_ckpt_begin(df_ckpt_writer *w, const char *run_dir, int64_t step,
+                               const char *run_id);
 /* The path to write checkpoint file `rel` (a relative path, folders allowed) at, into path;
  * creates its folder. Every file under the temporary folder at commit time is part of the
  * checkpoint (writers may also write into w->tmp_dir directly). */
 DF_API df_status df_ckpt_file(df_ckpt_writer *w, const char *rel, char *path, size_t len);
-/* Makes the checkpoint durable and visible (fsync, DONE, rename, fsync), then keeps only the
- * newest keep_last checkpoints (0 = keep all). On failure the temporary folder is removed and
- * earlier checkpoints are untouched. */
+/* Makes the checkpoint durable and visible (fsync, DONE, rename, fsync), then rotates: with
+ * keep_last > 0, removes checkpoints of the same run_id that are older than this one beyond the
+ * newest keep_last (this one included). Never this checkpoint, never a newer one; a checkpoint
+ * of another run or a damaged one is reported on stderr and neither counted nor removed. On
+ * failure the temporary folder is removed and earlier checkpoints are untouched. */
 DF_API df_status df_ckpt_commit(df_ckpt_writer *w, int keep_last);
 /* Removes the temporary folder (keeps the thread's error message). */
 DF_API void df_ckpt_abort(df_ckpt_writer *w);
 /* DF_OK when dir has a DONE whose every file matches its size and checksum; otherwise
  * DF_ERR_FORMAT naming the first problem. */
 DF_API df_status df_ckpt_verify(const char *dir);
+/* The run_id recorded in dir's DONE into out ("" for a checkpoint written before run ids);
+ * DF_ERR_FORMAT when DONE is missing or has no valid header. */
+DF_API df_status df_ckpt_run_id(const char *dir, char *out, size_t len);
 /* The steps of run_dir's checkpoint-<step> folders, ascending (at most max); returns the count. */
 DF_API int df_ckpt_list(const char *run_dir, int64_t *steps, int max);
-/* The newest checkpoint of run_dir that verifies, warning about each damaged newer one. */
-DF_API df_status df_ckpt_find_latest(const char *run_dir, char *out, size_t len);
+/* The newest checkpoint of run_dir that belongs to run_id (NULL: any run) and verifies; each
+ * newer damaged one, or one of another run, is reported on stderr and skipped. Errors:
+ * DF_ERR_NOTFOUND when run_dir has no checkpoint of the run; DF_ERR_FORMAT when it has some
+ * and every one is damaged (the message names them). */
+DF_API df_status df_ckpt_find_latest(const char *run_dir, const char *run_id, char *out,
+                                     size_t len);
+
+/* ================================================================ run folders ============== */
+
+/* Who started the run in a folder (OUTPUT/run.json; see run_dir.c). */
+typedef struct df_run_identity {
+    char run_id[DF_RUN_ID_LEN]; /* 16 hex digits, unique per run */
+    char config_hash[DF_RUN_ID_LEN];
+    uint64_t seed;
+    char started[32]; /* UTC, ISO 8601 */
+    char host[64];
+    long pid;
+} df_run_identity;
+
+/* The advisory lock a training holds on OUTPUT/run.lock for as long as it runs. */
+typedef struct df_run_lock {
+    int fd; /* -1: not held */
+    char path[DF_PATH_MAX];
+    bool stale;             /* the previous holder died without releasing it */
+    char stale_holder[256]; /* what it had written ("pid P host H since T") */
+} df_run_lock;
+
+/* Creates run_dir if needed and locks it for this process. DF_ERR_INVALID naming the holder
+ * when another process holds it; a lock left by a process that died is reported on stderr and
+ * taken over (l->stale). Release with df_run_lock_release. */
+DF_API df_status df_run_lock_acquire(df_run_lock *l, const char *run_dir);
+DF_API void df_run_lock_release(df_run_lock *l);
+/* A new identity: a fresh run_id, this host, pid and time. */
+DF_API df_status df_run_identity_new(df_run_identity *id, uint64_t config_hash, uint64_t seed);
+/* OUTPUT/run.json: written atomically; DF_ERR_NOTFOUND when absent on load. */
+DF_API df_status df_run_identity_save(const char *run_dir, const df_run_identity *id);
+DF_API df_status df_run_identity_load(const char *run_dir, df_run_identity *id);
+/* Renames run_dir to the first free "<run_dir>.old-<n>" (the name into moved); never deletes. */
+DF_API df_status df_run_move_aside(const char *run_dir, char *moved, size_t len);
 
 /* ================================================================ TensorBoard ============== */
 
-/* An events.out.tfevents.* file (see tensorboard.c for the format). */
+/* An events.out.tfevents.* file (see tensorboard.c for the format). Records are written
+ * whole: a failed write cuts the file back to its last whole record and keeps the record
+ * queued; the next write that succeeds writes every queued one, in order. */
 typedef struct df_tb_writer {
-    FILE *f;
+    int fd; /* -1: closed */
     char path[DF_PATH_MAX];
+    int64_t good; /* bytes of whole records on disk */
+    unsigned char *pending;
+    size_t pending_len, pending_cap;
 } df_tb_writer;
 
 /* Creates logdir and a new event file in it (with the file_version event). */
 DF_API df_status df_tb_open(df_tb_writer *w, const char *logdir);
-/* Appends a scalar summary (flushed). */
+/* Appends a scalar summary. DF_ERR_IO naming the file when it cannot be written now (the
+ * record stays queued, see above). */
 DF_API df_status df_tb_scalar(df_tb_writer *w, const char *tag, int64_t step, double value);
 /* Appends an image summary: PNG bytes of a height x width image with `channels` channels. */
 DF_API df_status df_tb_image(df_tb_writer *w, const char *tag, int64_t step, int height, int width,
                              int channels, const void *png, size_t png_len);
 DF_API void df_tb_close(df_tb_writer *w);
+
+/* ================================================================ metrics.jsonl ============ */
+
+/* A line log that a failed write never damages (see metrics_log.c). */
+typedef struct df_metrics_log {
+    int fd; /* -1: closed */
+    char path[DF_PATH_MAX];
+    int64_t good;  /* bytes of whole lines on disk */
+    char *pending; /* lines not yet written, each ending in '\n' */
+    size_t pending_len, pending_cap;
+    int64_t pending_lines;
+    bool failing; /* for the caller: the last write failed (warn once, note the recovery) */
+} df_metrics_log;
+
+/* Opens (creates) path, keeping only its lines whose "step" is <= keep_through. */
+DF_API df_status df_metrics_open(df_metrics_log *m, const char *path, int64_t keep_through);
+/* Queues `line` (no newline) and writes every queued line. DF_ERR_IO naming the file when the
+ * write fails: the file keeps only whole lines and the lines stay queued for the next call. */
+DF_API df_status df_metrics_append(df_metrics_log *m, const char *line);
+/* Writes the queued lines (DF_OK when none). */
+DF_API df_status df_metrics_flush(df_metrics_log *m);
+DF_API void df_metrics_close(df_metrics_log *m);
 
 /* ================================================================ the trainer ============== */
 
@@ -216,13 +290,23 @@ extern const int df_trainer_schema_len;
 
 typedef struct df_train_opts {
     const char *resume;       /* NULL, "latest" or a checkpoint folder */
+    bool overwrite;           /* a run folder holding checkpoints is moved aside, not refused */
     bool allow_config_change; /* resume even when the config hash differs */
     const char *config_path;  /* for messages */
     int64_t stop_after_steps; /* > 0: behave as if SIGTERM arrived after this step */
+    df_run_lock *lock;        /* output_dir already claimed by df_train_claim (borrowed; the
+                                 caller releases it), or NULL: df_train_run claims it */
 } df_train_opts;
 
+/* Claims the config's output_dir for a training with these options, cheaply, before the model
+ * is built: takes the folder's lock (refused when another process holds it); refuses a fresh
+ * start (no resume) in a folder that holds checkpoints, or with opts->overwrite moves the old
+ * run aside; refuses `--resume DIR` when DIR does not exist. Release with df_run_lock_release. */
+DF_API df_status df_train_claim(const df_config *cfg, const df_train_opts *opts, df_run_lock *lock);
+
 /* Runs the training loop of the config's recipe to max_train_steps (or until SIGTERM/SIGUSR1,
- * which finish the step, write a checkpoint and return DF_OK). Writes OUTPUT/config.yaml,
+ * which finish the step, write a checkpoint and return DF_OK). Claims output_dir first (see
+ * df_train_claim) unless opts->lock holds it. Writes OUTPUT/run.json, config.yaml,
  * metrics.jsonl, TensorBoard events, samples/, checkpoint-<step>/ folders and, at the end, the
  * exported model in OUTPUT. */
 DF_API df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_opts *opts);

@@ -16,6 +16,7 @@
 #include "train/train.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_NONFINITE_IN_A_ROW 10
@@ -73,7 +75,7 @@ const df_cfg_field df_trainer_schema[] = {
     {"checkpointing_steps", DF_CFG_INT, "500", 0, 1e12, NULL,
      "checkpoint every N steps (0: only at the end)", true},
     {"checkpoints_total_limit", DF_CFG_INT, "0", 0, 1e6, NULL,
-     "keep the newest N checkpoints (0: all)", true},
+     "keep this run's newest N checkpoints (0: all); others' and damaged ones are kept", true},
     {"logging_steps", DF_CFG_INT, "10", 1, 1e12, NULL, "a log line every N steps (off a terminal)",
      true},
     {"validation_steps", DF_CFG_INT, "0", 0, 1e12, NULL,
@@ -122,8 +124,11 @@ typedef struct trainer {
     df_loader_cursor cursor;
     int64_t epoch;
     int64_t skipped_steps, nonfinite_in_a_row;
-    FILE *metrics;
+    df_metrics_log metrics;
     df_tb_writer tb;
+    bool tb_failing; /* the last TensorBoard write failed (warned once until it recovers) */
+    df_run_lock lock;
+    df_run_identity identity;
     bool tty;
     double started;     /* when this process's first step began */
     int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
@@ -241,10 +246,68 @@ static df_status export_to(trainer *t, const char *dir) {
     return st;
 }
 
+/* Moves entry `name` of folder `from` into the run folder, replacing what is there (a folder
+ * it replaces is first renamed into `old`, removed by the caller). */
+static df_status move_into_place(const trainer *t, const char *from, const char *old,
+                                 const char *name) {
+    char src[DF_PATH_MAX], dst[DF_PATH_MAX], aside[DF_PATH_MAX];
+    struct stat sb;
+    DF_TRY(df_pathf(src, sizeof src, "%s/%s", from, name));
+    DF_TRY(df_pathf(dst, sizeof dst, "%s/%s", t->out_dir, name));
+    if (lstat(dst, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        DF_TRY(df_mkdirs(old));
+        DF_TRY(df_pathf(aside, sizeof aside, "%s/%s", old, name));
+        if (rename(dst, aside) != 0)
+            return df_error(DF_ERR_IO, "%s: cannot replace: %s", dst, strerror(errno));
+    }
+    if (rename(src, dst) != 0)
+        return df_error(DF_ERR_IO, "%s: rename failed: %s", dst, strerror(errno));
+    return DF_OK;
+}
+
+/* The final export into the run folder, atomic per entry: written whole into
+ * OUTPUT/.export.tmp, then each entry renamed into place, model_index.json last (a folder
+ * whose model_index.json names a component holds that component whole). A failed or
+ * interrupted export leaves the earlier model_index.json and checkpoints as they were. */
+static df_status export_final(trainer *t) {
+    char tmp[DF_PATH_MAX], old[DF_PATH_MAX], names[64][256];
+    int n = 0;
+    DF_TRY(df_pathf(tmp, sizeof tmp, "%s/.export.tmp", t->out_dir));
+    DF_TRY(df_pathf(old, sizeof old, "%s/.export.old", t->out_dir));
+    DF_TRY(df_remove_tree(tmp));
+    DF_TRY(df_remove_tree(old));
+    df_status st = export_to(t, tmp);
+    DIR *d = st == DF_OK ? opendir(tmp) : NULL;
+    if (st == DF_OK && !d) st = df_error(DF_ERR_IO, "%s: cannot list: %s", tmp, strerror(errno));
+    struct dirent *e;
+    bool has_index = false;
+    while (st == DF_OK && (e = readdir(d))) { /* the names first: the folder changes below */
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (strcmp(e->d_name, "model_index.json") == 0)
+            has_index = true;
+        else if (n < 64 && strlen(e->d_name) < sizeof names[0])
+            snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+        else
+            st = df_error(DF_ERR_INVALID, "%s: too many entries or a long name", tmp);
+    }
+    if (d) closedir(d);
+    for (int i = 0; i < n && st == DF_OK; i++) st = move_into_place(t, tmp, old, names[i]);
+    if (st == DF_OK && has_index) st = move_into_place(t, tmp, old, "model_index.json");
+    if (st != DF_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", df_last_error());
+        df_remove_tree(tmp);
+        return df_error(DF_ERR_IO, "exporting the model into %s failed: %s", t->out_dir, msg);
+    }
+    df_remove_tree(tmp);
+    df_remove_tree(old);
+    return DF_OK;
+}
+
 static df_status write_checkpoint(trainer *t) {
     df_ckpt_writer w;
     char path[DF_PATH_MAX];
-    DF_TRY(df_ckpt_begin(&w, t->out_dir, t->step));
+    DF_TRY(df_ckpt_begin(&w, t->out_dir, t->step, t->identity.run_id));
     df_status st = export_to(t, w.tmp_dir);
     if (st == DF_OK) st = df_ckpt_file(&w, "training/model.safetensors", path, sizeof path);
     if (st == DF_OK) st = df_params_save(t->recipe->params, path);
@@ -271,7 +334,65 @@ static df_status json_number(const cJSON *o, const char *key, const char *path, 
     return DF_OK;
 }
 
-static df_status read_state_json(trainer *t, const char *path, const df_train_opts *opts) {
+/* The value of key i as YAML text ("[8, 16]", "3e-3", "\"path\""). */
+static void value_text(const df_config *c, int i, char *out, size_t len) {
+    if (c->schema[i].type == DF_CFG_FLOAT) { /* the shortest text that reads back the same */
+        double v = c->values[i].num;
+        for (int digits = 1; digits <= 17; digits++) {
+            snprintf(out, len, "%.*g", digits, v);
+            if (strtod(out, NULL) == v) return;
+        }
+        return;
+    }
+    df_config one = {.schema = &c->schema[i], .n = 1, .values = &c->values[i]};
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    out[0] = '\0';
+    if (!f) return;
+    df_config_write(&one, f, false);
+    fclose(f);
+    /* the last line is "<indent><last key segment>: <value>" */
+    char *last = buf;
+    for (char *p = buf; *p; p++)
+        if (*p == '\n' && p[1]) last = p + 1;
+    char *colon = strstr(last, ": ");
+    snprintf(out, len, "%s", colon ? colon + 2 : last);
+    out[strcspn(out, "\n")] = '\0';
+    free(buf);
+}
+
+/* "key: old -> new, ..." for each non-operational key whose value differs between cfg and the
+ * config saved in checkpoint `dir` (training/config.yaml); a note when that file is unreadable. */
+static void config_changes(const df_config *cfg, const char *dir, char *out, size_t len) {
+    char path[DF_PATH_MAX];
+    df_config old;
+    df_config_init(&old, cfg->schema, cfg->n);
+    out[0] = '\0';
+    if (df_pathf(path, sizeof path, "%s/training/config.yaml", dir) != DF_OK ||
+        df_config_load_yaml(&old, path) != DF_OK) {
+        snprintf(out, len, "its training/config.yaml cannot be compared (%s)", df_last_error());
+        df_config_free(&old);
+        return;
+    }
+    size_t used = 0;
+    for (int i = 0; i < cfg->n && used < len; i++) {
+        if (cfg->schema[i].operational) continue;
+        char a[256], b[256];
+        value_text(&old, i, a, sizeof a);
+        value_text(cfg, i, b, sizeof b);
+        if (strcmp(a, b) == 0) continue;
+        int w = snprintf(out + used, len - used, "%s%s: %s -> %s", used ? ", " : "",
+                         cfg->schema[i].key, a, b);
+        used += w > 0 ? (size_t)w : 0;
+    }
+    if (!out[0])
+        snprintf(out, len, "its config hash differs but no key's value does (a new build?)");
+    df_config_free(&old);
+}
+
+static df_status read_state_json(trainer *t, const char *dir, const char *path,
+                                 const df_train_opts *opts) {
     df_json j;
     DF_TRY(df_json_load(path, &j));
     double step = 0, ws = 0, ep = 0, pos = 0, skipped = 0, row = 0;
@@ -291,11 +412,14 @@ static df_status read_state_json(trainer *t, const char *path, const df_train_op
     snprintf(want, sizeof want, "%016" PRIx64, df_config_hash(t->cfg));
     if (ws != 1)
         return df_error(DF_ERR_INVALID, "%s: written by %g processes, resuming with 1", path, ws);
-    if (strcmp(hash, want) != 0 && !opts->allow_config_change)
+    if (strcmp(hash, want) != 0 && !opts->allow_config_change) {
+        char changes[2048];
+        config_changes(t->cfg, dir, changes, sizeof changes);
         return df_error(DF_ERR_INVALID,
-                        "%s: the config changed since this checkpoint (hash %s, now %s); compare "
-                        "with training/config.yaml, or pass --allow-config-change",
-                        path, hash, want);
+                        "%s: the config changed since this checkpoint: %s; undo the change, or "
+                        "pass --allow-config-change to resume anyway",
+                        dir, changes);
+    }
     if (step < 0 || step > (double)t->max_steps || ep < 0 || pos < 0)
         return df_error(DF_ERR_FORMAT, "%s: step or cursor out of range", path);
     t->step = (int64_t)step;
@@ -305,22 +429,56 @@ static df_status read_state_json(trainer *t, const char *path, const df_train_op
     return DF_OK;
 }
 
-static df_status resume_from(trainer *t, const df_train_opts *opts) {
+/* The --resume folder, when named, must exist (checked before anything is built). */
+static df_status check_resume_dir(const df_train_opts *opts) {
+    struct stat sb;
+    if (!opts->resume || strcmp(opts->resume, "latest") == 0) return DF_OK;
+    if (stat(opts->resume, &sb) != 0)
+        return df_error(DF_ERR_NOTFOUND,
+                        "--resume %s: the folder does not exist (give a checkpoint-<step> "
+                        "folder, or `latest` for the newest checkpoint of output_dir)",
+                        opts->resume);
+    if (!S_ISDIR(sb.st_mode))
+        return df_error(DF_ERR_INVALID,
+                        "--resume %s: not a folder (give a checkpoint-<step> folder, or "
+                        "`latest`)",
+                        opts->resume);
+    return DF_OK;
+}
+
+/* Resumes from opts->resume; *resumed_run gets the checkpoint's run id ("" when it has none,
+ * or when `latest` found no checkpoint and the run starts at step 0). */
+static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_identity,
+                             char *resumed_run, bool *resumed) {
     char dir[DF_PATH_MAX], path[DF_PATH_MAX];
+    int64_t steps[1];
+    *resumed = false;
+    resumed_run[0] = '\0';
     if (strcmp(opts->resume, "latest") == 0) {
-        df_status st = df_ckpt_find_latest(t->out_dir, dir, sizeof dir);
-        if (st == DF_ERR_NOTFOUND) {
+        if (df_ckpt_list(t->out_dir, steps, 1) == 0) {
             fprintf(stderr, "diffusion: no checkpoint in %s yet: starting from step 0\n",
                     t->out_dir);
             return DF_OK;
         }
+        /* only this folder's run (run.json); a folder from before run ids: any checkpoint */
+        df_status st = df_ckpt_find_latest(t->out_dir, have_identity ? t->identity.run_id : NULL,
+                                           dir, sizeof dir);
+        if (st == DF_ERR_NOTFOUND)
+            return df_error(DF_ERR_NOTFOUND,
+                            "%s: none of its checkpoints belongs to the folder's run (run %s in "
+                            "run.json); resume one of them explicitly with --resume "
+                            "%s/checkpoint-<step>, or train into a new output_dir",
+                            t->out_dir, t->identity.run_id, t->out_dir);
         DF_TRY(st);
     } else {
         DF_TRY(df_pathf(dir, sizeof dir, "%s", opts->resume));
+        DF_TRY(check_resume_dir(opts));
         DF_TRY(df_ckpt_verify(dir));
     }
+    DF_TRY(df_ckpt_run_id(dir, resumed_run, DF_RUN_ID_LEN));
+    *resumed = true;
     DF_TRY(df_pathf(path, sizeof path, "%s/training/trainer_state.json", dir));
-    DF_TRY(read_state_json(t, path, opts));
+    DF_TRY(read_state_json(t, dir, path, opts));
     DF_TRY(df_pathf(path, sizeof path, "%s/training/model.safetensors", dir));
     DF_TRY(df_params_load(t->recipe->params, path, NULL));
     DF_TRY(df_pathf(path, sizeof path, "%s/training/optimizer.safetensors", dir));
@@ -333,33 +491,72 @@ static df_status resume_from(trainer *t, const df_train_opts *opts) {
     return DF_OK;
 }
 
-/* Keeps the metrics lines of steps <= t->step (a resumed run rewrites what came after). */
-static df_status open_metrics(trainer *t) {
-    char path[DF_PATH_MAX], tmp[DF_PATH_MAX];
-    DF_TRY(df_pathf(path, sizeof path, "%s/metrics.jsonl", t->out_dir));
-    DF_TRY(df_pathf(tmp, sizeof tmp, "%s/metrics.jsonl.tmp", t->out_dir));
-    FILE *old = fopen(path, "r");
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        if (old) fclose(old);
-        return df_error(DF_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+/* ------------------------------------------------------------------ the run folder --------- */
+
+/* Makes out_dir this process's: locked for the run; a fresh start (no --resume) in a folder
+ * that holds checkpoints is refused, or with --overwrite the old run is moved aside. */
+static df_status claim_run_dir(const char *out_dir, const df_train_opts *opts, df_run_lock *lock) {
+    DF_TRY(check_resume_dir(opts));
+    DF_TRY(df_run_lock_acquire(lock, out_dir));
+    int64_t steps[4096];
+    int n = df_ckpt_list(out_dir, steps, 4096);
+    if (opts->resume || n == 0) return DF_OK;
+    if (!opts->overwrite) {
+        df_run_identity old;
+        char who[256] = "";
+        if (df_run_identity_load(out_dir, &old) == DF_OK)
+            snprintf(who, sizeof who, "; run %s started %s on %s, seed %" PRIu64, old.run_id,
+                     old.started, old.host, old.seed);
+        df_run_lock_release(lock);
+        return df_error(DF_ERR_INVALID,
+                        "%s already holds a run (%d checkpoint%s, the newest checkpoint-%" PRId64
+                        "%s). To continue it, add --resume latest; to start a new run, choose "
+                        "another output_dir, or add --overwrite to move the old run aside to "
+                        "%s.old-<n> (nothing is deleted)",
+                        out_dir, n, n == 1 ? "" : "s", steps[n - 1], who, out_dir);
     }
-    char line[4096];
-    while (old && fgets(line, sizeof line, old)) {
-        long long s;
-        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s <= t->step && strchr(line, '\n'))
-            fputs(line, f);
-    }
-    if (old) fclose(old);
-    if (fflush(f) != 0 || rename(tmp, path) != 0) {
-        fclose(f);
-        return df_error(DF_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
-    t->metrics = f;
-    return DF_OK;
+    char moved[DF_PATH_MAX];
+    df_status st = df_run_move_aside(out_dir, moved, sizeof moved);
+    df_run_lock_release(lock);
+    DF_TRY(st);
+    fprintf(stderr, "diffusion: --overwrite: moved the previous run of %s to %s\n", out_dir, moved);
+    return df_run_lock_acquire(lock, out_dir);
+}
+
+df_status df_train_claim(const df_config *cfg, const df_train_opts *opts, df_run_lock *lock) {
+    lock->fd = -1;
+    return claim_run_dir(df_config_str(cfg, "output_dir"), opts, lock);
+}
+
+/* The run's identity: resumed runs keep the checkpoint's run (run.json rewritten if it named
+ * another), fresh starts get a new one. */
+static df_status settle_identity(trainer *t, const df_train_opts *opts) {
+    df_status loaded = df_run_identity_load(t->out_dir, &t->identity);
+    if (loaded != DF_OK && loaded != DF_ERR_NOTFOUND && opts->resume) return loaded;
+    bool have = loaded == DF_OK, resumed = false;
+    char run_id[DF_RUN_ID_LEN] = "";
+    if (opts->resume) DF_TRY(resume_from(t, opts, have, run_id, &resumed));
+    if (resumed && have && run_id[0] && strcmp(run_id, t->identity.run_id) == 0) return DF_OK;
+    DF_TRY(df_run_identity_new(&t->identity, df_config_hash(t->cfg), t->seed));
+    if (resumed && run_id[0]) snprintf(t->identity.run_id, sizeof t->identity.run_id, "%s", run_id);
+    return df_run_identity_save(t->out_dir, &t->identity);
 }
 
 /* ------------------------------------------------------------------ the loop ----------------- */
+
+/* A log write's outcome: the first failure of a series is a warning naming the file (the lines
+ * stay queued in memory and are written by the next write that succeeds); the recovery is a
+ * note. Logs never stop a run: the checkpoints hold its state. */
+static void log_result(df_status st, bool *failing, const char *path) {
+    if (st != DF_OK && !*failing)
+        fprintf(stderr,
+                "diffusion: warning: %s; training goes on, the missing records are kept in "
+                "memory and written when %s can be written again\n",
+                df_last_error(), path);
+    else if (st == DF_OK && *failing)
+        fprintf(stderr, "diffusion: note: %s is written again, nothing missing\n", path);
+    *failing = st != DF_OK;
+}
 
 static df_status validation_grid(trainer *t, int64_t step) {
     if (!t->recipe->validate || df_config_int(t->cfg, "num_validation_images") == 0) return DF_OK;
@@ -387,9 +584,14 @@ static df_status validation_grid(trainer *t, int64_t step) {
             long n = ftell(f);
             fseek(f, 0, SEEK_SET);
             void *bytes = n > 0 ? malloc((size_t)n) : NULL;
-            if (bytes && fread(bytes, 1, (size_t)n, f) == (size_t)n)
+            if (bytes && fread(bytes, 1, (size_t)n, f) == (size_t)n) {
                 st = df_tb_image(&t->tb, "samples", step, (int)grid->shape[0], (int)grid->shape[1],
                                  (int)grid->shape[2], bytes, (size_t)n);
+                if (st == DF_OK || st == DF_ERR_IO) {
+                    log_result(st, &t->tb_failing, t->tb.path);
+                    st = DF_OK;
+                }
+            }
             free(bytes);
             fclose(f);
         }
@@ -400,13 +602,16 @@ static df_status validation_grid(trainer *t, int64_t step) {
 
 static void log_step(trainer *t, double loss, double lr, double norm, double secs, bool skipped) {
     double it_s = secs > 0 ? 1.0 / secs : 0;
-    fprintf(t->metrics,
-            "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
-            "\"it_s\": %.4g, \"skipped\": %" PRId64 ", \"epoch\": %" PRId64 "}\n",
-            t->step, loss, lr, isfinite(norm) ? norm : -1.0, it_s, t->skipped_steps, t->epoch);
-    fflush(t->metrics);
-    df_tb_scalar(&t->tb, "train/loss", t->step, loss);
-    df_tb_scalar(&t->tb, "train/lr", t->step, lr);
+    char line[512];
+    snprintf(line, sizeof line,
+             "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+             "\"it_s\": %.4g, \"skipped\": %" PRId64 ", \"epoch\": %" PRId64 "}",
+             t->step, loss, lr, isfinite(norm) ? norm : -1.0, it_s, t->skipped_steps, t->epoch);
+    log_result(df_metrics_append(&t->metrics, line), &t->metrics.failing, t->metrics.path);
+    df_status st = df_tb_scalar(&t->tb, "train/loss", t->step, loss);
+    if (st == DF_OK || st == DF_ERR_IO) log_result(st, &t->tb_failing, t->tb.path);
+    st = df_tb_scalar(&t->tb, "train/lr", t->step, lr);
+    if (st == DF_OK || st == DF_ERR_IO) log_result(st, &t->tb_failing, t->tb.path);
     double elapsed = now() - t->started;
     int64_t done = t->step, total = t->max_steps, ran = t->step - t->first_step;
     double eta = ran > 0 ? elapsed / (double)ran * (double)(total - done) : 0;
@@ -433,7 +638,9 @@ static df_status train_step(trainer *t) {
     step_rng(t, t->step, &rng);
     df_optim_zero_grad(t->optim);
     bool finite = true;
-    for (int k = 0; k < t->accum; k++) {
+    df_grad_accum acc;
+    DF_TRY(df_grad_accum_init(&acc, t->accum));
+    for (bool stepped = false; !stepped;) { /* accelerate's accumulate over k micro-batches */
         df_batch *b = NULL;
         DF_TRY(df_loader_next(t->loader, &b));
         for (int i = 0; i < b->n_skipped; i++)
@@ -445,11 +652,12 @@ static df_status train_step(trainer *t) {
         float value = df_f32(loss)[0];
         loss_sum += value;
         if (!isfinite(value)) finite = false;
-        df_status st =
-            df_backward(t->accum > 1 ? df_mul_scalar(loss, 1.0f / (float)t->accum) : loss);
+        float scale = df_grad_accum_loss_scale(&acc); /* the gradients sum to the mean's */
+        df_status st = df_backward(t->accum > 1 ? df_mul_scalar(loss, scale) : loss);
         df_scope_end(s);
         df_batch_free(b);
         DF_TRY(st);
+        stepped = df_grad_accum_tick(&acc);
     }
     if (t->step == df_config_int(t->cfg, "inject_nan_at_step")) df_f32(t->params[0]->grad)[0] = NAN;
     double norm = NAN, lr = df_config_float(t->cfg, "learning_rate") *
@@ -486,15 +694,16 @@ static void trainer_free(trainer *t) {
     df_dataset_free(t->data);
     df_optim_free(t->optim);
     df_ema_free(t->ema);
-    if (t->metrics) fclose(t->metrics);
+    df_metrics_close(&t->metrics);
     df_tb_close(&t->tb);
+    df_run_lock_release(&t->lock);
     free(t->params);
     free(t->names);
 }
 
 static df_status run(trainer *t, const df_train_opts *opts) {
     const df_config *c = t->cfg;
-    DF_TRY(df_mkdirs(t->out_dir));
+    if (!opts->lock) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
     df_params *reg = t->recipe->params;
     DF_TRY(df_params_flatten(reg));
     t->params = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->params);
@@ -506,12 +715,13 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         t->names[t->n_params++] = reg->items[i].name;
     }
     DF_TRY(build_optimizer(t));
-    if (opts->resume) DF_TRY(resume_from(t, opts));
+    DF_TRY(settle_identity(t, opts));
     char path[DF_PATH_MAX];
     DF_TRY(df_pathf(path, sizeof path, "%s/config.yaml", t->out_dir));
     DF_TRY(df_config_save(c, path));
     DF_TRY(open_data(t));
-    DF_TRY(open_metrics(t));
+    DF_TRY(df_pathf(path, sizeof path, "%s/metrics.jsonl", t->out_dir));
+    DF_TRY(df_metrics_open(&t->metrics, path, t->step));
     DF_TRY(df_pathf(path, sizeof path, "%s/logs", t->out_dir));
     DF_TRY(df_tb_open(&t->tb, path));
     fprintf(stderr,
@@ -530,18 +740,26 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         if (val_every > 0 && t->step % val_every == 0 && !last) DF_TRY(validation_grid(t, t->step));
         bool stop = stop_requested != 0 ||
                     (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
-        if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last)
+        if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last) {
+            /* the lines up to the checkpoint are on disk before it (a resume keeps them) */
+            log_result(df_metrics_flush(&t->metrics), &t->metrics.failing, t->metrics.path);
             DF_TRY(write_checkpoint(t));
+        }
         if (stop) {
             fprintf(stderr,
-                    "\ndiffusion: stopped by a signal after step %" PRId64
-                    "; checkpoint written, rerun the same command to resume\n",
-                    t->step);
+                    "\ndiffusion: stopped %s after step %" PRId64
+                    "; checkpoint written. To continue, rerun the same command with --resume "
+                    "latest\n",
+                    stop_requested ? "by a signal" : "by --stop-after-steps", t->step);
             return DF_OK;
         }
     }
     DF_TRY(validation_grid(t, t->step));
-    DF_TRY(export_to(t, t->out_dir));
+    DF_TRY(export_final(t));
+    log_result(df_metrics_flush(&t->metrics), &t->metrics.failing, t->metrics.path);
+    if (t->metrics.failing || t->tb_failing)
+        fprintf(stderr, "diffusion: warning: the run is complete but its logs are not (see the "
+                        "warnings above); the model and checkpoints are\n");
     fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
             t->step, t->skipped_steps, t->out_dir);
     return DF_OK;
@@ -556,6 +774,9 @@ df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_o
     t.max_steps = df_config_int(cfg, "max_train_steps");
     t.accum = (int)df_config_int(cfg, "gradient_accumulation_steps");
     t.tty = isatty(STDERR_FILENO);
+    t.lock.fd = -1;
+    t.metrics.fd = -1;
+    t.tb.fd = -1;
     DF_TRY(df_pathf(t.out_dir, sizeof t.out_dir, "%s", df_config_str(cfg, "output_dir")));
     stop_requested = 0;
     install_signals();

@@ -205,8 +205,8 @@ Test(recipes_train, stop_and_resume_is_exact, .timeout = 300) {
     expect_same_run("whole", "split", 12);
 }
 
-/* Starts training in the background; returns its pid. */
-static pid_t spawn_train(const char *run, bool resume) {
+/* Starts training in the background (`extra`: one more key=value or NULL); returns its pid. */
+static pid_t spawn_train(const char *run, bool resume, const char *extra) {
     char outdir[400];
     snprintf(outdir, sizeof outdir, "output_dir=%s/%s", root, run);
     char *argv[] = {(char *)DF_CLI,
@@ -215,6 +215,7 @@ static pid_t spawn_train(const char *run, bool resume) {
                     outdir,
                     "checkpointing_steps=1",
                     "max_train_steps=30",
+                    (char *)(extra ? extra : "max_train_steps=30"),
                     resume ? "--resume" : NULL,
                     "latest",
                     NULL};
@@ -234,11 +235,11 @@ static double seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void kill_and_resume(int kills, unsigned seed) {
-    char out[65536], dir[512];
+static void kill_and_resume(int kills, unsigned seed, const char *extra) {
+    char out[65536], dir[512], args[256];
     double t0 = seconds();
-    cr_assert_eq(train("ref", "checkpointing_steps=1 max_train_steps=30", out, sizeof out), 0, "%s",
-                 out);
+    snprintf(args, sizeof args, "checkpointing_steps=1 max_train_steps=30 %s", extra ? extra : "");
+    cr_assert_eq(train("ref", args, out, sizeof out), 0, "%s", out);
     /* Kill delays scale with how long a whole run takes here (2% .. 15%), so that each resumed
      * run makes little progress. The machine's speed can change under us: a round in which the
      * run completed before `kills` kills landed is discarded and redone with shorter delays. */
@@ -250,7 +251,7 @@ static void kill_and_resume(int kills, unsigned seed) {
         int killed = 0;
         bool done = false;
         for (int attempt = 0; attempt < kills + 30 && !done; attempt++) {
-            pid_t pid = spawn_train("killed", attempt > 0);
+            pid_t pid = spawn_train("killed", attempt > 0, extra);
             int status;
             if (killed < kills) {
                 double delay = scale * whole * (0.02 + 0.13 * (rand() / (double)RAND_MAX));
@@ -296,13 +297,26 @@ Test(recipes_train, thread_count_does_not_change_results, .timeout = 300) {
 }
 
 Test(recipes_train, kill9_and_resume_is_exact, .timeout = 600) {
-    kill_and_resume(5, 1234);
+    kill_and_resume(5, 1234, NULL);
 }
 
 /* The long version: CTest runs it as `recipes_slow` (label slow) with DF_SLOW=1. */
 Test(recipes_train_slow, kill9_twenty_times, .timeout = 1800) {
     if (!getenv("DF_SLOW")) cr_skip_test("slow: set DF_SLOW=1 (ctest -L slow)");
-    kill_and_resume(20, (unsigned)time(NULL));
+    kill_and_resume(20, (unsigned)time(NULL), NULL);
+}
+
+/* kill -9 with rotation on (kills land inside rotations too): still bit-identical, and the
+ * folder ends with this run's two newest checkpoints and no half-removed one (issue 23). */
+Test(recipes_train_slow, kill9_with_rotation, .timeout = 1800) {
+    if (!getenv("DF_SLOW")) cr_skip_test("slow: set DF_SLOW=1 (ctest -L slow)");
+    kill_and_resume(10, (unsigned)time(NULL), "checkpoints_total_limit=2");
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/killed", root);
+    int64_t steps[64];
+    cr_assert_eq(df_ckpt_list(dir, steps, 64), 2);
+    cr_assert(steps[0] == 29 && steps[1] == 30, "%lld %lld", (long long)steps[0],
+              (long long)steps[1]);
 }
 
 Test(recipes_train, damaged_checkpoint_falls_back, .timeout = 300) {

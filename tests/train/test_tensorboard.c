@@ -1,11 +1,16 @@
 /* test_tensorboard.c — our event files decode as TensorBoard reads them: record framing with
  * masked CRC-32C, the file_version event first, then scalar and image summaries with their
- * tags, steps and values. The decoder here is written from the protobuf wire format. */
+ * tags, steps and values; a failed write (file-size limit) leaves whole records only and the
+ * records are written by the next write. The decoder here is written from the protobuf wire
+ * format. */
 #include "train/train.h"
 #include "tests/common/check.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
 static uint32_t masked(const void *p, size_t n) {
     uint32_t c = df_crc32c(p, n);
@@ -111,5 +116,68 @@ Test(train_tensorboard, records_decode) {
         records++;
     }
     cr_assert_eq(records, 3);
+    df_remove_tree(dir);
+}
+
+/* The steps of a file's records, checking every record's framing (no torn record). */
+static int record_steps(const char *path, uint64_t *steps, int max) {
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    static unsigned char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    const unsigned char *p = buf, *end = buf + n;
+    int records = 0;
+    while (p < end) {
+        uint64_t len;
+        uint32_t len_crc, data_crc;
+        cr_assert(end - p >= 12, "torn record header at %zu", (size_t)(p - buf));
+        memcpy(&len, p, 8);
+        memcpy(&len_crc, p + 8, 4);
+        cr_assert_eq(len_crc, masked(p, 8), "record %d: length CRC", records);
+        cr_assert((size_t)(end - p) >= 16 + len, "torn record %d", records);
+        const unsigned char *data = p + 12;
+        memcpy(&data_crc, data + len, 4);
+        cr_assert_eq(data_crc, masked(data, len), "record %d: data CRC", records);
+        size_t l;
+        uint64_t num = 0;
+        if (!field_of(data, len, 2, &l, &num)) num = 0;
+        if (records < max) steps[records] = num;
+        p = data + len + 4;
+        records++;
+    }
+    return records;
+}
+
+/* Issue 23.6: a full disk left a corrupt event file. A write that fails (here: the file-size
+ * limit, EFBIG) leaves only whole records and is an error naming the file; the records are
+ * written by the next write that succeeds, in order. */
+Test(train_tensorboard, failed_write_is_rewritten_whole) {
+    char dir[] = "/tmp/df_tb_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    signal(SIGXFSZ, SIG_IGN); /* writes past the limit fail with EFBIG instead */
+    df_tb_writer w;
+    cr_assert_eq(df_tb_open(&w, dir), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_tb_scalar(&w, "train/loss", 1, 1.0), DF_OK);
+    struct stat st;
+    cr_assert_eq(stat(w.path, &st), 0);
+    struct rlimit r, saved;
+    getrlimit(RLIMIT_FSIZE, &saved);
+    r = saved;
+    r.rlim_cur = (rlim_t)st.st_size + 10; /* room for part of one record */
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &r), 0);
+    cr_assert_eq(df_tb_scalar(&w, "train/loss", 2, 2.0), DF_ERR_IO);
+    cr_assert(strstr(df_last_error(), w.path) && strstr(df_last_error(), "write failed"), "%s",
+              df_last_error());
+    cr_assert_eq(df_tb_scalar(&w, "train/loss", 3, 3.0), DF_ERR_IO);
+    struct stat after;
+    cr_assert_eq(stat(w.path, &after), 0);
+    cr_assert_eq(after.st_size, st.st_size, "a partial record was left");
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    cr_assert_eq(df_tb_scalar(&w, "train/loss", 4, 4.0), DF_OK, "%s", df_last_error());
+    uint64_t steps[8];
+    cr_assert_eq(record_steps(w.path, steps, 8), 5);
+    for (int i = 1; i < 5; i++) cr_assert_eq(steps[i], (uint64_t)i);
+    df_tb_close(&w);
     df_remove_tree(dir);
 }
