@@ -309,7 +309,7 @@ static void run_scratch(const char *opname, const scratch_prim *sp, int n, dnnl_
     dnnl_memory_t mem = NULL;
     if (sp->scratch_bytes) {
         buf = df_mem_alloc(sp->scratch_bytes);
-        DF_ASSERT(buf, "%s: %s", opname, df_last_error());
+        if (!buf) df_mem_oom(sp->scratch_bytes, "the scratchpad of %s", opname);
         DF_DNNL_CHECK(opname, dnnl_memory_create(&mem, &sp->scratch_md, df_dnnl_engine(), buf));
         args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mem};
     }
@@ -341,7 +341,7 @@ void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs) {
         DF_DNNL_CHECK(opname, dnnl_memory_create(&user[i], &a->spec.user, e, ptrs[i]));
         if (a->reorder.prim) {
             tmp[i] = df_mem_alloc(a->prim_bytes);
-            DF_ASSERT(tmp[i], "%s: %s", opname, df_last_error());
+            if (!tmp[i]) df_mem_oom(a->prim_bytes, "a reordered argument of %s", opname);
             DF_DNNL_CHECK(opname, dnnl_memory_create(&prim[i], &a->prim_md, e, tmp[i]));
             if (a->spec.dir == DF_DNNL_IN) run_reorder(opname, &a->reorder, user[i], prim[i]);
         }
