@@ -124,8 +124,8 @@ DF_API df_mem_stats df_mem_get_stats(void);
 typedef void (*df_oom_handler)(const char *msg);
 /* Installs `h` (NULL: the default) and returns the previous handler. */
 DF_API df_oom_handler df_set_oom_handler(df_oom_handler h);
-/* Reports an allocation of `bytes` that cannot fail softly; `what` is a printf format naming
- * it (an op, a tensor's dtype and shape). Never returns. */
+/* Reports an allocation of `bytes` (0: unknown) that cannot fail softly; `what` is a printf
+ * format naming it (an op, a tensor's dtype and shape). Never returns. */
 DF_API _Noreturn void df_mem_oom(size_t bytes, const char *what, ...)
     __attribute__((format(printf, 2, 3)));
 /* Caps the pool's bytes in use (0: no cap). Overrides DF_MEM_LIMIT. */

@@ -41,6 +41,8 @@ dnnl_stream_t df_dnnl_stream(void) {
 
 void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file,
                   int line) {
+    /* memory oneDNN could not get is the user's out of memory, not our bug */
+    if (s == dnnl_out_of_memory) df_mem_oom(0, "oneDNN memory for %s (%s)", opname, call);
     df_error(DF_ERR_DNNL, "%s: %s failed: %s", opname, call, dnnl_status2str(s));
     df_assert_fail(file, line, "%s", df_last_error());
 }
@@ -249,7 +251,7 @@ df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *user_key, df_dnnl_build_fn bui
     pthread_mutex_unlock(&cache_lock);
 
     df_dnnl_prim *fresh = calloc(1, sizeof *fresh);
-    DF_ASSERT(fresh, "dnnl: out of memory for a primitive cache entry");
+    if (!fresh) df_mem_oom(sizeof *fresh, "a oneDNN primitive cache entry");
     fresh->key = *key;
     fresh->hash = h;
     df_dnnl_arg_spec specs[DF_DNNL_MAX_ARGS];

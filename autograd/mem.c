@@ -173,8 +173,12 @@ void df_mem_oom(size_t bytes, const char *what, ...) {
     vsnprintf(name, sizeof name, what, ap);
     va_end(ap);
     df_mem_stats s = df_mem_get_stats();
-    snprintf(msg, sizeof msg, "out of memory allocating %s: %s (%s in use, %s cached)", name,
-             df_mem_format(bytes, want, sizeof want),
+    if (bytes)
+        snprintf(want, sizeof want, ": ");
+    else
+        want[0] = '\0'; /* the size is not known (memory oneDNN asked the system for) */
+    if (bytes) df_mem_format(bytes, want + 2, sizeof want - 2);
+    snprintf(msg, sizeof msg, "out of memory allocating %s%s (%s in use, %s cached)", name, want,
              df_mem_format(s.bytes_in_use, used, sizeof used),
              df_mem_format(s.bytes_cached, cached, sizeof cached));
     df_error(DF_ERR_NOMEM, "%s", msg);
