@@ -153,7 +153,16 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
                            : (df_loader_cursor){j->epoch, j->pos + j->n};
     size_t per = (size_t)C * R * R;
     float *buf = malloc(sizeof(float) * per * (size_t)j->n);
-    DF_ASSERT(buf, "out of memory");
+    if (!buf) {
+        char mb[32];
+        df_mem_format(sizeof(float) * per * (size_t)j->n, mb, sizeof mb);
+        snprintf(err, err_len,
+                 "loader: out of memory for a batch of %d images at %dx%d (%s): lower "
+                 "train_batch_size or the resolution",
+                 j->n, R, R, mb);
+        df_batch_free(b);
+        return df_error(DF_ERR_NOMEM, "%s", err);
+    }
     for (int i = 0; i < j->n; i++) {
         df_philox g;
         df_philox_init(&g, l->o.seed,
@@ -189,7 +198,13 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
         df_batch_free(b);
         return df_error(DF_ERR_FORMAT, "%s", err);
     }
-    b->pixels = df_tensor_new(DF_DTYPE_F32, DF_DIMS(b->n, C, R, R));
+    if (df_tensor_try_new_owned(DF_DTYPE_F32, DF_DIMS(b->n, C, R, R), &b->pixels) != DF_OK) {
+        snprintf(err, err_len, "loader: %s (a batch of %d images at %dx%d)", df_last_error(), b->n,
+                 R, R);
+        free(buf);
+        df_batch_free(b);
+        return df_error(DF_ERR_NOMEM, "%s", err);
+    }
     memcpy(b->pixels->data, buf, sizeof(float) * per * (size_t)b->n);
     free(buf);
     *out = b;

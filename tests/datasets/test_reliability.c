@@ -325,3 +325,26 @@ Test(datasets_reliability, crafted_hdf5_dimensions_refused_before_reading, .time
     cr_assert(strstr(df_last_error(), "chunks of one image"), "%s", df_last_error());
     remove_tree(t);
 }
+
+/* ---------------------------------------------------------------- out of memory --------------- */
+
+/* A batch that does not fit is DF_ERR_NOMEM naming the batch, not an abort in a worker thread. */
+Test(datasets_reliability, batch_out_of_memory_is_an_error) {
+    const char *dir = make_folder("ro1", 4, 8, 8);
+    df_dataset *ds = open_ds(dir, false);
+    df_loader_opts o = df_loader_opts_default(4, 64); /* a batch is 4 * 3 * 64 * 64 floats */
+    o.workers = 1;
+    o.prefetch = 1;
+    df_mem_set_limit(100 << 10); /* decoding fits, the 192 KiB batch does not */
+    df_loader *l;
+    cr_assert_eq(df_loader_new(ds, &o, &l), DF_OK, "%s", df_last_error());
+    df_batch *b;
+    cr_assert_eq(df_loader_next(l, &b), DF_ERR_NOMEM);
+    cr_assert(strstr(df_last_error(), "loader: out of memory allocating 192.0 KiB"), "%s",
+              df_last_error());
+    cr_assert(strstr(df_last_error(), "a batch of 4 images at 64x64"), "%s", df_last_error());
+    df_mem_set_limit(0);
+    df_loader_free(l);
+    df_dataset_free(ds);
+    remove_tree(dir);
+}
