@@ -267,7 +267,14 @@ df_status df__dataset_check_output(const df_dataset *ds, const char *out) {
     if (ds->kind == DF_DATASET_HDF5) return DF_OK;
     char *canon = canonical(out);
     df_status s = DF_OK;
+    const char *base = strrchr(out, '/');
+    base = base ? base + 1 : out;
+    /* Only the same directory entry is at risk: the rename replaces that entry, while a hard
+     * link or a symlink elsewhere keeps the old bytes. So entries of another base name are
+     * skipped without a system call (a million-image metadata.jsonl stays fast). */
     for (int64_t i = 0; i < ds->n && s == DF_OK; i++) {
+        const char *eb = strrchr(ds->files[i], '/');
+        if (strcmp(eb ? eb + 1 : ds->files[i], base) != 0) continue;
         char *p = path_join(ds->root, ds->files[i]);
         if (same_target(out, canon, p))
             s = df_error(DF_ERR_INVALID,
@@ -276,8 +283,6 @@ df_status df__dataset_check_output(const df_dataset *ds, const char *out) {
         free(p);
     }
     /* a new file inside the folder that the next open would read */
-    const char *base = strrchr(out, '/');
-    base = base ? base + 1 : out;
     size_t lb = strlen(base), le = strlen(ds->caption_ext);
     bool readable_name = is_image_name(base) || strcmp(base, "metadata.jsonl") == 0 ||
                          (lb > le && strcmp(base + lb - le, ds->caption_ext) == 0);

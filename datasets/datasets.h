@@ -148,9 +148,10 @@ DF_API int64_t df_dataset_len(const df_dataset *ds);
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
 /* Caption of image i before dropout/override. Borrowed. */
 DF_API const char *df_dataset_caption(const df_dataset *ds, int64_t i);
-/* Entries left out when the dataset was opened with skip_bad_images (malformed metadata.jsonl
- * lines, unreadable caption files): their count and messages "<file>[:<line>]: <reason>"
- * (borrowed). Reported on stderr by df_dataset_open too. */
+/* Entries left out when the dataset was opened: with skip_bad_images, malformed metadata.jsonl
+ * lines and unreadable caption files; always, images that exist but are not regular files (a
+ * FIFO named x.png would block the reader, a device never end). Their count and messages
+ * "<file>[:<line>]: <reason>" (borrowed). Reported on stderr by df_dataset_open too. */
 DF_API int64_t df_dataset_bad_entries(const df_dataset *ds);
 DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 /* Decodes image i (< df_dataset_images) into a new U8 (H, W, C) tensor. Thread-safe. */
@@ -165,8 +166,8 @@ DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_de
  * HDF5 file: datasets images (N, R, R, 3) uint8 chunked (1, R, R, 3), captions (N) and
  * file_names (N) variable-length UTF-8 strings, attributes resolution (int) and source (string).
  * Unreadable images fail the pack unless the dataset skips bad images; *n_skipped (may be NULL)
- * counts them; a dataset none of whose images is readable fails (DF_ERR_FORMAT naming the
- * count). The pack is written to a temporary sibling and renamed over out_path only when
+ * counts them; a dataset without images, or none of whose images is readable, fails
+ * (DF_ERR_FORMAT naming the count). The pack is written to a temporary sibling and renamed over out_path only when
  * complete (df_outfile): a failed or interrupted pack leaves an existing out_path untouched.
  * An out_path that the dataset reads (the source pack or folder, one of its images, caption
  * files or metadata.jsonl, or a new file the folder would read) is refused: DF_ERR_INVALID. */

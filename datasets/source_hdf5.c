@@ -223,6 +223,8 @@ static df_status pack_write(const df_dataset *ds, const char *out_path, int reso
     if (resolution < 1 || resolution > DF_IMAGE_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "%s: resolution %d out of range", out_path, resolution);
     DF_TRY(df__dataset_check_output(ds, out_path));
+    if (df_dataset_images(ds) == 0)
+        return df_error(DF_ERR_FORMAT, "%s: the dataset has no images: nothing to pack", ds->root);
     int64_t n = df_dataset_images(ds), k = 0, skipped = 0;
     int R = resolution;
     char **caps = calloc((size_t)n + 1, sizeof(char *)),

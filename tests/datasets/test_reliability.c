@@ -89,6 +89,19 @@ Test(datasets_reliability, pack_with_no_readable_image_fails_and_writes_nothing)
     remove_tree(t);
 }
 
+Test(datasets_reliability, pack_of_an_empty_folder_fails) {
+    const char *d = temp_dir("rp6");
+    char dir[512], out[600];
+    snprintf(dir, sizeof dir, "%s", d);
+    snprintf(out, sizeof out, "%s.h5", dir);
+    df_dataset *ds = open_ds(dir, false);
+    cr_assert_eq(df_pack_write(ds, out, 8, DF_RESAMPLE_BICUBIC, dir, NULL), DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "the dataset has no images"), "%s", df_last_error());
+    cr_assert_eq(access(out, F_OK), -1, "a pack was written");
+    df_dataset_free(ds);
+    remove_tree(dir);
+}
+
 Test(datasets_reliability, pack_replaces_out_only_when_complete) {
     const char *d = make_folder("rp3", 3, 8, 8);
     char dir[512], out[600];
