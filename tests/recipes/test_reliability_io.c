@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -342,4 +343,81 @@ Test(recipes_reliability_io, outfile_replaces_only_on_commit) {
     cr_assert_eq(df_outfile_begin(&o, "/dev/null"), DF_OK);
     cr_assert_str_eq(df_outfile_name(&o), "/dev/null");
     cr_assert_eq(df_outfile_commit(&o), DF_OK);
+}
+
+/* ---------------------------------------------------------------- training end to end -------- */
+
+/* dir/data: n 8x8 PNGs with metadata.jsonl; dir/tiny.yaml: the unconditional recipe on a tiny
+ * UNet over it (as tests/recipes/test_train.c). */
+static void make_training(int n) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/data", dir);
+    cr_assert_eq(df_mkdirs(path), DF_OK);
+    snprintf(path, sizeof path, "%s/data/metadata.jsonl", dir);
+    FILE *meta = fopen(path, "w");
+    cr_assert(meta);
+    for (int i = 0; i < n; i++) {
+        df_tensor *img = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(8, 8, 3));
+        for (int64_t k = 0; k < img->numel; k++) ((uint8_t *)img->data)[k] = (uint8_t)(k * 7 + i);
+        snprintf(path, sizeof path, "%s/data/%02d.png", dir, i);
+        cr_assert_eq(df_png_write(path, img, 0, NULL, NULL), DF_OK, "%s", df_last_error());
+        df_tensor_free(img);
+        fprintf(meta, "{\"file_name\": \"%02d.png\", \"text\": \"x\"}\n", i);
+    }
+    fclose(meta);
+    snprintf(path, sizeof path, "%s/tiny.yaml", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fprintf(f,
+            "recipe: unconditional\ntrain_data_dir: %s/data\nresolution: 8\ntrain_batch_size: 4\n"
+            "dataloader_num_workers: 1\nmax_train_steps: 4\nlearning_rate: 1e-3\n"
+            "checkpointing_steps: 2\nnum_validation_images: 0\nmodel:\n"
+            "  block_out_channels: [8, 16]\n  down_block_types: [DownBlock2D, AttnDownBlock2D]\n"
+            "  up_block_types: [AttnUpBlock2D, UpBlock2D]\n  layers_per_block: 1\n"
+            "  norm_num_groups: 4\n",
+            dir);
+    fclose(f);
+}
+
+/* A training folder whose images are all unreadable is refused at the start, naming the count,
+ * instead of training on empty batches (issue 23 point 5); a FIFO among them does not block. */
+Test(recipes_reliability_io, train_refuses_data_with_no_readable_image, .timeout = 120) {
+    make_training(4);
+    char path[512], args[2048], out[65536];
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/data/%02d.png", dir, i);
+        FILE *f = fopen(path, "w");
+        fputs("not a png", f);
+        fclose(f);
+    }
+    snprintf(path, sizeof path, "%s/data/03.png", dir);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(mkfifo(path, 0644), 0);
+    snprintf(args, sizeof args, "train %s/tiny.yaml output_dir=%s/run skip_bad_images=true", dir,
+             dir);
+    cr_assert_eq(run("", args, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "none of the 3 images is readable"), "%s", out);
+    cr_assert(strstr(out, "03.png: a FIFO, not a regular file"), "%s", out);
+    snprintf(path, sizeof path, "%s/run/unet/diffusion_pytorch_model.safetensors", dir);
+    cr_assert_eq(access(path, F_OK), -1, "an untrained model was exported");
+}
+
+/* Out of memory while training exits 3 with the message, and the checkpoint committed before
+ * stays valid: resuming under a memory cap that the first step cannot meet leaves it intact. */
+Test(recipes_reliability_io, train_oom_keeps_the_last_checkpoint, .timeout = 300) {
+    make_training(8);
+    char args[2048], out[65536], ckpt[512];
+    snprintf(args, sizeof args, "train %s/tiny.yaml output_dir=%s/run --stop-after-steps 2", dir,
+             dir);
+    cr_assert_eq(run("", args, out, sizeof out), 0, "%s", out);
+    snprintf(ckpt, sizeof ckpt, "%s/run/checkpoint-2", dir);
+    cr_assert_eq(df_ckpt_verify(ckpt), DF_OK, "%s", df_last_error());
+    snprintf(args, sizeof args, "train %s/tiny.yaml output_dir=%s/run --resume latest", dir, dir);
+    int rc = run("DF_MEM_LIMIT=600K", args, out, sizeof out);
+    cr_assert_eq(rc, DF_EXIT_OOM, "exit %d:\n%s", rc, out);
+    cr_assert(strstr(out, "diffusion: out of memory allocating "), "%s", out);
+    cr_assert_eq(df_ckpt_verify(ckpt), DF_OK, "the committed checkpoint was damaged: %s",
+                 df_last_error());
+    /* and the run resumes from it once memory is there */
+    cr_assert_eq(run("", args, out, sizeof out), 0, "%s", out);
 }
