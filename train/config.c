@@ -11,9 +11,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #define MAX_YAML_BYTES (4u << 20)
@@ -319,9 +322,30 @@ df_status df_config_load_yaml_text(df_config *c, const char *text, size_t len, c
     return st;
 }
 
+/* Opens a YAML file for reading: a directory, FIFO or device is refused without blocking (a
+ * directory used to read as an empty recipe, a FIFO to hang). */
+static df_status open_yaml(const char *path, FILE **out) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    struct stat st = {0};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return df_error(DF_ERR_IO, "%s, not a YAML file (%s)",
+                        S_ISDIR(st.st_mode) ? "a directory" : "not a regular file", path);
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    }
+    *out = f;
+    return DF_OK;
+}
+
 df_status df_config_load_yaml(df_config *c, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    FILE *f;
+    DF_TRY(open_yaml(path, &f));
     char *buf = malloc(MAX_YAML_BYTES + 1);
     size_t n = buf ? fread(buf, 1, MAX_YAML_BYTES + 1, f) : 0;
     fclose(f);
@@ -544,8 +568,8 @@ void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f) {
 
 df_status df_config_peek(const char *path, const char *key, char *out, size_t len) {
     out[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (!f) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    FILE *f;
+    DF_TRY(open_yaml(path, &f));
     char *buf = malloc(MAX_YAML_BYTES + 1);
     size_t n = buf ? fread(buf, 1, MAX_YAML_BYTES, f) : 0;
     fclose(f);

@@ -6,6 +6,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const df_cfg_field schema[] = {
     {"train_batch_size", DF_CFG_INT, "16", 1, 1 << 20, NULL, "images per step"},
@@ -168,4 +170,22 @@ Test(train_config, deep_nesting_is_bounded, .timeout = 60) {
     sprintf(p, "%*sv: 1\n", 80, "");
     expect_message(load(text), "nesting deeper than 32 levels (recipe.yaml:33)");
     free(text);
+}
+
+/* issue 23: a directory or a FIFO given as the recipe is refused at once (a directory read as an
+ * empty recipe; a FIFO blocked) */
+Test(train_config, recipe_must_be_a_regular_file, .timeout = 60) {
+    char d[] = "/tmp/df_cfg_XXXXXX", fifo[64];
+    cr_assert(mkdtemp(d));
+    cr_assert_eq(df_config_load_yaml(&cfg, d), DF_ERR_IO);
+    cr_assert(strstr(df_last_error(), "a directory, not a YAML file"), "%s", df_last_error());
+    snprintf(fifo, sizeof fifo, "%s/r.yaml", d);
+    cr_assert_eq(mkfifo(fifo, 0644), 0);
+    cr_assert_eq(df_config_load_yaml(&cfg, fifo), DF_ERR_IO);
+    cr_assert(strstr(df_last_error(), "not a regular file, not a YAML file"), "%s",
+              df_last_error());
+    char value[64];
+    cr_assert_eq(df_config_peek(fifo, "recipe", value, sizeof value), DF_ERR_IO);
+    unlink(fifo);
+    rmdir(d);
 }
