@@ -103,6 +103,60 @@ typedef struct df_mem_stats {
 } df_mem_stats;
 DF_API df_mem_stats df_mem_get_stats(void);
 
+/* Out of memory: the contract.
+ * - Allocations whose failure can be returned return DF_ERR_NOMEM with df_last_error() naming
+ *   what was being allocated, how much, and how much the pool holds: df_mem_alloc (NULL),
+ *   df_tensor_try_new, df_flat_init, the readers of files and datasets. The caller passes the
+ *   status up; nothing is half-written (outputs go through df_outfile, below).
+ * - Allocations deep inside an op (activations, tape nodes, op scratch), where no status can
+ *   be returned, call df_mem_oom, which formats "out of memory allocating <what>: <bytes>
+ *   (<in use> in use, <cached> cached)" and calls the out-of-memory handler. The default
+ *   handler prints the message and aborts (as DF_ASSERT). A program installs its own with
+ *   df_set_oom_handler: the `diffusion` CLI prints one line with a hint (lower
+ *   train_batch_size or the resolution) and exits with DF_EXIT_OOM, without a core dump. A
+ *   handler must not return. A run's last committed checkpoint is never touched by this: it
+ *   was renamed into place before, and a checkpoint being written is a temporary folder.
+ * - Before reporting a failure the pool returns its cached blocks to the system and retries.
+ * - DF_MEM_LIMIT (environment, bytes with an optional K/M/G suffix) or df_mem_set_limit caps
+ *   the bytes in use: a request beyond it fails as if the system had no memory left (for tests
+ *   and for sharing a machine). */
+#define DF_EXIT_OOM 3
+typedef void (*df_oom_handler)(const char *msg);
+/* Installs `h` (NULL: the default) and returns the previous handler. */
+DF_API df_oom_handler df_set_oom_handler(df_oom_handler h);
+/* Reports an allocation of `bytes` (0: unknown) that cannot fail softly; `what` is a printf
+ * format naming it (an op, a tensor's dtype and shape). Never returns. */
+DF_API _Noreturn void df_mem_oom(size_t bytes, const char *what, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Caps the pool's bytes in use (0: no cap). Overrides DF_MEM_LIMIT. */
+DF_API void df_mem_set_limit(size_t bytes);
+/* "12.5 MiB"-style rendering of a byte count into buf (returns buf). */
+DF_API const char *df_mem_format(size_t bytes, char *buf, size_t len);
+
+/* ---------------------------------------------------------------- output files ---------------- */
+
+/* An output file written atomically (outfile.c): df_outfile_begin picks the name to write to,
+ * df_outfile_name, which is a temporary sibling "<path>.tmp.<pid>.<k>" of `path` (or `path`
+ * itself when it exists and is not a regular file: a device, a pipe). The caller creates and
+ * writes that file by any means (stdio, libpng, HDF5) and closes it, then df_outfile_commit
+ * fsyncs it, renames it over `path` and fsyncs the folder; df_outfile_abort removes it instead.
+ * So `path` holds either its previous bytes or the whole new file, never a partial one. */
+typedef struct df_outfile {
+    char *path; /* the final path (owned copy) */
+    char *tmp;  /* the temporary sibling (owned), NULL when writing in place */
+} df_outfile;
+/* DF_ERR_NOMEM, or DF_ERR_IO when `path` is a directory. */
+DF_API df_status df_outfile_begin(df_outfile *o, const char *path);
+/* Where to write. Borrowed from o. */
+DF_API const char *df_outfile_name(const df_outfile *o);
+/* Makes the written file durable and visible under its final path. DF_ERR_IO "<path>: <what>
+ * failed: <strerror>" (the temporary is removed, `path` untouched). Releases o either way. */
+DF_API df_status df_outfile_commit(df_outfile *o);
+/* Removes the temporary, if any, and releases o. A released or zeroed o is a no-op. */
+DF_API void df_outfile_abort(df_outfile *o);
+/* True when a and b both exist and are the same file (device and inode). */
+DF_API bool df_same_file(const char *a, const char *b);
+
 /* ---------------------------------------------------------------- tensors --------------------- */
 
 typedef struct df_storage df_storage;
@@ -138,12 +192,17 @@ typedef struct df_tensor {
     }
 
 /* New tensors. All return a new reference (see the ownership rule above) and never NULL: running
- * out of memory here is fatal (DF_ASSERT), as the step cannot continue. Values of df_tensor_new
+ * out of memory here calls the out-of-memory handler (df_mem_oom), as the step cannot continue. Values of df_tensor_new
  * are uninitialised. ndim may be 0 (a scalar). */
 DF_API df_tensor *df_tensor_new(df_dtype dt, int ndim, const int64_t *shape);
 /* As df_tensor_new, but the reference always belongs to the caller, even inside a scope (for
  * parameters and other long-lived state). */
 DF_API df_tensor *df_tensor_new_owned(df_dtype dt, int ndim, const int64_t *shape);
+/* As df_tensor_new_owned, but out of memory is DF_ERR_NOMEM ("out of memory allocating <size>
+ * (...) for a tensor <dtype> (<shape>)"), not the out-of-memory handler: for parameters and
+ * state whose allocation a loader can report. *out is NULL on failure. */
+DF_API df_status df_tensor_try_new_owned(df_dtype dt, int ndim, const int64_t *shape,
+                                         df_tensor **out);
 DF_API df_tensor *df_zeros(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_ones(df_dtype dt, int ndim, const int64_t *shape);
 DF_API df_tensor *df_full(df_dtype dt, int ndim, const int64_t *shape, double value);

@@ -87,6 +87,8 @@ void df_node_release(df_node *n);
 
 /* A new storage of `bytes` (uninitialised, refcount 1) and the release of one reference. */
 df_storage *df_storage_new(size_t bytes);
+/* As df_storage_new, but NULL (DF_ERR_NOMEM set) when memory is short. */
+df_storage *df_storage_try_new(size_t bytes);
 void df_storage_release(df_storage *s);
 /* Points t at storage s from element `offset` (taking a reference) and drops its old storage. */
 void df_tensor_rebind(df_tensor *t, df_storage *s, int64_t offset);

@@ -41,6 +41,8 @@ dnnl_stream_t df_dnnl_stream(void) {
 
 void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const char *file,
                   int line) {
+    /* memory oneDNN could not get is the user's out of memory, not our bug */
+    if (s == dnnl_out_of_memory) df_mem_oom(0, "oneDNN memory for %s (%s)", opname, call);
     df_error(DF_ERR_DNNL, "%s: %s failed: %s", opname, call, dnnl_status2str(s));
     df_assert_fail(file, line, "%s", df_last_error());
 }
@@ -249,7 +251,7 @@ df_dnnl_prim *df_dnnl_prim_get(const df_dnnl_key *user_key, df_dnnl_build_fn bui
     pthread_mutex_unlock(&cache_lock);
 
     df_dnnl_prim *fresh = calloc(1, sizeof *fresh);
-    DF_ASSERT(fresh, "dnnl: out of memory for a primitive cache entry");
+    if (!fresh) df_mem_oom(sizeof *fresh, "a oneDNN primitive cache entry");
     fresh->key = *key;
     fresh->hash = h;
     df_dnnl_arg_spec specs[DF_DNNL_MAX_ARGS];
@@ -309,7 +311,7 @@ static void run_scratch(const char *opname, const scratch_prim *sp, int n, dnnl_
     dnnl_memory_t mem = NULL;
     if (sp->scratch_bytes) {
         buf = df_mem_alloc(sp->scratch_bytes);
-        DF_ASSERT(buf, "%s: %s", opname, df_last_error());
+        if (!buf) df_mem_oom(sp->scratch_bytes, "the scratchpad of %s", opname);
         DF_DNNL_CHECK(opname, dnnl_memory_create(&mem, &sp->scratch_md, df_dnnl_engine(), buf));
         args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mem};
     }
@@ -341,7 +343,7 @@ void df_dnnl_prim_run(const char *opname, df_dnnl_prim *p, void *const *ptrs) {
         DF_DNNL_CHECK(opname, dnnl_memory_create(&user[i], &a->spec.user, e, ptrs[i]));
         if (a->reorder.prim) {
             tmp[i] = df_mem_alloc(a->prim_bytes);
-            DF_ASSERT(tmp[i], "%s: %s", opname, df_last_error());
+            if (!tmp[i]) df_mem_oom(a->prim_bytes, "a reordered argument of %s", opname);
             DF_DNNL_CHECK(opname, dnnl_memory_create(&prim[i], &a->prim_md, e, tmp[i]));
             if (a->spec.dir == DF_DNNL_IN) run_reorder(opname, &a->reorder, user[i], prim[i]);
         }

@@ -6,7 +6,8 @@
  *   and every shape reaching oneDNN has been checked by the op first, so a failing oneDNN call
  *   for valid shapes is a programmer error (a wrong descriptor) or an allocation failure deep in
  *   the library: the macro sets df_last_error() to "<op>: <call> failed: <status name>"
- *   (DF_ERR_DNNL) and stops with DF_ASSERT, which prints that message.
+ *   (DF_ERR_DNNL) and stops with DF_ASSERT, which prints that message — except
+ *   dnnl_out_of_memory, which goes to the out-of-memory handler (df_mem_oom).
  * - A primitive cache: an op describes its primitive by a key (op kind, shapes, params); the
  *   first request for a key builds the primitive descriptor, the primitive, and the reorders
  *   between the plain layouts our tensors use ("user" memory) and the layouts the primitive

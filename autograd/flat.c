@@ -3,6 +3,7 @@
  * optimizer one loop over the buffer, and an allreduce one call. */
 #include "autograd/autograd_impl.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define FLAT_ALIGN 16 /* elements: every slice starts 64-byte aligned */
@@ -20,8 +21,15 @@ df_status df_flat_init(df_flat *flat, df_tensor **params, int n) {
         total += padded(params[i]->numel);
     }
     size_t bytes = (size_t)(total > 0 ? total : 1) * sizeof(float);
-    flat->data = df_storage_new(bytes);
-    flat->grad = df_storage_new(bytes);
+    flat->data = df_storage_try_new(bytes);
+    flat->grad = flat->data ? df_storage_try_new(bytes) : NULL;
+    if (!flat->grad) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", df_last_error());
+        const char *what = flat->data ? "gradients" : "parameters";
+        df_flat_free(flat);
+        return df_error(DF_ERR_NOMEM, "%s for the flat %s of %d tensors", msg, what, n);
+    }
     memset(flat->data->data, 0, bytes);
     memset(flat->grad->data, 0, bytes);
     flat->numel = total;

@@ -41,7 +41,7 @@ bool df_needs_grad(int n, df_tensor *const *inputs) {
 /* A storage-less stand-in for an intermediate input: its shape and producer node only. */
 static df_tensor *grad_route(const df_tensor *t) {
     df_tensor *h = df_mem_alloc(sizeof *h);
-    DF_ASSERT(h, "out of memory: %s", df_last_error());
+    if (!h) df_mem_oom(sizeof *h, "a gradient route");
     memset(h, 0, sizeof *h);
     h->dtype = t->dtype;
     h->ndim = t->ndim;
@@ -68,7 +68,7 @@ df_node *df_node_new_keep(const df_op *op, df_tensor *out, int n_inputs, df_tens
     head = (head + 15) & ~(size_t)15;
     size_t bytes = head + state_size;
     df_node *n = df_mem_alloc(bytes);
-    DF_ASSERT(n, "out of memory: %s", df_last_error());
+    if (!n) df_mem_oom(bytes, "the tape node of %s", op->name);
     memset(n, 0, bytes);
     n->op = op;
     n->refcount = 1;

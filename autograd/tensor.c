@@ -190,10 +190,11 @@ df_tensor *df_tensor_adopt(df_tensor *t) {
 
 /* ------------------------------------------------------------------ creation ----------------- */
 
-static df_tensor *tensor_header(df_dtype dt, int ndim, const int64_t *shape) {
+/* A header without storage, or NULL when memory is short (DF_ERR_NOMEM set). */
+static df_tensor *tensor_header_try(df_dtype dt, int ndim, const int64_t *shape) {
     DF_ASSERT(ndim >= 0 && ndim <= DF_MAX_DIMS, "tensor: %d dims (at most %d)", ndim, DF_MAX_DIMS);
     df_tensor *t = df_mem_alloc(sizeof *t);
-    DF_ASSERT(t, "out of memory: %s", df_last_error());
+    if (!t) return NULL;
     memset(t, 0, sizeof *t);
     t->dtype = dt;
     t->ndim = ndim;
@@ -207,22 +208,75 @@ static df_tensor *tensor_header(df_dtype dt, int ndim, const int64_t *shape) {
     return t;
 }
 
-df_storage *df_storage_new(size_t bytes) {
+static df_tensor *tensor_header(df_dtype dt, int ndim, const int64_t *shape) {
+    df_tensor *t = tensor_header_try(dt, ndim, shape);
+    if (!t) df_mem_oom(sizeof *t, "a tensor header");
+    return t;
+}
+
+/* "tensor F32 (2, 3, 4)": what an allocation was for, in out-of-memory messages. */
+static const char *tensor_desc(const df_tensor *t, char *buf, size_t len) {
+    int k = snprintf(buf, len, "tensor %s (", df_dtype_name(t->dtype));
+    for (int i = 0; i < t->ndim && k > 0 && (size_t)k < len; i++)
+        k += snprintf(buf + k, len - (size_t)k, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    if (k > 0 && (size_t)k < len) snprintf(buf + k, len - (size_t)k, ")");
+    return buf;
+}
+
+/* A storage of `bytes`, or NULL (DF_ERR_NOMEM naming `t` when given) when memory is short. */
+static df_storage *storage_try_new(size_t bytes, const df_tensor *t) {
     df_storage *s = df_mem_alloc(sizeof *s);
-    DF_ASSERT(s, "out of memory: %s", df_last_error());
+    if (!s) return NULL;
     s->refcount = 1;
     s->external = false;
     s->bytes = bytes;
     s->data = df_mem_alloc(bytes);
-    DF_ASSERT(s->data, "out of memory: %s", df_last_error());
+    if (!s->data) {
+        df_mem_free(s, sizeof *s);
+        if (t) {
+            char what[160], msg[1024];
+            snprintf(msg, sizeof msg, "%s", df_last_error());
+            df_error(DF_ERR_NOMEM, "%s for a %s", msg, tensor_desc(t, what, sizeof what));
+        }
+        return NULL;
+    }
+    return s;
+}
+
+df_storage *df_storage_new(size_t bytes) {
+    df_storage *s = storage_try_new(bytes, NULL);
+    if (!s) df_mem_oom(bytes, "a storage");
     return s;
 }
 
 df_tensor *df_tensor_new_unscoped(df_dtype dt, int ndim, const int64_t *shape) {
     df_tensor *t = tensor_header(dt, ndim, shape);
-    t->storage = df_storage_new((size_t)t->numel * df_dtype_size(dt));
+    size_t bytes = (size_t)t->numel * df_dtype_size(dt);
+    t->storage = storage_try_new(bytes, t);
+    if (!t->storage) {
+        char what[160];
+        df_mem_oom(bytes, "%s", tensor_desc(t, what, sizeof what));
+    }
     t->data = t->storage->data;
     return t;
+}
+
+df_storage *df_storage_try_new(size_t bytes) {
+    return storage_try_new(bytes, NULL);
+}
+
+df_status df_tensor_try_new_owned(df_dtype dt, int ndim, const int64_t *shape, df_tensor **out) {
+    *out = NULL;
+    df_tensor *t = tensor_header_try(dt, ndim, shape);
+    if (!t) return DF_ERR_NOMEM;
+    t->storage = storage_try_new((size_t)t->numel * df_dtype_size(dt), t);
+    if (!t->storage) {
+        df_mem_free(t, sizeof *t);
+        return DF_ERR_NOMEM;
+    }
+    t->data = t->storage->data;
+    *out = t;
+    return DF_OK;
 }
 
 void df_tensor_rebind(df_tensor *t, df_storage *s, int64_t offset) {
@@ -318,7 +372,7 @@ df_tensor *df_from_data(df_dtype dt, int ndim, const int64_t *shape, const void 
 df_tensor *df_tensor_wrap(df_dtype dt, int ndim, const int64_t *shape, void *data) {
     df_tensor *t = tensor_header(dt, ndim, shape);
     df_storage *s = df_mem_alloc(sizeof *s);
-    DF_ASSERT(s, "out of memory: %s", df_last_error());
+    if (!s) df_mem_oom(sizeof *s, "a storage header");
     *s = (df_storage){.refcount = 1,
                       .external = true,
                       .data = data,

@@ -75,6 +75,22 @@ static void add_bad(df_dataset *ds, const char *msg) {
     ds->bad[ds->n_bad++] = xstrdup(msg);
 }
 
+/* False, with a warning kept in the bad list, when `name` in the dataset exists and is not a
+ * regular file (a FIFO named x.png would block the reader; a device would never end). A
+ * missing file stays: reading it reports it. */
+static bool regular_or_missing(df_dataset *ds, const char *name) {
+    char *p = path_join(ds->root, name);
+    struct stat st;
+    bool ok = stat(p, &st) != 0 || S_ISREG(st.st_mode);
+    if (!ok) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s: %s, not a regular file", p, df__file_kind(st.st_mode));
+        add_bad(ds, msg);
+    }
+    free(p);
+    return ok;
+}
+
 static df_status open_sidecar(df_dataset *ds) {
     DIR *d = opendir(ds->root);
     if (!d) return df_error(DF_ERR_IO, "%s: cannot open directory: %m", ds->root);
@@ -82,6 +98,7 @@ static df_status open_sidecar(df_dataset *ds) {
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.' || !is_image_name(e->d_name)) continue;
+        if (!regular_or_missing(ds, e->d_name)) continue;
         if (ds->n == cap) {
             cap = cap ? 2 * cap : 64;
             ds->files = realloc(ds->files, sizeof(char *) * (size_t)cap);
@@ -133,14 +150,20 @@ static df_status open_metadata(df_dataset *ds, const char *meta_path) {
                                 ds->opts.skip_bad_images ? &ds->bad : NULL, &ds->n_bad);
     free(buf);
     if (s != DF_OK) return s;
-    ds->n = n;
     ds->files = calloc((size_t)n + 1, sizeof(char *));
     ds->captions = calloc((size_t)n + 1, sizeof(char *));
     DF_ASSERT(ds->files && ds->captions, "out of memory");
+    int64_t k = 0;
     for (int64_t i = 0; i < n; i++) {
-        ds->files[i] = es[i].file_name;
-        ds->captions[i] = es[i].caption;
+        if (!regular_or_missing(ds, es[i].file_name)) {
+            free(es[i].file_name);
+            free(es[i].caption);
+            continue;
+        }
+        ds->files[k] = es[i].file_name;
+        ds->captions[k++] = es[i].caption;
     }
+    ds->n = k;
     free(es);
     return DF_OK;
 }
@@ -177,6 +200,9 @@ df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_data
             s = open_sidecar(ds);
         }
         free(meta);
+    } else if (!S_ISREG(st.st_mode)) {
+        s = df_error(DF_ERR_FORMAT, "%s: %s, neither a directory nor an HDF5 pack", path,
+                     df__file_kind(st.st_mode));
     } else if (df__is_hdf5(path)) {
         ds->kind = DF_DATASET_HDF5;
         s = df__h5_open(path, &ds->h5, &ds->n, &ds->files, &ds->captions);
@@ -208,6 +234,67 @@ void df_dataset_free(df_dataset *ds) {
     free(ds->caption_ext);
     free(ds->caption_override);
     free(ds);
+}
+
+/* "<real folder>/<name>": `path` with its folder resolved (the file itself need not exist), or
+ * NULL when the folder does not exist. malloc'd. */
+static char *canonical(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : xstrdup(".");
+    DF_ASSERT(dir, "out of memory");
+    char *real = realpath(dir, NULL);
+    free(dir);
+    if (!real) return NULL;
+    char *p = path_join(real, slash ? slash + 1 : path);
+    free(real);
+    return p;
+}
+
+/* True when `path` names the same file as `other` (an existing file, or the same name in the
+ * same real folder). */
+static bool same_target(const char *path, const char *canon_path, const char *other) {
+    if (df_same_file(path, other)) return true;
+    char *c = canonical(other);
+    bool same = c && canon_path && strcmp(c, canon_path) == 0;
+    free(c);
+    return same;
+}
+
+df_status df__dataset_check_output(const df_dataset *ds, const char *out) {
+    if (df_same_file(out, ds->root))
+        return df_error(DF_ERR_INVALID, "%s: is the dataset being read: choose another output",
+                        out);
+    if (ds->kind == DF_DATASET_HDF5) return DF_OK;
+    char *canon = canonical(out);
+    df_status s = DF_OK;
+    const char *base = strrchr(out, '/');
+    base = base ? base + 1 : out;
+    /* Only the same directory entry is at risk: the rename replaces that entry, while a hard
+     * link or a symlink elsewhere keeps the old bytes. So entries of another base name are
+     * skipped without a system call (a million-image metadata.jsonl stays fast). */
+    for (int64_t i = 0; i < ds->n && s == DF_OK; i++) {
+        const char *eb = strrchr(ds->files[i], '/');
+        if (strcmp(eb ? eb + 1 : ds->files[i], base) != 0) continue;
+        char *p = path_join(ds->root, ds->files[i]);
+        if (same_target(out, canon, p))
+            s = df_error(DF_ERR_INVALID,
+                         "%s: is the dataset's image '%s' (an input): choose another output", out,
+                         ds->files[i]);
+        free(p);
+    }
+    /* a new file inside the folder that the next open would read */
+    size_t lb = strlen(base), le = strlen(ds->caption_ext);
+    bool readable_name = is_image_name(base) || strcmp(base, "metadata.jsonl") == 0 ||
+                         (lb > le && strcmp(base + lb - le, ds->caption_ext) == 0);
+    char *in_root = path_join(ds->root, base);
+    if (s == DF_OK && readable_name && same_target(out, canon, in_root))
+        s = df_error(DF_ERR_INVALID,
+                     "%s: lies in the dataset folder %s, which reads files named like it: choose "
+                     "another output",
+                     out, ds->root);
+    free(in_root);
+    free(canon);
+    return s;
 }
 
 df_dataset_kind df_dataset_kind_of(const df_dataset *ds) {

@@ -49,7 +49,8 @@ DF_API df_status df_image_probe(const void *bytes, size_t n, const char *name, i
                                 int *height);
 
 /* Writes a U8 (H, W, C) image, C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA), as an 8-bit
- * PNG with `n_text` tEXt chunks (keys: 1-79 Latin-1 characters; values: any text). */
+ * PNG with `n_text` tEXt chunks (keys: 1-79 Latin-1 characters; values: any text). Atomic
+ * (df_outfile): `path` holds its previous bytes until the complete PNG replaces it. */
 DF_API df_status df_png_write(const char *path, const df_tensor *img, int n_text,
                               const char *const *keys, const char *const *values);
 
@@ -147,9 +148,10 @@ DF_API int64_t df_dataset_len(const df_dataset *ds);
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
 /* Caption of image i before dropout/override. Borrowed. */
 DF_API const char *df_dataset_caption(const df_dataset *ds, int64_t i);
-/* Entries left out when the dataset was opened with skip_bad_images (malformed metadata.jsonl
- * lines, unreadable caption files): their count and messages "<file>[:<line>]: <reason>"
- * (borrowed). Reported on stderr by df_dataset_open too. */
+/* Entries left out when the dataset was opened: with skip_bad_images, malformed metadata.jsonl
+ * lines and unreadable caption files; always, images that exist but are not regular files (a
+ * FIFO named x.png would block the reader, a device never end). Their count and messages
+ * "<file>[:<line>]: <reason>" (borrowed). Reported on stderr by df_dataset_open too. */
 DF_API int64_t df_dataset_bad_entries(const df_dataset *ds);
 DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 /* Decodes image i (< df_dataset_images) into a new U8 (H, W, C) tensor. Thread-safe. */
@@ -164,7 +166,11 @@ DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_de
  * HDF5 file: datasets images (N, R, R, 3) uint8 chunked (1, R, R, 3), captions (N) and
  * file_names (N) variable-length UTF-8 strings, attributes resolution (int) and source (string).
  * Unreadable images fail the pack unless the dataset skips bad images; *n_skipped (may be NULL)
- * counts them. */
+ * counts them; a dataset without images, or none of whose images is readable, fails
+ * (DF_ERR_FORMAT naming the count). The pack is written to a temporary sibling and renamed over out_path only when
+ * complete (df_outfile): a failed or interrupted pack leaves an existing out_path untouched.
+ * An out_path that the dataset reads (the source pack or folder, one of its images, caption
+ * files or metadata.jsonl, or a new file the folder would read) is refused: DF_ERR_INVALID. */
 DF_API df_status df_pack_write(const df_dataset *ds, const char *out_path, int resolution,
                                df_resample filter, const char *source, int64_t *n_skipped);
 
@@ -207,12 +213,15 @@ typedef struct df_loader df_loader;
  * permutation drawn from Philox (seed, epoch), padded by wrapping to a multiple of world_size
  * (as torch's DistributedSampler), then positions rank, rank + world, ... Per-sample randomness
  * (crop, flip, caption dropout) comes from Philox (seed, epoch, position in the permutation),
- * so batches do not depend on the number of workers. `ds` must outlive the loader. */
+ * so batches do not depend on the number of workers. `ds` must outlive the loader. With
+ * skip_bad_images, a dataset none of whose images is readable is refused (DF_ERR_FORMAT "<root>:
+ * none of the N images is readable ..."); the check stops at the first readable image. */
 DF_API df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loader **out);
 /* Stops and joins the workers and frees the queue. NULL is a no-op. */
 DF_API void df_loader_free(df_loader *l);
 /* The next batch, in order; epochs follow each other without end. On a bad sample without
- * skip_bad_images, returns DF_ERR_FORMAT naming the file (the loader stays in that error). */
+ * skip_bad_images, returns DF_ERR_FORMAT naming the file (the loader stays in that error); with
+ * it, a batch none of whose samples is readable is DF_ERR_FORMAT naming the skipped count. */
 DF_API df_status df_loader_next(df_loader *l, df_batch **out);
 /* The cursor of the next batch df_loader_next will return (save it with a checkpoint). */
 DF_API df_loader_cursor df_loader_get_cursor(const df_loader *l);

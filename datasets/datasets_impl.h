@@ -9,6 +9,7 @@
 #include "datasets/datasets.h"
 
 #include <pthread.h>
+#include <sys/types.h>
 
 /* Checks a header's dimensions against DF_IMAGE_MAX_*; DF_ERR_FORMAT naming `name` if absurd. */
 df_status df__image_check_dims(const char *name, int64_t w, int64_t h);
@@ -22,8 +23,17 @@ df_status df__jpeg_probe(const void *bytes, size_t n, const char *name, int *w, 
  * reference is dropped or returned as *out). */
 df_tensor *df__image_finish(df_tensor *raw, const df_decode_opts *opts);
 
-/* Reads a whole file into a malloc'd buffer (*len bytes, NUL-terminated one byte past). */
+/* "a FIFO", "a socket", "a device", "a directory": what a non-regular file is, for messages. */
+const char *df__file_kind(mode_t mode);
+
+/* Reads a whole file into a malloc'd buffer (*len bytes, NUL-terminated one byte past). A path
+ * that is not a regular file (FIFO, socket, device) is refused without blocking: DF_ERR_IO. */
 df_status df__read_file(const char *path, char **buf, size_t *len);
+
+/* DF_ERR_INVALID "<out>: <why>" when writing `out` would overwrite or add to what `ds` reads:
+ * the dataset itself (a pack, the folder), one of its images, caption files or metadata.jsonl,
+ * or a new image / caption / metadata.jsonl name inside its folder. */
+df_status df__dataset_check_output(const df_dataset *ds, const char *out);
 
 typedef struct df__h5src df__h5src;
 

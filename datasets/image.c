@@ -11,9 +11,12 @@
 #include "datasets/datasets_impl.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 df_decode_opts df_decode_opts_default(void) {
     return (df_decode_opts){.channels = 3, .background = {255, 255, 255}};
@@ -69,13 +72,35 @@ df_status df_image_probe(const void *bytes, size_t n, const char *name, int *wid
     return df_error(DF_ERR_FORMAT, "%s: not a PNG or JPEG file (unknown magic bytes)", name);
 }
 
+const char *df__file_kind(mode_t mode) {
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+    if (S_ISDIR(mode)) return "a directory";
+    return "not a regular file";
+}
+
 df_status df__read_file(const char *path, char **buf, size_t *len) {
     *buf = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    /* O_NONBLOCK: opening a FIFO for reading must not wait for a writer; anything but a regular
+     * file is refused before a byte is read (a FIFO or a device would block or never end) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return df_error(errno == ENOENT ? DF_ERR_NOTFOUND : DF_ERR_IO, "%s: %s", path,
                         strerror(errno));
+    struct stat st = {0};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return df_error(DF_ERR_IO, "%s: %s, not a regular file", path, df__file_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return df_error(DF_ERR_NOMEM, "%s: %s", path, strerror(errno));
+    }
     char *b = NULL;
     size_t n = 0, cap = 0, want = 4096;
     if (fseek(f, 0, SEEK_END) == 0) {

@@ -152,8 +152,14 @@ df_status df_png_write(const char *path, const df_tensor *img, int n_text, const
             return df_error(DF_ERR_INVALID, "%s: PNG tEXt key '%s' must have 1 to 79 characters",
                             path, keys[i]);
     }
-    FILE *volatile f = fopen(path, "wb");
-    if (!f) return df_error(DF_ERR_IO, "%s: cannot create: %m", path);
+    df_outfile of;
+    DF_TRY(df_outfile_begin(&of, path));
+    FILE *volatile f = fopen(df_outfile_name(&of), "wb");
+    if (!f) {
+        df_status e = df_error(DF_ERR_IO, "%s: cannot create: %m", path);
+        df_outfile_abort(&of);
+        return e;
+    }
     png_src src = {.name = path};
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &src, on_error, on_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
@@ -201,6 +207,10 @@ done:
     free(rows);
     if (fclose(f) != 0 && status == DF_OK)
         status = df_error(DF_ERR_IO, "%s: write failed: %m", path);
-    if (status != DF_OK) remove(path);
+    /* `path` is replaced only by a complete PNG: a failure leaves its previous bytes */
+    if (status == DF_OK)
+        status = df_outfile_commit(&of);
+    else
+        df_outfile_abort(&of);
     return status;
 }

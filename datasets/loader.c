@@ -19,7 +19,9 @@
  * Bad samples: without skip_bad_images, a batch with an unreadable sample carries the error,
  * which df_loader_next returns (naming the file). With it, the sample is left out of its batch,
  * the batch records the message, and the epoch's count is reported on stderr when the epoch's
- * last batch is delivered. The epoch length never changes.
+ * last batch is delivered. The epoch length never changes. A batch left with no sample is an
+ * error naming the skipped count (an empty batch would train on nothing), and a dataset with
+ * no readable image at all is refused by df_loader_new.
  *
  * Tensors: a worker creates the batch's pixel tensor outside any scope, so it is owned by the
  * df_batch and handed to the consumer with it (the allocator is thread-safe).
@@ -151,7 +153,16 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
                            : (df_loader_cursor){j->epoch, j->pos + j->n};
     size_t per = (size_t)C * R * R;
     float *buf = malloc(sizeof(float) * per * (size_t)j->n);
-    DF_ASSERT(buf, "out of memory");
+    if (!buf) {
+        char mb[32];
+        df_mem_format(sizeof(float) * per * (size_t)j->n, mb, sizeof mb);
+        snprintf(err, err_len,
+                 "loader: out of memory for a batch of %d images at %dx%d (%s): lower "
+                 "train_batch_size or the resolution",
+                 j->n, R, R, mb);
+        df_batch_free(b);
+        return df_error(DF_ERR_NOMEM, "%s", err);
+    }
     for (int i = 0; i < j->n; i++) {
         df_philox g;
         df_philox_init(&g, l->o.seed,
@@ -177,7 +188,23 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
         b->indices[b->n] = j->samples[i];
         b->n++;
     }
-    b->pixels = df_tensor_new(DF_DTYPE_F32, DF_DIMS(b->n, C, R, R));
+    if (b->n == 0 && j->n > 0) {
+        /* an empty batch would train on nothing (and NaN the loss): say what happened */
+        snprintf(err, err_len,
+                 "no readable image in a batch of %d: %d skipped (skip_bad_images), the first: "
+                 "%s",
+                 j->n, b->n_skipped, b->skipped[0]);
+        free(buf);
+        df_batch_free(b);
+        return df_error(DF_ERR_FORMAT, "%s", err);
+    }
+    if (df_tensor_try_new_owned(DF_DTYPE_F32, DF_DIMS(b->n, C, R, R), &b->pixels) != DF_OK) {
+        snprintf(err, err_len, "loader: %s (a batch of %d images at %dx%d)", df_last_error(), b->n,
+                 R, R);
+        free(buf);
+        df_batch_free(b);
+        return df_error(DF_ERR_NOMEM, "%s", err);
+    }
     memcpy(b->pixels->data, buf, sizeof(float) * per * (size_t)b->n);
     free(buf);
     *out = b;
@@ -234,6 +261,30 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* With skip_bad_images, a dataset none of whose images decodes would train on empty batches:
+ * refuse it at the start. Stops at the first readable image, so a sound dataset costs one
+ * decode. */
+static df_status check_some_readable(const df_dataset *ds, const df_decode_opts *dec) {
+    int64_t n = df_dataset_images(ds);
+    char first[512] = "";
+    df_scope_pause pause = df_scope_suspend();
+    int64_t i = 0;
+    for (; i < n; i++) {
+        df_tensor *img;
+        if (df_dataset_image(ds, i, dec, &img) == DF_OK) {
+            df_tensor_free(img);
+            break;
+        }
+        if (!first[0]) snprintf(first, sizeof first, "%s", df_last_error());
+    }
+    df_scope_resume(pause);
+    if (i < n) return DF_OK;
+    return df_error(DF_ERR_FORMAT,
+                    "%s: none of the %lld images is readable (all skipped by skip_bad_images); "
+                    "the first: %s",
+                    ds->root, (long long)n, first);
+}
+
 df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loader **out) {
     *out = NULL;
     df_loader_opts o = *opts;
@@ -259,6 +310,7 @@ df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loa
         return df_error(DF_ERR_INVALID,
                         "loader: cursor (%lld, %lld) outside an epoch of %lld samples",
                         (long long)o.start.epoch, (long long)o.start.position, (long long)used);
+    if (ds->opts.skip_bad_images) DF_TRY(check_some_readable(ds, &o.transform.decode));
     df_loader *l = calloc(1, sizeof *l);
     DF_ASSERT(l, "out of memory");
     l->ds = ds;

@@ -90,6 +90,37 @@ done:
     return s;
 }
 
+/* A crafted pack can declare billions of images that are never stored (HDF5 hands out fill
+ * values for missing chunks) or chunks that inflate enormously through a filter: either makes a
+ * reader run for hours on a small file. Packs are df_pack_write's layout: unfiltered chunks of
+ * one image, every one written, so the file must hold N * R * R * 3 bytes of image data. */
+static df_status check_images_stored(hid_t images, const char *path, int64_t n, int R) {
+    uint64_t per = (uint64_t)R * (uint64_t)R * 3;
+    hid_t pl = H5Dget_create_plist(images);
+    hsize_t chunk[4] = {0};
+    bool chunked = pl >= 0 && H5Pget_layout(pl) == H5D_CHUNKED && H5Pget_chunk(pl, 4, chunk) == 4;
+    int filters = pl >= 0 ? H5Pget_nfilters(pl) : -1;
+    if (pl >= 0) H5Pclose(pl);
+    bool contiguous = !chunked && filters == 0;
+    if (!contiguous && (!chunked || filters != 0 || chunk[0] != 1 || chunk[1] != (hsize_t)R ||
+                        chunk[2] != (hsize_t)R || chunk[3] != 3))
+        return df_error(DF_ERR_FORMAT,
+                        "%s: 'images' must be stored unfiltered in chunks of one image (1, %d, %d, "
+                        "3), as `diffusion dataset pack` writes",
+                        path, R, R);
+    if (n < 0 || (n > 0 && (uint64_t)n > UINT64_MAX / per))
+        return df_error(DF_ERR_FORMAT, "%s: %lld images of %dx%d is absurd", path, (long long)n, R,
+                        R);
+    uint64_t want = (uint64_t)n * per, have = (uint64_t)H5Dget_storage_size(images);
+    if (have < want)
+        return df_error(DF_ERR_FORMAT,
+                        "%s: 'images' declares %lld images of %dx%d (%llu bytes) but the file "
+                        "stores %llu bytes of them: damaged or not a pack",
+                        path, (long long)n, R, R, (unsigned long long)want,
+                        (unsigned long long)have);
+    return DF_OK;
+}
+
 df_status df__h5_open(const char *path, df__h5src **out, int64_t *n, char ***files,
                       char ***captions) {
     *out = NULL;
@@ -124,6 +155,7 @@ df_status df__h5_open(const char *path, df__h5src **out, int64_t *n, char ***fil
     }
     h->res = (int)dims[1];
     *n = (int64_t)dims[0];
+    if ((s = check_images_stored(h->images, path, *n, h->res)) != DF_OK) goto done;
     if ((s = read_strings(h->file, path, "captions", *n, captions)) != DF_OK) goto done;
     if ((s = read_strings(h->file, path, "file_names", *n, files)) != DF_OK) {
         for (int64_t i = 0; i < *n; i++) free((*captions)[i]);
@@ -190,17 +222,27 @@ static df_status pack_write(const df_dataset *ds, const char *out_path, int reso
                             df_resample filter, const char *source, int64_t *n_skipped) {
     if (resolution < 1 || resolution > DF_IMAGE_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "%s: resolution %d out of range", out_path, resolution);
+    DF_TRY(df__dataset_check_output(ds, out_path));
+    if (df_dataset_images(ds) == 0)
+        return df_error(DF_ERR_FORMAT, "%s: the dataset has no images: nothing to pack", ds->root);
     int64_t n = df_dataset_images(ds), k = 0, skipped = 0;
     int R = resolution;
     char **caps = calloc((size_t)n + 1, sizeof(char *)),
          **names = calloc((size_t)n + 1, sizeof(char *));
     DF_ASSERT(caps && names, "out of memory");
     df_status s = DF_OK;
+    df_outfile of;
+    if ((s = df_outfile_begin(&of, out_path)) != DF_OK) {
+        free(caps);
+        free(names);
+        return s;
+    }
     pthread_mutex_lock(&df__hdf5_lock);
     quiet();
-    hid_t file = H5Fcreate(out_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), d = -1;
+    hid_t file = H5Fcreate(df_outfile_name(&of), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), d = -1;
     pthread_mutex_unlock(&df__hdf5_lock);
     if (file < 0) {
+        df_outfile_abort(&of);
         free(caps);
         free(names);
         return df_error(DF_ERR_IO, "%s: cannot create HDF5 file", out_path);
@@ -281,7 +323,14 @@ done:
     pthread_mutex_unlock(&df__hdf5_lock);
     free(caps);
     free(names);
-    if (s != DF_OK) remove(out_path);
+    if (s == DF_OK && k == 0 && n > 0)
+        s = df_error(DF_ERR_FORMAT, "%s: none of the %lld images is readable (%lld skipped)",
+                     ds->root, (long long)n, (long long)skipped);
+    /* the pack replaces out_path only when complete: a failure leaves what was there before */
+    if (s == DF_OK)
+        s = df_outfile_commit(&of);
+    else
+        df_outfile_abort(&of);
     if (n_skipped) *n_skipped = skipped;
     return s;
 }

@@ -1,6 +1,7 @@
 /* image_grid.c — samples in [-1, 1] to an 8-bit image grid, as diffusers' pipelines convert
  * (`(x / 2 + 0.5).clamp(0, 1)`, then numpy_to_pil's `(x * 255).round()`), tiled row-major in
- * `cols` columns (black where the last row is short). */
+ * `cols` columns (black where the last row is short). A NaN becomes 0 (black), as numpy's cast
+ * gives on x86; df_images_nonfinite counts them so that callers can warn. */
 #include "infer/infer.h"
 
 #include <math.h>
@@ -21,9 +22,18 @@ df_tensor *df_images_to_grid(const df_tensor *x, int cols) {
             for (int64_t y = 0; y < h; y++)
                 for (int64_t xx = 0; xx < w; xx++) {
                     float v = p[((i * c + ch) * h + y) * w + xx] / 2.0f + 0.5f;
-                    v = v < 0 ? 0 : v > 1 ? 1 : v;
+                    v = v > 0 ? (v < 1 ? v : 1) : 0; /* NaN -> 0: a float-to-int cast of NaN
+                                                        is undefined behaviour in C */
                     o[((r0 + y) * cols * w + c0 + xx) * c + ch] = (uint8_t)nearbyintf(v * 255.0f);
                 }
     }
     return g;
+}
+
+int64_t df_images_nonfinite(const df_tensor *x) {
+    DF_ASSERT(x->dtype == DF_DTYPE_F32, "df_images_nonfinite: expected F32");
+    const float *p = df_f32(x);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < x->numel; i++) bad += !isfinite(p[i]);
+    return bad;
 }

@@ -255,7 +255,9 @@ DF_API df_tensor *df_unet2d_denoise(void *unet, df_tensor *x, const df_tensor *t
 DF_API df_status df_uncond_sample(df_denoise_fn denoise, void *ctx, df_sched *s, int steps,
                                   const df_tensor *init_noise, df_torchgen *gen, df_tensor **out);
 /* Samples in [-1, 1] (N, C, H, W) as one U8 (rows*H, cols*W, C) grid image (cols <= 0: about
- * square), converted as diffusers' pipelines do. */
+ * square), converted as diffusers' pipelines do; NaN becomes 0. */
 DF_API df_tensor *df_images_to_grid(const df_tensor *x, int cols);
+/* How many values of F32 x are NaN or infinite (the grid shows them black). */
+DF_API int64_t df_images_nonfinite(const df_tensor *x);
 
 #endif

@@ -116,6 +116,16 @@ static int cmp_cstr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* True when JSON text holds the escape \u0000 (a NUL once decoded). */
+static bool has_nul_escape(const char *s, size_t n) {
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (s[i] != '\\') continue;
+        if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return true;
+        i++; /* the escaped character: "\\\\u0000" is a backslash, then text */
+    }
+    return false;
+}
+
 /* DF_ERR_FORMAT when an object holds a key twice (cJSON keeps both). `what` names the object. */
 static df_status check_dup_keys(const char *label, const cJSON *obj, const char *what) {
     int n = 0;
@@ -334,6 +344,13 @@ static df_status parse_file(df_st_file *f) {
         return df_error(DF_ERR_FORMAT, "%s: header is not a JSON object (starts with 0x%02x)", L,
                         h[first]);
 
+    /* cJSON hands strings back NUL-terminated: a NUL inside a name (raw or \u0000) would cut it
+     * silently, so that two different names could collide or a name be read as another */
+    if (memchr(h, '\0', (size_t)n) || has_nul_escape((const char *)h, (size_t)n))
+        return df_error(DF_ERR_FORMAT,
+                        "%s: header holds a NUL character (raw or \\u0000): tensor names and "
+                        "metadata cannot contain NUL",
+                        L);
     char *copy = malloc((size_t)n + 1);
     if (!copy)
         return df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte header", L,
@@ -776,69 +793,35 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
     return DF_OK;
 }
 
-/* fsyncs the folder holding `path`, so that a rename into it is durable. */
-static bool fsync_parent(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (!dir) return false;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0) return false;
-    bool ok = fsync(fd) == 0 || errno == EINVAL; /* some file systems cannot sync folders */
-    close(fd);
-    return ok;
-}
-
-/* Writes the length, the header and the tensors. A new path or a regular file is written to a
- * temporary sibling, fsynced and renamed over `path` (then the folder is fsynced): `path` never
- * holds a partial file, and readers that have the old file mapped keep valid bytes (truncating
- * a mapped file would make them fault). Anything else (a device such as /dev/full, a pipe) is
- * written in place. */
+/* Writes the length, the header and the tensors through df_outfile: a new path or a regular
+ * file is written to a temporary sibling, fsynced and renamed over `path` (then the folder is
+ * fsynced): `path` never holds a partial file, and readers that have the old file mapped keep
+ * valid bytes (truncating a mapped file would make them fault). Anything else (a device such
+ * as /dev/full, a pipe) is written in place. */
 static df_status write_file(const char *path, const uint8_t len8[8], const sbuf *b, int n,
                             const df_tensor *const *ts) {
-    static unsigned counter;
-    struct stat st;
-    bool in_place = stat(path, &st) == 0 && !S_ISREG(st.st_mode);
-    char *tmp = NULL;
-    if (!in_place) {
-        size_t len = strlen(path) + 48;
-        tmp = malloc(len);
-        if (!tmp) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
-        snprintf(tmp, len, "%s.tmp.%ld.%u", path, (long)getpid(),
-                 __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
-    }
+    df_outfile of;
+    DF_TRY(df_outfile_begin(&of, path));
+    bool in_place = of.tmp == NULL;
     const char *what = "open";
     int fd = in_place ? open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
-                      : open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                      : open(of.tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) goto fail;
     what = "write";
     if (!write_all(fd, len8, 8) || !write_all(fd, b->p, b->len)) goto fail;
     for (int i = 0; i < n; i++)
         if (!write_all(fd, ts[i]->data, (size_t)ts[i]->numel * df_dtype_size(ts[i]->dtype)))
             goto fail;
-    what = "fsync";
-    if (!in_place && fsync(fd) != 0) goto fail;
     what = "close";
     int rc = close(fd);
     fd = -1;
     if (rc != 0) goto fail;
-    if (!in_place) {
-        what = "rename";
-        if (rename(tmp, path) != 0) goto fail;
-        free(tmp);
-        tmp = NULL;
-        what = "fsync of the folder";
-        if (!fsync_parent(path)) goto fail;
-    }
-    return DF_OK;
+    return df_outfile_commit(&of); /* fsync, rename, fsync of the folder */
 
 fail:;
     df_status s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
     if (fd >= 0) close(fd);
-    if (tmp) {
-        unlink(tmp); /* no partial file is left behind */
-        free(tmp);
-    }
+    df_outfile_abort(&of); /* no partial file is left behind */
     return s;
 }
 

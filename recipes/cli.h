@@ -22,6 +22,14 @@ int df_cmd_schedule(int argc, char **argv);
 /* Prints "diffusion: <what>: <df_last_error()>" to stderr and returns the exit code 1. */
 int df_cli_fail(const char *what);
 
+/* DF_ERR_INVALID "<out>: is ... (an input): choose another output" when writing `out` would
+ * replace or shadow an input: the same file as one of `inputs` (NULL entries are skipped), a
+ * file in `model_dir` or its subfolders (two levels: a pipeline's component folders), or a
+ * new file there under a name the loaders read (diffusion_pytorch_model.*, model.*, *config.json,
+ * model_index.json). `out` that is a folder is refused too. */
+df_status df_cli_check_output(const char *out, const char *const *inputs, int n_inputs,
+                              const char *model_dir);
+
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);
 

@@ -5,12 +5,15 @@
  *                          [--caption-column NAME] [--skip-bad-images]
  *   diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]
  *
- * Errors: one line "diffusion: dataset <sub>: <why> (<file>[:<line>])", exit code 1; bad
- * arguments print the usage and exit with 2.
+ * Errors: one line "diffusion: dataset <sub>: <why> (<file>[:<line>])", exit code 1; a bad
+ * argument prints "diffusion: dataset <sub>: <what is wrong>" and the usage, exit code 2.
+ * OUT is written atomically (a failed or interrupted pack leaves an existing OUT as it was) and
+ * may not be one of the inputs (df_pack_write).
  */
 #include "datasets/datasets.h"
 #include "recipes/cli.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +25,18 @@ static int usage(FILE *f) {
         "                              [--caption-column NAME] [--skip-bad-images]\n"
         "       diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]\n");
     return 2;
+}
+
+/* A bad argument: "diffusion: dataset <sub>: <why>", then the usage; exit code 2. */
+static int bad_arg(const char *sub, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bad_arg(const char *sub, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "diffusion: dataset %s: ", sub);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return usage(stderr);
 }
 
 /* Rewrites the library's "<file>[:<line>]: <why>" as "<why> (<file>[:<line>])" and fails. */
@@ -50,24 +65,38 @@ static int cmd_pack(int argc, char **argv) {
     df_resample filter = DF_RESAMPLE_BICUBIC;
     df_dataset_opts o = df_dataset_opts_default();
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--resolution") == 0 && i + 1 < argc)
-            res = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
-            if (!df_resample_parse(argv[++i], &filter)) return usage(stderr);
-        } else if (strcmp(argv[i], "--caption-column") == 0 && i + 1 < argc)
+        const char *a = argv[i];
+        bool takes = strcmp(a, "--resolution") == 0 || strcmp(a, "--filter") == 0 ||
+                     strcmp(a, "--caption-column") == 0;
+        if (takes && i + 1 >= argc) return bad_arg("pack", "%s needs a value", a);
+        if (strcmp(a, "--resolution") == 0) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (!*argv[i] || *end || v < 1 || v > DF_IMAGE_MAX_SIDE)
+                return bad_arg("pack", "--resolution must be an integer in 1..%d, got '%s'",
+                               DF_IMAGE_MAX_SIDE, argv[i]);
+            res = (int)v;
+        } else if (strcmp(a, "--filter") == 0) {
+            if (!df_resample_parse(argv[++i], &filter))
+                return bad_arg("pack", "unknown --filter '%s' (bilinear, bicubic or area)",
+                               argv[i]);
+        } else if (strcmp(a, "--caption-column") == 0)
             o.caption_column = argv[++i];
-        else if (strcmp(argv[i], "--skip-bad-images") == 0)
+        else if (strcmp(a, "--skip-bad-images") == 0)
             o.skip_bad_images = true;
-        else if (argv[i][0] == '-')
-            return usage(stderr);
+        else if (a[0] == '-')
+            return bad_arg("pack", "unknown option '%s'", a);
         else if (!src)
-            src = argv[i];
+            src = a;
         else if (!out)
-            out = argv[i];
+            out = a;
         else
-            return usage(stderr);
+            return bad_arg("pack", "unexpected argument '%s' (SRC and OUT are already '%s', '%s')",
+                           a, src, out);
     }
-    if (!src || !out || res <= 0) return usage(stderr);
+    if (!src) return bad_arg("pack", "missing SRC (an image folder or a pack)");
+    if (!out) return bad_arg("pack", "missing OUT (the .h5 file to write)");
+    if (res <= 0) return bad_arg("pack", "missing --resolution R");
     df_dataset *ds;
     if (df_dataset_open(src, &o, &ds) != DF_OK) return fail("dataset pack");
     int64_t skipped = 0;
@@ -101,12 +130,15 @@ static int cmd_inspect(int argc, char **argv) {
             o.caption_column = argv[++i];
         else if (strcmp(argv[i], "--max-list") == 0 && i + 1 < argc)
             max_list = atoi(argv[++i]);
-        else if (argv[i][0] == '-' || path)
-            return usage(stderr);
+        else if (argv[i][0] == '-')
+            return bad_arg("inspect", "unknown option '%s'", argv[i]);
+        else if (path)
+            return bad_arg("inspect", "unexpected argument '%s' (PATH is already '%s')", argv[i],
+                           path);
         else
             path = argv[i];
     }
-    if (!path) return usage(stderr);
+    if (!path) return bad_arg("inspect", "missing PATH (an image folder or a pack)");
     o.skip_bad_images = true; /* list every bad entry instead of stopping at the first */
     df_dataset *ds;
     if (df_dataset_open(path, &o, &ds) != DF_OK) return fail("dataset inspect");
@@ -160,7 +192,8 @@ static int cmd_inspect(int argc, char **argv) {
         n ? (double)chars / n : 0.0, (long long)max_len, n ? (double)words / n : 0.0);
     int64_t bad_entries = df_dataset_bad_entries(ds);
     if (bad_entries) {
-        printf("unreadable caption entries (left out): %lld\n", (long long)bad_entries);
+        printf("entries left out (bad metadata lines or caption files, non-regular files): %lld\n",
+               (long long)bad_entries);
         for (int64_t i = 0; i < bad_entries; i++) printf("  %s\n", df_dataset_bad_entry(ds, i));
     }
     if (bad) {
@@ -175,12 +208,16 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 int df_cmd_dataset(int argc, char **argv) {
-    if (argc < 1) return usage(stderr);
+    if (argc < 1) {
+        fprintf(stderr, "diffusion: dataset: missing subcommand (pack or inspect)\n");
+        return usage(stderr);
+    }
     if (strcmp(argv[0], "pack") == 0) return cmd_pack(argc - 1, argv + 1);
     if (strcmp(argv[0], "inspect") == 0) return cmd_inspect(argc - 1, argv + 1);
     if (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
         usage(stdout);
         return 0;
     }
+    fprintf(stderr, "diffusion: dataset: unknown subcommand '%s' (pack or inspect)\n", argv[0]);
     return usage(stderr);
 }

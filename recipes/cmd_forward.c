@@ -6,7 +6,9 @@
  * else `X`: so a diffusers fixture's inputs file,
  * which holds both `sample` and `probe`, serves as its own probe file), and --grads receives every parameter's gradient
  * under its diffusers name and every float input's as `input.<name>`. The user's tool for
- * checking a port, and ours for parity with diffusers. */
+ * checking a port, and ours for parity with diffusers. Outputs are written atomically, and an
+ * output that is an input (the model's own weights, --inputs, --backward, --out for --grads)
+ * is refused. */
 #include "nn/nn.h"
 #include "recipes/cli.h"
 
@@ -105,6 +107,15 @@ int df_cmd_forward(int argc, char **argv) {
         }
     }
     if (!dir || !in_path || !out_path || (grads_path && !probe_path)) return usage();
+    /* the outputs are renamed into place (df_st_save): one must not replace an input */
+    const char *ins[] = {in_path, probe_path, out_path};
+    if (grads_path && strcmp(grads_path, out_path) == 0) {
+        fprintf(stderr, "diffusion: forward: --out and --grads are both %s\n", out_path);
+        return usage();
+    }
+    if (df_cli_check_output(out_path, ins, 2, dir) != DF_OK ||
+        df_cli_check_output(grads_path, ins, 3, dir) != DF_OK)
+        return df_cli_fail("forward");
 
     df_component comp;
     df_status st = df_component_load(dir, &comp);

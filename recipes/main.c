@@ -1,4 +1,5 @@
-/* main.c — the `diffusion` program: dispatches to the subcommands of recipes/cmd_*.c. */
+/* main.c — the `diffusion` program: dispatches to the subcommands of recipes/cmd_*.c and
+ * installs the out-of-memory handler (exit code DF_EXIT_OOM). */
 #include "recipes/cli.h"
 
 #include <stdio.h>
@@ -33,8 +34,23 @@ static void prefer_passive_openmp(char **argv) {
     /* no /proc: carry on with the active policy */
 }
 
+/* Out of memory inside an op (autograd.h's contract): one line naming the allocation, its
+ * size and what is in use, a hint, and exit code DF_EXIT_OOM — no abort, no core dump. Files
+ * being written are temporaries (df_outfile, checkpoint folders), so nothing committed is
+ * damaged. */
+static void on_oom(const char *msg) {
+    fflush(stdout);
+    fprintf(stderr,
+            "diffusion: %s; lower train_batch_size or the resolution (sample: --n), or free "
+            "memory\n",
+            msg);
+    fflush(stderr);
+    _exit(DF_EXIT_OOM);
+}
+
 int main(int argc, char **argv) {
     prefer_passive_openmp(argv);
+    df_set_oom_handler(on_oom);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -3,15 +3,20 @@
  * YAML is read through libyaml's document API; nested mappings flatten to dotted keys, a
  * sequence is a list value, `null`/`~` unsets a string. Every value is checked against its
  * field (type, range, choices) where it is read, and every error names its origin:
- * "<why> (<file>:<line>)". Misspelt keys get the closest schema key by edit distance.
+ * "<why> (<file>:<line>)". Misspelt keys get the closest schema key by edit distance. A key
+ * given twice in one document is an error naming both lines; nesting is bounded
+ * (MAX_YAML_DEPTH, checked while streaming, before libyaml builds the document).
  */
 #include "train/train.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #define MAX_YAML_BYTES (4u << 20)
@@ -205,9 +210,9 @@ static df_status assign_node(df_config *c, int i, yaml_document_t *doc, yaml_nod
             memcpy(c->values[i].nums, tmp.nums, sizeof tmp.nums);
             memcpy(c->values[i].strs, tmp.strs, sizeof tmp.strs);
             c->values[i].n = n;
-            return DF_OK;
+        } else {
+            clear_lists(&tmp);
         }
-        clear_lists(&tmp);
     } else if (node->type == YAML_SCALAR_NODE && is_null((const char *)node->data.scalar.value)) {
         clear_lists(&c->values[i]);
     } else {
@@ -217,7 +222,14 @@ static df_status assign_node(df_config *c, int i, yaml_document_t *doc, yaml_nod
     return st;
 }
 
-static df_status merge_mapping(df_config *c, yaml_document_t *doc, yaml_node_t *map,
+/* merge_mapping's state for one document: the line that set each field (0: not yet), so that
+ * a key given twice (`lr: 1` twice, or `model: {a: 1}` and `model.a: 2`) is an error naming
+ * both lines instead of the last one silently winning. */
+typedef struct load_state {
+    size_t *line;
+} load_state;
+
+static df_status merge_mapping(df_config *c, load_state *ls, yaml_document_t *doc, yaml_node_t *map,
                                const char *prefix, const char *label, int depth) {
     if (depth > 8) return df_error(DF_ERR_INVALID, "nesting deeper than 8 levels (%s)", label);
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
@@ -235,9 +247,13 @@ static df_status merge_mapping(df_config *c, yaml_document_t *doc, yaml_node_t *
         if (len >= (int)sizeof key) return df_error(DF_ERR_INVALID, "key too long (%s)", origin);
         int i = find_field(c, key);
         if (i >= 0) {
+            if (ls->line[i])
+                return df_error(DF_ERR_INVALID, "duplicate key '%s': already set at line %zu (%s)",
+                                key, ls->line[i], origin);
+            ls->line[i] = k->start_mark.line + 1;
             DF_TRY(assign_node(c, i, doc, v, origin));
         } else if (v->type == YAML_MAPPING_NODE) {
-            DF_TRY(merge_mapping(c, doc, v, key, label, depth + 1));
+            DF_TRY(merge_mapping(c, ls, doc, v, key, label, depth + 1));
         } else {
             const char *s = suggest(c, key);
             if (s)
@@ -249,9 +265,39 @@ static df_status merge_mapping(df_config *c, yaml_document_t *doc, yaml_node_t *
     return DF_OK;
 }
 
+/* Refuses nesting deeper than MAX_YAML_DEPTH by streaming the events before the document is
+ * built: libyaml's scanner does work proportional to the open levels at every token, so a deep
+ * document ("[[[[...") costs quadratic time (and its loader recursion stack) long before the
+ * depth check of merge_mapping could run. Streaming stops at the first level too many. */
+#define MAX_YAML_DEPTH 32
+
+static df_status check_depth(const char *text, size_t len, const char *label) {
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) return df_error(DF_ERR_NOMEM, "%s: out of memory", label);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    df_status st = DF_OK;
+    int depth = 0;
+    for (bool done = false; !done && st == DF_OK;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) break; /* the loader reports syntax errors */
+        if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+            if (++depth > MAX_YAML_DEPTH)
+                st = df_error(DF_ERR_FORMAT, "nesting deeper than %d levels (%s:%zu)",
+                              MAX_YAML_DEPTH, label, ev.start_mark.line + 1);
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        done = ev.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return st;
+}
+
 df_status df_config_load_yaml_text(df_config *c, const char *text, size_t len, const char *label) {
     yaml_parser_t parser;
     yaml_document_t doc;
+    DF_TRY(check_depth(text, len, label));
     if (!yaml_parser_initialize(&parser)) return df_error(DF_ERR_NOMEM, "%s: out of memory", label);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
@@ -263,18 +309,43 @@ df_status df_config_load_yaml_text(df_config *c, const char *text, size_t len, c
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     df_status st = DF_OK;
-    if (root && root->type == YAML_MAPPING_NODE)
-        st = merge_mapping(c, &doc, root, "", label, 0);
+    load_state ls = {calloc((size_t)c->n + 1, sizeof(size_t))};
+    if (!ls.line)
+        st = df_error(DF_ERR_NOMEM, "%s: out of memory", label);
+    else if (root && root->type == YAML_MAPPING_NODE)
+        st = merge_mapping(c, &ls, &doc, root, "", label, 0);
     else if (root && !(root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0))
         st = df_error(DF_ERR_FORMAT, "the top level must be a mapping of keys (%s:1)", label);
+    free(ls.line);
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     return st;
 }
 
+/* Opens a YAML file for reading: a directory, FIFO or device is refused without blocking (a
+ * directory used to read as an empty recipe, a FIFO to hang). */
+static df_status open_yaml(const char *path, FILE **out) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    struct stat st = {0};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return df_error(DF_ERR_IO, "%s, not a YAML file (%s)",
+                        S_ISDIR(st.st_mode) ? "a directory" : "not a regular file", path);
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    }
+    *out = f;
+    return DF_OK;
+}
+
 df_status df_config_load_yaml(df_config *c, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    FILE *f;
+    DF_TRY(open_yaml(path, &f));
     char *buf = malloc(MAX_YAML_BYTES + 1);
     size_t n = buf ? fread(buf, 1, MAX_YAML_BYTES + 1, f) : 0;
     fclose(f);
@@ -497,15 +568,19 @@ void df_config_write_docs(const df_cfg_field *schema, int n, FILE *f) {
 
 df_status df_config_peek(const char *path, const char *key, char *out, size_t len) {
     out[0] = '\0';
-    FILE *f = fopen(path, "rb");
-    if (!f) return df_error(DF_ERR_IO, "cannot open: %s (%s)", strerror(errno), path);
+    FILE *f;
+    DF_TRY(open_yaml(path, &f));
     char *buf = malloc(MAX_YAML_BYTES + 1);
     size_t n = buf ? fread(buf, 1, MAX_YAML_BYTES, f) : 0;
     fclose(f);
     if (!buf) return df_error(DF_ERR_NOMEM, "out of memory (%s)", path);
     yaml_parser_t parser;
     yaml_document_t doc;
-    df_status st = DF_OK;
+    df_status st = check_depth(buf, n, path);
+    if (st != DF_OK) {
+        free(buf);
+        return st;
+    }
     if (!yaml_parser_initialize(&parser)) {
         free(buf);
         return df_error(DF_ERR_NOMEM, "out of memory (%s)", path);

@@ -54,7 +54,7 @@ static int64_t chunk_tiles(const wino_dims *d, int64_t cin, int64_t cout) {
 
 static void *scratch(size_t floats) {
     void *p = df_mem_alloc(floats * sizeof(float));
-    DF_ASSERT(p, "conv2d (winograd): %s", df_last_error());
+    if (!p) df_mem_oom(floats * sizeof(float), "the scratch of conv2d (winograd)");
     return p;
 }
 

@@ -144,7 +144,8 @@ static void layer_norm_backward(df_node *n, const df_tensor *g) {
         ptrs[k++] = df_f32(gx);
         float ignored[2 * 64], *junk = ignored; /* oneDNN's parameter gradients, unused */
         if (p->D > 64) junk = df_mem_alloc(2 * (size_t)p->D * sizeof(float));
-        DF_ASSERT(junk, "layer_norm backward: %s", df_last_error());
+        if (!junk)
+            df_mem_oom(2 * (size_t)p->D * sizeof(float), "the scratch of layer_norm backward");
         if (p->scale) ptrs[k++] = junk;
         if (p->shift) ptrs[k++] = junk + p->D;
         lnorm_params b = *p;

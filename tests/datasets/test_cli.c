@@ -72,3 +72,51 @@ Test(datasets_cli, errors_are_one_line) {
     cr_assert_eq(run_cli("dataset pack onlyone", &out), 2);
     cr_assert(strstr(out, "usage:"));
 }
+
+/* issue 23: argument errors say what is wrong (then the usage), exit code 2 */
+Test(datasets_cli, pack_argument_errors_say_what_is_wrong) {
+    static const struct {
+        const char *args, *want;
+    } cases[] = {
+        {"dataset pack", "dataset pack: missing SRC"},
+        {"dataset pack src", "dataset pack: missing OUT"},
+        {"dataset pack src out.h5", "dataset pack: missing --resolution R"},
+        {"dataset pack src out.h5 --resolution 0", "--resolution must be an integer in 1..16384, "
+                                                   "got '0'"},
+        {"dataset pack src out.h5 --resolution 8x", "got '8x'"},
+        {"dataset pack src out.h5 --resolution", "--resolution needs a value"},
+        {"dataset pack src out.h5 --resolution 8 --filter lanczos", "unknown --filter 'lanczos'"},
+        {"dataset pack src out.h5 --resolution 8 --verbose", "unknown option '--verbose'"},
+        {"dataset pack src out.h5 extra --resolution 8", "unexpected argument 'extra'"},
+        {"dataset inspect", "dataset inspect: missing PATH"},
+        {"dataset inspect a b", "unexpected argument 'b'"},
+        {"dataset", "missing subcommand"},
+        {"dataset unpack", "unknown subcommand 'unpack'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *out;
+        cr_assert_eq(run_cli(cases[i].args, &out), 2, "%s: %s", cases[i].args, out);
+        cr_assert(strstr(out, cases[i].want), "%s: want '%s' in %s", cases[i].args, cases[i].want,
+                  out);
+        cr_assert(strstr(out, "usage: diffusion dataset pack"), "%s", out);
+    }
+}
+
+/* issue 23: OUT pointing at a source image is refused and the image kept */
+Test(datasets_cli, pack_refuses_a_source_image_as_out) {
+    const char *dir = make_folder("clip", 2, 8, 8);
+    char d[512], args[1400], img[600], *out;
+    snprintf(d, sizeof d, "%s", dir);
+    snprintf(img, sizeof img, "%s/img001.png", d);
+    df_tensor *before;
+    cr_assert_eq(df_image_read(img, NULL, &before), DF_OK);
+    snprintf(args, sizeof args, "dataset pack %s %s --resolution 8", d, img);
+    cr_assert_eq(run_cli(args, &out), 1, "%s", out);
+    cr_assert(strstr(out, "is the dataset's image 'img001.png' (an input)"), "%s", out);
+    df_tensor *after;
+    cr_assert_eq(df_image_read(img, NULL, &after), DF_OK, "the image was damaged");
+    check_image("img001.png", after, before, 0);
+    df_tensor_free(before);
+    df_tensor_free(after);
+    remove_tree(d);
+}

@@ -74,3 +74,19 @@ Test(datasets_metadata, nul_byte_is_an_error) {
                  DF_ERR_FORMAT);
     cr_assert(strstr(df_last_error(), "m.jsonl:2:"), "%s", df_last_error());
 }
+
+/* issue 23: an escaped NUL would cut the file name where cJSON hands it back ("a.png\u0000.txt"
+ * read as "a.png"): an error naming the line, not a silently different name */
+Test(datasets_metadata, escaped_nul_is_an_error) {
+    const char *t = "{\"file_name\": \"a.png\"}\n{\"file_name\": \"b.png\\u0000.txt\"}\n";
+    df_meta_entry *es;
+    int64_t n;
+    cr_assert_eq(parse(t, "text", &es, &n), DF_ERR_FORMAT);
+    cr_assert(strstr(df_last_error(), "meta.jsonl:2: \\u0000 (NUL) in a string"), "%s",
+              df_last_error());
+    /* an escaped backslash followed by "u0000" is text, not a NUL */
+    t = "{\"file_name\": \"a\\\\u0000.png\"}\n";
+    cr_assert_eq(parse(t, "text", &es, &n), DF_OK, "%s", df_last_error());
+    cr_assert_str_eq(es[0].file_name, "a\\u0000.png");
+    df_meta_free(es, n);
+}

@@ -708,3 +708,16 @@ Test(nn_safetensors, rejects_bad_index_files) {
     cr_assert_str_eq(name, "c");
     df_st_index_close(idx);
 }
+
+/* issue 23: a NUL inside a tensor name would be cut silently (two names could become one) */
+Test(nn_safetensors, nul_in_a_name_is_an_error) {
+    expect_bad(write_st("nul.safetensors",
+                        "{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                        4),
+               DF_ERR_FORMAT, "NUL");
+    const df_st_file *f = open_ok(
+        write_st("bs.safetensors",
+                 "{\"a\\\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4));
+    cr_assert(df_st_find(f, "a\\u0000b"), "an escaped backslash is not a NUL");
+    df_st_close((df_st_file *)f);
+}

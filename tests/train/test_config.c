@@ -6,6 +6,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const df_cfg_field schema[] = {
     {"train_batch_size", DF_CFG_INT, "16", 1, 1 << 20, NULL, "images per step"},
@@ -122,4 +124,68 @@ Test(train_config, write_reload_and_hash) {
     cr_assert_neq(df_config_hash(&other), h);
     df_config_free(&other);
     free(text);
+}
+
+/* issue 23: a key given twice is an error naming both lines, not "the last one wins" */
+Test(train_config, duplicate_keys_are_errors) {
+    expect_message(load("train_batch_size: 8\nuse_ema: true\ntrain_batch_size: 4\n"),
+                   "duplicate key 'train_batch_size': already set at line 1 (recipe.yaml:3)");
+    expect_message(load("model:\n  layers_per_block: 3\nmodel.layers_per_block: 4\n"),
+                   "duplicate key 'model.layers_per_block': already set at line 2 "
+                   "(recipe.yaml:3)");
+    /* a file then the command line is an override, not a duplicate */
+    cr_assert_eq(load("train_batch_size: 8\n"), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_config_set(&cfg, "train_batch_size=4"), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_config_int(&cfg, "train_batch_size"), 4);
+}
+
+/* issue 23: --print-config shows where a list came from, not "default" */
+Test(train_config, list_values_record_their_origin) {
+    cr_assert_eq(load("\nmodel:\n  block_out_channels: [8, 16]\n"), DF_OK, "%s", df_last_error());
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    df_config_write(&cfg, f, true);
+    fclose(f);
+    cr_assert(strstr(text, "block_out_channels: [8, 16]  # recipe.yaml:3"), "%s", text);
+    cr_assert(strstr(text, "down_block_types: [\"DownBlock2D\", \"AttnDownBlock2D\"]  # default"),
+              "%s", text);
+    free(text);
+}
+
+/* issue 23: deep nesting is refused at a bounded depth, in time linear in the input (a quadratic
+ * parse of this input took minutes) */
+Test(train_config, deep_nesting_is_bounded, .timeout = 60) {
+    size_t depth = 200000;
+    char *text = malloc(2 * depth + 8);
+    cr_assert(text);
+    memcpy(text, "a: ", 3);
+    memset(text + 3, '[', depth);
+    memset(text + 3 + depth, ']', depth);
+    text[3 + 2 * depth] = '\0';
+    expect_message(load(text), "nesting deeper than 32 levels (recipe.yaml:1)");
+    /* block mappings too */
+    char *p = text;
+    for (int i = 0; i < 40; i++) p += sprintf(p, "%*sk%d:\n", 2 * i, "", i);
+    sprintf(p, "%*sv: 1\n", 80, "");
+    expect_message(load(text), "nesting deeper than 32 levels (recipe.yaml:33)");
+    free(text);
+}
+
+/* issue 23: a directory or a FIFO given as the recipe is refused at once (a directory read as an
+ * empty recipe; a FIFO blocked) */
+Test(train_config, recipe_must_be_a_regular_file, .timeout = 60) {
+    char d[] = "/tmp/df_cfg_XXXXXX", fifo[64];
+    cr_assert(mkdtemp(d));
+    cr_assert_eq(df_config_load_yaml(&cfg, d), DF_ERR_IO);
+    cr_assert(strstr(df_last_error(), "a directory, not a YAML file"), "%s", df_last_error());
+    snprintf(fifo, sizeof fifo, "%s/r.yaml", d);
+    cr_assert_eq(mkfifo(fifo, 0644), 0);
+    cr_assert_eq(df_config_load_yaml(&cfg, fifo), DF_ERR_IO);
+    cr_assert(strstr(df_last_error(), "not a regular file, not a YAML file"), "%s",
+              df_last_error());
+    char value[64];
+    cr_assert_eq(df_config_peek(fifo, "recipe", value, sizeof value), DF_ERR_IO);
+    unlink(fifo);
+    rmdir(d);
 }
