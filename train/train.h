@@ -236,6 +236,11 @@ typedef struct df_step_rng {
     df_philox dropout;   /* dropout and other per-step randomness */
 } df_step_rng;
 
+/* The streams of one process at one step: Philox keyed by the seed, stream id = purpose (bits
+ * 56..63) | rank (bits 40..55) | step (bits 0..39). Rank 0 of world size 1 draws what a run
+ * without ranks drew. */
+DF_API void df_step_rng_init(df_step_rng *r, uint64_t seed, int rank, int64_t step);
+
 /* The diffusion loss (train/diffusion_loss.c: the formulas), shared by every recipe. */
 typedef struct df_diffusion_loss_config {
     df_prediction_type prediction; /* what the model predicts: the target */
@@ -296,6 +301,8 @@ typedef struct df_train_opts {
     int64_t stop_after_steps; /* > 0: behave as if SIGTERM arrived after this step */
     df_run_lock *lock;        /* output_dir already claimed by df_train_claim (borrowed; the
                                  caller releases it), or NULL: df_train_run claims it */
+    int rank, world_size;     /* this process among world_size (0 and 1 without MPI); 0 for
+                                 world_size means 1 */
 } df_train_opts;
 
 /* Claims the config's output_dir for a training with these options, cheaply, before the model

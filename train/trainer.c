@@ -111,6 +111,7 @@ typedef struct trainer {
     df_recipe *recipe;
     char out_dir[DF_PATH_MAX];
     uint64_t seed;
+    int rank, world_size; /* in the step streams and trainer_state.json */
     int64_t step, max_steps;
     int accum;
     df_tensor **params; /* trainable parameters, in registry order */
@@ -140,11 +141,15 @@ static double now(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+void df_step_rng_init(df_step_rng *r, uint64_t seed, int rank, int64_t step) {
+    uint64_t s = ((uint64_t)rank & 0xffff) << 40 | ((uint64_t)step & ((1ull << 40) - 1));
+    df_philox_init(&r->noise, seed, (uint64_t)STREAM_NOISE << 56 | s);
+    df_philox_init(&r->timesteps, seed, (uint64_t)STREAM_TIMESTEPS << 56 | s);
+    df_philox_init(&r->dropout, seed, (uint64_t)STREAM_DROPOUT << 56 | s);
+}
+
 static void step_rng(const trainer *t, int64_t step, df_step_rng *r) {
-    uint64_t s = (uint64_t)step & ((1ull << 40) - 1);
-    df_philox_init(&r->noise, t->seed, (uint64_t)STREAM_NOISE << 56 | s);
-    df_philox_init(&r->timesteps, t->seed, (uint64_t)STREAM_TIMESTEPS << 56 | s);
-    df_philox_init(&r->dropout, t->seed, (uint64_t)STREAM_DROPOUT << 56 | s);
+    df_step_rng_init(r, t->seed, t->rank, step);
 }
 
 /* ------------------------------------------------------------------ setup -------------------- */
@@ -215,7 +220,8 @@ static df_status write_state_json(const trainer *t, const char *path) {
     cJSON_AddNumberToObject(cur, "epoch", (double)t->cursor.epoch);
     cJSON_AddNumberToObject(cur, "position", (double)t->cursor.position);
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
-    cJSON_AddNumberToObject(o, "world_size", 1);
+    cJSON_AddNumberToObject(o, "world_size", t->world_size);
+    cJSON_AddNumberToObject(o, "rank", t->rank);
     cJSON_AddStringToObject(o, "config_hash", hash);
     cJSON_AddNumberToObject(o, "skipped_steps", (double)t->skipped_steps);
     cJSON_AddNumberToObject(o, "nonfinite_in_a_row", (double)t->nonfinite_in_a_row);
@@ -410,8 +416,9 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
     df_json_free(&j);
     if (st != DF_OK) return st;
     snprintf(want, sizeof want, "%016" PRIx64, df_config_hash(t->cfg));
-    if (ws != 1)
-        return df_error(DF_ERR_INVALID, "%s: written by %g processes, resuming with 1", path, ws);
+    if (ws != t->world_size)
+        return df_error(DF_ERR_INVALID, "%s: written by %g processes, resuming with %d", path, ws,
+                        t->world_size);
     if (strcmp(hash, want) != 0 && !opts->allow_config_change) {
         char changes[2048];
         config_changes(t->cfg, dir, changes, sizeof changes);
@@ -771,6 +778,10 @@ df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_o
     t.cfg = cfg;
     t.recipe = recipe;
     t.seed = (uint64_t)df_config_int(cfg, "seed");
+    t.rank = opts->rank;
+    t.world_size = opts->world_size > 0 ? opts->world_size : 1;
+    if (t.rank < 0 || t.rank >= t.world_size || t.world_size > 0xffff)
+        return df_error(DF_ERR_INVALID, "rank %d of world size %d", t.rank, t.world_size);
     t.max_steps = df_config_int(cfg, "max_train_steps");
     t.accum = (int)df_config_int(cfg, "gradient_accumulation_steps");
     t.tty = isatty(STDERR_FILENO);
