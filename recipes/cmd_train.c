@@ -15,28 +15,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static const df_recipe_def *const all_recipes[] = {&df_recipe_unconditional};
-
-const df_recipe_def *df_recipe_find(const char *name) {
-    for (size_t i = 0; i < sizeof all_recipes / sizeof all_recipes[0]; i++)
-        if (strcmp(all_recipes[i]->name, name) == 0) return all_recipes[i];
-    return NULL;
-}
-
-df_cfg_field *df_recipe_schema(const df_recipe_def *def, int *n) {
-    *n = df_trainer_schema_len + def->n_fields;
-    df_cfg_field *s = malloc((size_t)*n * sizeof *s);
-    DF_ASSERT(s, "out of memory");
-    memcpy(s, df_trainer_schema, (size_t)df_trainer_schema_len * sizeof *s);
-    memcpy(s + df_trainer_schema_len, def->fields, (size_t)def->n_fields * sizeof *s);
-    return s;
-}
-
 static int usage(void) {
     fprintf(stderr, "usage: diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR] "
                     "[--overwrite] [--print-config] [--allow-config-change] "
                     "[--stop-after-steps N]\n"
-                    "       diffusion train --docs [RECIPE]\n");
+                    "       diffusion train --docs [RECIPE]\n"
+                    "       diffusion train --list-recipes\n");
     return 2;
 }
 
@@ -56,7 +40,11 @@ static int print_docs(const char *name) {
 
 int df_cmd_train(int argc, char **argv) {
     if (argc >= 1 && strcmp(argv[0], "--docs") == 0)
-        return print_docs(argc >= 2 ? argv[1] : "unconditional");
+        return print_docs(argc >= 2 ? argv[1] : df_recipe_at(0)->name);
+    if (argc >= 1 && strcmp(argv[0], "--list-recipes") == 0) {
+        for (int i = 0; i < df_recipe_count(); i++) printf("%s\n", df_recipe_at(i)->name);
+        return 0;
+    }
     const char *path = NULL;
     df_train_opts opts = {0};
     bool print = false;

@@ -47,16 +47,13 @@ typedef struct uncond {
     int64_t inference_steps, n_validation, seed;
 } uncond;
 
-static df_tensor *uncond_loss(void *ctx, const df_batch *b, df_step_rng *rng) {
+static df_status uncond_loss(void *ctx, const df_batch *b, df_step_rng *rng, df_tensor **loss) {
     uncond *u = ctx;
     df_diffusion_draw d;
-    df_tensor *loss;
-    DF_ASSERT(df_diffusion_draw_sample(&u->loss, u->sched, b->pixels, rng, &d) == DF_OK,
-              "diffusion loss: %s", df_last_error());
+    DF_TRY(df_diffusion_draw_sample(&u->loss, u->sched, b->pixels, rng, &d));
+    DF_TRY(df_unet2d_check_sample(&u->unet.config, d.noisy));
     df_tensor *out = df_unet2d_forward(&u->unet, d.noisy, d.timesteps);
-    DF_ASSERT(df_diffusion_loss(&u->loss, u->sched, out, &d, NULL, NULL, &loss) == DF_OK,
-              "diffusion loss: %s", df_last_error());
-    return loss;
+    return df_diffusion_loss(&u->loss, u->sched, out, &d, NULL, NULL, loss);
 }
 
 static df_status uncond_export(void *ctx, const char *dir) {

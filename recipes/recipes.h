@@ -15,7 +15,10 @@ typedef struct df_recipe_def {
 
 extern const df_recipe_def df_recipe_unconditional;
 
-/* The recipe called name, or NULL. */
+/* The recipe table (recipes/recipe_table.c): how many, the i-th (NULL out of range), the one
+ * called name (NULL when none is). */
+int df_recipe_count(void);
+const df_recipe_def *df_recipe_at(int i);
 const df_recipe_def *df_recipe_find(const char *name);
 /* The full schema of a recipe (trainer keys, then the recipe's), malloc'd; *n its length. */
 df_cfg_field *df_recipe_schema(const df_recipe_def *def, int *n);

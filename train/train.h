@@ -273,14 +273,31 @@ DF_API df_status df_diffusion_loss(const df_diffusion_loss_config *c, df_sched *
                                    const df_tensor *item_weights, const df_tensor *mask,
                                    df_tensor **loss);
 
+/* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
+ * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no
+ * earlier group took), with their own learning rate and weight decay. */
+#define DF_MAX_RECIPE_GROUPS 8
+typedef struct df_recipe_group {
+    const char *name;    /* for messages */
+    const char *glob;    /* which parameters; NULL: the rest */
+    double lr;           /* > 0: this group's base learning rate; 0: the config's learning_rate */
+    double weight_decay; /* >= 0: this group's; < 0: the config's adam_weight_decay */
+} df_recipe_group;
+
 /* What a recipe gives the trainer: the model's registry (the trainer flattens it and trains the
- * parameters marked trainable), a loss for one micro-batch, and an exporter. */
+ * parameters marked trainable: the recipe marks them with df_params_set_trainable, e.g. only an
+ * adapter's), its parameter groups, a loss for one micro-batch, and an exporter. */
 typedef struct df_recipe {
     const char *name;
     void *ctx;
     df_params *params;
-    /* The scalar loss of one micro-batch (scope rule; the trainer owns the scope). */
-    df_tensor *(*loss)(void *ctx, const df_batch *batch, df_step_rng *rng);
+    /* The optimizer's groups, in order; every trainable parameter must fall in one. NULL (0):
+     * one group of every trainable parameter at the config's learning rate and decay. */
+    const df_recipe_group *groups;
+    int n_groups;
+    /* The scalar loss of one micro-batch into *loss (scope rule; the trainer owns the scope).
+     * An error (a bad batch, a shape the model refuses) stops the run with its message. */
+    df_status (*loss)(void *ctx, const df_batch *batch, df_step_rng *rng, df_tensor **loss);
     /* Writes the trained model as a diffusers folder into dir (which exists). The parameters
      * hold the weights to export (the trainer swaps EMA weights in around the call). */
     df_status (*export_model)(void *ctx, const char *dir);

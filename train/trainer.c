@@ -22,6 +22,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
+#include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +35,7 @@
 enum { STREAM_NOISE = 1, STREAM_TIMESTEPS = 2, STREAM_DROPOUT = 3 };
 
 const df_cfg_field df_trainer_schema[] = {
+    /* choices: the recipe table's names, filled in by recipes/recipe_table.c */
     {"recipe", DF_CFG_STRING, "unconditional", 0, 0, "unconditional", "which recipe trains"},
     {"output_dir", DF_CFG_STRING, "runs/default", 0, 0, NULL,
      "the run folder: config, metrics, samples, checkpoints, the exported model", true},
@@ -111,7 +113,8 @@ typedef struct trainer {
     df_recipe *recipe;
     char out_dir[DF_PATH_MAX];
     uint64_t seed;
-    int rank, world_size; /* in the step streams and trainer_state.json */
+    int rank, world_size;                          /* in the step streams and trainer_state.json */
+    int n_groups, group_end[DF_MAX_RECIPE_GROUPS]; /* params[group_end[g-1] .. group_end[g]) */
     int64_t step, max_steps;
     int accum;
     df_tensor **params; /* trainable parameters, in registry order */
@@ -154,6 +157,38 @@ static void step_rng(const trainer *t, int64_t step, df_step_rng *r) {
 
 /* ------------------------------------------------------------------ setup -------------------- */
 
+/* t->params in the recipe's group order (registry order within a group), and where each group
+ * ends in t->group_end. No groups: one group of every trainable parameter. */
+static df_status collect_groups(trainer *t) {
+    const df_recipe *r = t->recipe;
+    const df_params *reg = r->params;
+    int n_groups = r->n_groups > 0 ? r->n_groups : 1;
+    if (n_groups > DF_MAX_RECIPE_GROUPS)
+        return df_error(DF_ERR_INVALID, "recipe %s: %d parameter groups, at most %d", r->name,
+                        n_groups, DF_MAX_RECIPE_GROUPS);
+    bool *taken = calloc((size_t)(reg->n ? reg->n : 1), sizeof *taken);
+    if (!taken) return df_error(DF_ERR_NOMEM, "parameter groups: out of memory");
+    for (int g = 0; g < n_groups; g++) {
+        const char *glob = r->n_groups > 0 ? r->groups[g].glob : NULL;
+        for (int i = 0; i < reg->n; i++) {
+            if (!reg->items[i].trainable || taken[i]) continue;
+            if (glob && fnmatch(glob, reg->items[i].name, 0) != 0) continue;
+            taken[i] = true;
+            t->params[t->n_params] = reg->items[i].tensor;
+            t->names[t->n_params++] = reg->items[i].name;
+        }
+        t->group_end[g] = t->n_params;
+    }
+    df_status st = DF_OK;
+    for (int i = 0; st == DF_OK && i < reg->n; i++)
+        if (reg->items[i].trainable && !taken[i])
+            st = df_error(DF_ERR_INVALID, "recipe %s: trainable parameter %s is in no group",
+                          r->name, reg->items[i].name);
+    free(taken);
+    t->n_groups = n_groups;
+    return st;
+}
+
 static df_status build_optimizer(trainer *t) {
     const df_config *c = t->cfg;
     df_optim_kind kind;
@@ -168,8 +203,18 @@ static df_status build_optimizer(trainer *t) {
     h.beta2 = df_config_float(c, "adam_beta2");
     h.eps = df_config_float(c, "adam_epsilon");
     DF_TRY(df_optim_hparams_check(kind, &h));
-    df_param_group g = {.params = t->params, .names = t->names, .n = t->n_params, .h = h};
-    DF_TRY(df_optim_new(kind, &g, 1, &t->optim));
+    df_param_group groups[DF_MAX_RECIPE_GROUPS];
+    for (int g = 0, start = 0; g < t->n_groups; start = t->group_end[g++]) {
+        groups[g] = (df_param_group){.params = t->params + start,
+                                     .names = t->names + start,
+                                     .n = t->group_end[g] - start,
+                                     .h = h};
+        const df_recipe_group *rg = t->recipe->n_groups > 0 ? &t->recipe->groups[g] : NULL;
+        if (rg && rg->lr > 0) groups[g].h.lr = rg->lr;
+        if (rg && rg->weight_decay >= 0) groups[g].h.weight_decay = rg->weight_decay;
+        DF_TRY(df_optim_hparams_check(kind, &groups[g].h));
+    }
+    DF_TRY(df_optim_new(kind, groups, t->n_groups, &t->optim));
     DF_TRY(df_lr_schedule_init(&t->sched, df_config_str(c, "lr_scheduler"),
                                df_config_int(c, "lr_warmup_steps"), t->max_steps, lr));
     t->sched.num_cycles = df_config_float(c, "lr_num_cycles");
@@ -655,7 +700,13 @@ static df_status train_step(trainer *t) {
         t->cursor = b->next;
         t->epoch = b->epoch;
         df_scope s = df_scope_begin();
-        df_tensor *loss = t->recipe->loss(t->recipe->ctx, b, &rng);
+        df_tensor *loss = NULL;
+        df_status lst = t->recipe->loss(t->recipe->ctx, b, &rng, &loss);
+        if (lst != DF_OK) {
+            df_scope_end(s);
+            df_batch_free(b);
+            return lst;
+        }
         float value = df_f32(loss)[0];
         loss_sum += value;
         if (!isfinite(value)) finite = false;
@@ -716,11 +767,7 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     t->params = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->params);
     t->names = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->names);
     if (!t->params || !t->names) return df_error(DF_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < reg->n; i++) {
-        if (!reg->items[i].trainable) continue;
-        t->params[t->n_params] = reg->items[i].tensor;
-        t->names[t->n_params++] = reg->items[i].name;
-    }
+    DF_TRY(collect_groups(t));
     DF_TRY(build_optimizer(t));
     DF_TRY(settle_identity(t, opts));
     char path[DF_PATH_MAX];

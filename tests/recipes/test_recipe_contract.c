@@ -1,0 +1,153 @@
+/* test_recipe_contract.c — what a recipe declares and the trainer honours: parameter groups with
+ * their own learning rate and weight decay (a group at a negligible rate stays bitwise still
+ * while the rest trains), a trainable parameter in no group is an error naming it, an error
+ * from the loss stops the run with its message, and the recipe table feeds the CLI
+ * (`--list-recipes`) and the `recipe` key's choices. The unconditional recipe on a tiny UNet
+ * and four generated 8x8 images, in process. */
+#include "datasets/datasets.h"
+#include "recipes/recipes.h"
+#include "tests/common/check.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char root[256];
+
+static void setup(void) {
+    snprintf(root, sizeof root, "/tmp/df_contract_XXXXXX");
+    cr_assert(mkdtemp(root));
+    char path[512];
+    snprintf(path, sizeof path, "%s/data", root);
+    cr_assert_eq(df_mkdirs(path), DF_OK);
+    for (int i = 0; i < 4; i++) {
+        df_tensor *img = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(8, 8, 3));
+        for (int64_t j = 0; j < img->numel; j++)
+            ((uint8_t *)img->data)[j] = (uint8_t)(j * 7 + i * 50);
+        snprintf(path, sizeof path, "%s/data/%d.png", root, i);
+        cr_assert_eq(df_png_write(path, img, 0, NULL, NULL), DF_OK, "%s", df_last_error());
+        df_tensor_free(img);
+    }
+}
+
+static void teardown(void) {
+    df_remove_tree(root);
+}
+
+TestSuite(recipes_contract, .init = setup, .fini = teardown);
+
+/* The tiny unconditional config, output in root/<out>. */
+static void tiny_config(df_config *cfg, df_cfg_field **schema, const char *out) {
+    int n;
+    *schema = df_recipe_schema(&df_recipe_unconditional, &n);
+    df_config_init(cfg, *schema, n);
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "train_data_dir: %s/data\noutput_dir: %s/%s\nresolution: 8\ntrain_batch_size: 2\n"
+             "dataloader_num_workers: 1\nmax_train_steps: 2\nlr_warmup_steps: 0\n"
+             "checkpointing_steps: 0\nnum_validation_images: 0\nuse_ema: false\n"
+             "model:\n  block_out_channels: [8, 16]\n"
+             "  down_block_types: [DownBlock2D, DownBlock2D]\n"
+             "  up_block_types: [UpBlock2D, UpBlock2D]\n  layers_per_block: 1\n"
+             "  norm_num_groups: 4\n",
+             root, root, out);
+    cr_assert_eq(df_config_load_yaml_text(cfg, yaml, strlen(yaml), "test"), DF_OK, "%s",
+                 df_last_error());
+}
+
+Test(recipes_contract, groups_train_at_their_own_rates) {
+    df_config cfg;
+    df_cfg_field *schema;
+    tiny_config(&cfg, &schema, "groups");
+    df_recipe r;
+    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
+    const df_params *p = r.params;
+    df_tensor **before = malloc((size_t)p->n * sizeof *before);
+    for (int i = 0; i < p->n; i++) before[i] = df_tensor_clone(p->items[i].tensor);
+    /* the convolutions at a rate so small that AdamW's steps (~lr) vanish in rounding */
+    const df_recipe_group groups[2] = {{"convolutions", "*conv*", 1e-30, 0}, {"rest", NULL, 0, -1}};
+    r.groups = groups;
+    r.n_groups = 2;
+    df_train_opts opts = {0};
+    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_OK, "%s", df_last_error());
+    int moved = 0, rest = 0;
+    for (int i = 0; i < p->n; i++) {
+        const char *name = p->items[i].name;
+        if (fnmatch("*conv*", name, 0) == 0) {
+            check_close(name, p->items[i].tensor, before[i], 1e-20, 0);
+        } else {
+            rest++;
+            moved += rel_max_err(p->items[i].tensor, before[i]) > 0;
+        }
+        df_tensor_free(before[i]);
+    }
+    cr_assert(rest > 0 && moved == rest, "%d of %d other parameters trained", moved, rest);
+    free(before);
+    r.free(r.ctx);
+    df_config_free(&cfg);
+    free(schema);
+}
+
+Test(recipes_contract, a_parameter_in_no_group_is_an_error) {
+    df_config cfg;
+    df_cfg_field *schema;
+    tiny_config(&cfg, &schema, "nogroup");
+    df_recipe r;
+    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
+    const df_recipe_group groups[1] = {{"convolutions", "*conv*", 0, -1}};
+    r.groups = groups;
+    r.n_groups = 1;
+    df_train_opts opts = {0};
+    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_ERR_INVALID);
+    cr_assert(strstr(df_last_error(), "is in no group") && strstr(df_last_error(), "time_"), "%s",
+              df_last_error());
+    r.free(r.ctx);
+    df_config_free(&cfg);
+    free(schema);
+}
+
+static df_status failing_loss(void *ctx, const df_batch *b, df_step_rng *rng, df_tensor **loss) {
+    (void)ctx, (void)b, (void)rng, (void)loss;
+    return df_error(DF_ERR_INVALID, "the test loss refuses this batch");
+}
+
+Test(recipes_contract, a_loss_error_stops_the_run_with_its_message) {
+    df_config cfg;
+    df_cfg_field *schema;
+    tiny_config(&cfg, &schema, "lossfail");
+    df_recipe r;
+    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
+    r.loss = failing_loss;
+    df_train_opts opts = {0};
+    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_ERR_INVALID);
+    cr_assert(strstr(df_last_error(), "refuses this batch"), "%s", df_last_error());
+    r.free(r.ctx);
+    df_config_free(&cfg);
+    free(schema);
+}
+
+Test(recipes_contract, the_recipe_table_feeds_the_cli_and_the_schema) {
+    char out[4096];
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s train --list-recipes", DF_CLI);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 0, "%s", out);
+    for (int i = 0; i < df_recipe_count(); i++)
+        cr_assert(strstr(out, df_recipe_at(i)->name), "%s missing from: %s", df_recipe_at(i)->name,
+                  out);
+    int n;
+    df_cfg_field *schema = df_recipe_schema(df_recipe_at(0), &n);
+    bool found = false;
+    for (int i = 0; i < n; i++)
+        if (strcmp(schema[i].key, "recipe") == 0) {
+            found = true;
+            for (int k = 0; k < df_recipe_count(); k++)
+                cr_assert(strstr(schema[i].choices, df_recipe_at(k)->name), "%s",
+                          schema[i].choices);
+        }
+    cr_assert(found);
+    free(schema);
+    cr_assert_null(df_recipe_find("no-such-recipe"));
+    cr_assert_null(df_recipe_at(df_recipe_count()));
+}
