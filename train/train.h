@@ -291,6 +291,9 @@ typedef struct df_recipe {
     const char *name;
     void *ctx;
     df_params *params;
+    /* Where the frozen parameters came from (a model folder or file; NULL: built here), named
+     * with their fingerprint in each checkpoint's trainer_state.json. */
+    const char *base_path;
     /* The optimizer's groups, in order; every trainable parameter must fall in one. NULL (0):
      * one group of every trainable parameter at the config's learning rate and decay. */
     const df_recipe_group *groups;

@@ -115,6 +115,8 @@ typedef struct trainer {
     uint64_t seed;
     int rank, world_size;                          /* in the step streams and trainer_state.json */
     int n_groups, group_end[DF_MAX_RECIPE_GROUPS]; /* params[group_end[g-1] .. group_end[g]) */
+    uint32_t base_crc; /* CRC-32C of the frozen parameters (names, shapes, values) */
+    int n_frozen;
     int64_t step, max_steps;
     int accum;
     df_tensor **params; /* trainable parameters, in registry order */
@@ -156,6 +158,23 @@ static void step_rng(const trainer *t, int64_t step, df_step_rng *r) {
 }
 
 /* ------------------------------------------------------------------ setup -------------------- */
+
+/* The frozen base's fingerprint: CRC-32C over every frozen parameter's name, shape and values,
+ * in registry order. Checkpoints hold only what training changes; this ties them to the base. */
+static void fingerprint_base(trainer *t) {
+    const df_params *reg = t->recipe->params;
+    uint32_t crc = 0;
+    t->n_frozen = 0;
+    for (int i = 0; i < reg->n; i++) {
+        const df_param *p = &reg->items[i];
+        if (p->trainable) continue;
+        t->n_frozen++;
+        crc = df_crc32c_update(crc, p->name, strlen(p->name) + 1);
+        crc = df_crc32c_update(crc, p->tensor->shape, sizeof(int64_t) * (size_t)p->tensor->ndim);
+        crc = df_crc32c_update(crc, p->tensor->data, (size_t)p->tensor->numel * sizeof(float));
+    }
+    t->base_crc = crc;
+}
 
 /* t->params in the recipe's group order (registry order within a group), and where each group
  * ends in t->group_end. No groups: one group of every trainable parameter. */
@@ -265,6 +284,14 @@ static df_status write_state_json(const trainer *t, const char *path) {
     cJSON_AddNumberToObject(cur, "epoch", (double)t->cursor.epoch);
     cJSON_AddNumberToObject(cur, "position", (double)t->cursor.position);
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
+    if (t->n_frozen > 0) {
+        cJSON *base = cJSON_AddObjectToObject(o, "frozen_base");
+        char crc[16];
+        snprintf(crc, sizeof crc, "%08" PRIx32, t->base_crc);
+        cJSON_AddStringToObject(base, "path", t->recipe->base_path ? t->recipe->base_path : "");
+        cJSON_AddNumberToObject(base, "tensors", t->n_frozen);
+        cJSON_AddStringToObject(base, "crc32c", crc);
+    }
     cJSON_AddNumberToObject(o, "world_size", t->world_size);
     cJSON_AddNumberToObject(o, "rank", t->rank);
     cJSON_AddStringToObject(o, "config_hash", hash);
@@ -361,7 +388,9 @@ static df_status write_checkpoint(trainer *t) {
     DF_TRY(df_ckpt_begin(&w, t->out_dir, t->step, t->identity.run_id));
     df_status st = export_to(t, w.tmp_dir);
     if (st == DF_OK) st = df_ckpt_file(&w, "training/model.safetensors", path, sizeof path);
-    if (st == DF_OK) st = df_params_save(t->recipe->params, path);
+    if (st == DF_OK) /* what training changes; the frozen base is named in trainer_state.json */
+        st = df_params_save_select(t->recipe->params, path,
+                                   &(df_param_select){.trainable_only = true});
     if (st == DF_OK) st = df_ckpt_file(&w, "training/optimizer.safetensors", path, sizeof path);
     if (st == DF_OK) st = df_optim_state_save(t->optim, path);
     if (st == DF_OK && t->ema) st = df_ckpt_file(&w, "training/ema.safetensors", path, sizeof path);
@@ -442,6 +471,20 @@ static void config_changes(const df_config *cfg, const char *dir, char *out, siz
     df_config_free(&old);
 }
 
+/* A checkpoint's training/model.safetensors into the trainable parameters: every one must be
+ * there (its frozen parameters, which older checkpoints also hold, are left as they are). */
+static df_status load_trained(trainer *t, const char *path) {
+    df_load_report rep;
+    const df_param_select trainable = {.trainable_only = true};
+    DF_TRY(df_params_load_partial(t->recipe->params, path, &trainable, &rep));
+    df_status st = DF_OK;
+    if (rep.n_missing > 0)
+        st = df_error(DF_ERR_FORMAT, "%s: missing trainable tensor '%s' (%d missing)", path,
+                      rep.missing[0], rep.n_missing);
+    df_load_report_free(&rep);
+    return st;
+}
+
 static df_status read_state_json(trainer *t, const char *dir, const char *path,
                                  const df_train_opts *opts) {
     df_json j;
@@ -458,8 +501,30 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
     if (st == DF_OK) st = json_number(j.root, "skipped_steps", path, &skipped);
     if (st == DF_OK) st = json_number(j.root, "nonfinite_in_a_row", path, &row);
     if (st == DF_OK) st = df_json_string(&j, "config_hash", "", hash, sizeof hash);
+    char base_crc[16] = "", base_path[DF_PATH_MAX] = "";
+    const cJSON *base = cJSON_GetObjectItemCaseSensitive(j.root, "frozen_base");
+    if (st == DF_OK && base) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(base, "crc32c");
+        const cJSON *bp = cJSON_GetObjectItemCaseSensitive(base, "path");
+        if (!cJSON_IsString(c) || !cJSON_IsString(bp))
+            st = df_error(DF_ERR_FORMAT, "%s: frozen_base needs the strings crc32c and path", path);
+        else {
+            snprintf(base_crc, sizeof base_crc, "%s", c->valuestring);
+            snprintf(base_path, sizeof base_path, "%s", bp->valuestring);
+        }
+    }
     df_json_free(&j);
     if (st != DF_OK) return st;
+    char crc_now[16] = "";
+    if (t->n_frozen > 0) snprintf(crc_now, sizeof crc_now, "%08" PRIx32, t->base_crc);
+    if (strcmp(base_crc, crc_now) != 0)
+        return df_error(DF_ERR_INVALID,
+                        "%s: the frozen base differs from the one this run trained on (%s, "
+                        "crc32c %s; now %s, crc32c %s): resume with the same base model",
+                        dir, base_path[0] ? base_path : "no frozen base",
+                        base_crc[0] ? base_crc : "-",
+                        t->recipe->base_path ? t->recipe->base_path : "this model",
+                        crc_now[0] ? crc_now : "no frozen parameters");
     snprintf(want, sizeof want, "%016" PRIx64, df_config_hash(t->cfg));
     if (ws != t->world_size)
         return df_error(DF_ERR_INVALID, "%s: written by %g processes, resuming with %d", path, ws,
@@ -532,7 +597,7 @@ static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_id
     DF_TRY(df_pathf(path, sizeof path, "%s/training/trainer_state.json", dir));
     DF_TRY(read_state_json(t, dir, path, opts));
     DF_TRY(df_pathf(path, sizeof path, "%s/training/model.safetensors", dir));
-    DF_TRY(df_params_load(t->recipe->params, path, NULL));
+    DF_TRY(load_trained(t, path));
     DF_TRY(df_pathf(path, sizeof path, "%s/training/optimizer.safetensors", dir));
     DF_TRY(df_optim_state_load(t->optim, path));
     if (t->ema) {
@@ -768,6 +833,7 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     t->names = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->names);
     if (!t->params || !t->names) return df_error(DF_ERR_NOMEM, "out of memory");
     DF_TRY(collect_groups(t));
+    fingerprint_base(t);
     DF_TRY(build_optimizer(t));
     DF_TRY(settle_identity(t, opts));
     char path[DF_PATH_MAX];

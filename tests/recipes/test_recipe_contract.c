@@ -151,3 +151,48 @@ Test(recipes_contract, the_recipe_table_feeds_the_cli_and_the_schema) {
     cr_assert_null(df_recipe_find("no-such-recipe"));
     cr_assert_null(df_recipe_at(df_recipe_count()));
 }
+
+/* A run whose convolutions are frozen: its checkpoints hold only the trainable tensors and the
+ * base's fingerprint; resuming on the same base continues, on a changed base is refused. */
+static void frozen_run(const char *out, int64_t stop_after, const char *resume, float nudge,
+                       df_status want, int *n_saved) {
+    df_config cfg;
+    df_cfg_field *schema;
+    tiny_config(&cfg, &schema, out);
+    cr_assert_eq(df_config_set(&cfg, "checkpointing_steps=1"), DF_OK);
+    df_recipe r;
+    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
+    cr_assert(df_params_set_trainable(r.params, "*conv*", false) > 0);
+    if (nudge != 0) df_f32(df_params_find(r.params, "conv_in.weight"))[0] += nudge;
+    df_train_opts opts = {.stop_after_steps = stop_after, .resume = resume};
+    df_status st = df_train_run(&cfg, &r, &opts);
+    cr_assert_eq(st, want, "%s", df_last_error());
+    if (n_saved) {
+        *n_saved = 0;
+        for (int i = 0; i < r.params->n; i++) *n_saved += r.params->items[i].trainable;
+    }
+    r.free(r.ctx);
+    df_config_free(&cfg);
+    free(schema);
+}
+
+Test(recipes_contract, checkpoints_hold_the_trained_part_and_name_the_base) {
+    int n_trainable;
+    frozen_run("frozen", 1, NULL, 0, DF_OK, &n_trainable);
+    char path[512];
+    snprintf(path, sizeof path, "%s/frozen/checkpoint-1/training/model.safetensors", root);
+    df_st_file *f;
+    cr_assert_eq(df_st_open(path, &f), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_st_count(f), n_trainable, "only the trainable tensors are saved");
+    cr_assert_null(df_st_find(f, "conv_in.weight"));
+    df_st_close(f);
+    snprintf(path, sizeof path, "%s/frozen/checkpoint-1/training/trainer_state.json", root);
+    df_json j;
+    cr_assert_eq(df_json_load(path, &j), DF_OK);
+    cr_assert(df_json_has(&j, "frozen_base"), "trainer_state.json names the frozen base");
+    df_json_free(&j);
+    /* a changed base is refused; the same base resumes to the end */
+    frozen_run("frozen", 0, "latest", 0.25f, DF_ERR_INVALID, NULL);
+    cr_assert(strstr(df_last_error(), "frozen base differs"), "%s", df_last_error());
+    frozen_run("frozen", 0, "latest", 0, DF_OK, NULL);
+}
