@@ -117,6 +117,15 @@ static df_status check_keys(const df_json *j, const char *const *known, int n_kn
     return DF_OK;
 }
 
+/* A bool field: null is false, as Python's None is falsy where diffusers tests the flag. */
+static df_status bool_field(const df_json *j, const char *key, bool def, bool *v) {
+    if (df_json_is_null(j, key)) {
+        *v = false;
+        return DF_OK;
+    }
+    return df_json_bool(j, key, def, v);
+}
+
 static df_status int_range(const df_json *j, const char *key, int v, int lo, int hi) {
     if (v < lo || v > hi)
         return df_error(DF_ERR_FORMAT, "%s: field '%s': %d outside [%d, %d]", j->path, key, v, lo,
@@ -215,7 +224,7 @@ static df_status require_string(const df_json *j, const char *key, const char *w
 
 static df_status require_bool(const df_json *j, const char *key, bool want, const char *why) {
     bool v = want;
-    DF_TRY(df_json_bool(j, key, want, &v));
+    DF_TRY(bool_field(j, key, want, &v));
     if (v != want)
         return df_error(DF_ERR_UNSUPPORTED, "%s: field '%s' must be %s: %s", j->path, key,
                         want ? "true" : "false", why);
@@ -311,8 +320,9 @@ static const char *const unet2d_known[] = {"sample_size",
                                            "add_attention",
                                            "class_embed_type",
                                            "num_class_embeds"};
-static const char *const unet2d_nullable[] = {"sample_size", "attention_head_dim",
-                                              "class_embed_type", "num_class_embeds"};
+static const char *const unet2d_nullable[] = {
+    "sample_size",         "attention_head_dim", "class_embed_type", "num_class_embeds",
+    "center_input_sample", "flip_sin_to_cos",    "add_attention"}; /* the bools: false */
 
 /* layers_per_block 0 with a width change: diffusers' downsampler asserts; refused here. */
 static df_status zero_layers(const df_json *j, int n, const int *channels, const int *layers) {
@@ -328,8 +338,8 @@ static df_status unet2d_fields(const df_json *j, df_unet2d_config *c) {
     DF_TRY(sample_size_field(j, &c->sample_size, &c->sample_width));
     DF_TRY(int_field(j, "in_channels", &c->in_channels, 1, DF_MODEL_MAX_CHANNELS));
     DF_TRY(int_field(j, "out_channels", &c->out_channels, 1, DF_MODEL_MAX_CHANNELS));
-    DF_TRY(df_json_bool(j, "center_input_sample", c->center_input_sample, &c->center_input_sample));
-    DF_TRY(df_json_bool(j, "flip_sin_to_cos", c->flip_sin_to_cos, &c->flip_sin_to_cos));
+    DF_TRY(bool_field(j, "center_input_sample", c->center_input_sample, &c->center_input_sample));
+    DF_TRY(bool_field(j, "flip_sin_to_cos", c->flip_sin_to_cos, &c->flip_sin_to_cos));
     DF_TRY(df_json_int(j, "freq_shift", c->freq_shift, &c->freq_shift));
     DF_TRY(read_blocks(j, &c->n_blocks, c->down_block_types, c->up_block_types,
                        c->block_out_channels));
@@ -353,7 +363,7 @@ static df_status unet2d_fields(const df_json *j, df_unet2d_config *c) {
     DF_TRY(float_field(j, "norm_eps", &c->norm_eps));
     DF_TRY(
         time_scale_shift_field(j, c->resnet_time_scale_shift, sizeof c->resnet_time_scale_shift));
-    DF_TRY(df_json_bool(j, "add_attention", c->add_attention, &c->add_attention));
+    DF_TRY(bool_field(j, "add_attention", c->add_attention, &c->add_attention));
     DF_TRY(require_string(j, "time_embedding_type", "positional", NULL));
     DF_TRY(require_string(j, "downsample_type", "conv", NULL));
     DF_TRY(require_string(j, "upsample_type", "conv", NULL));
@@ -437,22 +447,15 @@ static const char *const cond_known[] = {"sample_size",
                                          "mid_block_only_cross_attention",
                                          "cross_attention_norm",
                                          "addition_embed_type_num_heads"};
-static const char *const cond_nullable[] = {"sample_size",
-                                            "mid_block_type",
-                                            "encoder_hid_dim",
-                                            "encoder_hid_dim_type",
-                                            "num_attention_heads",
-                                            "class_embed_type",
-                                            "addition_embed_type",
-                                            "addition_time_embed_dim",
-                                            "num_class_embeds",
-                                            "time_embedding_dim",
-                                            "time_embedding_act_fn",
-                                            "timestep_post_act",
-                                            "time_cond_proj_dim",
-                                            "projection_class_embeddings_input_dim",
-                                            "mid_block_only_cross_attention",
-                                            "cross_attention_norm"};
+static const char *const cond_nullable[] = {
+    "sample_size", "mid_block_type", "encoder_hid_dim", "encoder_hid_dim_type",
+    "num_attention_heads", "class_embed_type", "addition_embed_type", "addition_time_embed_dim",
+    "num_class_embeds", "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act",
+    "time_cond_proj_dim", "projection_class_embeddings_input_dim", "mid_block_only_cross_attention",
+    "cross_attention_norm",
+    /* the bools: null is false */
+    "center_input_sample", "flip_sin_to_cos", "dual_cross_attention", "use_linear_projection",
+    "upcast_attention", "resnet_skip_time_act", "class_embeddings_concat"};
 
 /* only_cross_attention: a bool for every block or a list of one per block. */
 static df_status only_cross_field(const df_json *j, int n, bool *out) {
@@ -479,8 +482,8 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
     DF_TRY(sample_size_field(j, &c->sample_size, &c->sample_width));
     DF_TRY(int_field(j, "in_channels", &c->in_channels, 1, DF_MODEL_MAX_CHANNELS));
     DF_TRY(int_field(j, "out_channels", &c->out_channels, 1, DF_MODEL_MAX_CHANNELS));
-    DF_TRY(df_json_bool(j, "center_input_sample", c->center_input_sample, &c->center_input_sample));
-    DF_TRY(df_json_bool(j, "flip_sin_to_cos", c->flip_sin_to_cos, &c->flip_sin_to_cos));
+    DF_TRY(bool_field(j, "center_input_sample", c->center_input_sample, &c->center_input_sample));
+    DF_TRY(bool_field(j, "flip_sin_to_cos", c->flip_sin_to_cos, &c->flip_sin_to_cos));
     DF_TRY(df_json_int(j, "freq_shift", c->freq_shift, &c->freq_shift));
     DF_TRY(read_blocks(j, &c->n_blocks, c->down_block_types, c->up_block_types,
                        c->block_out_channels));
@@ -513,15 +516,15 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
                           DF_MODEL_MAX_LAYERS));
     DF_TRY(only_cross_field(j, n, c->only_cross_attention));
     bool mid_only_cross = false; /* only UNetMidBlock2DSimpleCrossAttn reads it */
-    DF_TRY(df_json_bool(j, "mid_block_only_cross_attention", false, &mid_only_cross));
+    DF_TRY(bool_field(j, "mid_block_only_cross_attention", false, &mid_only_cross));
     DF_TRY(int_field(j, "downsample_padding", &c->downsample_padding, 0, 1));
     DF_TRY(float_field(j, "mid_block_scale_factor", &c->mid_block_scale_factor));
     DF_TRY(dropout_field(j, &c->dropout));
     DF_TRY(act_field(j, "act_fn", c->act_fn, sizeof c->act_fn));
     DF_TRY(groups_field(j, &c->norm_num_groups, c->block_out_channels, n));
     DF_TRY(float_field(j, "norm_eps", &c->norm_eps));
-    DF_TRY(df_json_bool(j, "use_linear_projection", false, &c->use_linear_projection));
-    DF_TRY(df_json_bool(j, "upcast_attention", false, &c->upcast_attention));
+    DF_TRY(bool_field(j, "use_linear_projection", false, &c->use_linear_projection));
+    DF_TRY(bool_field(j, "upcast_attention", false, &c->upcast_attention));
     DF_TRY(
         time_scale_shift_field(j, c->resnet_time_scale_shift, sizeof c->resnet_time_scale_shift));
     DF_TRY(int_field(j, "conv_in_kernel", &c->conv_in_kernel, 1, DF_MODEL_MAX_KERNEL));
@@ -557,7 +560,7 @@ static df_status unet2d_cond_fields(const df_json *j, df_unet2d_cond_config *c) 
                         "it doubles the blocks' time embedding width for a class embedding"));
     /* fields that only the blocks or embeddings we refuse read: type-checked, no effect */
     bool skip_time_act;
-    DF_TRY(df_json_bool(j, "resnet_skip_time_act", false, &skip_time_act));
+    DF_TRY(bool_field(j, "resnet_skip_time_act", false, &skip_time_act));
     float out_scale = 1.0f;
     DF_TRY(float_field(j, "resnet_out_scale_factor", &out_scale));
     char norm[DF_JSON_STR];
@@ -611,7 +614,7 @@ static const char *const vae_known[] = {"in_channels",    "out_channels",       
                                         "up_block_types", "block_out_channels", "layers_per_block",
                                         "act_fn",         "latent_channels",    "norm_num_groups",
                                         "sample_size",    "scaling_factor",     "force_upcast"};
-static const char *const vae_nullable[] = {"sample_size"};
+static const char *const vae_nullable[] = {"sample_size", "force_upcast"};
 
 static df_status vae_fields(const df_json *j, df_vae_config *c) {
     DF_TRY(check_keys(j, vae_known, COUNT(vae_known), vae_nullable, COUNT(vae_nullable)));
@@ -630,7 +633,7 @@ static df_status vae_fields(const df_json *j, df_vae_config *c) {
     /* force_upcast (annotated float upstream, used as a bool): no effect in float32 */
     double upcast = c->force_upcast;
     bool b;
-    if (df_json_bool(j, "force_upcast", c->force_upcast, &b) == DF_OK)
+    if (bool_field(j, "force_upcast", c->force_upcast, &b) == DF_OK)
         c->force_upcast = b;
     else if (df_json_double(j, "force_upcast", upcast, &upcast) == DF_OK)
         c->force_upcast = upcast != 0;

@@ -175,6 +175,13 @@ Test(nn_config_fields, null_means_none_or_is_refused) {
     cr_assert_eq(parse_unet2d("{\"attention_head_dim\": null, \"class_embed_type\": null}", &u),
                  DF_OK);
     cr_assert_eq(u.attention_head_dim, 0);
+    /* a flag's null is false: diffusers tests it as Python's falsy None */
+    cr_assert_eq(parse_unet2d("{\"flip_sin_to_cos\": null, \"add_attention\": null}", &u), DF_OK);
+    cr_assert(!u.flip_sin_to_cos && !u.add_attention);
+    cr_assert_eq(
+        parse_cond("{\"use_linear_projection\": null, \"dual_cross_attention\": null}", &c), DF_OK,
+        "%s", df_last_error());
+    cr_assert(!c.use_linear_projection);
 }
 
 Test(nn_config_fields, only_cross_attention_bool_or_list) {
