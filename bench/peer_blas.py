@@ -28,8 +28,10 @@ import torch
 
 FAST = ("openblas", "mkl", "blis")
 REFUSAL = ("Install OpenBLAS with `scripts/setup --dev` (Debian package libopenblas0-pthread) "
-           "and run again: on netlib's reference BLAS the peer is ~14x slower at every matrix "
-           "product than a user's PyTorch, and the comparison is unfair.")
+           "and run again (installed already? then the libblas.so.3 alternative or "
+           "LD_LIBRARY_PATH points elsewhere: `update-alternatives --auto "
+           "libblas.so.3-x86_64-linux-gnu`). On netlib's reference BLAS the peer is ~14x slower "
+           "at every matrix product than a user's PyTorch, and the comparison is unfair.")
 
 
 class _DlInfo(ctypes.Structure):

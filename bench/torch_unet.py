@@ -506,10 +506,16 @@ def check_peer_parity():
         for k in ("sample", "loss", "grad.sample", "grad.norm"):
             w = want[f"{case}.{k}"]
             errs[k] = ((got[k] - w).abs().max() / w.abs().max()).item()
-        # projections: relative to each gradient's norm (a projection can be near zero)
+        # projections: relative to each gradient's norm (a projection can be near zero), floored
+        # at 1e-4 of the largest: some gradients are zero up to rounding (an attention key bias
+        # shifts every score of a query alike, which softmax ignores), and their rounding differs
+        # with the ISA and thread count
+        norm = want[f"{case}.grad.norm"]
         errs["grad.proj"] = ((got["grad.proj"] - want[f"{case}.grad.proj"]).abs()
-                             / want[f"{case}.grad.norm"].clamp_min(1e-30)).max().item()
-        good = all(e < 1e-4 for e in errs.values())
+                             / norm.clamp_min(1e-4 * norm.max().item())).max().item()
+        # seen between ISAs and thread counts: up to 2.3e-6 (sample, grad.sample) and 1.8e-5
+        # (grad.proj); one bias scaled by 1.001 moves grad.sample by 2.8e-5
+        good = all(e < (1e-4 if k == "grad.proj" else 1e-5) for k, e in errs.items())
         ok &= good
         print(f"check {case} (diffusers v0.21.4 forward + backward): {len(names)} parameters, max "
               f"rel err " + ", ".join(f"{k} {e:.1e}" for k, e in errs.items())
