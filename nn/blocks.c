@@ -252,20 +252,76 @@ df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JSON_STR]
     return DF_OK;
 }
 
-df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid, const df_block *up,
-                                  int n_blocks, df_tensor *h, df_tensor *temb, df_tensor *context) {
-    df_tensor *skips[DF_UNET_MAX_SKIPS];
-    int n_skips = 0, needed = 1;
-    for (int i = 0; i < n_blocks; i++) needed += down[i].n_resnets + (down[i].has_sampler ? 1 : 0);
+int df_unet_skip_count(const df_block *down, int n_blocks) {
+    int n = 1; /* conv_in's output */
+    for (int i = 0; i < n_blocks; i++) n += down[i].n_resnets + (down[i].has_sampler ? 1 : 0);
+    return n;
+}
+
+df_tensor *df_unet_down_forward(const df_block *down, int n_blocks, df_tensor *h, df_tensor *temb,
+                                df_tensor *context, df_tensor **skips, int *n_skips) {
+    int needed = df_unet_skip_count(down, n_blocks);
     DF_ASSERT(needed <= DF_UNET_MAX_SKIPS, "UNet: %d skip connections (at most %d)", needed,
               DF_UNET_MAX_SKIPS); /* the config readers bound layers_per_block */
-    skips[n_skips++] = h;
+    *n_skips = 0;
+    skips[(*n_skips)++] = h;
     for (int i = 0; i < n_blocks; i++)
-        h = df_down_block_forward(&down[i], h, temb, context, skips, &n_skips);
-    if (mid) h = df_mid_block_forward(mid, h, temb, context);
-    for (int i = 0; i < n_blocks; i++)
-        h = df_up_block_forward(&up[i], h, temb, context, skips, &n_skips);
+        h = df_down_block_forward(&down[i], h, temb, context, skips, n_skips);
     return h;
+}
+
+df_tensor *df_unet_up_forward(const df_block *up, int n_blocks, df_tensor *h, df_tensor *temb,
+                              df_tensor *context, df_tensor **skips, int *n_skips) {
+    for (int i = 0; i < n_blocks; i++)
+        h = df_up_block_forward(&up[i], h, temb, context, skips, n_skips);
+    return h;
+}
+
+/* r has the shape of t: an error naming the residual otherwise. */
+static df_status check_residual(const df_tensor *r, const df_tensor *t, const char *what, int i) {
+    char sr[64], st[64];
+    bool same = r && r->dtype == DF_DTYPE_F32 && r->ndim == 4;
+    for (int d = 0; same && d < 4; d++) same = r->shape[d] == t->shape[d];
+    if (same) return DF_OK;
+    return df_error(DF_ERR_INVALID, "UNet: %s %d must be F32 %s (the skip it is added to), got %s",
+                    what, i, df_shape_str(t, st, sizeof st),
+                    r ? df_shape_str(r, sr, sizeof sr) : "none");
+}
+
+df_status df_unet_blocks_forward_res(const df_block *down, const df_block *mid, const df_block *up,
+                                     int n_blocks, df_tensor *h, df_tensor *temb,
+                                     df_tensor *context, const df_unet_residuals *res,
+                                     df_tensor **out) {
+    df_tensor *skips[DF_UNET_MAX_SKIPS];
+    int n_skips;
+    h = df_unet_down_forward(down, n_blocks, h, temb, context, skips, &n_skips);
+    if (res) {
+        if (res->n_down != n_skips || !res->mid)
+            return df_error(DF_ERR_INVALID,
+                            "UNet: %d down-block residuals and %s mid-block residual given; this "
+                            "UNet takes %d and one (a ControlNet of the same layout)",
+                            res->n_down, res->mid ? "a" : "no", n_skips);
+        for (int i = 0; i < n_skips; i++) {
+            DF_TRY(check_residual(res->down[i], skips[i], "down_block_additional_residuals", i));
+            skips[i] = df_add(skips[i], res->down[i]);
+        }
+    }
+    if (mid) h = df_mid_block_forward(mid, h, temb, context);
+    if (res) {
+        DF_TRY(check_residual(res->mid, h, "mid_block_additional_residual", 0));
+        h = df_add(h, res->mid);
+    }
+    *out = df_unet_up_forward(up, n_blocks, h, temb, context, skips, &n_skips);
+    return DF_OK;
+}
+
+df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid, const df_block *up,
+                                  int n_blocks, df_tensor *h, df_tensor *temb, df_tensor *context) {
+    df_tensor *out;
+    df_status st =
+        df_unet_blocks_forward_res(down, mid, up, n_blocks, h, temb, context, NULL, &out);
+    DF_ASSERT(st == DF_OK, "UNet body: %s", df_last_error()); /* no residuals: cannot fail */
+    return out;
 }
 
 void df_unet_blocks_free(df_block *down, df_block *mid, df_block *up, int n_blocks) {

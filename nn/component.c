@@ -259,8 +259,24 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
         return df_error(DF_ERR_INVALID,
                         "%s: input 'encoder_hidden_states' must be F32 (N, S, %d) with N = %lld",
                         cls, cross, (long long)x->shape[0]);
-    outputs[(*n_outputs)++] =
-        (df_named){"sample", df_unet2d_cond_forward(c->unet2d_cond, x, t, ctx)};
+    /* a ControlNet's residuals: down_block_additional_residuals.<i>, mid_block_additional_... */
+    df_tensor *down[DF_UNET_MAX_SKIPS];
+    int n_down = 0;
+    for (; n_down < DF_UNET_MAX_SKIPS; n_down++) {
+        char name[64];
+        snprintf(name, sizeof name, "down_block_additional_residuals.%d", n_down);
+        if (!(down[n_down] = find_input(inputs, n_inputs, name))) break;
+    }
+    df_tensor *mid = find_input(inputs, n_inputs, "mid_block_additional_residual");
+    df_unet_residuals res = {down, n_down, mid};
+    if (n_down > 0 && !mid)
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: down_block_additional_residuals without "
+                        "mid_block_additional_residual (a T2I-Adapter) are not supported",
+                        cls);
+    df_tensor *y;
+    DF_TRY(df_unet2d_cond_forward_res(c->unet2d_cond, x, t, ctx, n_down || mid ? &res : NULL, &y));
+    outputs[(*n_outputs)++] = (df_named){"sample", y};
     return DF_OK;
 }
 

@@ -517,6 +517,31 @@ DF_API df_status df_unet_check_blocks(const char *cls, int n, char (*down)[DF_JS
 DF_API df_tensor *df_unet_blocks_forward(const df_block *down, const df_block *mid,
                                          const df_block *up, int n_blocks, df_tensor *h,
                                          df_tensor *temb, df_tensor *context);
+/* ControlNet's additions to a UNet (diffusers' down_block_additional_residuals and
+ * mid_block_additional_residual): down[i] is added to the i-th skip connection after the down
+ * path (n_down must be the skip count, each of its skip's shape), mid to the mid block's output
+ * (to the down path's output when there is no mid block). Borrowed. */
+typedef struct df_unet_residuals {
+    df_tensor *const *down;
+    int n_down;
+    df_tensor *mid;
+} df_unet_residuals;
+/* The UNet body's parts, callable on their own: the skip count of a down path (conv_in's output
+ * and every layer's and downsampler's); the down path (skips[0 .. *n_skips) filled, the last
+ * output returned); the up path (consuming skips from the end). */
+DF_API int df_unet_skip_count(const df_block *down, int n_blocks);
+DF_API df_tensor *df_unet_down_forward(const df_block *down, int n_blocks, df_tensor *h,
+                                       df_tensor *temb, df_tensor *context, df_tensor **skips,
+                                       int *n_skips);
+DF_API df_tensor *df_unet_up_forward(const df_block *up, int n_blocks, df_tensor *h,
+                                     df_tensor *temb, df_tensor *context, df_tensor **skips,
+                                     int *n_skips);
+/* df_unet_blocks_forward with residuals (NULL: none) into *out; a residual of the wrong count or
+ * shape is DF_ERR_INVALID naming it and the shape it must have. */
+DF_API df_status df_unet_blocks_forward_res(const df_block *down, const df_block *mid,
+                                            const df_block *up, int n_blocks, df_tensor *h,
+                                            df_tensor *temb, df_tensor *context,
+                                            const df_unet_residuals *res, df_tensor **out);
 /* Frees n_blocks down and up blocks and the mid block (any may be NULL). */
 DF_API void df_unet_blocks_free(df_block *down, df_block *mid, df_block *up, int n_blocks);
 /* The attention kind of a diffusers block class name; false for a class we do not implement. */
@@ -696,6 +721,12 @@ DF_API void df_unet2d_cond_free(df_unet2d_cond *m);
 DF_API df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample,
                                          const df_tensor *timestep,
                                          df_tensor *encoder_hidden_states);
+/* The same with a ControlNet's residuals (NULL: none) into *out; residual errors as
+ * df_unet_blocks_forward_res. */
+DF_API df_status df_unet2d_cond_forward_res(df_unet2d_cond *m, df_tensor *sample,
+                                            const df_tensor *timestep,
+                                            df_tensor *encoder_hidden_states,
+                                            const df_unet_residuals *res, df_tensor **out);
 
 DF_API df_status df_vae_init(df_vae *m, const df_vae_config *c, df_init init);
 DF_API void df_vae_free(df_vae *m);

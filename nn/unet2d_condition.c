@@ -129,8 +129,9 @@ df_status df_unet2d_cond_check_sample(const df_unet2d_cond_config *c, const df_t
     return df_model_check_sides("UNet2DConditionModel", sample, c->in_channels, 1, 1);
 }
 
-df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df_tensor *timestep,
-                                  df_tensor *encoder_hidden_states) {
+df_status df_unet2d_cond_forward_res(df_unet2d_cond *m, df_tensor *sample,
+                                     const df_tensor *timestep, df_tensor *encoder_hidden_states,
+                                     const df_unet_residuals *res, df_tensor **out) {
     const df_unet2d_cond_config *c = &m->config;
     int64_t batch = sample->shape[0];
     DF_ASSERT(sample->ndim == 4 && sample->shape[1] == c->in_channels,
@@ -145,9 +146,19 @@ df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df
     df_conv_mod conv_in = m->conv_in;
     conv_in.p.blocked_out = true; /* activations stay channel-blocked up to conv_out */
     df_tensor *h = df_conv_mod_forward(&conv_in, sample);
-    h = df_unet_blocks_forward(m->down, m->has_mid ? &m->mid : NULL, m->up, c->n_blocks, h, emb,
-                               encoder_hidden_states);
+    DF_TRY(df_unet_blocks_forward_res(m->down, m->has_mid ? &m->mid : NULL, m->up, c->n_blocks, h,
+                                      emb, encoder_hidden_states, res, &h));
     h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
     h = df_conv_mod_forward(&m->conv_out, h);
-    return h->block ? df_to_plain(h) : h;
+    *out = h->block ? df_to_plain(h) : h;
+    return DF_OK;
+}
+
+df_tensor *df_unet2d_cond_forward(df_unet2d_cond *m, df_tensor *sample, const df_tensor *timestep,
+                                  df_tensor *encoder_hidden_states) {
+    df_tensor *out;
+    df_status st =
+        df_unet2d_cond_forward_res(m, sample, timestep, encoder_hidden_states, NULL, &out);
+    DF_ASSERT(st == DF_OK, "UNet2DConditionModel: %s", df_last_error()); /* cannot fail */
+    return out;
 }
