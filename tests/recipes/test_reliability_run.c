@@ -371,6 +371,33 @@ Test(reliability_run, final_export_is_renamed_into_place) {
                 "ex/checkpoint-4/unet/diffusion_pytorch_model.safetensors");
 }
 
+/* A disk that fills while a checkpoint is written (a file-size limit, SIGXFSZ ignored: writes
+ * past it fail with EFBIG as with ENOSPC): the run stops with the write's error, the checkpoint
+ * before stays whole and nothing half-written is left; once there is room again, --resume latest
+ * ends bit-identical to a run that never stopped. */
+Test(reliability_run, disk_full_during_a_checkpoint_then_resume_is_exact) {
+    char out[65536];
+    cr_assert_eq(train("whole", "", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("cut", "--stop-after-steps 2", out, sizeof out), 0, "%s", out);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "trap '' XFSZ; ulimit -f 8; exec %s train %s output_dir=%s/cut --resume latest",
+             DF_CLI, yaml, root);
+    int code = run_command(cmd, out, sizeof out);
+    cr_assert(code != 0 && code != 134 && strstr(out, "checkpoint-4"),
+              "exit %d (want an error naming the checkpoint write): %s", code, out);
+    cr_assert(!exists("cut/checkpoint-4") && !exists("cut/.checkpoint-4.tmp"),
+              "nothing half-written under a checkpoint's name");
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/cut/checkpoint-2", root);
+    cr_assert_eq(df_ckpt_verify(dir), DF_OK, "checkpoint-2 still verifies: %s", df_last_error());
+    cr_assert_eq(train("cut", "--resume latest", out, sizeof out), 0, "%s", out);
+    expect_same("cut/unet/diffusion_pytorch_model.safetensors",
+                "whole/unet/diffusion_pytorch_model.safetensors");
+    expect_same("cut/checkpoint-4/training/optimizer.safetensors",
+                "whole/checkpoint-4/training/optimizer.safetensors");
+}
+
 static uint32_t masked_crc(const void *p, size_t n) {
     uint32_t c = df_crc32c(p, n);
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
