@@ -79,6 +79,11 @@ DF_API const char *df_dtype_name(df_dtype dt);
 /* Parses a safetensors dtype name; returns false for an unknown one. */
 DF_API bool df_dtype_parse(const char *name, df_dtype *out);
 DF_API bool df_dtype_is_float(df_dtype dt);
+/* Whether op `op` (its name without "df_": "matmul", "conv2d", "group_norm", ...) takes inputs
+ * of dtype dt on this machine: DF_OK, or DF_ERR_UNSUPPORTED with a message naming the op, the
+ * dtype and the reason (an F32-only op, or a CPU for which oneDNN has no BF16 kernel of the op,
+ * naming its ISA). Every op takes F32; the few that take BF16 are listed in docs/dtypes.md. */
+DF_API df_status df_op_supports_dtype(const char *op, df_dtype dt);
 
 /* Scalar conversions (round to nearest even; NaN stays NaN). */
 DF_API uint16_t df_f32_to_bf16(float x);
@@ -446,6 +451,13 @@ DF_API df_tensor *df_mean(df_tensor *a, int ndims, const int *dims, bool keepdim
  * bias may be NULL. */
 DF_API df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b);
 DF_API df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias);
+/* BF16 (docs/dtypes.md): matmul, linear and conv2d also take BF16 operands (a and b, or x and
+ * w, both BF16; a bias F32 or BF16) where df_op_supports_dtype allows, forward only (no input
+ * may need a gradient: DF_ASSERT). Their output has the operands' dtype; the _to forms choose
+ * it: F32 or BF16 for BF16 operands (the products accumulate in F32 either way), F32 for F32. */
+DF_API df_tensor *df_matmul_to(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b,
+                               df_dtype out_dt);
+DF_API df_tensor *df_linear_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_dtype out_dt);
 
 /* Convolution on (N, C, H, W) with weight (O, C/groups, KH, KW); bias (O) or NULL. The output
  * is channel-blocked (df_tensor.block) when x is, or when `blocked_out` is set, and the output
@@ -456,6 +468,8 @@ typedef struct df_conv2d_params {
 } df_conv2d_params;
 DF_API df_conv2d_params df_conv2d_default(void); /* stride 1, padding 0, dilation 1, groups 1 */
 DF_API df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p);
+DF_API df_tensor *df_conv2d_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p,
+                               df_dtype out_dt);
 
 /* Normalisations. group_norm on (N, C, ...) with `groups` groups; weight/bias (C) or NULL.
  * layer_norm over the last dim; weight/bias (D) or NULL. */

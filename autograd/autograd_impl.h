@@ -103,6 +103,11 @@ df_tensor *df_detach_unscoped(const df_tensor *t);
 #define DF_ASSERT_F32_ANY_LAYOUT(opname, t)                                                        \
     DF_ASSERT((t)->dtype == DF_DTYPE_F32, "%s: expected F32, got %s", opname,                      \
               df_dtype_name((t)->dtype))
+/* Asserts t is F32 or BF16, in any layout: for the ops that take BF16 without a oneDNN kernel
+ * that may be missing on this CPU (layout reorders; docs/dtypes.md). */
+#define DF_ASSERT_F32_BF16_ANY_LAYOUT(opname, t)                                                   \
+    DF_ASSERT((t)->dtype == DF_DTYPE_F32 || (t)->dtype == DF_DTYPE_BF16,                           \
+              "%s: expected F32 or BF16, got %s", opname, df_dtype_name((t)->dtype))
 /* Asserts t is in plain layout: every op that indexes elements row-major checks it. */
 #define DF_ASSERT_PLAIN(opname, t)                                                                 \
     DF_ASSERT((t)->block == 0,                                                                     \

@@ -7,6 +7,8 @@
  * destroyed only when nobody holds it. Builds run outside the lock: two threads missing the same
  * key both build, and the loser destroys its copy.
  *
+ * Memory descriptors carry the tensor's dtype (F32 or BF16); keys carry every argument's dtype.
+ *
  * Follows oneDNN v2.6.3 examples/cpu_cnn_training_f32.c (engine/stream once, reorder only on
  * layout mismatch).
  */
@@ -63,39 +65,50 @@ dnnl_primitive_attr_t df_dnnl_attr_new(bool sum) {
 
 /* ------------------------------------------------------------------ memory descriptors ------ */
 
-dnnl_memory_desc_t df_dnnl_md_tag(int ndim, const int64_t *dims, dnnl_format_tag_t tag) {
+dnnl_data_type_t df_dnnl_dt(df_dtype dt) {
+    switch (dt) {
+    case DF_DTYPE_F32: return dnnl_f32;
+    case DF_DTYPE_BF16: return dnnl_bf16;
+    default: DF_ASSERT(0, "dnnl: no oneDNN op takes %s", df_dtype_name(dt));
+    }
+    return dnnl_f32;
+}
+
+dnnl_memory_desc_t df_dnnl_md_tag(df_dtype dt, int ndim, const int64_t *dims,
+                                  dnnl_format_tag_t tag) {
     dnnl_memory_desc_t md;
     dnnl_dims_t d;
     for (int i = 0; i < ndim; i++) d[i] = dims[i];
-    DF_DNNL_CHECK("dnnl", dnnl_memory_desc_init_by_tag(&md, ndim, d, dnnl_f32, tag));
+    DF_DNNL_CHECK("dnnl", dnnl_memory_desc_init_by_tag(&md, ndim, d, df_dnnl_dt(dt), tag));
     return md;
 }
 
-dnnl_memory_desc_t df_dnnl_md_strides(int ndim, const int64_t *dims, const int64_t *strides) {
+dnnl_memory_desc_t df_dnnl_md_strides(df_dtype dt, int ndim, const int64_t *dims,
+                                      const int64_t *strides) {
     dnnl_memory_desc_t md;
     dnnl_dims_t d, s;
     for (int i = 0; i < ndim; i++) {
         d[i] = dims[i];
         s[i] = strides[i];
     }
-    DF_DNNL_CHECK("dnnl", dnnl_memory_desc_init_by_strides(&md, ndim, d, dnnl_f32, s));
+    DF_DNNL_CHECK("dnnl", dnnl_memory_desc_init_by_strides(&md, ndim, d, df_dnnl_dt(dt), s));
     return md;
 }
 
-dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims) {
+dnnl_memory_desc_t df_dnnl_md_plain(df_dtype dt, int ndim, const int64_t *dims) {
     int64_t strides[DNNL_MAX_NDIMS];
     int64_t s = 1;
     for (int i = ndim - 1; i >= 0; i--) {
         strides[i] = s;
         s *= dims[i];
     }
-    return df_dnnl_md_strides(ndim, dims, strides);
+    return df_dnnl_md_strides(dt, ndim, dims, strides);
 }
 
-dnnl_memory_desc_t df_dnnl_md_act(const int64_t *dims, int block) {
+dnnl_memory_desc_t df_dnnl_md_act(df_dtype dt, const int64_t *dims, int block) {
     dnnl_format_tag_t tag = block == 16 ? dnnl_nChw16c : block == 8 ? dnnl_nChw8c : dnnl_nchw;
     DF_ASSERT(block == 0 || block == 8 || block == 16, "dnnl: channel block %d", block);
-    return df_dnnl_md_tag(4, dims, tag);
+    return df_dnnl_md_tag(dt, 4, dims, tag);
 }
 
 /* ------------------------------------------------------------------ keys -------------------- */

@@ -47,15 +47,28 @@ void df_dnnl_fail(const char *opname, const char *call, dnnl_status_t s, const c
  * scratchpad each execution gets its own (df_dnnl_prim_run allocates it from the memory pool). */
 dnnl_primitive_attr_t df_dnnl_attr_new(bool sum);
 
-/* Memory descriptors of F32 tensors: by tag (dnnl_format_tag_any for "primitive chooses"), and
- * by explicit strides in elements (transposed views). */
-dnnl_memory_desc_t df_dnnl_md_tag(int ndim, const int64_t *dims, dnnl_format_tag_t tag);
-dnnl_memory_desc_t df_dnnl_md_strides(int ndim, const int64_t *dims, const int64_t *strides);
-/* Plain row-major (abcd...) F32 descriptor. */
-dnnl_memory_desc_t df_dnnl_md_plain(int ndim, const int64_t *dims);
+/* The oneDNN data type of dt: F32 or BF16 (DF_ASSERT for the others, which no oneDNN op takes). */
+dnnl_data_type_t df_dnnl_dt(df_dtype dt);
+
+/* Memory descriptors of dtype dt (F32 or BF16): by tag (dnnl_format_tag_any for "primitive
+ * chooses"), and by explicit strides in elements (transposed views). */
+dnnl_memory_desc_t df_dnnl_md_tag(df_dtype dt, int ndim, const int64_t *dims,
+                                  dnnl_format_tag_t tag);
+dnnl_memory_desc_t df_dnnl_md_strides(df_dtype dt, int ndim, const int64_t *dims,
+                                      const int64_t *strides);
+/* Plain row-major (abcd...) descriptor. */
+dnnl_memory_desc_t df_dnnl_md_plain(df_dtype dt, int ndim, const int64_t *dims);
 /* A 4-D (N, C, H, W) activation in layout `block` (df_tensor.block): nchw when 0, else
  * nChw{block}c. */
-dnnl_memory_desc_t df_dnnl_md_act(const int64_t *dims, int block);
+dnnl_memory_desc_t df_dnnl_md_act(df_dtype dt, const int64_t *dims, int block);
+
+/* The dtype rules of a oneDNN product (matmul, linear, conv2d; docs/dtypes.md), checked with
+ * DF_ASSERT: the n operands share one dtype, F32 or BF16; bias (NULL: none) is F32 or the
+ * operands' dtype; out_dt is F32 for F32 operands, F32 or BF16 for BF16 ones. BF16 also needs
+ * df_op_supports_dtype(opname, BF16) (the message names this CPU's ISA) and no input needing a
+ * gradient (no BF16 backward yet). Returns the operands' dtype. */
+df_dtype df_dnnl_product_dtype(const char *opname, int n, df_tensor *const *operands,
+                               const df_tensor *bias, df_dtype out_dt);
 
 /* ------------------------------------------------------------------ primitive cache --------- */
 
@@ -76,8 +89,9 @@ dnnl_memory_desc_t df_dnnl_md_act(const int64_t *dims, int block);
 #endif
 
 /* What identifies a primitive: the op kind (an op-private enum value, distinct per op file via
- * df_dnnl_kind) and up to DF_DNNL_KEY_MAX integers (shapes, params, flags). Zero-initialise,
- * then push values. */
+ * df_dnnl_kind) and up to DF_DNNL_KEY_MAX integers (shapes, params, flags, and the dtype of
+ * every argument: a primitive built for F32 must never serve BF16 data of the same shape).
+ * Zero-initialise, then push values. */
 typedef struct df_dnnl_key {
     int kind;
     int threads; /* 0: run with the caller's omp_get_max_threads(); > 0: see below */
@@ -145,23 +159,36 @@ df_dnnl_cache_stats df_dnnl_cache_get_stats(void);
 
 /* One matrix operand of a oneDNN matmul: dims (..., rows, cols) over `ndim` dims (all operands
  * of a call have the same ndim, batch dims either equal or 1 for broadcasting) and element
- * strides, so a transpose is a stride swap. */
+ * strides, so a transpose is a stride swap; elements of dtype `dtype` (F32 or BF16). */
 typedef struct df_dnnl_mat {
     int ndim;
     int64_t dims[DF_MAX_DIMS];
     int64_t strides[DF_MAX_DIMS];
-    const float *data;
+    const void *data;
+    df_dtype dtype;
 } df_dnnl_mat;
 
-/* A contiguous (..., rows, cols) operand, or its transpose (logical dims (..., cols, rows))
+/* A contiguous F32 (..., rows, cols) operand, or its transpose (logical dims (..., cols, rows))
  * when `trans`. */
 df_dnnl_mat df_dnnl_mat_of(const float *data, int ndim, const int64_t *stored_dims, bool trans);
+/* As df_dnnl_mat_of, over the data of tensor t in its dtype (plain layout). */
+df_dnnl_mat df_dnnl_mat_of_tensor(const df_tensor *t, int ndim, const int64_t *stored_dims,
+                                  bool trans);
 
 /* c (= or +=) a * b (+ bias broadcast over rows when bias != NULL, length = c's cols) with
  * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). Every product
  * runs with DF_DNNL_REDUCTION_THREADS threads (oneDNN's GEMM blocking follows the thread count,
- * and with it the rounding). */
-void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                    const float *bias, float *c, const int64_t *c_dims, bool accumulate);
+ * and with it the rounding). a and b have one dtype; bias and c have theirs (what oneDNN 2.6
+ * takes: F32 operands with F32 bias and output, BF16 operands with F32 or BF16 bias and
+ * output). */
+void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
+                       const void *bias, df_dtype bias_dt, void *c, df_dtype c_dt,
+                       const int64_t *c_dims, bool accumulate);
+/* df_dnnl_matmul_dt with an F32 bias and output. */
+static inline void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
+                                  const float *bias, float *c, const int64_t *c_dims,
+                                  bool accumulate) {
+    df_dnnl_matmul_dt(opname, a, b, bias, DF_DTYPE_F32, c, DF_DTYPE_F32, c_dims, accumulate);
+}
 
 #endif

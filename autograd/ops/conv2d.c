@@ -25,6 +25,10 @@
  *   (conv2d_winograd.c; measurements at winograd_wide), over at least 256 output tiles
  *   (winograd_applies). DF_CONV_WINOGRAD=0 turns it off, =all takes it at every eligible shape.
  *
+ * Dtypes: F32; or BF16 x and w (bias F32 or BF16) with an F32 or BF16 output, forward only
+ * (docs/dtypes.md), in either activation layout, never Winograd (F32 only). The dtypes are part
+ * of every primitive key.
+ *
  * Layout: for plain tensors, DF_CONV_LAYOUT=any|nchw|nhwc picks the activation layout the
  * primitive is asked for (any = the primitive chooses, usually blocked nChw8c/16c; nchw/nhwc
  * force a plain layout, nhwc with reorders from and to our NCHW tensors). Weights are always
@@ -61,8 +65,9 @@ typedef struct conv_shape {
     df_conv2d_params p;
     bool bias; /* forward: has bias; backward weights: computes the bias gradient */
     int layout;
-    int in_block, out_block; /* df_tensor.block of x and y (0: plain NCHW) */
-    bool winograd;           /* Winograd applies (winograd_applies): conv2d_winograd.c */
+    int in_block, out_block;         /* df_tensor.block of x and y (0: plain NCHW) */
+    bool winograd;                   /* Winograd applies (winograd_applies): conv2d_winograd.c */
+    df_dtype in_dt, bias_dt, out_dt; /* x and w; bias; y (docs/dtypes.md) */
 } conv_shape;
 
 df_conv2d_params df_conv2d_default(void) {
@@ -88,7 +93,10 @@ static df_dnnl_key conv_key(int kind, const conv_shape *s) {
                    s->bias,
                    s->layout,
                    s->in_block,
-                   s->out_block};
+                   s->out_block,
+                   s->in_dt,
+                   s->bias_dt,
+                   s->out_dt};
     df_dnnl_key_push_n(&k, (int)(sizeof v / sizeof v[0]), v);
     return k;
 }
@@ -104,18 +112,20 @@ static void conv_mds_init(const conv_shape *s, conv_mds *m) {
     int64_t G = s->p.groups;
     int64_t w4[4] = {s->O, s->C / G, s->KH, s->KW};
     int64_t w5[5] = {G, s->O / G, s->C / G, s->KH, s->KW};
-    m->src_user = df_dnnl_md_act(src, s->in_block);
-    m->dst_user = df_dnnl_md_act(dst, s->out_block);
-    m->w_user = G > 1 ? df_dnnl_md_tag(5, w5, dnnl_goihw) : df_dnnl_md_tag(4, w4, dnnl_oihw);
-    m->b_user = df_dnnl_md_tag(1, &s->O, dnnl_x);
+    df_dtype in_dt = s->in_dt, out_dt = s->out_dt;
+    m->src_user = df_dnnl_md_act(in_dt, src, s->in_block);
+    m->dst_user = df_dnnl_md_act(out_dt, dst, s->out_block);
+    m->w_user =
+        G > 1 ? df_dnnl_md_tag(in_dt, 5, w5, dnnl_goihw) : df_dnnl_md_tag(in_dt, 4, w4, dnnl_oihw);
+    m->b_user = df_dnnl_md_tag(s->bias_dt, 1, &s->O, dnnl_x);
     dnnl_format_tag_t act = s->layout == LAYOUT_NCHW   ? dnnl_nchw
                             : s->layout == LAYOUT_NHWC ? dnnl_nhwc
                                                        : dnnl_format_tag_any;
     /* a channel-blocked tensor is the primitive's own layout: no reorder */
-    m->src = s->in_block ? m->src_user : df_dnnl_md_tag(4, src, act);
-    m->dst = s->out_block ? m->dst_user : df_dnnl_md_tag(4, dst, act);
-    m->w = G > 1 ? df_dnnl_md_tag(5, w5, dnnl_format_tag_any)
-                 : df_dnnl_md_tag(4, w4, dnnl_format_tag_any);
+    m->src = s->in_block ? m->src_user : df_dnnl_md_tag(in_dt, 4, src, act);
+    m->dst = s->out_block ? m->dst_user : df_dnnl_md_tag(out_dt, 4, dst, act);
+    m->w = G > 1 ? df_dnnl_md_tag(in_dt, 5, w5, dnnl_format_tag_any)
+                 : df_dnnl_md_tag(in_dt, 4, w4, dnnl_format_tag_any);
     m->b = m->b_user;
     int64_t in[2] = {s->H, s->W}, k[2] = {s->KH, s->KW}, out[2] = {s->OH, s->OW};
     for (int i = 0; i < 2; i++) {
@@ -229,10 +239,10 @@ int64_t df_conv2d_set_winograd_min_tiles(int64_t tiles) {
 static bool winograd_applies(const conv_shape *s) {
     const df_conv2d_params *p = &s->p;
     int64_t tiles = s->N * ((s->OH + 1) / 2) * ((s->OW + 1) / 2);
-    return !winograd_off && s->KH == 3 && s->KW == 3 && p->stride[0] == 1 && p->stride[1] == 1 &&
-           p->padding[0] == 1 && p->padding[1] == 1 && p->dilation[0] == 1 && p->dilation[1] == 1 &&
-           p->groups == 1 && s->in_block && s->out_block == s->in_block &&
-           tiles >= winograd_min_tiles;
+    return !winograd_off && s->in_dt == DF_DTYPE_F32 && s->out_dt == DF_DTYPE_F32 && s->KH == 3 &&
+           s->KW == 3 && p->stride[0] == 1 && p->stride[1] == 1 && p->padding[0] == 1 &&
+           p->padding[1] == 1 && p->dilation[0] == 1 && p->dilation[1] == 1 && p->groups == 1 &&
+           s->in_block && s->out_block == s->in_block && tiles >= winograd_min_tiles;
 }
 
 /* Whether the forward and backward-data passes take Winograd too: its 16 products per tile are
@@ -288,9 +298,11 @@ static void conv2d_backward(df_node *n, const df_tensor *g) {
 
 static const df_op conv2d_op = {"conv2d", conv2d_backward, NULL};
 
-df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p) {
-    DF_ASSERT_F32_ANY_LAYOUT("conv2d", x);
-    DF_ASSERT_F32("conv2d", w);
+df_tensor *df_conv2d_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p,
+                        df_dtype out_dt) {
+    DF_ASSERT_PLAIN("conv2d", w);
+    if (bias) DF_ASSERT_PLAIN("conv2d", bias);
+    df_dnnl_product_dtype("conv2d", 2, (df_tensor *[]){x, w}, bias, out_dt);
     char sx[64], sw[64], sb[64];
     df_shape_str(x, sx, sizeof sx);
     df_shape_str(w, sw, sizeof sw);
@@ -308,7 +320,10 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
                     .KH = w->shape[2],
                     .KW = w->shape[3],
                     .p = p,
-                    .bias = bias != NULL};
+                    .bias = bias != NULL,
+                    .in_dt = x->dtype,
+                    .bias_dt = bias ? bias->dtype : DF_DTYPE_F32,
+                    .out_dt = out_dt};
     DF_ASSERT(s.C % p.groups == 0 && s.O % p.groups == 0 && w->shape[1] == s.C / p.groups,
               "conv2d: x %s, weight %s, groups %d", sx, sw, p.groups);
     s.OH = (s.H + 2 * p.padding[0] - p.dilation[0] * (s.KH - 1) - 1) / p.stride[0] + 1;
@@ -317,7 +332,6 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
                   s.W + 2 * p.padding[1] >= p.dilation[1] * (s.KW - 1) + 1,
               "conv2d: kernel of weight %s larger than padded input %s", sw, sx);
     if (bias) {
-        DF_ASSERT_F32("conv2d", bias);
         DF_ASSERT(bias->ndim == 1 && bias->numel == s.O, "conv2d: bias %s for weight %s",
                   df_shape_str(bias, sb, sizeof sb), sw);
     }
@@ -327,7 +341,7 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
     s.in_block = x->block;
     s.out_block = (x->block || p.blocked_out) && block && s.O % block == 0 ? block : 0;
     s.winograd = winograd_applies(&s);
-    df_tensor *out = df_tensor_new(DF_DTYPE_F32, DF_DIMS(s.N, s.O, s.OH, s.OW));
+    df_tensor *out = df_tensor_new(out_dt, DF_DIMS(s.N, s.O, s.OH, s.OW));
     out->block = s.out_block;
     if (winograd_wide(&s) && out->numel > 0 && s.C > 0) {
         df_winograd_forward(df_f32(x), df_f32(w), bias ? df_f32(bias) : NULL, df_f32(out), s.N, s.C,
@@ -335,14 +349,18 @@ df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_para
     } else if (out->numel > 0 && s.C > 0) {
         df_dnnl_key k = conv_key(DF_DNNL_KIND_CONV_FWD, &s);
         df_dnnl_prim *prim = df_dnnl_prim_get(&k, fwd_build, &s);
-        void *ptrs[4] = {df_f32(x), df_f32(w)};
+        void *ptrs[4] = {x->data, w->data};
         int i = 2;
-        if (bias) ptrs[i++] = df_f32(bias);
-        ptrs[i] = df_f32(out);
+        if (bias) ptrs[i++] = bias->data;
+        ptrs[i] = out->data;
         df_dnnl_prim_run("conv2d", prim, ptrs);
         df_dnnl_prim_put(prim);
     }
     df_node *n = df_node_new_keep(&conv2d_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof s, 3u);
     if (n) *(conv_shape *)n->state = s;
     return out;
+}
+
+df_tensor *df_conv2d(df_tensor *x, df_tensor *w, df_tensor *bias, df_conv2d_params p) {
+    return df_conv2d_to(x, w, bias, p, x->dtype);
 }

@@ -45,9 +45,9 @@ static unsigned lnorm_flags(const lnorm_params *p) {
 static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl_arg_spec *args) {
     const lnorm_params *p = ctx;
     int64_t dims[2] = {p->M, p->D};
-    dnnl_memory_desc_t data = df_dnnl_md_tag(2, dims, dnnl_ab);
-    dnnl_memory_desc_t stat = df_dnnl_md_tag(1, &p->M, dnnl_a);
-    dnnl_memory_desc_t param = df_dnnl_md_tag(1, &p->D, dnnl_a);
+    dnnl_memory_desc_t data = df_dnnl_md_tag(DF_DTYPE_F32, 2, dims, dnnl_ab);
+    dnnl_memory_desc_t stat = df_dnnl_md_tag(DF_DTYPE_F32, 1, &p->M, dnnl_a);
+    dnnl_memory_desc_t param = df_dnnl_md_tag(DF_DTYPE_F32, 1, &p->D, dnnl_a);
     dnnl_layer_normalization_desc_t d;
     DF_DNNL_CHECK("layer_norm",
                   dnnl_layer_normalization_forward_desc_init(
@@ -71,9 +71,9 @@ static void fwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
 static void bwd_build(void *ctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl_arg_spec *args) {
     const lnorm_params *p = ctx;
     int64_t dims[2] = {p->M, p->D};
-    dnnl_memory_desc_t data = df_dnnl_md_tag(2, dims, dnnl_ab);
-    dnnl_memory_desc_t stat = df_dnnl_md_tag(1, &p->M, dnnl_a);
-    dnnl_memory_desc_t param = df_dnnl_md_tag(1, &p->D, dnnl_a);
+    dnnl_memory_desc_t data = df_dnnl_md_tag(DF_DTYPE_F32, 2, dims, dnnl_ab);
+    dnnl_memory_desc_t stat = df_dnnl_md_tag(DF_DTYPE_F32, 1, &p->M, dnnl_a);
+    dnnl_memory_desc_t param = df_dnnl_md_tag(DF_DTYPE_F32, 1, &p->D, dnnl_a);
     /* 2.6 implements backward_data only without affine flags; with them it is prop backward,
      * whose diff_scale / diff_shift go to a scratch buffer and are ignored (see (2), (3)) */
     lnorm_params h = *p;

@@ -11,6 +11,8 @@
  *     (3) db += sum_rows G     columns summed over rows in a fixed order (deterministic)
  *     a gradient this backward creates is written (=) instead (df_node_grad_dest)
  *   saved: nothing (x, W, b are the node's inputs).
+ *   dtypes: F32; or BF16 x and W (bias F32 or BF16) with an F32 or BF16 output, forward only
+ *   (docs/dtypes.md).
  */
 #include "autograd/dnnl_impl.h"
 
@@ -60,9 +62,11 @@ static void linear_backward(df_node *n, const df_tensor *g) {
 
 static const df_op linear_op = {"linear", linear_backward, NULL};
 
-df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
-    DF_ASSERT_F32("linear", x);
-    DF_ASSERT_F32("linear", w);
+df_tensor *df_linear_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_dtype out_dt) {
+    DF_ASSERT_PLAIN("linear", x);
+    DF_ASSERT_PLAIN("linear", w);
+    if (bias) DF_ASSERT_PLAIN("linear", bias);
+    df_dnnl_product_dtype("linear", 2, (df_tensor *[]){x, w}, bias, out_dt);
     char sx[64], sw[64], sb[64];
     DF_ASSERT(x->ndim >= 1 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1],
               "linear: x %s and weight %s (expected (..., in) and (out, in))",
@@ -70,21 +74,25 @@ df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
     linear_params p = {.in = w->shape[1], .out = w->shape[0]};
     p.M = p.in > 0 ? x->numel / p.in : 0;
     if (bias) {
-        DF_ASSERT_F32("linear", bias);
         DF_ASSERT(bias->numel == p.out && bias->ndim == 1, "linear: bias %s for weight %s",
                   df_shape_str(bias, sb, sizeof sb), df_shape_str(w, sw, sizeof sw));
     }
     int64_t out_shape[DF_MAX_DIMS];
     for (int i = 0; i < x->ndim - 1; i++) out_shape[i] = x->shape[i];
     out_shape[x->ndim - 1] = p.out;
-    df_tensor *out = df_tensor_new(DF_DTYPE_F32, x->ndim, out_shape);
+    df_tensor *out = df_tensor_new(out_dt, x->ndim, out_shape);
     if (out->numel > 0) {
         int64_t x_dims[2] = {p.M, p.in}, w_dims[2] = {p.out, p.in}, y_dims[2] = {p.M, p.out};
-        df_dnnl_mat xm = df_dnnl_mat_of(df_f32(x), 2, x_dims, false);
-        df_dnnl_mat wt = df_dnnl_mat_of(df_f32(w), 2, w_dims, true);
-        df_dnnl_matmul("linear", &xm, &wt, bias ? df_f32(bias) : NULL, df_f32(out), y_dims, false);
+        df_dnnl_mat xm = df_dnnl_mat_of_tensor(x, 2, x_dims, false);
+        df_dnnl_mat wt = df_dnnl_mat_of_tensor(w, 2, w_dims, true);
+        df_dnnl_matmul_dt("linear", &xm, &wt, bias ? bias->data : NULL,
+                          bias ? bias->dtype : DF_DTYPE_F32, out->data, out_dt, y_dims, false);
     }
     df_node *n = df_node_new_keep(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p, 3u);
     if (n) *(linear_params *)n->state = p;
     return out;
+}
+
+df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
+    return df_linear_to(x, w, bias, x->dtype);
 }

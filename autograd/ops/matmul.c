@@ -13,6 +13,7 @@
  *     (3) when an input's batch dims were broadcast, the product is made at the output's batch
  *         shape and summed over the broadcast dims, batches in a fixed order (deterministic).
  *   saved: nothing (a and b are the node's inputs; ops never mutate inputs).
+ *   dtypes: F32; or BF16 a and b with an F32 or BF16 output, forward only (docs/dtypes.md).
  */
 #include "autograd/dnnl_impl.h"
 
@@ -117,9 +118,10 @@ static void matmul_backward(df_node *n, const df_tensor *g) {
 
 static const df_op matmul_op = {"matmul", matmul_backward, NULL};
 
-df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
-    DF_ASSERT_F32("matmul", a);
-    DF_ASSERT_F32("matmul", b);
+df_tensor *df_matmul_to(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b, df_dtype out_dt) {
+    DF_ASSERT_PLAIN("matmul", a);
+    DF_ASSERT_PLAIN("matmul", b);
+    df_dnnl_product_dtype("matmul", 2, (df_tensor *[]){a, b}, NULL, out_dt);
     char sa[64], sb[64];
     DF_ASSERT(a->ndim >= 2 && b->ndim >= 2, "matmul: inputs need >= 2 dims, got %s and %s",
               df_shape_str(a, sa, sizeof sa), df_shape_str(b, sb, sizeof sb));
@@ -128,8 +130,8 @@ df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
     int nd = p.nd;
     pad_dims(a, nd, p.a_dims);
     pad_dims(b, nd, p.b_dims);
-    df_dnnl_mat am = df_dnnl_mat_of(df_f32(a), nd, p.a_dims, trans_a);
-    df_dnnl_mat bm = df_dnnl_mat_of(df_f32(b), nd, p.b_dims, trans_b);
+    df_dnnl_mat am = df_dnnl_mat_of_tensor(a, nd, p.a_dims, trans_a);
+    df_dnnl_mat bm = df_dnnl_mat_of_tensor(b, nd, p.b_dims, trans_b);
     DF_ASSERT(am.dims[nd - 1] == bm.dims[nd - 2], "matmul: %s%s x %s%s: inner dims %lld != %lld",
               df_shape_str(a, sa, sizeof sa), trans_a ? "^T" : "", df_shape_str(b, sb, sizeof sb),
               trans_b ? "^T" : "", (long long)am.dims[nd - 1], (long long)bm.dims[nd - 2]);
@@ -141,9 +143,15 @@ df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
     }
     p.c_dims[nd - 2] = am.dims[nd - 2];
     p.c_dims[nd - 1] = bm.dims[nd - 1];
-    df_tensor *out = df_tensor_new(DF_DTYPE_F32, nd, p.c_dims);
-    if (out->numel > 0) df_dnnl_matmul("matmul", &am, &bm, NULL, df_f32(out), p.c_dims, false);
+    df_tensor *out = df_tensor_new(out_dt, nd, p.c_dims);
+    if (out->numel > 0)
+        df_dnnl_matmul_dt("matmul", &am, &bm, NULL, DF_DTYPE_F32, out->data, out_dt, p.c_dims,
+                          false);
     df_node *n = df_node_new(&matmul_op, out, 2, (df_tensor *[]){a, b}, sizeof p);
     if (n) *(matmul_params *)n->state = p;
     return out;
+}
+
+df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
+    return df_matmul_to(a, b, trans_a, trans_b, a->dtype);
 }
