@@ -584,8 +584,8 @@ def peer_classes():
 
 def case_a(cls):
     return cls(sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+               down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
 
 
 def peak_rss_mib():
