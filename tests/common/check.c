@@ -136,3 +136,10 @@ int run_command(const char *cmdline, char *out, size_t len) {
     int status = pclose(p);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+void expect_status(df_status got, df_status want, const char *must_contain) {
+    cr_assert_eq(got, want, "status %s, expected %s (%s)", df_status_name(got),
+                 df_status_name(want), df_last_error());
+    cr_assert(strstr(df_last_error(), must_contain), "message '%s' lacks '%s'", df_last_error(),
+              must_contain);
+}

@@ -16,6 +16,8 @@ void check_close_f32(const char *label, const float *got, const float *want, int
 /* As check_close_f32 for two tensors of equal shape (converted to F32). */
 void check_close(const char *label, const df_tensor *got, const df_tensor *want, double atol,
                  double rtol);
+/* Asserts a call returned `want` and that df_last_error() contains must_contain. */
+void expect_status(df_status got, df_status want, const char *must_contain);
 /* The relative error used by the parity issues: max |got - want| / max |want|. */
 double rel_max_err(const df_tensor *got, const df_tensor *want);
 
@@ -45,5 +47,16 @@ df_st_file *fixture_open(const char *relpath);
 /* Tensor `name` of fixture <relpath>: float dtypes converted to F32, integer dtypes kept. Fails
  * the test when the file or the tensor is missing or unreadable. A new reference (scope rule). */
 df_tensor *fixture_tensor(const char *relpath, const char *name);
+
+/* Model fixtures (tests/common/fixture_models.c). fixture_component loads the component folder
+ * tests/fixtures/models/<name>; fixture_main_output runs it on that folder's committed inputs
+ * (the probes left out) and returns its main output (scope rule); fixture_ddpm_pipeline makes
+ * a DDPMPipeline folder at dir from the tiny UNet2DModel fixture (unet/, its inputs too, and a
+ * PNDM scheduler/). */
+void fixture_component(const char *name, df_component *comp);
+df_tensor *fixture_main_output(df_component *comp, const char *name);
+void fixture_ddpm_pipeline(const char *dir);
+/* A file's bytes, NUL-terminated, malloc'd (free it), length in *len; NULL when unreadable. */
+char *read_whole_file(const char *path, size_t *len);
 
 #endif

@@ -24,19 +24,13 @@ static df_tensor *shift_forward(df_adapter *a, const void *module, df_module_kin
     return df_add(y, s);
 }
 
-static void load(const char *name, df_component *comp) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/%s", fixture_path("models"), name);
-    cr_assert_eq(df_component_load(dir, comp), DF_OK, "%s", df_last_error());
-}
-
 static const char *const MODELS[] = {"unet2d_tiny", "unet2dcond_tiny", "unet2dcond_tiny_linear",
                                      "vae_tiny", "clip_text_tiny"};
 
 Test(nn_adapter, every_module_is_in_the_table_with_its_weights) {
     for (size_t k = 0; k < sizeof MODELS / sizeof MODELS[0]; k++) {
         df_component comp;
-        load(MODELS[k], &comp);
+        fixture_component(MODELS[k], &comp);
         const df_params *r = comp.params;
         int n_weights = 0;
         for (int i = 0; i < r->n; i++) {
@@ -69,7 +63,7 @@ Test(nn_adapter, every_module_is_in_the_table_with_its_weights) {
 
 Test(nn_adapter, globs_find_modules_by_diffusers_name) {
     df_component comp;
-    load("unet2dcond_tiny", &comp);
+    fixture_component("unet2dcond_tiny", &comp);
     const df_module_ref *hits[64];
     int n_q = df_modules_match(comp.params, "*attn1.to_q", hits, 64);
     cr_assert(n_q > 0);
@@ -85,32 +79,12 @@ Test(nn_adapter, globs_find_modules_by_diffusers_name) {
     df_component_free(&comp);
 }
 
-/* The main output of a fixture model for its committed inputs (scope rule). */
-static df_tensor *run(df_component *comp, const char *name) {
-    char rel[512];
-    snprintf(rel, sizeof rel, "models/%s/inputs.safetensors", name);
-    df_st_file *in = fixture_open(rel);
-    df_named inputs[8], outputs[DF_COMPONENT_MAX_OUTPUTS];
-    int n_in = 0, n_out = 0;
-    for (int i = 0; i < df_st_count(in); i++) {
-        const df_st_info *info = df_st_info_at(in, i);
-        if (strncmp(info->name, "probe", 5) == 0) continue;
-        inputs[n_in++] = (df_named){info->name, fixture_tensor(rel, info->name)};
-    }
-    cr_assert_eq(df_component_forward(comp, inputs, n_in, outputs, &n_out), DF_OK, "%s",
-                 df_last_error());
-    for (int i = 0; i < n_out; i++)
-        if (strcmp(outputs[i].name, df_component_main_output(comp)) == 0) return outputs[i].tensor;
-    cr_assert_fail("no main output");
-    return NULL;
-}
-
 Test(nn_adapter, a_zero_adapter_changes_nothing) {
     const char *name = "unet2dcond_tiny";
     df_component comp;
-    load(name, &comp);
+    fixture_component(name, &comp);
     df_scope s = df_scope_begin();
-    df_tensor *before = df_tensor_clone(run(&comp, name));
+    df_tensor *before = df_tensor_clone(fixture_main_output(&comp, name));
     const df_module_ref *hits[256];
     int n = df_modules_match(comp.params, "*", hits, 256);
     cr_assert(n > 0 && n <= 256);
@@ -122,13 +96,14 @@ Test(nn_adapter, a_zero_adapter_changes_nothing) {
         ads[i] = (shift_adapter){{shift_forward}, df_zeros(DF_DTYPE_F32, 1, w->shape)};
         df_module_attach(hits[i], &ads[i].base);
     }
-    df_tensor *after = run(&comp, name);
+    df_tensor *after = fixture_main_output(&comp, name);
     check_close("zero adapters on every module", after, before, 0, 0);
     /* a non-zero shift on one module changes the output */
     df_f32(ads[0].shift)[0] = 0.5f;
-    cr_assert(rel_max_err(run(&comp, name), before) > 1e-4, "the adapter is applied");
+    cr_assert(rel_max_err(fixture_main_output(&comp, name), before) > 1e-4,
+              "the adapter is applied");
     df_modules_detach_all(comp.params);
-    check_close("detached", run(&comp, name), before, 0, 0);
+    check_close("detached", fixture_main_output(&comp, name), before, 0, 0);
     df_scope_end(s);
     free(ads);
     df_component_free(&comp);
@@ -144,12 +119,12 @@ static df_tensor *model_of_shifts(df_tensor **in, void *user) {
     grad_ctx *g = user;
     g->ads[0].shift = in[0];
     g->ads[1].shift = in[1];
-    return run(g->comp, "unet2dcond_tiny");
+    return fixture_main_output(g->comp, "unet2dcond_tiny");
 }
 
 Test(nn_adapter, adapter_gradients_by_finite_differences) {
     df_component comp;
-    load("unet2dcond_tiny", &comp);
+    fixture_component("unet2dcond_tiny", &comp);
     const df_module_ref *q[1], *c[1];
     cr_assert(df_modules_match(comp.params, "*attn1.to_q", q, 1) > 0);
     cr_assert(df_modules_match(comp.params, "conv_in", c, 1) == 1);

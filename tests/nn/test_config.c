@@ -34,13 +34,6 @@ static const char *write_file(const char *name, const char *text) {
     return path;
 }
 
-static void expect_error(df_status got, df_status want, const char *must_contain) {
-    cr_assert_eq(got, want, "status %s, expected %s (%s)", df_status_name(got),
-                 df_status_name(want), df_last_error());
-    cr_assert(strstr(df_last_error(), must_contain), "message '%s' lacks '%s'", df_last_error(),
-              must_contain);
-}
-
 TestSuite(nn_config, .init = setup, .fini = teardown);
 
 Test(nn_config, defaults_when_fields_absent) {
@@ -68,23 +61,23 @@ Test(nn_config, heads_from_attention_head_dim) {
 
 Test(nn_config, wrong_type_names_file_and_field) {
     df_unet2d_config c;
-    expect_error(
+    expect_status(
         df_unet2d_config_load(write_file("config.json", "{\"layers_per_block\": \"two\"}"), &c),
         DF_ERR_FORMAT, "'layers_per_block'");
     cr_assert(strstr(df_last_error(), "config.json"));
-    expect_error(
+    expect_status(
         df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 1.5]}"), &c),
         DF_ERR_FORMAT, "'block_out_channels'");
-    expect_error(df_unet2d_config_load(write_file("c.json", "{\"norm_eps\": true}"), &c),
-                 DF_ERR_FORMAT, "'norm_eps'");
+    expect_status(df_unet2d_config_load(write_file("c.json", "{\"norm_eps\": true}"), &c),
+                  DF_ERR_FORMAT, "'norm_eps'");
 }
 
 Test(nn_config, inconsistent_lists) {
     df_unet2d_config c;
-    expect_error(
+    expect_status(
         df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 64]}"), &c),
         DF_ERR_FORMAT, "same non-zero length");
-    expect_error(
+    expect_status(
         df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [30, 60, 90, 120], "
                                                    "\"norm_num_groups\": 32}"),
                               &c),
@@ -93,23 +86,23 @@ Test(nn_config, inconsistent_lists) {
 
 Test(nn_config, unsupported_features_refused) {
     df_unet2d_cond_config c;
-    expect_error(df_unet2d_cond_config_load(
-                     write_file("c.json", "{\"class_embed_type\": \"timestep\"}"), &c),
-                 DF_ERR_UNSUPPORTED, "'class_embed_type'");
+    expect_status(df_unet2d_cond_config_load(
+                      write_file("c.json", "{\"class_embed_type\": \"timestep\"}"), &c),
+                  DF_ERR_UNSUPPORTED, "'class_embed_type'");
     df_vae_config v;
-    expect_error(df_vae_config_load(write_file("c.json", "{\"act_fn\": \"relu\"}"), &v),
-                 DF_ERR_UNSUPPORTED, "'act_fn'");
+    expect_status(df_vae_config_load(write_file("c.json", "{\"act_fn\": \"relu\"}"), &v),
+                  DF_ERR_UNSUPPORTED, "'act_fn'");
 }
 
 Test(nn_config, malformed_json_gives_line) {
     df_vae_config v;
-    expect_error(df_vae_config_load(write_file("c.json", "{\n\"a\": 1,\n\"b\": }"), &v),
-                 DF_ERR_FORMAT, "c.json:3");
-    expect_error(df_vae_config_load(write_file("c.json", "[1, 2]"), &v), DF_ERR_FORMAT,
-                 "not a JSON object");
+    expect_status(df_vae_config_load(write_file("c.json", "{\n\"a\": 1,\n\"b\": }"), &v),
+                  DF_ERR_FORMAT, "c.json:3");
+    expect_status(df_vae_config_load(write_file("c.json", "[1, 2]"), &v), DF_ERR_FORMAT,
+                  "not a JSON object");
     char missing[300];
     snprintf(missing, sizeof missing, "%s/absent.json", tmpdir);
-    expect_error(df_vae_config_load(missing, &v), DF_ERR_IO, "absent.json");
+    expect_status(df_vae_config_load(missing, &v), DF_ERR_IO, "absent.json");
 }
 
 /* A two-parameter registry and files that differ from it in one way each. */
@@ -146,15 +139,15 @@ Test(nn_config, load_rules) {
 
     const char *missing =
         save("missing.safetensors", 1, (const char *[]){"conv_in.weight"}, (df_tensor *[]){b});
-    expect_error(df_params_load(&r, missing, NULL), DF_ERR_NOTFOUND,
-                 "mid_block.attentions.0.to_q.weight");
+    expect_status(df_params_load(&r, missing, NULL), DF_ERR_NOTFOUND,
+                  "mid_block.attentions.0.to_q.weight");
     cr_assert(strstr(df_last_error(), "missing.safetensors"));
 
     const char *shape =
         save("shape.safetensors", 2,
              (const char *[]){"mid_block.attentions.0.to_q.weight", "conv_in.weight"},
              (df_tensor *[]){a, wrong});
-    expect_error(df_params_load(&r, shape, NULL), DF_ERR_FORMAT, "'conv_in.weight' has shape [4]");
+    expect_status(df_params_load(&r, shape, NULL), DF_ERR_FORMAT, "'conv_in.weight' has shape [4]");
     df_tensor_free(a);
     df_tensor_free(b);
     df_tensor_free(wrong);

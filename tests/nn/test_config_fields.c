@@ -42,13 +42,6 @@ static const char *write_file(const char *name, const char *text) {
     return path;
 }
 
-static void expect_error(df_status got, df_status want, const char *must_contain) {
-    cr_assert_eq(got, want, "status %s, expected %s (%s)", df_status_name(got),
-                 df_status_name(want), df_last_error());
-    cr_assert(strstr(df_last_error(), must_contain), "message '%s' lacks '%s'", df_last_error(),
-              must_contain);
-}
-
 static df_status parse_unet2d(const char *text, df_unet2d_config *c) {
     df_json j;
     DF_TRY(df_json_parse(text, strlen(text), "unet/config.json", &j));
@@ -98,9 +91,9 @@ Test(nn_config_fields, sample_size_int_list_or_null) {
     df_vae_config v;
     cr_assert_eq(parse_vae("{\"sample_size\": [512, 768]}", &v), DF_OK, "%s", df_last_error());
     cr_assert(v.sample_size == 512 && v.sample_width == 768);
-    expect_error(parse_unet2d("{\"sample_size\": [8, 16, 4]}", &u), DF_ERR_FORMAT, "sample_size");
-    expect_error(parse_unet2d("{\"sample_size\": [8]}", &u), DF_ERR_FORMAT, "sample_size");
-    expect_error(parse_cond("{\"sample_size\": -3}", &c), DF_ERR_FORMAT, "sample_size");
+    expect_status(parse_unet2d("{\"sample_size\": [8, 16, 4]}", &u), DF_ERR_FORMAT, "sample_size");
+    expect_status(parse_unet2d("{\"sample_size\": [8]}", &u), DF_ERR_FORMAT, "sample_size");
+    expect_status(parse_cond("{\"sample_size\": -3}", &c), DF_ERR_FORMAT, "sample_size");
 
     /* the list form survives a save */
     cr_assert_eq(parse_unet2d("{\"sample_size\": [8, 16]}", &u), DF_OK);
@@ -136,12 +129,12 @@ Test(nn_config_fields, scale_shift_mid_attention_has_no_group_norm) {
 Test(nn_config_fields, time_scale_shift_values_refused_by_name) {
     df_unet2d_config u;
     df_unet2d_cond_config c;
-    expect_error(parse_unet2d("{\"resnet_time_scale_shift\": \"ada_group\"}", &u),
-                 DF_ERR_UNSUPPORTED, "'ada_group'");
-    expect_error(parse_cond("{\"resnet_time_scale_shift\": \"spatial\"}", &c), DF_ERR_UNSUPPORTED,
-                 "'spatial'");
-    expect_error(parse_cond("{\"resnet_time_scale_shift\": \"foo\"}", &c), DF_ERR_FORMAT,
-                 "resnet_time_scale_shift");
+    expect_status(parse_unet2d("{\"resnet_time_scale_shift\": \"ada_group\"}", &u),
+                  DF_ERR_UNSUPPORTED, "'ada_group'");
+    expect_status(parse_cond("{\"resnet_time_scale_shift\": \"spatial\"}", &c), DF_ERR_UNSUPPORTED,
+                  "'spatial'");
+    expect_status(parse_cond("{\"resnet_time_scale_shift\": \"foo\"}", &c), DF_ERR_FORMAT,
+                  "resnet_time_scale_shift");
 }
 
 Test(nn_config_fields, null_means_none_or_is_refused) {
@@ -160,13 +153,14 @@ Test(nn_config_fields, null_means_none_or_is_refused) {
     /* diffusers cannot build GroupNorm(None): refused, naming the field */
     df_unet2d_config u;
     df_vae_config v;
-    expect_error(parse_cond("{\"norm_num_groups\": null}", &c), DF_ERR_FORMAT, "'norm_num_groups'");
-    expect_error(parse_unet2d("{\"norm_num_groups\": null}", &u), DF_ERR_FORMAT,
-                 "'norm_num_groups'");
-    expect_error(parse_vae("{\"norm_num_groups\": null}", &v), DF_ERR_FORMAT, "'norm_num_groups'");
-    expect_error(parse_unet2d("{\"in_channels\": null}", &u), DF_ERR_FORMAT, "'in_channels'");
-    expect_error(parse_cond("{\"layers_per_block\": null}", &c), DF_ERR_FORMAT,
-                 "'layers_per_block'");
+    expect_status(parse_cond("{\"norm_num_groups\": null}", &c), DF_ERR_FORMAT,
+                  "'norm_num_groups'");
+    expect_status(parse_unet2d("{\"norm_num_groups\": null}", &u), DF_ERR_FORMAT,
+                  "'norm_num_groups'");
+    expect_status(parse_vae("{\"norm_num_groups\": null}", &v), DF_ERR_FORMAT, "'norm_num_groups'");
+    expect_status(parse_unet2d("{\"in_channels\": null}", &u), DF_ERR_FORMAT, "'in_channels'");
+    expect_status(parse_cond("{\"layers_per_block\": null}", &c), DF_ERR_FORMAT,
+                  "'layers_per_block'");
     /* fields whose None diffusers accepts */
     cr_assert_eq(parse_cond("{\"time_embedding_dim\": null, \"class_embed_type\": null, "
                             "\"cross_attention_norm\": null, \"num_attention_heads\": null}",
@@ -191,10 +185,10 @@ Test(nn_config_fields, only_cross_attention_bool_or_list) {
     cr_assert(c.only_cross_attention[0] && !c.only_cross_attention[1]);
     cr_assert_eq(parse_cond("{" TINY_COND ", \"only_cross_attention\": true}", &c), DF_OK);
     cr_assert(c.only_cross_attention[0] && c.only_cross_attention[1]);
-    expect_error(parse_cond("{" TINY_COND ", \"only_cross_attention\": [true]}", &c), DF_ERR_FORMAT,
-                 "only_cross_attention");
-    expect_error(parse_cond("{" TINY_COND ", \"only_cross_attention\": [1, 0]}", &c), DF_ERR_FORMAT,
-                 "only_cross_attention");
+    expect_status(parse_cond("{" TINY_COND ", \"only_cross_attention\": [true]}", &c),
+                  DF_ERR_FORMAT, "only_cross_attention");
+    expect_status(parse_cond("{" TINY_COND ", \"only_cross_attention\": [1, 0]}", &c),
+                  DF_ERR_FORMAT, "only_cross_attention");
 }
 
 Test(nn_config_fields, unsupported_values_refused_by_name) {
@@ -219,17 +213,17 @@ Test(nn_config_fields, unsupported_values_refused_by_name) {
         cr_assert(strstr(df_last_error(), "unet/config.json"), "%s", df_last_error());
     }
     df_unet2d_config u;
-    expect_error(parse_unet2d("{\"down_block_types\": [\"SkipDownBlock2D\", \"DownBlock2D\", "
-                              "\"DownBlock2D\", \"DownBlock2D\"]}",
-                              &u),
-                 DF_ERR_UNSUPPORTED,
-                 "unet/config.json: field 'down_block_types' / "
-                 "'up_block_types': UNet2DModel: down block type "
-                 "'SkipDownBlock2D'");
-    expect_error(parse_unet2d("{\"downsample_type\": \"resnet\"}", &u), DF_ERR_UNSUPPORTED,
-                 "downsample_type");
-    expect_error(parse_unet2d("{\"num_class_embeds\": 10}", &u), DF_ERR_UNSUPPORTED,
-                 "num_class_embeds");
+    expect_status(parse_unet2d("{\"down_block_types\": [\"SkipDownBlock2D\", \"DownBlock2D\", "
+                               "\"DownBlock2D\", \"DownBlock2D\"]}",
+                               &u),
+                  DF_ERR_UNSUPPORTED,
+                  "unet/config.json: field 'down_block_types' / "
+                  "'up_block_types': UNet2DModel: down block type "
+                  "'SkipDownBlock2D'");
+    expect_status(parse_unet2d("{\"downsample_type\": \"resnet\"}", &u), DF_ERR_UNSUPPORTED,
+                  "downsample_type");
+    expect_status(parse_unet2d("{\"num_class_embeds\": 10}", &u), DF_ERR_UNSUPPORTED,
+                  "num_class_embeds");
     /* fields that only refused blocks read: accepted, no effect (as upstream) */
     cr_assert_eq(parse_cond("{\"resnet_skip_time_act\": true, \"resnet_out_scale_factor\": 2.0, "
                             "\"cross_attention_norm\": \"group_norm\", "
@@ -261,7 +255,7 @@ Test(nn_config_fields, absurd_sizes_refused_before_allocating) {
     }
     /* layers_per_block 0 passes a block's input on: only between equal widths (diffusers'
      * downsampler asserts otherwise); parity with 0 in models::unet2d_fields_b */
-    expect_error(
+    expect_status(
         parse_unet2d("{\"layers_per_block\": 0, \"block_out_channels\": [8, 16], "
                      "\"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\", "
                      "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"]}",
@@ -274,41 +268,41 @@ Test(nn_config_fields, absurd_sizes_refused_before_allocating) {
                      &u),
         DF_OK, "%s", df_last_error());
     df_unet2d_cond_config c;
-    expect_error(parse_cond("{\"transformer_layers_per_block\": 100000}", &c), DF_ERR_FORMAT,
-                 "transformer_layers_per_block");
-    expect_error(parse_cond("{\"layers_per_block\": [2, 2, -1, 2]}", &c), DF_ERR_FORMAT,
-                 "layers_per_block");
-    expect_error(parse_cond("{\"cross_attention_dim\": 0}", &c), DF_ERR_FORMAT,
-                 "cross_attention_dim");
-    expect_error(parse_cond("{\"conv_in_kernel\": 1001}", &c), DF_ERR_FORMAT, "conv_in_kernel");
+    expect_status(parse_cond("{\"transformer_layers_per_block\": 100000}", &c), DF_ERR_FORMAT,
+                  "transformer_layers_per_block");
+    expect_status(parse_cond("{\"layers_per_block\": [2, 2, -1, 2]}", &c), DF_ERR_FORMAT,
+                  "layers_per_block");
+    expect_status(parse_cond("{\"cross_attention_dim\": 0}", &c), DF_ERR_FORMAT,
+                  "cross_attention_dim");
+    expect_status(parse_cond("{\"conv_in_kernel\": 1001}", &c), DF_ERR_FORMAT, "conv_in_kernel");
     df_vae_config v;
-    expect_error(parse_vae("{\"latent_channels\": 100000000}", &v), DF_ERR_FORMAT,
-                 "latent_channels");
+    expect_status(parse_vae("{\"latent_channels\": 100000000}", &v), DF_ERR_FORMAT,
+                  "latent_channels");
     df_clip_text_config t;
     df_json j;
     const char *clip = "{\"vocab_size\": 2000000000, \"hidden_size\": 64}";
     cr_assert_eq(df_json_parse(clip, strlen(clip), "text_encoder/config.json", &j), DF_OK);
-    expect_error(df_clip_text_config_from_json(&j, &t), DF_ERR_FORMAT, "vocab_size");
+    expect_status(df_clip_text_config_from_json(&j, &t), DF_ERR_FORMAT, "vocab_size");
     df_json_free(&j);
 
     /* configs built in code reach the same limits through *_init */
     df_unet2d_config big = df_unet2d_config_default();
     big.layers_per_block = 1000000;
     df_unet2d m;
-    expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
-                 "layers_per_block");
+    expect_status(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
+                  "layers_per_block");
     big = df_unet2d_config_default();
     big.block_out_channels[0] = 1 << 20;
-    expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
-                 "block width");
+    expect_status(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
+                  "block width");
     big = df_unet2d_config_default();
     big.layers_per_block = 0; /* widths 224 -> 448 with no resnet between */
-    expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
-                 "no resnet");
+    expect_status(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
+                  "no resnet");
     big = df_unet2d_config_default();
     big.attention_head_dim = 4096;
-    expect_error(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
-                 "attention_head_dim");
+    expect_status(df_unet2d_init(&m, &big, (df_init){.shapes_only = true}), DF_ERR_INVALID,
+                  "attention_head_dim");
 }
 
 /* A component folder: config.json with `config` and the weights of a tiny fixture. */
@@ -339,7 +333,7 @@ Test(nn_config_fields, config_disagreeing_with_weights_refused_before_allocating
                              "\"up_block_types\": [\"AttnUpBlock2D\", \"UpBlock2D\"]}",
                              "models/unet2d_tiny/diffusion_pytorch_model.safetensors");
     df_component comp;
-    expect_error(df_component_load(dir, &comp), DF_ERR_FORMAT, "in the file but");
+    expect_status(df_component_load(dir, &comp), DF_ERR_FORMAT, "in the file but");
     df_component_free(&comp);
     /* a config with more layers than the file: the first disagreeing tensor, named */
     dir = folder("deep",
@@ -348,11 +342,11 @@ Test(nn_config_fields, config_disagreeing_with_weights_refused_before_allocating
                  "\"down_block_types\": [\"DownBlock2D\", \"AttnDownBlock2D\"], "
                  "\"up_block_types\": [\"AttnUpBlock2D\", \"UpBlock2D\"]}",
                  "models/unet2d_tiny/diffusion_pytorch_model.safetensors");
-    expect_error(df_component_load(dir, &comp), DF_ERR_FORMAT, "up_blocks.0.resnets.1");
+    expect_status(df_component_load(dir, &comp), DF_ERR_FORMAT, "up_blocks.0.resnets.1");
     df_component_free(&comp);
     /* no weights at all */
     dir = folder("empty", "{\"_class_name\": \"UNet2DModel\"}", NULL);
-    expect_error(df_component_load(dir, &comp), DF_ERR_NOTFOUND, "diffusion_pytorch_model");
+    expect_status(df_component_load(dir, &comp), DF_ERR_NOTFOUND, "diffusion_pytorch_model");
     df_component_free(&comp);
 }
 
@@ -388,22 +382,22 @@ Test(nn_config_fields, spatial_sizes_handled_or_refused) {
     snprintf(dir, sizeof dir, "%s", fixture_path("models/unet2d_tiny"));
     cr_assert_eq(df_component_load(dir, &comp), DF_OK, "%s", df_last_error());
     cr_assert_eq(forward_size(&comp, 3, 16, 8), DF_OK, "%s", df_last_error());
-    expect_error(forward_size(&comp, 3, 9, 9), DF_ERR_INVALID, "not a multiple of 2");
-    expect_error(forward_size(&comp, 3, 16, 0), DF_ERR_INVALID, "width 0");
-    expect_error(forward_size(&comp, 3, 100000, 2), DF_ERR_INVALID, "height 100000");
-    expect_error(forward_size(&comp, 5, 8, 8), DF_ERR_INVALID, "(N, 3, H, W)");
+    expect_status(forward_size(&comp, 3, 9, 9), DF_ERR_INVALID, "not a multiple of 2");
+    expect_status(forward_size(&comp, 3, 16, 0), DF_ERR_INVALID, "width 0");
+    expect_status(forward_size(&comp, 3, 100000, 2), DF_ERR_INVALID, "height 100000");
+    expect_status(forward_size(&comp, 5, 8, 8), DF_ERR_INVALID, "(N, 3, H, W)");
     df_component_free(&comp);
     /* UNet2DConditionModel: any side (upsample_size); parity at 9 x 7 is in test_models.c */
     snprintf(dir, sizeof dir, "%s", fixture_path("models/unet2dcond_tiny"));
     cr_assert_eq(df_component_load(dir, &comp), DF_OK, "%s", df_last_error());
     cr_assert_eq(forward_size(&comp, 4, 9, 7), DF_OK, "%s", df_last_error());
     cr_assert_eq(forward_size(&comp, 4, 1, 3), DF_OK, "%s", df_last_error());
-    expect_error(forward_size(&comp, 4, 0, 3), DF_ERR_INVALID, "height 0");
+    expect_status(forward_size(&comp, 4, 0, 3), DF_ERR_INVALID, "height 0");
     df_component_free(&comp);
     /* AutoencoderKL: each encoder downsampler needs a side of 2 */
     snprintf(dir, sizeof dir, "%s", fixture_path("models/vae_tiny"));
     cr_assert_eq(df_component_load(dir, &comp), DF_OK, "%s", df_last_error());
     cr_assert_eq(forward_size(&comp, 3, 9, 7), DF_OK, "%s", df_last_error());
-    expect_error(forward_size(&comp, 3, 1, 8), DF_ERR_INVALID, "height 1");
+    expect_status(forward_size(&comp, 3, 1, 8), DF_ERR_INVALID, "height 1");
     df_component_free(&comp);
 }

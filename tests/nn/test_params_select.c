@@ -11,28 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void load(const char *name, df_component *comp) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/%s", fixture_path("models"), name);
-    cr_assert_eq(df_component_load(dir, comp), DF_OK, "%s", df_last_error());
-}
-
-static df_tensor *fixture_main_output(df_component *comp, const char *name) {
-    char rel[512];
-    snprintf(rel, sizeof rel, "models/%s/inputs.safetensors", name);
-    df_st_file *in = fixture_open(rel);
-    df_named inputs[8], outputs[DF_COMPONENT_MAX_OUTPUTS];
-    int n_in = 0, n_out = 0;
-    for (int i = 0; i < df_st_count(in); i++) {
-        const df_st_info *info = df_st_info_at(in, i);
-        if (strncmp(info->name, "probe", 5) == 0) continue;
-        inputs[n_in++] = (df_named){info->name, fixture_tensor(rel, info->name)};
-    }
-    cr_assert_eq(df_component_forward(comp, inputs, n_in, outputs, &n_out), DF_OK, "%s",
-                 df_last_error());
-    return outputs[0].tensor;
-}
-
 static int64_t padded_numel(const df_params *r, bool trainable) {
     int64_t n = 0;
     for (int i = 0; i < r->n; i++)
@@ -42,7 +20,7 @@ static int64_t padded_numel(const df_params *r, bool trainable) {
 
 Test(nn_params_select, flatten_gives_gradients_to_the_trainable_only) {
     df_component comp;
-    load("unet2dcond_tiny", &comp);
+    fixture_component("unet2dcond_tiny", &comp);
     df_params *r = comp.params;
     df_tensor **before = malloc((size_t)r->n * sizeof *before);
     for (int i = 0; i < r->n; i++) before[i] = df_tensor_clone(r->items[i].tensor);
@@ -73,7 +51,7 @@ Test(nn_params_select, flatten_gives_gradients_to_the_trainable_only) {
 
 Test(nn_params_select, a_frozen_model_records_no_tape) {
     df_component comp;
-    load("unet2d_tiny", &comp);
+    fixture_component("unet2d_tiny", &comp);
     cr_assert_eq(df_params_freeze(comp.params), DF_OK);
     cr_assert_eq(comp.params->flat.numel, 0);
     df_scope s = df_scope_begin();
@@ -91,8 +69,8 @@ static char *temp_file(const char *name) {
 
 Test(nn_params_select, save_a_selection_and_load_it_on_top) {
     df_component a, b;
-    load("unet2dcond_tiny", &a);
-    load("unet2dcond_tiny", &b);
+    fixture_component("unet2dcond_tiny", &a);
+    fixture_component("unet2dcond_tiny", &b);
     /* a's attention projections differ from b's */
     const df_param_select proj = {.glob = "*attn*.to_[qkv].weight"};
     int n_sel = 0;
@@ -145,8 +123,8 @@ Test(nn_params_select, save_a_selection_and_load_it_on_top) {
 
 Test(nn_params_select, a_partial_file_of_another_shape_is_an_error) {
     df_component a, b;
-    load("unet2dcond_tiny", &a);
-    load("unet2d_tiny", &b);
+    fixture_component("unet2dcond_tiny", &a);
+    fixture_component("unet2d_tiny", &b);
     const char *path = temp_file("conv_in.safetensors");
     cr_assert_eq(df_params_save_select(b.params, path, &(df_param_select){.prefix = "conv_in."}),
                  DF_OK);

@@ -9,9 +9,7 @@
 #include <string.h>
 
 static df_unet2d_cond *load(df_component *comp) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/unet2dcond_tiny", fixture_path("models"));
-    cr_assert_eq(df_component_load(dir, comp), DF_OK, "%s", df_last_error());
+    fixture_component("unet2dcond_tiny", comp);
     cr_assert(comp->unet2d_cond);
     return comp->unet2d_cond;
 }

@@ -19,33 +19,12 @@ static int run(const char *args, char *out, size_t len) {
     return run_command(cmd, out, len);
 }
 
-static void copy(const char *from, const char *to) {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
-    cr_assert_eq(system(cmd), 0);
-}
-
 static void setup(void) {
     snprintf(dir, sizeof dir, "/tmp/df_sample_XXXXXX");
     cr_assert(mkdtemp(dir));
     char path[512];
-    snprintf(path, sizeof path, "%s/pipe/unet", dir);
-    cr_assert_eq(df_mkdirs(path), DF_OK);
-    snprintf(path, sizeof path, "%s/pipe/scheduler", dir);
-    cr_assert_eq(df_mkdirs(path), DF_OK);
-    snprintf(path, sizeof path, "%s/pipe/unet/config.json", dir);
-    copy(fixture_path("models/unet2d_tiny/config.json"), path);
-    snprintf(path, sizeof path, "%s/pipe/unet/diffusion_pytorch_model.safetensors", dir);
-    copy(fixture_path("models/unet2d_tiny/diffusion_pytorch_model.safetensors"), path);
-    snprintf(path, sizeof path, "%s/pipe/scheduler/scheduler_config.json", dir);
-    copy(fixture_path("schedulers/sd15/scheduler_config.json"), path);
-    snprintf(path, sizeof path, "%s/pipe/model_index.json", dir);
-    FILE *f = fopen(path, "w");
-    fputs("{\"_class_name\": \"DDPMPipeline\", \"_diffusers_version\": \"0.21.4\", "
-          "\"scheduler\": [\"diffusers\", \"PNDMScheduler\"], \"unet\": [\"diffusers\", "
-          "\"UNet2DModel\"]}\n",
-          f);
-    fclose(f);
+    snprintf(path, sizeof path, "%s/pipe", dir);
+    fixture_ddpm_pipeline(path);
 }
 
 static void teardown(void) {

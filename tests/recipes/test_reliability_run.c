@@ -96,18 +96,9 @@ static bool exists(const char *rel) {
 }
 
 static char *slurp(const char *rel, size_t *len) {
-    char path[600];
+    char path[1024];
     snprintf(path, sizeof path, "%s/%s", root, rel);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    b[*len] = '\0';
-    fclose(f);
-    return b;
+    return read_whole_file(path, len);
 }
 
 static void expect_same(const char *a, const char *b) {

@@ -98,25 +98,12 @@ static int train(const char *out, const char *extra, char *buf, size_t len) {
     return train_threads(2, out, extra, buf, len);
 }
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    b[*len] = '\0';
-    fclose(f);
-    return b;
-}
-
 /* metrics.jsonl without the timing field (it_s), which differs run to run. */
 static char *losses_of(const char *run) {
     char path[512];
     size_t len;
     snprintf(path, sizeof path, "%s/%s/metrics.jsonl", root, run);
-    char *text = read_file(path, &len);
+    char *text = read_whole_file(path, &len);
     cr_assert(text, "no %s", path);
     char *out = malloc(len + 1), *o = out;
     for (char *p = text; *p;) {
@@ -143,7 +130,7 @@ static void expect_same_file(const char *a_run, const char *b_run, const char *r
     size_t la, lb;
     snprintf(pa, sizeof pa, "%s/%s/%s", root, a_run, rel);
     snprintf(pb, sizeof pb, "%s/%s/%s", root, b_run, rel);
-    char *a = read_file(pa, &la), *b = read_file(pb, &lb);
+    char *a = read_whole_file(pa, &la), *b = read_whole_file(pb, &lb);
     cr_assert(a && b, "missing %s or %s", pa, pb);
     cr_expect(la == lb && memcmp(a, b, la) == 0, "%s differs between %s and %s", rel, a_run, b_run);
     free(a);
@@ -174,7 +161,7 @@ Test(recipes_train, loss_falls, .timeout = 300) {
     char path[512];
     size_t len;
     snprintf(path, sizeof path, "%s/fall/metrics.jsonl", root);
-    char *text = read_file(path, &len);
+    char *text = read_whole_file(path, &len);
     double first = 0, last = 0;
     int step = 0;
     for (char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
@@ -370,7 +357,7 @@ Test(recipes_train, injected_nan_is_skipped, .timeout = 300) {
     char pa[1024];
     snprintf(pa, sizeof pa, "%s/nan/%s", root, a);
     size_t la, lb;
-    char *x = read_file(pa, &la), *y = read_file(b, &lb);
+    char *x = read_whole_file(pa, &la), *y = read_whole_file(b, &lb);
     cr_assert(x && y && la == lb && memcmp(x, y, la) == 0, "the skipped step changed the weights");
     free(x);
     free(y);
