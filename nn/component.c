@@ -130,6 +130,11 @@ df_status df_component_load(const char *dir, df_component *c) {
     return df_params_load(c->params, weights, NULL);
 }
 
+df_status df_component_load_frozen(const char *dir, df_component *c) {
+    DF_TRY(df_component_load(dir, c));
+    return df_params_freeze(c->params);
+}
+
 void df_component_free(df_component *c) {
     if (c->unet2d) df_unet2d_free(c->unet2d);
     if (c->unet2d_cond) df_unet2d_cond_free(c->unet2d_cond);

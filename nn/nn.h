@@ -799,6 +799,8 @@ typedef struct df_component {
  * DIR/model.safetensors). Errors name the file and the field or tensor. Free with df_component_free even
  * on failure. */
 DF_API df_status df_component_load(const char *dir, df_component *c);
+/* df_component_load, then every parameter frozen (df_params_freeze): a base that only runs. */
+DF_API df_status df_component_load_frozen(const char *dir, df_component *c);
 DF_API void df_component_free(df_component *c);
 /* Runs the model on named inputs (see component.c for the names) and fills outputs (at most
  * DF_COMPONENT_MAX_OUTPUTS, names static, tensors under the scope rule). A missing or

@@ -51,8 +51,9 @@ Test(nn_params_select, flatten_gives_gradients_to_the_trainable_only) {
 
 Test(nn_params_select, a_frozen_model_records_no_tape) {
     df_component comp;
-    fixture_component("unet2d_tiny", &comp);
-    cr_assert_eq(df_params_freeze(comp.params), DF_OK);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/unet2d_tiny", fixture_path("models"));
+    cr_assert_eq(df_component_load_frozen(dir, &comp), DF_OK, "%s", df_last_error());
     cr_assert_eq(comp.params->flat.numel, 0);
     df_scope s = df_scope_begin();
     df_tensor *y = fixture_main_output(&comp, "unet2d_tiny");
