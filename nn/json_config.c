@@ -125,6 +125,17 @@ df_status df_json_string(const df_json *j, const char *key, const char *def, cha
     return DF_OK;
 }
 
+/* The entry count of list field `key` (item it), at most max; else the type or count error. */
+static df_status list_size(const df_json *j, const char *key, const cJSON *it, int max,
+                           const char *what, int *count) {
+    if (!cJSON_IsArray(it)) return type_error(j, key, what);
+    *count = cJSON_GetArraySize(it);
+    if (*count > max)
+        return df_error(DF_ERR_FORMAT, "%s: field '%s': %d entries (at most %d)", j->path, key,
+                        *count, max);
+    return DF_OK;
+}
+
 df_status df_json_int_list(const df_json *j, const char *key, int max, int *out, int *n,
                            bool accept_scalar) {
     const cJSON *it = item(j, key);
@@ -134,11 +145,8 @@ df_status df_json_int_list(const df_json *j, const char *key, int max, int *out,
         *n = -1; /* a scalar: the caller broadcasts it */
         return DF_OK;
     }
-    if (!cJSON_IsArray(it)) return type_error(j, key, "a list of integers");
-    int count = cJSON_GetArraySize(it);
-    if (count > max)
-        return df_error(DF_ERR_FORMAT, "%s: field '%s': %d entries (at most %d)", j->path, key,
-                        count, max);
+    int count;
+    DF_TRY(list_size(j, key, it, max, "a list of integers", &count));
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, it) {
@@ -160,11 +168,8 @@ df_status df_json_bool_list(const df_json *j, const char *key, int max, bool *ou
         *n = -1;
         return DF_OK;
     }
-    if (!cJSON_IsArray(it)) return type_error(j, key, "a list of true / false");
-    int count = cJSON_GetArraySize(it);
-    if (count > max)
-        return df_error(DF_ERR_FORMAT, "%s: field '%s': %d entries (at most %d)", j->path, key,
-                        count, max);
+    int count;
+    DF_TRY(list_size(j, key, it, max, "a list of true / false", &count));
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, it) {
@@ -179,11 +184,8 @@ df_status df_json_string_list(const df_json *j, const char *key, int max, char (
                               int *n) {
     const cJSON *it = item(j, key);
     if (!it) return DF_OK;
-    if (!cJSON_IsArray(it)) return type_error(j, key, "a list of strings");
-    int count = cJSON_GetArraySize(it);
-    if (count > max)
-        return df_error(DF_ERR_FORMAT, "%s: field '%s': %d entries (at most %d)", j->path, key,
-                        count, max);
+    int count;
+    DF_TRY(list_size(j, key, it, max, "a list of strings", &count));
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, it) {
