@@ -226,10 +226,11 @@ static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, in
 static int cross_width(const df_unet2d_cond *m) {
     const df_unet2d_cond_config *c = &m->config;
     int n = c->n_blocks;
-    if (m->has_mid) return c->cross_attention_dim[n - 1];
+    if (m->body.has_mid) return c->cross_attention_dim[n - 1];
     for (int i = 0; i < n; i++) {
-        if (m->down[i].attn == DF_BLOCK_ATTN_TRANSFORMER) return c->cross_attention_dim[i];
-        if (m->up[i].attn == DF_BLOCK_ATTN_TRANSFORMER) return c->cross_attention_dim[n - 1 - i];
+        if (m->body.down[i].attn == DF_BLOCK_ATTN_TRANSFORMER) return c->cross_attention_dim[i];
+        if (m->body.up[i].attn == DF_BLOCK_ATTN_TRANSFORMER)
+            return c->cross_attention_dim[n - 1 - i];
     }
     return 0;
 }

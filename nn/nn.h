@@ -651,23 +651,51 @@ DF_API df_status df_unet2d_config_from_json(const df_json *j, df_unet2d_config *
 DF_API df_status df_unet2d_cond_config_from_json(const df_json *j, df_unet2d_cond_config *c);
 DF_API df_status df_vae_config_from_json(const df_json *j, df_vae_config *c);
 
-typedef struct df_unet2d {
-    df_unet2d_config config;
-    df_params params;
-    df_conv_mod conv_in, conv_out;
-    df_timestep_mlp time_embedding;
-    df_block down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
-    df_norm_mod conv_norm_out;
-} df_unet2d;
-
-typedef struct df_unet2d_cond {
-    df_unet2d_cond_config config;
-    df_params params;
+/* The UNet body (nn/unet_body.c) both UNets are made of, under diffusers' module names. */
+typedef struct df_unet_body {
     df_conv_mod conv_in, conv_out;
     df_timestep_mlp time_embedding;
     df_block down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
     bool has_mid; /* false for mid_block_type null */
     df_norm_mod conv_norm_out;
+    int n_blocks;
+} df_unet_body;
+
+/* What a model builds its body from: the widths, the time embedding width, and each block's
+ * settings (n_layers, attention, heads, transformer; the body fills in the channels and the
+ * samplers). up[i] is in diffusers' up order (up_blocks.i). */
+typedef struct df_unet_body_config {
+    int n_blocks, in_channels, out_channels, conv_in_kernel, conv_out_kernel;
+    int channels[DF_MAX_BLOCKS]; /* block_out_channels */
+    int temb_channels, norm_groups;
+    float norm_eps;
+    df_block_config down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
+    bool has_mid;
+} df_unet_body_config;
+
+/* Registers the body's parameters in diffusers' order (conv_in, time_embedding, down, mid, up,
+ * conv_norm_out, conv_out). The config must be checked already (the models' readers do). */
+DF_API void df_unet_body_init(df_unet_body *b, df_params *r, const df_unet_body_config *c);
+DF_API void df_unet_body_free(df_unet_body *b);
+/* The forward's parts: conv_in (output channel-blocked where the width divides into blocks);
+ * the down path, mid block and up path with optional residuals (df_unet_blocks_forward_res);
+ * the head (conv_norm_out, SiLU, conv_out; a plain output). */
+DF_API df_tensor *df_unet_body_conv_in(const df_unet_body *b, df_tensor *sample);
+DF_API df_status df_unet_body_blocks(const df_unet_body *b, df_tensor *h, df_tensor *emb,
+                                     df_tensor *context, const df_unet_residuals *res,
+                                     df_tensor **out);
+DF_API df_tensor *df_unet_body_out(const df_unet_body *b, df_tensor *h);
+
+typedef struct df_unet2d {
+    df_unet2d_config config;
+    df_params params;
+    df_unet_body body;
+} df_unet2d;
+
+typedef struct df_unet2d_cond {
+    df_unet2d_cond_config config;
+    df_params params;
+    df_unet_body body;
 } df_unet2d_cond;
 
 typedef struct df_vae {

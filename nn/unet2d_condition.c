@@ -50,78 +50,58 @@ static df_status check_blocks(const df_unet2d_cond_config *c) {
     return DF_OK;
 }
 
+/* The transformer settings of block i of the config's (down-order) lists. */
+static df_transformer2d_config transformer_of(const df_unet2d_cond_config *c, int i) {
+    return (df_transformer2d_config){.norm_groups = c->norm_num_groups,
+                                     .use_linear_projection = c->use_linear_projection,
+                                     .heads = c->num_attention_heads[i],
+                                     .cross_dim = c->cross_attention_dim[i],
+                                     .layers = c->transformer_layers_per_block[i],
+                                     .only_cross_attention = c->only_cross_attention[i]};
+}
+
 df_status df_unet2d_cond_init(df_unet2d_cond *m, const df_unet2d_cond_config *c, df_init init) {
     memset(m, 0, sizeof *m);
     DF_TRY(check_blocks(c));
     m->config = *c;
-    df_params *r = &m->params;
-    df_params_init_with(r, init);
-    char buf[DF_NAME_MAX];
+    df_params_init_with(&m->params, init);
     int c0 = c->block_out_channels[0], nb = c->n_blocks;
     int temb = c->time_embedding_dim ? c->time_embedding_dim : 4 * c0;
+    df_unet_body_config bc = {.n_blocks = nb,
+                              .in_channels = c->in_channels,
+                              .out_channels = c->out_channels,
+                              .conv_in_kernel = c->conv_in_kernel,
+                              .conv_out_kernel = c->conv_out_kernel,
+                              .temb_channels = temb,
+                              .norm_groups = c->norm_num_groups,
+                              .norm_eps = c->norm_eps,
+                              .has_mid = c->mid_block_type[0] != '\0'};
     df_block_config base = df_unet_base_block(temb, c->norm_num_groups, c->norm_eps,
                                               c->resnet_time_scale_shift, c->downsample_padding);
-    base.transformer = (df_transformer2d_config){.norm_groups = c->norm_num_groups,
-                                                 .use_linear_projection = c->use_linear_projection};
-
-    df_conv_mod_init(&m->conv_in, r, "conv_in", c->in_channels, c0, c->conv_in_kernel, 1,
-                     (c->conv_in_kernel - 1) / 2, true);
-    df_timestep_mlp_init(&m->time_embedding, r, "time_embedding", c0, temb);
-
-    int out_ch = c0;
     for (int i = 0; i < nb; i++) {
-        df_block_config b = base;
-        b.in_channels = out_ch;
-        out_ch = c->block_out_channels[i];
-        b.out_channels = out_ch;
-        b.n_layers = c->layers_per_block[i];
-        df_block_type_attn(c->down_block_types[i], &b.attn);
-        b.transformer.heads = c->num_attention_heads[i];
-        b.transformer.cross_dim = c->cross_attention_dim[i];
-        b.transformer.layers = c->transformer_layers_per_block[i];
-        b.transformer.only_cross_attention = c->only_cross_attention[i];
-        b.add_sample = i != nb - 1;
-        df_down_block_init(&m->down[i], r, df_name_index(buf, sizeof buf, "", "down_blocks", i), b);
+        int ri = nb - 1 - i; /* the up blocks read the lists reversed */
+        bc.channels[i] = c->block_out_channels[i];
+        bc.down[i] = base;
+        bc.down[i].n_layers = c->layers_per_block[i];
+        df_block_type_attn(c->down_block_types[i], &bc.down[i].attn);
+        bc.down[i].transformer = transformer_of(c, i);
+        bc.up[i] = base;
+        bc.up[i].n_layers = c->layers_per_block[ri] + 1;
+        df_block_type_attn(c->up_block_types[i], &bc.up[i].attn);
+        bc.up[i].transformer = transformer_of(c, ri);
     }
-
-    df_block_config mid = base;
-    mid.in_channels = mid.out_channels = c->block_out_channels[nb - 1];
-    mid.n_layers = 1;
-    mid.output_scale_factor = c->mid_block_scale_factor;
-    mid.attn = DF_BLOCK_ATTN_TRANSFORMER;
-    mid.transformer.heads = c->num_attention_heads[nb - 1];
-    mid.transformer.cross_dim = c->cross_attention_dim[nb - 1];
-    mid.transformer.layers = c->transformer_layers_per_block[nb - 1];
-    m->has_mid = c->mid_block_type[0] != '\0';
-    if (m->has_mid) df_mid_block_init(&m->mid, r, "mid_block", mid);
-
-    out_ch = c->block_out_channels[nb - 1];
-    for (int i = 0; i < nb; i++) {
-        int ri = nb - 1 - i; /* the reversed lists */
-        df_block_config b = base;
-        b.prev_channels = out_ch;
-        out_ch = c->block_out_channels[ri];
-        b.out_channels = out_ch;
-        b.in_channels = c->block_out_channels[nb - 1 - (i + 1 < nb ? i + 1 : nb - 1)];
-        b.n_layers = c->layers_per_block[ri] + 1;
-        df_block_type_attn(c->up_block_types[i], &b.attn);
-        b.transformer.heads = c->num_attention_heads[ri];
-        b.transformer.cross_dim = c->cross_attention_dim[ri];
-        b.transformer.layers = c->transformer_layers_per_block[ri];
-        b.transformer.only_cross_attention = c->only_cross_attention[ri];
-        b.add_sample = i != nb - 1;
-        df_up_block_init(&m->up[i], r, df_name_index(buf, sizeof buf, "", "up_blocks", i), b);
-    }
-
-    df_groupnorm_mod_init(&m->conv_norm_out, r, "conv_norm_out", c->norm_num_groups, c0,
-                          c->norm_eps);
-    df_conv_mod_init(&m->conv_out, r, "conv_out", c0, c->out_channels, c->conv_out_kernel, 1,
-                     (c->conv_out_kernel - 1) / 2, true);
+    bc.mid = base;
+    bc.mid.n_layers = 1;
+    bc.mid.output_scale_factor = c->mid_block_scale_factor;
+    bc.mid.attn = DF_BLOCK_ATTN_TRANSFORMER;
+    bc.mid.transformer = transformer_of(c, nb - 1);
+    bc.mid.transformer.only_cross_attention = false; /* UNetMidBlock2DCrossAttn: never */
+    df_unet_body_init(&m->body, &m->params, &bc);
     return DF_OK;
 }
 
 void df_unet2d_cond_free(df_unet2d_cond *m) {
-    df_unet_blocks_free(m->down, m->has_mid ? &m->mid : NULL, m->up, m->config.n_blocks);
+    df_unet_body_free(&m->body);
     df_params_free(&m->params);
 }
 
@@ -139,18 +119,12 @@ df_status df_unet2d_cond_forward_res(df_unet2d_cond *m, df_tensor *sample,
     if (c->center_input_sample) sample = df_add_scalar(df_mul_scalar(sample, 2.0f), -1.0f);
     df_tensor *t_emb = df_timestep_embedding(timestep, (int)batch, c->block_out_channels[0],
                                              c->flip_sin_to_cos, (float)c->freq_shift);
-    df_tensor *emb = df_timestep_mlp_forward(&m->time_embedding, t_emb);
+    df_tensor *emb = df_timestep_mlp_forward(&m->body.time_embedding, t_emb);
     if (c->timestep_post_act[0]) emb = df_silu(emb);
     if (c->time_embedding_act_fn[0]) emb = df_silu(emb);
-
-    df_conv_mod conv_in = m->conv_in;
-    conv_in.p.blocked_out = true; /* activations stay channel-blocked up to conv_out */
-    df_tensor *h = df_conv_mod_forward(&conv_in, sample);
-    DF_TRY(df_unet_blocks_forward_res(m->down, m->has_mid ? &m->mid : NULL, m->up, c->n_blocks, h,
-                                      emb, encoder_hidden_states, res, &h));
-    h = df_silu(df_norm_mod_forward(&m->conv_norm_out, h));
-    h = df_conv_mod_forward(&m->conv_out, h);
-    *out = h->block ? df_to_plain(h) : h;
+    df_tensor *h = df_unet_body_conv_in(&m->body, sample);
+    DF_TRY(df_unet_body_blocks(&m->body, h, emb, encoder_hidden_states, res, &h));
+    *out = df_unet_body_out(&m->body, h);
     return DF_OK;
 }
 

@@ -144,7 +144,7 @@ Test(nn_config_fields, null_means_none_or_is_refused) {
     cr_assert_str_eq(c.mid_block_type, "");
     df_unet2d_cond m;
     cr_assert_eq(df_unet2d_cond_init(&m, &c, (df_init){.shapes_only = true}), DF_OK);
-    cr_assert(!m.has_mid);
+    cr_assert(!m.body.has_mid);
     for (int i = 0; i < m.params.n; i++)
         cr_assert(strncmp(m.params.items[i].name, "mid_block.", 10) != 0, "%s",
                   m.params.items[i].name);
