@@ -47,8 +47,10 @@ typedef struct uncond {
     int64_t inference_steps, n_validation, seed;
 } uncond;
 
-static df_status uncond_loss(void *ctx, const df_batch *b, df_step_rng *rng, df_tensor **loss) {
+static df_status uncond_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
+                             df_tensor **loss) {
     uncond *u = ctx;
+    const df_batch *b = batches[0];
     df_diffusion_draw d;
     DF_TRY(df_diffusion_draw_sample(&u->loss, u->sched, b->pixels, rng, &d));
     DF_TRY(df_unet2d_check_sample(&u->unet.config, d.noisy));

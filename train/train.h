@@ -276,6 +276,15 @@ DF_API df_status df_diffusion_loss(const df_diffusion_loss_config *c, df_sched *
 /* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
  * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no
  * earlier group took), with their own learning rate and weight decay. */
+/* A data source a recipe trains on (DreamBooth: instance and class images): a folder or pack
+ * named by config key dir_key, read by its own loader in its own order; every micro-batch takes
+ * one batch from each source. */
+#define DF_MAX_RECIPE_SOURCES 4
+typedef struct df_recipe_source {
+    const char *name;    /* for messages */
+    const char *dir_key; /* the config key holding its folder, e.g. "class_data_dir" */
+} df_recipe_source;
+
 #define DF_MAX_RECIPE_GROUPS 8
 typedef struct df_recipe_group {
     const char *name;    /* for messages */
@@ -298,9 +307,14 @@ typedef struct df_recipe {
      * one group of every trainable parameter at the config's learning rate and decay. */
     const df_recipe_group *groups;
     int n_groups;
-    /* The scalar loss of one micro-batch into *loss (scope rule; the trainer owns the scope).
-     * An error (a bad batch, a shape the model refuses) stops the run with its message. */
-    df_status (*loss)(void *ctx, const df_batch *batch, df_step_rng *rng, df_tensor **loss);
+    /* The data sources, in order; NULL (0): one, from train_data_dir. */
+    const df_recipe_source *sources;
+    int n_sources;
+    /* The scalar loss of one micro-batch into *loss (scope rule; the trainer owns the scope):
+     * batches[i] from source i. An error (a bad batch, a shape the model refuses) stops the run
+     * with its message. */
+    df_status (*loss)(void *ctx, const df_batch *const *batches, df_step_rng *rng,
+                      df_tensor **loss);
     /* Writes the trained model as a diffusers folder into dir (which exists). The parameters
      * hold the weights to export (the trainer swaps EMA weights in around the call). */
     df_status (*export_model)(void *ctx, const char *dir);

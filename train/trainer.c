@@ -125,9 +125,11 @@ typedef struct trainer {
     df_optim *optim;
     df_lr_schedule sched;
     df_ema *ema;
-    df_dataset *data;
-    df_loader *loader;
-    df_loader_cursor cursor;
+    /* the data sources (source 0: train_data_dir unless the recipe names its own) */
+    int n_sources;
+    df_dataset *data[DF_MAX_RECIPE_SOURCES];
+    df_loader *loader[DF_MAX_RECIPE_SOURCES];
+    df_loader_cursor cursor[DF_MAX_RECIPE_SOURCES];
     int64_t epoch;
     int64_t skipped_steps, nonfinite_in_a_row;
     df_metrics_log metrics;
@@ -252,24 +254,35 @@ static df_status build_optimizer(trainer *t) {
     return DF_OK;
 }
 
+/* The config key of source i's folder. */
+static const char *source_key(const trainer *t, int i) {
+    return t->recipe->n_sources > 0 ? t->recipe->sources[i].dir_key : "train_data_dir";
+}
+
+/* Opens every data source, each with its own loader from its cursor. Source 0 shuffles with
+ * the run's seed (as a run with one source always did); source i with the seed plus i, so two
+ * sources of one folder draw different orders. */
 static df_status open_data(trainer *t) {
     const df_config *c = t->cfg;
-    const char *dir = df_config_str(c, "train_data_dir");
-    if (!*dir) return df_error(DF_ERR_INVALID, "train_data_dir is not set (%s)", "config");
-    df_dataset_opts o = df_dataset_opts_default();
-    o.skip_bad_images = df_config_bool(c, "skip_bad_images");
-    DF_TRY(df_dataset_open(dir, &o, &t->data));
-    if (df_dataset_len(t->data) == 0)
-        return df_error(DF_ERR_INVALID, "%s: the dataset is empty", dir);
-    df_loader_opts lo = df_loader_opts_default((int)df_config_int(c, "train_batch_size"),
-                                               (int)df_config_int(c, "resolution"));
-    lo.seed = t->seed;
-    lo.workers = (int)df_config_int(c, "dataloader_num_workers");
-    lo.prefetch = 2 * lo.workers;
-    lo.transform.center_crop = df_config_bool(c, "center_crop");
-    lo.transform.random_flip = df_config_bool(c, "random_flip");
-    lo.start = t->cursor;
-    return df_loader_new(t->data, &lo, &t->loader);
+    for (int i = 0; i < t->n_sources; i++) {
+        const char *key = source_key(t, i), *dir = df_config_str(c, key);
+        if (!*dir) return df_error(DF_ERR_INVALID, "%s is not set (%s)", key, "config");
+        df_dataset_opts o = df_dataset_opts_default();
+        o.skip_bad_images = df_config_bool(c, "skip_bad_images");
+        DF_TRY(df_dataset_open(dir, &o, &t->data[i]));
+        if (df_dataset_len(t->data[i]) == 0)
+            return df_error(DF_ERR_INVALID, "%s: the dataset is empty (%s)", dir, key);
+        df_loader_opts lo = df_loader_opts_default((int)df_config_int(c, "train_batch_size"),
+                                                   (int)df_config_int(c, "resolution"));
+        lo.seed = t->seed + (uint64_t)i;
+        lo.workers = (int)df_config_int(c, "dataloader_num_workers");
+        lo.prefetch = 2 * lo.workers;
+        lo.transform.center_crop = df_config_bool(c, "center_crop");
+        lo.transform.random_flip = df_config_bool(c, "random_flip");
+        lo.start = t->cursor[i];
+        DF_TRY(df_loader_new(t->data[i], &lo, &t->loader[i]));
+    }
+    return DF_OK;
 }
 
 /* ------------------------------------------------------------------ checkpoints -------------- */
@@ -279,10 +292,19 @@ static df_status write_state_json(const trainer *t, const char *path) {
     char hash[32];
     snprintf(hash, sizeof hash, "%016" PRIx64, df_config_hash(t->cfg));
     cJSON_AddNumberToObject(o, "step", (double)t->step);
-    cJSON_AddNumberToObject(o, "epoch", (double)t->cursor.epoch);
-    cJSON *cur = cJSON_AddObjectToObject(o, "loader_cursor");
-    cJSON_AddNumberToObject(cur, "epoch", (double)t->cursor.epoch);
-    cJSON_AddNumberToObject(cur, "position", (double)t->cursor.position);
+    cJSON_AddNumberToObject(o, "epoch", (double)t->cursor[0].epoch);
+    cJSON *cur = cJSON_AddObjectToObject(o, "loader_cursor"); /* source 0 */
+    cJSON_AddNumberToObject(cur, "epoch", (double)t->cursor[0].epoch);
+    cJSON_AddNumberToObject(cur, "position", (double)t->cursor[0].position);
+    if (t->n_sources > 1) { /* every source's, in the recipe's order */
+        cJSON *all = cJSON_AddArrayToObject(o, "loader_cursors");
+        for (int i = 0; i < t->n_sources; i++) {
+            cJSON *ci = cJSON_CreateObject();
+            cJSON_AddNumberToObject(ci, "epoch", (double)t->cursor[i].epoch);
+            cJSON_AddNumberToObject(ci, "position", (double)t->cursor[i].position);
+            cJSON_AddItemToArray(all, ci);
+        }
+    }
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
     if (t->n_frozen > 0) {
         cJSON *base = cJSON_AddObjectToObject(o, "frozen_base");
@@ -501,6 +523,21 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
     if (st == DF_OK) st = json_number(j.root, "skipped_steps", path, &skipped);
     if (st == DF_OK) st = json_number(j.root, "nonfinite_in_a_row", path, &row);
     if (st == DF_OK) st = df_json_string(&j, "config_hash", "", hash, sizeof hash);
+    const cJSON *all = cJSON_GetObjectItemCaseSensitive(j.root, "loader_cursors");
+    df_loader_cursor cursors[DF_MAX_RECIPE_SOURCES] = {{(int64_t)ep, (int64_t)pos}};
+    int n_cursors = all ? cJSON_GetArraySize(all) : 1;
+    if (st == DF_OK && n_cursors != t->n_sources)
+        st = df_error(DF_ERR_INVALID, "%s: %d data sources' cursors, the recipe has %d", path,
+                      n_cursors, t->n_sources);
+    for (int i = 0; st == DF_OK && all && i < n_cursors; i++) {
+        const cJSON *ci = cJSON_GetArrayItem(all, i);
+        double e = 0, q = 0;
+        st = json_number(ci, "epoch", path, &e);
+        if (st == DF_OK) st = json_number(ci, "position", path, &q);
+        if (st == DF_OK && (e < 0 || q < 0))
+            st = df_error(DF_ERR_FORMAT, "%s: loader_cursors[%d] out of range", path, i);
+        cursors[i] = (df_loader_cursor){(int64_t)e, (int64_t)q};
+    }
     char base_crc[16] = "", base_path[DF_PATH_MAX] = "";
     const cJSON *base = cJSON_GetObjectItemCaseSensitive(j.root, "frozen_base");
     if (st == DF_OK && base) {
@@ -540,7 +577,7 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
     if (step < 0 || step > (double)t->max_steps || ep < 0 || pos < 0)
         return df_error(DF_ERR_FORMAT, "%s: step or cursor out of range", path);
     t->step = (int64_t)step;
-    t->cursor = (df_loader_cursor){(int64_t)ep, (int64_t)pos};
+    for (int i = 0; i < t->n_sources; i++) t->cursor[i] = cursors[i];
     t->skipped_steps = (int64_t)skipped;
     t->nonfinite_in_a_row = (int64_t)row;
     return DF_OK;
@@ -758,27 +795,29 @@ static df_status train_step(trainer *t) {
     df_grad_accum acc;
     DF_TRY(df_grad_accum_init(&acc, t->accum));
     for (bool stepped = false; !stepped;) { /* accelerate's accumulate over k micro-batches */
-        df_batch *b = NULL;
-        DF_TRY(df_loader_next(t->loader, &b));
-        for (int i = 0; i < b->n_skipped; i++)
-            fprintf(stderr, "diffusion: warning: skipped %s\n", b->skipped[i]);
-        t->cursor = b->next;
-        t->epoch = b->epoch;
+        df_batch *b[DF_MAX_RECIPE_SOURCES] = {0};
+        df_status st = DF_OK;
+        for (int i = 0; st == DF_OK && i < t->n_sources; i++) {
+            st = df_loader_next(t->loader[i], &b[i]);
+            if (st != DF_OK) break;
+            for (int k = 0; k < b[i]->n_skipped; k++)
+                fprintf(stderr, "diffusion: warning: skipped %s\n", b[i]->skipped[k]);
+            t->cursor[i] = b[i]->next;
+        }
+        if (st == DF_OK) t->epoch = b[0]->epoch;
         df_scope s = df_scope_begin();
         df_tensor *loss = NULL;
-        df_status lst = t->recipe->loss(t->recipe->ctx, b, &rng, &loss);
-        if (lst != DF_OK) {
-            df_scope_end(s);
-            df_batch_free(b);
-            return lst;
+        if (st == DF_OK)
+            st = t->recipe->loss(t->recipe->ctx, (const df_batch *const *)b, &rng, &loss);
+        if (st == DF_OK) {
+            float value = df_f32(loss)[0];
+            loss_sum += value;
+            if (!isfinite(value)) finite = false;
+            float scale = df_grad_accum_loss_scale(&acc); /* the gradients sum to the mean's */
+            st = df_backward(t->accum > 1 ? df_mul_scalar(loss, scale) : loss);
         }
-        float value = df_f32(loss)[0];
-        loss_sum += value;
-        if (!isfinite(value)) finite = false;
-        float scale = df_grad_accum_loss_scale(&acc); /* the gradients sum to the mean's */
-        df_status st = df_backward(t->accum > 1 ? df_mul_scalar(loss, scale) : loss);
         df_scope_end(s);
-        df_batch_free(b);
+        for (int i = 0; i < t->n_sources; i++) df_batch_free(b[i]);
         DF_TRY(st);
         stepped = df_grad_accum_tick(&acc);
     }
@@ -813,8 +852,10 @@ static df_status train_step(trainer *t) {
 }
 
 static void trainer_free(trainer *t) {
-    df_loader_free(t->loader);
-    df_dataset_free(t->data);
+    for (int i = 0; i < t->n_sources; i++) {
+        df_loader_free(t->loader[i]);
+        df_dataset_free(t->data[i]);
+    }
     df_optim_free(t->optim);
     df_ema_free(t->ema);
     df_metrics_close(&t->metrics);
@@ -848,7 +889,7 @@ static df_status run(trainer *t, const df_train_opts *opts) {
             "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
             " -> %" PRId64 ", run folder %s\n",
             t->recipe->name, (long long)df_params_count(reg), t->n_params,
-            (long long)df_dataset_len(t->data), t->step, t->max_steps, t->out_dir);
+            (long long)df_dataset_len(t->data[0]), t->step, t->max_steps, t->out_dir);
 
     int64_t ckpt_every = df_config_int(c, "checkpointing_steps");
     int64_t val_every = df_config_int(c, "validation_steps");
@@ -892,6 +933,10 @@ df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_o
     t.recipe = recipe;
     t.seed = (uint64_t)df_config_int(cfg, "seed");
     t.rank = opts->rank;
+    t.n_sources = recipe->n_sources > 0 ? recipe->n_sources : 1;
+    if (t.n_sources > DF_MAX_RECIPE_SOURCES)
+        return df_error(DF_ERR_INVALID, "recipe %s: %d data sources, at most %d", recipe->name,
+                        t.n_sources, DF_MAX_RECIPE_SOURCES);
     t.world_size = opts->world_size > 0 ? opts->world_size : 1;
     if (t.rank < 0 || t.rank >= t.world_size || t.world_size > 0xffff)
         return df_error(DF_ERR_INVALID, "rank %d of world size %d", t.rank, t.world_size);
