@@ -56,6 +56,13 @@ df_tensor *fixture_tensor(const char *relpath, const char *name);
 void fixture_component(const char *name, df_component *comp);
 df_tensor *fixture_main_output(df_component *comp, const char *name);
 void fixture_ddpm_pipeline(const char *dir);
+/* A scratch folder (tests/common/scratch.c): scratch_dir_new makes /tmp/df_<tag>_XXXXXX and
+ * returns it, scratch_dir returns it again, scratch_dir_remove removes it with its contents;
+ * scratch_write writes text to <scratch>/<name> and returns the path (a static buffer). */
+const char *scratch_dir_new(const char *tag);
+const char *scratch_dir(void);
+void scratch_dir_remove(void);
+const char *scratch_write(const char *name, const char *text);
 /* A file's bytes, NUL-terminated, malloc'd (free it), length in *len; NULL when unreadable. */
 char *read_whole_file(const char *path, size_t *len);
 

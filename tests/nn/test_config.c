@@ -11,47 +11,33 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
 static void setup(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/df_test_config_XXXXXX");
-    cr_assert(mkdtemp(tmpdir));
+    scratch_dir_new("test_config");
 }
 
 static void teardown(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    cr_assert_eq(system(cmd), 0);
-}
-
-static const char *write_file(const char *name, const char *text) {
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(text, f);
-    fclose(f);
-    return path;
+    scratch_dir_remove();
 }
 
 TestSuite(nn_config, .init = setup, .fini = teardown);
 
 Test(nn_config, defaults_when_fields_absent) {
     df_unet2d_config c;
-    cr_assert_eq(df_unet2d_config_load(write_file("config.json", "{}"), &c), DF_OK);
+    cr_assert_eq(df_unet2d_config_load(scratch_write("config.json", "{}"), &c), DF_OK);
     cr_assert_eq(c.n_blocks, 4);
     cr_assert_eq(c.block_out_channels[3], 896);
     cr_assert_eq(c.attention_head_dim, 8);
     cr_assert_str_eq(c.down_block_types[1], "AttnDownBlock2D");
     /* null attention_head_dim means one full-width head */
-    cr_assert_eq(df_unet2d_config_load(write_file("c2.json", "{\"attention_head_dim\": null}"), &c),
-                 DF_OK);
+    cr_assert_eq(
+        df_unet2d_config_load(scratch_write("c2.json", "{\"attention_head_dim\": null}"), &c),
+        DF_OK);
     cr_assert_eq(c.attention_head_dim, 0);
 }
 
 Test(nn_config, heads_from_attention_head_dim) {
     df_unet2d_cond_config c;
-    const char *p = write_file(
+    const char *p = scratch_write(
         "config.json", "{\"attention_head_dim\": [5, 10, 20, 20], \"cross_attention_dim\": 1024}");
     cr_assert_eq(df_unet2d_cond_config_load(p, &c), DF_OK, "%s", df_last_error());
     cr_assert_eq(c.num_attention_heads[0], 5);
@@ -62,24 +48,24 @@ Test(nn_config, heads_from_attention_head_dim) {
 Test(nn_config, wrong_type_names_file_and_field) {
     df_unet2d_config c;
     expect_status(
-        df_unet2d_config_load(write_file("config.json", "{\"layers_per_block\": \"two\"}"), &c),
+        df_unet2d_config_load(scratch_write("config.json", "{\"layers_per_block\": \"two\"}"), &c),
         DF_ERR_FORMAT, "'layers_per_block'");
     cr_assert(strstr(df_last_error(), "config.json"));
     expect_status(
-        df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 1.5]}"), &c),
+        df_unet2d_config_load(scratch_write("c.json", "{\"block_out_channels\": [32, 1.5]}"), &c),
         DF_ERR_FORMAT, "'block_out_channels'");
-    expect_status(df_unet2d_config_load(write_file("c.json", "{\"norm_eps\": true}"), &c),
+    expect_status(df_unet2d_config_load(scratch_write("c.json", "{\"norm_eps\": true}"), &c),
                   DF_ERR_FORMAT, "'norm_eps'");
 }
 
 Test(nn_config, inconsistent_lists) {
     df_unet2d_config c;
     expect_status(
-        df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [32, 64]}"), &c),
+        df_unet2d_config_load(scratch_write("c.json", "{\"block_out_channels\": [32, 64]}"), &c),
         DF_ERR_FORMAT, "same non-zero length");
     expect_status(
-        df_unet2d_config_load(write_file("c.json", "{\"block_out_channels\": [30, 60, 90, 120], "
-                                                   "\"norm_num_groups\": 32}"),
+        df_unet2d_config_load(scratch_write("c.json", "{\"block_out_channels\": [30, 60, 90, 120], "
+                                                      "\"norm_num_groups\": 32}"),
                               &c),
         DF_ERR_FORMAT, "'norm_num_groups'");
 }
@@ -87,21 +73,21 @@ Test(nn_config, inconsistent_lists) {
 Test(nn_config, unsupported_features_refused) {
     df_unet2d_cond_config c;
     expect_status(df_unet2d_cond_config_load(
-                      write_file("c.json", "{\"class_embed_type\": \"timestep\"}"), &c),
+                      scratch_write("c.json", "{\"class_embed_type\": \"timestep\"}"), &c),
                   DF_ERR_UNSUPPORTED, "'class_embed_type'");
     df_vae_config v;
-    expect_status(df_vae_config_load(write_file("c.json", "{\"act_fn\": \"relu\"}"), &v),
+    expect_status(df_vae_config_load(scratch_write("c.json", "{\"act_fn\": \"relu\"}"), &v),
                   DF_ERR_UNSUPPORTED, "'act_fn'");
 }
 
 Test(nn_config, malformed_json_gives_line) {
     df_vae_config v;
-    expect_status(df_vae_config_load(write_file("c.json", "{\n\"a\": 1,\n\"b\": }"), &v),
+    expect_status(df_vae_config_load(scratch_write("c.json", "{\n\"a\": 1,\n\"b\": }"), &v),
                   DF_ERR_FORMAT, "c.json:3");
-    expect_status(df_vae_config_load(write_file("c.json", "[1, 2]"), &v), DF_ERR_FORMAT,
+    expect_status(df_vae_config_load(scratch_write("c.json", "[1, 2]"), &v), DF_ERR_FORMAT,
                   "not a JSON object");
     char missing[300];
-    snprintf(missing, sizeof missing, "%s/absent.json", tmpdir);
+    snprintf(missing, sizeof missing, "%s/absent.json", scratch_dir());
     expect_status(df_vae_config_load(missing, &v), DF_ERR_IO, "absent.json");
 }
 
@@ -114,7 +100,7 @@ static void build_registry(df_params *r) {
 
 static const char *save(const char *file, int n, const char **names, df_tensor **ts) {
     static char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, file);
+    snprintf(path, sizeof path, "%s/%s", scratch_dir(), file);
     cr_assert_eq(df_st_save(path, n, names, (const df_tensor *const *)ts, 0, NULL, NULL), DF_OK);
     return path;
 }
@@ -159,7 +145,7 @@ Test(nn_config, unet2d_config_round_trip) {
     df_unet2d_config c, back;
     cr_assert_eq(df_unet2d_config_load(fixture_path("models/unet2d_tiny/config.json"), &c), DF_OK);
     char path[512];
-    snprintf(path, sizeof path, "%s/config.json", tmpdir);
+    snprintf(path, sizeof path, "%s/config.json", scratch_dir());
     cr_assert_eq(df_unet2d_config_save(&c, path), DF_OK, "%s", df_last_error());
     cr_assert_eq(df_unet2d_config_load(path, &back), DF_OK, "%s", df_last_error());
     cr_assert_eq(memcmp(&c, &back, sizeof c), 0, "config changed in a save/load round trip");

@@ -17,30 +17,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
 static void setup(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/df_test_fields_XXXXXX");
-    cr_assert(mkdtemp(tmpdir));
+    scratch_dir_new("test_fields");
 }
 
 static void teardown(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    cr_assert_eq(system(cmd), 0);
+    scratch_dir_remove();
 }
 
 TestSuite(nn_config_fields, .init = setup, .fini = teardown);
-
-static const char *write_file(const char *name, const char *text) {
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(text, f);
-    fclose(f);
-    return path;
-}
 
 static df_status parse_unet2d(const char *text, df_unet2d_config *c) {
     df_json j;
@@ -97,7 +82,7 @@ Test(nn_config_fields, sample_size_int_list_or_null) {
 
     /* the list form survives a save */
     cr_assert_eq(parse_unet2d("{\"sample_size\": [8, 16]}", &u), DF_OK);
-    const char *path = write_file("saved.json", "");
+    const char *path = scratch_write("saved.json", "");
     cr_assert_eq(df_unet2d_config_save(&u, path), DF_OK, "%s", df_last_error());
     df_unet2d_config back;
     cr_assert_eq(df_unet2d_config_load(path, &back), DF_OK, "%s", df_last_error());
@@ -308,16 +293,17 @@ Test(nn_config_fields, absurd_sizes_refused_before_allocating) {
 /* A component folder: config.json with `config` and the weights of a tiny fixture. */
 static const char *folder(const char *name, const char *config, const char *weights_fixture) {
     static char dir[512];
-    snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
+    snprintf(dir, sizeof dir, "%s/%s", scratch_dir(), name);
     cr_assert_eq(mkdir(dir, 0700), 0);
     char path[600];
-    snprintf(path, sizeof path, "%s/%s/config.json", tmpdir, name);
+    snprintf(path, sizeof path, "%s/%s/config.json", scratch_dir(), name);
     FILE *f = fopen(path, "w");
     cr_assert(f);
     fputs(config, f);
     fclose(f);
     if (weights_fixture) {
-        snprintf(path, sizeof path, "%s/%s/diffusion_pytorch_model.safetensors", tmpdir, name);
+        snprintf(path, sizeof path, "%s/%s/diffusion_pytorch_model.safetensors", scratch_dir(),
+                 name);
         cr_assert_eq(symlink(fixture_path(weights_fixture), path), 0);
     }
     return dir;

@@ -38,11 +38,18 @@ static void teardown(void) {
 
 TestSuite(recipes_contract, .init = setup, .fini = teardown);
 
-/* The tiny unconditional config, output in root/<out>. */
-static void tiny_config(df_config *cfg, df_cfg_field **schema, const char *out) {
+/* A tiny run: the unconditional config with output in root/<out>, then `extra` (NULL, or
+ * space-separated key=value overrides), and its recipe, built. */
+typedef struct tiny_run {
+    df_config cfg;
+    df_cfg_field *schema;
+    df_recipe r;
+} tiny_run;
+
+static void tiny_begin(tiny_run *t, const char *out, const char *extra) {
     int n;
-    *schema = df_recipe_schema(&df_recipe_unconditional, &n);
-    df_config_init(cfg, *schema, n);
+    t->schema = df_recipe_schema(&df_recipe_unconditional, &n);
+    df_config_init(&t->cfg, t->schema, n);
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
              "train_data_dir: %s/data\noutput_dir: %s/%s\nresolution: 8\ntrain_batch_size: 2\n"
@@ -53,25 +60,33 @@ static void tiny_config(df_config *cfg, df_cfg_field **schema, const char *out) 
              "  up_block_types: [UpBlock2D, UpBlock2D]\n  layers_per_block: 1\n"
              "  norm_num_groups: 4\n",
              root, root, out);
-    cr_assert_eq(df_config_load_yaml_text(cfg, yaml, strlen(yaml), "test"), DF_OK, "%s",
+    cr_assert_eq(df_config_load_yaml_text(&t->cfg, yaml, strlen(yaml), "test"), DF_OK, "%s",
                  df_last_error());
+    char words[256];
+    snprintf(words, sizeof words, "%s", extra ? extra : "");
+    for (char *save = NULL, *w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        cr_assert_eq(df_config_set(&t->cfg, w), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_recipe_unconditional.create(&t->cfg, &t->r), DF_OK, "%s", df_last_error());
+}
+
+static void tiny_end(tiny_run *t) {
+    t->r.free(t->r.ctx);
+    df_config_free(&t->cfg);
+    free(t->schema);
 }
 
 Test(recipes_contract, groups_train_at_their_own_rates) {
-    df_config cfg;
-    df_cfg_field *schema;
-    tiny_config(&cfg, &schema, "groups");
-    df_recipe r;
-    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
-    const df_params *p = r.params;
+    tiny_run t;
+    tiny_begin(&t, "groups", NULL);
+    const df_params *p = t.r.params;
     df_tensor **before = malloc((size_t)p->n * sizeof *before);
     for (int i = 0; i < p->n; i++) before[i] = df_tensor_clone(p->items[i].tensor);
     /* the convolutions at a rate so small that AdamW's steps (~lr) vanish in rounding */
     const df_recipe_group groups[2] = {{"convolutions", "*conv*", 1e-30, 0}, {"rest", NULL, 0, -1}};
-    r.groups = groups;
-    r.n_groups = 2;
+    t.r.groups = groups;
+    t.r.n_groups = 2;
     df_train_opts opts = {0};
-    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_train_run(&t.cfg, &t.r, &opts), DF_OK, "%s", df_last_error());
     int moved = 0, rest = 0;
     for (int i = 0; i < p->n; i++) {
         const char *name = p->items[i].name;
@@ -85,27 +100,20 @@ Test(recipes_contract, groups_train_at_their_own_rates) {
     }
     cr_assert(rest > 0 && moved == rest, "%d of %d other parameters trained", moved, rest);
     free(before);
-    r.free(r.ctx);
-    df_config_free(&cfg);
-    free(schema);
+    tiny_end(&t);
 }
 
 Test(recipes_contract, a_parameter_in_no_group_is_an_error) {
-    df_config cfg;
-    df_cfg_field *schema;
-    tiny_config(&cfg, &schema, "nogroup");
-    df_recipe r;
-    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
+    tiny_run t;
+    tiny_begin(&t, "nogroup", NULL);
     const df_recipe_group groups[1] = {{"convolutions", "*conv*", 0, -1}};
-    r.groups = groups;
-    r.n_groups = 1;
+    t.r.groups = groups;
+    t.r.n_groups = 1;
     df_train_opts opts = {0};
-    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_ERR_INVALID);
+    cr_assert_eq(df_train_run(&t.cfg, &t.r, &opts), DF_ERR_INVALID);
     cr_assert(strstr(df_last_error(), "is in no group") && strstr(df_last_error(), "time_"), "%s",
               df_last_error());
-    r.free(r.ctx);
-    df_config_free(&cfg);
-    free(schema);
+    tiny_end(&t);
 }
 
 static df_status failing_loss(void *ctx, const df_batch *const *b, df_step_rng *rng,
@@ -115,18 +123,13 @@ static df_status failing_loss(void *ctx, const df_batch *const *b, df_step_rng *
 }
 
 Test(recipes_contract, a_loss_error_stops_the_run_with_its_message) {
-    df_config cfg;
-    df_cfg_field *schema;
-    tiny_config(&cfg, &schema, "lossfail");
-    df_recipe r;
-    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
-    r.loss = failing_loss;
+    tiny_run t;
+    tiny_begin(&t, "lossfail", NULL);
+    t.r.loss = failing_loss;
     df_train_opts opts = {0};
-    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_ERR_INVALID);
+    cr_assert_eq(df_train_run(&t.cfg, &t.r, &opts), DF_ERR_INVALID);
     cr_assert(strstr(df_last_error(), "refuses this batch"), "%s", df_last_error());
-    r.free(r.ctx);
-    df_config_free(&cfg);
-    free(schema);
+    tiny_end(&t);
 }
 
 Test(recipes_contract, the_recipe_table_feeds_the_cli_and_the_schema) {
@@ -157,24 +160,18 @@ Test(recipes_contract, the_recipe_table_feeds_the_cli_and_the_schema) {
  * base's fingerprint; resuming on the same base continues, on a changed base is refused. */
 static void frozen_run(const char *out, int64_t stop_after, const char *resume, float nudge,
                        df_status want, int *n_saved) {
-    df_config cfg;
-    df_cfg_field *schema;
-    tiny_config(&cfg, &schema, out);
-    cr_assert_eq(df_config_set(&cfg, "checkpointing_steps=1"), DF_OK);
-    df_recipe r;
-    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
-    cr_assert(df_params_set_trainable(r.params, "*conv*", false) > 0);
-    if (nudge != 0) df_f32(df_params_find(r.params, "conv_in.weight"))[0] += nudge;
+    tiny_run t;
+    tiny_begin(&t, out, "checkpointing_steps=1");
+    cr_assert(df_params_set_trainable(t.r.params, "*conv*", false) > 0);
+    if (nudge != 0) df_f32(df_params_find(t.r.params, "conv_in.weight"))[0] += nudge;
     df_train_opts opts = {.stop_after_steps = stop_after, .resume = resume};
-    df_status st = df_train_run(&cfg, &r, &opts);
+    df_status st = df_train_run(&t.cfg, &t.r, &opts);
     cr_assert_eq(st, want, "%s", df_last_error());
     if (n_saved) {
         *n_saved = 0;
-        for (int i = 0; i < r.params->n; i++) *n_saved += r.params->items[i].trainable;
+        for (int i = 0; i < t.r.params->n; i++) *n_saved += t.r.params->items[i].trainable;
     }
-    r.free(r.ctx);
-    df_config_free(&cfg);
-    free(schema);
+    tiny_end(&t);
 }
 
 Test(recipes_contract, checkpoints_hold_the_trained_part_and_name_the_base) {
@@ -224,22 +221,15 @@ static const df_recipe_source two_sources[2] = {{"instance", "train_data_dir"},
 /* The tiny run with two sources for 4 steps, checkpoints every 2 (stopping after stop_after
  * steps when > 0, resuming from `resume` when set). */
 static void two_source_run(const char *out, int64_t stop_after, const char *resume) {
-    df_config cfg;
-    df_cfg_field *schema;
-    tiny_config(&cfg, &schema, out);
-    cr_assert_eq(df_config_set(&cfg, "max_train_steps=4"), DF_OK);
-    cr_assert_eq(df_config_set(&cfg, "checkpointing_steps=2"), DF_OK);
-    df_recipe r;
-    cr_assert_eq(df_recipe_unconditional.create(&cfg, &r), DF_OK, "%s", df_last_error());
-    one_source_loss = r.loss;
-    r.loss = two_source_loss;
-    r.sources = two_sources;
-    r.n_sources = 2;
+    tiny_run t;
+    tiny_begin(&t, out, "max_train_steps=4 checkpointing_steps=2");
+    one_source_loss = t.r.loss;
+    t.r.loss = two_source_loss;
+    t.r.sources = two_sources;
+    t.r.n_sources = 2;
     df_train_opts opts = {.stop_after_steps = stop_after, .resume = resume};
-    cr_assert_eq(df_train_run(&cfg, &r, &opts), DF_OK, "%s", df_last_error());
-    r.free(r.ctx);
-    df_config_free(&cfg);
-    free(schema);
+    cr_assert_eq(df_train_run(&t.cfg, &t.r, &opts), DF_OK, "%s", df_last_error());
+    tiny_end(&t);
 }
 
 Test(recipes_contract, two_data_sources_train_and_resume_exactly) {
