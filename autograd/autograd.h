@@ -140,6 +140,10 @@ DF_API const char *df_mem_format(size_t bytes, char *buf, size_t len);
 
 /* ---------------------------------------------------------------- output files ---------------- */
 
+/* True when raw JSON text s[0 .. n) holds the escape \u0000, which decodes to a NUL that would
+ * silently cut a C string (autograd/json_text.c): readers of outside JSON refuse it. */
+DF_API bool df_json_has_nul_escape(const char *s, size_t n);
+
 /* An output file written atomically (outfile.c): df_outfile_begin picks the name to write to,
  * df_outfile_name, which is a temporary sibling "<path>.tmp.<pid>.<k>" of `path` (or `path`
  * itself when it exists and is not a regular file: a device, a pipe). The caller creates and

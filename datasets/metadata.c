@@ -38,22 +38,13 @@ void df_meta_free(df_meta_entry *entries, int64_t n) {
     free(entries);
 }
 
-/* True when JSON text holds the escape \u0000 (a NUL once decoded). */
-static bool has_nul_escape(const char *s, size_t n) {
-    for (size_t i = 0; i + 1 < n; i++) {
-        if (s[i] != '\\') continue;
-        if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return true;
-        i++; /* the escaped character: "\\\\u0000" is a backslash, then text */
-    }
-    return false;
-}
-
 /* Parses one non-blank line into *e (owned strings). */
 static df_status parse_line(const char *s, size_t ll, const char *name, int64_t line,
                             const char *caption_column, df_meta_entry *e) {
     if (memchr(s, '\0', ll))
         return df_error(DF_ERR_FORMAT, "%s:%lld: NUL byte in line", name, (long long)line);
-    if (has_nul_escape(s, ll)) /* cJSON would cut the string there: a file name silently changed */
+    if (df_json_has_nul_escape(
+            s, ll)) /* cJSON would cut the string there: a file name silently changed */
         return df_error(DF_ERR_FORMAT, "%s:%lld: \\u0000 (NUL) in a string", name, (long long)line);
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(s, ll, &end, false);

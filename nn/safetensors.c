@@ -116,16 +116,6 @@ static int cmp_cstr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* True when JSON text holds the escape \u0000 (a NUL once decoded). */
-static bool has_nul_escape(const char *s, size_t n) {
-    for (size_t i = 0; i + 1 < n; i++) {
-        if (s[i] != '\\') continue;
-        if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return true;
-        i++; /* the escaped character: "\\\\u0000" is a backslash, then text */
-    }
-    return false;
-}
-
 /* DF_ERR_FORMAT when an object holds a key twice (cJSON keeps both). `what` names the object. */
 static df_status check_dup_keys(const char *label, const cJSON *obj, const char *what) {
     int n = 0;
@@ -346,7 +336,7 @@ static df_status parse_file(df_st_file *f) {
 
     /* cJSON hands strings back NUL-terminated: a NUL inside a name (raw or \u0000) would cut it
      * silently, so that two different names could collide or a name be read as another */
-    if (memchr(h, '\0', (size_t)n) || has_nul_escape((const char *)h, (size_t)n))
+    if (memchr(h, '\0', (size_t)n) || df_json_has_nul_escape((const char *)h, (size_t)n))
         return df_error(DF_ERR_FORMAT,
                         "%s: header holds a NUL character (raw or \\u0000): tensor names and "
                         "metadata cannot contain NUL",
