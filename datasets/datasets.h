@@ -60,8 +60,9 @@ typedef enum df_resample {
     DF_RESAMPLE_BILINEAR = 0, /* PIL.Image.BILINEAR (triangle filter, antialiased) */
     DF_RESAMPLE_BICUBIC,      /* PIL.Image.BICUBIC (a = -0.5, antialiased) */
     DF_RESAMPLE_AREA,         /* PIL.Image.BOX: the mean over each output pixel's area */
+    DF_RESAMPLE_LANCZOS,      /* PIL.Image.LANCZOS (support 3; diffusers' VaeImageProcessor) */
 } df_resample;
-/* Parses "bilinear", "bicubic", "area"/"box"; false for anything else. */
+/* Parses "bilinear", "bicubic", "area"/"box", "lanczos"; false for anything else. */
 DF_API bool df_resample_parse(const char *name, df_resample *out);
 
 /* Resizes a U8 (H, W, C) image to (out_h, out_w) exactly as Pillow's Image.resize with the

@@ -1,5 +1,5 @@
 /* resize.c — antialiased resampling of U8 (H, W, C) images, equal to Pillow's Image.resize
- * (libImaging/Resample.c, ImagingResample) for the bilinear, bicubic and box filters.
+ * (libImaging/Resample.c, ImagingResample) for the bilinear, bicubic, box and Lanczos filters.
  *
  * Algorithm (as Pillow): for each axis, scale = in / out and filterscale = max(scale, 1); the
  * filter support grows to support * filterscale when downsampling (that is the antialiasing).
@@ -41,10 +41,22 @@ static double bicubic_fn(double x) {
     return 0.0;
 }
 
+/* Pillow's sinc and the Lanczos window of support 3 */
+static double sinc(double x) {
+    if (x == 0.0) return 1.0;
+    x *= M_PI;
+    return sin(x) / x;
+}
+
+static double lanczos_fn(double x) {
+    return (-3.0 <= x && x < 3.0) ? sinc(x) * sinc(x / 3) : 0.0;
+}
+
 static const filter FILTERS[] = {
     [DF_RESAMPLE_BILINEAR] = {bilinear_fn, 1.0},
     [DF_RESAMPLE_BICUBIC] = {bicubic_fn, 2.0},
     [DF_RESAMPLE_AREA] = {box_fn, 0.5},
+    [DF_RESAMPLE_LANCZOS] = {lanczos_fn, 3.0},
 };
 
 bool df_resample_parse(const char *name, df_resample *out) {
@@ -54,6 +66,8 @@ bool df_resample_parse(const char *name, df_resample *out) {
         *out = DF_RESAMPLE_BICUBIC;
     else if (strcmp(name, "area") == 0 || strcmp(name, "box") == 0)
         *out = DF_RESAMPLE_AREA;
+    else if (strcmp(name, "lanczos") == 0)
+        *out = DF_RESAMPLE_LANCZOS;
     else
         return false;
     return true;
@@ -162,7 +176,7 @@ df_tensor *df_image_resize(const df_tensor *img, int out_h, int out_w, df_resamp
     DF_ASSERT(img->dtype == DF_DTYPE_U8 && img->ndim == 3,
               "df_image_resize: image must be U8 (H, W, C)");
     DF_ASSERT(out_h > 0 && out_w > 0, "df_image_resize: output size %d x %d", out_h, out_w);
-    DF_ASSERT((unsigned)f <= DF_RESAMPLE_AREA, "df_image_resize: bad filter %d", (int)f);
+    DF_ASSERT((unsigned)f <= DF_RESAMPLE_LANCZOS, "df_image_resize: bad filter %d", (int)f);
     int h = (int)img->shape[0], w = (int)img->shape[1], c = (int)img->shape[2];
     const filter *flt = &FILTERS[f];
     bool need_h = out_w != w, need_v = out_h != h;

@@ -260,4 +260,76 @@ DF_API df_tensor *df_images_to_grid(const df_tensor *x, int cols);
 /* How many values of F32 x are NaN or infinite (the grid shows them black). */
 DF_API int64_t df_images_nonfinite(const df_tensor *x);
 
+/* ================================================================ Stable Diffusion ========== */
+
+struct df_clip_tokenizer;
+
+typedef struct df_sd_load_opts {
+    const char *variant;          /* weights variant ("fp16": *.fp16.safetensors); NULL: plain */
+    const char *scheduler;        /* a diffusers scheduler class name; NULL: the folder's */
+    const char *timestep_spacing; /* leading | trailing | linspace; NULL: the folder's */
+    bool rescale_betas_zero_snr;  /* DDIM's zero-terminal-SNR betas */
+} df_sd_load_opts;
+
+/* A Stable Diffusion 1.x / 2.x pipeline folder (see sd_pipeline.c), every model frozen. */
+typedef struct df_sd_pipeline {
+    char dir[1024];
+    df_component unet, vae, text_encoder;
+    struct df_clip_tokenizer *tokenizer;
+    df_sched_config sched_config;
+    bool has_sched_config;
+    df_sched *sched;
+    bool has_safety_checker; /* model_index.json names one and the folder is there */
+    int vae_scale_factor;    /* 2^(len(vae.block_out_channels) - 1) */
+} df_sd_pipeline;
+
+/* Loads the folder (opts may be NULL). Errors name the file: a missing component, an unsupported
+ * class, a pickle weights file. Free with df_sd_pipeline_free even on failure. */
+DF_API df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts,
+                                     df_sd_pipeline *p);
+DF_API void df_sd_pipeline_free(df_sd_pipeline *p);
+
+/* The text encoder on token ids (N, L) -> embeddings (N, L, D): clip_skip 0 gives
+ * last_hidden_state (diffusers v0.21.4); k > 0 gives hidden_states[-(k + 1)] through
+ * final_layer_norm (the rule later diffusers versions added). A new tensor (scope rule). */
+DF_API df_status df_sd_encode_ids(df_sd_pipeline *p, const df_tensor *ids, int clip_skip,
+                                  df_tensor **out);
+
+/* Called after each denoising step: step (1-based) of total. */
+typedef void (*df_sd_progress_fn)(void *ctx, int step, int total);
+
+/* One generation: text-to-image, or image-to-image when `image` is set, or inpainting when
+ * `mask` is set too (diffusers' StableDiffusionPipeline / ...Img2ImgPipeline /
+ * ...InpaintPipeline __call__ with one prompt). */
+typedef struct df_sd_request {
+    const df_tensor *cond;    /* F32 (1, S, D) prompt embeddings */
+    const df_tensor *uncond;  /* F32 (1, S, D) negative embeddings (used when guidance > 1) */
+    int steps;                /* num_inference_steps */
+    double guidance_scale;    /* classifier-free guidance; <= 1 disables it */
+    double guidance_rescale;  /* rescale_noise_cfg's factor (0: off) */
+    double eta;               /* DDIM's eta */
+    int num_images;           /* num_images_per_prompt */
+    int height, width;        /* multiples of 8; 0: the default (see sd_generate.c) */
+    uint64_t seed;            /* torch.Generator().manual_seed(seed): every draw */
+    const df_tensor *latents; /* optional F32 (N, C, h, w) initial noise (txt2img, inpaint) */
+    const df_tensor *image;   /* optional U8 (H, W, 3) init image: img2img, inpaint */
+    const df_tensor *mask;    /* optional U8 (H, W, 1) inpainting mask (white is repainted) */
+    double strength;          /* img2img / inpaint; < 0: diffusers' default (0.8 / 1.0) */
+    df_sd_progress_fn progress;
+    void *progress_ctx;
+} df_sd_request;
+
+typedef struct df_sd_result {
+    df_tensor *latents; /* F32 (N, C, h, w): the final latents, before the VAE */
+    df_tensor *image;   /* F32 (N, 3, H, W) in [0, 1]: decoded, before 8-bit rounding */
+} df_sd_result;
+
+/* Runs the request. *out's tensors belong to the caller (df_tensor_free) whatever scope is open.
+ * Errors: DF_ERR_INVALID for sizes that are not multiples of 8, a strength outside [0, 1] or one
+ * leaving no step, a mask without an image, embeddings of the wrong width, latents of the wrong
+ * shape. */
+DF_API df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result *out);
+/* Images in [0, 1] (N, 3, H, W) as one U8 grid (x * 255 rounded), as df_images_to_grid. */
+DF_API df_tensor *df_unit_images_to_grid(const df_tensor *x, int cols);
+
 #endif

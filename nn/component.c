@@ -23,13 +23,39 @@ static bool file_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* The weights file of a component folder: plain, else sharded index. */
-static df_status weights_path(const char *dir, const char *stem, char *out, size_t len) {
-    snprintf(out, len, "%s/%s.safetensors", dir, stem);
+/* The weights file of a component folder: `<stem>[.<variant>].safetensors`, else its sharded
+ * index (`<stem>.safetensors.index[.<variant>].json`, diffusers' _add_variant names). With no
+ * variant asked for and no plain file, the first of the fp16, bf16, fp32 variant files is taken
+ * (a folder saved with variant="fp16" only). Pickle files (.bin, .ckpt, .pt) are refused with how
+ * to convert them. */
+static df_status weights_path(const char *dir, const char *stem, const char *variant, char *out,
+                              size_t len) {
+    char v[DF_JSON_STR + 1] = "";
+    if (variant && variant[0]) snprintf(v, sizeof v, ".%s", variant);
+    snprintf(out, len, "%s/%s%s.safetensors", dir, stem, v);
     if (file_exists(out)) return DF_OK;
-    snprintf(out, len, "%s/%s.safetensors.index.json", dir, stem);
+    snprintf(out, len, "%s/%s.safetensors.index%s.json", dir, stem, v);
     if (file_exists(out)) return DF_OK;
-    return df_error(DF_ERR_NOTFOUND, "%s: no %s.safetensors (or .index.json)", dir, stem);
+    if (!v[0]) {
+        static const char *const guesses[] = {"fp16", "bf16", "fp32"};
+        for (size_t i = 0; i < sizeof guesses / sizeof guesses[0]; i++) {
+            snprintf(out, len, "%s/%s.%s.safetensors", dir, stem, guesses[i]);
+            if (file_exists(out)) return DF_OK;
+        }
+    }
+    static const char *const pickles[] = {"bin", "ckpt", "pt"};
+    for (size_t i = 0; i < sizeof pickles / sizeof pickles[0]; i++) {
+        snprintf(out, len, "%s/%s%s.%s", dir, stem, v, pickles[i]);
+        if (!file_exists(out)) snprintf(out, len, "%s/pytorch_model%s.%s", dir, v, pickles[i]);
+        if (file_exists(out))
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "%s: a pickle file, which diffusion.c never loads (it can run code); "
+                            "convert it to safetensors first, e.g. python3 -c \"import torch; from "
+                            "safetensors.torch import save_file; save_file(torch.load('%s', "
+                            "map_location='cpu'), '%s/%s%s.safetensors')\"",
+                            out, out, dir, stem, v);
+    }
+    return df_error(DF_ERR_NOTFOUND, "%s: no %s%s.safetensors (or .index%s.json)", dir, stem, v, v);
 }
 
 /* transformers configs name the class in "architectures": ["CLIPTextModel"] */
@@ -109,6 +135,10 @@ static void free_model(df_component *c) {
  * implies gigabytes the file does not hold) is refused before anything is allocated; then for
  * real, and loaded. */
 df_status df_component_load(const char *dir, df_component *c) {
+    return df_component_load_variant(dir, NULL, c);
+}
+
+df_status df_component_load_variant(const char *dir, const char *variant, df_component *c) {
     memset(c, 0, sizeof *c);
     char path[1024], weights[1024];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -120,7 +150,7 @@ df_status df_component_load(const char *dir, df_component *c) {
     if (st == DF_OK) st = read_config(c, &j, &cfg, &stem);
     df_json_free(&j);
     if (st == DF_OK) st = build(c, &cfg, (df_init){.shapes_only = true});
-    if (st == DF_OK) st = weights_path(dir, stem, weights, sizeof weights);
+    if (st == DF_OK) st = weights_path(dir, stem, variant, weights, sizeof weights);
     if (st == DF_OK) st = df_params_load(c->params, weights, NULL);
     if (st == DF_OK) {
         free_model(c);

@@ -827,6 +827,11 @@ typedef struct df_component {
  * DIR/model.safetensors). Errors name the file and the field or tensor. Free with df_component_free even
  * on failure. */
 DF_API df_status df_component_load(const char *dir, df_component *c);
+/* As df_component_load with a weights variant (diffusers' `variant`: "fp16" reads
+ * `<stem>.fp16.safetensors`); NULL or "" takes the plain file, else the one variant file there
+ * is. Any stored float dtype (F16, BF16, F32, F64) is converted to the model's F32. A pickle file
+ * (.bin, .ckpt, .pt) is refused with DF_ERR_UNSUPPORTED and the way to convert it. */
+DF_API df_status df_component_load_variant(const char *dir, const char *variant, df_component *c);
 /* df_component_load, then every parameter frozen (df_params_freeze): a base that only runs. */
 DF_API df_status df_component_load_frozen(const char *dir, df_component *c);
 DF_API void df_component_free(df_component *c);

@@ -1,4 +1,4 @@
-/* test_resize.c — resize equals Pillow's Image.resize (bilinear, bicubic, box/area) on RGB and
+/* test_resize.c — resize equals Pillow's Image.resize (bilinear, bicubic, box/area, lanczos) on RGB and
  * grey images, downsampling, upsampling, mixed and one-axis cases (fixtures from
  * tests/ref/gen_images.py), and the crop / flip / normalise transforms. The requirement is
  * "within 1/255"; the integer pipeline follows Pillow's step by step, so we assert exact. */
@@ -6,12 +6,12 @@
 
 #include <math.h>
 
-static const char *const FILTERS[] = {"bilinear", "bicubic", "area"};
+static const char *const FILTERS[] = {"bilinear", "bicubic", "area", "lanczos"};
 static const int SIZES[][2] = {{17, 23}, {70, 90}, {80, 30}, {47, 20}, {13, 61}, {8, 8}};
 
 static void check_resizes(const char *src_rel, const char *suffix) {
     df_tensor *src = load_pixels(src_rel);
-    for (int f = 0; f < 3; f++) {
+    for (int f = 0; f < 4; f++) {
         df_resample r;
         cr_assert(df_resample_parse(FILTERS[f], &r));
         for (size_t k = 0; k < sizeof SIZES / sizeof *SIZES; k++) {

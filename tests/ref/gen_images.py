@@ -169,7 +169,8 @@ def main():
     rsrc = Image.fromarray(pattern(rng, 47, 61, 3, 255).astype(np.uint8), "RGB")
     save_bin(os.path.join(OUT, "resize_src.bin"), np.asarray(rsrc))
     save_bin(os.path.join(OUT, "resize_src_l.bin"), np.asarray(rsrc.convert("L")))
-    filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "area": Image.BOX}
+    filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "area": Image.BOX,
+               "lanczos": Image.LANCZOS}
     sizes = [(17, 23), (70, 90), (80, 30), (47, 20), (13, 61), (8, 8)]  # (h, w)
     for fname, f in filters.items():
         for h, w in sizes:
