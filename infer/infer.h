@@ -269,6 +269,7 @@ typedef struct df_sd_load_opts {
     const char *scheduler;        /* a diffusers scheduler class name; NULL: the folder's */
     const char *timestep_spacing; /* leading | trailing | linspace; NULL: the folder's */
     bool rescale_betas_zero_snr;  /* DDIM's zero-terminal-SNR betas */
+    bool use_karras_sigmas;       /* Karras sigmas (Euler, Heun, LMS, DPM-Solver, UniPC) */
 } df_sd_load_opts;
 
 /* A Stable Diffusion 1.x / 2.x pipeline folder (see sd_pipeline.c), every model frozen. */

@@ -130,6 +130,14 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
                             df_sched_kind_name(p->sched_config.kind));
         p->sched_config.rescale_betas_zero_snr = true;
     }
+    if (o.use_karras_sigmas) {
+        df_sched_kind k = p->sched_config.kind;
+        if (k != DF_SCHED_EULER && k != DF_SCHED_HEUN && k != DF_SCHED_LMS &&
+            k != DF_SCHED_DPMSOLVER_MULTISTEP && k != DF_SCHED_UNIPC_MULTISTEP)
+            return df_error(DF_ERR_UNSUPPORTED, "Karras sigmas: %s has none",
+                            df_sched_kind_name(k));
+        p->sched_config.use_karras_sigmas = true;
+    }
     DF_TRY(df_sched_new(&p->sched_config, &p->sched));
     const df_vae_config *vc = &p->vae.vae->config;
     p->vae_scale_factor = 1 << (vc->n_blocks - 1);

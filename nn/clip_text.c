@@ -28,7 +28,8 @@ df_clip_text_config df_clip_text_config_default(void) {
                              .layer_norm_eps = 1e-5f,
                              .bos_token_id = 49406,
                              .eos_token_id = 49407,
-                             .pad_token_id = 1};
+                             .pad_token_id = 1,
+                             .projection_dim = 512};
     snprintf(c.hidden_act, DF_JSON_STR, "quick_gelu");
     return c;
 }
@@ -47,15 +48,14 @@ df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c
             return df_error(DF_ERR_FORMAT, "%s: field '%s' is null (CLIPTextModel needs a value)",
                             j->path, not_null[i]);
     double eps = c->layer_norm_eps, dropout = 0, unused_f;
-    int unused_i;
     DF_TRY(df_json_double(j, "attention_dropout", 0, &dropout));
     if (dropout != 0)
         return df_error(DF_ERR_UNSUPPORTED,
                         "%s: field 'attention_dropout': %g (only 0: dropout is not implemented)",
                         j->path, dropout);
-    /* no effect on CLIPTextModel: projection_dim (CLIPTextModelWithProjection's), the
-     * initialisers' scales (loaded weights replace them); only their types are checked */
-    DF_TRY(df_json_int(j, "projection_dim", 0, &unused_i));
+    /* no effect: the initialisers' scales (loaded weights replace them); only their types are
+     * checked. projection_dim is CLIPTextModelWithProjection's. */
+    DF_TRY(df_json_int(j, "projection_dim", c->projection_dim, &c->projection_dim));
     DF_TRY(df_json_double(j, "initializer_range", 0, &unused_f));
     DF_TRY(df_json_double(j, "initializer_factor", 0, &unused_f));
     DF_TRY(df_json_int(j, "vocab_size", c->vocab_size, &c->vocab_size));
@@ -81,6 +81,7 @@ df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c
                  {"hidden_size", c->hidden_size, DF_MODEL_MAX_CHANNELS},
                  {"intermediate_size", c->intermediate_size, 4 * DF_MODEL_MAX_CHANNELS},
                  {"num_hidden_layers", c->num_hidden_layers, DF_CLIP_MAX_LAYERS},
+                 {"projection_dim", c->projection_dim, DF_MODEL_MAX_CHANNELS},
                  {"max_position_embeddings", c->max_position_embeddings, DF_CLIP_MAX_POSITIONS}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         if (sizes[i].v < 1 || sizes[i].v > sizes[i].hi)
@@ -134,6 +135,8 @@ df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_in
     }
     df_layernorm_mod_init(&m->final_layer_norm, r, "text_model.final_layer_norm", d,
                           c->layer_norm_eps);
+    if (c->with_projection)
+        df_linear_mod_init(&m->text_projection, r, "text_projection", d, c->projection_dim, false);
     return DF_OK;
 }
 

@@ -6,7 +6,8 @@
  * Inputs (diffusers' forward argument names): `sample`; `timestep` (0-d or one per item, any
  * dtype) and `encoder_hidden_states` for the UNets; the VAE takes `noise` optionally;
  * CLIPTextModel takes `input_ids` and gives `last_hidden_state`, `pooler_output` and
- * `hidden_states.i` (i = 0 .. layers).
+ * `hidden_states.i` (i = 0 .. layers); CLIPTextModelWithProjection gives `text_embeds` (the
+ * pooled output through text_projection) instead of `pooler_output`.
  * Outputs: UNets `sample`. AutoencoderKL: `latent_mean`, `latent_logvar`, `latent_std`,
  * `kl` (per item), `sample` (decode of the mean) and, given `noise`, `z` = mean + std * noise
  * and `decoded_z` = decode(z).
@@ -86,13 +87,16 @@ static df_status read_config(const df_component *c, const df_json *j, any_config
     if (strcmp(cls, "UNet2DConditionModel") == 0)
         return df_unet2d_cond_config_from_json(j, &cfg->unet2d_cond);
     if (strcmp(cls, "AutoencoderKL") == 0) return df_vae_config_from_json(j, &cfg->vae);
-    if (strcmp(cls, "CLIPTextModel") == 0) {
+    bool proj = strcmp(cls, "CLIPTextModelWithProjection") == 0;
+    if (strcmp(cls, "CLIPTextModel") == 0 || proj) {
         *stem = "model";
-        return df_clip_text_config_from_json(j, &cfg->clip_text);
+        DF_TRY(df_clip_text_config_from_json(j, &cfg->clip_text));
+        cfg->clip_text.with_projection = proj;
+        return DF_OK;
     }
     return df_error(DF_ERR_UNSUPPORTED,
                     "%s: class '%s' (supported: UNet2DModel, UNet2DConditionModel, "
-                    "AutoencoderKL, CLIPTextModel)",
+                    "AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection)",
                     j->path, cls);
 }
 
@@ -242,8 +246,10 @@ static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, in
     }
     df_tensor *hidden[DF_CLIP_MAX_LAYERS + 1], *pooled;
     df_tensor *last = df_clip_text_forward(m, ids, hidden, &pooled);
+    if (m->config.with_projection) /* CLIPTextModelWithProjection's outputs have no pooler */
+        out[(*n)++] = (df_named){"text_embeds", df_linear_mod_forward(&m->text_projection, pooled)};
     out[(*n)++] = (df_named){"last_hidden_state", last};
-    out[(*n)++] = (df_named){"pooler_output", pooled};
+    if (!m->config.with_projection) out[(*n)++] = (df_named){"pooler_output", pooled};
     for (int i = 0; i <= m->config.num_hidden_layers; i++) {
         snprintf(names[i], sizeof names[i], "hidden_states.%d", i);
         out[(*n)++] = (df_named){names[i], hidden[i]};
@@ -317,5 +323,7 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
 }
 
 const char *df_component_main_output(const df_component *c) {
-    return c->clip_text ? "last_hidden_state" : "sample";
+    if (c->clip_text)
+        return c->clip_text->config.with_projection ? "text_embeds" : "last_hidden_state";
+    return "sample";
 }

@@ -777,6 +777,8 @@ typedef struct df_clip_text_config {
     float layer_norm_eps;
     char hidden_act[DF_JSON_STR]; /* quick_gelu | gelu */
     int bos_token_id, eos_token_id, pad_token_id;
+    int projection_dim;   /* CLIPTextModelWithProjection's text_projection width */
+    bool with_projection; /* the class is CLIPTextModelWithProjection (set by the loader) */
 } df_clip_text_config;
 
 typedef struct df_clip_layer {
@@ -790,6 +792,7 @@ typedef struct df_clip_text {
     df_tensor *token_embedding, *position_embedding;
     df_clip_layer *layers;
     df_norm_mod final_layer_norm;
+    df_linear_mod text_projection; /* with_projection only: pooled -> text_embeds, no bias */
 } df_clip_text;
 
 DF_API df_clip_text_config df_clip_text_config_default(void);

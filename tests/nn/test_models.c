@@ -231,6 +231,11 @@ Test(nn_models, clip_text_tiny) {
     run_case("clip_text_tiny");
 }
 
+/* CLIPTextModelWithProjection (gelu): text_embeds = text_projection(pooled) */
+Test(nn_models, clip_text_proj_tiny) {
+    run_case("clip_text_proj_tiny");
+}
+
 /* The honoured non-default config fields (docs/config-fields.md), each fixture several at once:
  * tests/ref/gen_models_config_fields.py lists which. */
 Test(nn_models, unet2d_fields_a) {
