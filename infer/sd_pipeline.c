@@ -3,8 +3,9 @@
  * (CLIPTextModel), `tokenizer/` (CLIPTokenizer files), `scheduler/` (any scheduler of infer/),
  * and whether it has `safety_checker/` + `feature_extractor/`. model_index.json's entries are
  * [library, class] pairs, [null, null] for an absent component (as diffusers writes them). The
- * models are loaded frozen (no gradients), with the weights variant asked for ("fp16": the
- * `*.fp16.safetensors` files).
+ * models are frozen (no gradients) and memory-mapped (df_component_map_frozen: F32 weights are
+ * the file's pages, not copies), with the weights variant asked for ("fp16": the
+ * `*.fp16.safetensors` files, converted to F32 as they load).
  */
 #include "infer/infer.h"
 
@@ -90,23 +91,20 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
     DF_TRY(read_index(dir, p));
     char path[1100];
     snprintf(path, sizeof path, "%s/unet", dir);
-    DF_TRY(df_component_load_variant(path, o.variant, &p->unet));
+    DF_TRY(df_component_map_frozen(path, o.variant, &p->unet));
     if (!p->unet.unet2d_cond)
         return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not a UNet2DConditionModel", path,
                         p->unet.class_name);
-    DF_TRY(df_params_freeze(p->unet.params));
     snprintf(path, sizeof path, "%s/vae", dir);
-    DF_TRY(df_component_load_variant(path, o.variant, &p->vae));
+    DF_TRY(df_component_map_frozen(path, o.variant, &p->vae));
     if (!p->vae.vae)
         return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not an AutoencoderKL", path,
                         p->vae.class_name);
-    DF_TRY(df_params_freeze(p->vae.params));
     snprintf(path, sizeof path, "%s/text_encoder", dir);
-    DF_TRY(df_component_load_variant(path, o.variant, &p->text_encoder));
+    DF_TRY(df_component_map_frozen(path, o.variant, &p->text_encoder));
     if (!p->text_encoder.clip_text)
         return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not a CLIP text model", path,
                         p->text_encoder.class_name);
-    DF_TRY(df_params_freeze(p->text_encoder.params));
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
     DF_TRY(df_sched_config_load(path, o.scheduler, &p->sched_config));
     p->has_sched_config = true;

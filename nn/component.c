@@ -142,7 +142,9 @@ df_status df_component_load(const char *dir, df_component *c) {
     return df_component_load_variant(dir, NULL, c);
 }
 
-df_status df_component_load_variant(const char *dir, const char *variant, df_component *c) {
+/* The load of df_component_load_variant; with `mapped` the second build takes its parameters
+ * from the weights file itself (df_init.map) and the registry keeps the file open. */
+static df_status load(const char *dir, const char *variant, bool mapped, df_component *c) {
     memset(c, 0, sizeof *c);
     char path[1024], weights[1024];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -156,12 +158,29 @@ df_status df_component_load_variant(const char *dir, const char *variant, df_com
     if (st == DF_OK) st = build(c, &cfg, (df_init){.shapes_only = true});
     if (st == DF_OK) st = weights_path(dir, stem, variant, weights, sizeof weights);
     if (st == DF_OK) st = df_params_load(c->params, weights, NULL);
-    if (st == DF_OK) {
-        free_model(c);
-        st = build(c, &cfg, (df_init){0});
-    }
+    if (st == DF_OK) free_model(c);
     if (st != DF_OK) return st;
-    return df_params_load(c->params, weights, NULL);
+    if (!mapped) {
+        DF_TRY(build(c, &cfg, (df_init){0}));
+        return df_params_load(c->params, weights, NULL);
+    }
+    df_st_set *set;
+    DF_TRY(df_st_set_open(weights, &set));
+    st = build(c, &cfg, (df_init){.map = set});
+    if (c->params)
+        c->params->map_owned = set;
+    else
+        df_st_set_close(set);
+    return st;
+}
+
+df_status df_component_load_variant(const char *dir, const char *variant, df_component *c) {
+    return load(dir, variant, false, c);
+}
+
+df_status df_component_map_frozen(const char *dir, const char *variant, df_component *c) {
+    DF_TRY(load(dir, variant, true, c));
+    return df_params_freeze(c->params);
 }
 
 df_status df_component_load_frozen(const char *dir, df_component *c) {

@@ -180,6 +180,7 @@ typedef struct df_param {
     char *name;        /* full dotted diffusers name, owned */
     df_tensor *tensor; /* owned */
     bool trainable;
+    bool from_map; /* its values came from df_init.map (initialisers leave it alone) */
 } df_param;
 
 /* A module that can carry adapters (nn/adapter.c): its diffusers name (`...attn1.to_q`), its
@@ -199,6 +200,12 @@ typedef struct df_params {
     df_philox *init;  /* initialiser stream for new parameters; NULL leaves them zero */
     bool shapes_only; /* names and shapes only: tensors have no storage (key-list checks) */
     df_flat flat;     /* the trainable parameters and their gradients (df_params_flatten) */
+    /* a weights file that new parameters take their values from (df_init.map), its names
+     * sorted for lookup, and the set itself when the registry owns it (closed at free) */
+    const struct df_st_set *map;
+    struct df_map_entry *map_index;
+    int n_map_index;
+    struct df_st_set *map_owned;
 } df_params;
 
 /* How a model's parameters start: drawn from `gen` (torch's default initialisers' ranges), zero
@@ -206,6 +213,10 @@ typedef struct df_params {
 typedef struct df_init {
     df_philox *gen;
     bool shapes_only;
+    /* Parameters found in `map` (by their canonical names) take their values from it: F32 data
+     * aligned to 4 bytes is used in place, from the file's private read-only-backed mapping
+     * (no copy; a write copies the page), other dtypes are converted into new storage. */
+    const struct df_st_set *map;
 } df_init;
 
 /* An empty registry; `init_gen` (borrowed, may be NULL) draws initial values. */
@@ -835,6 +846,11 @@ DF_API df_status df_component_load(const char *dir, df_component *c);
  * is. Any stored float dtype (F16, BF16, F32, F64) is converted to the model's F32. A pickle file
  * (.bin, .ckpt, .pt) is refused with DF_ERR_UNSUPPORTED and the way to convert it. */
 DF_API df_status df_component_load_variant(const char *dir, const char *variant, df_component *c);
+/* For inference: as df_component_load_variant, but the parameters are the weights file's own
+ * memory (F32 tensors used in place from its mapping, others converted), so loading copies
+ * nothing and the resident set holds each weight once; every parameter frozen. The mapping is
+ * private: an in-place change of a weight (a merged LoRA) copies only the pages it writes. */
+DF_API df_status df_component_map_frozen(const char *dir, const char *variant, df_component *c);
 /* df_component_load, then every parameter frozen (df_params_freeze): a base that only runs. */
 DF_API df_status df_component_load_frozen(const char *dir, df_component *c);
 DF_API void df_component_free(df_component *c);

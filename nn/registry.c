@@ -22,9 +22,67 @@ void df_params_init(df_params *r, df_philox *init_gen) {
     r->init = init_gen;
 }
 
+/* One tensor of the map: its canonical parameter name, file and entry. */
+struct df_map_entry {
+    char *name;
+    const df_st_file *file;
+    const df_st_info *info;
+};
+
+static const char *canonical_name(const char *key, char *buf, size_t len);
+
+static int cmp_entry(const void *a, const void *b) {
+    return strcmp(((const struct df_map_entry *)a)->name, ((const struct df_map_entry *)b)->name);
+}
+
+/* The map's tensors sorted by canonical name (keys to ignore left out). */
+static void map_index_build(df_params *r, const df_st_set *set) {
+    int n = df_st_set_count(set);
+    r->map_index = calloc((size_t)(n ? n : 1), sizeof *r->map_index);
+    DF_ASSERT(r->map_index, "out of memory indexing a weights file");
+    for (int i = 0; i < n; i++) {
+        struct df_map_entry *e = &r->map_index[r->n_map_index];
+        char buf[DF_NAME_MAX];
+        e->info = df_st_set_info_at(set, i, &e->file);
+        const char *name = canonical_name(e->info->name, buf, sizeof buf);
+        if (!name) continue;
+        e->name = strdup(name);
+        DF_ASSERT(e->name, "out of memory indexing a weights file");
+        r->n_map_index++;
+    }
+    qsort(r->map_index, (size_t)r->n_map_index, sizeof *r->map_index, cmp_entry);
+    r->map = set;
+}
+
 void df_params_init_with(df_params *r, df_init init) {
     df_params_init(r, init.gen);
     r->shapes_only = init.shapes_only;
+    if (init.map && !init.shapes_only) map_index_build(r, init.map);
+}
+
+/* A new parameter of `name` from the map: used in place when it is F32 with the same shape and
+ * 4-byte aligned, else converted into new storage; NULL when the map has no usable tensor. */
+static df_tensor *param_from_map(const df_params *r, const char *name, int ndim,
+                                 const int64_t *shape) {
+    struct df_map_entry key = {.name = (char *)name};
+    const struct df_map_entry *e =
+        bsearch(&key, r->map_index, (size_t)r->n_map_index, sizeof key, cmp_entry);
+    if (!e || !e->info->supported || e->info->ndim != ndim) return NULL;
+    for (int d = 0; d < ndim; d++)
+        if (e->info->shape[d] != shape[d]) return NULL;
+    const void *data = df_st_data(e->file, e->info);
+    if (e->info->dtype == DF_DTYPE_F32 && ((uintptr_t)data & 3) == 0) {
+        df_scope_pause pause = df_scope_suspend(); /* parameters outlive every scope */
+        df_tensor *t = df_tensor_wrap(DF_DTYPE_F32, ndim, shape, (void *)data);
+        df_scope_resume(pause);
+        return t;
+    }
+    df_tensor *t = df_tensor_new_owned(DF_DTYPE_F32, ndim, shape);
+    if (df_st_read_into(e->file, e->info->name, t) != DF_OK) {
+        df_tensor_free(t);
+        return NULL;
+    }
+    return t;
 }
 
 void df_params_free(df_params *r) {
@@ -39,6 +97,9 @@ void df_params_free(df_params *r) {
     for (int i = 0; i < r->n_modules; i++) free(r->modules[i].name);
     free(r->modules);
     df_flat_free(&r->flat);
+    for (int i = 0; i < r->n_map_index; i++) free(r->map_index[i].name);
+    free(r->map_index);
+    df_st_set_close(r->map_owned); /* after the tensors that point into it */
     memset(r, 0, sizeof *r);
 }
 
@@ -68,6 +129,7 @@ df_tensor *df_params_add(df_params *r, const char *prefix, const char *leaf, int
         DF_ASSERT(r->items, "out of memory growing the parameter registry");
     }
     df_tensor *t;
+    bool from_map = false;
     if (r->shapes_only) {
         /* a header (dtype, shape, numel) without storage: a shapes-only registry of any size
          * costs no parameter memory (key-list checks, and the shape check before loading) */
@@ -78,12 +140,15 @@ df_tensor *df_params_add(df_params *r, const char *prefix, const char *leaf, int
         t->numel = 1;
         for (int d = 0; d < ndim; d++) t->numel *= (t->shape[d] = shape[d]);
         t->refcount = 1;
-    } else {
+    } else if (!r->map || !(t = param_from_map(r, name, ndim, shape))) {
         /* parameters outlive every scope: made with no scope open */
         t = df_tensor_new_owned(DF_DTYPE_F32, ndim, shape);
         memset(t->data, 0, (size_t)t->numel * sizeof(float));
+    } else {
+        from_map = true;
     }
-    r->items[r->n++] = (df_param){.name = strdup(name), .tensor = t, .trainable = true};
+    r->items[r->n++] =
+        (df_param){.name = strdup(name), .tensor = t, .trainable = true, .from_map = from_map};
     return t;
 }
 
@@ -93,18 +158,26 @@ df_tensor *df_params_find(const df_params *r, const char *name) {
     return NULL;
 }
 
+/* Whether t took its values from the registry's map (no initialiser may write it). */
+static bool from_map(const df_params *r, const df_tensor *t) {
+    if (!r->map) return false;
+    for (int i = r->n - 1; i >= 0; i--)
+        if (r->items[i].tensor == t) return r->items[i].from_map;
+    return false;
+}
+
 void df_params_fill(df_params *r, df_tensor *t, float value) {
-    if (!r->shapes_only) df_tensor_fill_(t, value);
+    if (!r->shapes_only && !from_map(r, t)) df_tensor_fill_(t, value);
 }
 
 void df_params_init_uniform(df_params *r, df_tensor *t, float bound) {
-    if (!r->init || r->shapes_only) return;
+    if (!r->init || r->shapes_only || from_map(r, t)) return;
     float *p = df_f32(t);
     for (int64_t i = 0; i < t->numel; i++) p[i] = (2 * df_philox_uniform(r->init) - 1) * bound;
 }
 
 void df_params_init_normal(df_params *r, df_tensor *t, float std) {
-    if (!r->init || r->shapes_only) return;
+    if (!r->init || r->shapes_only || from_map(r, t)) return;
     df_philox_fill_normal(r->init, df_f32(t), t->numel);
     for (int64_t i = 0; i < t->numel; i++) df_f32(t)[i] *= std;
 }
