@@ -248,6 +248,10 @@ typedef struct df_diffusion_loss_config {
     float snr_gamma;               /* min-SNR gamma; 0: off */
     float noise_offset;            /* offset noise scale; 0: off */
     float input_perturbation;      /* extra noise on the model input only; 0: off */
+    /* v_prediction's min-SNR weight: false (the unconditional recipe): min(snr, gamma) /
+     * (snr + 1), the paper's and diffusers' scripts after v0.21.4; true (text_to_image, as
+     * v0.21.4's train_text_to_image.py): min(snr, gamma) / snr. Epsilon is / snr either way. */
+    bool min_snr_v_over_snr;
 } df_diffusion_loss_config;
 
 /* One draw: noise, timesteps (N, I64), the noisy input x_t and the target (scope rule). */
