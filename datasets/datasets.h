@@ -130,6 +130,14 @@ typedef struct df_dataset_opts {
     const char *caption_override; /* when set, every caption is this (DreamBooth instance prompt) */
     bool skip_bad_images; /* skip (count, report) unreadable images, metadata lines and caption
                              files instead of failing */
+    /* Captions. An image "has no caption" when its caption is empty: the metadata.jsonl column
+     * absent, null or "", no (or an empty) sidecar file, an empty string in a pack. */
+    const char *caption_template; /* e.g. "an emoji of {}": every "{}" is the image's caption;
+                                     NULL or "": the caption as is. Not applied to the override
+                                     nor to default_caption */
+    const char *default_caption;  /* the caption of images without one (NULL: none) */
+    bool require_captions; /* images without a caption (and no default_caption nor override) are
+                              an error at open naming their count and the first one */
 } df_dataset_opts;
 DF_API df_dataset_opts df_dataset_opts_default(void);
 
@@ -146,8 +154,13 @@ DF_API int64_t df_dataset_images(const df_dataset *ds);
 DF_API int64_t df_dataset_len(const df_dataset *ds);
 /* File name of image i (< df_dataset_images), relative to the dataset. Borrowed. */
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
-/* Caption of image i before dropout/override. Borrowed. */
+/* Caption of image i as read (before template, default, override and dropout). Borrowed. */
 DF_API const char *df_dataset_caption(const df_dataset *ds, int64_t i);
+/* Images without a caption (see df_dataset_opts), and the caption image i trains with before
+ * dropout: the override, else default_caption for an image without one, else the template
+ * applied. A new malloc'd string (free it). */
+DF_API int64_t df_dataset_uncaptioned(const df_dataset *ds);
+DF_API char *df_dataset_sample_caption(const df_dataset *ds, int64_t i);
 /* Entries left out when the dataset was opened: with skip_bad_images, malformed metadata.jsonl
  * lines and unreadable caption files; always, images that exist but are not regular files (a
  * FIFO named x.png would block the reader, a device never end). Their count and messages
@@ -157,8 +170,8 @@ DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 /* Decodes image i (< df_dataset_images) into a new U8 (H, W, C) tensor. Thread-safe. */
 DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                                   df_tensor **out);
-/* Sample `index` (< df_dataset_len): image index % images; the caption after override and
- * dropout, drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
+/* Sample `index` (< df_dataset_len): image index % images; its df_dataset_sample_caption,
+ * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
 DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
                                 df_philox *g, df_tensor **img, char **caption);
 

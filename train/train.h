@@ -314,6 +314,9 @@ typedef struct df_recipe {
     /* The data sources, in order; NULL (0): one, from train_data_dir. */
     const df_recipe_source *sources;
     int n_sources;
+    /* The loss reads the batches' captions: every image must have one (or default_caption);
+     * the recipe's schema holds DF_CFG_CAPTION_FIELDS. */
+    bool needs_captions;
     /* The scalar loss of one micro-batch into *loss (scope rule; the trainer owns the scope):
      * batches[i] from source i. An error (a bad batch, a shape the model refuses) stops the run
      * with its message. */
@@ -326,6 +329,29 @@ typedef struct df_recipe {
     df_status (*validate)(void *ctx, int64_t step, df_tensor **grid);
     void (*free)(void *ctx);
 } df_recipe;
+
+/* The caption keys of a recipe that trains on captions (df_recipe.needs_captions): put
+ * DF_CFG_CAPTION_FIELDS in its field list; the trainer reads them into each source's
+ * df_dataset_opts (datasets.h: which images have no caption, what the template does). */
+#define DF_CFG_CAPTION_FIELDS                                                                      \
+    {"caption_column",                                                                             \
+     DF_CFG_STRING,                                                                                \
+     "text",                                                                                       \
+     0,                                                                                            \
+     0,                                                                                            \
+     NULL,                                                                                         \
+     "metadata.jsonl column holding the captions (diffusers' default: text)"},                     \
+        {"caption_template",                                                                       \
+         DF_CFG_STRING,                                                                            \
+         NULL,                                                                                     \
+         0,                                                                                        \
+         0,                                                                                        \
+         NULL,                                                                                     \
+         "e.g. \"an emoji of {}\": {} is each image's caption (unset: the caption as is)"},        \
+    {                                                                                              \
+        "default_caption", DF_CFG_STRING, NULL, 0, 0, NULL,                                        \
+            "caption of images without one (unset: such images are an error naming their count)"   \
+    }
 
 /* The trainer's own config keys (diffusers' training flag names); recipes append theirs. */
 extern const df_cfg_field df_trainer_schema[];
