@@ -277,6 +277,34 @@ DF_API df_status df_diffusion_loss(const df_diffusion_loss_config *c, df_sched *
                                    const df_tensor *item_weights, const df_tensor *mask,
                                    df_tensor **loss);
 
+/* ================================================================ the VAE loss ============= */
+
+/* The posterior sample of a VAE's latents (train/vae_loss.c): z = mean + exp(logvar / 2) *
+ * noise, as diffusers' DiagonalGaussianDistribution.sample(); df_posterior_noise draws the
+ * noise (N(0, 1) of mean's shape, in storage order) from g. Every user of latents draws them
+ * so: the latent cache keeps (mean, logvar) and gives the same z as encoding. Scope rule. */
+DF_API df_tensor *df_posterior_noise(const df_tensor *mean, df_philox *g);
+DF_API df_tensor *df_posterior_sample(df_tensor *mean, df_tensor *logvar, df_tensor *noise);
+
+typedef enum df_recon_kind { DF_RECON_L1 = 0, DF_RECON_MSE } df_recon_kind;
+
+typedef struct df_vae_loss_config {
+    df_recon_kind recon; /* the reconstruction term: element mean of |d| or d^2 */
+    float kl_weight;     /* weight of the batch mean of the per-item KL sums */
+} df_vae_loss_config;
+
+/* The loss and its parts (scalars, then the sample and its decoding), scope rule. */
+typedef struct df_vae_loss_parts {
+    df_tensor *loss, *recon, *kl, *z, *decoded;
+} df_vae_loss_parts;
+
+/* The AutoencoderKL loss of pixels (N, C, H, W) in [-1, 1] with the posterior noise given
+ * (shape of the latents): recon(decode(z), x) + kl_weight * mean_i KL_i (see vae_loss.c for
+ * the formula and how it compares with ldm's). DF_ERR_INVALID naming a size the model refuses
+ * or a noise of the wrong shape. */
+DF_API df_status df_vae_loss(df_vae *m, const df_vae_loss_config *c, df_tensor *pixels,
+                             df_tensor *noise, df_vae_loss_parts *out);
+
 /* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
  * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no
  * earlier group took), with their own learning rate and weight decay. */
