@@ -433,8 +433,21 @@ df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_op
     *img = NULL;
     *caption = NULL;
     int64_t i = index % ds->n;
-    float u = df_philox_uniform(g);
-    DF_TRY(df_dataset_image(ds, i, dec, img));
-    *caption = u < ds->opts.caption_dropout ? xstrdup("") : df_dataset_sample_caption(ds, i);
+    char *cap = df_dataset_draw_caption(ds, index, g);
+    df_status s = df_dataset_image(ds, i, dec, img);
+    if (s != DF_OK) {
+        free(cap);
+        return s;
+    }
+    *caption = cap;
     return DF_OK;
+}
+
+char *df_dataset_draw_caption(const df_dataset *ds, int64_t index, df_philox *g) {
+    DF_ASSERT(index >= 0 && index < df_dataset_len(ds),
+              "df_dataset_draw_caption: index %lld out of %lld", (long long)index,
+              (long long)df_dataset_len(ds));
+    float u = df_philox_uniform(g);
+    return u < ds->opts.caption_dropout ? xstrdup("")
+                                        : df_dataset_sample_caption(ds, index % ds->n);
 }

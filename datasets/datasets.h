@@ -92,9 +92,13 @@ typedef struct df_transform {
 } df_transform;
 DF_API df_transform df_transform_default(int resolution);
 /* Resize shorter side to R (skipped when already R), crop R x R, flip, normalise into `dst`
- * (C * R * R floats). Randomness only from `g`. */
-DF_API void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *g,
+ * (C * R * R floats). Randomness only from `g`: the crop offsets (random crop), then one
+ * uniform for the flip (random_flip). Returns whether the image was flipped. */
+DF_API bool df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *g,
                                float *dst);
+/* The flip decision df_transform_apply draws for a center-cropped sample (one uniform from g
+ * when random_flip), without an image: what a loader that delivers no pixels draws. */
+DF_API bool df_transform_draw_flip(const df_transform *t, df_philox *g);
 
 /* ---------------------------------------------------------------- metadata.jsonl -------------- */
 
@@ -174,6 +178,8 @@ DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_deco
  * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
 DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
                                 df_philox *g, df_tensor **img, char **caption);
+/* The caption part of df_dataset_get alone (the same draw from g), without decoding. */
+DF_API char *df_dataset_draw_caption(const df_dataset *ds, int64_t index, df_philox *g);
 
 /* Writes every image of `ds`, resized (shorter side) and center-cropped to R x R RGB, into an
  * HDF5 file: datasets images (N, R, R, 3) uint8 chunked (1, R, R, 3), captions (N) and
@@ -202,16 +208,20 @@ typedef struct df_loader_opts {
     int prefetch;         /* batches decoded ahead (default 2 * workers) */
     bool shuffle;         /* default true; false: the identity order */
     bool drop_last;       /* drop the last partial batch of each epoch (default false) */
+    bool no_pixels;       /* deliver no pixels (latents come from a cache): batches carry the
+                       indices, captions and flips only, with the same draws as with pixels;
+                       needs center_crop (default false) */
     df_transform transform;
     df_loader_cursor start; /* where to begin (a saved cursor); default (0, 0) */
 } df_loader_opts;
 DF_API df_loader_opts df_loader_opts_default(int batch_size, int resolution);
 
 typedef struct df_batch {
-    df_tensor *pixels; /* F32 (n, C, R, R) in [-1, 1], owned by the batch */
+    df_tensor *pixels; /* F32 (n, C, R, R) in [-1, 1], owned by the batch; NULL (no_pixels) */
     int n;             /* samples in the batch (fewer than batch_size when some were skipped) */
     char **captions;   /* n strings, owned */
     int64_t *indices;  /* n dataset sample indices */
+    bool *flipped;     /* n: whether the sample was flipped (random_flip) */
     int64_t epoch;
     bool epoch_end;        /* the last batch of its epoch */
     df_loader_cursor next; /* the loader's cursor after this batch (save it with a checkpoint) */

@@ -305,6 +305,48 @@ typedef struct df_vae_loss_parts {
 DF_API df_status df_vae_loss(df_vae *m, const df_vae_loss_config *c, df_tensor *pixels,
                              df_tensor *noise, df_vae_loss_parts *out);
 
+/* ================================================================ the latent cache ========= */
+
+/* cache_latents (train/latent_cache.c): each image's VAE posterior (mean, logvar), and its
+ * flip's when random_flip, kept in a folder of the run (OUTPUT/latent_cache) and keyed by the
+ * VAE's weights checksum and the transform settings; a cache of another VAE or other settings,
+ * or a damaged one, is reported and rebuilt. Draw the latents with df_posterior_sample from
+ * the cached (mean, logvar) exactly as from df_vae_encode's: the same noise gives the same z. */
+typedef struct df_latent_cache df_latent_cache;
+
+/* Pixels of image `i` at a target (h, w) other than the square resolution (buckets): C * h * w
+ * floats in [-1, 1] into dst, as the loader makes them (unflipped). */
+typedef df_status (*df_latent_resize_fn)(void *ctx, const df_tensor *img, int64_t i, int h, int w,
+                                         float *dst);
+
+typedef struct df_latent_cache_opts {
+    const char *dir;            /* the cache folder (created) */
+    const df_dataset *ds;       /* the images (borrowed) */
+    df_vae *vae;                /* the frozen VAE (borrowed) */
+    df_transform transform;     /* the loader's: center_crop required; random_flip caches flips */
+    const int (*sizes)[2];      /* per image (h, w) target (buckets), or NULL: resolution square */
+    df_latent_resize_fn resize; /* makes the pixels of a non-square-resolution target */
+    void *resize_ctx;
+    int batch; /* entries encoded at once (<= 0: 1) */
+} df_latent_cache_opts;
+
+/* Reads the cache of o->dir when its key matches, else (re)builds it: encodes every entry and
+ * writes it atomically. Errors: the VAE's, an image's, a size the VAE cannot take, I/O. Free
+ * with df_latent_cache_free. */
+DF_API df_status df_latent_cache_open(const df_latent_cache_opts *o, df_latent_cache **out);
+DF_API void df_latent_cache_free(df_latent_cache *c);
+/* Whether this open built the file, and why ("" for a first build; the rejected file's
+ * problem otherwise, e.g. "written by another VAE"). */
+DF_API bool df_latent_cache_built(const df_latent_cache *c, const char **reason);
+/* The posterior of image `image` (flipped or not) as (1, L, h, w) mean and logvar (scope rule). */
+DF_API df_status df_latent_cache_get(const df_latent_cache *c, int64_t image, bool flipped,
+                                     df_tensor **mean, df_tensor **logvar);
+/* The posteriors of a batch's samples (indices modulo the images, batch->flipped), stacked
+ * (n, L, h, w). DF_ERR_INVALID when the batch mixes latent sizes or asks for a flip that was
+ * not cached. */
+DF_API df_status df_latent_cache_batch(const df_latent_cache *c, const df_batch *b,
+                                       df_tensor **mean, df_tensor **logvar);
+
 /* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
  * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no
  * earlier group took), with their own learning rate and weight decay. */
@@ -345,6 +387,9 @@ typedef struct df_recipe {
     /* The loss reads the batches' captions: every image must have one (or default_caption);
      * the recipe's schema holds DF_CFG_CAPTION_FIELDS. */
     bool needs_captions;
+    /* The loss takes latents from a df_latent_cache, not pixels: the loaders decode no image
+     * (df_loader_opts.no_pixels; batches carry indices, captions and flips). */
+    bool no_pixels;
     /* The scalar loss of one micro-batch into *loss (scope rule; the trainer owns the scope):
      * batches[i] from source i. An error (a bad batch, a shape the model refuses) stops the run
      * with its message. */

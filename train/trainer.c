@@ -286,6 +286,7 @@ static df_status open_data(trainer *t) {
         lo.prefetch = 2 * lo.workers;
         lo.transform.center_crop = df_config_bool(c, "center_crop");
         lo.transform.random_flip = df_config_bool(c, "random_flip");
+        lo.no_pixels = t->recipe->no_pixels;
         lo.start = t->cursor[i];
         DF_TRY(df_loader_new(t->data[i], &lo, &t->loader[i]));
     }
