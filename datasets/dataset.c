@@ -4,9 +4,11 @@
  * thread.
  *
  * Samples: index i of an epoch (i < images * repeats) is image i % images. Its caption is the
- * override when one is set, then replaced by "" with probability caption_dropout (one uniform
- * draw from the sample's generator, taken whether or not dropout is on, so enabling it does not
- * shift the other random draws).
+ * override when one is set, else default_caption when the image has none (an empty caption),
+ * else the caption in caption_template's "{}"; then replaced by "" with probability
+ * caption_dropout (one uniform draw from the sample's generator, taken whether or not dropout
+ * is on, so enabling it does not shift the other random draws). Captions are stored as read
+ * (a pack keeps them so), the template and default apply when a sample is drawn.
  */
 #include "datasets/datasets_impl.h"
 
@@ -168,6 +170,32 @@ static df_status open_metadata(df_dataset *ds, const char *meta_path) {
     return DF_OK;
 }
 
+/* Counts the images without a caption; with require_captions and neither an override nor a
+ * default caption, any is an error naming the count and the first; with a default caption the
+ * count is reported on stderr. */
+static df_status check_captions(df_dataset *ds) {
+    int64_t first = -1;
+    ds->n_uncaptioned = 0;
+    for (int64_t i = 0; i < ds->n; i++)
+        if (!ds->captions[i][0] && ds->n_uncaptioned++ == 0) first = i;
+    if (ds->n_uncaptioned == 0 || !ds->opts.require_captions || ds->caption_override) return DF_OK;
+    if (ds->default_caption) {
+        fprintf(stderr,
+                "note: %s: %lld of %lld images have no caption; they use default_caption "
+                "\"%s\"\n",
+                ds->root, (long long)ds->n_uncaptioned, (long long)ds->n, ds->default_caption);
+        return DF_OK;
+    }
+    const char *where = ds->kind == DF_DATASET_METADATA  ? "its metadata.jsonl column"
+                        : ds->kind == DF_DATASET_SIDECAR ? "a sidecar caption file"
+                                                         : "its caption in the pack";
+    return df_error(DF_ERR_FORMAT,
+                    "%s: %lld of %lld images have no caption (the first: %s, caption column "
+                    "\"%s\"): give each %s, or set default_caption",
+                    ds->root, (long long)ds->n_uncaptioned, (long long)ds->n, ds->files[first],
+                    ds->caption_column, where);
+}
+
 df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_dataset **out) {
     *out = NULL;
     df_dataset_opts def = df_dataset_opts_default();
@@ -176,6 +204,10 @@ df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_data
         return df_error(DF_ERR_INVALID, "%s: repeats must be >= 1 (got %d)", path, opts->repeats);
     if (!(opts->caption_dropout >= 0.0f && opts->caption_dropout <= 1.0f))
         return df_error(DF_ERR_INVALID, "%s: caption_dropout must be in [0, 1]", path);
+    if (opts->caption_template && *opts->caption_template && !strstr(opts->caption_template, "{}"))
+        return df_error(DF_ERR_INVALID,
+                        "%s: caption_template \"%s\" has no {} where the caption goes", path,
+                        opts->caption_template);
     struct stat st;
     if (stat(path, &st) != 0) return df_error(DF_ERR_NOTFOUND, "%s: %m", path);
     df_dataset *ds = calloc(1, sizeof *ds);
@@ -184,9 +216,14 @@ df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_data
     ds->caption_column = xstrdup(opts->caption_column ? opts->caption_column : "text");
     ds->caption_ext = xstrdup(opts->caption_ext ? opts->caption_ext : ".txt");
     ds->caption_override = opts->caption_override ? xstrdup(opts->caption_override) : NULL;
+    ds->caption_template =
+        opts->caption_template && *opts->caption_template ? xstrdup(opts->caption_template) : NULL;
+    ds->default_caption = opts->default_caption ? xstrdup(opts->default_caption) : NULL;
     ds->opts.caption_column = ds->caption_column;
     ds->opts.caption_ext = ds->caption_ext;
     ds->opts.caption_override = ds->caption_override;
+    ds->opts.caption_template = ds->caption_template;
+    ds->opts.default_caption = ds->default_caption;
     ds->root = xstrdup(path);
     df_status s;
     if (S_ISDIR(st.st_mode)) {
@@ -209,6 +246,7 @@ df_status df_dataset_open(const char *path, const df_dataset_opts *opts, df_data
     } else {
         s = df_error(DF_ERR_FORMAT, "%s: neither a directory nor an HDF5 pack", path);
     }
+    if (s == DF_OK) s = check_captions(ds);
     if (s != DF_OK) {
         df_dataset_free(ds);
         return s;
@@ -233,6 +271,8 @@ void df_dataset_free(df_dataset *ds) {
     free(ds->caption_column);
     free(ds->caption_ext);
     free(ds->caption_override);
+    free(ds->caption_template);
+    free(ds->default_caption);
     free(ds);
 }
 
@@ -331,6 +371,39 @@ const char *df_dataset_caption(const df_dataset *ds, int64_t i) {
     return ds->captions[i];
 }
 
+int64_t df_dataset_uncaptioned(const df_dataset *ds) {
+    return ds->n_uncaptioned;
+}
+
+/* `tpl` with every "{}" replaced by `cap`. malloc'd. */
+static char *apply_template(const char *tpl, const char *cap) {
+    size_t lc = strlen(cap), len = 0, n_slots = 0;
+    for (const char *p = tpl; (p = strstr(p, "{}")); p += 2) n_slots++;
+    len = strlen(tpl) - 2 * n_slots + lc * n_slots;
+    char *out = malloc(len + 1), *o = out;
+    DF_ASSERT(out, "out of memory");
+    for (const char *p = tpl; *p;) {
+        if (p[0] == '{' && p[1] == '}') {
+            memcpy(o, cap, lc);
+            o += lc;
+            p += 2;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+char *df_dataset_sample_caption(const df_dataset *ds, int64_t i) {
+    DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_sample_caption: index %lld out of %lld",
+              (long long)i, (long long)ds->n);
+    if (ds->caption_override) return xstrdup(ds->caption_override);
+    if (!ds->captions[i][0]) return xstrdup(ds->default_caption ? ds->default_caption : "");
+    if (ds->caption_template) return apply_template(ds->caption_template, ds->captions[i]);
+    return xstrdup(ds->captions[i]);
+}
+
 df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                            df_tensor **out) {
     DF_ASSERT(i >= 0 && i < ds->n, "df_dataset_image: index %lld out of %lld", (long long)i,
@@ -360,10 +433,21 @@ df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_op
     *img = NULL;
     *caption = NULL;
     int64_t i = index % ds->n;
-    float u = df_philox_uniform(g);
-    const char *c = ds->opts.caption_override ? ds->opts.caption_override : ds->captions[i];
-    if (u < ds->opts.caption_dropout) c = "";
-    DF_TRY(df_dataset_image(ds, i, dec, img));
-    *caption = xstrdup(c);
+    char *cap = df_dataset_draw_caption(ds, index, g);
+    df_status s = df_dataset_image(ds, i, dec, img);
+    if (s != DF_OK) {
+        free(cap);
+        return s;
+    }
+    *caption = cap;
     return DF_OK;
+}
+
+char *df_dataset_draw_caption(const df_dataset *ds, int64_t index, df_philox *g) {
+    DF_ASSERT(index >= 0 && index < df_dataset_len(ds),
+              "df_dataset_draw_caption: index %lld out of %lld", (long long)index,
+              (long long)df_dataset_len(ds));
+    float u = df_philox_uniform(g);
+    return u < ds->opts.caption_dropout ? xstrdup("")
+                                        : df_dataset_sample_caption(ds, index % ds->n);
 }

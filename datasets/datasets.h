@@ -93,9 +93,13 @@ typedef struct df_transform {
 } df_transform;
 DF_API df_transform df_transform_default(int resolution);
 /* Resize shorter side to R (skipped when already R), crop R x R, flip, normalise into `dst`
- * (C * R * R floats). Randomness only from `g`. */
-DF_API void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *g,
+ * (C * R * R floats). Randomness only from `g`: the crop offsets (random crop), then one
+ * uniform for the flip (random_flip). Returns whether the image was flipped. */
+DF_API bool df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *g,
                                float *dst);
+/* The flip decision df_transform_apply draws for a center-cropped sample (one uniform from g
+ * when random_flip), without an image: what a loader that delivers no pixels draws. */
+DF_API bool df_transform_draw_flip(const df_transform *t, df_philox *g);
 
 /* ---------------------------------------------------------------- metadata.jsonl -------------- */
 
@@ -131,6 +135,14 @@ typedef struct df_dataset_opts {
     const char *caption_override; /* when set, every caption is this (DreamBooth instance prompt) */
     bool skip_bad_images; /* skip (count, report) unreadable images, metadata lines and caption
                              files instead of failing */
+    /* Captions. An image "has no caption" when its caption is empty: the metadata.jsonl column
+     * absent, null or "", no (or an empty) sidecar file, an empty string in a pack. */
+    const char *caption_template; /* e.g. "an emoji of {}": every "{}" is the image's caption;
+                                     NULL or "": the caption as is. Not applied to the override
+                                     nor to default_caption */
+    const char *default_caption;  /* the caption of images without one (NULL: none) */
+    bool require_captions; /* images without a caption (and no default_caption nor override) are
+                              an error at open naming their count and the first one */
 } df_dataset_opts;
 DF_API df_dataset_opts df_dataset_opts_default(void);
 
@@ -147,8 +159,13 @@ DF_API int64_t df_dataset_images(const df_dataset *ds);
 DF_API int64_t df_dataset_len(const df_dataset *ds);
 /* File name of image i (< df_dataset_images), relative to the dataset. Borrowed. */
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
-/* Caption of image i before dropout/override. Borrowed. */
+/* Caption of image i as read (before template, default, override and dropout). Borrowed. */
 DF_API const char *df_dataset_caption(const df_dataset *ds, int64_t i);
+/* Images without a caption (see df_dataset_opts), and the caption image i trains with before
+ * dropout: the override, else default_caption for an image without one, else the template
+ * applied. A new malloc'd string (free it). */
+DF_API int64_t df_dataset_uncaptioned(const df_dataset *ds);
+DF_API char *df_dataset_sample_caption(const df_dataset *ds, int64_t i);
 /* Entries left out when the dataset was opened: with skip_bad_images, malformed metadata.jsonl
  * lines and unreadable caption files; always, images that exist but are not regular files (a
  * FIFO named x.png would block the reader, a device never end). Their count and messages
@@ -158,10 +175,12 @@ DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 /* Decodes image i (< df_dataset_images) into a new U8 (H, W, C) tensor. Thread-safe. */
 DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                                   df_tensor **out);
-/* Sample `index` (< df_dataset_len): image index % images; the caption after override and
- * dropout, drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
+/* Sample `index` (< df_dataset_len): image index % images; its df_dataset_sample_caption,
+ * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
 DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
                                 df_philox *g, df_tensor **img, char **caption);
+/* The caption part of df_dataset_get alone (the same draw from g), without decoding. */
+DF_API char *df_dataset_draw_caption(const df_dataset *ds, int64_t index, df_philox *g);
 
 /* Writes every image of `ds`, resized (shorter side) and center-cropped to R x R RGB, into an
  * HDF5 file: datasets images (N, R, R, 3) uint8 chunked (1, R, R, 3), captions (N) and
@@ -190,16 +209,20 @@ typedef struct df_loader_opts {
     int prefetch;         /* batches decoded ahead (default 2 * workers) */
     bool shuffle;         /* default true; false: the identity order */
     bool drop_last;       /* drop the last partial batch of each epoch (default false) */
+    bool no_pixels;       /* deliver no pixels (latents come from a cache): batches carry the
+                       indices, captions and flips only, with the same draws as with pixels;
+                       needs center_crop (default false) */
     df_transform transform;
     df_loader_cursor start; /* where to begin (a saved cursor); default (0, 0) */
 } df_loader_opts;
 DF_API df_loader_opts df_loader_opts_default(int batch_size, int resolution);
 
 typedef struct df_batch {
-    df_tensor *pixels; /* F32 (n, C, R, R) in [-1, 1], owned by the batch */
+    df_tensor *pixels; /* F32 (n, C, R, R) in [-1, 1], owned by the batch; NULL (no_pixels) */
     int n;             /* samples in the batch (fewer than batch_size when some were skipped) */
     char **captions;   /* n strings, owned */
     int64_t *indices;  /* n dataset sample indices */
+    bool *flipped;     /* n: whether the sample was flipped (random_flip) */
     int64_t epoch;
     bool epoch_end;        /* the last batch of its epoch */
     df_loader_cursor next; /* the loader's cursor after this batch (save it with a checkpoint) */

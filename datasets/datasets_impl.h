@@ -41,6 +41,8 @@ struct df_dataset {
     df_dataset_kind kind;
     df_dataset_opts opts;
     char *caption_column, *caption_ext, *caption_override; /* owned copies behind opts */
+    char *caption_template, *default_caption;              /* owned copies behind opts */
+    int64_t n_uncaptioned;                                 /* images whose caption is "" */
     char *root;
     int64_t n;
     char **files; /* relative names */

@@ -23,6 +23,10 @@
  * error naming the skipped count (an empty batch would train on nothing), and a dataset with
  * no readable image at all is refused by df_loader_new.
  *
+ * No pixels (cached latents): a batch carries the indices, captions and flip decisions the
+ * pixel path would have drawn (same streams, same order: caption dropout, then the flip; the
+ * crop is centred, so it draws nothing), and no image is decoded.
+ *
  * Tensors: a worker creates the batch's pixel tensor outside any scope, so it is owned by the
  * df_batch and handed to the consumer with it (the allocator is thread-safe).
  */
@@ -99,6 +103,7 @@ void df_batch_free(df_batch *b) {
     free(b->captions);
     free(b->skipped);
     free(b->indices);
+    free(b->flipped);
     free(b);
 }
 
@@ -145,12 +150,26 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
     DF_ASSERT(b, "out of memory");
     b->captions = calloc((size_t)j->n, sizeof(char *));
     b->indices = calloc((size_t)j->n, sizeof(int64_t));
+    b->flipped = calloc((size_t)j->n + 1, sizeof(bool));
     b->skipped = calloc((size_t)j->n, sizeof(char *));
-    DF_ASSERT(b->captions && b->indices && b->skipped, "out of memory");
+    DF_ASSERT(b->captions && b->indices && b->flipped && b->skipped, "out of memory");
     b->epoch = j->epoch;
     b->epoch_end = j->epoch_end;
     b->next = j->epoch_end ? (df_loader_cursor){j->epoch + 1, 0}
                            : (df_loader_cursor){j->epoch, j->pos + j->n};
+    if (l->o.no_pixels) { /* the draws of the pixel path, in its order: caption, flip */
+        for (int i = 0; i < j->n; i++) {
+            df_philox g;
+            df_philox_init(&g, l->o.seed,
+                           stream_id(STREAM_SAMPLE, (uint64_t)j->epoch, (uint64_t)j->keys[i]));
+            b->captions[i] = df_dataset_draw_caption(l->ds, j->samples[i], &g);
+            b->flipped[i] = df_transform_draw_flip(t, &g);
+            b->indices[i] = j->samples[i];
+        }
+        b->n = j->n;
+        *out = b;
+        return DF_OK;
+    }
     size_t per = (size_t)C * R * R;
     float *buf = malloc(sizeof(float) * per * (size_t)j->n);
     if (!buf) {
@@ -182,7 +201,7 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
             b->n_skipped++;
             continue;
         }
-        df_transform_apply(t, img, &g, buf + per * (size_t)b->n);
+        b->flipped[b->n] = df_transform_apply(t, img, &g, buf + per * (size_t)b->n);
         df_tensor_free(img);
         b->captions[b->n] = cap;
         b->indices[b->n] = j->samples[i];
@@ -310,7 +329,11 @@ df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loa
         return df_error(DF_ERR_INVALID,
                         "loader: cursor (%lld, %lld) outside an epoch of %lld samples",
                         (long long)o.start.epoch, (long long)o.start.position, (long long)used);
-    if (ds->opts.skip_bad_images) DF_TRY(check_some_readable(ds, &o.transform.decode));
+    if (o.no_pixels && !o.transform.center_crop)
+        return df_error(DF_ERR_INVALID, "loader: no_pixels (cached latents) needs center_crop: a "
+                                        "cache holds one crop of each image");
+    if (ds->opts.skip_bad_images && !o.no_pixels)
+        DF_TRY(check_some_readable(ds, &o.transform.decode));
     df_loader *l = calloc(1, sizeof *l);
     DF_ASSERT(l, "out of memory");
     l->ds = ds;

@@ -71,7 +71,11 @@ df_transform df_transform_default(int resolution) {
                           .decode = df_decode_opts_default()};
 }
 
-void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *g, float *dst) {
+bool df_transform_draw_flip(const df_transform *t, df_philox *g) {
+    return t->random_flip && df_philox_uniform(g) < 0.5f;
+}
+
+bool df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *g, float *dst) {
     int R = t->resolution;
     int H = (int)img->shape[0], W = (int)img->shape[1], c = (int)img->shape[2];
     df_tensor *resized = NULL;
@@ -90,7 +94,7 @@ void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *
     } else {
         df_random_crop_offsets(g, H, W, R, R, &top, &left);
     }
-    bool flip = t->random_flip && df_philox_uniform(g) < 0.5f;
+    bool flip = df_transform_draw_flip(t, g);
     /* crop, flip and normalise in one pass, straight into the batch */
     const uint8_t *s = cur->data;
     size_t plane = (size_t)R * R;
@@ -103,4 +107,5 @@ void df_transform_apply(const df_transform *t, const df_tensor *img, df_philox *
         }
     }
     df_tensor_free(resized);
+    return flip;
 }

@@ -93,6 +93,33 @@ df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path) {
     return write_json(o, path);
 }
 
+df_status df_vae_config_save(const df_vae_config *c, const char *path) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    /* keys in sorted order: AutoencoderKL.__init__'s arguments (v0.21.4) */
+    cJSON_AddStringToObject(o, "_class_name", "AutoencoderKL");
+    cJSON_AddStringToObject(o, "_diffusers_version", DIFFUSERS_VERSION);
+    cJSON_AddStringToObject(o, "act_fn", c->act_fn);
+    cJSON_AddItemToObject(o, "block_out_channels", int_array(c->block_out_channels, c->n_blocks));
+    cJSON_AddItemToObject(o, "down_block_types",
+                          string_array((char(*)[DF_JSON_STR])c->down_block_types, c->n_blocks));
+    cJSON_AddBoolToObject(o, "force_upcast", c->force_upcast);
+    cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
+    cJSON_AddNumberToObject(o, "latent_channels", c->latent_channels);
+    cJSON_AddNumberToObject(o, "layers_per_block", c->layers_per_block);
+    cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
+    cJSON_AddNumberToObject(o, "out_channels", c->out_channels);
+    if (c->sample_size && c->sample_width)
+        cJSON_AddItemToObject(o, "sample_size",
+                              int_array((const int[]){c->sample_size, c->sample_width}, 2));
+    else
+        cJSON_AddNumberToObject(o, "sample_size", c->sample_size);
+    cJSON_AddNumberToObject(o, "scaling_factor", shortest(c->scaling_factor));
+    cJSON_AddItemToObject(o, "up_block_types",
+                          string_array((char(*)[DF_JSON_STR])c->up_block_types, c->n_blocks));
+    return write_json(o, path);
+}
+
 df_status df_json_write_object(struct cJSON *obj, const char *path) {
     return write_json(obj, path);
 }

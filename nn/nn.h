@@ -655,6 +655,7 @@ DF_API df_status df_unet2d_cond_config_load(const char *path, df_unet2d_cond_con
 DF_API df_status df_vae_config_load(const char *path, df_vae_config *c);
 /* Writes config.json as diffusers' save_config does (every field, sorted, _class_name). */
 DF_API df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path);
+DF_API df_status df_vae_config_save(const df_vae_config *c, const char *path);
 /* Writes a cJSON object to path, pretty-printed, and frees it. */
 DF_API df_status df_json_write_object(struct cJSON *obj, const char *path);
 /* The same over an already parsed config (the file's label is j->path). */

@@ -8,6 +8,7 @@
 
 static const df_recipe_def *const all_recipes[] = {
     &df_recipe_unconditional,
+    &df_recipe_vae,
 };
 
 int df_recipe_count(void) {

@@ -169,7 +169,9 @@ static df_status uncond_create(const df_config *cfg, df_recipe *r) {
         (df_diffusion_loss_config){.prediction = u->sched_config.prediction_type,
                                    .num_train_timesteps = df_config_int(cfg, "ddpm_num_steps"),
                                    .snr_gamma = (float)df_config_float(cfg, "snr_gamma"),
-                                   .noise_offset = (float)df_config_float(cfg, "noise_offset")};
+                                   .noise_offset = (float)df_config_float(cfg, "noise_offset"),
+                                   /* v_prediction min-SNR: min(snr, gamma) / (snr + 1) */
+                                   .min_snr_v_over_snr = false};
     u->inference_steps = df_config_int(cfg, "ddpm_num_inference_steps");
     u->n_validation = df_config_int(cfg, "num_validation_images");
     *r = (df_recipe){.name = "unconditional",

@@ -12,8 +12,11 @@
  *             plain per-item mean; then mean_i(w_i loss_i) with
  *             w_i = item weight (e.g. DreamBooth's prior_loss_weight) x min-SNR weight:
  *               min(snr, gamma) / snr        epsilon
- *               min(snr, gamma) / (snr + 1)  v_prediction (Hang et al. 2023; diffusers after
- *                                            v0.21.4: 0.21.4's script divided by snr)
+ *               min(snr, gamma) / (snr + 1)  v_prediction (Hang et al. 2023; diffusers' scripts
+ *                                            after v0.21.4)
+ *               min(snr, gamma) / snr        v_prediction with min_snr_v_over_snr: what
+ *                                            v0.21.4's train_text_to_image.py computes (it
+ *                                            divides by snr whatever the prediction type)
  *               min(snr, gamma)              sample, and snr itself without gamma (the
  *                                            distillation weighting of train_unconditional.py)
  *   With no weight of either kind and no mask: F.mse_loss(out, target) (one mean).
@@ -96,7 +99,7 @@ static df_status loss_weights(const df_diffusion_loss_config *c, df_sched *sched
             if (c->snr_gamma > 0 && c->prediction == DF_PRED_EPSILON)
                 v = m / s;
             else if (c->snr_gamma > 0 && c->prediction == DF_PRED_V_PREDICTION)
-                v = m / (s + 1.0f);
+                v = c->min_snr_v_over_snr ? m / s : m / (s + 1.0f);
         }
         if (item_weights) v *= df_tensor_get(item_weights, i);
         df_f32(w)[i] = v;

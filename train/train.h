@@ -248,6 +248,10 @@ typedef struct df_diffusion_loss_config {
     float snr_gamma;               /* min-SNR gamma; 0: off */
     float noise_offset;            /* offset noise scale; 0: off */
     float input_perturbation;      /* extra noise on the model input only; 0: off */
+    /* v_prediction's min-SNR weight: false (the unconditional recipe): min(snr, gamma) /
+     * (snr + 1), the paper's and diffusers' scripts after v0.21.4; true (text_to_image, as
+     * v0.21.4's train_text_to_image.py): min(snr, gamma) / snr. Epsilon is / snr either way. */
+    bool min_snr_v_over_snr;
 } df_diffusion_loss_config;
 
 /* One draw: noise, timesteps (N, I64), the noisy input x_t and the target (scope rule). */
@@ -272,6 +276,76 @@ DF_API df_status df_diffusion_loss(const df_diffusion_loss_config *c, df_sched *
                                    const df_tensor *model_out, const df_diffusion_draw *d,
                                    const df_tensor *item_weights, const df_tensor *mask,
                                    df_tensor **loss);
+
+/* ================================================================ the VAE loss ============= */
+
+/* The posterior sample of a VAE's latents (train/vae_loss.c): z = mean + exp(logvar / 2) *
+ * noise, as diffusers' DiagonalGaussianDistribution.sample(); df_posterior_noise draws the
+ * noise (N(0, 1) of mean's shape, in storage order) from g. Every user of latents draws them
+ * so: the latent cache keeps (mean, logvar) and gives the same z as encoding. Scope rule. */
+DF_API df_tensor *df_posterior_noise(const df_tensor *mean, df_philox *g);
+DF_API df_tensor *df_posterior_sample(df_tensor *mean, df_tensor *logvar, df_tensor *noise);
+
+typedef enum df_recon_kind { DF_RECON_L1 = 0, DF_RECON_MSE } df_recon_kind;
+
+typedef struct df_vae_loss_config {
+    df_recon_kind recon; /* the reconstruction term: element mean of |d| or d^2 */
+    float kl_weight;     /* weight of the batch mean of the per-item KL sums */
+} df_vae_loss_config;
+
+/* The loss and its parts (scalars, then the sample and its decoding), scope rule. */
+typedef struct df_vae_loss_parts {
+    df_tensor *loss, *recon, *kl, *z, *decoded;
+} df_vae_loss_parts;
+
+/* The AutoencoderKL loss of pixels (N, C, H, W) in [-1, 1] with the posterior noise given
+ * (shape of the latents): recon(decode(z), x) + kl_weight * mean_i KL_i (see vae_loss.c for
+ * the formula and how it compares with ldm's). DF_ERR_INVALID naming a size the model refuses
+ * or a noise of the wrong shape. */
+DF_API df_status df_vae_loss(df_vae *m, const df_vae_loss_config *c, df_tensor *pixels,
+                             df_tensor *noise, df_vae_loss_parts *out);
+
+/* ================================================================ the latent cache ========= */
+
+/* cache_latents (train/latent_cache.c): each image's VAE posterior (mean, logvar), and its
+ * flip's when random_flip, kept in a folder of the run (OUTPUT/latent_cache) and keyed by the
+ * VAE's weights checksum and the transform settings; a cache of another VAE or other settings,
+ * or a damaged one, is reported and rebuilt. Draw the latents with df_posterior_sample from
+ * the cached (mean, logvar) exactly as from df_vae_encode's: the same noise gives the same z. */
+typedef struct df_latent_cache df_latent_cache;
+
+/* Pixels of image `i` at a target (h, w) other than the square resolution (buckets): C * h * w
+ * floats in [-1, 1] into dst, as the loader makes them (unflipped). */
+typedef df_status (*df_latent_resize_fn)(void *ctx, const df_tensor *img, int64_t i, int h, int w,
+                                         float *dst);
+
+typedef struct df_latent_cache_opts {
+    const char *dir;            /* the cache folder (created) */
+    const df_dataset *ds;       /* the images (borrowed) */
+    df_vae *vae;                /* the frozen VAE (borrowed) */
+    df_transform transform;     /* the loader's: center_crop required; random_flip caches flips */
+    const int (*sizes)[2];      /* per image (h, w) target (buckets), or NULL: resolution square */
+    df_latent_resize_fn resize; /* makes the pixels of a non-square-resolution target */
+    void *resize_ctx;
+    int batch; /* entries encoded at once (<= 0: 1) */
+} df_latent_cache_opts;
+
+/* Reads the cache of o->dir when its key matches, else (re)builds it: encodes every entry and
+ * writes it atomically. Errors: the VAE's, an image's, a size the VAE cannot take, I/O. Free
+ * with df_latent_cache_free. */
+DF_API df_status df_latent_cache_open(const df_latent_cache_opts *o, df_latent_cache **out);
+DF_API void df_latent_cache_free(df_latent_cache *c);
+/* Whether this open built the file, and why ("" for a first build; the rejected file's
+ * problem otherwise, e.g. "written by another VAE"). */
+DF_API bool df_latent_cache_built(const df_latent_cache *c, const char **reason);
+/* The posterior of image `image` (flipped or not) as (1, L, h, w) mean and logvar (scope rule). */
+DF_API df_status df_latent_cache_get(const df_latent_cache *c, int64_t image, bool flipped,
+                                     df_tensor **mean, df_tensor **logvar);
+/* The posteriors of a batch's samples (indices modulo the images, batch->flipped), stacked
+ * (n, L, h, w). DF_ERR_INVALID when the batch mixes latent sizes or asks for a flip that was
+ * not cached. */
+DF_API df_status df_latent_cache_batch(const df_latent_cache *c, const df_batch *b,
+                                       df_tensor **mean, df_tensor **logvar);
 
 /* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
  * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no
@@ -310,6 +384,12 @@ typedef struct df_recipe {
     /* The data sources, in order; NULL (0): one, from train_data_dir. */
     const df_recipe_source *sources;
     int n_sources;
+    /* The loss reads the batches' captions: every image must have one (or default_caption);
+     * the recipe's schema holds DF_CFG_CAPTION_FIELDS. */
+    bool needs_captions;
+    /* The loss takes latents from a df_latent_cache, not pixels: the loaders decode no image
+     * (df_loader_opts.no_pixels; batches carry indices, captions and flips). */
+    bool no_pixels;
     /* The scalar loss of one micro-batch into *loss (scope rule; the trainer owns the scope):
      * batches[i] from source i. An error (a bad batch, a shape the model refuses) stops the run
      * with its message. */
@@ -322,6 +402,29 @@ typedef struct df_recipe {
     df_status (*validate)(void *ctx, int64_t step, df_tensor **grid);
     void (*free)(void *ctx);
 } df_recipe;
+
+/* The caption keys of a recipe that trains on captions (df_recipe.needs_captions): put
+ * DF_CFG_CAPTION_FIELDS in its field list; the trainer reads them into each source's
+ * df_dataset_opts (datasets.h: which images have no caption, what the template does). */
+#define DF_CFG_CAPTION_FIELDS                                                                      \
+    {"caption_column",                                                                             \
+     DF_CFG_STRING,                                                                                \
+     "text",                                                                                       \
+     0,                                                                                            \
+     0,                                                                                            \
+     NULL,                                                                                         \
+     "metadata.jsonl column holding the captions (diffusers' default: text)"},                     \
+        {"caption_template",                                                                       \
+         DF_CFG_STRING,                                                                            \
+         NULL,                                                                                     \
+         0,                                                                                        \
+         0,                                                                                        \
+         NULL,                                                                                     \
+         "e.g. \"an emoji of {}\": {} is each image's caption (unset: the caption as is)"},        \
+    {                                                                                              \
+        "default_caption", DF_CFG_STRING, NULL, 0, 0, NULL,                                        \
+            "caption of images without one (unset: such images are an error naming their count)"   \
+    }
 
 /* The trainer's own config keys (diffusers' training flag names); recipes append theirs. */
 extern const df_cfg_field df_trainer_schema[];

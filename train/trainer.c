@@ -269,6 +269,13 @@ static df_status open_data(trainer *t) {
         if (!*dir) return df_error(DF_ERR_INVALID, "%s is not set (%s)", key, "config");
         df_dataset_opts o = df_dataset_opts_default();
         o.skip_bad_images = df_config_bool(c, "skip_bad_images");
+        if (t->recipe->needs_captions) {
+            o.caption_column = df_config_str(c, "caption_column");
+            o.caption_template = df_config_str(c, "caption_template");
+            const char *def = df_config_str(c, "default_caption");
+            o.default_caption = *def ? def : NULL;
+            o.require_captions = true;
+        }
         DF_TRY(df_dataset_open(dir, &o, &t->data[i]));
         if (df_dataset_len(t->data[i]) == 0)
             return df_error(DF_ERR_INVALID, "%s: the dataset is empty (%s)", dir, key);
@@ -279,6 +286,7 @@ static df_status open_data(trainer *t) {
         lo.prefetch = 2 * lo.workers;
         lo.transform.center_crop = df_config_bool(c, "center_crop");
         lo.transform.random_flip = df_config_bool(c, "random_flip");
+        lo.no_pixels = t->recipe->no_pixels;
         lo.start = t->cursor[i];
         DF_TRY(df_loader_new(t->data[i], &lo, &t->loader[i]));
     }

@@ -46,9 +46,21 @@ typedef struct tiny_run {
     df_recipe r;
 } tiny_run;
 
+static df_status (*one_source_loss)(void *, const df_batch *const *, df_step_rng *, df_tensor **);
+
+static const df_cfg_field caption_fields[] = {DF_CFG_CAPTION_FIELDS};
+static bool with_caption_keys; /* the next tiny_begin's schema holds DF_CFG_CAPTION_FIELDS */
+
 static void tiny_begin(tiny_run *t, const char *out, const char *extra) {
     int n;
     t->schema = df_recipe_schema(&df_recipe_unconditional, &n);
+    if (with_caption_keys) {
+        int k = (int)(sizeof caption_fields / sizeof caption_fields[0]);
+        t->schema = realloc(t->schema, (size_t)(n + k) * sizeof *t->schema);
+        cr_assert(t->schema);
+        memcpy(t->schema + n, caption_fields, sizeof caption_fields);
+        n += k;
+    }
     df_config_init(&t->cfg, t->schema, n);
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
@@ -132,6 +144,37 @@ Test(recipes_contract, a_loss_error_stops_the_run_with_its_message) {
     tiny_end(&t);
 }
 
+/* A recipe that needs captions: the batches carry each image's caption (here the default in
+ * the template's place: the test images have none). */
+static int captions_seen;
+static df_status caption_loss(void *ctx, const df_batch *const *b, df_step_rng *rng,
+                              df_tensor **loss) {
+    for (int i = 0; i < b[0]->n; i++) {
+        cr_assert_str_eq(b[0]->captions[i], "an emoji");
+        captions_seen++;
+    }
+    return one_source_loss(ctx, b, rng, loss);
+}
+
+Test(recipes_contract, a_recipe_that_needs_captions_gets_them_or_an_error) {
+    with_caption_keys = true;
+    tiny_run t;
+    tiny_begin(&t, "captions", "caption_template=an_emoji_of_{}");
+    one_source_loss = t.r.loss;
+    t.r.needs_captions = true;
+    df_train_opts opts = {0};
+    expect_status(df_train_run(&t.cfg, &t.r, &opts), DF_ERR_FORMAT,
+                  "4 of 4 images have no caption");
+    cr_assert(strstr(df_last_error(), "default_caption"), "%s", df_last_error());
+    cr_assert_eq(df_config_set(&t.cfg, "default_caption=an emoji"), DF_OK, "%s", df_last_error());
+    t.r.loss = caption_loss;
+    opts.overwrite = true;
+    cr_assert_eq(df_train_run(&t.cfg, &t.r, &opts), DF_OK, "%s", df_last_error());
+    cr_assert_eq(captions_seen, 4, "2 steps of 2 images");
+    tiny_end(&t);
+    with_caption_keys = false;
+}
+
 Test(recipes_contract, the_recipe_table_feeds_the_cli_and_the_schema) {
     char out[4096];
     char cmd[512];
@@ -197,7 +240,6 @@ Test(recipes_contract, checkpoints_hold_the_trained_part_and_name_the_base) {
 
 /* Two data sources (both of the test folder, each in its own order): the loss of each batch,
  * summed; which samples each source gave at each call is recorded. */
-static df_status (*one_source_loss)(void *, const df_batch *const *, df_step_rng *, df_tensor **);
 static int64_t first_index[2][64];
 static int n_calls;
 
