@@ -30,6 +30,8 @@ int df_cli_fail(const char *what);
 df_status df_cli_check_output(const char *out, const char *const *inputs, int n_inputs,
                               const char *model_dir);
 
+/* `diffusion tokenize TOKENIZER_DIR [--max-length N] TEXT...` (recipes/cmd_tokenize.c). */
+int df_cmd_tokenize(int argc, char **argv);
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);
 
