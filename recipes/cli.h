@@ -30,6 +30,9 @@ int df_cli_fail(const char *what);
 df_status df_cli_check_output(const char *out, const char *const *inputs, int n_inputs,
                               const char *model_dir);
 
+/* `diffusion convert` (recipes/cmd_convert.c): single-file SD checkpoints <-> folders. */
+int df_cmd_convert(int argc, char **argv);
+
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);
 
