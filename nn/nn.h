@@ -80,6 +80,11 @@ DF_API void df_st_metadata_at(const df_st_file *f, int i, const char **key, cons
  * aligned for its dtype; NULL-safe for 0 bytes). Borrowed until df_st_close. */
 DF_API const void *df_st_data(const df_st_file *f, const df_st_info *info);
 
+/* Drops the whole pages of the tensor's bytes from the process's resident set (they are read
+ * from the file again if touched): for code that streams tensors out of the mapping with
+ * df_st_data, as df_st_read does after converting. A no-op for df_st_open_memory files. */
+DF_API void df_st_release(const df_st_file *f, const df_st_info *info);
+
 /* Reads tensor `name` into a new tensor of dtype `as` (values converted: float <-> float rounds
  * to nearest even as df_tensor_to, int <-> int truncates as a C cast, int -> float exact where
  * representable). Reading a float tensor as an integer dtype is refused (DF_ERR_INVALID), as is

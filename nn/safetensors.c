@@ -652,6 +652,11 @@ static void release_pages(const df_st_file *f, const df_st_info *t) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+void df_st_release(const df_st_file *f, const df_st_info *info) {
+    DF_ASSERT(f && info, "df_st_release: NULL argument");
+    release_pages(f, info);
+}
+
 df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tensor **out) {
     DF_ASSERT(f && name && out, "df_st_read: NULL argument");
     *out = NULL;

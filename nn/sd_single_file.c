@@ -60,7 +60,15 @@ typedef struct sf_item {
 typedef struct sf_plan {
     sf_item *items;
     int n, cap;
+    int written; /* items whose sources were handed to the writer (released on the next fill) */
 } sf_plan;
+
+/* The mapped pages of items[i]'s sources leave the resident set once written: a conversion
+ * holds about one tensor, not the file (the pages stay in the page cache). */
+static void plan_release(const sf_plan *p, int i) {
+    for (int k = 0; k < p->items[i].n_src; k++)
+        df_st_release(p->items[i].src[k].f, p->items[i].src[k].info);
+}
 
 static sf_item *plan_add(sf_plan *p) {
     if (p->n == p->cap) {
@@ -124,7 +132,10 @@ static void store_elem(uint8_t *p, df_dtype dt, double v) {
 
 /* The writer's producer: the item's sources, sliced, converted and concatenated. */
 static df_status plan_fill(void *ctx, int i, void *buf, const void **bytes) {
-    const sf_item *it = &((const sf_plan *)ctx)->items[i];
+    sf_plan *p = ctx;
+    if (i > 0) plan_release(p, i - 1);
+    p->written = i + 1;
+    const sf_item *it = &p->items[i];
     size_t out_es = df_dtype_size(it->dtype);
     uint8_t *dst = buf;
     for (int k = 0; k < it->n_src; k++) {
@@ -175,6 +186,7 @@ static df_status plan_write(sf_plan *p, int comp, const char *path) {
         memcpy(x->shape, it->shape, sizeof x->shape);
     }
     df_status s = df_st_save_stream(path, n, e, 0, NULL, NULL, plan_fill, &sub, true);
+    if (sub.written > 0) plan_release(&sub, sub.written - 1);
     free(e);
     free(sub.items);
     return s;
@@ -1023,7 +1035,7 @@ static df_status check_out_dir(const char *dir) {
 }
 
 df_status df_sd_single_file_convert(const char *in_file, const char *out_dir,
-                                    const df_sd_convert_opts *opts, df_sd_info *info) {
+                                    const df_sd_convert_opts *opts) {
     df_sd_convert_opts o = opts ? *opts : df_sd_convert_opts_default();
     if (o.prediction_type && strcmp(o.prediction_type, "epsilon") != 0 &&
         strcmp(o.prediction_type, "v_prediction") != 0)
@@ -1078,7 +1090,7 @@ df_status df_sd_single_file_convert(const char *in_file, const char *out_dir,
         fmt(path, sizeof path, "%s/model_index.json", out_dir);
         s = df_json_write_object(model_index(sd2, d.unet_in == 9), path);
     }
-    if (s == DF_OK && info) *info = d.info;
+    if (s == DF_OK && o.info) *o.info = d.info;
     if (s == DF_OK && !o.quiet)
         fprintf(stderr,
                 "%s: SD %d.x%s (%s, %s projection), %d tensors converted, %d skipped -> %s\n",

@@ -16,6 +16,18 @@
 
 #include "nn/nn.h"
 
+/* What a single file was recognised as. */
+typedef struct df_sd_info {
+    int version;      /* 1 (CLIP text encoder) or 2 (OpenCLIP) */
+    bool inpainting;  /* a 9-channel UNet input */
+    bool linear_proj; /* the UNet's transformers use linear proj_in / proj_out */
+    int in_channels;  /* UNet input channels: 4 or 9 */
+    int text_layers;  /* text encoder layers written (SD 2.x: one fewer than the file holds
+                       * when it also holds text_projection, as diffusers) */
+    int n_tensors;    /* tensors in the file */
+    int n_ignored;    /* tensors outside the three models (EMA copies, schedule buffers) */
+} df_sd_info;
+
 typedef struct df_sd_convert_opts {
     /* Folder copied to tokenizer/ (vocab.json, merges.txt, tokenizer_config.json,
      * special_tokens_map.json); NULL: df_sd_default_tokenizer_dir. SD 2.x gets pad_token "!". */
@@ -29,22 +41,11 @@ typedef struct df_sd_convert_opts {
     /* Stored dtype of the written tensors: DF_DTYPE_F16 (--half), DF_DTYPE_F32, or
      * DF_DTYPE_COUNT to keep each tensor's own dtype (exact: the default). */
     df_dtype dtype;
-    bool quiet; /* no summary line on stderr */
+    bool quiet;       /* no summary line on stderr */
+    df_sd_info *info; /* when set, receives what the single file was recognised as */
 } df_sd_convert_opts;
 
 DF_API df_sd_convert_opts df_sd_convert_opts_default(void);
-
-/* What a single file was recognised as. */
-typedef struct df_sd_info {
-    int version;      /* 1 (CLIP text encoder) or 2 (OpenCLIP) */
-    bool inpainting;  /* a 9-channel UNet input */
-    bool linear_proj; /* the UNet's transformers use linear proj_in / proj_out */
-    int in_channels;  /* UNet input channels: 4 or 9 */
-    int text_layers;  /* text encoder layers written (SD 2.x: one fewer than the file holds
-                             when it also holds text_projection, as diffusers) */
-    int n_tensors;    /* tensors in the file */
-    int n_ignored;    /* tensors outside the three models (EMA copies, schedule buffers) */
-} df_sd_info;
 
 /* True when `path` is a safetensors file whose header names an original-layout UNet
  * (model.diffusion_model.input_blocks.0.0.weight). Cheap (reads the header only); no error is
@@ -61,9 +62,10 @@ DF_API df_status df_sd_single_file_detect(const df_st_file *f, df_sd_info *info)
 /* `in_file` (a single file) into a new diffusers StableDiffusionPipeline (or, 9 channels,
  * StableDiffusionInpaintPipeline) folder `out_dir` (created; it must not exist or be empty):
  * model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (PNDM for SD 1.x, DDIM
- * for SD 2.x). opts may be NULL (defaults). info (may be NULL) receives the recognition. */
+ * for SD 2.x). opts may be NULL (defaults). Nothing is written unless the whole file maps
+ * (every check runs first); a failure while writing leaves a partial folder behind. */
 DF_API df_status df_sd_single_file_convert(const char *in_file, const char *out_dir,
-                                           const df_sd_convert_opts *opts, df_sd_info *info);
+                                           const df_sd_convert_opts *opts);
 
 /* A diffusers SD folder (unet/, vae/, text_encoder/ with their config.json and safetensors
  * weights, a sharded .index.json accepted) into one original-layout file `out_file` (the

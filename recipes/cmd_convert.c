@@ -97,6 +97,6 @@ int df_cmd_convert(int argc, char **argv) {
         fprintf(stderr, "%s -> %s\n", pos[0], pos[1]);
         return 0;
     }
-    if (df_sd_single_file_convert(pos[0], pos[1], &o, NULL) != DF_OK) return df_cli_fail("convert");
+    if (df_sd_single_file_convert(pos[0], pos[1], &o) != DF_OK) return df_cli_fail("convert");
     return 0;
 }

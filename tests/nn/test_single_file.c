@@ -241,7 +241,8 @@ static void parity(const char *name) {
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
     df_sd_info info;
-    cr_assert_eq(df_sd_single_file_convert(single, out, &o, &info), DF_OK, "%s", df_last_error());
+    o.info = &info;
+    cr_assert_eq(df_sd_single_file_convert(single, out, &o), DF_OK, "%s", df_last_error());
     bool sd2 = strcmp(name, "sd2") == 0;
     cr_assert_eq(info.version, sd2 ? 2 : 1);
     cr_assert_eq(info.inpainting, strcmp(name, "sd1_inpaint") == 0);
@@ -323,12 +324,11 @@ Test(nn_single_file, round_trip_is_bitwise) {
     df_sd_convert_opts o = df_sd_convert_opts_default();
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
-    cr_assert_eq(df_sd_single_file_convert(single, spath("a"), &o, NULL), DF_OK, "%s",
-                 df_last_error());
+    cr_assert_eq(df_sd_single_file_convert(single, spath("a"), &o), DF_OK, "%s", df_last_error());
     cr_assert_eq(df_sd_folder_to_single_file(spath("a"), spath("a.safetensors"), NULL), DF_OK, "%s",
                  df_last_error());
-    cr_assert_eq(df_sd_single_file_convert(spath("a.safetensors"), spath("b"), &o, NULL), DF_OK,
-                 "%s", df_last_error());
+    cr_assert_eq(df_sd_single_file_convert(spath("a.safetensors"), spath("b"), &o), DF_OK, "%s",
+                 df_last_error());
     cr_assert_eq(df_sd_folder_to_single_file(spath("b"), spath("b.safetensors"), NULL), DF_OK, "%s",
                  df_last_error());
     size_t na, nb;
@@ -349,8 +349,7 @@ Test(nn_single_file, dtype_options) {
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
     o.dtype = DF_DTYPE_F32;
-    cr_assert_eq(df_sd_single_file_convert(single, spath("f32"), &o, NULL), DF_OK, "%s",
-                 df_last_error());
+    cr_assert_eq(df_sd_single_file_convert(single, spath("f32"), &o), DF_OK, "%s", df_last_error());
     char path[600];
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", spath("f32"));
     df_st_file *f;
@@ -400,8 +399,7 @@ Test(nn_single_file, detection_and_defaults) {
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
     o.prediction_type = "epsilon";
-    cr_assert_eq(df_sd_single_file_convert(single, spath("eps"), &o, NULL), DF_OK, "%s",
-                 df_last_error());
+    cr_assert_eq(df_sd_single_file_convert(single, spath("eps"), &o), DF_OK, "%s", df_last_error());
     char path[600];
     snprintf(path, sizeof path, "%s/unet/config.json", spath("eps"));
     cJSON *u = load_json_file(path);
@@ -420,8 +418,8 @@ static void expect_convert_error(const char *file, df_status want, const char *m
     df_sd_convert_opts o = df_sd_convert_opts_default();
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
-    expect_status(df_sd_single_file_convert(file, spath("bad_out"), &o, NULL), want, must);
-    expect_status(df_sd_single_file_convert(file, spath("bad_out"), &o, NULL), want, file);
+    expect_status(df_sd_single_file_convert(file, spath("bad_out"), &o), want, must);
+    expect_status(df_sd_single_file_convert(file, spath("bad_out"), &o), want, file);
 }
 
 Test(nn_single_file, missing_tensor_is_named) {
@@ -498,7 +496,7 @@ Test(nn_single_file, pickles_and_broken_files_are_refused) {
     df_sd_convert_opts o = df_sd_convert_opts_default();
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
-    expect_status(df_sd_single_file_convert(spath("full.safetensors"), spath("busy"), &o, NULL),
+    expect_status(df_sd_single_file_convert(spath("full.safetensors"), spath("busy"), &o),
                   DF_ERR_INVALID, "not empty");
     cJSON_Delete(spec);
 }
@@ -509,8 +507,8 @@ Test(nn_single_file, folder_with_missing_tensor_is_refused) {
     df_sd_convert_opts o = df_sd_convert_opts_default();
     o.tokenizer_dir = tokenizer_dir();
     o.quiet = true;
-    cr_assert_eq(df_sd_single_file_convert(spath("model.safetensors"), spath("d"), &o, NULL), DF_OK,
-                 "%s", df_last_error());
+    cr_assert_eq(df_sd_single_file_convert(spath("model.safetensors"), spath("d"), &o), DF_OK, "%s",
+                 df_last_error());
     /* replace the VAE weights by a file without one tensor */
     char path[600];
     snprintf(path, sizeof path, "%s/vae/diffusion_pytorch_model.safetensors", spath("d"));
