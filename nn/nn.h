@@ -80,6 +80,11 @@ DF_API void df_st_metadata_at(const df_st_file *f, int i, const char **key, cons
  * aligned for its dtype; NULL-safe for 0 bytes). Borrowed until df_st_close. */
 DF_API const void *df_st_data(const df_st_file *f, const df_st_info *info);
 
+/* Drops the whole pages of the tensor's bytes from the process's resident set (they are read
+ * from the file again if touched): for code that streams tensors out of the mapping with
+ * df_st_data, as df_st_read does after converting. A no-op for df_st_open_memory files. */
+DF_API void df_st_release(const df_st_file *f, const df_st_info *info);
+
 /* Reads tensor `name` into a new tensor of dtype `as` (values converted: float <-> float rounds
  * to nearest even as df_tensor_to, int <-> int truncates as a C cast, int -> float exact where
  * representable). Reading a float tensor as an integer dtype is refused (DF_ERR_INVALID), as is
@@ -104,6 +109,26 @@ DF_API df_status df_st_read_into(const df_st_file *f, const char *name, df_tenso
 DF_API df_status df_st_save(const char *path, int n, const char *const *names,
                             const df_tensor *const *ts, int n_meta, const char *const *meta_keys,
                             const char *const *meta_values);
+
+/* One tensor of a file written by df_st_save_stream. */
+typedef struct df_st_entry {
+    const char *name; /* borrowed */
+    df_dtype dtype;
+    int ndim;
+    int64_t shape[DF_ST_MAX_DIMS];
+} df_st_entry;
+/* Produces tensor i's bytes (numel * dtype size of its entry, row-major little-endian): either
+ * writes them into `buf` (the writer's scratch, as large as the largest tensor; NULL unless the
+ * save asked for scratch) and sets *bytes = buf, or points *bytes at its own memory (valid until
+ * the next call). A non-OK status aborts the save (no file is left) and is returned. */
+typedef df_status (*df_st_fill_fn)(void *ctx, int i, void *buf, const void **bytes);
+/* df_st_save for tensors produced one at a time (a converter streaming a multi-gigabyte file
+ * holds one tensor, not all): the header from `entries`, then fill(ctx, i, ...) for i = 0 ..
+ * n-1 in order. scratch: allocate the buffer passed to fill. Same rules and errors as
+ * df_st_save. */
+DF_API df_status df_st_save_stream(const char *path, int n, const df_st_entry *entries, int n_meta,
+                                   const char *const *meta_keys, const char *const *meta_values,
+                                   df_st_fill_fn fill, void *ctx, bool scratch);
 
 /* ================================================================ sharded safetensors ========= */
 /* Large checkpoints are split into shards plus `<name>.safetensors.index.json`:

@@ -652,6 +652,11 @@ static void release_pages(const df_st_file *f, const df_st_info *t) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+void df_st_release(const df_st_file *f, const df_st_info *info) {
+    DF_ASSERT(f && info, "df_st_release: NULL argument");
+    release_pages(f, info);
+}
+
 df_status df_st_read(const df_st_file *f, const char *name, df_dtype as, df_tensor **out) {
     DF_ASSERT(f && name && out, "df_st_read: NULL argument");
     *out = NULL;
@@ -756,19 +761,18 @@ static bool write_all(int fd, const void *p, size_t n) {
     return true;
 }
 
-static df_status check_save_args(const char *path, int n, const char *const *names,
-                                 const df_tensor *const *ts, int n_meta,
+static df_status check_save_args(const char *path, int n, const df_st_entry *entries, int n_meta,
                                  const char *const *meta_keys, const char *const *meta_values) {
     for (int i = 0; i < n; i++) {
-        DF_ASSERT(names[i] && ts[i], "df_st_save: NULL name or tensor %d", i);
-        /* the file holds row-major data: a channel-blocked activation must be converted first */
-        DF_ASSERT(ts[i]->block == 0, "df_st_save: tensor '%s' is channel-blocked; df_to_plain it",
-                  names[i]);
-        if (!names[i][0] || strcmp(names[i], "__metadata__") == 0 || !valid_utf8_str(names[i]))
-            return df_error(DF_ERR_INVALID, "%s: invalid tensor name '%s'", path, names[i]);
+        const char *name = entries[i].name;
+        DF_ASSERT(name, "df_st_save: NULL name %d", i);
+        DF_ASSERT(entries[i].ndim >= 0 && entries[i].ndim <= DF_ST_MAX_DIMS,
+                  "df_st_save: tensor '%s' has %d dims", name, entries[i].ndim);
+        if (!name[0] || strcmp(name, "__metadata__") == 0 || !valid_utf8_str(name))
+            return df_error(DF_ERR_INVALID, "%s: invalid tensor name '%s'", path, name);
         for (int j = 0; j < i; j++)
-            if (strcmp(names[i], names[j]) == 0)
-                return df_error(DF_ERR_INVALID, "%s: tensor name '%s' given twice", path, names[i]);
+            if (strcmp(name, entries[j].name) == 0)
+                return df_error(DF_ERR_INVALID, "%s: tensor name '%s' given twice", path, name);
     }
     for (int i = 0; i < n_meta; i++) {
         DF_ASSERT(meta_keys[i] && meta_values[i], "df_st_save: NULL metadata %d", i);
@@ -783,44 +787,71 @@ static df_status check_save_args(const char *path, int n, const char *const *nam
     return DF_OK;
 }
 
+static uint64_t entry_bytes(const df_st_entry *e) {
+    uint64_t n = 1;
+    for (int d = 0; d < e->ndim; d++) n *= (uint64_t)e->shape[d];
+    return n * df_dtype_size(e->dtype);
+}
+
 /* Writes the length, the header and the tensors through df_outfile: a new path or a regular
  * file is written to a temporary sibling, fsynced and renamed over `path` (then the folder is
  * fsynced): `path` never holds a partial file, and readers that have the old file mapped keep
  * valid bytes (truncating a mapped file would make them fault). Anything else (a device such
- * as /dev/full, a pipe) is written in place. */
+ * as /dev/full, a pipe) is written in place. Tensor i's bytes come from fill, one at a time. */
 static df_status write_file(const char *path, const uint8_t len8[8], const sbuf *b, int n,
-                            const df_tensor *const *ts) {
+                            const df_st_entry *entries, df_st_fill_fn fill, void *ctx,
+                            bool scratch) {
     df_outfile of;
     DF_TRY(df_outfile_begin(&of, path));
+    df_status s = DF_OK;
+    void *buf = NULL;
     bool in_place = of.tmp == NULL;
     const char *what = "open";
     int fd = in_place ? open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
                       : open(of.tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) goto fail;
-    what = "write";
-    if (!write_all(fd, len8, 8) || !write_all(fd, b->p, b->len)) goto fail;
-    for (int i = 0; i < n; i++)
-        if (!write_all(fd, ts[i]->data, (size_t)ts[i]->numel * df_dtype_size(ts[i]->dtype)))
+    if (fd < 0) goto fail_io;
+    if (scratch) {
+        uint64_t max = 1;
+        for (int i = 0; i < n; i++)
+            if (entry_bytes(&entries[i]) > max) max = entry_bytes(&entries[i]);
+        if (max > SIZE_MAX || !(buf = malloc((size_t)max))) {
+            s = df_error(DF_ERR_NOMEM, "%s: out of memory for a %llu-byte tensor buffer", path,
+                         (unsigned long long)max);
             goto fail;
+        }
+    }
+    what = "write";
+    if (!write_all(fd, len8, 8) || !write_all(fd, b->p, b->len)) goto fail_io;
+    for (int i = 0; i < n; i++) {
+        const void *bytes = NULL;
+        s = fill(ctx, i, buf, &bytes);
+        if (s != DF_OK) goto fail;
+        if (!write_all(fd, bytes, (size_t)entry_bytes(&entries[i]))) goto fail_io;
+    }
+    free(buf);
+    buf = NULL;
     what = "close";
     int rc = close(fd);
     fd = -1;
-    if (rc != 0) goto fail;
+    if (rc != 0) goto fail_io;
     return df_outfile_commit(&of); /* fsync, rename, fsync of the folder */
 
-fail:;
-    df_status s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
+fail_io:
+    s = df_error(DF_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
+fail:
+    free(buf);
     if (fd >= 0) close(fd);
     df_outfile_abort(&of); /* no partial file is left behind */
     return s;
 }
 
-df_status df_st_save(const char *path, int n, const char *const *names, const df_tensor *const *ts,
-                     int n_meta, const char *const *meta_keys, const char *const *meta_values) {
-    DF_ASSERT(path && n >= 0 && n_meta >= 0, "df_st_save: bad arguments");
-    DF_ASSERT(n == 0 || (names && ts), "df_st_save: NULL names or tensors");
+df_status df_st_save_stream(const char *path, int n, const df_st_entry *entries, int n_meta,
+                            const char *const *meta_keys, const char *const *meta_values,
+                            df_st_fill_fn fill, void *ctx, bool scratch) {
+    DF_ASSERT(path && n >= 0 && n_meta >= 0 && fill, "df_st_save: bad arguments");
+    DF_ASSERT(n == 0 || entries, "df_st_save: NULL entries");
     DF_ASSERT(n_meta == 0 || (meta_keys && meta_values), "df_st_save: NULL metadata");
-    DF_TRY(check_save_args(path, n, names, ts, n_meta, meta_keys, meta_values));
+    DF_TRY(check_save_args(path, n, entries, n_meta, meta_keys, meta_values));
 
     /* The header: __metadata__ first (as the Python writer), then tensors in the given order. */
     sbuf b = {0};
@@ -837,16 +868,16 @@ df_status df_st_save(const char *path, int n, const char *const *names, const df
     sb_str(&b, "}");
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
-        const df_tensor *t = ts[i];
-        uint64_t bytes = (uint64_t)t->numel * df_dtype_size(t->dtype);
+        const df_st_entry *e = &entries[i];
+        uint64_t bytes = entry_bytes(e);
         char num[64];
         sb_str(&b, ",");
-        sb_json_str(&b, names[i]);
+        sb_json_str(&b, e->name);
         sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, df_dtype_name(t->dtype));
+        sb_str(&b, df_dtype_name(e->dtype));
         sb_str(&b, "\",\"shape\":[");
-        for (int d = 0; d < t->ndim; d++) {
-            snprintf(num, sizeof num, d ? ",%lld" : "%lld", (long long)t->shape[d]);
+        for (int d = 0; d < e->ndim; d++) {
+            snprintf(num, sizeof num, d ? ",%lld" : "%lld", (long long)e->shape[d]);
             sb_str(&b, num);
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
@@ -868,7 +899,38 @@ df_status df_st_save(const char *path, int n, const char *const *names, const df
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)b.len >> (8 * i));
 
-    df_status s = write_file(path, len8, &b, n, ts);
+    df_status s = write_file(path, len8, &b, n, entries, fill, ctx, scratch);
     free(b.p);
+    return s;
+}
+
+/* df_st_save's producer: each tensor's own storage. */
+static df_status fill_from_tensors(void *ctx, int i, void *buf, const void **bytes) {
+    (void)buf;
+    *bytes = ((const df_tensor *const *)ctx)[i]->data;
+    return DF_OK;
+}
+
+df_status df_st_save(const char *path, int n, const char *const *names, const df_tensor *const *ts,
+                     int n_meta, const char *const *meta_keys, const char *const *meta_values) {
+    DF_ASSERT(path && n >= 0 && n_meta >= 0, "df_st_save: bad arguments");
+    DF_ASSERT(n == 0 || (names && ts), "df_st_save: NULL names or tensors");
+    df_st_entry *entries = calloc(n > 0 ? (size_t)n : 1, sizeof *entries);
+    if (!entries) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) {
+        DF_ASSERT(names[i] && ts[i], "df_st_save: NULL name or tensor %d", i);
+        /* the file holds row-major data: a channel-blocked activation must be converted first */
+        DF_ASSERT(ts[i]->block == 0, "df_st_save: tensor '%s' is channel-blocked; df_to_plain it",
+                  names[i]);
+        DF_ASSERT(ts[i]->ndim <= DF_ST_MAX_DIMS, "df_st_save: tensor '%s' has too many dims",
+                  names[i]);
+        entries[i].name = names[i];
+        entries[i].dtype = ts[i]->dtype;
+        entries[i].ndim = ts[i]->ndim;
+        for (int d = 0; d < ts[i]->ndim; d++) entries[i].shape[d] = ts[i]->shape[d];
+    }
+    df_status s = df_st_save_stream(path, n, entries, n_meta, meta_keys, meta_values,
+                                    fill_from_tensors, (void *)ts, false);
+    free(entries);
     return s;
 }

@@ -32,6 +32,9 @@ df_status df_cli_check_output(const char *out, const char *const *inputs, int n_
 
 /* `diffusion tokenize TOKENIZER_DIR [--max-length N] TEXT...` (recipes/cmd_tokenize.c). */
 int df_cmd_tokenize(int argc, char **argv);
+/* `diffusion convert` (recipes/cmd_convert.c): single-file SD checkpoints <-> folders. */
+int df_cmd_convert(int argc, char **argv);
+
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);
 

@@ -15,6 +15,7 @@ static const df_command commands[] = {
     {"dataset", "pack an image folder into HDF5, or inspect a dataset", df_cmd_dataset},
     {"sample", "generate images from a diffusers pipeline folder", df_cmd_sample},
     {"tokenize", "CLIP token ids and attention masks of texts", df_cmd_tokenize},
+    {"convert", "a single-file SD checkpoint to a diffusers folder, or back", df_cmd_convert},
     {NULL, NULL, NULL},
 };
 
