@@ -296,6 +296,13 @@ DF_API void df_sd_pipeline_free(df_sd_pipeline *p);
 DF_API df_status df_sd_encode_ids(df_sd_pipeline *p, const df_tensor *ids, int clip_skip,
                                   df_tensor **out);
 
+/* The prompt's embeddings (1, 77, D) into *cond and, when `guidance`, the negative prompt's
+ * (NULL: "") into *uncond (diffusers' encode_prompt; see sd_prompt.c). New tensors (scope
+ * rule). DF_ERR_INVALID for text that is not UTF-8 or a clip_skip outside the encoder's layers. */
+DF_API df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, const char *negative,
+                                     int clip_skip, bool guidance, df_tensor **cond,
+                                     df_tensor **uncond);
+
 /* Called after each denoising step: step (1-based) of total. */
 typedef void (*df_sd_progress_fn)(void *ctx, int step, int total);
 

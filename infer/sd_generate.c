@@ -38,10 +38,10 @@ static df_tensor *owned(int ndim, const int64_t *shape) {
 /* VaeImageProcessor.preprocess of a U8 (H, W, C) image into F32 (1, C, h, w): resized (Lanczos)
  * when the size differs, v = x / 255, then 2 v - 1 (image) or binarised at 0.5 (mask). */
 static df_tensor *preprocess(const df_tensor *img, int h, int w, bool mask) {
-    df_tensor *r = (img->shape[0] == h && img->shape[1] == w)
-                       ? NULL
-                       : df_image_resize(img, h, w, DF_RESAMPLE_LANCZOS);
-    const df_tensor *src = r ? r : img;
+    df_scope scope = df_scope_begin();
+    const df_tensor *src = (img->shape[0] == h && img->shape[1] == w)
+                               ? img
+                               : df_image_resize(img, h, w, DF_RESAMPLE_LANCZOS);
     int64_t c = src->shape[2];
     df_tensor *out = owned(DF_DIMS(1, c, h, w));
     const uint8_t *s = src->data;
@@ -51,7 +51,7 @@ static df_tensor *preprocess(const df_tensor *img, int h, int w, bool mask) {
             float v = (float)s[i * c + ch] / 255.0f;
             d[ch * h * w + i] = mask ? (v < 0.5f ? 0.0f : 1.0f) : 2.0f * v - 1.0f;
         }
-    if (r) df_tensor_free(r);
+    df_scope_end(scope);
     return out;
 }
 
@@ -238,7 +238,7 @@ static df_status prepare(df_sd_pipeline *p, const df_sd_request *r, const plan *
     float sigma = (float)df_sched_init_noise_sigma(s);
     const int64_t shape[4] = {pl->n, pl->c, pl->lh, pl->lw};
     if (r->image) DF_TRY(df_sched_img2img_start(s, pl->strength, &q->start));
-    if (q->start >= df_sched_num_timesteps(s))
+    if (r->steps - q->start / df_sched_order(s) < 1 || q->start >= df_sched_num_timesteps(s))
         return df_error(DF_ERR_INVALID,
                         "strength %g with %d steps leaves no denoising step (raise either)",
                         pl->strength, r->steps);

@@ -8,6 +8,7 @@
  * `*.fp16.safetensors` files, converted to F32 as they load).
  */
 #include "infer/infer.h"
+#include "nn/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -105,6 +106,8 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
     if (!p->text_encoder.clip_text)
         return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not a CLIP text model", path,
                         p->text_encoder.class_name);
+    snprintf(path, sizeof path, "%s/tokenizer", dir);
+    DF_TRY(df_clip_tokenizer_load(path, &p->tokenizer));
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
     DF_TRY(df_sched_config_load(path, o.scheduler, &p->sched_config));
     p->has_sched_config = true;
@@ -146,6 +149,7 @@ void df_sd_pipeline_free(df_sd_pipeline *p) {
     df_component_free(&p->unet);
     df_component_free(&p->vae);
     df_component_free(&p->text_encoder);
+    df_clip_tokenizer_free(p->tokenizer);
     df_sched_free(p->sched);
     if (p->has_sched_config) df_sched_config_free(&p->sched_config);
     memset(p, 0, sizeof *p);

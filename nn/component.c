@@ -29,8 +29,8 @@ static bool file_exists(const char *path) {
  * variant asked for and no plain file, the first of the fp16, bf16, fp32 variant files is taken
  * (a folder saved with variant="fp16" only). Pickle files (.bin, .ckpt, .pt) are refused with how
  * to convert them. */
-static df_status weights_path(const char *dir, const char *stem, const char *variant, char *out,
-                              size_t len) {
+df_status df_component_weights_path(const char *dir, const char *stem, const char *variant,
+                                    char *out, size_t len) {
     char v[DF_JSON_STR + 1] = "";
     if (variant && variant[0]) snprintf(v, sizeof v, ".%s", variant);
     snprintf(out, len, "%s/%s%s.safetensors", dir, stem, v);
@@ -156,7 +156,7 @@ static df_status load(const char *dir, const char *variant, bool mapped, df_comp
     if (st == DF_OK) st = read_config(c, &j, &cfg, &stem);
     df_json_free(&j);
     if (st == DF_OK) st = build(c, &cfg, (df_init){.shapes_only = true});
-    if (st == DF_OK) st = weights_path(dir, stem, variant, weights, sizeof weights);
+    if (st == DF_OK) st = df_component_weights_path(dir, stem, variant, weights, sizeof weights);
     if (st == DF_OK) st = df_params_load(c->params, weights, NULL);
     if (st == DF_OK) free_model(c);
     if (st != DF_OK) return st;

@@ -872,6 +872,12 @@ DF_API df_status df_component_load(const char *dir, df_component *c);
  * is. Any stored float dtype (F16, BF16, F32, F64) is converted to the model's F32. A pickle file
  * (.bin, .ckpt, .pt) is refused with DF_ERR_UNSUPPORTED and the way to convert it. */
 DF_API df_status df_component_load_variant(const char *dir, const char *variant, df_component *c);
+/* The weights file of component folder `dir` for weights stem `stem` ("diffusion_pytorch_model"
+ * or "model"): `<stem>[.<variant>].safetensors`, else the sharded `<stem>.safetensors.index
+ * [.<variant>].json`; with no variant and no plain file the fp16, bf16 or fp32 variant file.
+ * DF_ERR_UNSUPPORTED for a pickle file there (with how to convert it), DF_ERR_NOTFOUND else. */
+DF_API df_status df_component_weights_path(const char *dir, const char *stem, const char *variant,
+                                           char *out, size_t len);
 /* For inference: as df_component_load_variant, but the parameters are the weights file's own
  * memory (F32 tensors used in place from its mapping, others converted), so loading copies
  * nothing and the resident set holds each weight once; every parameter frozen. The mapping is

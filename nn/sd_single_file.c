@@ -1121,19 +1121,9 @@ static df_status load_json_obj(const char *path, cJSON **out) {
 }
 
 static df_status open_weights(const char *dir, const char *sub, const char *stem, df_st_set **out) {
-    char path[PATH_MAX];
-    fmt(path, sizeof path, "%s/%s/%s.safetensors", dir, sub, stem);
-    if (!file_exists(path)) {
-        fmt(path, sizeof path, "%s/%s/%s.safetensors.index.json", dir, sub, stem);
-        if (!file_exists(path)) {
-            char pk[PATH_MAX];
-            fmt(pk, sizeof pk, "%s/%s/%s.bin", dir, sub,
-                strcmp(stem, "model") == 0 ? "pytorch_model" : stem);
-            if (file_exists(pk)) DF_TRY(df_sd_refuse_pickle(pk));
-            return df_error(DF_ERR_NOTFOUND, "%s/%s: no %s.safetensors (or .index.json)", dir, sub,
-                            stem);
-        }
-    }
+    char comp[PATH_MAX], path[PATH_MAX];
+    fmt(comp, sizeof comp, "%s/%s", dir, sub);
+    DF_TRY(df_component_weights_path(comp, stem, NULL, path, sizeof path));
     return df_st_set_open(path, out);
 }
 

@@ -15,6 +15,8 @@ typedef struct df_command {
 
 int df_cmd_forward(int argc, char **argv);
 int df_cmd_sample(int argc, char **argv);
+/* `diffusion generate MODEL ...` (recipes/cmd_generate.c): Stable Diffusion pipelines. */
+int df_cmd_generate(int argc, char **argv);
 int df_cmd_train(int argc, char **argv);
 /* `diffusion schedule CONFIG.json [--scheduler NAME] --steps N [--strength S]` (cmd_schedule.c). */
 int df_cmd_schedule(int argc, char **argv);

@@ -14,6 +14,8 @@ static const df_command commands[] = {
     {"schedule", "print a scheduler's timesteps and sigmas", df_cmd_schedule},
     {"dataset", "pack an image folder into HDF5, or inspect a dataset", df_cmd_dataset},
     {"sample", "generate images from a diffusers pipeline folder", df_cmd_sample},
+    {"generate", "text-to-image, image-to-image and inpainting with Stable Diffusion",
+     df_cmd_generate},
     {"tokenize", "CLIP token ids and attention masks of texts", df_cmd_tokenize},
     {"convert", "a single-file SD checkpoint to a diffusers folder, or back", df_cmd_convert},
     {NULL, NULL, NULL},

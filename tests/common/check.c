@@ -127,9 +127,12 @@ const char *fixture_path(const char *relpath) {
 }
 
 int run_command(const char *cmdline, char *out, size_t len) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s 2>&1", cmdline);
+    size_t n_cmd = strlen(cmdline) + 8;
+    char *cmd = malloc(n_cmd);
+    cr_assert(cmd, "out of memory");
+    snprintf(cmd, n_cmd, "%s 2>&1", cmdline);
     FILE *p = popen(cmd, "r");
+    free(cmd);
     cr_assert(p, "cannot run: %s", cmdline);
     size_t n = fread(out, 1, len - 1, p);
     out[n] = '\0';

@@ -116,7 +116,9 @@ static void check_case(const char *name) {
     r.image = image;
     r.mask = mask;
     df_sd_result res;
+    df_scope scope = df_scope_begin(); /* as the command runs it: the results are the caller's */
     cr_assert_eq(df_sd_generate(&p, &r, &res), DF_OK, "%s: %s", name, df_last_error());
+    df_scope_end(scope);
     df_tensor *want_l = fixture_get(f, "latents", DF_DTYPE_F32);
     df_tensor *want_i = fixture_get(f, "image", DF_DTYPE_F32);
     double el = rel_max_err(res.latents, want_l), ei = rel_max_err(res.image, want_i);
