@@ -1,7 +1,7 @@
 /* cmd_dataset.c — `diffusion dataset pack|inspect`: pack an image folder into an HDF5 file and
  * describe a dataset (count, resolution histogram, caption statistics, unreadable files).
  *
- *   diffusion dataset pack SRC OUT.h5 --resolution R [--filter bilinear|bicubic|area]
+ *   diffusion dataset pack SRC OUT.h5 --resolution R [--filter bilinear|bicubic|area|lanczos]
  *                          [--caption-column NAME] [--skip-bad-images]
  *   diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]
  *
@@ -19,11 +19,10 @@
 #include <string.h>
 
 static int usage(FILE *f) {
-    fprintf(
-        f,
-        "usage: diffusion dataset pack SRC OUT.h5 --resolution R [--filter bilinear|bicubic|area]\n"
-        "                              [--caption-column NAME] [--skip-bad-images]\n"
-        "       diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]\n");
+    fprintf(f, "usage: diffusion dataset pack SRC OUT.h5 --resolution R [--filter "
+               "bilinear|bicubic|area|lanczos]\n"
+               "                              [--caption-column NAME] [--skip-bad-images]\n"
+               "       diffusion dataset inspect PATH [--caption-column NAME] [--max-list N]\n");
     return 2;
 }
 

@@ -85,7 +85,7 @@ Test(datasets_cli, pack_argument_errors_say_what_is_wrong) {
                                                    "got '0'"},
         {"dataset pack src out.h5 --resolution 8x", "got '8x'"},
         {"dataset pack src out.h5 --resolution", "--resolution needs a value"},
-        {"dataset pack src out.h5 --resolution 8 --filter lanczos", "unknown --filter 'lanczos'"},
+        {"dataset pack src out.h5 --resolution 8 --filter hamming", "unknown --filter 'hamming'"},
         {"dataset pack src out.h5 --resolution 8 --verbose", "unknown option '--verbose'"},
         {"dataset pack src out.h5 extra --resolution 8", "unexpected argument 'extra'"},
         {"dataset inspect", "dataset inspect: missing PATH"},
