@@ -1,5 +1,6 @@
 /* infer.h — the public interface of infer/: noise schedulers (used by sampling and by training's
- * add_noise / velocity / SNR), the unconditional pipeline loop and image grids.
+ * add_noise / velocity / SNR), the unconditional pipeline loop, image grids, and prompts (long
+ * prompts and A1111 weighting over the CLIP tokenizer of nn/tokenizer.h).
  *
  * Schedulers follow Hugging Face diffusers v0.21.4 (src/diffusers/schedulers/scheduling_*.py):
  * the same config fields and defaults, the same timesteps, sigma tables in the dtypes diffusers
@@ -11,6 +12,7 @@
 
 #include "autograd/autograd.h"
 #include "nn/nn.h"
+#include "nn/tokenizer.h"
 
 /* ================================================================ schedulers ================== */
 
@@ -259,6 +261,59 @@ DF_API df_status df_uncond_sample(df_denoise_fn denoise, void *ctx, df_sched *s,
 DF_API df_tensor *df_images_to_grid(const df_tensor *x, int cols);
 /* How many values of F32 x are NaN or infinite (the grid shows them black). */
 DF_API int64_t df_images_nonfinite(const df_tensor *x);
+
+/* ================================================================ prompts ===================== */
+/* Long prompts and A1111's attention syntax (infer/prompt_weights.c; the rules in
+ * docs/prompts.md). A prompt becomes weighted segments, then chunks of model_max_length (77)
+ * tokens: bos, up to 75 prompt tokens, eos, pad; the text encoder runs on each chunk and the
+ * chunks are concatenated along the sequence. */
+
+/* One parsed piece of a prompt: text with a weight, or a BREAK (is_break, weight -1). */
+typedef struct df_prompt_segment {
+    char *text;
+    double weight;
+    bool is_break;
+} df_prompt_segment;
+
+/* A1111's parse_prompt_attention: `(x)` x1.1, `[x]` /1.1, `(x:W)` xW, nesting multiplies,
+ * `\(` `\)` `\[` `\]` `\\` literal, unmatched `)` `]` literal, unclosed `(` `[` apply to the
+ * end, BREAK (a whole word) a segment of its own; neighbours of equal weight merged; an empty
+ * prompt is one empty segment. *segs is owned (df_prompt_segments_free). Never fails but for
+ * memory. */
+DF_API df_status df_prompt_parse_attention(const char *prompt, df_prompt_segment **segs, int *n);
+DF_API void df_prompt_segments_free(df_prompt_segment *segs, int n);
+
+typedef struct df_prompt_tokens {
+    int n_chunks;
+    int64_t *ids;   /* n_chunks * length */
+    float *weights; /* same; 1 for bos, eos and padding */
+    int length;     /* tokens per chunk: the tokenizer's model_max_length (77) */
+} df_prompt_tokens;
+
+/* Parses prompt (UTF-8), tokenizes each segment on its own (df_clip_tokenizer_encode) and
+ * splits the weighted tokens into chunks of length - 2, each written bos + tokens + eos + pad
+ * (the tokenizer's pad id); a BREAK ends the current chunk (even an empty one). At least one
+ * chunk, and at least min_chunks (empty ones added: bos, eos, pad). With no syntax and <= 75
+ * tokens the one chunk equals df_clip_tokenizer_call(t, prompt, 0, ...). Errors: the tokenizer's
+ * (invalid UTF-8). out is owned: df_prompt_tokens_free. */
+DF_API df_status df_prompt_tokens_parse(df_clip_tokenizer *t, const char *prompt, int min_chunks,
+                                        df_prompt_tokens *out);
+/* Adds empty chunks until p has n_chunks (a negative prompt padded to the positive's count). */
+DF_API df_status df_prompt_tokens_pad(const df_clip_tokenizer *t, df_prompt_tokens *p,
+                                      int n_chunks);
+DF_API void df_prompt_tokens_free(df_prompt_tokens *p);
+
+/* Runs the text encoder on every chunk and concatenates them: (1, n_chunks * length, D), a new
+ * tensor (scope rule) without history. clip_skip 0: last_hidden_state; k > 0:
+ * hidden_states[-(k + 1)] through final_layer_norm (diffusers' clip_skip, which v0.22 added to
+ * encode_prompt: clip_skip 1 is A1111's "CLIP skip 2"); k at most num_hidden_layers. No
+ * attention mask (CLIPTextConfig has no use_attention_mask, so diffusers passes none). A chunk
+ * with a weight other than 1 is weighted A1111's way: z * w per token, then z * (mean(z before)
+ * / mean(z after)) over the chunk; chunks of weights 1 are left as the encoder gave them, so one
+ * unweighted chunk is bit-equal to the plain path. DF_ERR_INVALID for clip_skip out of range,
+ * chunks longer than the encoder's positions, or ids outside its vocabulary. */
+DF_API df_status df_prompt_embed(df_clip_text *te, const df_prompt_tokens *p, int clip_skip,
+                                 df_tensor **out);
 
 /* ================================================================ Stable Diffusion ========== */
 

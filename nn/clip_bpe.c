@@ -24,8 +24,10 @@
 
 /* transformers reads merges.txt lines [1, 49152 - 256 - 2 + 1): at most 48,894 merges. */
 #define MAX_MERGES (49152 - 256 - 2)
-/* The cache is dropped when it grows past this many pieces (transformers' never shrinks). */
+/* The cache is dropped when it grows past this many pieces or ids (transformers' never
+ * shrinks; a service tokenizing arbitrary prompts should not grow without bound). */
 #define CACHE_MAX_PIECES (1 << 16)
+#define CACHE_MAX_IDS (1 << 22)
 
 /* ---------------------------------------------------------------- files and maps */
 
@@ -465,9 +467,9 @@ static bool ids_reserve(int32_t **ids, int *cap, int need) {
     return true;
 }
 
-df_status df_clip_bpe_piece(df_clip_bpe *b, const char *piece, size_t len, int32_t unk,
-                            int32_t **ids, int *n, int *cap) {
-    (void)unk; /* every BPE symbol is a vocab token (checked at load) */
+df_status df_clip_bpe_piece(df_clip_bpe *b, const char *piece, size_t len, int32_t **ids, int *n,
+                            int *cap) {
+    /* every BPE symbol is a vocab token (checked at load): no unk here */
     if (len == 0) return DF_OK;
     if (len > (size_t)1 << 28) return df_error(DF_ERR_INVALID, "text: a piece of %zu bytes", len);
     ptrdiff_t slot = strmap_slot(&b->cache, piece, len);
@@ -483,7 +485,12 @@ df_status df_clip_bpe_piece(df_clip_bpe *b, const char *piece, size_t len, int32
     int cnt = 0;
     DF_TRY(bpe_word(b, (const unsigned char *)piece, (int)len, *ids + *n, &cnt));
     /* remember it */
-    if (b->cache.count >= CACHE_MAX_PIECES) cache_clear(b);
+    if (b->cache.count >= CACHE_MAX_PIECES || b->cache_n + (size_t)cnt > CACHE_MAX_IDS)
+        cache_clear(b);
+    if ((size_t)cnt > CACHE_MAX_IDS) { /* too long to keep */
+        *n += cnt;
+        return DF_OK;
+    }
     if (b->cache_n + (size_t)cnt > b->cache_cap) {
         size_t c = b->cache_cap ? b->cache_cap : 4096;
         while (c < b->cache_n + (size_t)cnt) c *= 2;

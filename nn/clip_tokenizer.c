@@ -329,8 +329,7 @@ static df_status tokenize_text(df_clip_tokenizer *t, const char *s, size_t len, 
             if ((st = push_id(o, id >= 0 ? id : t->unk)) != DF_OK) goto fail;
             continue;
         }
-        if ((st = df_clip_bpe_piece(&t->bpe, buf, bl, t->unk, &o->v, &o->n, &o->cap)) != DF_OK)
-            goto fail;
+        if ((st = df_clip_bpe_piece(&t->bpe, buf, bl, &o->v, &o->n, &o->cap)) != DF_OK) goto fail;
     }
     st = DF_OK;
 fail:

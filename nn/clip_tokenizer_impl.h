@@ -64,9 +64,9 @@ df_status df_clip_bpe_load(df_clip_bpe *b, const char *vocab, size_t vocab_len,
                            const char *merges_label);
 void df_clip_bpe_free(df_clip_bpe *b);
 /* Appends the ids of one pre-tokenized piece (its UTF-8 bytes) to the growing array *ids
- * (*n used, *cap allocated). unk is the id for symbols missing from the vocab. */
-df_status df_clip_bpe_piece(df_clip_bpe *b, const char *piece, size_t len, int32_t unk,
-                            int32_t **ids, int *n, int *cap);
+ * (*n used, *cap allocated). */
+df_status df_clip_bpe_piece(df_clip_bpe *b, const char *piece, size_t len, int32_t **ids, int *n,
+                            int *cap);
 
 /* Reads a whole file (at most max bytes) into a malloc'd NUL-terminated buffer. */
 df_status df_read_small_file(const char *path, size_t max, char **buf, size_t *len);

@@ -373,3 +373,21 @@ Test(infer_clip_tokenizer, merges_file) {
     expect_load_error(NULL, "#version\n\xff\xfe\n", NULL, NULL, DF_ERR_FORMAT,
                       "merges.txt: invalid UTF-8 at byte 9");
 }
+
+Test(infer_clip_tokenizer, tokenize_command) {
+    char out[4096];
+    int rc = run_command(DF_CLI " tokenize " TOK_DIR " --max-length 8 'a photo' 'A  PHOTO!'", out,
+                         sizeof out);
+    cr_assert_eq(rc, 0, "%s", out);
+    cr_assert_str_eq(out, "{\"input_ids\": [49406, 320, 1125, 49407, 49407, 49407, 49407, 49407], "
+                          "\"attention_mask\": [1, 1, 1, 1, 0, 0, 0, 0]}\n"
+                          "{\"input_ids\": [49406, 320, 1125, 256, 49407, 49407, 49407, 49407], "
+                          "\"attention_mask\": [1, 1, 1, 1, 1, 0, 0, 0]}\n");
+    rc = run_command(DF_CLI " tokenize " TOK_DIR " $(printf 'caf\\303')", out, sizeof out);
+    cr_assert_eq(rc, 1, "%s", out);
+    cr_assert_str_eq(out, "diffusion: tokenize: text: invalid UTF-8 at byte 3 (0xC3)\n");
+    rc = run_command(DF_CLI " tokenize " TOK_DIR " --max-length 1 x", out, sizeof out);
+    cr_assert_eq(rc, 2, "%s", out);
+    rc = run_command(DF_CLI " tokenize " TOK_DIR, out, sizeof out);
+    cr_assert_eq(rc, 2, "%s", out);
+}
