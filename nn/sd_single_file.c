@@ -647,6 +647,8 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
     sf_rules rules;
     DF_TRY(sf_rules_build(&d->lay, &rules));
     df_status s = DF_OK;
+    sf_item *order = NULL;
+    int n_order = 0;
     *n_ignored = 0;
     for (int i = 0; i < df_st_count(f); i++) {
         const df_st_info *info = df_st_info_at(f, i);
@@ -700,7 +702,13 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
             }
         }
     }
-    /* every parameter exactly once, with its shape */
+    /* every parameter exactly once, with its shape; the items then go in the models'
+     * registration order (diffusers' state_dict order), whatever the file's order */
+    order = calloc((size_t)(p->n ? p->n : 1), sizeof *order);
+    if (!order) {
+        s = df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
     for (int comp = 0; comp < SF_N_COMP; comp++) {
         const df_params *r = models_params(m, comp);
         for (int k = 0; k < r->n; k++) {
@@ -722,6 +730,7 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
                 goto done;
             }
             const sf_item *it = &p->items[found];
+            if (n_order < p->n) order[n_order++] = *it;
             bool same = it->ndim == prm->tensor->ndim;
             for (int dd = 0; same && dd < it->ndim; dd++)
                 same = it->shape[dd] == prm->tensor->shape[dd];
@@ -746,7 +755,10 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
             }
         }
     }
+    DF_ASSERT(n_order == p->n, "single file: %d items ordered of %d", n_order, p->n);
+    memcpy(p->items, order, (size_t)p->n * sizeof *order);
 done:
+    free(order);
     sf_rules_free(&rules);
     return s;
 }

@@ -337,6 +337,20 @@ Test(nn_single_file, round_trip_is_bitwise) {
     cr_assert(a && b && na == nb && memcmp(a, b, na) == 0, "the two files differ");
     free(a);
     free(b);
+    /* and the two folders' weight files (written in the models' registration order) */
+    static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors",
+                                        "vae/diffusion_pytorch_model.safetensors",
+                                        "text_encoder/model.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char pa[600], pb[600];
+        snprintf(pa, sizeof pa, "%s/%s", spath("a"), files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", spath("b"), files[i]);
+        a = read_whole_file(pa, &na);
+        b = read_whole_file(pb, &nb);
+        cr_assert(a && b && na == nb && memcmp(a, b, na) == 0, "%s differs", files[i]);
+        free(a);
+        free(b);
+    }
     cJSON_Delete(spec);
 }
 
