@@ -274,6 +274,15 @@ static void parity(const char *name) {
                      sd2 ? "!" : "<|endoftext|>");
     cJSON_Delete(tok);
 
+    /* the folder loads as diffusers components (float16 weights read into float32) */
+    static const char *const comps[] = {"unet", "vae", "text_encoder"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", out, comps[i]);
+        df_component c;
+        cr_assert_eq(df_component_load(path, &c), DF_OK, "%s", df_last_error());
+        df_component_free(&c);
+    }
+
     /* and back: the original tensors, bit for bit (SD 2.x: less the unused last block and
      * text_projection, which diffusers drops too) */
     const char *back = spath("back.safetensors");
@@ -469,6 +478,9 @@ Test(nn_single_file, other_layouts_are_refused_by_name) {
     write_single(spath("xl.safetensors"), spec, NULL, NULL,
                  "conditioner.embedders.1.model.ln_final.weight");
     expect_convert_error(spath("xl.safetensors"), DF_ERR_UNSUPPORTED, "SDXL base");
+    write_single(spath("refiner.safetensors"), spec, NULL, NULL,
+                 "conditioner.embedders.0.model.ln_final.weight");
+    expect_convert_error(spath("refiner.safetensors"), DF_ERR_UNSUPPORTED, "SDXL refiner");
     write_single(spath("mixed.safetensors"), spec, NULL, NULL,
                  "cond_stage_model.model.ln_final.weight");
     expect_convert_error(spath("mixed.safetensors"), DF_ERR_UNSUPPORTED, "two kinds of");
