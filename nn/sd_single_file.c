@@ -642,7 +642,7 @@ static df_dtype out_dtype(df_dtype want, df_dtype have) {
 /* Maps every model tensor of the file onto the shapes-only models: each parameter exactly once,
  * with its shape; anything else is an error naming the tensor. */
 static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_models *m,
-                                   df_dtype want, sf_plan *p, int *n_ignored) {
+                                   df_dtype want, bool ema, sf_plan *p, int *n_ignored) {
     const char *path = df_st_path(f);
     sf_rules rules;
     DF_TRY(sf_rules_build(&d->lay, &rules));
@@ -665,6 +665,24 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
                          d->lay.unet_layers);
             goto done;
         }
+        const df_st_info *src = info;
+        if (ema && starts(info->name, SF_UNET_PREFIX)) {
+            /* diffusers' --extract_ema: model_ema. + the name after "model." without its dots */
+            char flat[DF_NAME_MAX];
+            size_t o = (size_t)snprintf(flat, sizeof flat, "model_ema.");
+            for (const char *c = info->name + strlen("model."); *c && o + 1 < sizeof flat; c++)
+                if (*c != '.') flat[o++] = *c;
+            flat[o] = '\0';
+            src = df_st_find(f, flat);
+            bool same = src && src->ndim == info->ndim && src->dtype == info->dtype;
+            for (int dd = 0; same && dd < info->ndim; dd++)
+                same = src->shape[dd] == info->shape[dd];
+            if (!same) {
+                s = df_error(DF_ERR_FORMAT, "%s: EMA tensor '%s' of '%s' is %s", path, flat,
+                             info->name, src ? "of another shape or dtype" : "missing");
+                goto done;
+            }
+        }
         if (!is_float(info->dtype) && want != DF_DTYPE_COUNT) {
             s = df_error(DF_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected a float", path,
                          info->name, info->dtype_name);
@@ -683,7 +701,7 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
                 snprintf(it->name, sizeof it->name, "%s", t.name);
             it->dtype = out_dtype(want, info->dtype);
             it->n_src = 1;
-            it->src[0] = (sf_src){f, info, 0, -1};
+            it->src[0] = (sf_src){f, src, 0, -1};
             it->ndim = info->ndim;
             memcpy(it->shape, info->shape, sizeof it->shape);
             if (t.conv1x1 && info->ndim == 4 && info->shape[2] == 1 && info->shape[3] == 1)
@@ -791,7 +809,16 @@ static df_status detect_all(const df_st_file *f, const df_sd_convert_opts *o, sf
                 df_st_find(f, SF_UNET_PREFIX "input_blocks.0.0.weight")->dtype == DF_DTYPE_F16);
     DF_TRY(make_configs(d, image, f16, cfg));
     DF_TRY(models_build(m, cfg->unet, cfg->vae, cfg->text, path));
-    DF_TRY(plan_to_diffusers(f, d, m, o->dtype, p, &d->info.n_ignored));
+    int n_ema = 0;
+    for (int i = 0; i < df_st_count(f); i++)
+        n_ema += starts(df_st_info_at(f, i)->name, "model_ema.");
+    d->info.has_ema = n_ema > 100; /* diffusers' threshold */
+    if (o->extract_ema && !d->info.has_ema)
+        return df_error(DF_ERR_INVALID,
+                        "%s: --extract-ema, but the file holds no EMA weights "
+                        "(model_ema.*)",
+                        path);
+    DF_TRY(plan_to_diffusers(f, d, m, o->dtype, o->extract_ema, p, &d->info.n_ignored));
     d->info.version = d->lay.openclip ? 2 : 1;
     d->info.inpainting = d->unet_in == 9;
     d->info.linear_proj = d->linear;

@@ -582,3 +582,64 @@ Test(nn_single_file, cli_converts_and_refuses) {
     cr_assert(strstr(out, "diffusion: convert: ") && strstr(out, "safetensors"), "%s", out);
     cJSON_Delete(spec);
 }
+
+/* --extract-ema converts the UNet's model_ema.* copy (diffusers' flattened names), the default
+ * the trained weights; a file without EMA weights refuses the option. */
+Test(nn_single_file, extract_ema) {
+    cJSON *spec = load_spec("sd1");
+    cJSON *keys = cJSON_GetObjectItem(spec, "single_file");
+    int n = cJSON_GetArraySize(keys);
+    synth_spec s = {keys, calloc(2 * (size_t)n, sizeof(df_st_entry)), 0};
+    char(*ema)[DF_NAME_MAX] = calloc((size_t)n, DF_NAME_MAX);
+    for (int i = 0; i < n; i++) {
+        cJSON *k = cJSON_GetArrayItem(keys, i);
+        const char *name = cJSON_GetArrayItem(k, 0)->valuestring;
+        cJSON *shape = cJSON_GetArrayItem(k, 1);
+        df_st_entry e = {.name = name, .dtype = DF_DTYPE_F16, .ndim = cJSON_GetArraySize(shape)};
+        for (int d = 0; d < e.ndim; d++) e.shape[d] = cJSON_GetArrayItem(shape, d)->valueint;
+        s.e[s.n++] = e;
+        if (strncmp(name, "model.diffusion_model.", 22) != 0) continue;
+        size_t o = (size_t)snprintf(ema[i], DF_NAME_MAX, "model_ema.");
+        for (const char *c = name + 6; *c; c++)
+            if (*c != '.') ema[i][o++] = *c;
+        e.name = ema[i];
+        s.e[s.n++] = e;
+    }
+    cr_assert_eq(
+        df_st_save_stream(spath("ema.safetensors"), s.n, s.e, 0, NULL, NULL, synth_fill, &s, true),
+        DF_OK, "%s", df_last_error());
+    df_sd_convert_opts o = df_sd_convert_opts_default();
+    o.tokenizer_dir = tokenizer_dir();
+    o.quiet = true;
+    df_sd_info info;
+    o.info = &info;
+    o.extract_ema = true;
+    cr_assert_eq(df_sd_single_file_convert(spath("ema.safetensors"), spath("e"), &o), DF_OK, "%s",
+                 df_last_error());
+    cr_assert(info.has_ema);
+    cr_assert_eq(info.n_ignored, s.n - n);
+    o.extract_ema = false;
+    cr_assert_eq(df_sd_single_file_convert(spath("ema.safetensors"), spath("t"), &o), DF_OK, "%s",
+                 df_last_error());
+    const char *which[2] = {"model_ema.diffusion_modelinput_blocks00weight",
+                            "model.diffusion_model.input_blocks.0.0.weight"};
+    const char *dirs[2] = {spath("e"), spath("t")};
+    for (int k = 0; k < 2; k++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dirs[k]);
+        df_st_file *f;
+        cr_assert_eq(df_st_open(path, &f), DF_OK);
+        const df_st_info *t = df_st_find(f, "conv_in.weight");
+        const uint16_t *b = df_st_data(f, t);
+        uint64_t seed = fnv1a64(which[k]);
+        for (int64_t j = 0; j < t->numel; j++) cr_assert_eq(b[j], synth_bits(seed, j));
+        df_st_close(f);
+    }
+    write_single(spath("plain.safetensors"), spec, NULL, NULL, NULL);
+    o.extract_ema = true;
+    expect_status(df_sd_single_file_convert(spath("plain.safetensors"), spath("p"), &o),
+                  DF_ERR_INVALID, "no EMA weights");
+    free(ema);
+    free(s.e);
+    cJSON_Delete(spec);
+}
