@@ -635,6 +635,14 @@ static df_status models_build(sf_models *m, cJSON *unet, cJSON *vae, cJSON *text
 
 /* ------------------------------------------------------------------ original -> diffusers ---- */
 
+/* The dtypes a conversion may be asked for (DF_DTYPE_COUNT: keep). */
+static df_status check_dtype(df_dtype d) {
+    if (d == DF_DTYPE_COUNT || d == DF_DTYPE_F32 || d == DF_DTYPE_F16 || d == DF_DTYPE_BF16)
+        return DF_OK;
+    return df_error(DF_ERR_INVALID, "single file: convert to %s: use float32, float16 or bfloat16",
+                    df_dtype_name(d));
+}
+
 static df_dtype out_dtype(df_dtype want, df_dtype have) {
     return want == DF_DTYPE_COUNT || !is_float(have) ? have : want;
 }
@@ -1083,6 +1091,7 @@ df_status df_sd_single_file_convert(const char *in_file, const char *out_dir,
     if (o.image_size < 0 || o.image_size % 8 != 0 || o.image_size > DF_MODEL_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "image size %d: use a positive multiple of 8",
                         o.image_size);
+    DF_TRY(check_dtype(o.dtype));
     DF_TRY(df_sd_refuse_pickle(in_file));
     char tok[PATH_MAX];
     if (o.tokenizer_dir)
@@ -1179,6 +1188,7 @@ static df_status open_weights(const char *dir, const char *sub, const char *stem
 df_status df_sd_folder_to_single_file(const char *dir, const char *out_file,
                                       const df_sd_convert_opts *opts) {
     df_dtype want = opts ? opts->dtype : DF_DTYPE_COUNT;
+    DF_TRY(check_dtype(want));
     cJSON *cu = NULL, *cv = NULL, *ct = NULL;
     df_st_set *sets[SF_N_COMP] = {0};
     sf_models m = {0};
