@@ -635,6 +635,14 @@ static df_status models_build(sf_models *m, cJSON *unet, cJSON *vae, cJSON *text
 
 /* ------------------------------------------------------------------ original -> diffusers ---- */
 
+/* The dtypes a conversion may be asked for (DF_DTYPE_COUNT: keep). */
+static df_status check_dtype(df_dtype d) {
+    if (d == DF_DTYPE_COUNT || d == DF_DTYPE_F32 || d == DF_DTYPE_F16 || d == DF_DTYPE_BF16)
+        return DF_OK;
+    return df_error(DF_ERR_INVALID, "single file: convert to %s: use float32, float16 or bfloat16",
+                    df_dtype_name(d));
+}
+
 static df_dtype out_dtype(df_dtype want, df_dtype have) {
     return want == DF_DTYPE_COUNT || !is_float(have) ? have : want;
 }
@@ -642,11 +650,13 @@ static df_dtype out_dtype(df_dtype want, df_dtype have) {
 /* Maps every model tensor of the file onto the shapes-only models: each parameter exactly once,
  * with its shape; anything else is an error naming the tensor. */
 static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_models *m,
-                                   df_dtype want, sf_plan *p, int *n_ignored) {
+                                   df_dtype want, bool ema, sf_plan *p, int *n_ignored) {
     const char *path = df_st_path(f);
     sf_rules rules;
     DF_TRY(sf_rules_build(&d->lay, &rules));
     df_status s = DF_OK;
+    sf_item *order = NULL;
+    int n_order = 0;
     *n_ignored = 0;
     for (int i = 0; i < df_st_count(f); i++) {
         const df_st_info *info = df_st_info_at(f, i);
@@ -662,6 +672,24 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
                          path, info->name, d->lay.openclip ? 2 : 1, d->lay.unet_blocks,
                          d->lay.unet_layers);
             goto done;
+        }
+        const df_st_info *src = info;
+        if (ema && starts(info->name, SF_UNET_PREFIX)) {
+            /* diffusers' --extract_ema: model_ema. + the name after "model." without its dots */
+            char flat[DF_NAME_MAX];
+            size_t o = (size_t)snprintf(flat, sizeof flat, "model_ema.");
+            for (const char *c = info->name + strlen("model."); *c && o + 1 < sizeof flat; c++)
+                if (*c != '.') flat[o++] = *c;
+            flat[o] = '\0';
+            src = df_st_find(f, flat);
+            bool same = src && src->ndim == info->ndim && src->dtype == info->dtype;
+            for (int dd = 0; same && dd < info->ndim; dd++)
+                same = src->shape[dd] == info->shape[dd];
+            if (!same) {
+                s = df_error(DF_ERR_FORMAT, "%s: EMA tensor '%s' of '%s' is %s", path, flat,
+                             info->name, src ? "of another shape or dtype" : "missing");
+                goto done;
+            }
         }
         if (!is_float(info->dtype) && want != DF_DTYPE_COUNT) {
             s = df_error(DF_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected a float", path,
@@ -681,7 +709,7 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
                 snprintf(it->name, sizeof it->name, "%s", t.name);
             it->dtype = out_dtype(want, info->dtype);
             it->n_src = 1;
-            it->src[0] = (sf_src){f, info, 0, -1};
+            it->src[0] = (sf_src){f, src, 0, -1};
             it->ndim = info->ndim;
             memcpy(it->shape, info->shape, sizeof it->shape);
             if (t.conv1x1 && info->ndim == 4 && info->shape[2] == 1 && info->shape[3] == 1)
@@ -700,7 +728,13 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
             }
         }
     }
-    /* every parameter exactly once, with its shape */
+    /* every parameter exactly once, with its shape; the items then go in the models'
+     * registration order (diffusers' state_dict order), whatever the file's order */
+    order = calloc((size_t)(p->n ? p->n : 1), sizeof *order);
+    if (!order) {
+        s = df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
     for (int comp = 0; comp < SF_N_COMP; comp++) {
         const df_params *r = models_params(m, comp);
         for (int k = 0; k < r->n; k++) {
@@ -722,6 +756,7 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
                 goto done;
             }
             const sf_item *it = &p->items[found];
+            if (n_order < p->n) order[n_order++] = *it;
             bool same = it->ndim == prm->tensor->ndim;
             for (int dd = 0; same && dd < it->ndim; dd++)
                 same = it->shape[dd] == prm->tensor->shape[dd];
@@ -746,7 +781,10 @@ static df_status plan_to_diffusers(const df_st_file *f, const sf_detect *d, sf_m
             }
         }
     }
+    DF_ASSERT(n_order == p->n, "single file: %d items ordered of %d", n_order, p->n);
+    memcpy(p->items, order, (size_t)p->n * sizeof *order);
 done:
+    free(order);
     sf_rules_free(&rules);
     return s;
 }
@@ -779,7 +817,16 @@ static df_status detect_all(const df_st_file *f, const df_sd_convert_opts *o, sf
                 df_st_find(f, SF_UNET_PREFIX "input_blocks.0.0.weight")->dtype == DF_DTYPE_F16);
     DF_TRY(make_configs(d, image, f16, cfg));
     DF_TRY(models_build(m, cfg->unet, cfg->vae, cfg->text, path));
-    DF_TRY(plan_to_diffusers(f, d, m, o->dtype, p, &d->info.n_ignored));
+    int n_ema = 0;
+    for (int i = 0; i < df_st_count(f); i++)
+        n_ema += starts(df_st_info_at(f, i)->name, "model_ema.");
+    d->info.has_ema = n_ema > 100; /* diffusers' threshold */
+    if (o->extract_ema && !d->info.has_ema)
+        return df_error(DF_ERR_INVALID,
+                        "%s: --extract-ema, but the file holds no EMA weights "
+                        "(model_ema.*)",
+                        path);
+    DF_TRY(plan_to_diffusers(f, d, m, o->dtype, o->extract_ema, p, &d->info.n_ignored));
     d->info.version = d->lay.openclip ? 2 : 1;
     d->info.inpainting = d->unet_in == 9;
     d->info.linear_proj = d->linear;
@@ -1044,6 +1091,7 @@ df_status df_sd_single_file_convert(const char *in_file, const char *out_dir,
     if (o.image_size < 0 || o.image_size % 8 != 0 || o.image_size > DF_MODEL_MAX_SIDE)
         return df_error(DF_ERR_INVALID, "image size %d: use a positive multiple of 8",
                         o.image_size);
+    DF_TRY(check_dtype(o.dtype));
     DF_TRY(df_sd_refuse_pickle(in_file));
     char tok[PATH_MAX];
     if (o.tokenizer_dir)
@@ -1130,6 +1178,7 @@ static df_status open_weights(const char *dir, const char *sub, const char *stem
 df_status df_sd_folder_to_single_file(const char *dir, const char *out_file,
                                       const df_sd_convert_opts *opts) {
     df_dtype want = opts ? opts->dtype : DF_DTYPE_COUNT;
+    DF_TRY(check_dtype(want));
     cJSON *cu = NULL, *cv = NULL, *ct = NULL;
     df_st_set *sets[SF_N_COMP] = {0};
     sf_models m = {0};

@@ -26,6 +26,7 @@ typedef struct df_sd_info {
                        * when it also holds text_projection, as diffusers) */
     int n_tensors;    /* tensors in the file */
     int n_ignored;    /* tensors outside the three models (EMA copies, schedule buffers) */
+    bool has_ema;     /* the file also holds the UNet's EMA copy (model_ema.*, > 100 tensors) */
 } df_sd_info;
 
 typedef struct df_sd_convert_opts {
@@ -41,6 +42,9 @@ typedef struct df_sd_convert_opts {
     /* Stored dtype of the written tensors: DF_DTYPE_F16 (--half), DF_DTYPE_F32, or
      * DF_DTYPE_COUNT to keep each tensor's own dtype (exact: the default). */
     df_dtype dtype;
+    /* Convert the UNet's EMA weights (model_ema.*) rather than the trained ones, as diffusers'
+     * --extract_ema (usually better for inference); an error when the file has none. */
+    bool extract_ema;
     bool quiet;       /* no summary line on stderr */
     df_sd_info *info; /* when set, receives what the single file was recognised as */
 } df_sd_convert_opts;

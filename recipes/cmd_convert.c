@@ -2,7 +2,8 @@
  * diffusers folders (nn/single_file.h, docs/single-file.md).
  *
  *   diffusion convert MODEL.safetensors OUT_DIR [--tokenizer DIR]
- *       [--prediction-type epsilon|v_prediction] [--image-size N] [--half | --float]
+ *       [--prediction-type epsilon|v_prediction] [--image-size N] [--extract-ema]
+ *       [--half | --float]
  *   diffusion convert DIR OUT.safetensors [--half | --float]
  *
  * The direction follows the input: a folder is converted to one file, a file to a folder.
@@ -20,7 +21,7 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: diffusion convert MODEL.safetensors OUT_DIR [--tokenizer DIR]\n"
                "                         [--prediction-type epsilon|v_prediction] "
-               "[--image-size N] [--half|--float]\n"
+               "[--image-size N] [--extract-ema] [--half|--float]\n"
                "       diffusion convert DIR OUT.safetensors [--half|--float]\n");
 }
 
@@ -41,6 +42,8 @@ int df_cmd_convert(int argc, char **argv) {
         }
         if (strcmp(a, "--half") == 0) {
             o.dtype = DF_DTYPE_F16;
+        } else if (strcmp(a, "--extract-ema") == 0) {
+            o.extract_ema = true;
         } else if (strcmp(a, "--float") == 0) {
             o.dtype = DF_DTYPE_F32;
         } else if (strcmp(a, "--tokenizer") == 0 || strcmp(a, "--prediction-type") == 0 ||
@@ -86,9 +89,10 @@ int df_cmd_convert(int argc, char **argv) {
     if (o.prediction_type && strcmp(o.prediction_type, "v-prediction") == 0)
         o.prediction_type = "v_prediction"; /* diffusers accepts both spellings */
     if (is_dir(pos[0])) {
-        if (o.tokenizer_dir || o.prediction_type || image) {
-            df_error(DF_ERR_INVALID, "--tokenizer, --prediction-type and --image-size are for "
-                                     "a single file to a folder");
+        if (o.tokenizer_dir || o.prediction_type || image || o.extract_ema) {
+            df_error(DF_ERR_INVALID,
+                     "--tokenizer, --prediction-type, --image-size and --extract-ema are for "
+                     "a single file to a folder");
             return df_cli_fail("convert");
         }
         if (df_cli_check_output(pos[1], NULL, 0, pos[0]) != DF_OK ||

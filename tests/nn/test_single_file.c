@@ -274,6 +274,15 @@ static void parity(const char *name) {
                      sd2 ? "!" : "<|endoftext|>");
     cJSON_Delete(tok);
 
+    /* the folder loads as diffusers components (float16 weights read into float32) */
+    static const char *const comps[] = {"unet", "vae", "text_encoder"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", out, comps[i]);
+        df_component c;
+        cr_assert_eq(df_component_load(path, &c), DF_OK, "%s", df_last_error());
+        df_component_free(&c);
+    }
+
     /* and back: the original tensors, bit for bit (SD 2.x: less the unused last block and
      * text_projection, which diffusers drops too) */
     const char *back = spath("back.safetensors");
@@ -337,6 +346,20 @@ Test(nn_single_file, round_trip_is_bitwise) {
     cr_assert(a && b && na == nb && memcmp(a, b, na) == 0, "the two files differ");
     free(a);
     free(b);
+    /* and the two folders' weight files (written in the models' registration order) */
+    static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors",
+                                        "vae/diffusion_pytorch_model.safetensors",
+                                        "text_encoder/model.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char pa[600], pb[600];
+        snprintf(pa, sizeof pa, "%s/%s", spath("a"), files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", spath("b"), files[i]);
+        a = read_whole_file(pa, &na);
+        b = read_whole_file(pb, &nb);
+        cr_assert(a && b && na == nb && memcmp(a, b, na) == 0, "%s differs", files[i]);
+        free(a);
+        free(b);
+    }
     cJSON_Delete(spec);
 }
 
@@ -455,6 +478,9 @@ Test(nn_single_file, other_layouts_are_refused_by_name) {
     write_single(spath("xl.safetensors"), spec, NULL, NULL,
                  "conditioner.embedders.1.model.ln_final.weight");
     expect_convert_error(spath("xl.safetensors"), DF_ERR_UNSUPPORTED, "SDXL base");
+    write_single(spath("refiner.safetensors"), spec, NULL, NULL,
+                 "conditioner.embedders.0.model.ln_final.weight");
+    expect_convert_error(spath("refiner.safetensors"), DF_ERR_UNSUPPORTED, "SDXL refiner");
     write_single(spath("mixed.safetensors"), spec, NULL, NULL,
                  "cond_stage_model.model.ln_final.weight");
     expect_convert_error(spath("mixed.safetensors"), DF_ERR_UNSUPPORTED, "two kinds of");
@@ -554,5 +580,66 @@ Test(nn_single_file, cli_converts_and_refuses) {
     snprintf(cmd, sizeof cmd, "%s convert '%s' '%s'", DF_CLI, spath("x.ckpt"), spath("cli2"));
     cr_assert_eq(run_command(cmd, out, sizeof out), 1, "%s", out);
     cr_assert(strstr(out, "diffusion: convert: ") && strstr(out, "safetensors"), "%s", out);
+    cJSON_Delete(spec);
+}
+
+/* --extract-ema converts the UNet's model_ema.* copy (diffusers' flattened names), the default
+ * the trained weights; a file without EMA weights refuses the option. */
+Test(nn_single_file, extract_ema) {
+    cJSON *spec = load_spec("sd1");
+    cJSON *keys = cJSON_GetObjectItem(spec, "single_file");
+    int n = cJSON_GetArraySize(keys);
+    synth_spec s = {keys, calloc(2 * (size_t)n, sizeof(df_st_entry)), 0};
+    char(*ema)[DF_NAME_MAX] = calloc((size_t)n, DF_NAME_MAX);
+    for (int i = 0; i < n; i++) {
+        cJSON *k = cJSON_GetArrayItem(keys, i);
+        const char *name = cJSON_GetArrayItem(k, 0)->valuestring;
+        cJSON *shape = cJSON_GetArrayItem(k, 1);
+        df_st_entry e = {.name = name, .dtype = DF_DTYPE_F16, .ndim = cJSON_GetArraySize(shape)};
+        for (int d = 0; d < e.ndim; d++) e.shape[d] = cJSON_GetArrayItem(shape, d)->valueint;
+        s.e[s.n++] = e;
+        if (strncmp(name, "model.diffusion_model.", 22) != 0) continue;
+        size_t o = (size_t)snprintf(ema[i], DF_NAME_MAX, "model_ema.");
+        for (const char *c = name + 6; *c; c++)
+            if (*c != '.') ema[i][o++] = *c;
+        e.name = ema[i];
+        s.e[s.n++] = e;
+    }
+    cr_assert_eq(
+        df_st_save_stream(spath("ema.safetensors"), s.n, s.e, 0, NULL, NULL, synth_fill, &s, true),
+        DF_OK, "%s", df_last_error());
+    df_sd_convert_opts o = df_sd_convert_opts_default();
+    o.tokenizer_dir = tokenizer_dir();
+    o.quiet = true;
+    df_sd_info info;
+    o.info = &info;
+    o.extract_ema = true;
+    cr_assert_eq(df_sd_single_file_convert(spath("ema.safetensors"), spath("e"), &o), DF_OK, "%s",
+                 df_last_error());
+    cr_assert(info.has_ema);
+    cr_assert_eq(info.n_ignored, s.n - n);
+    o.extract_ema = false;
+    cr_assert_eq(df_sd_single_file_convert(spath("ema.safetensors"), spath("t"), &o), DF_OK, "%s",
+                 df_last_error());
+    const char *which[2] = {"model_ema.diffusion_modelinput_blocks00weight",
+                            "model.diffusion_model.input_blocks.0.0.weight"};
+    const char *dirs[2] = {spath("e"), spath("t")};
+    for (int k = 0; k < 2; k++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", dirs[k]);
+        df_st_file *f;
+        cr_assert_eq(df_st_open(path, &f), DF_OK);
+        const df_st_info *t = df_st_find(f, "conv_in.weight");
+        const uint16_t *b = df_st_data(f, t);
+        uint64_t seed = fnv1a64(which[k]);
+        for (int64_t j = 0; j < t->numel; j++) cr_assert_eq(b[j], synth_bits(seed, j));
+        df_st_close(f);
+    }
+    write_single(spath("plain.safetensors"), spec, NULL, NULL, NULL);
+    o.extract_ema = true;
+    expect_status(df_sd_single_file_convert(spath("plain.safetensors"), spath("p"), &o),
+                  DF_ERR_INVALID, "no EMA weights");
+    free(ema);
+    free(s.e);
     cJSON_Delete(spec);
 }
