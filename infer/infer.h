@@ -351,9 +351,10 @@ DF_API void df_sd_pipeline_free(df_sd_pipeline *p);
 DF_API df_status df_sd_encode_ids(df_sd_pipeline *p, const df_tensor *ids, int clip_skip,
                                   df_tensor **out);
 
-/* The prompt's embeddings (1, 77, D) into *cond and, when `guidance`, the negative prompt's
- * (NULL: "") into *uncond (diffusers' encode_prompt; see sd_prompt.c). New tensors (scope
- * rule). DF_ERR_INVALID for text that is not UTF-8 or a clip_skip outside the encoder's layers. */
+/* The prompt's embeddings (1, 77 * chunks, D) into *cond and, when `guidance`, the negative
+ * prompt's (NULL: "") into *uncond, with as many chunks (A1111 weights and long prompts; with
+ * neither, diffusers' encode_prompt bit for bit; see sd_prompt.c). New tensors (scope rule).
+ * DF_ERR_INVALID for text that is not UTF-8 or a clip_skip outside the encoder's layers. */
 DF_API df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, const char *negative,
                                      int clip_skip, bool guidance, df_tensor **cond,
                                      df_tensor **uncond);
