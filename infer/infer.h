@@ -337,6 +337,10 @@ typedef struct df_sd_pipeline {
     df_sched *sched;
     bool has_safety_checker; /* model_index.json names one and the folder is there */
     int vae_scale_factor;    /* 2^(len(vae.block_out_channels) - 1) */
+    /* df_sd_generate drops each model's mapped weight pages from the resident set when it is
+     * done with it (the text encoder before the loop, the UNet before the decode): set at load;
+     * whoever writes a mapped weight in place (merging a LoRA) must clear it. */
+    bool release_weights;
 } df_sd_pipeline;
 
 /* Loads the folder (opts may be NULL). Errors name the file: a missing component, an unsupported

@@ -366,6 +366,14 @@ static df_tensor *decode(df_sd_pipeline *p, const df_tensor *latents, const plan
     return img;
 }
 
+/* The pipeline is done with model c for this request: its mapped weights leave the resident set
+ * (when allowed) and the activation pool is returned to the system, so the next stage's peak
+ * (the VAE decode's large images after the UNet's) does not add to this one's. */
+static void done_with(df_sd_pipeline *p, const df_component *c) {
+    if (p->release_weights && c->params) df_params_release_pages(c->params);
+    df_mem_trim();
+}
+
 /* The scheduler as the pipeline's __init__ leaves it: steps_offset 1 in every pipeline;
  * clip_sample off for text-to-image and image-to-image; skip_prk_steps on for inpainting (which
  * keeps clip_sample). Rebuilt from the folder's config for each request. */
@@ -398,6 +406,7 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
     prepared q;
     df_status st = prepare(p, r, &pl, &gen, &q);
     df_tensor *embeds = st == DF_OK ? batch_embeds(r, &pl) : NULL;
+    done_with(p, &p->text_encoder);
     df_noise_source noise = df_noise_from_torchgen(&gen);
     df_sched_step_args args = {.eta = r->eta, .noise = &noise};
     const double *ts = df_sched_timesteps(p->sched);
@@ -420,6 +429,7 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
         if (r->progress) r->progress(r->progress_ctx, i - q.start + 1, total - q.start);
     }
     df_tensor_free(embeds);
+    done_with(p, &p->unet);
     if (st == DF_OK) {
         out->image = decode(p, q.latents, &pl);
         out->latents = q.latents;

@@ -142,6 +142,7 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
     DF_TRY(df_sched_new(&p->sched_config, &p->sched));
     const df_vae_config *vc = &p->vae.vae->config;
     p->vae_scale_factor = 1 << (vc->n_blocks - 1);
+    p->release_weights = true;
     return DF_OK;
 }
 

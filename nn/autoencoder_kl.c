@@ -96,12 +96,20 @@ void df_vae_free(df_vae *m) {
     df_params_free(&m->params);
 }
 
+/* Each stage runs in its own scope: what it made dies at its end unless the tape needs it, so
+ * without gradients only the current activation outlives a block (a 512x512 decode holds one
+ * block's working set, not every block's output). */
 void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor **logvar) {
     df_tensor *h = df_conv_mod_forward(&m->enc_conv_in, x);
-    for (int i = 0; i < m->config.n_blocks; i++)
-        h = df_down_block_forward(&m->enc_down[i], h, NULL, NULL, NULL, NULL);
+    for (int i = 0; i < m->config.n_blocks; i++) {
+        df_scope scope = df_scope_begin();
+        h = df_scope_end_keep(scope,
+                              df_down_block_forward(&m->enc_down[i], h, NULL, NULL, NULL, NULL));
+    }
+    df_scope scope = df_scope_begin();
     h = df_mid_block_forward(&m->enc_mid, h, NULL, NULL);
     h = df_conv_mod_forward(&m->enc_conv_out, df_silu(df_norm_mod_forward(&m->enc_norm_out, h)));
+    h = df_scope_end_keep(scope, h);
     df_tensor *moments = df_conv_mod_forward(&m->quant_conv, h);
     if (moments->block) moments = df_to_plain(moments);
     df_tensor *parts[2];
@@ -111,12 +119,16 @@ void df_vae_encode(df_vae *m, df_tensor *x, df_tensor **mean, df_tensor **logvar
 }
 
 df_tensor *df_vae_decode(df_vae *m, df_tensor *z) {
+    df_scope scope = df_scope_begin();
     df_tensor *h =
         df_conv_mod_forward(&m->dec_conv_in, df_conv_mod_forward(&m->post_quant_conv, z));
-    h = df_mid_block_forward(&m->dec_mid, h, NULL, NULL);
-    for (int i = 0; i < m->config.n_blocks; i++)
-        h = df_up_block_forward(&m->dec_up[i], h, NULL, NULL, NULL, NULL);
+    h = df_scope_end_keep(scope, df_mid_block_forward(&m->dec_mid, h, NULL, NULL));
+    for (int i = 0; i < m->config.n_blocks; i++) {
+        scope = df_scope_begin();
+        h = df_scope_end_keep(scope, df_up_block_forward(&m->dec_up[i], h, NULL, NULL, NULL, NULL));
+    }
+    scope = df_scope_begin();
     h = df_silu(df_norm_mod_forward(&m->dec_norm_out, h));
     h = df_conv_mod_forward(&m->dec_conv_out, h);
-    return h->block ? df_to_plain(h) : h;
+    return df_scope_end_keep(scope, h->block ? df_to_plain(h) : h);
 }

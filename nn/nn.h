@@ -878,6 +878,11 @@ DF_API df_status df_component_load_variant(const char *dir, const char *variant,
  * DF_ERR_UNSUPPORTED for a pickle file there (with how to convert it), DF_ERR_NOTFOUND else. */
 DF_API df_status df_component_weights_path(const char *dir, const char *stem, const char *variant,
                                            char *out, size_t len);
+/* Drops the pages of the weights the registry maps (df_init.map) from the resident set; they are
+ * read from the file again when next used. For a model that is done for now (the UNet while
+ * the VAE decodes). Only for weights never written since loading: a private page that was
+ * written (a merged LoRA) would revert to the file's bytes. */
+DF_API void df_params_release_pages(const df_params *r);
 /* For inference: as df_component_load_variant, but the parameters are the weights file's own
  * memory (F32 tensors used in place from its mapping, others converted), so loading copies
  * nothing and the resident set holds each weight once; every parameter frozen. The mapping is

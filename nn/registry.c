@@ -54,6 +54,11 @@ static void map_index_build(df_params *r, const df_st_set *set) {
     r->map = set;
 }
 
+void df_params_release_pages(const df_params *r) {
+    for (int i = 0; i < r->n_map_index; i++)
+        df_st_release(r->map_index[i].file, r->map_index[i].info);
+}
+
 void df_params_init_with(df_params *r, df_init init) {
     df_params_init(r, init.gen);
     r->shapes_only = init.shapes_only;
