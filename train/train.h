@@ -387,6 +387,9 @@ typedef struct df_recipe {
     /* The loss reads the batches' captions: every image must have one (or default_caption);
      * the recipe's schema holds DF_CFG_CAPTION_FIELDS. */
     bool needs_captions;
+    /* The loss takes batches of any size of a bucket: the recipe's schema holds
+     * DF_CFG_BUCKET_FIELDS and the trainer buckets the sources when enable_bucket is on. */
+    bool buckets;
     /* The loss takes latents from a df_latent_cache, not pixels: the loaders decode no image
      * (df_loader_opts.no_pixels; batches carry indices, captions and flips). */
     bool no_pixels;
@@ -424,6 +427,22 @@ typedef struct df_recipe {
     {                                                                                              \
         "default_caption", DF_CFG_STRING, NULL, 0, 0, NULL,                                        \
             "caption of images without one (unset: such images are an error naming their count)"   \
+    }
+
+/* The aspect-ratio bucket keys (kohya's names; datasets.h df_bucket_opts) of a recipe that
+ * trains on buckets (df_recipe.buckets): put DF_CFG_BUCKET_FIELDS in its field list. With
+ * enable_bucket, `resolution` is the buckets' area side and every batch is one bucket's. */
+#define DF_CFG_BUCKET_FIELDS                                                                       \
+    {"enable_bucket",                                                                              \
+     DF_CFG_BOOL,                                                                                  \
+     "false",                                                                                      \
+     0,                                                                                            \
+     0,                                                                                            \
+     NULL,                                                                                         \
+     "aspect-ratio buckets: each image to the bucket of the closest aspect ratio"},                \
+        {"min_bucket_reso", DF_CFG_INT, "256", 8, 16384, NULL, "smallest bucket side"},            \
+        {"max_bucket_reso", DF_CFG_INT, "1024", 8, 16384, NULL, "largest bucket side"}, {          \
+        "bucket_reso_steps", DF_CFG_INT, "64", 1, 4096, NULL, "bucket sides are multiples of this" \
     }
 
 /* The trainer's own config keys (diffusers' training flag names); recipes append theirs. */
