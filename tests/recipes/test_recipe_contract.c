@@ -4,7 +4,8 @@
  * parameter in no group is an error naming it, an error from the loss stops the run with its
  * message, a recipe that needs captions gets them (or an error naming the images without one),
  * a recipe with cached latents gets batches without pixels, and the recipe table feeds the CLI
- * (`--list-recipes`) and the `recipe` key's choices. The unconditional recipe on a tiny UNet and four generated 8x8 images, in process. */
+ * (`--list-recipes`) and the `recipe` key's choices. The unconditional recipe on a tiny UNet
+ * and four generated 8x8 images, in process. */
 #include "datasets/datasets.h"
 #include "recipes/recipes.h"
 #include "tests/common/check.h"
