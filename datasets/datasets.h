@@ -175,7 +175,8 @@ DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                                   df_tensor **out);
 /* Sample `index` (< df_dataset_len): image index % images; its df_dataset_sample_caption,
- * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
+ * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it).
+ * Thread-safe. */
 DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
                                 df_philox *g, df_tensor **img, char **caption);
 /* The caption part of df_dataset_get alone (the same draw from g), without decoding. */
