@@ -66,6 +66,12 @@ typedef struct vae_recipe {
     int64_t n_validation, scaling_images, batch, down;
     uint64_t seed;
     char base[DF_PATH_MAX];
+    /* the last measured scaling factor and the weights it was measured with (the final
+     * checkpoint and the final export share it) */
+    bool measured;
+    uint32_t measured_crc;
+    double measured_factor;
+    int64_t measured_images;
 } vae_recipe;
 
 static df_status vae_loss_fn(void *ctx, const df_batch *const *batches, df_step_rng *rng,
@@ -100,8 +106,23 @@ static df_status load_images(const vae_recipe *v, int64_t first, int64_t n, df_t
     return DF_OK;
 }
 
+static uint32_t weights_crc(const df_params *r) {
+    uint32_t crc = 0;
+    for (int i = 0; i < r->n; i++) {
+        const df_tensor *t = r->items[i].tensor;
+        crc = df_crc32c_update(crc, t->data, (size_t)t->numel * sizeof(float));
+    }
+    return crc;
+}
+
 /* 1 / std (unbiased, over every element) of posterior samples of the data set's images. */
 static df_status measure_scaling(vae_recipe *v, double *factor, int64_t *n_images) {
+    uint32_t crc = weights_crc(&v->vae->params);
+    if (v->measured && v->measured_crc == crc) {
+        *factor = v->measured_factor;
+        *n_images = v->measured_images;
+        return DF_OK;
+    }
     int64_t n = df_dataset_images(v->data);
     if (v->scaling_images > 0 && v->scaling_images < n) n = v->scaling_images;
     df_philox g;
@@ -139,6 +160,10 @@ static df_status measure_scaling(vae_recipe *v, double *factor, int64_t *n_image
                         (long long)n);
     *factor = 1.0 / sqrt(var);
     *n_images = n;
+    v->measured = true;
+    v->measured_crc = crc;
+    v->measured_factor = *factor;
+    v->measured_images = n;
     return DF_OK;
 }
 
@@ -149,10 +174,10 @@ static df_status vae_export(void *ctx, const char *dir) {
     DF_TRY(measure_scaling(v, &factor, &n));
     df_vae_config c = v->vae->config;
     c.scaling_factor = (float)factor;
-    printf("vae: latent scaling_factor %.6g (1 / std of posterior samples of %lld images), "
-           "written to vae/config.json\n",
-           (double)c.scaling_factor, (long long)n);
-    fflush(stdout);
+    fprintf(stderr,
+            "diffusion: vae: latent scaling_factor %.6g (1 / std of posterior samples of %lld "
+            "images), written to vae/config.json\n",
+            (double)c.scaling_factor, (long long)n);
     char path[DF_PATH_MAX];
     DF_TRY(df_pathf(path, sizeof path, "%s/vae", dir));
     DF_TRY(df_mkdirs(path));

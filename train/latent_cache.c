@@ -452,6 +452,24 @@ df_status df_latent_cache_batch(const df_latent_cache *c, const df_batch *b, df_
     return DF_OK;
 }
 
+df_status df_batch_latents(df_vae *vae, const df_latent_cache *cache, const df_batch *b,
+                           df_philox *g, float scaling_factor, df_tensor **out) {
+    df_tensor *mean, *logvar;
+    if (cache) {
+        DF_TRY(df_latent_cache_batch(cache, b, &mean, &logvar));
+    } else {
+        if (!b->pixels)
+            return df_error(DF_ERR_INVALID, "latents: a batch without pixels and no latent cache");
+        DF_TRY(df_vae_check_sample(&vae->config, b->pixels));
+        bool grad = df_grad_set_enabled(false);
+        df_vae_encode(vae, b->pixels, &mean, &logvar);
+        df_grad_set_enabled(grad);
+    }
+    df_tensor *z = df_posterior_sample(mean, logvar, df_posterior_noise(mean, g));
+    *out = scaling_factor != 1.0f ? df_mul_scalar(z, scaling_factor) : z;
+    return DF_OK;
+}
+
 void df_latent_cache_free(df_latent_cache *c) {
     if (!c) return;
     cache_release(c);

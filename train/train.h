@@ -346,6 +346,12 @@ DF_API df_status df_latent_cache_get(const df_latent_cache *c, int64_t image, bo
  * not cached. */
 DF_API df_status df_latent_cache_batch(const df_latent_cache *c, const df_batch *b,
                                        df_tensor **mean, df_tensor **logvar);
+/* The latents a text-to-image step trains on, cached or not: the batch's posterior from the
+ * cache when `cache` is given, else from encoding its pixels (no tape: the VAE is frozen);
+ * z = df_posterior_sample with noise from g (df_posterior_noise), times scaling_factor. The
+ * same batch and g give the same latents either way (within float noise). Scope rule. */
+DF_API df_status df_batch_latents(df_vae *vae, const df_latent_cache *cache, const df_batch *b,
+                                  df_philox *g, float scaling_factor, df_tensor **out);
 
 /* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
  * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no

@@ -122,6 +122,19 @@ Test(train_latent_cache, cached_equals_encoding_the_batch) {
         df_tensor *zu = df_posterior_sample(mu, lvu, df_posterior_noise(mu, &g1));
         df_tensor *zc = df_posterior_sample(mc, lvc, df_posterior_noise(mc, &g2));
         check_close("z", zc, zu, 1e-6, 1e-6);
+        /* the same through df_batch_latents, scaled */
+        df_tensor *lat_u, *lat_c;
+        df_philox_init(&g1, 9, 1);
+        df_philox_init(&g2, 9, 1);
+        cr_assert_eq(df_batch_latents(f.vae.vae, NULL, bp, &g1, 0.5f, &lat_u), DF_OK, "%s",
+                     df_last_error());
+        cr_assert_eq(df_batch_latents(f.vae.vae, c, bn, &g2, 0.5f, &lat_c), DF_OK, "%s",
+                     df_last_error());
+        check_close("df_batch_latents: uncached", lat_u, df_mul_scalar(zu, 0.5f), 0, 0);
+        check_close("df_batch_latents: cached", lat_c, df_mul_scalar(zc, 0.5f), 0, 0);
+        df_tensor *none;
+        expect_status(df_batch_latents(f.vae.vae, NULL, bn, &g1, 1, &none), DF_ERR_INVALID,
+                      "without pixels");
         const char *json = "{\"_class_name\": \"DDPMScheduler\", \"prediction_type\": \"epsilon\"}";
         df_sched_config sc;
         cr_assert_eq(df_sched_config_parse(json, strlen(json), "test", NULL, &sc), DF_OK);
