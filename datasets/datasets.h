@@ -156,6 +156,8 @@ DF_API df_dataset_kind df_dataset_kind_of(const df_dataset *ds);
 /* Distinct images (without repeats) and samples per epoch (images * repeats). */
 DF_API int64_t df_dataset_images(const df_dataset *ds);
 DF_API int64_t df_dataset_len(const df_dataset *ds);
+/* The path the data set was opened from (a folder or a pack). Borrowed. */
+DF_API const char *df_dataset_root(const df_dataset *ds);
 /* File name of image i (< df_dataset_images), relative to the dataset. Borrowed. */
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
 /* Caption of image i as read (before template, default, override and dropout). Borrowed. */

@@ -12,7 +12,8 @@
  *
  * Key: the CRC-32C of the VAE's weights (names, shapes, values) and a hash of the settings that
  * change the pixels encoded (resolution, crop, flip, filter, per-image target sizes (buckets),
- * the data set's image count and file names). A file whose key differs, or that fails any check
+ * the data set's image count, file names and each file's size and modification time, or the
+ * pack's). A file whose key differs, or that fails any check
  * (truncated, sizes out of range, checksum), is reported on stderr and rebuilt; it is never
  * read. The file is written through df_outfile: a killed build leaves the old file or none.
  *
@@ -62,6 +63,14 @@ static uint32_t vae_checksum(const df_vae *vae) {
     return crc;
 }
 
+/* Folds the size and modification time of `path` into h (a missing file: nothing). */
+static uint64_t fnv_file(uint64_t h, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return h;
+    int64_t v[3] = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+    return fnv(h, v, sizeof v);
+}
+
 /* The (h, w) image i is encoded at. */
 static void target_size(const df_latent_cache_opts *o, int64_t i, int *h, int *w) {
     if (o->sizes) {
@@ -81,9 +90,14 @@ static uint64_t settings_hash(const df_latent_cache_opts *o) {
     h = fnv(h, t->decode.background, sizeof t->decode.background);
     int64_t n = df_dataset_images(o->ds);
     h = fnv(h, &n, sizeof n);
+    const char *root = df_dataset_root(o->ds);
+    bool pack = df_dataset_kind_of(o->ds) == DF_DATASET_HDF5;
+    if (pack) h = fnv_file(h, root);
+    char path[DF_PATH_MAX];
     for (int64_t i = 0; i < n; i++) {
         const char *f = df_dataset_file(o->ds, i);
         h = fnv(h, f, strlen(f) + 1);
+        if (!pack && df_pathf(path, sizeof path, "%s/%s", root, f) == DF_OK) h = fnv_file(h, path);
         int32_t s[2];
         target_size(o, i, &s[0], &s[1]);
         h = fnv(h, s, sizeof s);
@@ -168,8 +182,8 @@ static df_status cache_read(df_latent_cache *c, uint32_t want_crc, uint64_t want
     if (hash != want_hash || images != (uint64_t)want_images || orient != (uint32_t)want_orient ||
         channels != (uint32_t)want_channels) {
         s = df_error(DF_ERR_INVALID,
-                     "%s: written for other data or transform settings "
-                     "(resolution, crop, flip, buckets, images)",
+                     "%s: written for other images or transform settings "
+                     "(the files, their sizes and times, resolution, crop, flip, filter, buckets)",
                      c->path);
         goto done;
     }

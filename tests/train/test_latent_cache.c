@@ -199,6 +199,17 @@ Test(train_latent_cache, changes_and_damage_rebuild) {
     f.o.transform.filter = DF_RESAMPLE_BICUBIC;
     df_latent_cache_free(open_cache(&f, true, "settings"));
     df_latent_cache_free(open_cache(&f, false, NULL));
+    /* an image rewritten (same name, new bytes) */
+    df_dataset_free(f.ds);
+    char img[512];
+    snprintf(img, sizeof img, "%s/3.png", data);
+    df_tensor *px = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(20, 16, 3));
+    memset(px->data, 77, (size_t)px->numel);
+    cr_assert_eq(df_png_write(img, px, 0, NULL, NULL), DF_OK);
+    df_tensor_free(px);
+    cr_assert_eq(df_dataset_open(data, NULL, &f.ds), DF_OK);
+    f.o.ds = f.ds;
+    df_latent_cache_free(open_cache(&f, true, "settings"));
     /* damage: a flipped byte in the data, a truncated file, garbage */
     char path[512];
     snprintf(path, sizeof path, "%s/latents.bin", cache_dir);
