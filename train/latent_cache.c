@@ -73,9 +73,10 @@ static uint64_t fnv_file(uint64_t h, const char *path) {
 
 /* The (h, w) image i is encoded at. */
 static void target_size(const df_latent_cache_opts *o, int64_t i, int *h, int *w) {
-    if (o->sizes) {
-        *h = o->sizes[i][0];
-        *w = o->sizes[i][1];
+    if (o->buckets) {
+        const int *r = o->buckets->resos[o->buckets->bucket[i]];
+        *w = r[0];
+        *h = r[1];
     } else {
         *h = *w = o->transform.resolution;
     }
@@ -248,16 +249,10 @@ static df_status entry_pixels(const df_latent_cache_opts *o, int64_t i, bool fli
     df_transform t = o->transform;
     t.random_flip = false;
     t.center_crop = true;
-    if (h != w || h != t.resolution) {
-        if (!o->resize)
-            return df_error(DF_ERR_INVALID,
-                            "latent cache: image %lld has target size %dx%d but no resize "
-                            "function",
-                            (long long)i, h, w);
-        DF_TRY(o->resize(o->resize_ctx, img, i, h, w, dst));
-    } else {
+    if (o->buckets) /* the loader's bucket path: kohya's resize and floor-centred crop */
+        df_buckets_apply(o->buckets, &t, i, img, NULL, dst);
+    else
         df_transform_apply(&t, img, NULL, dst);
-    }
     if (!flip) return DF_OK;
     int c = o->transform.decode.channels;
     for (int ch = 0; ch < c; ch++)
@@ -380,6 +375,11 @@ df_status df_latent_cache_open(const df_latent_cache_opts *o, df_latent_cache **
                                         "of each image");
     if (df_dataset_images(o->ds) < 1)
         return df_error(DF_ERR_INVALID, "latent cache: the data set has no image");
+    if (o->buckets && o->buckets->n_images != df_dataset_images(o->ds))
+        return df_error(DF_ERR_INVALID,
+                        "latent cache: buckets of %lld images for a data set of "
+                        "%lld",
+                        (long long)o->buckets->n_images, (long long)df_dataset_images(o->ds));
     DF_TRY(df_mkdirs(o->dir));
     df_latent_cache *c = calloc(1, sizeof *c);
     if (!c) return df_error(DF_ERR_NOMEM, "out of memory");

@@ -314,20 +314,13 @@ DF_API df_status df_vae_loss(df_vae *m, const df_vae_loss_config *c, df_tensor *
  * the cached (mean, logvar) exactly as from df_vae_encode's: the same noise gives the same z. */
 typedef struct df_latent_cache df_latent_cache;
 
-/* Pixels of image `i` at a target (h, w) other than the square resolution (buckets): C * h * w
- * floats in [-1, 1] into dst, as the loader makes them (unflipped). */
-typedef df_status (*df_latent_resize_fn)(void *ctx, const df_tensor *img, int64_t i, int h, int w,
-                                         float *dst);
-
 typedef struct df_latent_cache_opts {
-    const char *dir;            /* the cache folder (created) */
-    const df_dataset *ds;       /* the images (borrowed) */
-    df_vae *vae;                /* the frozen VAE (borrowed) */
-    df_transform transform;     /* the loader's: center_crop required; random_flip caches flips */
-    const int (*sizes)[2];      /* per image (h, w) target (buckets), or NULL: resolution square */
-    df_latent_resize_fn resize; /* makes the pixels of a non-square-resolution target */
-    void *resize_ctx;
-    int batch; /* entries encoded at once (<= 0: 1) */
+    const char *dir;           /* the cache folder (created) */
+    const df_dataset *ds;      /* the images (borrowed) */
+    df_vae *vae;               /* the frozen VAE (borrowed) */
+    df_transform transform;    /* the loader's: center_crop required; random_flip caches flips */
+    const df_buckets *buckets; /* the loader's buckets (borrowed), or NULL: resolution square */
+    int batch;                 /* entries encoded at once (<= 0: 1) */
 } df_latent_cache_opts;
 
 /* Reads the cache of o->dir when its key matches, else (re)builds it: encodes every entry and
