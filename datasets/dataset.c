@@ -351,6 +351,10 @@ const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i) {
     return ds->bad[i];
 }
 
+const char *df_dataset_root(const df_dataset *ds) {
+    return ds->root;
+}
+
 int64_t df_dataset_images(const df_dataset *ds) {
     return ds->n;
 }

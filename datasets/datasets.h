@@ -157,6 +157,8 @@ DF_API df_dataset_kind df_dataset_kind_of(const df_dataset *ds);
 /* Distinct images (without repeats) and samples per epoch (images * repeats). */
 DF_API int64_t df_dataset_images(const df_dataset *ds);
 DF_API int64_t df_dataset_len(const df_dataset *ds);
+/* The path the data set was opened from (a folder or a pack). Borrowed. */
+DF_API const char *df_dataset_root(const df_dataset *ds);
 /* File name of image i (< df_dataset_images), relative to the dataset. Borrowed. */
 DF_API const char *df_dataset_file(const df_dataset *ds, int64_t i);
 /* Caption of image i as read (before template, default, override and dropout). Borrowed. */
@@ -176,7 +178,8 @@ DF_API const char *df_dataset_bad_entry(const df_dataset *ds, int64_t i);
 DF_API df_status df_dataset_image(const df_dataset *ds, int64_t i, const df_decode_opts *dec,
                                   df_tensor **out);
 /* Sample `index` (< df_dataset_len): image index % images; its df_dataset_sample_caption,
- * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it). Thread-safe. */
+ * replaced by "" on dropout drawn from `g`. *caption is a new malloc'd string (free it).
+ * Thread-safe. */
 DF_API df_status df_dataset_get(const df_dataset *ds, int64_t index, const df_decode_opts *dec,
                                 df_philox *g, df_tensor **img, char **caption);
 /* The caption part of df_dataset_get alone (the same draw from g), without decoding. */
@@ -193,6 +196,43 @@ DF_API char *df_dataset_draw_caption(const df_dataset *ds, int64_t index, df_phi
  * files or metadata.jsonl, or a new file the folder would read) is refused: DF_ERR_INVALID. */
 DF_API df_status df_pack_write(const df_dataset *ds, const char *out_path, int resolution,
                                df_resample filter, const char *source, int64_t *n_skipped);
+
+/* ---------------------------------------------------------------- aspect-ratio buckets -------- */
+
+/* kohya's enable_bucket settings (datasets/buckets.c has the rules, read from sd-scripts). */
+typedef struct df_bucket_opts {
+    int resolution;                     /* the buckets' area is resolution^2 */
+    int min_reso, max_reso, reso_steps; /* min_bucket_reso, max_bucket_reso, bucket_reso_steps */
+} df_bucket_opts;
+/* kohya's defaults: min 256, max 1024, steps 64. */
+DF_API df_bucket_opts df_bucket_opts_default(int resolution);
+
+/* The bucket list as kohya's make_bucket_resolutions: *n (width, height) pairs, sorted, into
+ * *out (malloc'd). DF_ERR_INVALID naming the setting for settings that make no sense. */
+DF_API df_status df_bucket_resolutions(const df_bucket_opts *o, int (**out)[2], int *n);
+/* The bucket of a width x height image (kohya's select_bucket) and the size it is resized to
+ * before the crop. */
+DF_API int df_bucket_select(const int (*resos)[2], int n, int width, int height, int *resized_w,
+                            int *resized_h);
+
+/* Every image's bucket. */
+typedef struct df_buckets {
+    int n;             /* buckets */
+    int (*resos)[2];   /* (width, height) of each bucket */
+    int64_t n_images;  /* the data set's images */
+    int *bucket;       /* of each image */
+    int (*resized)[2]; /* each image's (width, height) before the crop */
+} df_buckets;
+/* Assigns each image of ds (header sizes; no decode except for packs). An image whose aspect
+ * ratio lies outside the buckets' range is DF_ERR_INVALID naming it. Free with df_buckets_free. */
+DF_API df_status df_buckets_assign(const df_dataset *ds, const df_bucket_opts *o, df_buckets *out);
+DF_API void df_buckets_free(df_buckets *b);
+/* The training pixels of image `image` in its bucket: resized to its resized size (t->filter),
+ * cropped to the bucket (centred, kohya's floor, or random from g), flipped (random_flip, one
+ * uniform from g after the crop's draws), normalised into dst (C * bucket_h * bucket_w). Returns
+ * whether it flipped. */
+DF_API bool df_buckets_apply(const df_buckets *b, const df_transform *t, int64_t image,
+                             const df_tensor *img, df_philox *g, float *dst);
 
 /* ---------------------------------------------------------------- loader ---------------------- */
 
@@ -213,6 +253,10 @@ typedef struct df_loader_opts {
                        indices, captions and flips only, with the same draws as with pixels;
                        needs center_crop (default false) */
     df_transform transform;
+    /* Aspect-ratio buckets (borrowed, of this data set; NULL: every sample resolution^2):
+     * each epoch shuffles every bucket's samples, cuts them into batches and shuffles the
+     * batches, so a batch holds one bucket's size; world_size must be 1. */
+    const df_buckets *buckets;
     df_loader_cursor start; /* where to begin (a saved cursor); default (0, 0) */
 } df_loader_opts;
 DF_API df_loader_opts df_loader_opts_default(int batch_size, int resolution);
@@ -223,6 +267,7 @@ typedef struct df_batch {
     char **captions;   /* n strings, owned */
     int64_t *indices;  /* n dataset sample indices */
     bool *flipped;     /* n: whether the sample was flipped (random_flip) */
+    int bucket;        /* the batch's bucket (df_loader_opts.buckets), -1 without */
     int64_t epoch;
     bool epoch_end;        /* the last batch of its epoch */
     df_loader_cursor next; /* the loader's cursor after this batch (save it with a checkpoint) */

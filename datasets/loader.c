@@ -36,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STREAM_PERM = 1, STREAM_SAMPLE = 2 };
+enum { STREAM_PERM = 1, STREAM_SAMPLE = 2, STREAM_BUCKET = 3, STREAM_BATCHES = 4 };
 
 static uint64_t mix64(uint64_t z) {
     z += 0x9E3779B97F4A7C15ull;
@@ -72,7 +72,9 @@ struct df_loader {
     bool stop;
     /* claim state (under mu) */
     int64_t claim_seq, claim_epoch, claim_pos, perm_epoch;
-    int64_t *perm;
+    int64_t *perm; /* the epoch's order (buckets: the samples batch by batch) */
+    /* buckets: where each batch of the epoch's order ends, and the next batch to claim */
+    int64_t *plan_ends, plan_batches, claim_batch;
     /* consumer state (under mu) */
     int64_t next_seq;
     df_loader_cursor cursor;
@@ -121,6 +123,59 @@ static void make_perm(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, bo
     }
 }
 
+static void shuffle(int64_t *v, int64_t n, uint64_t seed, uint64_t stream) {
+    df_philox g;
+    df_philox_init(&g, seed, stream);
+    for (int64_t i = n - 1; i > 0; i--) {
+        uint64_t r = ((uint64_t)df_philox_u32(&g) << 32) | df_philox_u32(&g);
+        int64_t j = (int64_t)(r % (uint64_t)(i + 1));
+        int64_t t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+    }
+}
+
+/* The bucketed epoch: each bucket's samples (index order) shuffled by (seed, epoch, bucket),
+ * cut into batches (drop_last drops each bucket's partial one), the batches shuffled by
+ * (seed, epoch); into order (the samples batch after batch) and ends (each batch's end). */
+static int64_t make_bucket_plan(const df_loader *l, int64_t epoch, int64_t *order, int64_t *ends) {
+    const df_buckets *bk = l->o.buckets;
+    int64_t N = l->N, images = bk->n_images, B = l->o.batch_size, k = 0, nb = 0;
+    int64_t *grouped = malloc(sizeof(int64_t) * (size_t)N + 1);
+    int64_t(*batches)[2] = malloc(sizeof *batches * (size_t)N + 1); /* (start, length) */
+    DF_ASSERT(grouped && batches, "out of memory");
+    for (int b = 0; b < bk->n; b++) {
+        int64_t start = k;
+        for (int64_t s = 0; s < N; s++)
+            if (bk->bucket[s % images] == b) grouped[k++] = s;
+        int64_t count = k - start;
+        if (l->o.shuffle)
+            shuffle(grouped + start, count, l->o.seed,
+                    stream_id(STREAM_BUCKET, (uint64_t)epoch, (uint64_t)b));
+        for (int64_t p = 0; p < count; p += B) {
+            int64_t len = count - p < B ? count - p : B;
+            if (len < B && l->o.drop_last) break;
+            batches[nb][0] = start + p;
+            batches[nb++][1] = len;
+        }
+    }
+    int64_t *idx = malloc(sizeof(int64_t) * (size_t)nb + 1);
+    DF_ASSERT(idx, "out of memory");
+    for (int64_t i = 0; i < nb; i++) idx[i] = i;
+    if (l->o.shuffle) shuffle(idx, nb, l->o.seed, stream_id(STREAM_BATCHES, (uint64_t)epoch, 0));
+    int64_t pos = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        memcpy(order + pos, grouped + batches[idx[i]][0],
+               sizeof(int64_t) * (size_t)batches[idx[i]][1]);
+        pos += batches[idx[i]][1];
+        ends[i] = pos;
+    }
+    free(idx);
+    free(batches);
+    free(grouped);
+    return nb;
+}
+
 /* Position in the padded permutation of the rank's `position`-th sample. */
 static int64_t perm_pos(const df_loader *l, int64_t position) {
     return (position * l->o.world_size + l->o.rank) % l->N;
@@ -129,8 +184,17 @@ static int64_t perm_pos(const df_loader *l, int64_t position) {
 int64_t df_loader_sample_at(const df_loader *l, int64_t epoch, int64_t position) {
     int64_t *perm = malloc(sizeof(int64_t) * (size_t)l->N);
     DF_ASSERT(perm, "out of memory");
-    make_perm(perm, l->N, l->o.seed, epoch, l->o.shuffle);
-    int64_t v = perm[perm_pos(l, position)];
+    int64_t v;
+    if (l->o.buckets) {
+        int64_t *ends = malloc(sizeof(int64_t) * (size_t)l->N + 1);
+        DF_ASSERT(ends, "out of memory");
+        make_bucket_plan(l, epoch, perm, ends);
+        free(ends);
+        v = perm[position];
+    } else {
+        make_perm(perm, l->N, l->o.seed, epoch, l->o.shuffle);
+        v = perm[perm_pos(l, position)];
+    }
     free(perm);
     return v;
 }
@@ -145,7 +209,13 @@ typedef struct job {
 /* Loads and transforms the job's samples into a new batch. */
 static df_status build(df_loader *l, const job *j, df_batch **out, char *err, size_t err_len) {
     const df_transform *t = &l->o.transform;
-    int R = t->resolution, C = t->decode.channels;
+    const df_buckets *bk = l->o.buckets;
+    int R = t->resolution, C = t->decode.channels, RW = R, bucket = -1;
+    if (bk && j->n > 0) { /* one bucket per batch */
+        bucket = bk->bucket[j->samples[0] % bk->n_images];
+        RW = bk->resos[bucket][0];
+        R = bk->resos[bucket][1];
+    }
     df_batch *b = calloc(1, sizeof *b);
     DF_ASSERT(b, "out of memory");
     b->captions = calloc((size_t)j->n, sizeof(char *));
@@ -155,6 +225,7 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
     DF_ASSERT(b->captions && b->indices && b->flipped && b->skipped, "out of memory");
     b->epoch = j->epoch;
     b->epoch_end = j->epoch_end;
+    b->bucket = bucket;
     b->next = j->epoch_end ? (df_loader_cursor){j->epoch + 1, 0}
                            : (df_loader_cursor){j->epoch, j->pos + j->n};
     if (l->o.no_pixels) { /* the draws of the pixel path, in its order: caption, flip */
@@ -170,7 +241,7 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
         *out = b;
         return DF_OK;
     }
-    size_t per = (size_t)C * R * R;
+    size_t per = (size_t)C * R * RW;
     float *buf = malloc(sizeof(float) * per * (size_t)j->n);
     if (!buf) {
         char mb[32];
@@ -201,7 +272,9 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
             b->n_skipped++;
             continue;
         }
-        b->flipped[b->n] = df_transform_apply(t, img, &g, buf + per * (size_t)b->n);
+        b->flipped[b->n] = bk ? df_buckets_apply(bk, t, j->samples[i] % bk->n_images, img, &g,
+                                                 buf + per * (size_t)b->n)
+                              : df_transform_apply(t, img, &g, buf + per * (size_t)b->n);
         df_tensor_free(img);
         b->captions[b->n] = cap;
         b->indices[b->n] = j->samples[i];
@@ -217,7 +290,7 @@ static df_status build(df_loader *l, const job *j, df_batch **out, char *err, si
         df_batch_free(b);
         return df_error(DF_ERR_FORMAT, "%s", err);
     }
-    if (df_tensor_try_new_owned(DF_DTYPE_F32, DF_DIMS(b->n, C, R, R), &b->pixels) != DF_OK) {
+    if (df_tensor_try_new_owned(DF_DTYPE_F32, DF_DIMS(b->n, C, R, RW), &b->pixels) != DF_OK) {
         snprintf(err, err_len, "loader: %s (a batch of %d images at %dx%d)", df_last_error(), b->n,
                  R, R);
         free(buf);
@@ -240,17 +313,21 @@ static void *worker(void *arg) {
             continue;
         }
         job j = {.seq = l->claim_seq++, .epoch = l->claim_epoch, .pos = l->claim_pos};
-        int64_t left = l->used - l->claim_pos;
-        j.n = (int)(left < B ? left : B);
         if (l->perm_epoch != j.epoch) {
-            make_perm(l->perm, l->N, l->o.seed, j.epoch, l->o.shuffle);
+            if (l->o.buckets)
+                l->plan_batches = make_bucket_plan(l, j.epoch, l->perm, l->plan_ends);
+            else
+                make_perm(l->perm, l->N, l->o.seed, j.epoch, l->o.shuffle);
             l->perm_epoch = j.epoch;
         }
+        int64_t left = l->used - l->claim_pos;
+        if (l->o.buckets) left = l->plan_ends[l->claim_batch++] - l->claim_pos;
+        j.n = (int)(left < B ? left : B);
         j.samples = malloc(sizeof(int64_t) * (size_t)j.n);
         j.keys = malloc(sizeof(int64_t) * (size_t)j.n);
         DF_ASSERT(j.samples && j.keys, "out of memory");
         for (int i = 0; i < j.n; i++) {
-            j.keys[i] = perm_pos(l, j.pos + i);
+            j.keys[i] = l->o.buckets ? j.pos + i : perm_pos(l, j.pos + i);
             j.samples[i] = l->perm[j.keys[i]];
         }
         l->claim_pos += j.n;
@@ -258,6 +335,7 @@ static void *worker(void *arg) {
             j.epoch_end = true;
             l->claim_epoch++;
             l->claim_pos = 0;
+            l->claim_batch = 0;
         }
         pthread_mutex_unlock(&l->mu);
 
@@ -320,7 +398,28 @@ df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loa
     int64_t N = df_dataset_len(ds);
     if (N < 1) return df_error(DF_ERR_INVALID, "loader: the dataset is empty");
     int64_t per_rank = (N + o.world_size - 1) / o.world_size;
-    int64_t used = o.drop_last ? per_rank / o.batch_size * o.batch_size : per_rank;
+    int64_t used = o.drop_last ? per_rank / o.batch_size * o.batch_size : per_rank, bpe = 0;
+    if (o.buckets) {
+        if (o.world_size != 1)
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "loader: buckets with %d ranks: bucketed "
+                            "batches are not sharded yet",
+                            o.world_size);
+        if (o.buckets->n_images != df_dataset_images(ds))
+            return df_error(DF_ERR_INVALID,
+                            "loader: the buckets are of %lld images, the data "
+                            "set has %lld",
+                            (long long)o.buckets->n_images, (long long)df_dataset_images(ds));
+        used = 0;
+        for (int b = 0; b < o.buckets->n; b++) {
+            int64_t count = 0;
+            for (int64_t s = 0; s < N; s++)
+                count += o.buckets->bucket[s % o.buckets->n_images] == b;
+            int64_t full = count / o.batch_size, part = count % o.batch_size;
+            used += full * o.batch_size + (o.drop_last ? 0 : part);
+            bpe += full + (!o.drop_last && part > 0);
+        }
+    }
     if (used < 1)
         return df_error(DF_ERR_INVALID,
                         "loader: %lld samples per rank is fewer than one batch of %d (drop_last)",
@@ -341,12 +440,31 @@ df_status df_loader_new(const df_dataset *ds, const df_loader_opts *opts, df_loa
     l->N = N;
     l->per_rank = per_rank;
     l->used = used;
-    l->bpe = (used + o.batch_size - 1) / o.batch_size;
+    l->bpe = o.buckets ? bpe : (used + o.batch_size - 1) / o.batch_size;
     l->perm = malloc(sizeof(int64_t) * (size_t)N);
+    if (o.buckets) {
+        l->plan_ends = malloc(sizeof(int64_t) * (size_t)N + 1);
+        DF_ASSERT(l->perm && l->plan_ends, "out of memory");
+        /* the cursor must be a batch boundary of its epoch */
+        l->plan_batches = make_bucket_plan(l, o.start.epoch, l->perm, l->plan_ends);
+        l->perm_epoch = o.start.epoch;
+        int64_t k = 0;
+        while (k < l->plan_batches && (k == 0 ? 0 : l->plan_ends[k - 1]) < o.start.position) k++;
+        if ((k == 0 ? 0 : l->plan_ends[k - 1]) != o.start.position) {
+            free(l->perm);
+            free(l->plan_ends);
+            free(l);
+            return df_error(DF_ERR_INVALID,
+                            "loader: cursor (%lld, %lld) is not at a batch of the "
+                            "bucketed epoch",
+                            (long long)o.start.epoch, (long long)o.start.position);
+        }
+        l->claim_batch = k;
+    }
     l->slots = calloc((size_t)o.prefetch, sizeof(slot));
     l->threads = calloc((size_t)o.workers, sizeof(pthread_t));
     DF_ASSERT(l->perm && l->slots && l->threads, "out of memory");
-    l->perm_epoch = -1;
+    if (!o.buckets) l->perm_epoch = -1;
     l->claim_epoch = o.start.epoch;
     l->claim_pos = o.start.position;
     l->cursor = o.start;
@@ -379,6 +497,7 @@ void df_loader_free(df_loader *l) {
     free(l->threads);
     free(l->slots);
     free(l->perm);
+    free(l->plan_ends);
     free(l->skips);
     free(l);
 }

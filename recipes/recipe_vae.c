@@ -5,6 +5,9 @@
  * sums (ldm's KL; vae_loss.c compares the weighting with ldm's). The posterior noise comes from
  * the step's noise stream. Optional EMA is the trainer's.
  *
+ * With enable_bucket (kohya's aspect-ratio buckets), batches come one bucket at a time, of any
+ * size whose sides are multiples of the VAE's downsampling (bucket_reso_steps must be one).
+ *
  * Validation: a grid of the first num_validation_images images (center crop, no flip): the
  * originals in the first row, their reconstructions decode(posterior mean) below.
  * Export: OUTPUT/vae/ (config.json + diffusion_pytorch_model.safetensors, which diffusers'
@@ -46,6 +49,7 @@ static const df_cfg_field vae_fields[] = {
      "weight of the KL term (batch mean of per-item KL sums)"},
     {"scaling_factor_images", DF_CFG_INT, "0", 0, 1e9, NULL,
      "images the exported scaling_factor (1 / std of the latents) is measured on (0: all)"},
+    DF_CFG_BUCKET_FIELDS,
 };
 
 /* Philox stream ids of this recipe (keyed by the seed). */
@@ -59,18 +63,29 @@ typedef struct vae_recipe {
     df_vae_loss_config loss;
     df_dataset *data; /* validation images and the scaling factor */
     df_transform transform;
-    int64_t n_validation, scaling_images, batch, latent_side;
+    int64_t n_validation, scaling_images, batch, down;
     uint64_t seed;
     char base[DF_PATH_MAX];
+    /* the last measured scaling factor and the weights it was measured with (the final
+     * checkpoint and the final export share it) */
+    bool measured;
+    uint32_t measured_crc;
+    double measured_factor;
+    int64_t measured_images;
 } vae_recipe;
 
 static df_status vae_loss_fn(void *ctx, const df_batch *const *batches, df_step_rng *rng,
                              df_tensor **loss) {
     vae_recipe *v = ctx;
     const df_batch *b = batches[0];
-    int64_t s = v->latent_side;
-    df_tensor *noise = df_tensor_new(
-        DF_DTYPE_F32, DF_DIMS(b->pixels->shape[0], v->vae->config.latent_channels, s, s));
+    const int64_t *px = b->pixels->shape; /* any bucket's size */
+    if (px[2] % v->down || px[3] % v->down)
+        return df_error(DF_ERR_INVALID,
+                        "vae: a batch of %lldx%lld images: sides must be "
+                        "multiples of %lld, the VAE's downsampling",
+                        (long long)px[3], (long long)px[2], (long long)v->down);
+    df_tensor *noise = df_tensor_new(DF_DTYPE_F32, DF_DIMS(px[0], v->vae->config.latent_channels,
+                                                           px[2] / v->down, px[3] / v->down));
     df_philox_fill_normal(&rng->noise, df_f32(noise), noise->numel);
     df_vae_loss_parts p;
     DF_TRY(df_vae_loss(v->vae, &v->loss, b->pixels, noise, &p));
@@ -91,8 +106,23 @@ static df_status load_images(const vae_recipe *v, int64_t first, int64_t n, df_t
     return DF_OK;
 }
 
+static uint32_t weights_crc(const df_params *r) {
+    uint32_t crc = 0;
+    for (int i = 0; i < r->n; i++) {
+        const df_tensor *t = r->items[i].tensor;
+        crc = df_crc32c_update(crc, t->data, (size_t)t->numel * sizeof(float));
+    }
+    return crc;
+}
+
 /* 1 / std (unbiased, over every element) of posterior samples of the data set's images. */
 static df_status measure_scaling(vae_recipe *v, double *factor, int64_t *n_images) {
+    uint32_t crc = weights_crc(&v->vae->params);
+    if (v->measured && v->measured_crc == crc) {
+        *factor = v->measured_factor;
+        *n_images = v->measured_images;
+        return DF_OK;
+    }
     int64_t n = df_dataset_images(v->data);
     if (v->scaling_images > 0 && v->scaling_images < n) n = v->scaling_images;
     df_philox g;
@@ -130,6 +160,10 @@ static df_status measure_scaling(vae_recipe *v, double *factor, int64_t *n_image
                         (long long)n);
     *factor = 1.0 / sqrt(var);
     *n_images = n;
+    v->measured = true;
+    v->measured_crc = crc;
+    v->measured_factor = *factor;
+    v->measured_images = n;
     return DF_OK;
 }
 
@@ -140,10 +174,10 @@ static df_status vae_export(void *ctx, const char *dir) {
     DF_TRY(measure_scaling(v, &factor, &n));
     df_vae_config c = v->vae->config;
     c.scaling_factor = (float)factor;
-    printf("vae: latent scaling_factor %.6g (1 / std of posterior samples of %lld images), "
-           "written to vae/config.json\n",
-           (double)c.scaling_factor, (long long)n);
-    fflush(stdout);
+    fprintf(stderr,
+            "diffusion: vae: latent scaling_factor %.6g (1 / std of posterior samples of %lld "
+            "images), written to vae/config.json\n",
+            (double)c.scaling_factor, (long long)n);
     char path[DF_PATH_MAX];
     DF_TRY(df_pathf(path, sizeof path, "%s/vae", dir));
     DF_TRY(df_mkdirs(path));
@@ -261,7 +295,12 @@ static df_status vae_setup(vae_recipe *v, const df_config *cfg) {
                         "resolution %lld is not divisible by 2^%d, the VAE's downsampling "
                         "(config)",
                         (long long)res, v->vae->config.n_blocks - 1);
-    v->latent_side = res / down;
+    v->down = down;
+    if (df_config_bool(cfg, "enable_bucket") && df_config_int(cfg, "bucket_reso_steps") % down)
+        return df_error(DF_ERR_INVALID,
+                        "bucket_reso_steps %lld is not a multiple of %lld, the VAE's downsampling "
+                        "(config)",
+                        (long long)df_config_int(cfg, "bucket_reso_steps"), (long long)down);
     const char *dir = df_config_str(cfg, "train_data_dir");
     if (!*dir) return df_error(DF_ERR_INVALID, "train_data_dir is not set (config)");
     df_dataset_opts o = df_dataset_opts_default();
@@ -294,6 +333,7 @@ static df_status vae_create(const df_config *cfg, df_recipe *r) {
                      .ctx = v,
                      .params = &v->vae->params,
                      .base_path = v->base[0] ? v->base : NULL,
+                     .buckets = true,
                      .loss = vae_loss_fn,
                      .export_model = vae_export,
                      .validate = vae_validate,

@@ -12,7 +12,8 @@
  *
  * Key: the CRC-32C of the VAE's weights (names, shapes, values) and a hash of the settings that
  * change the pixels encoded (resolution, crop, flip, filter, per-image target sizes (buckets),
- * the data set's image count and file names). A file whose key differs, or that fails any check
+ * the data set's image count, file names and each file's size and modification time, or the
+ * pack's). A file whose key differs, or that fails any check
  * (truncated, sizes out of range, checksum), is reported on stderr and rebuilt; it is never
  * read. The file is written through df_outfile: a killed build leaves the old file or none.
  *
@@ -62,11 +63,20 @@ static uint32_t vae_checksum(const df_vae *vae) {
     return crc;
 }
 
+/* Folds the size and modification time of `path` into h (a missing file: nothing). */
+static uint64_t fnv_file(uint64_t h, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return h;
+    int64_t v[3] = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+    return fnv(h, v, sizeof v);
+}
+
 /* The (h, w) image i is encoded at. */
 static void target_size(const df_latent_cache_opts *o, int64_t i, int *h, int *w) {
-    if (o->sizes) {
-        *h = o->sizes[i][0];
-        *w = o->sizes[i][1];
+    if (o->buckets) {
+        const int *r = o->buckets->resos[o->buckets->bucket[i]];
+        *w = r[0];
+        *h = r[1];
     } else {
         *h = *w = o->transform.resolution;
     }
@@ -81,9 +91,14 @@ static uint64_t settings_hash(const df_latent_cache_opts *o) {
     h = fnv(h, t->decode.background, sizeof t->decode.background);
     int64_t n = df_dataset_images(o->ds);
     h = fnv(h, &n, sizeof n);
+    const char *root = df_dataset_root(o->ds);
+    bool pack = df_dataset_kind_of(o->ds) == DF_DATASET_HDF5;
+    if (pack) h = fnv_file(h, root);
+    char path[DF_PATH_MAX];
     for (int64_t i = 0; i < n; i++) {
         const char *f = df_dataset_file(o->ds, i);
         h = fnv(h, f, strlen(f) + 1);
+        if (!pack && df_pathf(path, sizeof path, "%s/%s", root, f) == DF_OK) h = fnv_file(h, path);
         int32_t s[2];
         target_size(o, i, &s[0], &s[1]);
         h = fnv(h, s, sizeof s);
@@ -168,8 +183,8 @@ static df_status cache_read(df_latent_cache *c, uint32_t want_crc, uint64_t want
     if (hash != want_hash || images != (uint64_t)want_images || orient != (uint32_t)want_orient ||
         channels != (uint32_t)want_channels) {
         s = df_error(DF_ERR_INVALID,
-                     "%s: written for other data or transform settings "
-                     "(resolution, crop, flip, buckets, images)",
+                     "%s: written for other images or transform settings "
+                     "(the files, their sizes and times, resolution, crop, flip, filter, buckets)",
                      c->path);
         goto done;
     }
@@ -234,16 +249,10 @@ static df_status entry_pixels(const df_latent_cache_opts *o, int64_t i, bool fli
     df_transform t = o->transform;
     t.random_flip = false;
     t.center_crop = true;
-    if (h != w || h != t.resolution) {
-        if (!o->resize)
-            return df_error(DF_ERR_INVALID,
-                            "latent cache: image %lld has target size %dx%d but no resize "
-                            "function",
-                            (long long)i, h, w);
-        DF_TRY(o->resize(o->resize_ctx, img, i, h, w, dst));
-    } else {
+    if (o->buckets) /* the loader's bucket path: kohya's resize and floor-centred crop */
+        df_buckets_apply(o->buckets, &t, i, img, NULL, dst);
+    else
         df_transform_apply(&t, img, NULL, dst);
-    }
     if (!flip) return DF_OK;
     int c = o->transform.decode.channels;
     for (int ch = 0; ch < c; ch++)
@@ -366,6 +375,11 @@ df_status df_latent_cache_open(const df_latent_cache_opts *o, df_latent_cache **
                                         "of each image");
     if (df_dataset_images(o->ds) < 1)
         return df_error(DF_ERR_INVALID, "latent cache: the data set has no image");
+    if (o->buckets && o->buckets->n_images != df_dataset_images(o->ds))
+        return df_error(DF_ERR_INVALID,
+                        "latent cache: buckets of %lld images for a data set of "
+                        "%lld",
+                        (long long)o->buckets->n_images, (long long)df_dataset_images(o->ds));
     DF_TRY(df_mkdirs(o->dir));
     df_latent_cache *c = calloc(1, sizeof *c);
     if (!c) return df_error(DF_ERR_NOMEM, "out of memory");
@@ -449,6 +463,24 @@ df_status df_latent_cache_batch(const df_latent_cache *c, const df_batch *b, df_
                sizeof(float) * (size_t)per);
     }
     if (b->n < 1) return df_error(DF_ERR_INVALID, "latent cache: an empty batch");
+    return DF_OK;
+}
+
+df_status df_batch_latents(df_vae *vae, const df_latent_cache *cache, const df_batch *b,
+                           df_philox *g, float scaling_factor, df_tensor **out) {
+    df_tensor *mean, *logvar;
+    if (cache) {
+        DF_TRY(df_latent_cache_batch(cache, b, &mean, &logvar));
+    } else {
+        if (!b->pixels)
+            return df_error(DF_ERR_INVALID, "latents: a batch without pixels and no latent cache");
+        DF_TRY(df_vae_check_sample(&vae->config, b->pixels));
+        bool grad = df_grad_set_enabled(false);
+        df_vae_encode(vae, b->pixels, &mean, &logvar);
+        df_grad_set_enabled(grad);
+    }
+    df_tensor *z = df_posterior_sample(mean, logvar, df_posterior_noise(mean, g));
+    *out = scaling_factor != 1.0f ? df_mul_scalar(z, scaling_factor) : z;
     return DF_OK;
 }
 

@@ -314,20 +314,13 @@ DF_API df_status df_vae_loss(df_vae *m, const df_vae_loss_config *c, df_tensor *
  * the cached (mean, logvar) exactly as from df_vae_encode's: the same noise gives the same z. */
 typedef struct df_latent_cache df_latent_cache;
 
-/* Pixels of image `i` at a target (h, w) other than the square resolution (buckets): C * h * w
- * floats in [-1, 1] into dst, as the loader makes them (unflipped). */
-typedef df_status (*df_latent_resize_fn)(void *ctx, const df_tensor *img, int64_t i, int h, int w,
-                                         float *dst);
-
 typedef struct df_latent_cache_opts {
-    const char *dir;            /* the cache folder (created) */
-    const df_dataset *ds;       /* the images (borrowed) */
-    df_vae *vae;                /* the frozen VAE (borrowed) */
-    df_transform transform;     /* the loader's: center_crop required; random_flip caches flips */
-    const int (*sizes)[2];      /* per image (h, w) target (buckets), or NULL: resolution square */
-    df_latent_resize_fn resize; /* makes the pixels of a non-square-resolution target */
-    void *resize_ctx;
-    int batch; /* entries encoded at once (<= 0: 1) */
+    const char *dir;           /* the cache folder (created) */
+    const df_dataset *ds;      /* the images (borrowed) */
+    df_vae *vae;               /* the frozen VAE (borrowed) */
+    df_transform transform;    /* the loader's: center_crop required; random_flip caches flips */
+    const df_buckets *buckets; /* the loader's buckets (borrowed), or NULL: resolution square */
+    int batch;                 /* entries encoded at once (<= 0: 1) */
 } df_latent_cache_opts;
 
 /* Reads the cache of o->dir when its key matches, else (re)builds it: encodes every entry and
@@ -346,6 +339,12 @@ DF_API df_status df_latent_cache_get(const df_latent_cache *c, int64_t image, bo
  * not cached. */
 DF_API df_status df_latent_cache_batch(const df_latent_cache *c, const df_batch *b,
                                        df_tensor **mean, df_tensor **logvar);
+/* The latents a text-to-image step trains on, cached or not: the batch's posterior from the
+ * cache when `cache` is given, else from encoding its pixels (no tape: the VAE is frozen);
+ * z = df_posterior_sample with noise from g (df_posterior_noise), times scaling_factor. The
+ * same batch and g give the same latents either way (within float noise). Scope rule. */
+DF_API df_status df_batch_latents(df_vae *vae, const df_latent_cache *cache, const df_batch *b,
+                                  df_philox *g, float scaling_factor, df_tensor **out);
 
 /* A parameter group a recipe declares (e.g. the UNet and the text encoder at their own rates):
  * the trainable parameters whose names match glob (fnmatch; NULL: every trainable parameter no
@@ -387,6 +386,9 @@ typedef struct df_recipe {
     /* The loss reads the batches' captions: every image must have one (or default_caption);
      * the recipe's schema holds DF_CFG_CAPTION_FIELDS. */
     bool needs_captions;
+    /* The loss takes batches of any size of a bucket: the recipe's schema holds
+     * DF_CFG_BUCKET_FIELDS and the trainer buckets the sources when enable_bucket is on. */
+    bool buckets;
     /* The loss takes latents from a df_latent_cache, not pixels: the loaders decode no image
      * (df_loader_opts.no_pixels; batches carry indices, captions and flips). */
     bool no_pixels;
@@ -424,6 +426,22 @@ typedef struct df_recipe {
     {                                                                                              \
         "default_caption", DF_CFG_STRING, NULL, 0, 0, NULL,                                        \
             "caption of images without one (unset: such images are an error naming their count)"   \
+    }
+
+/* The aspect-ratio bucket keys (kohya's names; datasets.h df_bucket_opts) of a recipe that
+ * trains on buckets (df_recipe.buckets): put DF_CFG_BUCKET_FIELDS in its field list. With
+ * enable_bucket, `resolution` is the buckets' area side and every batch is one bucket's. */
+#define DF_CFG_BUCKET_FIELDS                                                                       \
+    {"enable_bucket",                                                                              \
+     DF_CFG_BOOL,                                                                                  \
+     "false",                                                                                      \
+     0,                                                                                            \
+     0,                                                                                            \
+     NULL,                                                                                         \
+     "aspect-ratio buckets: each image to the bucket of the closest aspect ratio"},                \
+        {"min_bucket_reso", DF_CFG_INT, "256", 8, 16384, NULL, "smallest bucket side"},            \
+        {"max_bucket_reso", DF_CFG_INT, "1024", 8, 16384, NULL, "largest bucket side"}, {          \
+        "bucket_reso_steps", DF_CFG_INT, "64", 1, 4096, NULL, "bucket sides are multiples of this" \
     }
 
 /* The trainer's own config keys (diffusers' training flag names); recipes append theirs. */

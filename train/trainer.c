@@ -129,6 +129,7 @@ typedef struct trainer {
     int n_sources;
     df_dataset *data[DF_MAX_RECIPE_SOURCES];
     df_loader *loader[DF_MAX_RECIPE_SOURCES];
+    df_buckets buckets[DF_MAX_RECIPE_SOURCES]; /* enable_bucket: each source's */
     df_loader_cursor cursor[DF_MAX_RECIPE_SOURCES];
     int64_t epoch;
     int64_t skipped_steps, nonfinite_in_a_row;
@@ -287,6 +288,24 @@ static df_status open_data(trainer *t) {
         lo.transform.center_crop = df_config_bool(c, "center_crop");
         lo.transform.random_flip = df_config_bool(c, "random_flip");
         lo.no_pixels = t->recipe->no_pixels;
+        if (t->recipe->buckets && df_config_bool(c, "enable_bucket")) {
+            df_bucket_opts bo = {.resolution = (int)df_config_int(c, "resolution"),
+                                 .min_reso = (int)df_config_int(c, "min_bucket_reso"),
+                                 .max_reso = (int)df_config_int(c, "max_bucket_reso"),
+                                 .reso_steps = (int)df_config_int(c, "bucket_reso_steps")};
+            DF_TRY(df_buckets_assign(t->data[i], &bo, &t->buckets[i]));
+            lo.buckets = &t->buckets[i];
+            const df_buckets *bk = &t->buckets[i];
+            fprintf(stderr, "diffusion: %s: %d buckets, in use:", key, bk->n);
+            for (int b = 0; b < bk->n; b++) {
+                int64_t count = 0;
+                for (int64_t k = 0; k < bk->n_images; k++) count += bk->bucket[k] == b;
+                if (count)
+                    fprintf(stderr, " %dx%d (%lld)", bk->resos[b][0], bk->resos[b][1],
+                            (long long)count);
+            }
+            fprintf(stderr, "\n");
+        }
         lo.start = t->cursor[i];
         DF_TRY(df_loader_new(t->data[i], &lo, &t->loader[i]));
     }
@@ -862,6 +881,7 @@ static df_status train_step(trainer *t) {
 static void trainer_free(trainer *t) {
     for (int i = 0; i < t->n_sources; i++) {
         df_loader_free(t->loader[i]);
+        df_buckets_free(&t->buckets[i]);
         df_dataset_free(t->data[i]);
     }
     df_optim_free(t->optim);

@@ -2,8 +2,10 @@
  * in its own order, resumed exactly), parameter groups with their own learning rate and weight
  * decay (a group at a negligible rate stays bitwise still while the rest trains), a trainable
  * parameter in no group is an error naming it, an error from the loss stops the run with its
- * message, and the recipe table feeds the CLI (`--list-recipes`) and the `recipe` key's
- * choices. The unconditional recipe on a tiny UNet and four generated 8x8 images, in process. */
+ * message, a recipe that needs captions gets them (or an error naming the images without one),
+ * a recipe with cached latents gets batches without pixels, and the recipe table feeds the CLI
+ * (`--list-recipes`) and the `recipe` key's choices. The unconditional recipe on a tiny UNet
+ * and four generated 8x8 images, in process. */
 #include "datasets/datasets.h"
 #include "recipes/recipes.h"
 #include "tests/common/check.h"
@@ -173,6 +175,33 @@ Test(recipes_contract, a_recipe_that_needs_captions_gets_them_or_an_error) {
     cr_assert_eq(captions_seen, 4, "2 steps of 2 images");
     tiny_end(&t);
     with_caption_keys = false;
+}
+
+/* A recipe whose latents come from a cache: its batches carry no pixels, but indices and flips;
+ * here the loss trains on zeros in their place. */
+static int no_pixel_batches;
+static df_status no_pixel_loss(void *ctx, const df_batch *const *b, df_step_rng *rng,
+                               df_tensor **loss) {
+    cr_assert_null(b[0]->pixels, "no_pixels: the loader decodes nothing");
+    cr_assert(b[0]->n == 2 && b[0]->flipped && b[0]->indices[0] < 4);
+    no_pixel_batches++;
+    df_batch copy = *b[0];
+    copy.pixels = df_tensor_new(DF_DTYPE_F32, DF_DIMS(copy.n, 3, 8, 8));
+    memset(copy.pixels->data, 0, sizeof(float) * (size_t)copy.pixels->numel);
+    const df_batch *batches[1] = {&copy};
+    return one_source_loss(ctx, batches, rng, loss);
+}
+
+Test(recipes_contract, a_recipe_with_cached_latents_gets_batches_without_pixels) {
+    tiny_run t;
+    tiny_begin(&t, "nopixels", NULL);
+    one_source_loss = t.r.loss;
+    t.r.loss = no_pixel_loss;
+    t.r.no_pixels = true;
+    df_train_opts opts = {0};
+    cr_assert_eq(df_train_run(&t.cfg, &t.r, &opts), DF_OK, "%s", df_last_error());
+    cr_assert_eq(no_pixel_batches, 2);
+    tiny_end(&t);
 }
 
 Test(recipes_contract, the_recipe_table_feeds_the_cli_and_the_schema) {

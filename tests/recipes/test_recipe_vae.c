@@ -3,7 +3,8 @@
  * AutoencoderKL whose config carries the measured scaling_factor (1 / std of posterior samples,
  * recomputed here from the exported weights); the validation grid is originals over
  * reconstructions; stop + resume equals the uninterrupted run bitwise (weights, EMA, losses);
- * fine-tuning from the exported folder; config errors. */
+ * fine-tuning from the exported folder; aspect-ratio buckets (two shapes: each batch one
+ * bucket's size) train and resume exactly too; config errors. */
 #include "datasets/datasets.h"
 #include "recipes/recipes.h"
 #include "tests/common/check.h"
@@ -33,6 +34,18 @@ static void setup(void) {
                         (uint8_t)(inside ? (i * 37 + c * 80) % 256 : (x * 8 + y * 4 + c * 40));
                 }
         snprintf(path, sizeof path, "%s/data/%d.png", root, i);
+        cr_assert_eq(df_png_write(path, img, 0, NULL, NULL), DF_OK, "%s", df_last_error());
+        df_tensor_free(img);
+    }
+    /* two shapes for buckets: 16x16 and 24x12 (to the 20x12 bucket) */
+    snprintf(path, sizeof path, "%s/mixed", root);
+    cr_assert_eq(df_mkdirs(path), DF_OK);
+    for (int i = 0; i < 8; i++) {
+        int w = i % 2 ? 24 : 16, h = i % 2 ? 12 : 16;
+        df_tensor *img = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(h, w, 3));
+        for (int64_t j = 0; j < img->numel; j++)
+            ((uint8_t *)img->data)[j] = (uint8_t)((j * (3 + i)) % 256);
+        snprintf(path, sizeof path, "%s/mixed/%d.png", root, i);
         cr_assert_eq(df_png_write(path, img, 0, NULL, NULL), DF_OK, "%s", df_last_error());
         df_tensor_free(img);
     }
@@ -204,6 +217,29 @@ Test(recipes_vae, stop_and_resume_is_exact, .timeout = 300) {
     cr_assert_eq(nb, 6);
     for (int i = 0; i < 6; i++)
         cr_expect_eq(a[i], b[i], "step %d loss %g vs %g", i + 1, a[i], b[i]);
+}
+
+Test(recipes_vae, buckets_train_and_resume_exactly, .timeout = 300) {
+    char extra[512];
+    snprintf(extra, sizeof extra,
+             "train_data_dir=%s/mixed enable_bucket=true min_bucket_reso=8 max_bucket_reso=32 "
+             "bucket_reso_steps=4 train_batch_size=3",
+             root);
+    vae_train("bwhole", extra, 0, NULL);
+    vae_train("bsplit", extra, 3, NULL);
+    vae_train("bsplit", extra, 0, "latest");
+    expect_same("bwhole", "bsplit", "checkpoint-6/training/model.safetensors");
+    expect_same("bwhole", "bsplit", "checkpoint-6/training/optimizer.safetensors");
+    expect_same("bwhole", "bsplit", "vae/diffusion_pytorch_model.safetensors");
+    double a[16], b[16];
+    cr_assert_eq(losses("bwhole", a, 16), 6);
+    cr_assert_eq(losses("bsplit", b, 16), 6);
+    for (int i = 0; i < 6; i++)
+        cr_expect_eq(a[i], b[i], "step %d loss %g vs %g", i + 1, a[i], b[i]);
+    /* steps that are not multiples of the VAE's downsampling are refused */
+    vae_run t;
+    snprintf(extra, sizeof extra, "enable_bucket=true bucket_reso_steps=3");
+    expect_status(vae_begin(&t, "bbad", extra), DF_ERR_INVALID, "bucket_reso_steps");
 }
 
 Test(recipes_vae, config_errors_name_the_key) {

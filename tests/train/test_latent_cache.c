@@ -2,8 +2,9 @@
  * (tests/fixtures/train/vae_loss) and six generated 20x16 images: a loader without pixels
  * gives the batches (indices, captions, flips) of the loader with pixels; the cached posteriors
  * of a batch equal encoding its pixels, and so do the latents and a diffusion loss on them
- * (within 1e-6); a second open reads the file; another VAE, other settings, a damaged or
- * truncated file are each reported and rebuilt; a random crop is refused. */
+ * (within 1e-6), with aspect-ratio buckets too (the loader's bucket resize and crop); a second
+ * open reads the file; another VAE, other settings, a rewritten image, a damaged or truncated
+ * file are each reported and rebuilt; a random crop is refused. */
 #include "tests/common/check.h"
 #include "train/train.h"
 
@@ -75,8 +76,9 @@ static df_latent_cache *open_cache(const fixture *f, bool want_built, const char
 }
 
 static df_batch *first_batch(const fixture *f, bool no_pixels, int which) {
-    df_loader_opts lo = df_loader_opts_default(4, 16);
+    df_loader_opts lo = df_loader_opts_default(f->o.buckets ? 2 : 4, 16);
     lo.transform = f->o.transform;
+    lo.buckets = f->o.buckets;
     lo.seed = 3;
     lo.workers = 1;
     lo.no_pixels = no_pixels;
@@ -122,6 +124,19 @@ Test(train_latent_cache, cached_equals_encoding_the_batch) {
         df_tensor *zu = df_posterior_sample(mu, lvu, df_posterior_noise(mu, &g1));
         df_tensor *zc = df_posterior_sample(mc, lvc, df_posterior_noise(mc, &g2));
         check_close("z", zc, zu, 1e-6, 1e-6);
+        /* the same through df_batch_latents, scaled */
+        df_tensor *lat_u, *lat_c;
+        df_philox_init(&g1, 9, 1);
+        df_philox_init(&g2, 9, 1);
+        cr_assert_eq(df_batch_latents(f.vae.vae, NULL, bp, &g1, 0.5f, &lat_u), DF_OK, "%s",
+                     df_last_error());
+        cr_assert_eq(df_batch_latents(f.vae.vae, c, bn, &g2, 0.5f, &lat_c), DF_OK, "%s",
+                     df_last_error());
+        check_close("df_batch_latents: uncached", lat_u, df_mul_scalar(zu, 0.5f), 0, 0);
+        check_close("df_batch_latents: cached", lat_c, df_mul_scalar(zc, 0.5f), 0, 0);
+        df_tensor *none;
+        expect_status(df_batch_latents(f.vae.vae, NULL, bn, &g1, 1, &none), DF_ERR_INVALID,
+                      "without pixels");
         const char *json = "{\"_class_name\": \"DDPMScheduler\", \"prediction_type\": \"epsilon\"}";
         df_sched_config sc;
         cr_assert_eq(df_sched_config_parse(json, strlen(json), "test", NULL, &sc), DF_OK);
@@ -148,6 +163,55 @@ Test(train_latent_cache, cached_equals_encoding_the_batch) {
     df_latent_cache_free(c);
     /* the second open reads the file */
     df_latent_cache_free(open_cache(&f, false, NULL));
+    cache_fixture_close(&f);
+}
+
+Test(train_latent_cache, buckets_cached_equals_encoding_the_batch) {
+    /* two shapes: 24x12 goes to the 20x12 bucket, 16x16 stays */
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/wide", root);
+    cr_assert_eq(df_mkdirs(dir), DF_OK);
+    for (int i = 0; i < 6; i++) {
+        int w = i % 2 ? 24 : 16, h = i % 2 ? 12 : 16;
+        df_tensor *img = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(h, w, 3));
+        for (int64_t j = 0; j < img->numel; j++)
+            ((uint8_t *)img->data)[j] = (uint8_t)((j * (5 + i)) % 253);
+        snprintf(path, sizeof path, "%s/%d.png", dir, i);
+        cr_assert_eq(df_png_write(path, img, 0, NULL, NULL), DF_OK);
+        df_tensor_free(img);
+    }
+    fixture f;
+    cache_fixture_open(&f);
+    df_dataset_free(f.ds);
+    cr_assert_eq(df_dataset_open(dir, NULL, &f.ds), DF_OK, "%s", df_last_error());
+    df_buckets bk;
+    cr_assert_eq(df_buckets_assign(f.ds, &(df_bucket_opts){16, 8, 32, 4}, &bk), DF_OK, "%s",
+                 df_last_error());
+    f.o.ds = f.ds;
+    f.o.buckets = &bk;
+    df_latent_cache *c = open_cache(&f, true, "");
+    int wide = 0;
+    for (int which = 0; which < 6; which++) {
+        df_scope scope = df_scope_begin();
+        df_batch *bp = first_batch(&f, false, which), *bn = first_batch(&f, true, which);
+        cr_assert_eq(bp->bucket, bn->bucket);
+        wide += bp->pixels->shape[3] == 20;
+        for (int i = 0; i < bp->n; i++) cr_assert_eq(bp->flipped[i], bn->flipped[i]);
+        bool grad = df_grad_set_enabled(false);
+        df_tensor *mu, *lvu, *mc, *lvc;
+        df_vae_encode(f.vae.vae, bp->pixels, &mu, &lvu);
+        df_grad_set_enabled(grad);
+        cr_assert_eq(df_latent_cache_batch(c, bn, &mc, &lvc), DF_OK, "%s", df_last_error());
+        check_close("bucket mean", mc, mu, 1e-6, 1e-6);
+        check_close("bucket logvar", lvc, lvu, 1e-6, 1e-6);
+        df_batch_free(bp);
+        df_batch_free(bn);
+        df_scope_end(scope);
+    }
+    cr_assert(wide > 0 && wide < 6, "both buckets met (%d of 6 batches wide)", wide);
+    df_latent_cache_free(c);
+    df_latent_cache_free(open_cache(&f, false, NULL));
+    df_buckets_free(&bk);
     cache_fixture_close(&f);
 }
 
@@ -186,6 +250,17 @@ Test(train_latent_cache, changes_and_damage_rebuild) {
     f.o.transform.filter = DF_RESAMPLE_BICUBIC;
     df_latent_cache_free(open_cache(&f, true, "settings"));
     df_latent_cache_free(open_cache(&f, false, NULL));
+    /* an image rewritten (same name, new bytes) */
+    df_dataset_free(f.ds);
+    char img[512];
+    snprintf(img, sizeof img, "%s/3.png", data);
+    df_tensor *px = df_tensor_new_owned(DF_DTYPE_U8, DF_DIMS(20, 16, 3));
+    memset(px->data, 77, (size_t)px->numel);
+    cr_assert_eq(df_png_write(img, px, 0, NULL, NULL), DF_OK);
+    df_tensor_free(px);
+    cr_assert_eq(df_dataset_open(data, NULL, &f.ds), DF_OK);
+    f.o.ds = f.ds;
+    df_latent_cache_free(open_cache(&f, true, "settings"));
     /* damage: a flipped byte in the data, a truncated file, garbage */
     char path[512];
     snprintf(path, sizeof path, "%s/latents.bin", cache_dir);
