@@ -310,8 +310,11 @@ static df_status run(gen_args *a) {
     char dir[1024];
     bool temp;
     df_sd_pipeline p = {0};
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     df_status st = model_folder(a->model, dir, sizeof dir, &temp);
     if (st == DF_OK) st = df_sd_pipeline_load(dir, &lo, &p);
+    if (st == DF_OK) fprintf(stderr, "generate: loaded %s in %.2f s\n", a->model, since(&t0));
     df_tensor *image = NULL, *mask = NULL, *latents = NULL, *cond = NULL, *uncond = NULL;
     if (st == DF_OK) st = read_images(a, &image, &mask);
     if (st == DF_OK && a->image && !a->mask && !a->height &&

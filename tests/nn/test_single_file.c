@@ -643,3 +643,79 @@ Test(nn_single_file, extract_ema) {
     free(s.e);
     cJSON_Delete(spec);
 }
+
+/* A valid CLIP tokenizer folder of 514 tokens (the 256 byte symbols, the same with </w>, start
+ * and end): every id fits the fixtures' 1000-token text encoders. */
+static const char *byte_tokenizer_dir(void) {
+    static char dir[600];
+    snprintf(dir, sizeof dir, "%s/bytetok", scratch_dir());
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+    /* GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the others to
+     * U+0100 + k in byte order */
+    static char vocab[40000];
+    size_t k = (size_t)snprintf(vocab, sizeof vocab, "{");
+    int extra = 0, id = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int b = 0; b < 256; b++) {
+            bool keep = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+            unsigned cp = keep ? (unsigned)b : 0x100u + (unsigned)(pass ? 0 : extra++);
+            if (pass && !keep) { /* the same code point as in pass 0 */
+                int j = 0;
+                for (int c = 0; c < b; c++)
+                    j += !((c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || c >= 0xae);
+                cp = 0x100u + (unsigned)j;
+            }
+            char u[8];
+            if (cp < 0x80)
+                snprintf(u, sizeof u, "%s",
+                         cp == '"'    ? "\\\""
+                         : cp == '\\' ? "\\\\"
+                                      : (char[]){(char)cp, 0});
+            else
+                snprintf(u, sizeof u, "%c%c", (char)(0xc0 | (cp >> 6)), (char)(0x80 | (cp & 0x3f)));
+            k += (size_t)snprintf(vocab + k, sizeof vocab - k, "%s\"%s%s\": %d", id ? ", " : "", u,
+                                  pass ? "</w>" : "", id);
+            id++;
+        }
+    snprintf(vocab + k, sizeof vocab - k, ", \"<|startoftext|>\": %d, \"<|endoftext|>\": %d}\n", id,
+             id + 1);
+    scratch_write("bytetok/vocab.json", vocab);
+    scratch_write("bytetok/merges.txt", "#version: 0.2\n");
+    scratch_write("bytetok/special_tokens_map.json",
+                  "{\"bos_token\": \"<|startoftext|>\", \"eos_token\": \"<|endoftext|>\", "
+                  "\"pad_token\": \"<|endoftext|>\", \"unk_token\": \"<|endoftext|>\"}\n");
+    scratch_write("bytetok/tokenizer_config.json", "{\"model_max_length\": 77}\n");
+    return dir;
+}
+
+/* `diffusion generate` on a single file (converted on the fly) gives bit for bit what it gives
+ * on the folder `diffusion convert` makes of the file. */
+Test(nn_single_file, generate_on_a_single_file) {
+    cJSON *spec = load_spec("sd1");
+    write_single(spath("model.safetensors"), spec, NULL, NULL, NULL);
+    const char *tok = byte_tokenizer_dir();
+    char cmd[4096], out[8192];
+    const char *gen = "generate %s --prompt 'a red apple' --steps 2 --height 32 --width 32 "
+                      "--scheduler ddim --out-tensor %s";
+    char args[2048];
+    snprintf(args, sizeof args, gen, spath("model.safetensors"), spath("from_file.safetensors"));
+    snprintf(cmd, sizeof cmd, "DIFFUSION_TOKENIZER='%s' %s %s", tok, DF_CLI, args);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "converting the single file"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s convert '%s' '%s' --tokenizer '%s'", DF_CLI,
+             spath("model.safetensors"), spath("folder"), tok);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 0, "%s", out);
+    snprintf(args, sizeof args, gen, spath("folder"), spath("from_folder.safetensors"));
+    snprintf(cmd, sizeof cmd, "%s %s", DF_CLI, args);
+    cr_assert_eq(run_command(cmd, out, sizeof out), 0, "%s", out);
+    size_t na, nb;
+    char *a = read_whole_file(spath("from_file.safetensors"), &na);
+    char *b = read_whole_file(spath("from_folder.safetensors"), &nb);
+    cr_assert(a && b && na == nb && memcmp(a, b, na) == 0,
+              "generate on the file and on its converted folder differ");
+    free(a);
+    free(b);
+    cJSON_Delete(spec);
+}
