@@ -457,3 +457,18 @@ Test(recipes_t2i, config_errors_name_the_key) {
     snprintf(extra, sizeof extra, "pretrained_vae=%s/unet", sd1);
     expect_status(t2i_begin(&t, "bad8", false, extra), DF_ERR_INVALID, "not an AutoencoderKL");
 }
+
+Test(recipes_t2i, the_emoji_sd_config_is_valid) {
+    int n;
+    df_cfg_field *schema = df_recipe_schema(&df_recipe_text_to_image, &n);
+    df_config cfg;
+    df_config_init(&cfg, schema, n);
+    cr_assert_eq(df_config_load_yaml(&cfg, DF_SOURCE_DIR "/recipes/configs/emoji-sd.yaml"), DF_OK,
+                 "%s", df_last_error());
+    cr_expect_str_eq(df_config_str(&cfg, "recipe"), "text_to_image");
+    const char *prompts[DF_CFG_MAX_LIST];
+    cr_expect_eq(df_config_str_list(&cfg, "validation_prompts", prompts, DF_CFG_MAX_LIST), 6);
+    cr_expect(df_config_bool(&cfg, "train_text_encoder") && df_config_bool(&cfg, "cache_latents"));
+    df_config_free(&cfg);
+    free(schema);
+}
