@@ -3,7 +3,7 @@
  * scratch on its VAE) and eight generated 32x32 images with captions, in process: the recipe's
  * loss is the upstream step's pieces (VAE posterior * scaling_factor, tokenizer, text encoder,
  * diffusion draw, UNet, the v0.21.4 min-SNR loss of tests/train/test_t2i_loss.c) on the same
- * draws; the loss falls; the export is a StableDiffusionPipeline folder that df_sd_pipeline_load
+ * draws (v-prediction, min-SNR, offset noise, input perturbation, empty prompts); the loss falls; the export is a StableDiffusionPipeline folder that df_sd_pipeline_load
  * and `diffusion generate` take; cached and uncached latents give the same loss; the text
  * encoder trains only with train_text_encoder; proportion_empty_prompts 1 feeds ""; stop +
  * resume equals the uninterrupted run bitwise; config errors. */
@@ -197,7 +197,7 @@ Test(recipes_t2i, loss_is_the_upstream_steps_pieces) {
     t2i_run t;
     cr_assert_eq(t2i_begin(&t, "pieces", true,
                            "snr_gamma=5 noise_offset=0.1 proportion_empty_prompts=0.5 "
-                           "prediction_type=v_prediction"),
+                           "prediction_type=v_prediction input_perturbation=0.1"),
                  DF_OK, "%s", df_last_error());
     df_batch *b = make_batch(0, 4, true, NULL);
     float got = recipe_loss(&t, b, 7);
@@ -243,6 +243,7 @@ Test(recipes_t2i, loss_is_the_upstream_steps_pieces) {
                                   .num_train_timesteps = 1000,
                                   .snr_gamma = 5,
                                   .noise_offset = 0.1f,
+                                  .input_perturbation = 0.1f,
                                   .min_snr_v_over_snr = true};
     df_diffusion_draw d;
     cr_assert_eq(df_diffusion_draw_sample(&c, sched, latents, &rng, &d), DF_OK, "%s",
