@@ -6,7 +6,8 @@
  * draws (v-prediction, min-SNR, offset noise, input perturbation, empty prompts); the loss falls; the export is a StableDiffusionPipeline folder that df_sd_pipeline_load
  * and `diffusion generate` take; cached and uncached latents give the same loss; the text
  * encoder trains only with train_text_encoder; proportion_empty_prompts 1 feeds ""; stop +
- * resume equals the uninterrupted run bitwise; config errors. */
+ * resume equals the uninterrupted run bitwise; fine-tuning the pipeline folder with its text
+ * encoder; images without captions; the shipped emoji-sd.yaml; config errors. */
 #include "datasets/datasets.h"
 #include "nn/tokenizer.h"
 #include "recipes/recipes.h"
@@ -472,4 +473,25 @@ Test(recipes_t2i, the_emoji_sd_config_is_valid) {
     cr_expect(df_config_bool(&cfg, "train_text_encoder") && df_config_bool(&cfg, "cache_latents"));
     df_config_free(&cfg);
     free(schema);
+}
+
+Test(recipes_t2i, fine_tunes_a_pipeline_folder_with_its_text_encoder, .timeout = 300) {
+    t2i_train("tune", true,
+              "max_train_steps=2 checkpointing_steps=0 train_text_encoder=true use_ema=false", 0,
+              NULL);
+    double l[8];
+    cr_assert_eq(losses("tune", l, 8), 2);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tune", root);
+    df_sd_pipeline p;
+    cr_assert_eq(df_sd_pipeline_load(dir, NULL, &p), DF_OK, "%s", df_last_error());
+    cr_expect_eq(p.unet.unet2d_cond->config.cross_attention_dim[0], 32);
+    cr_expect_eq(p.text_encoder.clip_text->config.hidden_size, 32);
+    df_sd_pipeline_free(&p);
+}
+
+Test(recipes_t2i, images_without_captions_are_an_error) {
+    t2i_run t;
+    expect_status(t2i_begin(&t, "nocap", false, "caption_column=nope"), DF_ERR_FORMAT,
+                  "8 of 8 images have no caption");
 }
