@@ -265,6 +265,14 @@ DF_API void df_params_fill(df_params *r, df_tensor *t, float value);
 DF_API int64_t df_params_count(const df_params *r);
 /* Sets `trainable` on every parameter whose name matches the fnmatch pattern; returns the count. */
 DF_API int df_params_set_trainable(df_params *r, const char *pattern, bool on);
+/* Appends every parameter of `part` to `out` (an initialised registry, not yet flattened) as
+ * "prefix.<name>", referencing the part's tensors (df_tensor_retain), trainable flags copied,
+ * and its adapter modules as "prefix.<module>": one registry over several models (the UNet and
+ * the text encoder trained together). Freeing `out` drops only its references; flattening `out`
+ * rebinds the shared tensors, so the models compute with the flat buffer. Free `out` before the
+ * parts. DF_ERR_INVALID for a name already in `out`, a flattened `out` or a shapes-only
+ * registry. */
+DF_API df_status df_params_join(df_params *out, const char *prefix, df_params *part);
 /* Moves the trainable parameters into one flat buffer with flat gradients (r->flat, requires_grad
  * on); the frozen ones keep their own storage as data only (no gradient memory, requires_grad
  * off, so no op records them, and no optimizer state). Call once, after the model is built,
@@ -681,6 +689,7 @@ DF_API df_status df_vae_config_load(const char *path, df_vae_config *c);
 /* Writes config.json as diffusers' save_config does (every field, sorted, _class_name). */
 DF_API df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path);
 DF_API df_status df_vae_config_save(const df_vae_config *c, const char *path);
+DF_API df_status df_unet2d_cond_config_save(const df_unet2d_cond_config *c, const char *path);
 /* Writes a cJSON object to path, pretty-printed, and frees it. */
 DF_API df_status df_json_write_object(struct cJSON *obj, const char *path);
 /* The same over an already parsed config (the file's label is j->path). */
@@ -834,6 +843,9 @@ typedef struct df_clip_text {
 
 DF_API df_clip_text_config df_clip_text_config_default(void);
 DF_API df_status df_clip_text_config_from_json(const df_json *j, df_clip_text_config *c);
+/* Writes a transformers CLIPTextConfig config.json (keys sorted, "architectures":
+ * ["CLIPTextModel"] or ["CLIPTextModelWithProjection"]) that transformers and we read back. */
+DF_API df_status df_clip_text_config_save(const df_clip_text_config *c, const char *path);
 DF_API df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_init init);
 DF_API void df_clip_text_free(df_clip_text *m);
 /* input_ids (N, L) integer -> last_hidden_state (N, L, D). hidden_states (may be NULL) receives

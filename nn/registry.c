@@ -204,6 +204,42 @@ int df_params_set_trainable(df_params *r, const char *pattern, bool on) {
     return hits;
 }
 
+df_status df_params_join(df_params *out, const char *prefix, df_params *part) {
+    if (out->flat.data)
+        return df_error(DF_ERR_INVALID, "join '%s': the joined registry is already flattened",
+                        prefix);
+    if (out->shapes_only || part->shapes_only)
+        return df_error(DF_ERR_INVALID, "join '%s': shapes-only registries cannot be joined",
+                        prefix);
+    for (int i = 0; i < part->n; i++) {
+        char name[DF_NAME_MAX];
+        df_name_join(name, sizeof name, prefix, part->items[i].name);
+        if (df_params_find(out, name))
+            return df_error(DF_ERR_INVALID, "join: parameter '%s' is already in the registry",
+                            name);
+        if (out->n == out->cap) {
+            int cap = out->cap ? 2 * out->cap : 64;
+            df_param *grown = realloc(out->items, (size_t)cap * sizeof *grown);
+            if (!grown) return df_error(DF_ERR_NOMEM, "join '%s': out of memory", prefix);
+            out->items = grown;
+            out->cap = cap;
+        }
+        char *copy = strdup(name);
+        if (!copy) return df_error(DF_ERR_NOMEM, "join '%s': out of memory", prefix);
+        const df_param *p = &part->items[i];
+        out->items[out->n++] = (df_param){.name = copy,
+                                          .tensor = df_tensor_retain(p->tensor),
+                                          .trainable = p->trainable,
+                                          .from_map = p->from_map};
+    }
+    for (int i = 0; i < part->n_modules; i++) {
+        char name[DF_NAME_MAX];
+        df_name_join(name, sizeof name, prefix, part->modules[i].name);
+        df_params_add_module(out, name, part->modules[i].kind, part->modules[i].module);
+    }
+    return DF_OK;
+}
+
 df_status df_params_flatten(df_params *r) {
     df_tensor **train = malloc((size_t)(r->n ? r->n : 1) * sizeof *train);
     df_tensor **frozen = malloc((size_t)(r->n ? r->n : 1) * sizeof *frozen);

@@ -15,6 +15,7 @@ typedef struct df_recipe_def {
 
 extern const df_recipe_def df_recipe_unconditional;
 extern const df_recipe_def df_recipe_vae;
+extern const df_recipe_def df_recipe_text_to_image;
 
 /* The recipe table (recipes/recipe_table.c): how many, the i-th (NULL out of range), the one
  * called name (NULL when none is). */

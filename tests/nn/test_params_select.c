@@ -138,3 +138,51 @@ Test(nn_params_select, a_partial_file_of_another_shape_is_an_error) {
     df_component_free(&a);
     df_component_free(&b);
 }
+
+/* df_params_join: one registry over two models; its flat buffer is what the models compute
+ * with, its free leaves the parts intact. */
+Test(nn_params_select, a_joined_registry_trains_both_parts) {
+    df_component unet, text;
+    fixture_component("unet2dcond_tiny", &unet);
+    fixture_component("clip_text_tiny", &text);
+    df_params_set_trainable(text.params, "*position_embedding*", false);
+    df_params joined;
+    df_params_init(&joined, NULL);
+    cr_assert_eq(df_params_join(&joined, "unet", unet.params), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_params_join(&joined, "text_encoder", text.params), DF_OK, "%s",
+                 df_last_error());
+    cr_assert_eq(joined.n, unet.params->n + text.params->n);
+    cr_assert_eq(joined.n_modules, unet.params->n_modules + text.params->n_modules);
+    char name[DF_NAME_MAX];
+    snprintf(name, sizeof name, "text_encoder.%s", text.params->items[0].name);
+    cr_assert_eq(df_params_find(&joined, name), text.params->items[0].tensor);
+    snprintf(name, sizeof name, "unet.%s", unet.params->modules[0].name);
+    cr_assert_not_null(df_module_find(&joined, name));
+    cr_assert_eq(df_module_find(&joined, name)->module, unet.params->modules[0].module);
+    for (int i = 0; i < text.params->n; i++)
+        cr_assert_eq(joined.items[unet.params->n + i].trainable, text.params->items[i].trainable);
+    /* the same prefix twice is refused */
+    cr_assert_eq(df_params_join(&joined, "unet", unet.params), DF_ERR_INVALID);
+    cr_assert_eq(joined.n, unet.params->n + text.params->n);
+
+    df_tensor *w = text.params->items[0].tensor;
+    df_tensor *before = df_tensor_clone(w);
+    cr_assert_eq(df_params_flatten(&joined), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_params_join(&joined, "x", text.params), DF_ERR_INVALID, "flattened");
+    check_close("values kept", w, before, 0, 0);
+    /* the model's tensor is a view of the joined flat buffer */
+    float *flat = df_flat_data(&joined.flat);
+    cr_assert(df_f32(w) >= flat && df_f32(w) < flat + joined.flat.numel);
+    df_tensor *pos = df_params_find(&joined, "text_encoder.text_model.embeddings.position_embedding"
+                                             ".weight");
+    cr_assert_not_null(pos);
+    cr_assert(!pos->requires_grad && !pos->grad, "frozen rows stay frozen");
+    df_f32(w)[0] += 1.0f; /* a change through the flat buffer is the model's */
+    cr_assert_eq(df_f32(text.params->items[0].tensor)[0], df_f32(before)[0] + 1.0f);
+    df_params_free(&joined);
+    /* the parts still hold their tensors, values included */
+    cr_assert_eq(df_f32(text.params->items[0].tensor)[0], df_f32(before)[0] + 1.0f);
+    df_tensor_free(before);
+    df_component_free(&unet);
+    df_component_free(&text);
+}
