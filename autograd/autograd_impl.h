@@ -124,6 +124,18 @@ df_tensor *df_detach_unscoped(const df_tensor *t);
  * calls F(args..., L) with L a literal 1 (plain data), 8 or 16, so that the lane loops keep
  * their values in registers and vectorise. DF_LANES_MAX sizes per-lane arrays. */
 #define DF_LANES_MAX 16
+/* The hot loops of our own kernels (softmax rows, the Winograd transforms, elementwise ops) are
+ * compiled once per x86-64 level and picked at load time by the CPU (GCC's target_clones, an
+ * ifunc each): the build targets x86-64-v2 so that one binary runs on every machine, and these
+ * loops still get AVX2 (v3) or AVX-512 (v4) vectors where the CPU has them. Their results may
+ * differ in the last bits between machines of different levels (vector widths change the order
+ * of lane reductions), never between runs on one machine. Other compilers get the v2 code. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DF_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DF_SIMD_CLONES
+#endif
+
 #define DF_LANE_FN static inline __attribute__((always_inline)) void
 #define DF_LANES(L, F, ...)                                                                        \
     do {                                                                                           \

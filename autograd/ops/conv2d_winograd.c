@@ -154,8 +154,8 @@ DF_LANE_FN grad_tile(const float *gb, const wino_dims *d, int64_t i, int64_t j, 
 
 /* The transform of a chunk's tiles [t0, t0 + tc) of a blocked tensor src with ch channels into
  * out[xi][tt][c]: the input's V = B^T d B, or when `grad` the output gradient's D = A g A^T. */
-static void tile_transform(const float *src, int64_t ch, const wino_dims *d, int64_t t0, int64_t tc,
-                           float *out, bool grad) {
+DF_SIMD_CLONES static void tile_transform(const float *src, int64_t ch, const wino_dims *d,
+                                          int64_t t0, int64_t tc, float *out, bool grad) {
     const int64_t B = d->B, CB = ch / B;
     FOR_TILE_BLOCKS(d, t0, tc, CB, {
         const float *sb = src + (n * CB + cb) * d->H * d->W * B;
@@ -201,8 +201,9 @@ DF_LANE_FN output_tile(const float *m, int64_t s, const float *bb, const wino_di
 
 /* y (=, or += when accumulate) A^T M A (+ bias) for the tiles [t0, t0 + tc) of a blocked output
  * with cout channels. */
-static void output_transform(const float *M, const float *bias, int64_t cout, const wino_dims *d,
-                             int64_t t0, int64_t tc, float *y, bool accumulate) {
+DF_SIMD_CLONES static void output_transform(const float *M, const float *bias, int64_t cout,
+                                            const wino_dims *d, int64_t t0, int64_t tc, float *y,
+                                            bool accumulate) {
     const int64_t B = d->B, OB = cout / B;
     FOR_TILE_BLOCKS(d, t0, tc, OB, {
         float *yb = y + (n * OB + cb) * d->H * d->W * B;
@@ -213,7 +214,8 @@ static void output_transform(const float *M, const float *bias, int64_t cout, co
 
 /* U[xi][ci][co] = (G k G^T)[xi] with k = w[co, ci] (forward: ci = c, co = o) or, when
  * `transposed`, k = w[ci, co] rotated by 180 degrees (backward-data: ci = o, co = c). */
-static void weight_transform(const float *w, int64_t O, int64_t C, bool transposed, float *U) {
+DF_SIMD_CLONES static void weight_transform(const float *w, int64_t O, int64_t C, bool transposed,
+                                            float *U) {
     const int64_t CI = transposed ? O : C, CO = transposed ? C : O;
 #pragma omp parallel for schedule(static)
     for (int64_t ci = 0; ci < CI; ci++)

@@ -17,7 +17,7 @@ typedef struct softmax_params {
     bool log;
 } softmax_params;
 
-void df_softmax_row(const float *x, float *y, int64_t D, bool log) {
+DF_SIMD_CLONES void df_softmax_row(const float *x, float *y, int64_t D, bool log) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < D; j++) m = x[j] > m ? x[j] : m;

@@ -38,7 +38,7 @@
 
 /* A forward of the form out[i] = EXPR, where EXPR may use x[i] and P (params of type PT). */
 #define DF_UNARY_FORWARD(NAME, PT, EXPR)                                                           \
-    static void NAME(const float *x, float *o, int64_t n, const void *params) {                    \
+    DF_SIMD_CLONES static void NAME(const float *x, float *o, int64_t n, const void *params) {     \
         const PT P = *(const PT *)params;                                                          \
         (void)P;                                                                                   \
         DF_EW_LOOP(n, o[i] = (EXPR));                                                              \
