@@ -33,23 +33,23 @@ trap 'rm -f "$results"' EXIT
 rounds=${DF_BENCH_ROUNDS:-1}
 for ((r = 0; r < rounds; r++)); do
   # ours: wall time and ru_maxrss of the child, and the generation time it prints
-  $py - "$dir" "$size" "$steps" "$prompt" <<'EOF' | tee -a "$results"
+  $py - "$dir" "$size" "$steps" "$prompt" "$dir-ours.png" <<'EOF' | tee -a "$results"
 import json, re, resource, subprocess, sys, time, os
-d, size, steps, prompt = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+d, size, steps, prompt, out = sys.argv[1:6]
 t0 = time.perf_counter()
 p = subprocess.run(["build/diffusion", "generate", d, "--prompt", prompt, "--steps", steps,
                     "--guidance", "7.5", "--height", size, "--width", size, "--seed", "0",
-                    "--out", os.path.join(d, "ours.png")], capture_output=True, text=True)
+                    "--out", out], capture_output=True, text=True)
 total = time.perf_counter() - t0
 if p.returncode != 0:
     sys.exit(p.stderr)
-m = re.search(r"in ([0-9.]+) s", p.stderr)
+m = re.search(r"image\(s\) of \S+ in ([0-9.]+) s", p.stderr)
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"impl": "ours", "run_s": float(m.group(1)) if m else None, "total_s": round(total, 2),
                   "peak_rss_mib": round(rss), "threads": int(os.environ["OMP_NUM_THREADS"])}))
 EOF
   $py bench/torch_sd_pipeline.py run "$dir" --height "$size" --width "$size" --steps "$steps" \
-      --prompt "$prompt" --out "$dir/diffusers.png" | tee -a "$results"
+      --prompt "$prompt" --out "$dir-diffusers.png" | tee -a "$results"
 done
 echo
 echo "case $case_name: ${size}x${size}, $steps steps, CFG 7.5, batch 1; threads $OMP_NUM_THREADS ($OMP_WAIT_POLICY);" \
