@@ -91,21 +91,23 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
     snprintf(p->dir, sizeof p->dir, "%s", dir);
     DF_TRY(read_index(dir, p));
     char path[1100];
-    snprintf(path, sizeof path, "%s/unet", dir);
-    DF_TRY(df_component_map_frozen(path, o.variant, &p->unet));
-    if (!p->unet.unet2d_cond)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not a UNet2DConditionModel", path,
-                        p->unet.class_name);
-    snprintf(path, sizeof path, "%s/vae", dir);
-    DF_TRY(df_component_map_frozen(path, o.variant, &p->vae));
-    if (!p->vae.vae)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not an AutoencoderKL", path,
-                        p->vae.class_name);
-    snprintf(path, sizeof path, "%s/text_encoder", dir);
-    DF_TRY(df_component_map_frozen(path, o.variant, &p->text_encoder));
-    if (!p->text_encoder.clip_text)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not a CLIP text model", path,
-                        p->text_encoder.class_name);
+    const struct {
+        const char *sub, *what;
+        df_component *c;
+    } parts[] = {{"unet", "a UNet2DConditionModel", &p->unet},
+                 {"vae", "an AutoencoderKL", &p->vae},
+                 {"text_encoder", "a CLIP text model", &p->text_encoder}};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, parts[i].sub);
+        DF_TRY(df_component_map_frozen(path, o.variant, parts[i].c));
+        const df_component *c = parts[i].c;
+        bool right = i == 0   ? c->unet2d_cond != NULL
+                     : i == 1 ? c->vae != NULL
+                              : c->clip_text != NULL;
+        if (!right)
+            return df_error(DF_ERR_UNSUPPORTED, "%s: a %s, not %s", path, c->class_name,
+                            parts[i].what);
+    }
     snprintf(path, sizeof path, "%s/tokenizer", dir);
     DF_TRY(df_clip_tokenizer_load(path, &p->tokenizer));
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);

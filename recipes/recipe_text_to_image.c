@@ -171,31 +171,17 @@ static bool is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* Copies a string-list key into a block-type array. */
-static int block_types(const df_config *cfg, const char *key, char (*out)[DF_JSON_STR]) {
-    const char *items[DF_MAX_BLOCKS];
-    int n = df_config_str_list(cfg, key, items, DF_MAX_BLOCKS);
-    for (int i = 0; i < n && i < DF_MAX_BLOCKS; i++) snprintf(out[i], DF_JSON_STR, "%s", items[i]);
-    return n;
-}
-
 /* The UNet2DConditionModel of the model.* keys on latents of `side` with `channels`. */
 static df_status unet_from_keys(const df_config *cfg, int side, int channels, int context,
                                 df_unet2d_cond_config *mc) {
     *mc = df_unet2d_cond_config_default();
-    int64_t ch[DF_MAX_BLOCKS];
-    int n = df_config_list(cfg, "model.block_out_channels", ch, DF_MAX_BLOCKS);
-    int nd = block_types(cfg, "model.down_block_types", mc->down_block_types);
-    int nu = block_types(cfg, "model.up_block_types", mc->up_block_types);
-    if (n < 1 || n > DF_MAX_BLOCKS || nd != n || nu != n)
-        return df_error(DF_ERR_INVALID,
-                        "model.block_out_channels (%d), model.down_block_types (%d) and "
-                        "model.up_block_types (%d) must have the same length, 1 to %d (config)",
-                        n, nd, nu, DF_MAX_BLOCKS);
+    int ch[DF_MAX_BLOCKS];
+    int n;
+    DF_TRY(df_recipe_model_blocks(cfg, ch, mc->down_block_types, mc->up_block_types, &n));
     mc->n_blocks = n;
     int cross = (int)df_config_int(cfg, "model.cross_attention_dim");
     for (int i = 0; i < DF_MAX_BLOCKS; i++) {
-        mc->block_out_channels[i] = i < n ? (int)ch[i] : 0;
+        mc->block_out_channels[i] = i < n ? ch[i] : 0;
         mc->layers_per_block[i] = (int)df_config_int(cfg, "model.layers_per_block");
         mc->num_attention_heads[i] = (int)df_config_int(cfg, "model.attention_head_dim");
         mc->cross_attention_dim[i] = cross ? cross : context;
@@ -210,11 +196,6 @@ static df_status unet_from_keys(const df_config *cfg, int side, int channels, in
     mc->in_channels = mc->out_channels = channels;
     mc->sample_size = side;
     for (int i = 0; i < n; i++) {
-        if (mc->block_out_channels[i] % mc->norm_num_groups != 0)
-            return df_error(DF_ERR_INVALID,
-                            "model.norm_num_groups (%d) must divide every block width (%d) "
-                            "(config)",
-                            mc->norm_num_groups, mc->block_out_channels[i]);
         if (mc->block_out_channels[i] % mc->num_attention_heads[i] != 0)
             return df_error(DF_ERR_INVALID,
                             "model.attention_head_dim (%d heads) must divide every block width "

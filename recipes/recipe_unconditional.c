@@ -111,39 +111,18 @@ static void uncond_free(void *ctx) {
     free(u);
 }
 
-/* Copies a string-list key into a block-type array. */
-static int block_types(const df_config *cfg, const char *key, char (*out)[DF_JSON_STR]) {
-    const char *items[DF_MAX_BLOCKS];
-    int n = df_config_str_list(cfg, key, items, DF_MAX_BLOCKS);
-    for (int i = 0; i < n && i < DF_MAX_BLOCKS; i++) snprintf(out[i], DF_JSON_STR, "%s", items[i]);
-    return n;
-}
-
 static df_status uncond_create(const df_config *cfg, df_recipe *r) {
     uncond *u = calloc(1, sizeof *u);
     if (!u) return df_error(DF_ERR_NOMEM, "out of memory");
     df_unet2d_config mc = df_unet2d_config_default();
-    int64_t ch[DF_MAX_BLOCKS];
-    int n = df_config_list(cfg, "model.block_out_channels", ch, DF_MAX_BLOCKS);
-    int nd = block_types(cfg, "model.down_block_types", mc.down_block_types);
-    int nu = block_types(cfg, "model.up_block_types", mc.up_block_types);
-    df_status st = DF_OK;
-    if (n < 1 || n > DF_MAX_BLOCKS || nd != n || nu != n)
-        st = df_error(DF_ERR_INVALID,
-                      "model.block_out_channels (%d), model.down_block_types (%d) and "
-                      "model.up_block_types (%d) must have the same length, 1 to %d (config)",
-                      n, nd, nu, DF_MAX_BLOCKS);
+    int n = 0;
+    df_status st = df_recipe_model_blocks(cfg, mc.block_out_channels, mc.down_block_types,
+                                          mc.up_block_types, &n);
     mc.n_blocks = n;
-    for (int i = 0; i < n && i < DF_MAX_BLOCKS; i++) mc.block_out_channels[i] = (int)ch[i];
     mc.sample_size = (int)df_config_int(cfg, "resolution");
     mc.layers_per_block = (int)df_config_int(cfg, "model.layers_per_block");
     mc.attention_head_dim = (int)df_config_int(cfg, "model.attention_head_dim");
     mc.norm_num_groups = (int)df_config_int(cfg, "model.norm_num_groups");
-    for (int i = 0; st == DF_OK && i < n; i++)
-        if (mc.block_out_channels[i] % mc.norm_num_groups != 0)
-            st = df_error(DF_ERR_INVALID,
-                          "model.norm_num_groups (%d) must divide every block width (%d) (config)",
-                          mc.norm_num_groups, mc.block_out_channels[i]);
     if (st == DF_OK && mc.sample_size % (1 << (n - 1)) != 0)
         st = df_error(DF_ERR_INVALID, "resolution %d is not divisible by 2^%d (config)",
                       mc.sample_size, n - 1);

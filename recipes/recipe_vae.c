@@ -217,38 +217,15 @@ static void vae_free(void *ctx) {
     free(v);
 }
 
-/* Copies a string-list key into a block-type array. */
-static int block_types(const df_config *cfg, const char *key, char (*out)[DF_JSON_STR]) {
-    const char *items[DF_MAX_BLOCKS];
-    int n = df_config_str_list(cfg, key, items, DF_MAX_BLOCKS);
-    for (int i = 0; i < n && i < DF_MAX_BLOCKS; i++) snprintf(out[i], DF_JSON_STR, "%s", items[i]);
-    return n;
-}
-
 /* The AutoencoderKL of the model.* keys. */
 static df_status config_from_keys(const df_config *cfg, df_vae_config *mc) {
     *mc = df_vae_config_default();
-    int64_t ch[DF_MAX_BLOCKS];
-    int n = df_config_list(cfg, "model.block_out_channels", ch, DF_MAX_BLOCKS);
-    int nd = block_types(cfg, "model.down_block_types", mc->down_block_types);
-    int nu = block_types(cfg, "model.up_block_types", mc->up_block_types);
-    if (n < 1 || n > DF_MAX_BLOCKS || nd != n || nu != n)
-        return df_error(DF_ERR_INVALID,
-                        "model.block_out_channels (%d), model.down_block_types (%d) and "
-                        "model.up_block_types (%d) must have the same length, 1 to %d (config)",
-                        n, nd, nu, DF_MAX_BLOCKS);
-    mc->n_blocks = n;
-    for (int i = 0; i < n; i++) mc->block_out_channels[i] = (int)ch[i];
+    DF_TRY(df_recipe_model_blocks(cfg, mc->block_out_channels, mc->down_block_types,
+                                  mc->up_block_types, &mc->n_blocks));
     mc->layers_per_block = (int)df_config_int(cfg, "model.layers_per_block");
     mc->latent_channels = (int)df_config_int(cfg, "model.latent_channels");
     mc->norm_num_groups = (int)df_config_int(cfg, "model.norm_num_groups");
     mc->sample_size = (int)df_config_int(cfg, "resolution");
-    for (int i = 0; i < n; i++)
-        if (mc->block_out_channels[i] % mc->norm_num_groups != 0)
-            return df_error(DF_ERR_INVALID,
-                            "model.norm_num_groups (%d) must divide every block width (%d) "
-                            "(config)",
-                            mc->norm_num_groups, mc->block_out_channels[i]);
     return DF_OK;
 }
 

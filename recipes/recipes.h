@@ -17,6 +17,13 @@ extern const df_recipe_def df_recipe_unconditional;
 extern const df_recipe_def df_recipe_vae;
 extern const df_recipe_def df_recipe_text_to_image;
 
+/* The model.block_out_channels, model.down_block_types and model.up_block_types keys
+ * (recipes/recipe_blocks.c) into channels, down, up (DF_MAX_BLOCKS entries each) and their
+ * common length into *n_blocks; DF_ERR_INVALID naming the keys when the lengths differ or are
+ * outside 1..DF_MAX_BLOCKS, or when model.norm_num_groups does not divide a width. */
+df_status df_recipe_model_blocks(const df_config *cfg, int *channels, char (*down)[DF_JSON_STR],
+                                 char (*up)[DF_JSON_STR], int *n_blocks);
+
 /* The recipe table (recipes/recipe_table.c): how many, the i-th (NULL out of range), the one
  * called name (NULL when none is). */
 int df_recipe_count(void);

@@ -27,24 +27,23 @@ static int gen(const char *fmt, ...) {
     return run_command(cmd, out, sizeof out);
 }
 
-static const char *pipe_dir(const char *name) {
+/* A fixture path (rotating static buffers: several may be live in one call). */
+static const char *fixture_at(const char *prefix, const char *name) {
     static char path[4][512];
     static int k;
     char rel[128];
-    snprintf(rel, sizeof rel, "pipelines/%s", name);
+    snprintf(rel, sizeof rel, "%s%s", prefix, name);
     k = (k + 1) % 4;
     snprintf(path[k], sizeof path[k], "%s", fixture_path(rel));
     return path[k];
 }
 
+static const char *pipe_dir(const char *name) {
+    return fixture_at("pipelines/", name);
+}
+
 static const char *image_path(const char *name) {
-    static char path[4][512];
-    static int k;
-    char rel[128];
-    snprintf(rel, sizeof rel, "%s", name);
-    k = (k + 1) % 4;
-    snprintf(path[k], sizeof path[k], "%s", fixture_path(rel));
-    return path[k];
+    return fixture_at("", name);
 }
 
 static df_tensor *read_tensor(const char *path, const char *name) {
