@@ -9,6 +9,7 @@
 #include "datasets/datasets.h"
 #include "recipes/recipes.h"
 #include "tests/common/check.h"
+#include "tests/common/recipe_run.h"
 
 #include <fnmatch.h>
 #include <stdio.h>
@@ -42,11 +43,7 @@ TestSuite(recipes_contract, .init = setup, .fini = teardown);
 
 /* A tiny run: the unconditional config with output in root/<out>, then `extra` (NULL, or
  * space-separated key=value overrides), and its recipe, built. */
-typedef struct tiny_run {
-    df_config cfg;
-    df_cfg_field *schema;
-    df_recipe r;
-} tiny_run;
+typedef recipe_run tiny_run;
 
 static df_status (*one_source_loss)(void *, const df_batch *const *, df_step_rng *, df_tensor **);
 
@@ -54,16 +51,6 @@ static const df_cfg_field caption_fields[] = {DF_CFG_CAPTION_FIELDS};
 static bool with_caption_keys; /* the next tiny_begin's schema holds DF_CFG_CAPTION_FIELDS */
 
 static void tiny_begin(tiny_run *t, const char *out, const char *extra) {
-    int n;
-    t->schema = df_recipe_schema(&df_recipe_unconditional, &n);
-    if (with_caption_keys) {
-        int k = (int)(sizeof caption_fields / sizeof caption_fields[0]);
-        t->schema = realloc(t->schema, (size_t)(n + k) * sizeof *t->schema);
-        cr_assert(t->schema);
-        memcpy(t->schema + n, caption_fields, sizeof caption_fields);
-        n += k;
-    }
-    df_config_init(&t->cfg, t->schema, n);
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
              "train_data_dir: %s/data\noutput_dir: %s/%s\nresolution: 8\ntrain_batch_size: 2\n"
@@ -74,19 +61,13 @@ static void tiny_begin(tiny_run *t, const char *out, const char *extra) {
              "  up_block_types: [UpBlock2D, UpBlock2D]\n  layers_per_block: 1\n"
              "  norm_num_groups: 4\n",
              root, root, out);
-    cr_assert_eq(df_config_load_yaml_text(&t->cfg, yaml, strlen(yaml), "test"), DF_OK, "%s",
-                 df_last_error());
-    char words[256];
-    snprintf(words, sizeof words, "%s", extra ? extra : "");
-    for (char *save = NULL, *w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save))
-        cr_assert_eq(df_config_set(&t->cfg, w), DF_OK, "%s", df_last_error());
-    cr_assert_eq(df_recipe_unconditional.create(&t->cfg, &t->r), DF_OK, "%s", df_last_error());
+    int k = with_caption_keys ? (int)(sizeof caption_fields / sizeof caption_fields[0]) : 0;
+    cr_assert_eq(recipe_run_begin(t, &df_recipe_unconditional, yaml, extra, caption_fields, k),
+                 DF_OK, "%s", df_last_error());
 }
 
 static void tiny_end(tiny_run *t) {
-    t->r.free(t->r.ctx);
-    df_config_free(&t->cfg);
-    free(t->schema);
+    recipe_run_end(t);
 }
 
 Test(recipes_contract, groups_train_at_their_own_rates) {

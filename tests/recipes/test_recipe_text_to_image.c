@@ -12,6 +12,7 @@
 #include "nn/tokenizer.h"
 #include "recipes/recipes.h"
 #include "tests/common/check.h"
+#include "tests/common/recipe_run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -64,18 +65,11 @@ static void teardown(void) {
 
 TestSuite(recipes_t2i, .init = setup, .fini = teardown);
 
-typedef struct t2i_run {
-    df_config cfg;
-    df_cfg_field *schema;
-    df_recipe r;
-} t2i_run;
+typedef recipe_run t2i_run;
 
 /* The tiny from-scratch config with output root/<out> (base: fine-tune sd1 instead), then
  * `extra` space-separated overrides. */
 static df_status t2i_begin(t2i_run *t, const char *out, bool base, const char *extra) {
-    int n;
-    t->schema = df_recipe_schema(&df_recipe_text_to_image, &n);
-    df_config_init(&t->cfg, t->schema, n);
     char yaml[4096];
     int k = snprintf(yaml, sizeof yaml,
                      "recipe: text_to_image\ntrain_data_dir: %s/data\noutput_dir: %s/%s\n"
@@ -96,24 +90,11 @@ static df_status t2i_begin(t2i_run *t, const char *out, bool base, const char *e
                  "  hidden_size: 16\n  intermediate_size: 32\n  num_hidden_layers: 1\n"
                  "  num_attention_heads: 2\n",
                  sd1, sd1);
-    cr_assert_eq(df_config_load_yaml_text(&t->cfg, yaml, strlen(yaml), "test"), DF_OK, "%s",
-                 df_last_error());
-    char words[1024];
-    snprintf(words, sizeof words, "%s", extra ? extra : "");
-    for (char *save = NULL, *w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save))
-        cr_assert_eq(df_config_set(&t->cfg, w), DF_OK, "%s", df_last_error());
-    df_status st = df_recipe_text_to_image.create(&t->cfg, &t->r);
-    if (st != DF_OK) {
-        df_config_free(&t->cfg);
-        free(t->schema);
-    }
-    return st;
+    return recipe_run_begin(t, &df_recipe_text_to_image, yaml, extra, NULL, 0);
 }
 
 static void t2i_end(t2i_run *t) {
-    t->r.free(t->r.ctx);
-    df_config_free(&t->cfg);
-    free(t->schema);
+    recipe_run_end(t);
 }
 
 static void t2i_train(const char *out, bool base, const char *extra, int64_t stop_after,
@@ -126,31 +107,16 @@ static void t2i_train(const char *out, bool base, const char *extra, int64_t sto
 }
 
 static char *file_of(const char *run, const char *rel, size_t *len) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s/%s", root, run, rel);
-    char *text = read_whole_file(path, len);
-    cr_assert(text, "no %s", path);
-    return text;
+    return run_file(root, run, rel, len);
 }
 
 static bool same_file(const char *a, const char *b, const char *rel) {
-    size_t la, lb;
-    char *x = file_of(a, rel, &la), *y = file_of(b, rel, &lb);
-    bool same = la == lb && memcmp(x, y, la) == 0;
-    free(x);
-    free(y);
-    return same;
+    return run_files_equal(root, a, b, rel);
 }
 
 /* The "loss" values of metrics.jsonl, in order (at most max). */
 static int losses(const char *run, double *out, int max) {
-    size_t len;
-    char *text = file_of(run, "metrics.jsonl", &len);
-    int n = 0;
-    for (char *p = strstr(text, "\"loss\": "); p && n < max; p = strstr(p + 1, "\"loss\": "))
-        out[n++] = strtod(p + 8, NULL);
-    free(text);
-    return n;
+    return run_losses(root, run, out, max);
 }
 
 /* (Call inside a scope: the decoded images are the scope's.) A batch of images first .. first + n - 1 as the loader makes it (center crop, no flip); with

@@ -8,6 +8,7 @@
 #include "datasets/datasets.h"
 #include "recipes/recipes.h"
 #include "tests/common/check.h"
+#include "tests/common/recipe_run.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -57,17 +58,10 @@ static void teardown(void) {
 
 TestSuite(recipes_vae, .init = setup, .fini = teardown);
 
-typedef struct vae_run {
-    df_config cfg;
-    df_cfg_field *schema;
-    df_recipe r;
-} vae_run;
+typedef recipe_run vae_run;
 
 /* The tiny vae config with output root/<out>, then `extra` space-separated overrides. */
 static df_status vae_begin(vae_run *t, const char *out, const char *extra) {
-    int n;
-    t->schema = df_recipe_schema(&df_recipe_vae, &n);
-    df_config_init(&t->cfg, t->schema, n);
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
              "recipe: vae\ntrain_data_dir: %s/data\noutput_dir: %s/%s\nresolution: 16\n"
@@ -79,24 +73,11 @@ static df_status vae_begin(vae_run *t, const char *out, const char *extra) {
              "  up_block_types: [UpDecoderBlock2D, UpDecoderBlock2D]\n  layers_per_block: 1\n"
              "  latent_channels: 4\n  norm_num_groups: 4\n",
              root, root, out);
-    cr_assert_eq(df_config_load_yaml_text(&t->cfg, yaml, strlen(yaml), "test"), DF_OK, "%s",
-                 df_last_error());
-    char words[512];
-    snprintf(words, sizeof words, "%s", extra ? extra : "");
-    for (char *save = NULL, *w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save))
-        cr_assert_eq(df_config_set(&t->cfg, w), DF_OK, "%s", df_last_error());
-    df_status st = df_recipe_vae.create(&t->cfg, &t->r);
-    if (st != DF_OK) {
-        df_config_free(&t->cfg);
-        free(t->schema);
-    }
-    return st;
+    return recipe_run_begin(t, &df_recipe_vae, yaml, extra, NULL, 0);
 }
 
 static void vae_end(vae_run *t) {
-    t->r.free(t->r.ctx);
-    df_config_free(&t->cfg);
-    free(t->schema);
+    recipe_run_end(t);
 }
 
 static void vae_train(const char *out, const char *extra, int64_t stop_after, const char *resume) {
@@ -107,31 +88,13 @@ static void vae_train(const char *out, const char *extra, int64_t stop_after, co
     vae_end(&t);
 }
 
-static char *file_of(const char *run, const char *rel, size_t *len) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s/%s", root, run, rel);
-    char *text = read_whole_file(path, len);
-    cr_assert(text, "no %s", path);
-    return text;
-}
-
 /* The "loss" values of metrics.jsonl, in order (at most max). */
 static int losses(const char *run, double *out, int max) {
-    size_t len;
-    char *text = file_of(run, "metrics.jsonl", &len);
-    int n = 0;
-    for (char *p = strstr(text, "\"loss\": "); p && n < max; p = strstr(p + 1, "\"loss\": "))
-        out[n++] = strtod(p + 8, NULL);
-    free(text);
-    return n;
+    return run_losses(root, run, out, max);
 }
 
 static void expect_same(const char *a, const char *b, const char *rel) {
-    size_t la, lb;
-    char *x = file_of(a, rel, &la), *y = file_of(b, rel, &lb);
-    cr_expect(la == lb && memcmp(x, y, la) == 0, "%s differs between %s and %s", rel, a, b);
-    free(x);
-    free(y);
+    cr_expect(run_files_equal(root, a, b, rel), "%s differs between %s and %s", rel, a, b);
 }
 
 Test(recipes_vae, trains_exports_and_measures_the_scaling_factor, .timeout = 300) {
