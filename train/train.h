@@ -380,6 +380,10 @@ typedef struct df_recipe {
      * one group of every trainable parameter at the config's learning rate and decay. */
     const df_recipe_group *groups;
     int n_groups;
+    /* The trained UNet's body, to which the trainer applies gradient_checkpointing
+     * (df_unet_body_set_gradient_checkpointing); NULL: the recipe has none (the key is then
+     * refused when on). */
+    df_unet_body *unet_body;
     /* The data sources, in order; NULL (0): one, from train_data_dir. */
     const df_recipe_source *sources;
     int n_sources;

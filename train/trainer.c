@@ -74,6 +74,10 @@ const df_cfg_field df_trainer_schema[] = {
     {"ema_inv_gamma", DF_CFG_FLOAT, "1.0", 1e-9, 1e9, NULL, "EMA warm-up inverse gamma"},
     {"ema_power", DF_CFG_FLOAT, "0.75", 0, 100, NULL, "EMA warm-up power"},
     {"mixed_precision", DF_CFG_STRING, "no", 0, 0, "no", "float32 training only (for now)"},
+    {"gradient_checkpointing", DF_CFG_BOOL, "false", 0, 0, NULL,
+     "recompute the UNet's resnet and transformer blocks in backward: less memory, about one "
+     "more forward of time, the same gradients bit for bit (so a resume may switch it)",
+     true},
     {"checkpointing_steps", DF_CFG_INT, "500", 0, 1e12, NULL,
      "checkpoint every N steps (0: only at the end)", true},
     {"checkpoints_total_limit", DF_CFG_INT, "0", 0, 1e6, NULL,
@@ -898,6 +902,13 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     if (!opts->lock) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
     df_params *reg = t->recipe->params;
     DF_TRY(df_params_flatten(reg));
+    if (df_config_bool(c, "gradient_checkpointing")) {
+        if (!t->recipe->unet_body)
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "gradient_checkpointing: the %s recipe trains no UNet to checkpoint",
+                            t->recipe->name);
+        df_unet_body_set_gradient_checkpointing(t->recipe->unet_body, true);
+    }
     t->params = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->params);
     t->names = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->names);
     if (!t->params || !t->names) return df_error(DF_ERR_NOMEM, "out of memory");

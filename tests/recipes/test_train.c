@@ -192,6 +192,19 @@ Test(recipes_train, stop_and_resume_is_exact, .timeout = 300) {
     expect_same_run("whole", "split", 12);
 }
 
+/* gradient_checkpointing=true recomputes the UNet's resnet blocks in backward: the run is the
+ * plain run bit for bit (checkpoints, export, losses), so the key does not block a resume: a run
+ * stopped without it resumes with it. */
+Test(recipes_train, gradient_checkpointing_is_exact_and_resumes, .timeout = 300) {
+    char out[65536];
+    cr_assert_eq(train("plain", "", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("ck", "--stop-after-steps 5", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("ck", "gradient_checkpointing=true --resume latest", out, sizeof out), 0,
+                 "%s", out);
+    cr_assert(strstr(out, "resuming from"), "%s", out);
+    expect_same_run("plain", "ck", 12);
+}
+
 /* Starts training in the background (`extra`: one more key=value or NULL); returns its pid. */
 static pid_t spawn_train(const char *run, bool resume, const char *extra) {
     char outdir[400];
