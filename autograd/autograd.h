@@ -329,6 +329,20 @@ DF_API df_status df_backward(df_tensor *loss);
 /* As df_backward with an explicit gradient of `out` (same shape). */
 DF_API df_status df_backward_with(df_tensor *out, const df_tensor *grad_out);
 
+/* Gradient checkpointing (autograd/checkpoint.c): a segment of the model whose activations are
+ * not kept for backward, but recomputed there. fn builds the segment's output from in[0..n)
+ * (entries may be NULL) and `user` (the module; it must outlive the backward), using
+ * parameters (leaves) as it likes; it must compute the same values each time it runs (no
+ * random draws). With grad mode off this is fn(in, user). Otherwise fn runs once to give the
+ * output, its graph dropped as it returns: the tape keeps only the inputs, and the backward
+ * runs fn again with recording on and backpropagates through it (autograd.h's re-entrant
+ * rules). Gradients are bitwise those of the plain graph: an input's gradient already
+ * accumulated is handed to the recomputation, which adds to it in the plain graph's order.
+ * At most DF_CHECKPOINT_MAX_INPUTS inputs (DF_ASSERT). A new reference under the scope rule. */
+#define DF_CHECKPOINT_MAX_INPUTS 8
+typedef df_tensor *(*df_checkpoint_fn)(df_tensor *const *in, const void *user);
+DF_API df_tensor *df_checkpoint(df_checkpoint_fn fn, const void *user, int n, df_tensor *const *in);
+
 /* ---------------------------------------------------------------- RNG ------------------------- */
 
 /* Counter-based Philox4x32-10 stream: block b of stream `stream` under seed `seed` is

@@ -63,6 +63,11 @@ df_node *df_node_new(const df_op *op, df_tensor *out, int n_inputs, df_tensor *c
  * always kept (they outlive the step anyway). */
 df_node *df_node_new_keep(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
                           size_t state_size, unsigned keep_data);
+/* As df_node_new_keep, but the node is made whether or not an input requires grad: for an op
+ * whose backward reaches leaves that are not its inputs (a checkpoint's parameters), which
+ * decides itself that a node is needed. */
+df_node *df_node_new_always(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
+                            size_t state_size, unsigned keep_data);
 /* Keeps a detached alias of t in slot i for backward. */
 void df_node_save(df_node *n, int slot, const df_tensor *t);
 /* The F32 gradient accumulator of input i (created zero-filled, same shape as the input), or

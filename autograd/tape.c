@@ -63,6 +63,11 @@ df_node *df_node_new(const df_op *op, df_tensor *out, int n_inputs, df_tensor *c
 df_node *df_node_new_keep(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
                           size_t state_size, unsigned keep_data) {
     if (!df_needs_grad(n_inputs, inputs)) return NULL;
+    return df_node_new_always(op, out, n_inputs, inputs, state_size, keep_data);
+}
+
+df_node *df_node_new_always(const df_op *op, df_tensor *out, int n_inputs, df_tensor *const *inputs,
+                            size_t state_size, unsigned keep_data) {
     DF_ASSERT(out->node == NULL, "%s: output already has a node", op->name);
     size_t head = sizeof(df_node) + (size_t)n_inputs * sizeof(df_tensor *);
     head = (head + 15) & ~(size_t)15;

@@ -447,6 +447,7 @@ typedef struct df_resnet {
     df_linear_mod time_emb_proj;
     bool has_shortcut, has_temb, scale_shift;
     float output_scale_factor;
+    bool gradient_checkpointing; /* recompute the block in backward (df_checkpoint) */
 } df_resnet;
 DF_API void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_config c);
 /* x (N, Cin, H, W), temb (N, T) or NULL -> (N, Cout, H, W). Runs in channel-blocked layout
@@ -494,6 +495,7 @@ typedef struct df_transformer2d {
     df_transformer_block *blocks;
     int n_blocks;
     bool use_linear_projection;
+    bool gradient_checkpointing; /* recompute each block in backward (df_checkpoint) */
 } df_transformer2d;
 
 typedef struct df_transformer2d_config {
@@ -723,6 +725,10 @@ typedef struct df_unet_body_config {
  * conv_norm_out, conv_out). The config must be checked already (the models' readers do). */
 DF_API void df_unet_body_init(df_unet_body *b, df_params *r, const df_unet_body_config *c);
 DF_API void df_unet_body_free(df_unet_body *b);
+/* Gradient checkpointing of every ResnetBlock2D and BasicTransformerBlock of the body (off after
+ * init): their activations are recomputed in backward instead of kept; gradients are bitwise
+ * the same. Used by the trainer's gradient_checkpointing key. */
+DF_API void df_unet_body_set_gradient_checkpointing(df_unet_body *b, bool on);
 /* The forward's parts: conv_in (output channel-blocked where the width divides into blocks);
  * the down path, mid block and up path with optional residuals (df_unet_blocks_forward_res);
  * the head (conv_norm_out, SiLU, conv_out; a plain output). */

@@ -4,6 +4,7 @@
  *   h = norm2(h);  scale_shift: h = h * (1 + scale) + shift    (scale, shift = chunk(temb', 2))
  *   h = conv2(silu(h))                                         (dropout 0)
  *   out = (shortcut(x) + h) / output_scale_factor              (shortcut: 1x1 conv when Cin != Cout)
+ * With gradient_checkpointing the block is one df_checkpoint segment (recomputed in backward).
  */
 #include "nn/nn.h"
 
@@ -28,9 +29,13 @@ void df_resnet_init(df_resnet *m, df_params *r, const char *name, df_resnet_conf
         df_conv_mod_init(&m->conv_shortcut, r, df_name_join(buf, sizeof buf, name, "conv_shortcut"),
                          c.in_channels, c.out_channels, 1, 1, 0, true);
     m->output_scale_factor = c.output_scale_factor;
+    m->gradient_checkpointing = false;
 }
 
-df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) {
+/* The block on in = {x, temb (or NULL)}, user = the df_resnet. */
+static df_tensor *resnet_run(df_tensor *const *in, const void *user) {
+    const df_resnet *m = user;
+    df_tensor *x = in[0], *temb = in[1];
     df_scope scope = df_scope_begin();   /* intermediates die here unless the tape needs them */
     if (!x->block) x = df_to_blocked(x); /* the convolutions' layout, kept through the block */
     df_tensor *h = df_conv_mod_forward(&m->conv1, df_silu(df_norm_mod_forward(&m->norm1, x)));
@@ -52,4 +57,9 @@ df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) 
     df_tensor *out = df_add(skip, h);
     if (m->output_scale_factor != 1.0f) out = df_mul_scalar(out, 1.0f / m->output_scale_factor);
     return df_scope_end_keep(scope, out);
+}
+
+df_tensor *df_resnet_forward(const df_resnet *m, df_tensor *x, df_tensor *temb) {
+    df_tensor *in[2] = {x, temb};
+    return m->gradient_checkpointing ? df_checkpoint(resnet_run, m, 2, in) : resnet_run(in, m);
 }

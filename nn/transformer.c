@@ -6,6 +6,8 @@
  *   h = ff(norm3(h)) + h,   ff(x) = net.2(a * gelu(g)),  (a, g) = chunk(net.0.proj(x), 2, -1)
  * Transformer2DModel: GroupNorm(eps 1e-6) -> proj_in (1x1 conv on NCHW, or linear after
  * flattening to (N, HW, C) when use_linear_projection) -> blocks -> proj_out -> + residual.
+ * With gradient_checkpointing each BasicTransformerBlock is one df_checkpoint segment (as
+ * diffusers checkpoints them), recomputed in backward.
  */
 #include "nn/nn.h"
 
@@ -34,7 +36,10 @@ static void block_init(df_transformer_block *b, df_params *r, const char *name, 
     b->only_cross_attention = only_cross;
 }
 
-static df_tensor *block_forward(const df_transformer_block *b, df_tensor *h, df_tensor *ctx) {
+/* One block on in = {h, ctx (or NULL)}, user = the df_transformer_block. */
+static df_tensor *block_run(df_tensor *const *in, const void *user) {
+    const df_transformer_block *b = user;
+    df_tensor *h = in[0], *ctx = in[1];
     df_scope scope = df_scope_begin();
     df_tensor *a = df_attention_forward(&b->attn1, df_norm_mod_forward(&b->norm1, h),
                                         b->only_cross_attention ? ctx : NULL);
@@ -60,6 +65,7 @@ void df_transformer2d_init(df_transformer2d *m, df_params *r, const char *name,
         df_conv_mod_init(&m->proj_in_conv, r, df_name_join(buf, sizeof buf, name, "proj_in"), ch,
                          ch, 1, 1, 0, true);
     m->n_blocks = c.layers;
+    m->gradient_checkpointing = false;
     m->blocks = calloc((size_t)c.layers, sizeof *m->blocks);
     DF_ASSERT(m->blocks || c.layers == 0, "out of memory");
     for (int i = 0; i < c.layers; i++)
@@ -86,7 +92,11 @@ df_tensor *df_transformer2d_forward(const df_transformer2d *m, df_tensor *x, df_
     if (!m->use_linear_projection) hs = df_conv_mod_forward(&m->proj_in_conv, hs);
     hs = df_reshape(df_permute(hs, (int[]){0, 2, 3, 1}), DF_DIMS(n, h * w, c));
     if (m->use_linear_projection) hs = df_linear_mod_forward(&m->proj_in_linear, hs);
-    for (int i = 0; i < m->n_blocks; i++) hs = block_forward(&m->blocks[i], hs, context);
+    for (int i = 0; i < m->n_blocks; i++) {
+        df_tensor *in[2] = {hs, context};
+        hs = m->gradient_checkpointing ? df_checkpoint(block_run, &m->blocks[i], 2, in)
+                                       : block_run(in, &m->blocks[i]);
+    }
     if (m->use_linear_projection) hs = df_linear_mod_forward(&m->proj_out_linear, hs);
     hs = df_permute(df_reshape(hs, DF_DIMS(n, h, w, c)), (int[]){0, 3, 1, 2});
     if (!m->use_linear_projection) hs = df_conv_mod_forward(&m->proj_out_conv, hs);

@@ -59,6 +59,20 @@ void df_unet_body_free(df_unet_body *b) {
     df_unet_blocks_free(b->down, b->has_mid ? &b->mid : NULL, b->up, b->n_blocks);
 }
 
+static void block_set_checkpointing(df_block *b, bool on) {
+    for (int i = 0; i < b->n_resnets; i++) b->resnets[i].gradient_checkpointing = on;
+    if (b->attn == DF_BLOCK_ATTN_TRANSFORMER)
+        for (int i = 0; i < b->n_attn; i++) b->transformers[i].gradient_checkpointing = on;
+}
+
+void df_unet_body_set_gradient_checkpointing(df_unet_body *b, bool on) {
+    for (int i = 0; i < b->n_blocks; i++) {
+        block_set_checkpointing(&b->down[i], on);
+        block_set_checkpointing(&b->up[i], on);
+    }
+    if (b->has_mid) block_set_checkpointing(&b->mid, on);
+}
+
 df_tensor *df_unet_body_conv_in(const df_unet_body *b, df_tensor *sample) {
     df_conv_mod conv_in = b->conv_in;
     conv_in.p.blocked_out = true; /* activations stay channel-blocked up to conv_out */

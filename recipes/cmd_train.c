@@ -1,12 +1,14 @@
 /* cmd_train.c — `diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR]
- * [--overwrite] [--print-config] [--allow-config-change] [--stop-after-steps N]`: resolves the
- * config (defaults < file < command line; the file's `recipe` key picks the recipe), then runs
- * the trainer. `--print-config` prints the resolved config with where each value came from, and
- * exits; `--stop-after-steps N` stops after step N as SIGTERM would (checkpoint, exit 0), for
- * time-boxed jobs and tests; `--overwrite` starts a new run in an output_dir that holds one by
- * moving the old run aside (see train/run_dir.c). Input that cannot train (a folder as the
- * recipe, no train_data_dir) and a run folder that cannot be used (in use, holding another
- * run, a missing --resume folder: df_train_claim) are refused before the model is built. */
+ * [--overwrite] [--print-config] [--dry-run] [--allow-config-change] [--stop-after-steps N]`:
+ * resolves the config (defaults < file < command line; the file's `recipe` key picks the
+ * recipe), then runs the trainer. `--print-config` prints the resolved config with where each
+ * value came from, and exits; `--dry-run` builds the model and prints the memory plan
+ * (df_train_memory_plan) without touching the run folder; `--stop-after-steps N` stops after
+ * step N as SIGTERM would (checkpoint, exit 0), for time-boxed jobs and tests; `--overwrite`
+ * starts a new run in an output_dir that holds one by moving the old run aside (see
+ * train/run_dir.c). Input that cannot train (a folder as the recipe, no train_data_dir) and a
+ * run folder that cannot be used (in use, holding another run, a missing --resume folder:
+ * df_train_claim) are refused before the model is built. */
 #include "recipes/cli.h"
 #include "recipes/recipes.h"
 
@@ -17,7 +19,7 @@
 
 static int usage(void) {
     fprintf(stderr, "usage: diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR] "
-                    "[--overwrite] [--print-config] [--allow-config-change] "
+                    "[--overwrite] [--print-config] [--dry-run] [--allow-config-change] "
                     "[--stop-after-steps N]\n"
                     "       diffusion train --docs [RECIPE]\n"
                     "       diffusion train --list-recipes\n");
@@ -47,7 +49,7 @@ int df_cmd_train(int argc, char **argv) {
     }
     const char *path = NULL;
     df_train_opts opts = {0};
-    bool print = false;
+    bool print = false, dry_run = false;
     int first_override = -1;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--resume") == 0) {
@@ -55,6 +57,8 @@ int df_cmd_train(int argc, char **argv) {
             opts.resume = argv[i];
         } else if (strcmp(argv[i], "--print-config") == 0) {
             print = true;
+        } else if (strcmp(argv[i], "--dry-run") == 0) {
+            dry_run = true;
         } else if (strcmp(argv[i], "--stop-after-steps") == 0) {
             if (++i >= argc || (opts.stop_after_steps = strtoll(argv[i], NULL, 10)) <= 0)
                 return usage();
@@ -114,6 +118,14 @@ int df_cmd_train(int argc, char **argv) {
                  "(train_data_dir: FOLDER) or on the command line (train_data_dir=FOLDER)",
                  path);
         rc = df_cli_fail("config");
+    } else if (dry_run) {
+        df_recipe recipe;
+        st = def->create(&cfg, &recipe);
+        if (st == DF_OK) {
+            st = df_train_memory_plan(&cfg, &recipe, stdout);
+            recipe.free(recipe.ctx);
+        }
+        if (st != DF_OK) rc = df_cli_fail("train");
     } else {
         /* the run folder first: a refusal costs nothing, building the model may cost minutes */
         df_run_lock lock;

@@ -450,6 +450,7 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
                      .ctx = t,
                      .params = t->has_joined ? &t->joined : &t->unet->params,
                      .base_path = t->base[0] ? t->base : NULL,
+                     .unet_body = &t->unet->body,
                      .needs_captions = true,
                      .no_pixels = t->cache != NULL,
                      .loss = t2i_loss,

@@ -156,6 +156,7 @@ static df_status uncond_create(const df_config *cfg, df_recipe *r) {
     *r = (df_recipe){.name = "unconditional",
                      .ctx = u,
                      .params = &u->unet.params,
+                     .unet_body = &u->unet.body,
                      .loss = uncond_loss,
                      .export_model = uncond_export,
                      .validate = uncond_validate,

@@ -380,6 +380,10 @@ typedef struct df_recipe {
      * one group of every trainable parameter at the config's learning rate and decay. */
     const df_recipe_group *groups;
     int n_groups;
+    /* The trained UNet's body, to which the trainer applies gradient_checkpointing
+     * (df_unet_body_set_gradient_checkpointing); NULL: the recipe has none (the key is then
+     * refused when on). */
+    df_unet_body *unet_body;
     /* The data sources, in order; NULL (0): one, from train_data_dir. */
     const df_recipe_source *sources;
     int n_sources;
@@ -472,6 +476,11 @@ DF_API df_status df_train_claim(const df_config *cfg, const df_train_opts *opts,
  * metrics.jsonl, TensorBoard events, samples/, checkpoint-<step>/ folders and, at the end, the
  * exported model in OUTPUT. */
 DF_API df_status df_train_run(const df_config *cfg, df_recipe *recipe, const df_train_opts *opts);
+/* `diffusion train --dry-run` (train/memory_plan.c): prints to f what the run will hold before
+ * the trainer allocates it: trainable and frozen weights, gradients, optimizer state, EMA, their
+ * total, and the resident set with the model built. Activations are measured per step
+ * (metrics.jsonl), not estimated. DF_ERR_INVALID for an unknown optimizer. */
+DF_API df_status df_train_memory_plan(const df_config *cfg, const df_recipe *r, FILE *f);
 
 /* The top-level string `key` of a YAML file (e.g. `recipe`), "" when absent. */
 DF_API df_status df_config_peek(const char *path, const char *key, char *out, size_t len);

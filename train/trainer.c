@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -74,6 +75,10 @@ const df_cfg_field df_trainer_schema[] = {
     {"ema_inv_gamma", DF_CFG_FLOAT, "1.0", 1e-9, 1e9, NULL, "EMA warm-up inverse gamma"},
     {"ema_power", DF_CFG_FLOAT, "0.75", 0, 100, NULL, "EMA warm-up power"},
     {"mixed_precision", DF_CFG_STRING, "no", 0, 0, "no", "float32 training only (for now)"},
+    {"gradient_checkpointing", DF_CFG_BOOL, "false", 0, 0, NULL,
+     "recompute the UNet's resnet and transformer blocks in backward: less memory, about one "
+     "more forward of time, the same gradients bit for bit (so a resume may switch it)",
+     true},
     {"checkpointing_steps", DF_CFG_INT, "500", 0, 1e12, NULL,
      "checkpoint every N steps (0: only at the end)", true},
     {"checkpoints_total_limit", DF_CFG_INT, "0", 0, 1e6, NULL,
@@ -781,13 +786,26 @@ static df_status validation_grid(trainer *t, int64_t step) {
     return st;
 }
 
+/* The process's peak resident set in MiB (getrusage: KiB on Linux). */
+static double peak_rss_mib(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss / 1024.0 : 0;
+}
+
 static void log_step(trainer *t, double loss, double lr, double norm, double secs, bool skipped) {
     double it_s = secs > 0 ? 1.0 / secs : 0;
+    /* memory: the allocator's bytes in use between steps (weights, gradients, optimizer state,
+     * EMA), its peak (plus the step's activations), the process's peak RSS */
+    df_mem_stats ms = df_mem_get_stats();
+    double mem = (double)ms.bytes_in_use / 1048576.0, mem_peak = (double)ms.peak_in_use / 1048576.0;
+    double rss = peak_rss_mib();
     char line[512];
     snprintf(line, sizeof line,
              "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
-             "\"it_s\": %.4g, \"skipped\": %" PRId64 ", \"epoch\": %" PRId64 "}",
-             t->step, loss, lr, isfinite(norm) ? norm : -1.0, it_s, t->skipped_steps, t->epoch);
+             "\"it_s\": %.4g, \"skipped\": %" PRId64 ", \"epoch\": %" PRId64
+             ", \"mem_mib\": %.1f, \"mem_peak_mib\": %.1f, \"rss_peak_mib\": %.1f}",
+             t->step, loss, lr, isfinite(norm) ? norm : -1.0, it_s, t->skipped_steps, t->epoch, mem,
+             mem_peak, rss);
     log_result(df_metrics_append(&t->metrics, line), &t->metrics.failing, t->metrics.path);
     df_status st = df_tb_scalar(&t->tb, "train/loss", t->step, loss);
     if (st == DF_OK || st == DF_ERR_IO) log_result(st, &t->tb_failing, t->tb.path);
@@ -800,15 +818,17 @@ static void log_step(trainer *t, double loss, double lr, double norm, double sec
         int width = 30, filled = (int)(width * done / (total ? total : 1));
         fprintf(stderr,
                 "\r[%.*s%*s] %" PRId64 "/%" PRId64
-                " %.2f it/s loss %.4f lr %.2e ETA %02d:%02d:%02d%s",
+                " %.2f it/s loss %.4f lr %.2e mem %.0f MiB RSS %.0f MiB ETA %02d:%02d:%02d%s",
                 filled, "##############################", width - filled, "", done, total, it_s,
-                loss, lr, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
+                loss, lr, mem, rss, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
                 done == total ? "\n" : "");
     } else if (done % df_config_int(t->cfg, "logging_steps") == 0 || done == total) {
         fprintf(stderr,
                 "step %" PRId64 "/%" PRId64
-                " loss %.6f lr %.3e grad_norm %.4f %.2f it/s ETA %.0fs%s\n",
-                done, total, loss, lr, norm, it_s, eta, skipped ? " (skipped: non-finite)" : "");
+                " loss %.6f lr %.3e grad_norm %.4f %.2f it/s mem %.0f MiB (peak %.0f) RSS peak "
+                "%.0f MiB ETA %.0fs%s\n",
+                done, total, loss, lr, norm, it_s, mem, mem_peak, rss, eta,
+                skipped ? " (skipped: non-finite)" : "");
     }
 }
 
@@ -898,6 +918,13 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     if (!opts->lock) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
     df_params *reg = t->recipe->params;
     DF_TRY(df_params_flatten(reg));
+    if (df_config_bool(c, "gradient_checkpointing")) {
+        if (!t->recipe->unet_body)
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "gradient_checkpointing: the %s recipe trains no UNet to checkpoint",
+                            t->recipe->name);
+        df_unet_body_set_gradient_checkpointing(t->recipe->unet_body, true);
+    }
     t->params = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->params);
     t->names = malloc((size_t)(reg->n ? reg->n : 1) * sizeof *t->names);
     if (!t->params || !t->names) return df_error(DF_ERR_NOMEM, "out of memory");

@@ -21,19 +21,23 @@
 /* A backward of the form ga[i] += EXPR, where EXPR may use g[i], x[i] (the input), y[i] (saved
  * output, when the op saved it) and P (the op's params, type PT). */
 #define DF_UNARY_BACKWARD(NAME, PT, EXPR)                                                          \
+    /* the loop on its own, compiled per x86-64 level (DF_SIMD_CLONES) as the forwards are */      \
+    DF_SIMD_CLONES static void NAME##_loop(float *d, const float *g, const float *x,               \
+                                           const float *y, const PT *pp, int64_t n, bool acc_) {   \
+        const PT P = *pp;                                                                          \
+        (void)x, (void)y, (void)P;                                                                 \
+        if (acc_)                                                                                  \
+            DF_EW_LOOP(n, d[i] += (EXPR));                                                         \
+        else /* a fresh gradient: written, not zero-filled then added to */                        \
+            DF_EW_LOOP(n, d[i] = (EXPR));                                                          \
+    }                                                                                              \
     static void NAME(df_node *nd, const df_tensor *g_) {                                           \
         bool acc_;                                                                                 \
         df_tensor *ga = df_node_grad_dest(nd, 0, &acc_);                                           \
         if (!ga) return;                                                                           \
-        float *d = df_f32(ga);                                                                     \
-        const float *g = df_f32(g_), *x = df_f32(nd->inputs[0]);                                   \
         const float *y = nd->saved[0] ? df_f32(nd->saved[0]) : NULL;                               \
-        const PT P = *(const PT *)nd->state;                                                       \
-        (void)x, (void)y, (void)P;                                                                 \
-        if (acc_)                                                                                  \
-            DF_EW_LOOP(ga->numel, d[i] += (EXPR));                                                 \
-        else /* a fresh gradient: written, not zero-filled then added to */                        \
-            DF_EW_LOOP(ga->numel, d[i] = (EXPR));                                                  \
+        NAME##_loop(df_f32(ga), df_f32(g_), df_f32(nd->inputs[0]), y, (const PT *)nd->state,       \
+                    ga->numel, acc_);                                                              \
     }
 
 /* A forward of the form out[i] = EXPR, where EXPR may use x[i] and P (params of type PT). */

@@ -50,9 +50,10 @@ static void keep(run_result *r, const char *name, const df_tensor *t) {
     r->t[r->n++] = df_tensor_retain(df_tensor_clone(df_detach((df_tensor *)t)));
 }
 
-/* Runs fixture `name` with channel block `block` (df_act_block_set) and checks it against
- * diffusers; its outputs and parameter gradients go to *r when r is not NULL. */
-static void run_case_at(const char *name, int block, run_result *r) {
+/* Runs fixture `name` with channel block `block` (df_act_block_set), with gradient
+ * checkpointing when `ck` (UNets), and checks it against diffusers; its outputs, input and
+ * parameter gradients go to *r when r is not NULL. */
+static void run_case_ck(const char *name, int block, bool ck, run_result *r) {
     int old_block = df_act_block_set(block);
     char dir[512], rel[512];
     snprintf(dir, sizeof dir, "%s", fixture_path("models"));
@@ -65,6 +66,11 @@ static void run_case_at(const char *name, int block, run_result *r) {
     df_component comp;
     cr_assert_eq(df_component_load(dir, &comp), DF_OK, "%s", df_last_error());
     df_params_requires_grad(comp.params);
+    if (ck) {
+        cr_assert(comp.unet2d || comp.unet2d_cond, "%s: checkpointing is for UNets", name);
+        df_unet_body_set_gradient_checkpointing(
+            comp.unet2d ? &comp.unet2d->body : &comp.unet2d_cond->body, true);
+    }
 
     df_scope s = df_scope_begin();
     df_st_file *in, *want;
@@ -126,6 +132,7 @@ static void run_case_at(const char *name, int block, run_result *r) {
         } else {
             cr_assert(inputs[i].tensor->grad, "%s: no gradient for input %s", name, inputs[i].name);
             expect_rel(key, inputs[i].tensor->grad, w);
+            keep(r, key, inputs[i].tensor->grad);
         }
     }
     double gmax = 0;
@@ -155,6 +162,10 @@ static void run_case_at(const char *name, int block, run_result *r) {
     df_scope_end(s);
     df_component_free(&comp);
     df_act_block_set(old_block);
+}
+
+static void run_case_at(const char *name, int block, run_result *r) {
+    run_case_ck(name, block, false, r);
 }
 
 static void run_case(const char *name) {
@@ -203,6 +214,48 @@ Test(nn_models, block_widths_agree_unet2dcond) {
 
 Test(nn_models, block_widths_agree_vae) {
     check_block_widths("vae_tiny");
+}
+
+/* Gradient checkpointing (df_unet_body_set_gradient_checkpointing: every ResnetBlock2D and
+ * BasicTransformerBlock recomputed in backward) gives the same outputs, input gradients and
+ * parameter gradients bit for bit, in plain layout (block 0) and in this machine's blocked
+ * layout. */
+static void check_checkpointing(const char *name) {
+    run_result *ref = calloc(1, sizeof *ref), *got = calloc(1, sizeof *got);
+    const int blocks[2] = {0, df_act_block()};
+    for (int b = 0; b < 2; b++) {
+        run_case_ck(name, blocks[b], false, ref);
+        run_case_ck(name, blocks[b], true, got);
+        cr_assert_eq(got->n, ref->n);
+        for (int i = 0; i < ref->n; i++) {
+            const df_tensor *g = got->t[i], *w = ref->t[i];
+            cr_assert(df_tensor_same_shape(g, w) && g->block == w->block);
+            cr_expect(memcmp(g->data, w->data, (size_t)w->numel * sizeof(float)) == 0,
+                      "%s, block %d, checkpointed: %s differs", name, blocks[b], ref->name[i]);
+            df_tensor_free(got->t[i]);
+            df_tensor_free(ref->t[i]);
+        }
+        got->n = ref->n = 0;
+    }
+    free(ref);
+    free(got);
+}
+
+Test(nn_models, checkpointing_bitwise_unet2d) {
+    check_checkpointing("unet2d_tiny");
+}
+
+Test(nn_models, checkpointing_bitwise_unet2dcond) {
+    check_checkpointing("unet2dcond_tiny");
+}
+
+Test(nn_models, checkpointing_bitwise_unet2dcond_linear) {
+    check_checkpointing("unet2dcond_tiny_linear");
+}
+
+/* ControlNet residuals added to the skips of checkpointed blocks */
+Test(nn_models, checkpointing_bitwise_unet2dcond_residuals) {
+    check_checkpointing("unet2dcond_tiny_residuals");
 }
 
 Test(nn_models, unet2d_tiny) {

@@ -217,3 +217,13 @@ Test(recipes_vae, config_errors_name_the_key) {
     cr_assert_neq(vae_begin(&t, "bad4", extra), DF_OK);
     cr_assert(strstr(df_last_error(), "data"), "%s", df_last_error());
 }
+
+/* gradient_checkpointing is for the UNet recipes: the VAE recipe's run refuses it, naming it */
+Test(recipes_vae, gradient_checkpointing_is_refused) {
+    vae_run t;
+    cr_assert_eq(vae_begin(&t, "ck", "gradient_checkpointing=true"), DF_OK, "%s", df_last_error());
+    df_train_opts opts = {0};
+    expect_status(df_train_run(&t.cfg, &t.r, &opts), DF_ERR_UNSUPPORTED,
+                  "gradient_checkpointing: the vae recipe trains no UNet");
+    vae_end(&t);
+}

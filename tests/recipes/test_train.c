@@ -98,7 +98,8 @@ static int train(const char *out, const char *extra, char *buf, size_t len) {
     return train_threads(2, out, extra, buf, len);
 }
 
-/* metrics.jsonl without the timing field (it_s), which differs run to run. */
+/* metrics.jsonl without the timing field (it_s) and the memory fields (the last three), which
+ * differ run to run. */
 static char *losses_of(const char *run) {
     char path[512];
     size_t len;
@@ -107,18 +108,22 @@ static char *losses_of(const char *run) {
     cr_assert(text, "no %s", path);
     char *out = malloc(len + 1), *o = out;
     for (char *p = text; *p;) {
-        char *it = strstr(p, "\"it_s\": ");
         char *nl = strchr(p, '\n');
-        if (it && (!nl || it < nl)) {
+        char *end = nl ? nl + 1 : p + strlen(p);
+        char *it = strstr(p, "\"it_s\": "), *mem = strstr(p, ", \"mem_mib\": ");
+        if (it && it < end) { /* up to it_s, then from the field after it */
             memcpy(o, p, (size_t)(it - p));
             o += it - p;
-            p = strchr(it, ',') + 1;
-        } else {
-            size_t n = nl ? (size_t)(nl - p) + 1 : strlen(p);
-            memcpy(o, p, n);
-            o += n;
-            p += n;
+            p = strchr(it, ',') + 2;
         }
+        if (mem && mem < end) { /* up to the memory fields, then the line's end */
+            memcpy(o, p, (size_t)(mem - p));
+            o += mem - p;
+            p = strchr(mem, '}');
+        }
+        memcpy(o, p, (size_t)(end - p));
+        o += end - p;
+        p = end;
     }
     *o = '\0';
     free(text);
@@ -171,6 +176,14 @@ Test(recipes_train, loss_falls, .timeout = 300) {
         if (step <= 5) first += loss / 5;
         if (step > 25) last += loss / 5;
     }
+    /* the memory fields: the allocator's bytes in use and peak, the process's peak RSS */
+    double mem = 0, mem_peak = 0, rss = 0;
+    char *last_line = strstr(text, "\"step\": 30,");
+    cr_assert(last_line && sscanf(strstr(last_line, "\"mem_mib\": "),
+                                  "\"mem_mib\": %lf, \"mem_peak_mib\": %lf, \"rss_peak_mib\": %lf",
+                                  &mem, &mem_peak, &rss) == 3,
+              "no memory fields in %s", text);
+    cr_expect(mem > 0 && mem_peak >= mem && rss > 0, "mem %g peak %g rss %g", mem, mem_peak, rss);
     free(text);
     cr_assert_eq(step, 30);
     cr_expect_lt(last, 0.8 * first, "loss did not fall: first 5 steps %.4f, last 5 %.4f", first,
@@ -190,6 +203,44 @@ Test(recipes_train, stop_and_resume_is_exact, .timeout = 300) {
     cr_assert_eq(train("split", "--resume latest", out, sizeof out), 0, "%s", out);
     cr_assert(strstr(out, "resuming from"), "%s", out);
     expect_same_run("whole", "split", 12);
+}
+
+/* gradient_checkpointing=true recomputes the UNet's resnet blocks in backward: the run is the
+ * plain run bit for bit (checkpoints, export, losses), so the key does not block a resume: a run
+ * stopped without it resumes with it. */
+Test(recipes_train, gradient_checkpointing_is_exact_and_resumes, .timeout = 300) {
+    char out[65536];
+    cr_assert_eq(train("plain", "", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("ck", "--stop-after-steps 5", out, sizeof out), 0, "%s", out);
+    cr_assert_eq(train("ck", "gradient_checkpointing=true --resume latest", out, sizeof out), 0,
+                 "%s", out);
+    cr_assert(strstr(out, "resuming from"), "%s", out);
+    expect_same_run("plain", "ck", 12);
+}
+
+/* --dry-run builds the model and prints the memory plan, without touching the run folder */
+Test(recipes_train, dry_run_prints_the_memory_plan) {
+    char out[65536];
+    cr_assert_eq(train("dry", "--dry-run", out, sizeof out), 0, "%s", out);
+    static const char *const lines[] = {"memory plan (unconditional)",
+                                        "trainable weights (F32)",
+                                        "gradients (F32)",
+                                        "optimizer state",
+                                        "EMA weights (F32)",
+                                        "total before activations",
+                                        "activations"};
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+        cr_expect(strstr(out, lines[i]), "no '%s' in:\n%s", lines[i], out);
+    /* the model's trainable values, and AdamW's 2 state values per weight */
+    long long n_train = 0;
+    int slots = 0;
+    cr_assert(sscanf(strstr(out, "trainable weights (F32)") + 23, "%lld", &n_train) == 1);
+    cr_assert(sscanf(strstr(out, "optimizer state") + 15, "%d", &slots) == 1);
+    cr_expect(n_train > 1000 && slots == 2, "trainable %lld, optimizer %d per weight", n_train,
+              slots);
+    char path[512];
+    snprintf(path, sizeof path, "%s/dry", root);
+    cr_expect(access(path, F_OK) != 0, "the dry run made its run folder");
 }
 
 /* Starts training in the background (`extra`: one more key=value or NULL); returns its pid. */
