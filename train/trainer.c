@@ -141,8 +141,9 @@ typedef struct trainer {
     df_run_lock lock;
     df_run_identity identity;
     bool tty;
-    bool stop_any;      /* a rank was asked to stop (SIGTERM/SIGUSR1) by the last step */
-    double started;     /* when this process's first step began */
+    bool stop_any;              /* a rank was asked to stop (SIGTERM/SIGUSR1) by the last step */
+    double step_secs, mpi_secs; /* time in steps, and in the gradient sum and agreement */
+    double started;             /* when this process's first step began */
     int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
 } trainer;
 
@@ -939,8 +940,10 @@ static df_status train_step(trainer *t) {
     if (t->step == df_config_int(t->cfg, "inject_nan_at_step") && t->rank == t->world_size - 1)
         df_f32(t->params[0]->grad)[0] = NAN;
     const df_flat *flat = &t->recipe->params->flat;
+    double c0 = now(); /* waiting for the slowest rank included */
     if (t->world_size > 1) DF_TRY(df_dist_sum_f32(df_flat_grad(flat), flat->numel));
     DF_TRY(agree(t, loss_sum, finite, &loss_sum, &finite));
+    t->mpi_secs += now() - c0;
     double norm = NAN, lr = df_config_float(t->cfg, "learning_rate") *
                             df_lr_schedule_factor(&t->sched, t->step);
     if (finite) finite = df_grad_all_finite(t->params, t->n_params);
@@ -966,6 +969,7 @@ static df_status train_step(trainer *t) {
     }
     df_optim_zero_grad(t->optim);
     t->step++;
+    t->step_secs += now() - t0;
     if (t->rank == 0) log_step(t, loss_sum / K, lr, norm, now() - t0, !finite);
     return DF_OK;
 }
@@ -1088,6 +1092,12 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     if (t->metrics.failing || t->tb_failing)
         fprintf(stderr, "diffusion: warning: the run is complete but its logs are not (see the "
                         "warnings above); the model and checkpoints are\n");
+    if (t->world_size > 1)
+        fprintf(stderr,
+                "diffusion: rank 0 spent %.3f s of %.3f s of steps (%.1f%%) in the gradient sum "
+                "and the step's agreement (MPI, waiting for the slowest rank included)\n",
+                t->mpi_secs, t->step_secs,
+                t->step_secs > 0 ? 100 * t->mpi_secs / t->step_secs : 0.0);
     fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
             t->step, t->skipped_steps, t->out_dir);
     return DF_OK;
