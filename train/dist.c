@@ -2,11 +2,11 @@
  * (Open MPI's, PMI's or PMIx's variables in its environment) joins MPI_COMM_WORLD; any other
  * process is rank 0 of 1 and never touches MPI, so a single process needs no launcher.
  *
- * The gradient sum is deterministic: every rank's buffer is gathered (MPI_Allgather, in chunks
- * so that the scratch stays small) and summed in rank order, ((g0 + g1) + g2) + ..., on every
- * rank alike. That is the order a single process accumulates its micro-batches in, so the
- * result does not depend on MPI's reduction algorithm, the network or the world size's
- * factorisation. Built without MPI (no mpi.h at configure time) the functions exist and a
+ * The gradient sum is deterministic: each element is summed in rank order, ((g0 + g1) + g2)
+ * + ..., by the rank that owns its slice (MPI_Alltoall), and the sums are shared
+ * (MPI_Allgather), in chunks so that the scratch stays small. That is the order a single
+ * process accumulates its micro-batches in, so the result does not depend on MPI's reduction
+ * algorithm, the network or the world size's factorisation. Built without MPI (no mpi.h at configure time) the functions exist and a
  * launched process is refused with a message.
  */
 #include "train/train.h"
@@ -86,22 +86,40 @@ void df_dist_abort(const char *msg) {
 df_status df_dist_sum_f32(float *x, int64_t n) {
     if (!df_dist_active() || n == 0) return DF_OK;
 #ifdef DF_HAVE_MPI
-    int64_t chunk = (int64_t)(1 << 24) / dist_world; /* 64 MiB of scratch at most */
-    if (chunk < 65536) chunk = 65536;
+    /* per chunk: rank r owns slice r; MPI_Alltoall brings it every rank's slice r, r sums them
+     * in rank order, MPI_Allgather hands the sums to all (a reduce-scatter and an all-gather:
+     * ~2x the buffer's bytes per rank whatever the world size, with the bits of a rank-order
+     * sum) */
+    int64_t chunk = (int64_t)1 << 22;                 /* floats: two 16 MiB buffers */
+    const char *test_chunk = getenv("DF_DIST_CHUNK"); /* testing aid: many small chunks */
+    if (test_chunk && atoll(test_chunk) > 0) chunk = atoll(test_chunk);
     if (chunk > n) chunk = n;
-    float *all = malloc((size_t)chunk * (size_t)dist_world * sizeof *all);
-    if (!all) return df_error(DF_ERR_NOMEM, "gradient sum: out of memory");
-    for (int64_t at = 0; at < n; at += chunk) {
-        int m = (int)(n - at < chunk ? n - at : chunk);
-        MPI_Allgather(x + at, m, MPI_FLOAT, all, m, MPI_FLOAT, MPI_COMM_WORLD);
-        float *out = x + at;
-        memcpy(out, all, (size_t)m * sizeof *out);
-        for (int r = 1; r < dist_world; r++) {
-            const float *g = all + (size_t)r * (size_t)m;
-            for (int i = 0; i < m; i++) out[i] += g[i];
-        }
+    int64_t slice = (chunk + dist_world - 1) / dist_world;
+    size_t padded = (size_t)slice * (size_t)dist_world;
+    float *send = malloc(padded * sizeof *send), *recv = malloc(padded * sizeof *recv);
+    if (!send || !recv) {
+        free(send);
+        free(recv);
+        return df_error(DF_ERR_NOMEM, "gradient sum: out of memory (2 x %zu bytes)",
+                        padded * sizeof *send);
     }
-    free(all);
+    for (int64_t at = 0; at < n; at += chunk) {
+        int64_t m = n - at < chunk ? n - at : chunk;
+        int s = (int)((m + dist_world - 1) / dist_world);
+        memcpy(send, x + at, (size_t)m * sizeof *send);
+        memset(send + m, 0, ((size_t)s * (size_t)dist_world - (size_t)m) * sizeof *send);
+        MPI_Alltoall(send, s, MPI_FLOAT, recv, s, MPI_FLOAT, MPI_COMM_WORLD);
+        float *sum = send; /* this rank's slice of the result */
+        memcpy(sum, recv, (size_t)s * sizeof *sum);
+        for (int r = 1; r < dist_world; r++) {
+            const float *g = recv + (size_t)r * (size_t)s;
+            for (int i = 0; i < s; i++) sum[i] += g[i];
+        }
+        MPI_Allgather(sum, s, MPI_FLOAT, recv, s, MPI_FLOAT, MPI_COMM_WORLD);
+        memcpy(x + at, recv, (size_t)m * sizeof *recv);
+    }
+    free(send);
+    free(recv);
     return DF_OK;
 #else
     (void)x;

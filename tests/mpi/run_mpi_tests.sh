@@ -2,7 +2,8 @@
 # tests/mpi/run_mpi_tests.sh DIFFUSION SOURCE_DIR — data-parallel training under mpirun
 # (docs/clusters.md), on the unconditional recipe with a tiny UNet and 8 fixture images:
 #   - np=2 twice gives the same weights bit for bit, equal to np=1 with accumulation 2, and the
-#     ranks' weights agree (the trainer compares their CRC-32C at every checkpoint)
+#     ranks' weights agree (the trainer compares their CRC-32C at every checkpoint); np=3 with
+#     the sum cut in many chunks equals np=1 with accumulation 3
 #   - only rank 0 writes the run folder
 #   - a non-finite gradient on rank 1 skips the step on both ranks
 #   - SIGUSR1 to rank 1 stops both ranks after the same step with one checkpoint
@@ -79,6 +80,14 @@ cmp -s <(sed 's/"it_s": [^,]*,//' one/metrics.jsonl) <(sed 's/"it_s": [^,]*,//' 
 grep -Eq '"global_batch":\s*4,' two_a/checkpoint-4/training/trainer_state.json &&
     grep -Eq '"world_size":\s*2,' two_a/checkpoint-4/training/trainer_state.json &&
     pass "trainer_state.json: world size and global batch" || fail "trainer_state.json fields"
+
+# --- three ranks (slices padded) and the sum in many chunks: still np=1 with accumulation 3
+timeout 120 "$bin" train tiny.yaml output_dir=one3 gradient_accumulation_steps=3 2>one3.log ||
+    fail "np=1 accumulation 3: $(tail -3 one3.log)"
+timeout 120 "${mpi[@]}" -np 3 -x DF_DIST_CHUNK=1000 "$bin" train tiny.yaml output_dir=three \
+    2>three.log || fail "np=3: $(tail -3 three.log)"
+same one3 three 4 && pass "np=3 (sum in chunks of 1000) == np=1 with accumulation 3: bitwise" ||
+    fail "np=3 differs from np=1 accumulation 3"
 
 # --- only rank 0 writes the run folder (rank 1 is given another output_dir)
 timeout 120 "${mpi[@]}" -np 1 "$bin" train tiny.yaml output_dir=w0 max_train_steps=2 : \
