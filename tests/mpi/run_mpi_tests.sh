@@ -9,8 +9,9 @@
 #   - SIGUSR1 to rank 1 stops both ranks after the same step with one checkpoint
 #   - an error on rank 1 (a data folder it cannot read) and a killed rank 1 end the job with a
 #     failure, without hanging
-#   - a checkpoint of np=2 resumes with np=1 and accumulation 2 (the global batch kept), bit for
-#     bit as the run without a stop; a changed global batch is refused with the rule
+#   - a checkpoint of np=2 resumes with np=1 and accumulation 2 (the global batch kept), and one
+#     of np=1 with np=2, bit for bit as the run without a stop; a changed global batch is
+#     refused with the rule
 # Exit 77 (CTest: skipped) when mpirun is absent.
 set -uo pipefail
 bin=$1
@@ -144,6 +145,15 @@ timeout 120 "$bin" train tiny.yaml output_dir=re gradient_accumulation_steps=2 -
     2>re2.log || fail "np=1 resume: $(tail -3 re2.log)"
 same one re 4 && pass "np=2 -> np=1 accumulation 2: bitwise as without the stop" ||
     fail "resume on another world size differs"
+
+# ... and the other way: np=1 with accumulation 2, resumed by 2 ranks (rank 0 picks `latest`,
+# rank 1 loads the same checkpoint)
+timeout 120 "$bin" train tiny.yaml output_dir=up gradient_accumulation_steps=2 --stop-after-steps 2 \
+    2>up1.log || fail "np=1 first half: $(tail -3 up1.log)"
+timeout 120 "${mpi[@]}" -np 2 "$bin" train tiny.yaml output_dir=up --resume latest 2>up2.log ||
+    fail "np=2 resume: $(tail -3 up2.log)"
+same one up 4 && pass "np=1 accumulation 2 -> np=2: bitwise as without the stop" ||
+    fail "resume np=1 -> np=2 differs"
 
 echo "$failures failure(s)"
 [[ $failures == 0 ]]
