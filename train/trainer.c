@@ -141,7 +141,6 @@ typedef struct trainer {
     df_run_lock lock;
     df_run_identity identity;
     bool tty;
-    bool stop_any;              /* a rank was asked to stop (SIGTERM/SIGUSR1) by the last step */
     double step_secs, mpi_secs; /* time in steps, and in the gradient sum and agreement */
     double started;             /* when this process's first step began */
     int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
@@ -873,21 +872,19 @@ static void log_step(trainer *t, double loss, double lr, double norm, double sec
     }
 }
 
-/* Every rank's (loss sum, non-finite loss, stop asked) in rank order: the step's decisions are
- * taken from the same numbers on every rank. */
+/* Every rank's (loss sum, non-finite loss) in rank order: the step's decisions are taken from
+ * the same numbers on every rank. */
 static df_status agree(trainer *t, double loss_sum, bool finite, double *global_loss,
                        bool *all_finite) {
-    double mine[3] = {loss_sum, finite ? 0 : 1, stop_requested ? 1 : 0};
+    double mine[2] = {loss_sum, finite ? 0 : 1};
     double *all = malloc((size_t)t->world_size * sizeof mine);
     if (!all) return df_error(DF_ERR_NOMEM, "out of memory");
-    DF_TRY(df_dist_gather_f64(mine, 3, all));
+    DF_TRY(df_dist_gather_f64(mine, 2, all));
     *global_loss = 0;
     *all_finite = true;
-    t->stop_any = false;
     for (int r = 0; r < t->world_size; r++) {
-        *global_loss += all[3 * r];
-        if (all[3 * r + 1] != 0) *all_finite = false;
-        if (all[3 * r + 2] != 0) t->stop_any = true;
+        *global_loss += all[2 * r];
+        if (all[2 * r + 1] != 0) *all_finite = false;
     }
     free(all);
     return DF_OK;
@@ -972,6 +969,19 @@ static df_status train_step(trainer *t) {
     t->step_secs += now() - t0;
     if (t->rank == 0) log_step(t, loss_sum / K, lr, norm, now() - t0, !finite);
     return DF_OK;
+}
+
+/* Whether SIGTERM or SIGUSR1 reached any rank by now (the same answer on every rank). */
+static df_status stop_asked(trainer *t, bool *out) {
+    *out = stop_requested != 0;
+    if (t->world_size == 1) return DF_OK;
+    double mine = *out ? 1 : 0, *all = malloc((size_t)t->world_size * sizeof *all);
+    if (!all) return df_error(DF_ERR_NOMEM, "out of memory");
+    df_status st = df_dist_gather_f64(&mine, 1, all);
+    for (int r = 0; st == DF_OK && r < t->world_size; r++)
+        if (all[r] != 0) *out = true;
+    free(all);
+    return st;
 }
 
 /* The trainable weights' CRC-32C on every rank, compared: they must be identical after every
@@ -1059,9 +1069,11 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         bool last = t->step == t->max_steps;
         if (val_every > 0 && t->step % val_every == 0 && !last && main_rank)
             DF_TRY(validation_grid(t, t->step));
-        /* a signal on any rank stops every rank after this step (train_step agreed on it) */
-        bool stop = t->stop_any ||
-                    (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
+        /* a signal on any rank stops every rank after this step */
+        bool signalled = false;
+        DF_TRY(stop_asked(t, &signalled));
+        bool stop =
+            signalled || (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
         if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last) {
             DF_TRY(check_replicas(t));
             /* the lines up to the checkpoint are on disk before it (a resume keeps them) */
@@ -1077,7 +1089,7 @@ static df_status run(trainer *t, const df_train_opts *opts) {
                     "\ndiffusion: stopped %s after step %" PRId64
                     "; checkpoint written. To continue, rerun the same command with --resume "
                     "latest\n",
-                    t->stop_any ? "by a signal" : "by --stop-after-steps", t->step);
+                    signalled ? "by a signal" : "by --stop-after-steps", t->step);
             return DF_OK;
         }
     }
