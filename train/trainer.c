@@ -634,7 +634,8 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
             dir, old_global, ws, now_global, t->world_size, batch, t->accum, old_global);
     if (strcmp(hash, want) != 0 && old_global >= 0) {
         char ignored[2048];
-        batch_split_only = config_changes(t->cfg, dir, true, ignored, sizeof ignored) == 0;
+        batch_split_only = config_changes(t->cfg, dir, true, ignored, sizeof ignored) == 0 &&
+                           config_changes(t->cfg, dir, false, ignored, sizeof ignored) > 0;
     }
     if (strcmp(hash, want) != 0 && !opts->allow_config_change && !batch_split_only) {
         char changes[2048];

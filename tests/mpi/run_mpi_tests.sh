@@ -141,6 +141,10 @@ timeout 120 "$bin" train tiny.yaml output_dir=re gradient_accumulation_steps=1 -
     2>bad.log && fail "a changed global batch was accepted"
 grep -q "must keep world_size x train_batch_size x gradient_accumulation_steps" bad.log &&
     pass "a changed global batch is refused with the rule" || fail "refusal: $(tail -2 bad.log)"
+timeout 120 "$bin" train tiny.yaml output_dir=re gradient_accumulation_steps=2 learning_rate=1e-3 \
+    --resume latest 2>lr.log && fail "a changed learning rate was accepted with the batch split"
+grep -q "the config changed since this checkpoint: .*learning_rate: 0.003 -> 0.001" lr.log &&
+    pass "another changed key is still refused" || fail "learning rate change: $(tail -2 lr.log)"
 timeout 120 "$bin" train tiny.yaml output_dir=re gradient_accumulation_steps=2 --resume latest \
     2>re2.log || fail "np=1 resume: $(tail -3 re2.log)"
 same one re 4 && pass "np=2 -> np=1 accumulation 2: bitwise as without the stop" ||
