@@ -8,7 +8,11 @@
  * starts a new run in an output_dir that holds one by moving the old run aside (see
  * train/run_dir.c). Input that cannot train (a folder as the recipe, no train_data_dir) and a
  * run folder that cannot be used (in use, holding another run, a missing --resume folder:
- * df_train_claim) are refused before the model is built. */
+ * df_train_claim) are refused before the model is built.
+ *
+ * Under mpirun or srun (docs/clusters.md) every rank runs this command: rank 0 claims and
+ * writes the run folder, the others only compute; an error on any rank ends the whole job with
+ * that rank's message (MPI_Abort), so no rank waits for ever on one that is gone. */
 #include "recipes/cli.h"
 #include "recipes/recipes.h"
 
@@ -16,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int usage(void) {
     fprintf(stderr, "usage: diffusion train RECIPE.yaml [key=value ...] [--resume latest|DIR] "
@@ -128,8 +133,15 @@ int df_cmd_train(int argc, char **argv) {
         if (st != DF_OK) rc = df_cli_fail("train");
     } else {
         /* the run folder first: a refusal costs nothing, building the model may cost minutes */
-        df_run_lock lock;
-        st = df_train_claim(&cfg, &opts, &lock);
+        df_run_lock lock = {.fd = -1};
+        st = df_dist_init(&opts.rank, &opts.world_size);
+        if (st == DF_OK && df_dist_active()) { /* for the job's log, and to signal one rank */
+            char host[256] = "?";
+            gethostname(host, sizeof host - 1);
+            fprintf(stderr, "diffusion: rank %d of %d: pid %ld on %s\n", opts.rank, opts.world_size,
+                    (long)getpid(), host);
+        }
+        if (st == DF_OK && opts.rank == 0) st = df_train_claim(&cfg, &opts, &lock);
         opts.lock = &lock;
         df_recipe recipe;
         if (st == DF_OK) st = def->create(&cfg, &recipe);
@@ -138,7 +150,13 @@ int df_cmd_train(int argc, char **argv) {
             recipe.free(recipe.ctx);
         }
         df_run_lock_release(&lock);
+        if (st != DF_OK && df_dist_active()) {
+            char msg[2048];
+            snprintf(msg, sizeof msg, "train: %s", df_last_error());
+            df_dist_abort(msg);
+        }
         if (st != DF_OK) rc = df_cli_fail("train");
+        df_dist_finalize();
     }
     df_config_free(&cfg);
     free(schema);

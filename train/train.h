@@ -236,9 +236,11 @@ typedef struct df_step_rng {
     df_philox dropout;   /* dropout and other per-step randomness */
 } df_step_rng;
 
-/* The streams of one process at one step: Philox keyed by the seed, stream id = purpose (bits
- * 56..63) | rank (bits 40..55) | step (bits 0..39). Rank 0 of world size 1 draws what a run
- * without ranks drew. */
+/* The streams of one micro-batch at one step: Philox keyed by the seed, stream id = purpose
+ * (bits 56..63) | `rank` (bits 40..55) | step (bits 0..39). The trainer passes the micro-batch's
+ * index in the step's global batch (0 .. world_size x gradient_accumulation_steps - 1) as
+ * `rank`, so a micro-batch draws the same whichever process computes it; a step of one
+ * micro-batch draws what a run without ranks drew. */
 DF_API void df_step_rng_init(df_step_rng *r, uint64_t seed, int rank, int64_t step);
 
 /* The diffusion loss (train/diffusion_loss.c: the formulas), shared by every recipe. */
@@ -463,6 +465,27 @@ typedef struct df_train_opts {
     int rank, world_size;     /* this process among world_size (0 and 1 without MPI); 0 for
                                  world_size means 1 */
 } df_train_opts;
+
+/* ================================================================ data parallelism ========= */
+
+/* train/dist.c. Joins MPI when a launcher (mpirun, srun) started this process (Open MPI's, PMI's
+ * or PMIx's variables in the environment) into *rank of *world; otherwise 0 of 1 and MPI is
+ * never touched. Call once, before any thread starts; df_dist_finalize at exit. */
+DF_API df_status df_dist_init(int *rank, int *world);
+DF_API void df_dist_finalize(void);
+/* Whether this process is one of several ranks. */
+DF_API bool df_dist_active(void);
+/* Replaces x (n floats, the same n on every rank) by the sum over ranks, added in rank order:
+ * bitwise the same on every rank and equal to a single process adding the ranks' buffers
+ * in turn. A no-op for one process. */
+DF_API df_status df_dist_sum_f32(float *x, int64_t n);
+/* Every rank's n doubles, in rank order, into out (world * n). */
+DF_API df_status df_dist_gather_f64(const double *x, int n, double *out);
+/* Rank 0's string s (len bytes) on every rank. */
+DF_API df_status df_dist_bcast_str(char *s, size_t len);
+DF_API void df_dist_barrier(void);
+/* Prints "rank R of W: msg" and ends the whole job (MPI_Abort; _exit without MPI). */
+DF_API void df_dist_abort(const char *msg) __attribute__((noreturn));
 
 /* Claims the config's output_dir for a training with these options, cheaply, before the model
  * is built: takes the folder's lock (refused when another process holds it); refuses a fresh

@@ -1,7 +1,9 @@
 /* trainer.c — the training loop every recipe shares (design §8):
  *
  *   for step in [start, max_train_steps):
- *       k micro-batches: loss_i = recipe.loss(batch_i) / k; backward (gradients add up)
+ *       K = world_size x k micro-batches of the global order, k of them this rank's:
+ *           loss_i = recipe.loss(batch_i) / K; backward (gradients add up)
+ *       ranks: the gradients summed in rank order (train/dist.c), the decisions agreed
  *       non-finite loss or gradient -> skip: weights, optimizer and EMA untouched, counted;
  *                                      10 in a row abort the run
  *       otherwise: clip to max_grad_norm, lr = schedule(step), optimizer step, EMA step
@@ -144,7 +146,8 @@ typedef struct trainer {
     df_run_lock lock;
     df_run_identity identity;
     bool tty;
-    double started;     /* when this process's first step began */
+    double step_secs, mpi_secs; /* time in steps, and in the gradient sum and agreement */
+    double started;             /* when this process's first step began */
     int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
 } trainer;
 
@@ -152,6 +155,11 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The global batch: the micro-batches of one optimizer step over every rank. */
+static int64_t global_batch(int world, int64_t batch, int64_t accum) {
+    return (int64_t)world * batch * accum;
 }
 
 void df_step_rng_init(df_step_rng *r, uint64_t seed, int rank, int64_t step) {
@@ -223,7 +231,7 @@ static df_status build_optimizer(trainer *t) {
     df_optim_hparams h = df_optim_hparams_default(kind);
     double lr = df_config_float(c, "learning_rate");
     if (df_config_bool(c, "scale_lr"))
-        lr = df_scale_lr(lr, (int)df_config_int(c, "train_batch_size"), t->accum, 1);
+        lr = df_scale_lr(lr, (int)df_config_int(c, "train_batch_size"), t->accum, t->world_size);
     h.lr = lr;
     h.weight_decay = df_config_float(c, "adam_weight_decay");
     h.beta1 = df_config_float(c, "adam_beta1");
@@ -346,8 +354,14 @@ static df_status write_state_json(const trainer *t, const char *path) {
         cJSON_AddNumberToObject(base, "tensors", t->n_frozen);
         cJSON_AddStringToObject(base, "crc32c", crc);
     }
+    /* the loader cursors above are the global order's (every rank reads all of it) */
     cJSON_AddNumberToObject(o, "world_size", t->world_size);
-    cJSON_AddNumberToObject(o, "rank", t->rank);
+    cJSON_AddNumberToObject(o, "train_batch_size",
+                            (double)df_config_int(t->cfg, "train_batch_size"));
+    cJSON_AddNumberToObject(o, "gradient_accumulation_steps", t->accum);
+    cJSON_AddNumberToObject(
+        o, "global_batch",
+        (double)global_batch(t->world_size, df_config_int(t->cfg, "train_batch_size"), t->accum));
     cJSON_AddStringToObject(o, "config_hash", hash);
     cJSON_AddNumberToObject(o, "skipped_steps", (double)t->skipped_steps);
     cJSON_AddNumberToObject(o, "nonfinite_in_a_row", (double)t->nonfinite_in_a_row);
@@ -498,7 +512,14 @@ static void value_text(const df_config *c, int i, char *out, size_t len) {
 
 /* "key: old -> new, ..." for each non-operational key whose value differs between cfg and the
  * config saved in checkpoint `dir` (training/config.yaml); a note when that file is unreadable. */
-static void config_changes(const df_config *cfg, const char *dir, char *out, size_t len) {
+static bool batch_key(const char *key) {
+    return strcmp(key, "train_batch_size") == 0 || strcmp(key, "gradient_accumulation_steps") == 0;
+}
+
+/* ... and with skip_batch, leaving out the keys that split the global batch; returns the
+ * number of keys that differ (-1: the saved config is unreadable). */
+static int config_changes(const df_config *cfg, const char *dir, bool skip_batch, char *out,
+                          size_t len) {
     char path[DF_PATH_MAX];
     df_config old;
     df_config_init(&old, cfg->schema, cfg->n);
@@ -507,15 +528,17 @@ static void config_changes(const df_config *cfg, const char *dir, char *out, siz
         df_config_load_yaml(&old, path) != DF_OK) {
         snprintf(out, len, "its training/config.yaml cannot be compared (%s)", df_last_error());
         df_config_free(&old);
-        return;
+        return -1;
     }
     size_t used = 0;
+    int count = 0;
     for (int i = 0; i < cfg->n && used < len; i++) {
-        if (cfg->schema[i].operational) continue;
+        if (cfg->schema[i].operational || (skip_batch && batch_key(cfg->schema[i].key))) continue;
         char a[256], b[256];
         value_text(&old, i, a, sizeof a);
         value_text(cfg, i, b, sizeof b);
         if (strcmp(a, b) == 0) continue;
+        count++;
         int w = snprintf(out + used, len - used, "%s%s: %s -> %s", used ? ", " : "",
                          cfg->schema[i].key, a, b);
         used += w > 0 ? (size_t)w : 0;
@@ -523,6 +546,7 @@ static void config_changes(const df_config *cfg, const char *dir, char *out, siz
     if (!out[0])
         snprintf(out, len, "its config hash differs but no key's value does (a new build?)");
     df_config_free(&old);
+    return count;
 }
 
 /* A checkpoint's training/model.safetensors into the trainable parameters: every one must be
@@ -546,8 +570,11 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
     double step = 0, ws = 0, ep = 0, pos = 0, skipped = 0, row = 0;
     const cJSON *cur = cJSON_GetObjectItemCaseSensitive(j.root, "loader_cursor");
     char hash[64] = "", want[32];
+    double old_global = -1; /* checkpoints from before data parallelism: none (world size 1) */
     df_status st = json_number(j.root, "step", path, &step);
     if (st == DF_OK) st = json_number(j.root, "world_size", path, &ws);
+    if (st == DF_OK && cJSON_GetObjectItemCaseSensitive(j.root, "global_batch"))
+        st = json_number(j.root, "global_batch", path, &old_global);
     if (st == DF_OK)
         st = cur ? json_number(cur, "epoch", path, &ep)
                  : df_error(DF_ERR_FORMAT, "%s: no loader_cursor", path);
@@ -595,12 +622,29 @@ static df_status read_state_json(trainer *t, const char *dir, const char *path,
                         t->recipe->base_path ? t->recipe->base_path : "this model",
                         crc_now[0] ? crc_now : "no frozen parameters");
     snprintf(want, sizeof want, "%016" PRIx64, df_config_hash(t->cfg));
-    if (ws != t->world_size)
+    int64_t batch = df_config_int(t->cfg, "train_batch_size");
+    int64_t now_global = global_batch(t->world_size, batch, t->accum);
+    bool batch_split_only = false; /* the hash differs only by how the global batch is split */
+    if (old_global < 0 && ws != t->world_size)
         return df_error(DF_ERR_INVALID, "%s: written by %g processes, resuming with %d", path, ws,
                         t->world_size);
-    if (strcmp(hash, want) != 0 && !opts->allow_config_change) {
+    if (old_global >= 0 && old_global != (double)now_global)
+        return df_error(
+            DF_ERR_INVALID,
+            "%s: written with a global batch of %g images (world size %g), resuming with %" PRId64
+            " (%d processes x train_batch_size %" PRId64 " x gradient_accumulation_steps %d): "
+            "a resume on another world size must keep world_size x train_batch_size x "
+            "gradient_accumulation_steps; set gradient_accumulation_steps or train_batch_size "
+            "so that the product is %g",
+            dir, old_global, ws, now_global, t->world_size, batch, t->accum, old_global);
+    if (strcmp(hash, want) != 0 && old_global >= 0) {
+        char ignored[2048];
+        batch_split_only = config_changes(t->cfg, dir, true, ignored, sizeof ignored) == 0 &&
+                           config_changes(t->cfg, dir, false, ignored, sizeof ignored) > 0;
+    }
+    if (strcmp(hash, want) != 0 && !opts->allow_config_change && !batch_split_only) {
         char changes[2048];
-        config_changes(t->cfg, dir, changes, sizeof changes);
+        config_changes(t->cfg, dir, false, changes, sizeof changes);
         return df_error(DF_ERR_INVALID,
                         "%s: the config changed since this checkpoint: %s; undo the change, or "
                         "pass --allow-config-change to resume anyway",
@@ -635,8 +679,7 @@ static df_status check_resume_dir(const df_train_opts *opts) {
 /* Resumes from opts->resume; *resumed_run gets the checkpoint's run id ("" when it has none,
  * or when `latest` found no checkpoint and the run starts at step 0). */
 static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_identity,
-                             char *resumed_run, bool *resumed) {
-    char dir[DF_PATH_MAX], path[DF_PATH_MAX];
+                             char *resumed_run, bool *resumed, char *dir) {
     int64_t steps[1];
     *resumed = false;
     resumed_run[0] = '\0';
@@ -648,7 +691,7 @@ static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_id
         }
         /* only this folder's run (run.json); a folder from before run ids: any checkpoint */
         df_status st = df_ckpt_find_latest(t->out_dir, have_identity ? t->identity.run_id : NULL,
-                                           dir, sizeof dir);
+                                           dir, DF_PATH_MAX);
         if (st == DF_ERR_NOTFOUND)
             return df_error(DF_ERR_NOTFOUND,
                             "%s: none of its checkpoints belongs to the folder's run (run %s in "
@@ -657,12 +700,18 @@ static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_id
                             t->out_dir, t->identity.run_id, t->out_dir);
         DF_TRY(st);
     } else {
-        DF_TRY(df_pathf(dir, sizeof dir, "%s", opts->resume));
+        DF_TRY(df_pathf(dir, DF_PATH_MAX, "%s", opts->resume));
         DF_TRY(check_resume_dir(opts));
         DF_TRY(df_ckpt_verify(dir));
     }
     DF_TRY(df_ckpt_run_id(dir, resumed_run, DF_RUN_ID_LEN));
     *resumed = true;
+    return DF_OK;
+}
+
+/* Loads checkpoint dir into the trainer (every rank: they all read the same folder). */
+static df_status load_checkpoint(trainer *t, const df_train_opts *opts, const char *dir) {
+    char path[DF_PATH_MAX];
     DF_TRY(df_pathf(path, sizeof path, "%s/training/trainer_state.json", dir));
     DF_TRY(read_state_json(t, dir, path, opts));
     DF_TRY(df_pathf(path, sizeof path, "%s/training/model.safetensors", dir));
@@ -673,7 +722,8 @@ static df_status resume_from(trainer *t, const df_train_opts *opts, bool have_id
         DF_TRY(df_pathf(path, sizeof path, "%s/training/ema.safetensors", dir));
         DF_TRY(df_ema_state_load(t->ema, path));
     }
-    fprintf(stderr, "diffusion: resuming from %s (step %" PRId64 ")\n", dir, t->step);
+    if (t->rank == 0)
+        fprintf(stderr, "diffusion: resuming from %s (step %" PRId64 ")\n", dir, t->step);
     return DF_OK;
 }
 
@@ -717,11 +767,22 @@ df_status df_train_claim(const df_config *cfg, const df_train_opts *opts, df_run
 /* The run's identity: resumed runs keep the checkpoint's run (run.json rewritten if it named
  * another), fresh starts get a new one. */
 static df_status settle_identity(trainer *t, const df_train_opts *opts) {
+    char dir[DF_PATH_MAX] = "";
+    if (t->rank != 0) { /* rank 0 picks the checkpoint; the others load the same one */
+        if (!opts->resume) return DF_OK;
+        DF_TRY(df_dist_bcast_str(dir, sizeof dir));
+        return dir[0] ? load_checkpoint(t, opts, dir) : DF_OK;
+    }
     df_status loaded = df_run_identity_load(t->out_dir, &t->identity);
     if (loaded != DF_OK && loaded != DF_ERR_NOTFOUND && opts->resume) return loaded;
     bool have = loaded == DF_OK, resumed = false;
     char run_id[DF_RUN_ID_LEN] = "";
-    if (opts->resume) DF_TRY(resume_from(t, opts, have, run_id, &resumed));
+    if (opts->resume) {
+        DF_TRY(resume_from(t, opts, have, run_id, &resumed, dir));
+        if (!resumed) dir[0] = '\0';
+        DF_TRY(df_dist_bcast_str(dir, sizeof dir));
+        if (resumed) DF_TRY(load_checkpoint(t, opts, dir));
+    }
     if (resumed && have && run_id[0] && strcmp(run_id, t->identity.run_id) == 0) return DF_OK;
     DF_TRY(df_run_identity_new(&t->identity, df_config_hash(t->cfg), t->seed));
     if (resumed && run_id[0]) snprintf(t->identity.run_id, sizeof t->identity.run_id, "%s", run_id);
@@ -832,43 +893,75 @@ static void log_step(trainer *t, double loss, double lr, double norm, double sec
     }
 }
 
-/* One optimizer step: k micro-batches, guard, update. */
+/* Every rank's (loss sum, non-finite loss) in rank order: the step's decisions are taken from
+ * the same numbers on every rank. */
+static df_status agree(trainer *t, double loss_sum, bool finite, double *global_loss,
+                       bool *all_finite) {
+    double mine[2] = {loss_sum, finite ? 0 : 1};
+    double *all = malloc((size_t)t->world_size * sizeof mine);
+    if (!all) return df_error(DF_ERR_NOMEM, "out of memory");
+    DF_TRY(df_dist_gather_f64(mine, 2, all));
+    *global_loss = 0;
+    *all_finite = true;
+    for (int r = 0; r < t->world_size; r++) {
+        *global_loss += all[2 * r];
+        if (all[2 * r + 1] != 0) *all_finite = false;
+    }
+    free(all);
+    return DF_OK;
+}
+
+/* One optimizer step: the global batch's K = world_size x accum micro-batches, guard, update.
+ * Every rank reads every micro-batch of the global order (one loader of world size 1 each) and
+ * computes the `accum` that are its own, micro-batches rank * accum ... (rank + 1) * accum - 1;
+ * micro-batch k draws from the step streams of "rank" k (df_step_rng_init), whichever process
+ * computes it. Each backward adds loss / K to the gradients; the ranks' gradients are then
+ * summed in rank order, so one process with accumulation K and K processes with accumulation 1
+ * compute the same sum in the same order. */
 static df_status train_step(trainer *t) {
     double t0 = now(), loss_sum = 0;
-    df_step_rng rng;
-    step_rng(t, t->step, &rng);
+    int K = t->accum * t->world_size;
     df_optim_zero_grad(t->optim);
     bool finite = true;
     df_grad_accum acc;
-    DF_TRY(df_grad_accum_init(&acc, t->accum));
-    for (bool stepped = false; !stepped;) { /* accelerate's accumulate over k micro-batches */
+    DF_TRY(df_grad_accum_init(&acc, K));
+    for (int k = 0; k < K; k++) {
         df_batch *b[DF_MAX_RECIPE_SOURCES] = {0};
         df_status st = DF_OK;
+        bool mine = k / t->accum == t->rank;
         for (int i = 0; st == DF_OK && i < t->n_sources; i++) {
             st = df_loader_next(t->loader[i], &b[i]);
             if (st != DF_OK) break;
-            for (int k = 0; k < b[i]->n_skipped; k++)
-                fprintf(stderr, "diffusion: warning: skipped %s\n", b[i]->skipped[k]);
+            for (int j = 0; mine && j < b[i]->n_skipped; j++)
+                fprintf(stderr, "diffusion: warning: skipped %s\n", b[i]->skipped[j]);
             t->cursor[i] = b[i]->next;
         }
         if (st == DF_OK) t->epoch = b[0]->epoch;
         df_scope s = df_scope_begin();
         df_tensor *loss = NULL;
-        if (st == DF_OK)
+        df_step_rng rng;
+        df_step_rng_init(&rng, t->seed, k, t->step);
+        if (st == DF_OK && mine)
             st = t->recipe->loss(t->recipe->ctx, (const df_batch *const *)b, &rng, &loss);
-        if (st == DF_OK) {
+        if (st == DF_OK && mine) {
             float value = df_f32(loss)[0];
             loss_sum += value;
             if (!isfinite(value)) finite = false;
             float scale = df_grad_accum_loss_scale(&acc); /* the gradients sum to the mean's */
-            st = df_backward(t->accum > 1 ? df_mul_scalar(loss, scale) : loss);
+            st = df_backward(K > 1 ? df_mul_scalar(loss, scale) : loss);
         }
         df_scope_end(s);
         for (int i = 0; i < t->n_sources; i++) df_batch_free(b[i]);
         DF_TRY(st);
-        stepped = df_grad_accum_tick(&acc);
     }
-    if (t->step == df_config_int(t->cfg, "inject_nan_at_step")) df_f32(t->params[0]->grad)[0] = NAN;
+    /* the last rank's gradients: the others see the poison only through the sum */
+    if (t->step == df_config_int(t->cfg, "inject_nan_at_step") && t->rank == t->world_size - 1)
+        df_f32(t->params[0]->grad)[0] = NAN;
+    const df_flat *flat = &t->recipe->params->flat;
+    double c0 = now(); /* waiting for the slowest rank included */
+    if (t->world_size > 1) DF_TRY(df_dist_sum_f32(df_flat_grad(flat), flat->numel));
+    DF_TRY(agree(t, loss_sum, finite, &loss_sum, &finite));
+    t->mpi_secs += now() - c0;
     double norm = NAN, lr = df_config_float(t->cfg, "learning_rate") *
                             df_lr_schedule_factor(&t->sched, t->step);
     if (finite) finite = df_grad_all_finite(t->params, t->n_params);
@@ -894,8 +987,44 @@ static df_status train_step(trainer *t) {
     }
     df_optim_zero_grad(t->optim);
     t->step++;
-    log_step(t, loss_sum / t->accum, lr, norm, now() - t0, !finite);
+    t->step_secs += now() - t0;
+    if (t->rank == 0) log_step(t, loss_sum / K, lr, norm, now() - t0, !finite);
     return DF_OK;
+}
+
+/* Whether SIGTERM or SIGUSR1 reached any rank by now (the same answer on every rank). */
+static df_status stop_asked(trainer *t, bool *out) {
+    *out = stop_requested != 0;
+    if (t->world_size == 1) return DF_OK;
+    double mine = *out ? 1 : 0, *all = malloc((size_t)t->world_size * sizeof *all);
+    if (!all) return df_error(DF_ERR_NOMEM, "out of memory");
+    df_status st = df_dist_gather_f64(&mine, 1, all);
+    for (int r = 0; st == DF_OK && r < t->world_size; r++)
+        if (all[r] != 0) *out = true;
+    free(all);
+    return st;
+}
+
+/* The trainable weights' CRC-32C on every rank, compared: they must be identical after every
+ * step. Rank 0 reports it (the MPI tests read it). */
+static df_status check_replicas(trainer *t) {
+    const df_flat *flat = &t->recipe->params->flat;
+    double mine = df_crc32c(df_flat_data(flat), (size_t)flat->numel * sizeof(float));
+    double *all = malloc((size_t)t->world_size * sizeof *all);
+    if (!all) return df_error(DF_ERR_NOMEM, "out of memory");
+    DF_TRY(df_dist_gather_f64(&mine, 1, all));
+    df_status st = DF_OK;
+    for (int r = 1; st == DF_OK && r < t->world_size; r++)
+        if (all[r] != all[0])
+            st = df_error(DF_ERR_INVALID,
+                          "after step %" PRId64 " the weights of rank %d (crc32c %08x) differ "
+                          "from rank 0's (%08x)",
+                          t->step, r, (unsigned)all[r], (unsigned)all[0]);
+    if (st == DF_OK && t->rank == 0 && t->world_size > 1)
+        fprintf(stderr, "diffusion: step %" PRId64 ": weights crc32c %08x on all %d ranks\n",
+                t->step, (unsigned)mine, t->world_size);
+    free(all);
+    return st;
 }
 
 static void trainer_free(trainer *t) {
@@ -915,7 +1044,8 @@ static void trainer_free(trainer *t) {
 
 static df_status run(trainer *t, const df_train_opts *opts) {
     const df_config *c = t->cfg;
-    if (!opts->lock) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
+    bool main_rank = t->rank == 0; /* writes the run folder; the others write nothing there */
+    if (!opts->lock && main_rank) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
     df_params *reg = t->recipe->params;
     DF_TRY(df_params_flatten(reg));
     if (df_config_bool(c, "gradient_checkpointing")) {
@@ -933,18 +1063,30 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     DF_TRY(build_optimizer(t));
     DF_TRY(settle_identity(t, opts));
     char path[DF_PATH_MAX];
-    DF_TRY(df_pathf(path, sizeof path, "%s/config.yaml", t->out_dir));
-    DF_TRY(df_config_save(c, path));
+    if (main_rank) {
+        DF_TRY(df_pathf(path, sizeof path, "%s/config.yaml", t->out_dir));
+        DF_TRY(df_config_save(c, path));
+    }
     DF_TRY(open_data(t));
-    DF_TRY(df_pathf(path, sizeof path, "%s/metrics.jsonl", t->out_dir));
-    DF_TRY(df_metrics_open(&t->metrics, path, t->step));
-    DF_TRY(df_pathf(path, sizeof path, "%s/logs", t->out_dir));
-    DF_TRY(df_tb_open(&t->tb, path));
-    fprintf(stderr,
-            "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
-            " -> %" PRId64 ", run folder %s\n",
-            t->recipe->name, (long long)df_params_count(reg), t->n_params,
-            (long long)df_dataset_len(t->data[0]), t->step, t->max_steps, t->out_dir);
+    if (main_rank) {
+        DF_TRY(df_pathf(path, sizeof path, "%s/metrics.jsonl", t->out_dir));
+        DF_TRY(df_metrics_open(&t->metrics, path, t->step));
+        DF_TRY(df_pathf(path, sizeof path, "%s/logs", t->out_dir));
+        DF_TRY(df_tb_open(&t->tb, path));
+    }
+    if (t->world_size > 1 && main_rank)
+        fprintf(stderr,
+                "diffusion: %d ranks; global batch %" PRId64 " = %d x train_batch_size %" PRId64
+                " x gradient_accumulation_steps %d\n",
+                t->world_size,
+                global_batch(t->world_size, df_config_int(c, "train_batch_size"), t->accum),
+                t->world_size, df_config_int(c, "train_batch_size"), t->accum);
+    if (main_rank)
+        fprintf(stderr,
+                "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
+                " -> %" PRId64 ", run folder %s\n",
+                t->recipe->name, (long long)df_params_count(reg), t->n_params,
+                (long long)df_dataset_len(t->data[0]), t->step, t->max_steps, t->out_dir);
 
     int64_t ckpt_every = df_config_int(c, "checkpointing_steps");
     int64_t val_every = df_config_int(c, "validation_steps");
@@ -953,29 +1095,49 @@ static df_status run(trainer *t, const df_train_opts *opts) {
     while (t->step < t->max_steps) {
         DF_TRY(train_step(t));
         bool last = t->step == t->max_steps;
-        if (val_every > 0 && t->step % val_every == 0 && !last) DF_TRY(validation_grid(t, t->step));
-        bool stop = stop_requested != 0 ||
-                    (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
+        if (val_every > 0 && t->step % val_every == 0 && !last && main_rank)
+            DF_TRY(validation_grid(t, t->step));
+        /* a signal on any rank stops every rank after this step */
+        bool signalled = false;
+        DF_TRY(stop_asked(t, &signalled));
+        bool stop =
+            signalled || (opts->stop_after_steps > 0 && t->step == opts->stop_after_steps && !last);
         if ((ckpt_every > 0 && t->step % ckpt_every == 0) || stop || last) {
+            DF_TRY(check_replicas(t));
             /* the lines up to the checkpoint are on disk before it (a resume keeps them) */
-            log_result(df_metrics_flush(&t->metrics), &t->metrics.failing, t->metrics.path);
-            DF_TRY(write_checkpoint(t));
+            if (main_rank) {
+                log_result(df_metrics_flush(&t->metrics), &t->metrics.failing, t->metrics.path);
+                DF_TRY(write_checkpoint(t));
+            }
         }
         if (stop) {
+            df_dist_barrier(); /* no rank leaves before the checkpoint is written */
+            if (!main_rank) return DF_OK;
             fprintf(stderr,
                     "\ndiffusion: stopped %s after step %" PRId64
                     "; checkpoint written. To continue, rerun the same command with --resume "
                     "latest\n",
-                    stop_requested ? "by a signal" : "by --stop-after-steps", t->step);
+                    signalled ? "by a signal" : "by --stop-after-steps", t->step);
             return DF_OK;
         }
     }
+    if (!main_rank) {
+        df_dist_barrier(); /* rank 0 exports; the job ends when it has */
+        return DF_OK;
+    }
     DF_TRY(validation_grid(t, t->step));
     DF_TRY(export_final(t));
+    df_dist_barrier();
     log_result(df_metrics_flush(&t->metrics), &t->metrics.failing, t->metrics.path);
     if (t->metrics.failing || t->tb_failing)
         fprintf(stderr, "diffusion: warning: the run is complete but its logs are not (see the "
                         "warnings above); the model and checkpoints are\n");
+    if (t->world_size > 1)
+        fprintf(stderr,
+                "diffusion: rank 0 spent %.3f s of %.3f s of steps (%.1f%%) in the gradient sum "
+                "and the step's agreement (MPI, waiting for the slowest rank included)\n",
+                t->mpi_secs, t->step_secs,
+                t->step_secs > 0 ? 100 * t->mpi_secs / t->step_secs : 0.0);
     fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
             t->step, t->skipped_steps, t->out_dir);
     return DF_OK;
