@@ -13,6 +13,7 @@
 #include "autograd/autograd.h"
 #include "nn/nn.h"
 #include "nn/tokenizer.h"
+#include "datasets/datasets.h"
 
 /* ================================================================ schedulers ================== */
 
@@ -399,5 +400,33 @@ typedef struct df_sd_result {
 DF_API df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result *out);
 /* Images in [0, 1] (N, 3, H, W) as one U8 grid (x * 255 rounded), as df_images_to_grid. */
 DF_API df_tensor *df_unit_images_to_grid(const df_tensor *x, int cols);
+
+/* ================================================================ CLIP image processor ====== */
+
+/* transformers' CLIPImageProcessor (clip_image_processor.c): what the safety checker sees. */
+typedef struct df_clip_image_processor {
+    bool do_resize, do_center_crop, do_rescale, do_normalize, do_convert_rgb;
+    int shortest_edge;           /* size.shortest_edge */
+    int crop_height, crop_width; /* crop_size */
+    df_resample resample;
+    double rescale_factor;
+    float image_mean[3], image_std[3];
+} df_clip_image_processor;
+
+/* CLIPImageProcessor's defaults (224, bicubic, OpenAI CLIP's mean and std). */
+DF_API df_clip_image_processor df_clip_image_processor_default(void);
+/* Reads a preprocessor_config.json (also the legacy int size / crop_size); errors name the file
+ * and the field. */
+DF_API df_status df_clip_image_processor_from_json(const df_json *j, df_clip_image_processor *p);
+DF_API df_status df_clip_image_processor_load(const char *path, df_clip_image_processor *p);
+/* The (h, w) of the processor's output for an h x w input. */
+DF_API void df_clip_image_processor_out_size(const df_clip_image_processor *p, int h, int w,
+                                             int *oh, int *ow);
+/* One U8 (H, W, 3) image (decoded with drop_alpha for files) into dst (3, oh, ow) floats.
+ * DF_ERR_INVALID naming `name` for an image whose resize would exceed 8192 pixels a side (an
+ * extreme aspect ratio such as 10000 x 10); DF_ERR_UNSUPPORTED when the crop is larger than the
+ * resized image (upstream pads). */
+DF_API df_status df_clip_image_preprocess(const df_clip_image_processor *p, const df_tensor *img,
+                                          const char *name, float *dst);
 
 #endif
