@@ -33,6 +33,8 @@
 typedef struct df_decode_opts {
     int channels;          /* 3: RGB (default), 1: grey (Pillow's "L" conversion) */
     uint8_t background[3]; /* RGB colour that alpha is composited onto (default white) */
+    bool drop_alpha;       /* ignore alpha instead (Pillow's convert("RGB"): the colour values
+                              of transparent pixels as stored; CLIPImageProcessor) */
 } df_decode_opts;
 DF_API df_decode_opts df_decode_opts_default(void);
 

@@ -171,13 +171,18 @@ df_tensor *df__image_finish(df_tensor *raw, const df_decode_opts *opts) {
         switch (cin) {
         case 1: r = g = b = s[0]; break;
         case 2:
+            if (opts->drop_alpha) {
+                r = g = b = s[0];
+                break;
+            }
             r = composite(s[0], s[1], bg[0]);
             g = composite(s[0], s[1], bg[1]);
             b = composite(s[0], s[1], bg[2]);
             break;
         case 3: r = s[0], g = s[1], b = s[2]; break;
         default:
-            if (s[3] == 255) { /* exact shortcuts of the formula for opaque and clear pixels */
+            if (s[3] == 255 ||
+                opts->drop_alpha) { /* exact shortcuts of the formula for opaque and clear pixels */
                 r = s[0], g = s[1], b = s[2];
                 break;
             }

@@ -13,6 +13,7 @@
 #include "autograd/autograd.h"
 #include "nn/nn.h"
 #include "nn/tokenizer.h"
+#include "datasets/datasets.h"
 
 /* ================================================================ schedulers ================== */
 
@@ -325,6 +326,7 @@ typedef struct df_sd_load_opts {
     const char *timestep_spacing; /* leading | trailing | linspace; NULL: the folder's */
     bool rescale_betas_zero_snr;  /* DDIM's zero-terminal-SNR betas */
     bool use_karras_sigmas;       /* Karras sigmas (Euler, Heun, LMS, DPM-Solver, UniPC) */
+    bool safety_off;              /* do not load the safety checker model_index.json names */
 } df_sd_load_opts;
 
 /* A Stable Diffusion 1.x / 2.x pipeline folder (see sd_pipeline.c), every model frozen. */
@@ -335,8 +337,9 @@ typedef struct df_sd_pipeline {
     df_sched_config sched_config;
     bool has_sched_config;
     df_sched *sched;
-    bool has_safety_checker; /* model_index.json names one and the folder is there */
-    int vae_scale_factor;    /* 2^(len(vae.block_out_channels) - 1) */
+    bool has_safety_checker;  /* model_index.json names one and it is loaded in `safety` */
+    struct df_safety *safety; /* NULL without a checker (or with safety_off) */
+    int vae_scale_factor;     /* 2^(len(vae.block_out_channels) - 1) */
     /* df_sd_generate drops each model's mapped weight pages from the resident set when it is
      * done with it (the text encoder before the loop, the UNet before the decode): set at load;
      * whoever writes a mapped weight in place (merging a LoRA) must clear it. */
@@ -363,6 +366,27 @@ DF_API df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, cons
                                      int clip_skip, bool guidance, df_tensor **cond,
                                      df_tensor **uncond);
 
+typedef enum df_safety_mode {
+    DF_SAFETY_ON = 0, /* flagged images become black (diffusers' default) */
+    DF_SAFETY_FLAG,   /* images kept; the verdicts are in df_sd_result.safety */
+    DF_SAFETY_OFF,    /* the checker does not run */
+} df_safety_mode;
+
+/* Safe Latent Diffusion's settings (diffusers v0.21.4 StableDiffusionPipelineSafe). */
+typedef struct df_sld_params {
+    double guidance_scale; /* sld_guidance_scale; <= 1 disables SLD */
+    int warmup_steps;      /* sld_warmup_steps */
+    double threshold;      /* sld_threshold */
+    double momentum_scale; /* sld_momentum_scale */
+    double mom_beta;       /* sld_mom_beta */
+} df_sld_params;
+
+/* diffusers' SafetyConfig presets: "weak", "medium" (the safe pipeline's defaults), "strong",
+ * "max"; false for another name. */
+DF_API bool df_sld_preset(const char *name, df_sld_params *out);
+/* The safe pipeline's default safety concept text. Static. */
+DF_API const char *df_sld_default_concept(void);
+
 /* Called after each denoising step: step (1-based) of total. */
 typedef void (*df_sd_progress_fn)(void *ctx, int step, int total);
 
@@ -385,11 +409,18 @@ typedef struct df_sd_request {
     double strength;          /* img2img / inpaint; < 0: diffusers' default (0.8 / 1.0) */
     df_sd_progress_fn progress;
     void *progress_ctx;
+    df_safety_mode safety; /* what the pipeline's checker (if any) does to the images */
+    /* Safe Latent Diffusion (text-to-image with CFG): the safety concept's embeddings F32
+     * (1, S, D), as the prompt's; NULL or sld.guidance_scale <= 1: off */
+    const df_tensor *sld_concept;
+    df_sld_params sld;
 } df_sd_request;
 
 typedef struct df_sd_result {
-    df_tensor *latents; /* F32 (N, C, h, w): the final latents, before the VAE */
-    df_tensor *image;   /* F32 (N, 3, H, W) in [0, 1]: decoded, before 8-bit rounding */
+    df_tensor *latents;       /* F32 (N, C, h, w): the final latents, before the VAE */
+    df_tensor *image;         /* F32 (N, 3, H, W) in [0, 1]: decoded, before 8-bit rounding */
+    df_safety_result *safety; /* N verdicts when the pipeline's checker ran (free()), else NULL */
+    int n_flagged;
 } df_sd_result;
 
 /* Runs the request. *out's tensors belong to the caller (df_tensor_free) whatever scope is open.
@@ -399,5 +430,63 @@ typedef struct df_sd_result {
 DF_API df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result *out);
 /* Images in [0, 1] (N, 3, H, W) as one U8 grid (x * 255 rounded), as df_images_to_grid. */
 DF_API df_tensor *df_unit_images_to_grid(const df_tensor *x, int cols);
+
+/* ================================================================ CLIP image processor ====== */
+
+/* transformers' CLIPImageProcessor (clip_image_processor.c): what the safety checker sees. */
+typedef struct df_clip_image_processor {
+    bool do_resize, do_center_crop, do_rescale, do_normalize, do_convert_rgb;
+    int shortest_edge;           /* size.shortest_edge */
+    int crop_height, crop_width; /* crop_size */
+    df_resample resample;
+    double rescale_factor;
+    float image_mean[3], image_std[3];
+} df_clip_image_processor;
+
+/* CLIPImageProcessor's defaults (224, bicubic, OpenAI CLIP's mean and std). */
+DF_API df_clip_image_processor df_clip_image_processor_default(void);
+/* Reads a preprocessor_config.json (also the legacy int size / crop_size); errors name the file
+ * and the field. */
+DF_API df_status df_clip_image_processor_from_json(const df_json *j, df_clip_image_processor *p);
+DF_API df_status df_clip_image_processor_load(const char *path, df_clip_image_processor *p);
+/* The (h, w) of the processor's output for an h x w input. */
+DF_API void df_clip_image_processor_out_size(const df_clip_image_processor *p, int h, int w,
+                                             int *oh, int *ow);
+/* One U8 (H, W, 3) image (decoded with drop_alpha for files) into dst (3, oh, ow) floats.
+ * DF_ERR_INVALID naming `name` for an image whose resize would exceed 8192 pixels a side (an
+ * extreme aspect ratio such as 10000 x 10); DF_ERR_UNSUPPORTED when the crop is larger than the
+ * resized image (upstream pads). */
+DF_API df_status df_clip_image_preprocess(const df_clip_image_processor *p, const df_tensor *img,
+                                          const char *name, float *dst);
+
+/* ================================================================ safety checker ============= */
+
+/* A pipeline's safety checker and its feature extractor (safety.c). */
+typedef struct df_safety {
+    df_component checker; /* a StableDiffusionSafetyChecker, frozen */
+    df_clip_image_processor processor;
+    bool loaded;
+} df_safety;
+
+/* Loads DIR/safety_checker/ and DIR/feature_extractor/preprocessor_config.json (DIR a pipeline
+ * folder). DF_ERR_NOTFOUND naming the folder (and --safety off) when safety_checker/ is missing;
+ * the processor's crop must be the checker's image_size. Free with df_safety_free even on
+ * failure. */
+DF_API df_status df_safety_load(const char *dir, df_safety *s);
+DF_API void df_safety_free(df_safety *s);
+/* Scores n U8 (H, W, 3) images (names label errors) into res[0..n-1]. An image the processor
+ * refuses (10000 x 10) is its error. */
+DF_API df_status df_safety_check_u8(df_safety *s, const df_tensor *const *images, int n,
+                                    const char *const *names, df_safety_result *res);
+/* Scores images F32 (N, 3, H, W) in [0, 1] (a pipeline's output: made 8-bit as diffusers'
+ * postprocess does, then preprocessed) into res[0..N-1]; with `blacken` the flagged ones are set
+ * to 0 in place (run_safety_checker); *n_flagged (may be NULL) counts the flagged. The API
+ * recipes call for validation images. */
+DF_API df_status df_safety_check_images(df_safety *s, df_tensor *images, bool blacken,
+                                        df_safety_result *res, int *n_flagged);
+/* "0, 2" — the indices of the flagged images. */
+DF_API void df_safety_flag_list(const df_safety_result *res, int n, char *buf, size_t len);
+/* One result as a JSON object: {"nsfw": b, "special_scores": [...], "concept_scores": [...]}. */
+DF_API void df_safety_result_json(const df_safety_result *r, char *buf, size_t len);
 
 #endif

@@ -25,6 +25,9 @@
  */
 #include "infer/infer.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "datasets/datasets.h"
 
 #include <math.h>
@@ -130,6 +133,7 @@ static df_tensor *guide(const df_tensor *e, double g, double rescale) {
 /* What a request resolves to before the loop. */
 typedef struct plan {
     bool cfg, img2img, inpaint, inpaint9;
+    bool sld; /* Safe Latent Diffusion: batches [uncond, cond, safety concept] */
     int n, h, w, lh, lw, c;
     double strength;
 } plan;
@@ -199,7 +203,59 @@ static df_status make_plan(const df_sd_pipeline *p, const df_sd_request *r, plan
                         "the prompt and negative prompt embeddings differ in length (%lld, %lld)",
                         (long long)r->cond->shape[1], (long long)r->uncond->shape[1]);
     if (r->steps < 1) return df_error(DF_ERR_INVALID, "steps: %d (at least 1)", r->steps);
+    /* StableDiffusionPipelineSafe: enable_safety_guidance = sld_guidance_scale > 1 and CFG */
+    pl->sld = r->sld_concept && r->sld.guidance_scale > 1.0 && pl->cfg;
+    if (pl->sld) {
+        const df_tensor *sc = r->sld_concept;
+        if (sc->dtype != DF_DTYPE_F32 || sc->ndim != 3 || sc->shape[0] != 1 ||
+            sc->shape[1] != r->cond->shape[1] || sc->shape[2] != r->cond->shape[2])
+            return df_error(DF_ERR_INVALID,
+                            "the safety concept embeddings must be F32 (1, %lld, %lld), as the "
+                            "prompt's",
+                            (long long)r->cond->shape[1], (long long)r->cond->shape[2]);
+        if (pl->inpaint || pl->img2img)
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "Safe Latent Diffusion is text-to-image only (diffusers' "
+                            "StableDiffusionPipelineSafe)");
+        if (r->guidance_rescale > 0)
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "Safe Latent Diffusion has no guidance rescale in diffusers v0.21.4");
+    }
     return DF_OK;
+}
+
+/* SLD's guidance (pipeline_stable_diffusion_safe.py, equations 3-8 of Schramowski et al.) on
+ * e = [uncond; text; safety] (3n items) at step i, updating the momentum (n items, zero at
+ * first): the output is uncond + g * (text - uncond - (i >= warmup ? safety_guidance : 0)). */
+static df_tensor *guide_sld(const df_tensor *e, const df_sd_request *r, int i,
+                            df_tensor **momentum) {
+    int64_t n = e->shape[0] / 3, per = e->numel / e->shape[0], m = n * per;
+    int64_t shape[DF_MAX_DIMS];
+    memcpy(shape, e->shape, sizeof(int64_t) * (size_t)e->ndim);
+    shape[0] = n;
+    if (!*momentum) {
+        *momentum = df_tensor_new_owned(DF_DTYPE_F32, e->ndim, shape);
+        memset(df_f32(*momentum), 0, sizeof(float) * (size_t)m);
+    }
+    df_tensor *out = df_tensor_new(DF_DTYPE_F32, e->ndim, shape);
+    const float *u = df_f32(e), *c = u + m, *sc = u + 2 * m;
+    float *o = df_f32(out), *mom = df_f32(*momentum);
+    const df_sld_params *q = &r->sld;
+    float gs = (float)q->guidance_scale, thr = (float)q->threshold;
+    float ms = (float)q->momentum_scale, beta = (float)q->mom_beta, g = (float)r->guidance_scale;
+    bool warm = i >= q->warmup_steps;
+    for (int64_t k = 0; k < m; k++) {
+        float guidance = c[k] - u[k];
+        float diff = c[k] - sc[k];
+        float scale = fminf(fabsf(diff) * gs, 1.0f);      /* eq. 6 */
+        float concept_scale = diff >= thr ? 0.0f : scale; /* eq. 6 */
+        float safety = (sc[k] - u[k]) * concept_scale;    /* eq. 4 */
+        safety = safety + ms * mom[k];                    /* eq. 7 */
+        mom[k] = beta * mom[k] + (1 - beta) * safety;     /* eq. 8 */
+        if (warm) guidance = guidance - safety;           /* eq. 3 */
+        o[k] = u[k] + g * guidance;
+    }
+    return out;
 }
 
 /* The loop's inputs made before it: the initial latents, the noise and image latents that
@@ -304,7 +360,8 @@ static df_status prepare(df_sd_pipeline *p, const df_sd_request *r, const plan *
 static df_status unet_input(df_sd_pipeline *p, const plan *pl, const prepared *q, double t,
                             df_tensor **out) {
     df_tensor *x = q->latents;
-    if (pl->cfg) x = df_concat((df_tensor *[]){q->latents, q->latents}, 2, 0);
+    if (pl->cfg)
+        x = df_concat((df_tensor *[]){q->latents, q->latents, q->latents}, pl->sld ? 3 : 2, 0);
     df_tensor *scaled = NULL;
     DF_TRY(df_sched_scale_model_input(p->sched, x, t, &scaled));
     x = scaled;
@@ -338,11 +395,13 @@ static df_tensor *batch_embeds(const df_sd_request *r, const plan *pl) {
     df_tensor *c = repeat_batch(r->cond, pl->n);
     if (!pl->cfg) return c;
     df_tensor *u = repeat_batch(r->uncond, pl->n);
+    df_tensor *sc = pl->sld ? repeat_batch(r->sld_concept, pl->n) : NULL;
     df_scope scope = df_scope_begin();
-    df_tensor *both = df_tensor_retain(df_concat((df_tensor *[]){u, c}, 2, 0));
+    df_tensor *both = df_tensor_retain(df_concat((df_tensor *[]){u, c, sc}, pl->sld ? 3 : 2, 0));
     df_scope_end(scope);
     df_tensor_free(u);
     df_tensor_free(c);
+    df_tensor_free(sc);
     return both;
 }
 
@@ -394,6 +453,27 @@ static df_status adjust_scheduler(df_sd_pipeline *p, const plan *pl) {
     return DF_OK;
 }
 
+/* run_safety_checker: the decoded images through the pipeline's checker; flagged ones black
+ * (DF_SAFETY_ON, with diffusers' one-line warning naming them) or kept (DF_SAFETY_FLAG). */
+static df_status check_safety(df_sd_pipeline *p, const df_sd_request *r, df_sd_result *out) {
+    int64_t n = out->image->shape[0];
+    if (!(out->safety = calloc((size_t)n, sizeof *out->safety)))
+        return df_error(DF_ERR_NOMEM, "safety checker: out of memory");
+    bool on = r->safety == DF_SAFETY_ON;
+    int k = 0;
+    DF_TRY(df_safety_check_images(p->safety, out->image, on, out->safety, &k));
+    out->n_flagged = k;
+    if (k > 0 && on) {
+        char which[512];
+        df_safety_flag_list(out->safety, (int)n, which, sizeof which);
+        fprintf(stderr,
+                "warning: potential NSFW content was detected in image%s %s of %lld; black "
+                "image%s returned instead. Try again with a different prompt and/or seed.\n",
+                k > 1 ? "s" : "", which, (long long)n, k > 1 ? "s are" : " is");
+    }
+    return DF_OK;
+}
+
 df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result *out) {
     memset(out, 0, sizeof *out);
     plan pl;
@@ -408,6 +488,7 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
     df_tensor *embeds = st == DF_OK ? batch_embeds(r, &pl) : NULL;
     done_with(p, &p->text_encoder);
     df_noise_source noise = df_noise_from_torchgen(&gen);
+    df_tensor *momentum = NULL; /* SLD's safety momentum */
     df_sched_step_args args = {.eta = r->eta, .noise = &noise};
     const double *ts = df_sched_timesteps(p->sched);
     int total = df_sched_num_timesteps(p->sched);
@@ -418,7 +499,10 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
         if (st == DF_OK)
             st = df_unet2d_cond_forward_res(p->unet.unet2d_cond, x,
                                             timesteps_tensor(p->sched, ts[i], 0), embeds, NULL, &e);
-        if (st == DF_OK && pl.cfg) e = guide(e, r->guidance_scale, r->guidance_rescale);
+        if (st == DF_OK && pl.sld)
+            e = guide_sld(e, r, i - q.start, &momentum);
+        else if (st == DF_OK && pl.cfg)
+            e = guide(e, r->guidance_scale, r->guidance_rescale);
         if (st == DF_OK) st = df_sched_step(p->sched, e, ts[i], q.latents, &args, &next, NULL);
         if (st == DF_OK) df_tensor_retain(next);
         df_scope_end(scope);
@@ -429,11 +513,13 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
         if (r->progress) r->progress(r->progress_ctx, i - q.start + 1, total - q.start);
     }
     df_tensor_free(embeds);
+    df_tensor_free(momentum);
     done_with(p, &p->unet);
     if (st == DF_OK) {
         out->image = decode(p, q.latents, &pl);
         out->latents = q.latents;
         q.latents = NULL;
+        if (p->safety && r->safety != DF_SAFETY_OFF) st = check_safety(p, r, out);
     }
     prepared_free(&q);
     df_grad_set_enabled(grad);

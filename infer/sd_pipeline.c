@@ -1,7 +1,8 @@
 /* sd_pipeline.c — a Stable Diffusion 1.x / 2.x pipeline folder in diffusers' layout, loaded from
  * its model_index.json: `unet/` (UNet2DConditionModel), `vae/` (AutoencoderKL), `text_encoder/`
  * (CLIPTextModel), `tokenizer/` (CLIPTokenizer files), `scheduler/` (any scheduler of infer/),
- * and whether it has `safety_checker/` + `feature_extractor/`. model_index.json's entries are
+ * and, when model_index.json names one, `safety_checker/` + `feature_extractor/` (safety.c; a
+ * missing one is an error unless the caller turns safety off). model_index.json's entries are
  * [library, class] pairs, [null, null] for an absent component (as diffusers writes them). The
  * models are frozen (no gradients) and memory-mapped (df_component_map_frozen: F32 weights are
  * the file's pages, not copies), with the weights variant asked for ("fp16": the
@@ -12,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -37,7 +39,7 @@ static bool is_dir(const char *path) {
 }
 
 /* Reads model_index.json: the classes of the parts the pipeline needs, checked. */
-static df_status read_index(const char *dir, df_sd_pipeline *p) {
+static df_status read_index(const char *dir, bool *names_checker) {
     char path[1100];
     snprintf(path, sizeof path, "%s/model_index.json", dir);
     df_json j;
@@ -77,10 +79,7 @@ static df_status read_index(const char *dir, df_sd_pipeline *p) {
     }
     char cls[DF_JSON_STR];
     if (st == DF_OK) st = index_class(root, path, "safety_checker", cls, sizeof cls);
-    if (st == DF_OK && cls[0]) {
-        snprintf(path, sizeof path, "%s/safety_checker", dir);
-        p->has_safety_checker = is_dir(path);
-    }
+    *names_checker = st == DF_OK && cls[0];
     df_json_free(&j);
     return st;
 }
@@ -89,7 +88,8 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
     memset(p, 0, sizeof *p);
     df_sd_load_opts o = opts ? *opts : (df_sd_load_opts){0};
     snprintf(p->dir, sizeof p->dir, "%s", dir);
-    DF_TRY(read_index(dir, p));
+    bool names_checker = false;
+    DF_TRY(read_index(dir, &names_checker));
     char path[1100];
     const struct {
         const char *sub, *what;
@@ -144,6 +144,12 @@ df_status df_sd_pipeline_load(const char *dir, const df_sd_load_opts *opts, df_s
     DF_TRY(df_sched_new(&p->sched_config, &p->sched));
     const df_vae_config *vc = &p->vae.vae->config;
     p->vae_scale_factor = 1 << (vc->n_blocks - 1);
+    if (names_checker && !o.safety_off) {
+        if (!(p->safety = calloc(1, sizeof *p->safety)))
+            return df_error(DF_ERR_NOMEM, "%s: out of memory", dir);
+        DF_TRY(df_safety_load(dir, p->safety));
+        p->has_safety_checker = true;
+    }
     p->release_weights = true;
     return DF_OK;
 }
@@ -153,6 +159,8 @@ void df_sd_pipeline_free(df_sd_pipeline *p) {
     df_component_free(&p->vae);
     df_component_free(&p->text_encoder);
     df_clip_tokenizer_free(p->tokenizer);
+    if (p->safety) df_safety_free(p->safety);
+    free(p->safety);
     df_sched_free(p->sched);
     if (p->has_sched_config) df_sched_config_free(&p->sched_config);
     memset(p, 0, sizeof *p);

@@ -1,11 +1,9 @@
 /* clip_text.c — transformers v4.33 CLIPTextModel (models/clip/modeling_clip.py), the text
  * encoder of Stable Diffusion:
  *   h_0 = token_embedding(ids) + position_embedding(0 .. L-1)            hidden_states.0
- *   layer i: h = h + out_proj(attn(layer_norm1(h)))                      causal self-attention,
- *            h = h + fc2(act(fc1(layer_norm2(h))))                       hidden_states.i
+ *   layer i: clip_encoder.c's CLIPEncoderLayer, causal self-attention   hidden_states.i
  *   last_hidden_state = final_layer_norm(h_L)
- * Attention: q = q_proj(x) * head_dim^-0.5 (scaled before q k^T), scores + causal mask of
- * finfo(float32).min above the diagonal, softmax, v, out_proj. act: quick_gelu (SD 1.x) or
+ * The causal mask is finfo(float32).min above the diagonal. act: quick_gelu (SD 1.x) or
  * gelu (exact; SD 2.x). Pooling: with eos_token_id == 2 (SD's configs) the row's argmax(ids)
  * position (the first EOS when EOS is the largest id), else the first position equal to
  * eos_token_id.
@@ -101,7 +99,7 @@ df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_in
     df_params *r = &m->params;
     df_params_init_with(r, init);
     int d = c->hidden_size;
-    char buf[DF_NAME_MAX], layer[DF_NAME_MAX];
+    char layer[DF_NAME_MAX];
     m->token_embedding = df_params_add(r, "text_model.embeddings.token_embedding", "weight",
                                        DF_DIMS(c->vocab_size, d));
     df_params_init_normal(r, m->token_embedding, 0.02f);
@@ -111,27 +109,8 @@ df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c, df_in
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
     if (!m->layers) return df_error(DF_ERR_NOMEM, "CLIPTextModel: out of memory");
     for (int i = 0; i < c->num_hidden_layers; i++) {
-        df_clip_layer *l = &m->layers[i];
         df_name_index(layer, sizeof layer, "text_model.encoder", "layers", i);
-        /* registration order of CLIPAttention: k, v, q, out */
-        df_linear_mod_init(&l->k_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.k_proj"),
-                           d, d, true);
-        df_linear_mod_init(&l->v_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.v_proj"),
-                           d, d, true);
-        df_linear_mod_init(&l->q_proj, r, df_name_join(buf, sizeof buf, layer, "self_attn.q_proj"),
-                           d, d, true);
-        df_linear_mod_init(&l->out_proj, r,
-                           df_name_join(buf, sizeof buf, layer, "self_attn.out_proj"), d, d, true);
-        df_layernorm_mod_init(&l->layer_norm1, r,
-                              df_name_join(buf, sizeof buf, layer, "layer_norm1"), d,
-                              c->layer_norm_eps);
-        df_linear_mod_init(&l->fc1, r, df_name_join(buf, sizeof buf, layer, "mlp.fc1"), d,
-                           c->intermediate_size, true);
-        df_linear_mod_init(&l->fc2, r, df_name_join(buf, sizeof buf, layer, "mlp.fc2"),
-                           c->intermediate_size, d, true);
-        df_layernorm_mod_init(&l->layer_norm2, r,
-                              df_name_join(buf, sizeof buf, layer, "layer_norm2"), d,
-                              c->layer_norm_eps);
+        df_clip_layer_init(&m->layers[i], r, layer, d, c->intermediate_size, c->layer_norm_eps);
     }
     df_layernorm_mod_init(&m->final_layer_norm, r, "text_model.final_layer_norm", d,
                           c->layer_norm_eps);
@@ -144,24 +123,6 @@ void df_clip_text_free(df_clip_text *m) {
     free(m->layers);
     m->layers = NULL;
     df_params_free(&m->params);
-}
-
-/* (N, T, heads*d) -> (N, heads, T, d) */
-static df_tensor *heads_of(df_tensor *x, int heads) {
-    int64_t n = x->shape[0], t = x->shape[1], d = x->shape[2] / heads;
-    return df_permute(df_reshape(x, DF_DIMS(n, t, heads, d)), (int[]){0, 2, 1, 3});
-}
-
-static df_tensor *attention(const df_clip_text *m, const df_clip_layer *l, df_tensor *x) {
-    int heads = m->config.num_attention_heads;
-    int64_t n = x->shape[0], t = x->shape[1], d = x->shape[2];
-    float scale = powf((float)(d / heads), -0.5f);
-    df_tensor *q = heads_of(df_mul_scalar(df_linear_mod_forward(&l->q_proj, x), scale), heads);
-    df_tensor *k = heads_of(df_linear_mod_forward(&l->k_proj, x), heads);
-    df_tensor *v = heads_of(df_linear_mod_forward(&l->v_proj, x), heads);
-    df_tensor *o = df_softmax_attention(q, k, v, true); /* the causal mask: key j > query i out */
-    o = df_reshape(df_permute(o, (int[]){0, 2, 1, 3}), DF_DIMS(n, t, d));
-    return df_linear_mod_forward(&l->out_proj, o);
 }
 
 df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
@@ -180,12 +141,7 @@ df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
     if (hidden_states) hidden_states[0] = h;
     bool quick = strcmp(c->hidden_act, "quick_gelu") == 0;
     for (int i = 0; i < c->num_hidden_layers; i++) {
-        const df_clip_layer *l = &m->layers[i];
-        df_scope scope = df_scope_begin();
-        h = df_add(h, attention(m, l, df_norm_mod_forward(&l->layer_norm1, h)));
-        df_tensor *f = df_linear_mod_forward(&l->fc1, df_norm_mod_forward(&l->layer_norm2, h));
-        f = quick ? df_quick_gelu(f) : df_gelu(f);
-        h = df_scope_end_keep(scope, df_add(h, df_linear_mod_forward(&l->fc2, f)));
+        h = df_clip_layer_forward(&m->layers[i], h, c->num_attention_heads, quick, true);
         if (hidden_states) hidden_states[i + 1] = h;
     }
     df_tensor *last = df_norm_mod_forward(&m->final_layer_norm, h);

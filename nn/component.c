@@ -8,6 +8,10 @@
  * CLIPTextModel takes `input_ids` and gives `last_hidden_state`, `pooler_output` and
  * `hidden_states.i` (i = 0 .. layers); CLIPTextModelWithProjection gives `text_embeds` (the
  * pooled output through text_projection) instead of `pooler_output`.
+ * CLIPVisionModel takes `pixel_values` and gives `last_hidden_state`, `pooler_output`,
+ * `hidden_states.i` (CLIPVisionModelWithProjection `image_embeds` instead of the pooler);
+ * StableDiffusionSafetyChecker takes `clip_input` and optionally `images` (N, H, W, C) and gives
+ * `image_embeds`, `special_cos_dist`, `cos_dist`, `has_nsfw_concepts` (U8) and `images_out`.
  * Outputs: UNets `sample`. AutoencoderKL: `latent_mean`, `latent_logvar`, `latent_std`,
  * `kl` (per item), `sample` (decode of the mean) and, given `noise`, `z` = mean + std * noise
  * and `decoded_z` = decode(z).
@@ -76,6 +80,7 @@ typedef union any_config {
     df_unet2d_cond_config unet2d_cond;
     df_vae_config vae;
     df_clip_text_config clip_text;
+    df_clip_vision_config clip_vision; /* also the safety checker's */
 } any_config;
 
 /* Reads the config of the class c->class_name names; *stem is its weights file's stem. */
@@ -94,9 +99,21 @@ static df_status read_config(const df_component *c, const df_json *j, any_config
         cfg->clip_text.with_projection = proj;
         return DF_OK;
     }
+    bool vproj = strcmp(cls, "CLIPVisionModelWithProjection") == 0;
+    if (strcmp(cls, "CLIPVisionModel") == 0 || vproj) {
+        *stem = "model";
+        DF_TRY(df_clip_vision_config_from_json(j, &cfg->clip_vision));
+        cfg->clip_vision.with_projection = vproj;
+        return DF_OK;
+    }
+    if (strcmp(cls, "StableDiffusionSafetyChecker") == 0) {
+        *stem = "model";
+        return df_safety_checker_config_from_json(j, &cfg->clip_vision);
+    }
     return df_error(DF_ERR_UNSUPPORTED,
                     "%s: class '%s' (supported: UNet2DModel, UNet2DConditionModel, "
-                    "AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection)",
+                    "AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel, "
+                    "CLIPVisionModelWithProjection, StableDiffusionSafetyChecker)",
                     j->path, cls);
 }
 
@@ -117,6 +134,16 @@ static df_status build(df_component *c, const any_config *cfg, df_init init) {
         if (!(c->vae = calloc(1, sizeof *c->vae))) return df_error(DF_ERR_NOMEM, "out of memory");
         DF_TRY(df_vae_init(c->vae, &cfg->vae, init));
         c->params = &c->vae->params;
+    } else if (strcmp(cls, "StableDiffusionSafetyChecker") == 0) {
+        if (!(c->safety_checker = calloc(1, sizeof *c->safety_checker)))
+            return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_safety_checker_init(c->safety_checker, &cfg->clip_vision, init));
+        c->params = &c->safety_checker->vision.params;
+    } else if (strncmp(cls, "CLIPVisionModel", 15) == 0) {
+        if (!(c->clip_vision = calloc(1, sizeof *c->clip_vision)))
+            return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_clip_vision_init(c->clip_vision, &cfg->clip_vision, init, "vision_model"));
+        c->params = &c->clip_vision->params;
     } else {
         if (!(c->clip_text = calloc(1, sizeof *c->clip_text)))
             return df_error(DF_ERR_NOMEM, "out of memory");
@@ -193,7 +220,11 @@ void df_component_free(df_component *c) {
     if (c->unet2d_cond) df_unet2d_cond_free(c->unet2d_cond);
     if (c->vae) df_vae_free(c->vae);
     if (c->clip_text) df_clip_text_free(c->clip_text);
+    if (c->clip_vision) df_clip_vision_free(c->clip_vision);
+    if (c->safety_checker) df_safety_checker_free(c->safety_checker);
     free(c->clip_text);
+    free(c->clip_vision);
+    free(c->safety_checker);
     free(c->unet2d);
     free(c->unet2d_cond);
     free(c->vae);
@@ -276,6 +307,60 @@ static df_status clip_forward(df_clip_text *m, df_tensor *ids, df_named *out, in
     return DF_OK;
 }
 
+/* CLIPVisionModel's outputs (with projection: image_embeds instead of pooler_output). */
+static df_status clip_vision_forward(df_clip_vision *m, df_tensor *x, df_named *out, int *n) {
+    static char names[DF_CLIP_MAX_LAYERS + 1][24];
+    const char *cls =
+        m->config.with_projection ? "CLIPVisionModelWithProjection" : "CLIPVisionModel";
+    DF_TRY(need(x, cls, "pixel_values"));
+    DF_TRY(df_clip_vision_check_pixels(&m->config, x, "input 'pixel_values'"));
+    df_tensor *hidden[DF_CLIP_MAX_LAYERS + 1], *pooled;
+    df_tensor *last = df_clip_vision_forward(m, x, hidden, &pooled);
+    if (m->config.with_projection)
+        out[(*n)++] =
+            (df_named){"image_embeds", df_linear_mod_forward(&m->visual_projection, pooled)};
+    out[(*n)++] = (df_named){"last_hidden_state", last};
+    if (!m->config.with_projection) out[(*n)++] = (df_named){"pooler_output", pooled};
+    for (int i = 0; i <= m->config.num_hidden_layers; i++) {
+        snprintf(names[i], sizeof names[i], "hidden_states.%d", i);
+        out[(*n)++] = (df_named){names[i], hidden[i]};
+    }
+    return DF_OK;
+}
+
+/* The safety checker's outputs: image_embeds, special_cos_dist, cos_dist, has_nsfw_concepts
+ * (U8, one per image) and, given `images` (N, H, W, C) in [0, 1], images_out with the flagged
+ * ones black. */
+static df_status safety_forward(df_safety_checker *m, df_tensor *x, df_tensor *images,
+                                df_named *out, int *n) {
+    const char *cls = "StableDiffusionSafetyChecker";
+    DF_TRY(need(x, cls, "clip_input"));
+    DF_TRY(df_clip_vision_check_pixels(&m->vision.config, x, "input 'clip_input'"));
+    int64_t b = x->shape[0];
+    if (images && (images->ndim != 4 || images->shape[0] != b || images->dtype != DF_DTYPE_F32))
+        return df_error(DF_ERR_INVALID, "%s: input 'images' must be F32 (%lld, H, W, C)", cls,
+                        (long long)b);
+    df_safety_result *res = calloc((size_t)b, sizeof *res);
+    if (!res) return df_error(DF_ERR_NOMEM, "%s: out of memory", cls);
+    df_tensor *emb, *cd, *sd;
+    df_safety_checker_forward(m, x, &emb, &cd, &sd, res);
+    df_tensor *flags = df_tensor_new(DF_DTYPE_U8, DF_DIMS(b));
+    for (int64_t i = 0; i < b; i++) ((uint8_t *)flags->data)[i] = res[i].nsfw;
+    out[(*n)++] = (df_named){"image_embeds", emb};
+    out[(*n)++] = (df_named){"special_cos_dist", sd};
+    out[(*n)++] = (df_named){"cos_dist", cd};
+    out[(*n)++] = (df_named){"has_nsfw_concepts", flags};
+    if (images) {
+        df_tensor *im = df_tensor_clone(images);
+        int64_t per = im->numel / b;
+        for (int64_t i = 0; i < b; i++)
+            if (res[i].nsfw) memset(df_f32(im) + i * per, 0, (size_t)per * sizeof(float));
+        out[(*n)++] = (df_named){"images_out", im};
+    }
+    free(res);
+    return DF_OK;
+}
+
 /* The encoder_hidden_states width: that of any block with cross-attention (the config reader
  * checked they agree); 0 when no block has any. */
 static int cross_width(const df_unet2d_cond *m) {
@@ -297,6 +382,12 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
     if (c->clip_text)
         return clip_forward(c->clip_text, find_input(inputs, n_inputs, "input_ids"), outputs,
                             n_outputs);
+    if (c->clip_vision)
+        return clip_vision_forward(c->clip_vision, find_input(inputs, n_inputs, "pixel_values"),
+                                   outputs, n_outputs);
+    if (c->safety_checker)
+        return safety_forward(c->safety_checker, find_input(inputs, n_inputs, "clip_input"),
+                              find_input(inputs, n_inputs, "images"), outputs, n_outputs);
     df_tensor *x = find_input(inputs, n_inputs, "sample");
     DF_TRY(need(x, cls, "sample"));
     if (c->vae) {
@@ -344,5 +435,8 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
 const char *df_component_main_output(const df_component *c) {
     if (c->clip_text)
         return c->clip_text->config.with_projection ? "text_embeds" : "last_hidden_state";
+    if (c->clip_vision)
+        return c->clip_vision->config.with_projection ? "image_embeds" : "last_hidden_state";
+    if (c->safety_checker) return "image_embeds";
     return "sample";
 }

@@ -838,6 +838,14 @@ typedef struct df_clip_layer {
     df_norm_mod layer_norm1, layer_norm2;
 } df_clip_layer;
 
+/* One CLIPEncoderLayer (clip_encoder.c), shared by the text and vision towers: registers
+ * "<prefix>.self_attn.{k,v,q,out}_proj", "<prefix>.layer_norm{1,2}", "<prefix>.mlp.fc{1,2}". */
+DF_API void df_clip_layer_init(df_clip_layer *l, df_params *r, const char *prefix, int d, int inter,
+                               float eps);
+/* h (N, T, D) -> the layer's output (N, T, D); causal masks key j > query i (the text tower). */
+DF_API df_tensor *df_clip_layer_forward(const df_clip_layer *l, df_tensor *h, int heads,
+                                        bool quick_gelu, bool causal);
+
 typedef struct df_clip_text {
     df_clip_text_config config;
     df_params params;
@@ -860,6 +868,86 @@ DF_API void df_clip_text_free(df_clip_text *m);
 DF_API df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
                                        df_tensor **hidden_states, df_tensor **pooled);
 
+/* ================================================================ CLIP vision tower ========== */
+
+/* CLIPVisionConfig (transformers v4.33 field names and defaults). */
+typedef struct df_clip_vision_config {
+    int hidden_size, intermediate_size, num_hidden_layers, num_attention_heads;
+    int num_channels, image_size, patch_size;
+    float layer_norm_eps;
+    char hidden_act[DF_JSON_STR]; /* quick_gelu | gelu */
+    int projection_dim;           /* visual_projection's width (with_projection) */
+    bool with_projection;         /* CLIPVisionModelWithProjection / the safety checker */
+} df_clip_vision_config;
+
+/* transformers' CLIPVisionTransformer (+ visual_projection). Its parameters are registered under
+ * `prefix` ("vision_model" for CLIPVisionModel, "vision_model.vision_model" in the safety
+ * checker); visual_projection is top-level "visual_projection". */
+typedef struct df_clip_vision {
+    df_clip_vision_config config;
+    df_params params;
+    df_tensor *class_embedding, *patch_embedding, *position_embedding;
+    df_norm_mod pre_layrnorm, post_layernorm; /* transformers' spelling */
+    df_clip_layer *layers;
+    df_linear_mod visual_projection; /* with_projection only: no bias */
+} df_clip_vision;
+
+DF_API df_clip_vision_config df_clip_vision_config_default(void);
+/* Reads a CLIPVisionConfig object (a CLIPVisionModel's config.json or a CLIPConfig's
+ * "vision_config"); sizes are checked (image_size a multiple of patch_size, heads divide the
+ * width), errors name the file and the field. */
+DF_API df_status df_clip_vision_config_from_json(const df_json *j, df_clip_vision_config *c);
+DF_API df_status df_clip_vision_init(df_clip_vision *m, const df_clip_vision_config *c,
+                                     df_init init, const char *prefix);
+DF_API void df_clip_vision_free(df_clip_vision *m);
+/* pixel_values (N, C, image_size, image_size) F32 -> last_hidden_state (N, 1 + patches, D)
+ * (before post_layernorm, as upstream). hidden_states (may be NULL) receives layers + 1 tensors
+ * (the pre_layrnorm'd embeddings, then each layer's output); pooled (may be NULL) the
+ * pooler_output post_layernorm(last[:, 0]) (N, D). The caller checks the input's shape
+ * (df_clip_vision_check_pixels). */
+DF_API df_tensor *df_clip_vision_forward(df_clip_vision *m, df_tensor *pixel_values,
+                                         df_tensor **hidden_states, df_tensor **pooled);
+/* DF_ERR_INVALID naming `what` unless x is F32 (N, num_channels, image_size, image_size),
+ * 1 <= N <= DF_CLIP_MAX_BATCH. */
+DF_API df_status df_clip_vision_check_pixels(const df_clip_vision_config *c, const df_tensor *x,
+                                             const char *what);
+
+/* ================================================================ safety checker ============= */
+
+#define DF_SAFETY_CONCEPTS 17 /* StableDiffusionSafetyChecker's concept_embeds rows */
+#define DF_SAFETY_SPECIAL 3   /* its special_care_embeds rows */
+
+/* diffusers v0.21.4 StableDiffusionSafetyChecker: a CLIP vision tower with visual_projection
+ * (parameters "vision_model.vision_model.*", "visual_projection.weight") and the hidden concept
+ * embeddings with their thresholds ("concept_embeds" (17, P), "concept_embeds_weights" (17),
+ * "special_care_embeds" (3, P), "special_care_embeds_weights" (3)). */
+typedef struct df_safety_checker {
+    df_clip_vision vision; /* with_projection; its registry holds every parameter */
+    df_tensor *concept_embeds, *concept_embeds_weights, *special_care_embeds,
+        *special_care_embeds_weights;
+} df_safety_checker;
+
+/* One image's verdict, as the checker's forward computes it: the scores are
+ * round(cos - threshold + adjustment, 3), adjustment 0.01 once a special-care score is > 0 (and
+ * for the special-care concepts after it), a concept is bad when its score is > 0. */
+typedef struct df_safety_result {
+    bool nsfw;
+    float special_scores[DF_SAFETY_SPECIAL], concept_scores[DF_SAFETY_CONCEPTS];
+} df_safety_result;
+
+/* Reads a CLIPConfig (config.json of a safety_checker folder: "vision_config" or the legacy
+ * "vision_config_dict", which replaces it as transformers does, and "projection_dim"). */
+DF_API df_status df_safety_checker_config_from_json(const df_json *j, df_clip_vision_config *c);
+DF_API df_status df_safety_checker_init(df_safety_checker *m, const df_clip_vision_config *c,
+                                        df_init init);
+DF_API void df_safety_checker_free(df_safety_checker *m);
+/* clip_input (N, 3, S, S) (checked by the caller) -> image_embeds (N, P), cos_dist (N, 17),
+ * special_cos_dist (N, 3) (cosine similarities, upstream's cosine_distance), and one result
+ * per item in res (may be NULL). Runs without gradients. */
+DF_API void df_safety_checker_forward(df_safety_checker *m, df_tensor *clip_input,
+                                      df_tensor **image_embeds, df_tensor **cos_dist,
+                                      df_tensor **special_cos_dist, df_safety_result *res);
+
 /* ================================================================ components ================= */
 
 /* A tensor with a name (borrowed). */
@@ -877,6 +965,8 @@ typedef struct df_component {
     df_unet2d_cond *unet2d_cond;
     df_vae *vae;
     df_clip_text *clip_text;
+    df_clip_vision *clip_vision;
+    df_safety_checker *safety_checker;
     df_params *params; /* the model's registry */
 } df_component;
 

@@ -17,6 +17,8 @@ int df_cmd_forward(int argc, char **argv);
 int df_cmd_sample(int argc, char **argv);
 /* `diffusion generate MODEL ...` (recipes/cmd_generate.c): Stable Diffusion pipelines. */
 int df_cmd_generate(int argc, char **argv);
+/* `diffusion safety-check MODEL_DIR IMAGE...` (recipes/cmd_safety_check.c). */
+int df_cmd_safety_check(int argc, char **argv);
 int df_cmd_train(int argc, char **argv);
 /* `diffusion schedule CONFIG.json [--scheduler NAME] --steps N [--strength S]` (cmd_schedule.c). */
 int df_cmd_schedule(int argc, char **argv);

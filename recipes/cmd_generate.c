@@ -9,6 +9,14 @@
  * NAME is a diffusers class name or one of the short names below. Every PNG carries A1111's
  * `parameters` text (prompt, negative prompt, steps, sampler, CFG scale, seed, size, model hash,
  * model). A progress bar is drawn when stderr is a terminal.
+ * --safety (when the folder has a safety checker): on (default) replaces flagged images by black
+ * ones with a warning naming them, as diffusers; flag keeps them and writes each image's verdict
+ * and scores to <out>.safety.json (DIR/safety.json with --out-dir) and to the PNG's `safety`
+ * text; off (only ever from the command line) skips the checker with a notice.
+ * Safe Latent Diffusion (diffusers' StableDiffusionPipelineSafe, text-to-image with guidance):
+ * --sld PRESET (weak, medium, strong, max) and / or --sld-guidance, --sld-warmup,
+ * --sld-threshold, --sld-momentum, --sld-mom-beta (over the preset, else medium's values),
+ * --sld-concept TEXT (the safe pipeline's concept by default).
  */
 #include "datasets/datasets.h"
 #include "infer/infer.h"
@@ -16,6 +24,7 @@
 #include "recipes/cli.h"
 
 #include <ftw.h>
+#include <math.h>
 
 #include <nettle/sha2.h>
 #include <stdarg.h>
@@ -34,7 +43,10 @@ static int usage(void) {
             "[--image init.png [--strength S]] [--mask mask.png] [--clip-skip K] "
             "[--guidance-rescale R] [--eta E] [--latents init.safetensors] [--variant V] "
             "[--timestep-spacing leading|trailing|linspace] [--rescale-betas-zero-snr] "
-            "[--out FILE.png | --out-dir DIR] [--out-tensor F.safetensors]\n"
+            "[--out FILE.png | --out-dir DIR] [--out-tensor F.safetensors] "
+            "[--safety on|flag|off] [--sld weak|medium|strong|max] [--sld-guidance G] "
+            "[--sld-warmup N] [--sld-threshold T] [--sld-momentum M] [--sld-mom-beta B] "
+            "[--sld-concept TEXT]\n"
             "schedulers: a diffusers class name, or ddim, ddpm, pndm, euler, euler-a, heun, lms, "
             "dpm++2m, dpm++2m-karras, unipc\n");
     return 2;
@@ -184,11 +196,75 @@ static df_status read_latents(const char *path, df_tensor **out) {
 /* The generation's settings as the command line gave them. */
 typedef struct gen_args {
     const char *model, *prompt, *negative, *sched, *image, *mask, *latents, *out, *out_dir,
-        *out_tensor, *variant, *spacing;
+        *out_tensor, *variant, *spacing, *safety, *sld, *sld_concept;
     long long steps, seed, n, height, width, clip_skip;
     double guidance, strength, rescale, eta;
     bool zero_snr;
+    /* Safe Latent Diffusion: explicit values (NaN / -1: the preset's, else medium's) */
+    double sld_guidance, sld_threshold, sld_momentum, sld_mom_beta;
+    long long sld_warmup;
 } gen_args;
+
+/* Whether SLD is asked for, and its settings: --sld PRESET, then the explicit --sld-* values. */
+static bool sld_settings(const gen_args *a, df_sld_params *p) {
+    bool any = a->sld || !isnan(a->sld_guidance) || !isnan(a->sld_threshold) ||
+               !isnan(a->sld_momentum) || !isnan(a->sld_mom_beta) || a->sld_warmup >= 0 ||
+               a->sld_concept;
+    if (!any) return false;
+    df_sld_preset(a->sld ? a->sld : "medium", p);
+    if (!isnan(a->sld_guidance)) p->guidance_scale = a->sld_guidance;
+    if (!isnan(a->sld_threshold)) p->threshold = a->sld_threshold;
+    if (!isnan(a->sld_momentum)) p->momentum_scale = a->sld_momentum;
+    if (!isnan(a->sld_mom_beta)) p->mom_beta = a->sld_mom_beta;
+    if (a->sld_warmup >= 0) p->warmup_steps = (int)a->sld_warmup;
+    return true;
+}
+
+static df_safety_mode safety_mode(const gen_args *a) {
+    if (!a->safety || strcmp(a->safety, "on") == 0) return DF_SAFETY_ON;
+    return strcmp(a->safety, "flag") == 0 ? DF_SAFETY_FLAG : DF_SAFETY_OFF;
+}
+
+/* The verdicts of images [from, from + n) as a JSON array into buf. */
+static void safety_json(const df_sd_result *res, int64_t from, int64_t n, char *buf, size_t len) {
+    size_t k = (size_t)snprintf(buf, len, "[");
+    for (int64_t i = from; i < from + n && k < len; i++) {
+        char one[1024];
+        df_safety_result_json(&res->safety[i], one, sizeof one);
+        k += (size_t)snprintf(buf + k, len - k, "%s%s", i > from ? ", " : "", one);
+    }
+    if (k < len) snprintf(buf + k, len - k, "]");
+}
+
+/* --safety flag: the verdicts next to the output (FILE.safety.json, DIR/safety.json, or
+ * TENSORS.safety.json), one JSON object per line with the image's index and file. */
+static df_status write_safety_json(const gen_args *a, const df_sd_result *res) {
+    char path[1200];
+    if (a->out_dir)
+        snprintf(path, sizeof path, "%s/safety.json", a->out_dir);
+    else {
+        const char *base = a->out ? a->out : a->out_tensor;
+        const char *dot = strrchr(base, '.'), *slash = strrchr(base, '/');
+        int stem = dot && (!slash || dot > slash) ? (int)(dot - base) : (int)strlen(base);
+        snprintf(path, sizeof path, "%.*s.safety.json", stem, base);
+    }
+    FILE *f = fopen(path, "w");
+    if (!f) return df_error(DF_ERR_IO, "%s: cannot write", path);
+    for (int64_t i = 0; i < res->image->shape[0]; i++) {
+        char one[1024], file[1300] = "";
+        df_safety_result_json(&res->safety[i], one, sizeof one);
+        if (a->out_dir)
+            snprintf(file, sizeof file, "%05lld-%lld.png", (long long)i, a->seed);
+        else if (a->out)
+            snprintf(file, sizeof file, "%s", a->out);
+        /* {"image": i, "file": "...", + the verdict's fields} */
+        fprintf(f, "{\"image\": %lld, \"file\": \"%s\", %s\n", (long long)i, file, one + 1);
+    }
+    bool bad = ferror(f) != 0;
+    if (fclose(f) != 0 || bad) return df_error(DF_ERR_IO, "%s: write failed", path);
+    fprintf(stderr, "generate: %s\n", path);
+    return DF_OK;
+}
 
 /* A1111's parameters text. */
 static void parameters_text(const gen_args *a, const df_sd_pipeline *p, const df_tensor *image,
@@ -227,19 +303,25 @@ static df_status write_outputs(const gen_args *a, const df_sd_pipeline *p,
                                const df_sd_result *res) {
     char params[8192];
     parameters_text(a, p, res->image, params, sizeof params);
-    const char *key = "parameters", *val = params;
+    bool flag = res->safety && safety_mode(a) == DF_SAFETY_FLAG;
+    static char verdicts[64 * 1024];
+    const char *keys[2] = {"parameters", "safety"}, *vals[2] = {params, verdicts};
+    int n_text = flag ? 2 : 1;
     df_status st = DF_OK;
     df_scope scope = df_scope_begin();
     if (a->out) {
-        st = df_png_write(a->out, df_unit_images_to_grid(res->image, 0), 1, &key, &val);
+        if (flag) safety_json(res, 0, res->image->shape[0], verdicts, sizeof verdicts);
+        st = df_png_write(a->out, df_unit_images_to_grid(res->image, 0), n_text, keys, vals);
         if (st == DF_OK) fprintf(stderr, "generate: %s\n", a->out);
     }
     for (int64_t i = 0; st == DF_OK && a->out_dir && i < res->image->shape[0]; i++) {
         char path[1200];
         snprintf(path, sizeof path, "%s/%05lld-%lld.png", a->out_dir, (long long)i, a->seed);
-        st = df_png_write(path, one_image(res->image, i), 1, &key, &val);
+        if (flag) df_safety_result_json(&res->safety[i], verdicts, sizeof verdicts);
+        st = df_png_write(path, one_image(res->image, i), n_text, keys, vals);
         if (st == DF_OK) fprintf(stderr, "generate: %s\n", path);
     }
+    if (st == DF_OK && flag) st = write_safety_json(a, res);
     if (st == DF_OK && a->out_tensor) {
         const char *names[] = {"latents", "image"};
         const df_tensor *ts[] = {res->latents, res->image};
@@ -307,6 +389,12 @@ static df_status run(gen_args *a) {
     const sched_alias *al = a->sched ? alias_of_name(a->sched) : NULL;
     lo.scheduler = al ? al->cls : a->sched;
     lo.use_karras_sigmas = al && al->karras;
+    df_safety_mode mode = safety_mode(a);
+    lo.safety_off = mode == DF_SAFETY_OFF;
+    if (lo.safety_off)
+        fprintf(stderr, "notice: generate: --safety off: the safety checker does not run and the "
+                        "images are not screened; you are responsible for their use (see the "
+                        "README's Safety section)\n");
     char dir[1024];
     bool temp;
     df_sd_pipeline p = {0};
@@ -315,7 +403,15 @@ static df_status run(gen_args *a) {
     df_status st = model_folder(a->model, dir, sizeof dir, &temp);
     if (st == DF_OK) st = df_sd_pipeline_load(dir, &lo, &p);
     if (st == DF_OK) fprintf(stderr, "generate: loaded %s in %.2f s\n", a->model, since(&t0));
-    df_tensor *image = NULL, *mask = NULL, *latents = NULL, *cond = NULL, *uncond = NULL;
+    if (st == DF_OK && !p.safety && !lo.safety_off)
+        fprintf(stderr,
+                "note: generate: %s has no safety checker (model_index.json names none); "
+                "the images are not screened\n",
+                a->model);
+    df_tensor *image = NULL, *mask = NULL, *latents = NULL, *cond = NULL, *uncond = NULL,
+              *concept = NULL;
+    df_sld_params sld = {0};
+    bool use_sld = sld_settings(a, &sld);
     if (st == DF_OK) st = read_images(a, &image, &mask);
     if (st == DF_OK && a->image && !a->mask && !a->height &&
         (image->shape[0] % 8 || image->shape[1] % 8))
@@ -330,6 +426,19 @@ static df_status run(gen_args *a) {
     if (st == DF_OK)
         st =
             df_sd_encode_prompt(&p, a->prompt, a->negative, (int)a->clip_skip, cfg, &cond, &uncond);
+    if (st == DF_OK && use_sld) {
+        df_tensor *unused = NULL;
+        if (!cfg || sld.guidance_scale <= 1)
+            fprintf(stderr, "note: generate: Safe Latent Diffusion needs --guidance > 1 and an "
+                            "SLD guidance > 1; it is off for this run\n");
+        st = df_sd_encode_prompt(&p, a->sld_concept ? a->sld_concept : df_sld_default_concept(),
+                                 NULL, (int)a->clip_skip, false, &concept, &unused);
+        if (st == DF_OK && concept->shape[1] != cond->shape[1])
+            st = df_error(DF_ERR_INVALID,
+                          "--sld-concept: %lld tokens of embeddings, the prompt's are %lld "
+                          "(keep the concept within 75 tokens, without weights)",
+                          (long long)concept->shape[1], (long long)cond->shape[1]);
+    }
     progress pr = {.tty = isatty(2) == 1};
     clock_gettime(CLOCK_MONOTONIC, &pr.start);
     df_sd_request r = {.cond = cond,
@@ -347,7 +456,10 @@ static df_status run(gen_args *a) {
                        .mask = mask,
                        .strength = a->strength,
                        .progress = on_step,
-                       .progress_ctx = &pr};
+                       .progress_ctx = &pr,
+                       .safety = mode,
+                       .sld_concept = concept,
+                       .sld = sld};
     df_sd_result res = {0};
     if (st == DF_OK) st = df_sd_generate(&p, &r, &res);
     if (st == DF_OK) {
@@ -357,6 +469,14 @@ static df_status run(gen_args *a) {
                     "warning: generate: %lld values of the final latents are NaN or infinite "
                     "(shown black)\n",
                     (long long)bad);
+        if (res.safety && mode == DF_SAFETY_FLAG && res.n_flagged) {
+            char which[512];
+            df_safety_flag_list(res.safety, (int)res.image->shape[0], which, sizeof which);
+            fprintf(stderr,
+                    "warning: generate: the safety checker flags image(s) %s (kept: --safety "
+                    "flag)\n",
+                    which);
+        }
         fprintf(stderr, "generate: %lld image(s) of %lldx%lld in %.1f s\n",
                 (long long)res.image->shape[0], (long long)res.image->shape[3],
                 (long long)res.image->shape[2], since(&pr.start));
@@ -365,6 +485,7 @@ static df_status run(gen_args *a) {
     df_scope_end(scope);
     df_tensor *ts[] = {image, mask, latents, res.latents, res.image};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) df_tensor_free(ts[i]);
+    free(res.safety);
     df_sd_pipeline_free(&p);
     if (temp) { /* the converted folder, whose mapped files the pipeline no longer holds */
         char *slash = strrchr(dir, '/');
@@ -375,7 +496,15 @@ static df_status run(gen_args *a) {
 }
 
 int df_cmd_generate(int argc, char **argv) {
-    gen_args a = {.steps = 50, .n = 1, .guidance = 7.5, .strength = -1};
+    gen_args a = {.steps = 50,
+                  .n = 1,
+                  .guidance = 7.5,
+                  .strength = -1,
+                  .sld_guidance = NAN,
+                  .sld_threshold = NAN,
+                  .sld_momentum = NAN,
+                  .sld_mom_beta = NAN,
+                  .sld_warmup = -1};
     for (int i = 0; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (o[0] != '-') {
@@ -400,6 +529,9 @@ int df_cmd_generate(int argc, char **argv) {
                            : strcmp(o, "--out-tensor") == 0       ? &a.out_tensor
                            : strcmp(o, "--variant") == 0          ? &a.variant
                            : strcmp(o, "--timestep-spacing") == 0 ? &a.spacing
+                           : strcmp(o, "--safety") == 0           ? &a.safety
+                           : strcmp(o, "--sld") == 0              ? &a.sld
+                           : strcmp(o, "--sld-concept") == 0      ? &a.sld_concept
                                                                   : NULL;
         if (str) {
             *str = v;
@@ -426,11 +558,27 @@ int df_cmd_generate(int argc, char **argv) {
             ok = parse_double(v, 0, 1, &a.rescale);
         else if (strcmp(o, "--eta") == 0)
             ok = parse_double(v, 0, 1, &a.eta);
+        else if (strcmp(o, "--sld-guidance") == 0)
+            ok = parse_double(v, 0, 1e6, &a.sld_guidance);
+        else if (strcmp(o, "--sld-warmup") == 0)
+            ok = parse_long(v, 0, 10000, &a.sld_warmup);
+        else if (strcmp(o, "--sld-threshold") == 0)
+            ok = parse_double(v, -1e6, 1e6, &a.sld_threshold);
+        else if (strcmp(o, "--sld-momentum") == 0)
+            ok = parse_double(v, 0, 1e6, &a.sld_momentum);
+        else if (strcmp(o, "--sld-mom-beta") == 0)
+            ok = parse_double(v, 0, 1, &a.sld_mom_beta);
         else
             return bad_arg("unknown option '%s'", o);
         if (!ok) return bad_arg("%s: '%s' is not a valid value", o, v);
     }
     if (!a.model) return bad_arg("missing MODEL (a Stable Diffusion pipeline folder)");
+    if (a.safety && strcmp(a.safety, "on") != 0 && strcmp(a.safety, "flag") != 0 &&
+        strcmp(a.safety, "off") != 0)
+        return bad_arg("--safety: '%s' (on, flag or off)", a.safety);
+    df_sld_params unused;
+    if (a.sld && !df_sld_preset(a.sld, &unused))
+        return bad_arg("--sld: '%s' (weak, medium, strong or max)", a.sld);
     if (a.mask && !a.image) return bad_arg("--mask needs --image (the image to inpaint)");
     if (a.strength >= 0 && !a.image) return bad_arg("--strength needs --image");
     if (a.out && a.out_dir) return bad_arg("--out and --out-dir exclude each other");

@@ -16,6 +16,8 @@ static const df_command commands[] = {
     {"sample", "generate images from a diffusers pipeline folder", df_cmd_sample},
     {"generate", "text-to-image, image-to-image and inpainting with Stable Diffusion",
      df_cmd_generate},
+    {"safety-check", "score images with a pipeline's safety checker (one JSON line each)",
+     df_cmd_safety_check},
     {"tokenize", "CLIP token ids and attention masks of texts", df_cmd_tokenize},
     {"convert", "a single-file SD checkpoint to a diffusers folder, or back", df_cmd_convert},
     {NULL, NULL, NULL},

@@ -163,6 +163,8 @@ static void t2i_free(void *ctx) {
     df_sched_free(t->sched);
     df_sched_config_free(&t->sched_config);
     for (int i = 0; i < t->n_prompts; i++) free(t->prompts[i]);
+    if (t->safety) df_safety_free(t->safety);
+    free(t->safety);
     free(t);
 }
 

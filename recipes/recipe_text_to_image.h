@@ -35,6 +35,10 @@ typedef struct t2i {
     double guidance;
     char val_sched[DF_JSON_STR], export_sched[DF_JSON_STR];
     uint64_t seed;
+    /* the base folder's safety checker, which the validation images go through (loaded at the
+     * first validation when the base has safety_checker/) */
+    struct df_safety *safety;
+    bool safety_tried;
 } t2i;
 
 /* df_recipe.validate / export_model (t2i_output.c). */

@@ -1,7 +1,8 @@
 /* t2i_output.c — what the text_to_image recipe makes besides the loss: validation grids
  * (validation_prompts through df_sd_generate on the live models: a df_sd_pipeline filled in
  * memory with the recipe's UNet, VAE, text encoder and tokenizer, `validation_scheduler` on the
- * training betas; one grid row a prompt, num_validation_images each, seed = the config's) and
+ * training betas; one grid row a prompt, num_validation_images each, seed = the config's; through
+ * the base folder's safety checker when it has one) and
  * the export, a StableDiffusionPipeline folder diffusers v0.21.4 loads: model_index.json (no
  * safety checker), unet/, vae/, text_encoder/ (transformers CLIPTextModel), tokenizer/ (the 4
  * files copied) and scheduler/ (`export_scheduler` on the training betas; PNDM as SD 1.5 ships
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* A scheduler config of class `cls` on the training scheduler's betas (and prediction type);
  * PNDM as Stable Diffusion 1.5 ships it (skip_prk_steps, steps_offset 1, set_alpha_to_one off). */
@@ -179,9 +181,24 @@ static df_status render_prompts(t2i *t, df_sd_pipeline *p, df_tensor **grid) {
                sizeof(float) * (size_t)res.image->numel);
         df_tensor_free(res.image);
         df_tensor_free(res.latents);
+        free(res.safety);
     }
     *grid = df_unit_images_to_grid(all, per);
     return DF_OK;
+}
+
+/* The base's safety checker (once): validation images go through it as a pipeline's would
+ * (flagged ones black, with the warning naming them). A base without safety_checker/ has none. */
+static df_status base_checker(t2i *t) {
+    if (t->safety_tried) return DF_OK;
+    t->safety_tried = true;
+    char path[DF_PATH_MAX + 32];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/safety_checker", t->base);
+    if (!t->base[0] || stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return DF_OK;
+    if (!(t->safety = calloc(1, sizeof *t->safety)))
+        return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
+    return df_safety_load(t->base, t->safety);
 }
 
 df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid) {
@@ -190,6 +207,8 @@ df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid) {
     df_sd_pipeline p;
     bool grad = df_grad_set_enabled(false);
     df_status st = live_pipeline(t, &p);
+    if (st == DF_OK) st = base_checker(t);
+    p.safety = t->safety && t->safety->loaded ? t->safety : NULL;
     if (st == DF_OK) st = render_prompts(t, &p, grid);
     pipeline_release(&p);
     df_grad_set_enabled(grad);

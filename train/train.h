@@ -508,4 +508,25 @@ DF_API df_status df_train_memory_plan(const df_config *cfg, const df_recipe *r, 
 /* The top-level string `key` of a YAML file (e.g. `recipe`), "" when absent. */
 DF_API df_status df_config_peek(const char *path, const char *key, char *out, size_t len);
 
+/* ================================================================ model card ================= */
+
+/* What an export's README.md says (train/model_card.c). */
+typedef struct df_model_card {
+    const char *recipe;     /* the recipe's name */
+    const char *base_model; /* the base folder or file; NULL: trained from scratch */
+    const char *const *datasets;
+    int n_datasets;
+    const df_config *config; /* written as YAML; may be NULL */
+} df_model_card;
+
+/* The licence a base model names: *name from its README.md front matter (`license:`) or the first
+ * line of a LICENSE[.md|.txt] file in its folder (beside a single file), whose path goes to
+ * *file; both "" when it names none. */
+DF_API df_status df_model_card_license(const char *base, char *name, size_t name_len, char *file,
+                                       size_t file_len);
+/* Writes DIR/README.md (front matter with `license:` and `base_model:`, the recipe, the data sets,
+ * the licence, the config) and copies the base's licence file into DIR. A base naming no licence
+ * is a warning on stderr ("unknown" in the card). */
+DF_API df_status df_model_card_write(const char *dir, const df_model_card *card);
+
 #endif

@@ -389,7 +389,18 @@ static df_status export_to(trainer *t, const char *dir) {
     }
     df_status st = t->recipe->export_model(t->recipe->ctx, dir);
     if (t->ema) df_ema_restore(t->ema);
-    return st;
+    if (st != DF_OK) return st;
+    /* the model card: recipe, base, data, config, the base's licence passed on */
+    const char *data[DF_MAX_RECIPE_SOURCES];
+    int n = 0;
+    for (int i = 0; i < t->recipe->n_sources || (i == 0 && t->recipe->n_sources == 0); i++)
+        data[n++] = df_config_str(t->cfg, source_key(t, i));
+    df_model_card card = {.recipe = t->recipe->name,
+                          .base_model = t->recipe->base_path,
+                          .datasets = data,
+                          .n_datasets = n,
+                          .config = t->cfg};
+    return df_model_card_write(dir, &card);
 }
 
 /* Moves entry `name` of folder `from` into the run folder, replacing what is there (a folder

@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A fixture run's arguments (the `args` metadata). */
@@ -160,3 +161,87 @@ CASE(sd1_inpaint9_euler)
 CASE(sd1_inpaint4_euler)
 CASE(sd1_inpaint4_ddim)
 CASE(sd2_inpaint4_dpm)
+
+/* Safe Latent Diffusion: diffusers' StableDiffusionPipelineSafe runs (its default safety
+ * concept, recorded in the metadata) from the prompt texts; the final latents within 1e-4 and
+ * the images within 1e-3, and SLD must have moved them (latents_without_sld: the same run with
+ * sld_guidance_scale 0). */
+static void check_safe_case(const char *name) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "pipelines/runs/%s.safetensors", name);
+    df_st_file *f = fixture_open(rel);
+    const char *text = df_st_metadata(f, "args");
+    cr_assert(text);
+    cJSON *j = cJSON_Parse(text);
+    cr_assert(j);
+    run_args a = read_args(f);
+    const cJSON *sld = cJSON_GetObjectItemCaseSensitive(j, "sld");
+    df_sld_params sp = {.guidance_scale = num_or(sld, "sld_guidance_scale", 0),
+                        .warmup_steps = (int)num_or(sld, "sld_warmup_steps", 0),
+                        .threshold = num_or(sld, "sld_threshold", 0),
+                        .momentum_scale = num_or(sld, "sld_momentum_scale", 0),
+                        .mom_beta = num_or(sld, "sld_mom_beta", 0)};
+    const char *concept = df_st_metadata(f, "safety_concept");
+    cr_assert(concept && strcmp(concept, df_sld_default_concept()) == 0,
+              "the fixture's concept is not df_sld_default_concept()");
+    snprintf(rel, sizeof rel, "pipelines/%s", a.folder);
+    df_sd_load_opts lo = {.scheduler = a.scheduler[0] ? a.scheduler : NULL};
+    df_sd_pipeline p;
+    cr_assert_eq(df_sd_pipeline_load(fixture_path(rel), &lo, &p), DF_OK, "%s", df_last_error());
+    df_scope scope = df_scope_begin();
+    df_tensor *cond, *uncond, *sc, *none;
+    const char *neg = str_or(j, "negative", NULL);
+    cr_assert_eq(df_sd_encode_prompt(&p, str_or(j, "prompt", ""), neg, 0, true, &cond, &uncond),
+                 DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_sd_encode_prompt(&p, concept, NULL, 0, false, &sc, &none), DF_OK, "%s",
+                 df_last_error());
+    df_sd_request r = {.cond = cond,
+                       .uncond = uncond,
+                       .steps = a.steps,
+                       .guidance_scale = a.guidance,
+                       .num_images = a.n,
+                       .height = a.height,
+                       .width = a.width,
+                       .seed = a.seed,
+                       .strength = -1,
+                       .sld_concept = sc,
+                       .sld = sp};
+    df_sd_result res;
+    cr_assert_eq(df_sd_generate(&p, &r, &res), DF_OK, "%s: %s", name, df_last_error());
+    df_tensor *want_l = fixture_get(f, "latents", DF_DTYPE_F32);
+    df_tensor *want_i = fixture_get(f, "image", DF_DTYPE_F32);
+    df_tensor *plain = fixture_get(f, "latents_without_sld", DF_DTYPE_F32);
+    char label[160];
+    snprintf(label, sizeof label, "%s latents", name);
+    check_close(label, res.latents, want_l, 1e-4, 1e-4);
+    snprintf(label, sizeof label, "%s image", name);
+    check_close(label, res.image, want_i, 1e-3, 0);
+    cr_expect_gt(rel_max_err(plain, want_l), 1e-2, "SLD did not change the latents");
+    df_tensor_free(res.latents); /* the caller's; the rest belongs to the scope */
+    df_tensor_free(res.image);
+    free(res.safety);
+    df_scope_end(scope);
+    cJSON_Delete(j);
+    df_sd_pipeline_free(&p);
+    df_st_close(f);
+}
+
+Test(sd_parity, sd1_safe_pndm) {
+    check_safe_case("sd1_safe_pndm");
+}
+
+Test(sd_parity, sd1_safe_max_ddim) {
+    check_safe_case("sd1_safe_max_ddim");
+}
+
+Test(sd_parity, sld_presets) {
+    df_sld_params p;
+    cr_assert(df_sld_preset("medium", &p));
+    cr_expect(p.guidance_scale == 1000 && p.warmup_steps == 10 && p.threshold == 0.01 &&
+              p.momentum_scale == 0.3 && p.mom_beta == 0.4);
+    cr_assert(df_sld_preset("MAX", &p));
+    cr_expect(p.guidance_scale == 5000 && p.warmup_steps == 0 && p.threshold == 1.0);
+    cr_expect(df_sld_preset("weak", &p) && p.warmup_steps == 15 && p.guidance_scale == 20);
+    cr_expect(df_sld_preset("strong", &p) && p.threshold == 0.025 && p.mom_beta == 0.7);
+    cr_expect(!df_sld_preset("extreme", &p));
+}

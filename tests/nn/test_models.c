@@ -311,6 +311,11 @@ Test(nn_models, vae_fields) {
     run_case("vae_fields");
 }
 
+/* CLIPVisionModel (tests/ref/gen_safety_checker.py): the tower the safety checker runs */
+Test(nn_models, clip_vision_tiny) {
+    run_case("clip_vision_tiny");
+}
+
 Test(nn_models, clip_text_fields) {
     run_case("clip_text_fields");
 }

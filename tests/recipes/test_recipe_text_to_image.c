@@ -482,3 +482,69 @@ Test(recipes_t2i, images_without_captions_are_an_error) {
     expect_status(t2i_begin(&t, "nocap", false, "caption_column=nope"), DF_ERR_FORMAT,
                   "8 of 8 images have no caption");
 }
+
+/* Validation images go through the base folder's safety checker: a copy of sd1 (symbolic links)
+ * with the checker of tests/fixtures/models/safety_checker_tiny whose thresholds flag every
+ * image gives an all-black grid. */
+Test(recipes_t2i, validation_goes_through_the_base_checker, .timeout = 300) {
+    char base[600], path[800], src[800];
+    snprintf(base, sizeof base, "%s/base", root);
+    cr_assert_eq(df_mkdirs(base), DF_OK);
+    const char *parts[] = {"unet",      "vae",       "text_encoder",
+                           "tokenizer", "scheduler", "model_index.json"};
+    for (int i = 0; i < 6; i++) {
+        snprintf(src, sizeof src, "%s/%s", sd1, parts[i]);
+        snprintf(path, sizeof path, "%s/%s", base, parts[i]);
+        cr_assert_eq(symlink(src, path), 0);
+    }
+    snprintf(path, sizeof path, "%s/feature_extractor", base);
+    cr_assert_eq(df_mkdirs(path), DF_OK);
+    snprintf(path, sizeof path, "%s/feature_extractor/preprocessor_config.json", base);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("{\"size\": 32, \"crop_size\": 32}\n", f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/safety_checker", base);
+    cr_assert_eq(df_mkdirs(path), DF_OK);
+    size_t n;
+    char *cfg = read_whole_file(fixture_path("models/safety_checker_tiny/config.json"), &n);
+    snprintf(path, sizeof path, "%s/safety_checker/config.json", base);
+    f = fopen(path, "w");
+    cr_assert(f && cfg);
+    fputs(cfg, f);
+    fclose(f);
+    free(cfg);
+    df_st_file *w;
+    cr_assert_eq(df_st_open(fixture_path("models/safety_checker_tiny/model.safetensors"), &w),
+                 DF_OK);
+    int k = df_st_count(w);
+    df_scope s = df_scope_begin();
+    const char **nm = calloc((size_t)k, sizeof *nm);
+    const df_tensor **tv = calloc((size_t)k, sizeof *tv);
+    for (int i = 0; i < k; i++) {
+        nm[i] = df_st_info_at(w, i)->name;
+        df_tensor *t;
+        cr_assert_eq(df_st_read(w, nm[i], DF_DTYPE_F32, &t), DF_OK);
+        if (strcmp(nm[i], "concept_embeds_weights") == 0) df_tensor_fill_(t, -1);
+        tv[i] = t;
+    }
+    snprintf(path, sizeof path, "%s/safety_checker/model.safetensors", base);
+    cr_assert_eq(df_st_save(path, k, nm, tv, 0, NULL, NULL), DF_OK, "%s", df_last_error());
+    df_scope_end(s);
+    df_st_close(w);
+    free(nm);
+    free(tv);
+    t2i_run t;
+    char extra[900];
+    snprintf(extra, sizeof extra, "pretrained_model_name_or_path=%s validation_prompts=[red]",
+             base);
+    cr_assert_eq(t2i_begin(&t, "checked", true, extra), DF_OK, "%s", df_last_error());
+    s = df_scope_begin();
+    df_tensor *grid;
+    cr_assert_eq(t.r.validate(t.r.ctx, 0, &grid), DF_OK, "%s", df_last_error());
+    int64_t lit = 0;
+    for (int64_t i = 0; i < grid->numel; i++) lit += ((const uint8_t *)grid->data)[i] != 0;
+    cr_expect_eq(lit, 0, "%lld pixels of flagged validation images are not black", (long long)lit);
+    df_scope_end(s);
+    t2i_end(&t);
+}

@@ -193,6 +193,16 @@ Test(recipes_train, loss_falls, .timeout = 300) {
     cr_assert(access(path, R_OK) == 0);
     snprintf(path, sizeof path, "%s/fall/scheduler/scheduler_config.json", root);
     cr_assert(access(path, R_OK) == 0);
+    /* with its model card (train/model_card.c): trained from scratch, the recipe, the config */
+    snprintf(path, sizeof path, "%s/fall/README.md", root);
+    size_t n;
+    char *card = read_whole_file(path, &n);
+    cr_assert(card, "no model card");
+    cr_expect(strstr(card, "- Recipe: `unconditional`") &&
+                  strstr(card, "none (trained from scratch)") &&
+                  strstr(card, "## Training configuration"),
+              "%s", card);
+    free(card);
 }
 
 Test(recipes_train, stop_and_resume_is_exact, .timeout = 300) {

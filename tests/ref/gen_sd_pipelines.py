@@ -6,7 +6,7 @@ Run from the repository root with Debian's torch: /usr/bin/python3 tests/ref/gen
 It needs the oracle next to the repository (../shared/oracle: pipeline.py builds the random
 components with the upstream classes).
 
-Writes tests/fixtures/pipelines/:
+Writes tests/fixtures/pipelines/ (the runs named on the command line only, when any):
 - sd1/: `pipeline.py build --variant sd1 --seed 0` (epsilon, PNDM, quick_gelu CLIP, pad
   <|endoftext|>), every weight file saved as the `fp16` variant (`*.fp16.safetensors`, F16 values;
   there is no plain file, so it loads only with variant "fp16");
@@ -143,7 +143,7 @@ def make_images():
 
 def run_case(name, folder, mode, prompt, negative=None, steps=4, guidance=7.5, scheduler=None,
              sched_overrides=None, seed=0, n=1, height=None, width=None, image=None, mask=None,
-             strength=None, guidance_rescale=0.0):
+             strength=None, guidance_rescale=0.0, sld=None):
     import diffusers
     from PIL import Image
 
@@ -154,7 +154,17 @@ def run_case(name, folder, mode, prompt, negative=None, steps=4, guidance=7.5, s
     scfg = cls.load_config(os.path.join(d, "scheduler"))
     sched = cls.from_config(scfg, **(sched_overrides or {}))
     pcls = {"txt2img": diffusers.StableDiffusionPipeline, "img2img": diffusers.StableDiffusionImg2ImgPipeline,
-            "inpaint": diffusers.StableDiffusionInpaintPipeline}[mode]
+            "inpaint": diffusers.StableDiffusionInpaintPipeline,
+            "safe": diffusers.StableDiffusionPipelineSafe}[mode]
+    if mode == "safe":
+        return run_safe(name, folder, pcls, dict(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                                 safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False),
+                        dict(prompt=prompt, negative_prompt=negative, num_inference_steps=steps,
+                             guidance_scale=guidance, num_images_per_prompt=n, height=height, width=width, **sld),
+                        seed, dict(folder=folder, mode=mode, prompt=prompt, negative=negative, steps=steps,
+                                   guidance=guidance, scheduler=scheduler, seed=seed, n=n, height=height,
+                                   width=width, sld=sld))
     pipe = pcls(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
                 feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -191,6 +201,31 @@ def run_case(name, folder, mode, prompt, negative=None, steps=4, guidance=7.5, s
     os.makedirs(os.path.join(OUT, "runs"), exist_ok=True)
     st.save(out, os.path.join(OUT, "runs", name + ".safetensors"), metadata={"args": json.dumps(args)})
     print(name, tuple(out["latents"].shape), tuple(out["image"].shape))
+
+
+def run_safe(name, folder, pcls, components, kw, seed, args):
+    """StableDiffusionPipelineSafe (Safe Latent Diffusion) with its default safety concept; also
+    checks that SLD changed the result (the same run with sld_guidance_scale 0)."""
+    pipe = pcls(**components)
+    pipe.set_progress_bar_config(disable=True)
+    final = {}
+
+    def keep(i, t, latents):
+        final["latents"] = latents.clone()
+
+    outs = []
+    for sld_scale in (kw["sld_guidance_scale"], 0):
+        with torch.no_grad():
+            img = pipe(callback=keep, callback_steps=1, generator=torch.Generator().manual_seed(seed),
+                       output_type="np", **dict(kw, sld_guidance_scale=sld_scale)).images
+        outs.append((final["latents"].float().contiguous(), torch.from_numpy(img).permute(0, 3, 1, 2)))
+    delta = (outs[0][0] - outs[1][0]).abs().max().item()
+    assert delta > 1e-2, f"{name}: SLD changed the latents by only {delta}"
+    out = {"latents": outs[0][0], "image": outs[0][1].float().contiguous(), "latents_without_sld": outs[1][0]}
+    os.makedirs(os.path.join(OUT, "runs"), exist_ok=True)
+    st.save(out, os.path.join(OUT, "runs", name + ".safetensors"),
+            metadata={"args": json.dumps(args), "safety_concept": pipe.safety_concept})
+    print(name, tuple(out["latents"].shape), "SLD moved the latents by", delta)
 
 
 DDIM, EULER, DPM = "DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"
@@ -239,6 +274,15 @@ CASES = [
                                                  scheduler=DDIM, height=32, width=32)),
     ("sd2_inpaint4_dpm", "sd2", "inpaint", dict(prompt="a cat face", image="init.png", mask="mask.png",
                                                 scheduler=DPM, strength=0.9, n=2, height=32, width=32)),
+    # Safe Latent Diffusion (StableDiffusionPipelineSafe): medium's values with a 2-step warm-up (so
+    # that it acts within 6 steps), two images; the max preset (no warm-up) with DDIM
+    ("sd1_safe_pndm", "sd1", "safe", dict(prompt="a red apple on a table", negative="blurry", n=2, steps=6,
+                                          height=32, width=32,
+                                          sld=dict(sld_guidance_scale=1000, sld_warmup_steps=2, sld_threshold=0.01,
+                                                   sld_momentum_scale=0.3, sld_mom_beta=0.4))),
+    ("sd1_safe_max_ddim", "sd1", "safe", dict(prompt="grinning face", scheduler=DDIM, steps=4, height=32, width=32,
+                                              sld=dict(sld_guidance_scale=5000, sld_warmup_steps=0, sld_threshold=1.0,
+                                                       sld_momentum_scale=0.5, sld_mom_beta=0.7))),
 ]
 
 
