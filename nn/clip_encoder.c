@@ -4,10 +4,53 @@
  *   h = h + fc2(act(fc1(layer_norm2(h))))
  * Attention: q = q_proj(x) * head_dim^-0.5 (scaled before q k^T), softmax (with the causal mask
  * of the text tower, none for the vision tower), v, out_proj. act: quick_gelu or gelu (exact).
+ * Also the config fields both towers' configs read the same way.
  */
 #include "nn/nn.h"
 
 #include <math.h>
+#include <string.h>
+
+df_status df_clip_encoder_fields_read(const df_json *j, df_clip_encoder_fields f) {
+    double eps = *f.layer_norm_eps, dropout = 0, unused_f;
+    DF_TRY(df_json_double(j, "attention_dropout", 0, &dropout));
+    if (dropout != 0)
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "%s: field 'attention_dropout': %g (only 0: dropout is not implemented)",
+                        j->path, dropout);
+    /* no effect: the initialisers' scales (loaded weights replace them); only their types are
+     * checked. projection_dim is the *WithProjection classes'. */
+    DF_TRY(df_json_double(j, "initializer_range", 0, &unused_f));
+    DF_TRY(df_json_double(j, "initializer_factor", 0, &unused_f));
+    DF_TRY(df_json_int(j, "projection_dim", *f.projection_dim, f.projection_dim));
+    DF_TRY(df_json_int(j, "hidden_size", *f.hidden_size, f.hidden_size));
+    DF_TRY(df_json_int(j, "intermediate_size", *f.intermediate_size, f.intermediate_size));
+    DF_TRY(df_json_int(j, "num_hidden_layers", *f.num_hidden_layers, f.num_hidden_layers));
+    DF_TRY(df_json_int(j, "num_attention_heads", *f.num_attention_heads, f.num_attention_heads));
+    DF_TRY(df_json_double(j, "layer_norm_eps", eps, &eps));
+    *f.layer_norm_eps = (float)eps;
+    DF_TRY(df_json_string(j, "hidden_act", "quick_gelu", f.hidden_act, DF_JSON_STR));
+    if (strcmp(f.hidden_act, "quick_gelu") != 0 && strcmp(f.hidden_act, "gelu") != 0)
+        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'hidden_act': '%s' (quick_gelu or gelu)",
+                        j->path, f.hidden_act);
+    const struct {
+        const char *key;
+        int v, hi;
+    } sizes[] = {{"hidden_size", *f.hidden_size, DF_MODEL_MAX_CHANNELS},
+                 {"intermediate_size", *f.intermediate_size, 4 * DF_MODEL_MAX_CHANNELS},
+                 {"num_hidden_layers", *f.num_hidden_layers, DF_CLIP_MAX_LAYERS},
+                 {"projection_dim", *f.projection_dim, DF_MODEL_MAX_CHANNELS}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].v < 1 || sizes[i].v > sizes[i].hi)
+            return df_error(DF_ERR_FORMAT, "%s: field '%s': %d outside [1, %d]", j->path,
+                            sizes[i].key, sizes[i].v, sizes[i].hi);
+    if (!(eps >= 0 && eps < 1e30))
+        return df_error(DF_ERR_FORMAT, "%s: field 'layer_norm_eps': %g", j->path, eps);
+    if (*f.num_attention_heads < 1 || *f.hidden_size % *f.num_attention_heads != 0)
+        return df_error(DF_ERR_FORMAT, "%s: %d attention heads do not divide hidden_size %d",
+                        j->path, *f.num_attention_heads, *f.hidden_size);
+    return DF_OK;
+}
 
 void df_clip_layer_init(df_clip_layer *l, df_params *r, const char *prefix, int d, int inter,
                         float eps) {

@@ -38,36 +38,17 @@ df_status df_clip_vision_config_from_json(const df_json *j, df_clip_vision_confi
         if (df_json_is_null(j, not_null[i]))
             return df_error(DF_ERR_FORMAT, "%s: field '%s' is null (CLIPVisionModel needs a value)",
                             j->path, not_null[i]);
-    double eps = c->layer_norm_eps, dropout = 0, unused_f;
-    DF_TRY(df_json_double(j, "attention_dropout", 0, &dropout));
-    if (dropout != 0)
-        return df_error(DF_ERR_UNSUPPORTED,
-                        "%s: field 'attention_dropout': %g (only 0: dropout is not implemented)",
-                        j->path, dropout);
-    DF_TRY(df_json_double(j, "initializer_range", 0, &unused_f));
-    DF_TRY(df_json_double(j, "initializer_factor", 0, &unused_f));
-    DF_TRY(df_json_int(j, "projection_dim", c->projection_dim, &c->projection_dim));
-    DF_TRY(df_json_int(j, "hidden_size", c->hidden_size, &c->hidden_size));
-    DF_TRY(df_json_int(j, "intermediate_size", c->intermediate_size, &c->intermediate_size));
-    DF_TRY(df_json_int(j, "num_hidden_layers", c->num_hidden_layers, &c->num_hidden_layers));
-    DF_TRY(df_json_int(j, "num_attention_heads", c->num_attention_heads, &c->num_attention_heads));
+    DF_TRY(df_clip_encoder_fields_read(
+        j, (df_clip_encoder_fields){&c->hidden_size, &c->intermediate_size, &c->num_hidden_layers,
+                                    &c->num_attention_heads, &c->projection_dim, &c->layer_norm_eps,
+                                    c->hidden_act}));
     DF_TRY(df_json_int(j, "num_channels", c->num_channels, &c->num_channels));
     DF_TRY(df_json_int(j, "image_size", c->image_size, &c->image_size));
     DF_TRY(df_json_int(j, "patch_size", c->patch_size, &c->patch_size));
-    DF_TRY(df_json_double(j, "layer_norm_eps", eps, &eps));
-    c->layer_norm_eps = (float)eps;
-    DF_TRY(df_json_string(j, "hidden_act", "quick_gelu", c->hidden_act, sizeof c->hidden_act));
-    if (strcmp(c->hidden_act, "quick_gelu") != 0 && strcmp(c->hidden_act, "gelu") != 0)
-        return df_error(DF_ERR_UNSUPPORTED, "%s: field 'hidden_act': '%s' (quick_gelu or gelu)",
-                        j->path, c->hidden_act);
     const struct {
         const char *key;
         int v, hi;
-    } sizes[] = {{"hidden_size", c->hidden_size, DF_MODEL_MAX_CHANNELS},
-                 {"intermediate_size", c->intermediate_size, 4 * DF_MODEL_MAX_CHANNELS},
-                 {"num_hidden_layers", c->num_hidden_layers, DF_CLIP_MAX_LAYERS},
-                 {"projection_dim", c->projection_dim, DF_MODEL_MAX_CHANNELS},
-                 {"num_channels", c->num_channels, 64},
+    } sizes[] = {{"num_channels", c->num_channels, 64},
                  {"image_size", c->image_size, MAX_IMAGE_SIZE},
                  {"patch_size", c->patch_size, MAX_IMAGE_SIZE}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -81,11 +62,6 @@ df_status df_clip_vision_config_from_json(const df_json *j, df_clip_vision_confi
     if (g * g + 1 > DF_CLIP_MAX_POSITIONS)
         return df_error(DF_ERR_FORMAT, "%s: %d patches (at most %d)", j->path, g * g,
                         DF_CLIP_MAX_POSITIONS - 1);
-    if (!(eps >= 0 && eps < 1e30))
-        return df_error(DF_ERR_FORMAT, "%s: field 'layer_norm_eps': %g", j->path, eps);
-    if (c->num_attention_heads < 1 || c->hidden_size % c->num_attention_heads != 0)
-        return df_error(DF_ERR_FORMAT, "%s: %d attention heads do not divide hidden_size %d",
-                        j->path, c->num_attention_heads, c->hidden_size);
     return DF_OK;
 }
 

@@ -838,6 +838,19 @@ typedef struct df_clip_layer {
     df_norm_mod layer_norm1, layer_norm2;
 } df_clip_layer;
 
+/* The encoder fields CLIPTextConfig and CLIPVisionConfig share, read into the caller's config
+ * (pointers into it; the values there are the defaults): attention_dropout (0 only), the
+ * initialisers' scales (types only), projection_dim, hidden_size, intermediate_size,
+ * num_hidden_layers, num_attention_heads, layer_norm_eps, hidden_act (quick_gelu | gelu; a
+ * DF_JSON_STR buffer), with their range checks and heads dividing hidden_size (clip_encoder.c).
+ * Errors name the file and the field. */
+typedef struct df_clip_encoder_fields {
+    int *hidden_size, *intermediate_size, *num_hidden_layers, *num_attention_heads, *projection_dim;
+    float *layer_norm_eps;
+    char *hidden_act;
+} df_clip_encoder_fields;
+DF_API df_status df_clip_encoder_fields_read(const df_json *j, df_clip_encoder_fields f);
+
 /* One CLIPEncoderLayer (clip_encoder.c), shared by the text and vision towers: registers
  * "<prefix>.self_attn.{k,v,q,out}_proj", "<prefix>.layer_norm{1,2}", "<prefix>.mlp.fc{1,2}". */
 DF_API void df_clip_layer_init(df_clip_layer *l, df_params *r, const char *prefix, int d, int inter,
