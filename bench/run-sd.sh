@@ -12,8 +12,8 @@
 #   DF_BENCH_CASE=sd21 bench/run-sd.sh        # the SD 2.1-sized pipeline at 768x768 (v-prediction, DDIM)
 #   DF_BENCH_DIR=/big/disk bench/run-sd.sh    # where the random folders are built (4-5 GB each)
 #
-# The peer needs diffusers v0.21.4 and transformers v4.33.3 sources: DF_DIFFUSERS_PATH, or the
-# oracle next to the repository (../shared/oracle); see bench/torch_sd_pipeline.py. Building a
+# The peer needs diffusers v0.21.4 and transformers v4.33.3 sources in DF_DIFFUSERS_PATH (see
+# bench/torch_sd_pipeline.py; Debian packages no diffusers). Building a
 # folder takes about a minute; each sd15 run a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

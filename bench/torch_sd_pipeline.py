@@ -4,8 +4,8 @@ Stable Diffusion folders the benchmark runs (bench/run-sd.sh).
 
 The diffusers and transformers sources come from DF_DIFFUSERS_PATH (folders, os.pathsep-separated,
 put first on sys.path: the oracle's shim/, upstream/diffusers-v0.21.4/src and
-upstream/transformers-v4.33.3/src); when it is unset, ../shared/oracle next to the repository is
-used if it is there. Debian ships no diffusers for its torch, so this peer needs them.
+upstream/transformers-v4.33.3/src, or any checkout of those versions); it must be set: Debian ships
+no diffusers for its torch, so this peer needs them and says so when they are missing.
 
   build OUT --variant sd15|sd21     a pipeline folder with random weights (torch's default init,
                                     seed 0) of the real configs (tests/fixtures/configs/<variant>),
@@ -44,12 +44,8 @@ def upstream_paths():
     paths = os.environ.get("DF_DIFFUSERS_PATH")
     if paths:
         return paths.split(os.pathsep)
-    oracle = os.path.join(ROOT, "..", "shared", "oracle")
-    if os.path.isdir(oracle):
-        return [os.path.join(oracle, "shim"), os.path.join(oracle, "upstream", "diffusers-v0.21.4", "src"),
-                os.path.join(oracle, "upstream", "transformers-v4.33.3", "src")]
     raise SystemExit("torch_sd_pipeline.py: set DF_DIFFUSERS_PATH to the folders holding diffusers v0.21.4, "
-                     "transformers v4.33.3 and a safetensors/huggingface_hub shim")
+                     "transformers v4.33.3 and a safetensors/huggingface_hub shim (os.pathsep-separated)")
 
 
 def import_upstream():
