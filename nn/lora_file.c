@@ -78,13 +78,8 @@ void df_lora_set_free(df_lora_set *s) {
  * PyTorch >= 1.6) or a pickle (protocol opcode 0x80), unless byte 8 opens a safetensors JSON
  * header (a header length of 0x80 + 256 k starts with the same byte). Other bytes are left to
  * the safetensors reader. */
-static df_status refuse_pickle(const char *path) {
-    unsigned char b[9] = {0};
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return df_error(DF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t n = fread(b, 1, sizeof b, fp);
-    fclose(fp);
-    if (n == sizeof b && b[8] == '{') return DF_OK; /* a safetensors JSON header */
+static df_status refuse_pickle(const char *path, const unsigned char *b, size_t n) {
+    if (n >= 9 && b[8] == '{') return DF_OK; /* a safetensors JSON header */
     if ((n >= 4 && memcmp(b, "PK\3\4", 4) == 0) || (n >= 2 && b[0] == 0x80 && b[1] <= 5))
         return df_error(DF_ERR_UNSUPPORTED,
                         "%s: is a PyTorch pickle (.bin / .pt / .ckpt), which can run code when "
@@ -189,16 +184,12 @@ static df_lora_format detect(const df_st_file *f, int *n_match) {
     return (df_lora_format)best;
 }
 
-df_status df_lora_file_read(const char *path, df_lora_set *out) {
-    memset(out, 0, sizeof *out);
-    df_st_file *f = NULL;
+/* The set of an opened file f named `path` in messages (f is closed either way). */
+static df_status read_set(df_st_file *f, const char *path, df_lora_set *out) {
     group *groups = NULL;
     int n_groups = 0;
     df_tensor *down = NULL, *up = NULL, *alpha = NULL;
-    df_status st = refuse_pickle(path);
-    if (st != DF_OK) return st;
-    st = df_st_open(path, &f);
-    if (st != DF_OK) return st;
+    df_status st = DF_OK;
     int n = df_st_count(f), n_match = 0;
     if (n == 0) {
         st = df_error(DF_ERR_FORMAT, "%s: holds no tensors: not a LoRA file", path);
@@ -283,6 +274,27 @@ fail:
     df_st_close(f);
     df_lora_set_free(out);
     return st;
+}
+
+df_status df_lora_file_read(const char *path, df_lora_set *out) {
+    memset(out, 0, sizeof *out);
+    unsigned char b[9] = {0};
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return df_error(DF_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t n = fread(b, 1, sizeof b, fp);
+    fclose(fp);
+    df_st_file *f = NULL;
+    df_status st = refuse_pickle(path, b, n);
+    if (st == DF_OK) st = df_st_open(path, &f);
+    return st == DF_OK ? read_set(f, path, out) : st;
+}
+
+df_status df_lora_file_read_memory(const void *buf, size_t n, const char *label, df_lora_set *out) {
+    memset(out, 0, sizeof *out);
+    df_st_file *f = NULL;
+    df_status st = refuse_pickle(label, buf, n);
+    if (st == DF_OK) st = df_st_open_memory(buf, n, label, &f);
+    return st == DF_OK ? read_set(f, label, out) : st;
 }
 
 /* ------------------------------------------------------------------ writing ------------------ */

@@ -51,6 +51,11 @@ DF_API bool df_lora_format_parse(const char *name, df_lora_format *out);
  * error naming the tensor. Errors name the file. */
 DF_API df_status df_lora_file_read(const char *path, df_lora_set *out);
 
+/* As df_lora_file_read on n bytes in memory (borrowed for the call); `label` names them in
+ * errors. For the fuzz target and for files that arrive by other means than a path. */
+DF_API df_status df_lora_file_read_memory(const void *buf, size_t n, const char *label,
+                                          df_lora_set *out);
+
 /* Writes set s to path in format f (atomically: a temporary file renamed into place).
  * metadata (NULL-terminated key/value pairs, or NULL) goes into the safetensors header. */
 DF_API df_status df_lora_file_write(const df_lora_set *s, const char *path, df_lora_format f,

@@ -213,6 +213,29 @@ Test(nn_lora_file, peft_round_trip_and_names) {
     df_lora_set_free(&r);
 }
 
+/* the same bytes read from memory give the same set; a pickle in memory is refused */
+Test(nn_lora_file, read_memory) {
+    df_lora_set s, a, b;
+    sample_set(&s);
+    const char *p = spath("mem.safetensors");
+    cr_assert_eq(df_lora_file_write(&s, p, DF_LORA_KOHYA, NULL), DF_OK);
+    size_t n;
+    char *bytes = read_whole_file(p, &n);
+    cr_assert(bytes);
+    cr_assert_eq(df_lora_file_read(p, &a), DF_OK);
+    cr_assert_eq(df_lora_file_read_memory(bytes, n, "in-memory", &b), DF_OK, "%s", df_last_error());
+    expect_same_set(&a, &b);
+    cr_assert_eq(b.format, DF_LORA_KOHYA);
+    df_lora_set_free(&a);
+    df_lora_set_free(&b);
+    expect_status(df_lora_file_read_memory("\x80\x04\x95\x00", 4, "mem.pt", &b), DF_ERR_UNSUPPORTED,
+                  "mem.pt: is a PyTorch pickle");
+    expect_status(df_lora_file_read_memory(bytes, 20, "cut", &b), DF_ERR_FORMAT, "cut");
+    cr_assert_eq(b.n, 0);
+    free(bytes);
+    df_lora_set_free(&s);
+}
+
 /* kohya -> peft -> kohya and peft -> diffusers -> peft (alpha == rank) stay bitwise. */
 Test(nn_lora_file, conversions_chain_bitwise) {
     df_lora_set s, a, b;

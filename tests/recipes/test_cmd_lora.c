@@ -91,6 +91,7 @@ static void check_merge(const char *lora_arg, const char *src, const char *const
             char name[128];
             snprintf(name, sizeof name, "%s.%s%s", src, key[c], sfx[k]);
             double d = max_abs_diff(res, main_out[c], want, name);
+            cr_log_info("%s: max abs diff %g", name, d);
             cr_expect(d <= 1e-5, "%s: max abs diff %g", name, d);
         }
     }
