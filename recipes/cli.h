@@ -46,4 +46,7 @@ df_status df_convert_folder_dtype(const char *src, const char *dst, df_dtype dt)
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);
 
+/* `diffusion lora inspect|convert|merge` (recipes/cmd_lora.c): LoRA files. */
+int df_cmd_lora(int argc, char **argv);
+
 #endif
