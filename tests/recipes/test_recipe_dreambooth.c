@@ -349,3 +349,24 @@ Test(recipes_dreambooth, bad_input_is_a_one_line_error, .timeout = 300) {
                   "the class images must be 32x32");
     cr_expect(strchr(df_last_error(), '\n') == NULL, "%s", df_last_error());
 }
+
+/* recipes/configs/emoji-dreambooth.yaml builds on the tiny pipeline (the base, the folders and
+ * the sizes overridden). */
+Test(recipes_dreambooth, the_emoji_dreambooth_config_builds, .timeout = 300) {
+    size_t n;
+    char *yaml = read_all(DF_SOURCE_DIR "/recipes/configs/emoji-dreambooth.yaml", &n);
+    yaml[n] = '\0';
+    char extra[2048];
+    snprintf(extra, sizeof extra,
+             "pretrained_model_name_or_path=%s instance_data_dir=%s/inst "
+             "class_data_dir=%s/cfg_class output_dir=%s/cfg num_class_images=2 "
+             "class_inference_steps=2 resolution=32",
+             sd1, root, root, root);
+    recipe_run t;
+    cr_assert_eq(recipe_run_begin(&t, &df_recipe_dreambooth, yaml, extra, NULL, 0), DF_OK, "%s",
+                 df_last_error());
+    cr_expect_str_eq(df_config_str(&t.cfg, "instance_prompt"), "sks emoji");
+    cr_expect_eq(t.r.n_sources, 2);
+    recipe_run_end(&t);
+    free(yaml);
+}
