@@ -147,6 +147,121 @@ Test(recipes_ti, step_matches_textual_inversion_py, .timeout = 120) {
     df_scope_end(scope);
 }
 
+/* The recipe's loss is the step's pieces on its own draws: the latents' posterior noise, one
+ * style template a caption (uniform draw x 19), the empty-prompt draws, the diffusion draw; its
+ * gradient reaches the new rows. */
+Test(recipes_ti, recipe_loss_is_the_steps_pieces, .timeout = 120) {
+    df_scope scope = df_scope_begin();
+    recipe_run r;
+    cr_assert_eq(ti_begin(&r, "pieces", "learnable_property=style proportion_empty_prompts=0.5"),
+                 DF_OK, "%s", df_last_error());
+    df_tensor *vec = df_params_find(r.r.params, "textual_inversion.vectors");
+    df_batch *b = calloc(1, sizeof *b);
+    b->n = 2;
+    b->captions = calloc(2, sizeof *b->captions);
+    b->indices = calloc(2, sizeof *b->indices);
+    b->flipped = calloc(2, sizeof *b->flipped);
+    b->pixels = df_tensor_new_owned(DF_DTYPE_F32, DF_DIMS(2, 3, 32, 32));
+    df_transform tr = df_transform_default(32);
+    tr.center_crop = true;
+    tr.random_flip = false;
+    for (int i = 0; i < 2; i++) {
+        b->captions[i] = strdup("");
+        char path[600];
+        snprintf(path, sizeof path, "%s/data/%d.png", root, i);
+        df_tensor *img;
+        cr_assert_eq(df_image_read(path, NULL, &img), DF_OK, "%s", df_last_error());
+        df_transform_apply(&tr, img, NULL, df_f32(b->pixels) + (int64_t)i * 3 * 32 * 32);
+    }
+    df_step_rng rng;
+    df_step_rng_init(&rng, 0, 0, 3);
+    df_tensor *loss;
+    const df_batch *bs[1] = {b};
+    vec->requires_grad = true;
+    cr_assert_eq(r.r.loss(r.r.ctx, bs, &rng, &loss), DF_OK, "%s", df_last_error());
+    float got = df_f32(loss)[0];
+    cr_assert_eq(df_backward(loss), DF_OK, "%s", df_last_error());
+    cr_assert(vec->grad, "no gradient reached the rows");
+    double g = 0;
+    for (int64_t i = 0; i < vec->grad->numel; i++) g += fabs(df_f32(vec->grad)[i]);
+    cr_expect_gt(g, 0);
+
+    /* by hand */
+    char dir[1024];
+    df_component unet = {0}, vae = {0}, text = {0};
+    snprintf(dir, sizeof dir, "%s/unet", sd1);
+    cr_assert_eq(df_component_load_frozen(dir, &unet), DF_OK, "%s", df_last_error());
+    snprintf(dir, sizeof dir, "%s/vae", sd1);
+    cr_assert_eq(df_component_load_frozen(dir, &vae), DF_OK, "%s", df_last_error());
+    snprintf(dir, sizeof dir, "%s/text_encoder", sd1);
+    cr_assert_eq(df_component_load_frozen(dir, &text), DF_OK, "%s", df_last_error());
+    df_clip_tokenizer *tok;
+    snprintf(dir, sizeof dir, "%s/tokenizer", sd1);
+    cr_assert_eq(df_clip_tokenizer_load(dir, &tok), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_clip_tokenizer_add_token(tok, "<emo>", NULL), DF_OK);
+    cr_assert_eq(df_clip_tokenizer_add_token(tok, "<emo>_1", NULL), DF_OK);
+    df_sched_config sc;
+    snprintf(dir, sizeof dir, "%s/scheduler/scheduler_config.json", sd1);
+    cr_assert_eq(df_sched_config_load(dir, "DDPMScheduler", &sc), DF_OK, "%s", df_last_error());
+    df_sched *sched;
+    cr_assert_eq(df_sched_new(&sc, &sched), DF_OK, "%s", df_last_error());
+    df_step_rng_init(&rng, 0, 0, 3);
+    bool grad = df_grad_set_enabled(false);
+    df_tensor *mean, *logvar;
+    df_vae_encode(vae.vae, b->pixels, &mean, &logvar);
+    df_tensor *latents =
+        df_mul_scalar(df_posterior_sample(mean, logvar, df_posterior_noise(mean, &rng.noise)),
+                      vae.vae->config.scaling_factor);
+    static const char *const style[19] = {
+        "a painting in the style of ",         "a rendering in the style of ",
+        "a cropped painting in the style of ", "the painting in the style of ",
+        "a clean painting in the style of ",   "a dirty painting in the style of ",
+        "a dark painting in the style of ",    "a picture in the style of ",
+        "a cool painting in the style of ",    "a close-up painting in the style of ",
+        "a bright painting in the style of ",  "a cropped painting in the style of ",
+        "a good painting in the style of ",    "a close-up painting in the style of ",
+        "a rendition in the style of ",        "a nice painting in the style of ",
+        "a small painting in the style of ",   "a weird painting in the style of ",
+        "a large painting in the style of "};
+    char caps[2][256];
+    for (int i = 0; i < 2; i++) {
+        int k = (int)(df_philox_uniform(&rng.dropout) * 19);
+        snprintf(caps[i], sizeof caps[i], "%s<emo> <emo>_1", style[k]);
+    }
+    df_tensor *ids = df_tensor_new(DF_DTYPE_I64, DF_DIMS(2, 77));
+    for (int i = 0; i < 2; i++) {
+        bool drop = df_philox_uniform(&rng.dropout) < 0.5;
+        cr_assert_eq(df_clip_tokenizer_call(tok, drop ? "" : caps[i], 77,
+                                            (int64_t *)ids->data + i * 77, NULL),
+                     DF_OK);
+    }
+    text.clip_text->added_embedding = vec;
+    df_tensor *hidden = df_clip_text_forward(text.clip_text, ids, NULL, NULL);
+    df_diffusion_loss_config c = {.prediction = sc.prediction_type,
+                                  .num_train_timesteps = sc.num_train_timesteps,
+                                  .min_snr_v_over_snr = true};
+    df_diffusion_draw d;
+    cr_assert_eq(df_diffusion_draw_sample(&c, sched, latents, &rng, &d), DF_OK, "%s",
+                 df_last_error());
+    df_tensor *pred = df_unet2d_cond_forward(unet.unet2d_cond, d.noisy, d.timesteps, hidden);
+    df_tensor *want;
+    cr_assert_eq(df_diffusion_loss(&c, sched, pred, &d, NULL, NULL, &want), DF_OK);
+    df_grad_set_enabled(grad);
+    cr_expect(fabsf(got - df_f32(want)[0]) <= 1e-5f * fmaxf(1, fabsf(got)),
+              "recipe %.8g, by hand %.8g", got, df_f32(want)[0]);
+
+    text.clip_text->added_embedding = NULL;
+    df_sched_free(sched);
+    df_sched_config_free(&sc);
+    df_clip_tokenizer_free(tok);
+    df_component_free(&unet);
+    df_component_free(&vae);
+    df_component_free(&text);
+    df_batch_free(b);
+    recipe_run_end(&r);
+    df_scope_end(scope);
+}
+
 static uint32_t params_crc(const df_params *p, const char *prefix, int *count) {
     uint32_t crc = 0;
     *count = 0;
