@@ -123,7 +123,8 @@ typedef struct df_conditioning {
 } df_conditioning;
 DF_API df_status df_conditioning_parse(const char *spec, df_conditioning *out);
 /* The conditioning image of the file at `path` (the conditioning file itself for "file", else
- * the image the generator reads): a new U8 (H, W, 3) tensor; errors name the file. */
+ * the image the generator reads): a new U8 (H, W, 3) tensor the caller frees (df_tensor_free,
+ * whatever scope is open); errors name the file. */
 DF_API df_status df_conditioning_make(const df_conditioning *c, const char *path, df_tensor **out);
 
 /* One entry of metadata.jsonl (Hugging Face ImageFolder): file_name and a caption column. */

@@ -88,21 +88,22 @@ df_status df_conditioning_parse(const char *spec, df_conditioning *out) {
 
 df_status df_conditioning_make(const df_conditioning *c, const char *path, df_tensor **out) {
     *out = NULL;
+    df_scope scope = df_scope_begin(); /* the temporaries go with it; the result is retained */
+    df_tensor *img = NULL, *res = NULL;
+    df_status st = DF_OK;
     if (c->kind == DF_COND_SILHOUETTE) {
-        df_tensor *alpha;
-        DF_TRY(df_image_read_alpha(path, &alpha));
-        *out = df_silhouette(alpha, c->threshold);
-        df_tensor_free(alpha);
-        return DF_OK;
+        st = df_image_read_alpha(path, &img);
+        if (st == DF_OK) res = df_silhouette(img, c->threshold);
+    } else {
+        df_decode_opts o = df_decode_opts_default();
+        st = df_image_read(path, &o, &img);
+        if (st == DF_OK && c->kind == DF_COND_FILE)
+            res = img;
+        else if (st == DF_OK)
+            st = df_canny(img, c->low, c->high, &res);
     }
-    df_tensor *img;
-    df_decode_opts o = df_decode_opts_default();
-    DF_TRY(df_image_read(path, &o, &img));
-    if (c->kind == DF_COND_FILE) {
-        *out = img;
-        return DF_OK;
-    }
-    df_status st = df_canny(img, c->low, c->high, out);
-    df_tensor_free(img);
+    if (st == DF_OK) df_tensor_retain(res);
+    df_scope_end(scope);
+    *out = st == DF_OK ? res : NULL;
     return st;
 }

@@ -44,5 +44,11 @@ typedef struct t2i {
 /* df_recipe.validate / export_model (t2i_output.c). */
 df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid);
 df_status df_t2i_export(void *ctx, const char *dir);
+/* The live models as a pipeline (borrowed parts, `validation_scheduler` on the training betas;
+ * free with df_t2i_pipeline_release), and the base folder's safety checker loaded once into
+ * t->safety when the base has one (also used by the controlnet recipe's validation). */
+df_status df_t2i_live_pipeline(t2i *t, df_sd_pipeline *p);
+void df_t2i_pipeline_release(df_sd_pipeline *p);
+df_status df_t2i_base_checker(t2i *t);
 
 #endif

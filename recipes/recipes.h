@@ -9,6 +9,8 @@ typedef struct df_recipe_def {
     const char *name;
     const df_cfg_field *fields; /* the recipe's own keys */
     int n_fields;
+    /* a recipe whose keys this one takes too, before its own (NULL: none) */
+    const struct df_recipe_def *extends;
     /* Builds the model and what the trainer needs; errors name the config key. */
     df_status (*create)(const df_config *cfg, df_recipe *out);
 } df_recipe_def;
@@ -16,6 +18,7 @@ typedef struct df_recipe_def {
 extern const df_recipe_def df_recipe_unconditional;
 extern const df_recipe_def df_recipe_vae;
 extern const df_recipe_def df_recipe_text_to_image;
+extern const df_recipe_def df_recipe_controlnet;
 
 /* The model.block_out_channels, model.down_block_types and model.up_block_types keys
  * (recipes/recipe_blocks.c) into channels, down, up (DF_MAX_BLOCKS entries each) and their

@@ -135,7 +135,7 @@ df_status df_t2i_export(void *ctx, const char *dir) {
 }
 
 /* The live models as a pipeline (borrowed parts; free with pipeline_release). */
-static df_status live_pipeline(t2i *t, df_sd_pipeline *p) {
+df_status df_t2i_live_pipeline(t2i *t, df_sd_pipeline *p) {
     memset(p, 0, sizeof *p);
     snprintf(p->unet.class_name, sizeof p->unet.class_name, "UNet2DConditionModel");
     p->unet.unet2d_cond = t->unet;
@@ -153,7 +153,7 @@ static df_status live_pipeline(t2i *t, df_sd_pipeline *p) {
     return df_sched_new(&p->sched_config, &p->sched);
 }
 
-static void pipeline_release(df_sd_pipeline *p) {
+void df_t2i_pipeline_release(df_sd_pipeline *p) {
     df_sched_free(p->sched);
     df_sched_config_free(&p->sched_config);
 }
@@ -189,7 +189,7 @@ static df_status render_prompts(t2i *t, df_sd_pipeline *p, df_tensor **grid) {
 
 /* The base's safety checker (once): validation images go through it as a pipeline's would
  * (flagged ones black, with the warning naming them). A base without safety_checker/ has none. */
-static df_status base_checker(t2i *t) {
+df_status df_t2i_base_checker(t2i *t) {
     if (t->safety_tried) return DF_OK;
     t->safety_tried = true;
     char path[DF_PATH_MAX + 32];
@@ -206,11 +206,11 @@ df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid) {
     t2i *t = ctx;
     df_sd_pipeline p;
     bool grad = df_grad_set_enabled(false);
-    df_status st = live_pipeline(t, &p);
-    if (st == DF_OK) st = base_checker(t);
+    df_status st = df_t2i_live_pipeline(t, &p);
+    if (st == DF_OK) st = df_t2i_base_checker(t);
     p.safety = t->safety && t->safety->loaded ? t->safety : NULL;
     if (st == DF_OK) st = render_prompts(t, &p, grid);
-    pipeline_release(&p);
+    df_t2i_pipeline_release(&p);
     df_grad_set_enabled(grad);
     return st;
 }
