@@ -105,6 +105,28 @@ DF_API bool df_transform_draw_flip(const df_transform *t, df_philox *g);
 
 /* ---------------------------------------------------------------- metadata.jsonl -------------- */
 
+/* ControlNet conditioning images (canny.c, silhouette.c). U8 (H, W, 3) maps, 0 or 255.
+ * df_canny: OpenCV's cv2.Canny(img, low, high) (aperture 3, L1 gradient; see canny.c) of a U8
+ * (H, W, 1 or 3) image; DF_ERR_INVALID for another image or 0 <= low <= high <= 4080 broken.
+ * df_image_read_alpha: a PNG's alpha channel as U8 (H, W, 1); DF_ERR_INVALID naming the file
+ * when it has none. df_silhouette: 255 where alpha >= threshold. */
+DF_API df_status df_canny(const df_tensor *img, int low, int high, df_tensor **out);
+DF_API df_status df_image_read_alpha(const char *path, df_tensor **out);
+DF_API df_tensor *df_silhouette(const df_tensor *alpha, int threshold);
+/* A conditioning generator as a spec string: "file" (the conditioning_image column's file as
+ * it is, RGB), "canny" / "canny:LOW:HIGH" (of the image; 100, 200 by default), "silhouette" /
+ * "silhouette:T" (of the image's alpha; 128 by default). */
+typedef enum df_cond_kind { DF_COND_FILE, DF_COND_CANNY, DF_COND_SILHOUETTE } df_cond_kind;
+typedef struct df_conditioning {
+    df_cond_kind kind;
+    int low, high, threshold;
+} df_conditioning;
+DF_API df_status df_conditioning_parse(const char *spec, df_conditioning *out);
+/* The conditioning image of the file at `path` (the conditioning file itself for "file", else
+ * the image the generator reads): a new U8 (H, W, 3) tensor the caller frees (df_tensor_free,
+ * whatever scope is open); errors name the file. */
+DF_API df_status df_conditioning_make(const df_conditioning *c, const char *path, df_tensor **out);
+
 /* One entry of metadata.jsonl (Hugging Face ImageFolder): file_name and a caption column. */
 typedef struct df_meta_entry {
     char *file_name; /* owned */

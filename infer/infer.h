@@ -412,6 +412,15 @@ typedef void (*df_sd_progress_fn)(void *ctx, int step, int total);
 /* One generation: text-to-image, or image-to-image when `image` is set, or inpainting when
  * `mask` is set too (diffusers' StableDiffusionPipeline / ...Img2ImgPipeline /
  * ...InpaintPipeline __call__ with one prompt). */
+/* One ControlNet of a request (infer/sd_control.c; several: MultiControlNetModel, their
+ * residuals summed). */
+typedef struct df_sd_control {
+    struct df_controlnet *net; /* borrowed; must fit the pipeline's UNet */
+    const df_tensor *image;    /* U8 (H, W, 3): resized to the output size (Lanczos), x / 255 */
+    double scale;              /* controlnet_conditioning_scale */
+    double start, end;         /* control_guidance_start / _end: the fraction of the steps */
+} df_sd_control;
+
 typedef struct df_sd_request {
     const df_tensor *cond;    /* F32 (1, S, D) prompt embeddings */
     const df_tensor *uncond;  /* F32 (1, S, D) negative embeddings (used when guidance > 1) */
@@ -433,6 +442,11 @@ typedef struct df_sd_request {
      * (1, S, D), as the prompt's; NULL or sld.guidance_scale <= 1: off */
     const df_tensor *sld_concept;
     df_sld_params sld;
+    /* StableDiffusionControlNetPipeline (text-to-image): n_controls ControlNets; guess_mode runs
+     * them on the conditional half only (with CFG) with logspace scales */
+    const df_sd_control *controls;
+    int n_controls;
+    bool guess_mode;
 } df_sd_request;
 
 typedef struct df_sd_result {
@@ -447,6 +461,32 @@ typedef struct df_sd_result {
  * leaving no step, a mask without an image, embeddings of the wrong width, latents of the wrong
  * shape. */
 DF_API df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result *out);
+/* The ControlNet parts of df_sd_generate (sd_control.c). At most DF_SD_MAX_CONTROLS a request. */
+#define DF_SD_MAX_CONTROLS 8
+/* DF_ERR_INVALID naming the ControlNet (1-based) for a missing model or image, an image that is
+ * not U8 (H, W, 3), start / end outside 0 <= start < end <= 1, or a ControlNet made for another
+ * UNet (df_controlnet_check_unet's message). */
+DF_API df_status df_sd_controls_check(const df_sd_pipeline *p, const df_sd_request *r);
+/* Control c's image as the pipeline feeds it: F32 (n or 2n, 3, h, w) in [0, 1] (owned). */
+DF_API df_tensor *df_sd_control_images(const df_sd_control *c, int h, int w, int n, bool doubled);
+/* What one step of the loop gives the ControlNets. */
+typedef struct df_sd_control_step {
+    df_sched *sched;
+    df_tensor *unet_input;     /* the UNet's (scaled, CFG-doubled) input */
+    df_tensor *latents;        /* the latents (guess mode with CFG scales these instead) */
+    double t;                  /* the timestep value */
+    const df_tensor *timestep; /* as a tensor */
+    df_tensor *embeds;         /* the UNet's embeddings ([uncond; cond] with CFG) */
+    int step, total;           /* index in the schedule and its length */
+    bool cfg;
+} df_sd_control_step;
+/* The summed residuals of the request's ControlNets at one step into down[0 .. *n_down)
+ * (DF_UNET_MAX_SKIPS slots) and *mid; *mid stays NULL when none runs (every scale x keep 0).
+ * Tensors under the scope rule. */
+DF_API df_status df_sd_controls_step(const df_sd_request *r, df_tensor *const *images,
+                                     const df_sd_control_step *s, df_tensor **down, int *n_down,
+                                     df_tensor **mid);
+
 /* Images in [0, 1] (N, 3, H, W) as one U8 grid (x * 255 rounded), as df_images_to_grid. */
 DF_API df_tensor *df_unit_images_to_grid(const df_tensor *x, int cols);
 

@@ -19,8 +19,11 @@
  *            latents = step(e, t, latents); 4-channel inpainting:
  *            latents = (1 - m) add_noise(x0, noise, t_next) + m latents (x0 itself at the end).
  *   image = (vae.decode(latents / scaling_factor) / 2 + 0.5).clamp(0, 1)
+ * With ControlNets (text-to-image only; sd_control.c), each step adds their summed residuals to
+ * the UNet's skips (StableDiffusionControlNetPipeline, which keeps the folder's scheduler as it
+ * is: no steps_offset / clip_sample adjustment).
  * Defaults: txt2img and inpaint take the UNet's sample_size * vae_scale_factor; img2img takes
- * the image's size rounded down to a multiple of 8. An image or mask of another size is resized
+ * the image's size rounded down to a multiple of 8, ControlNet the first control image's. An image or mask of another size is resized
  * with Lanczos (Pillow's, as VaeImageProcessor does); values x / 255 (image: 2 v - 1).
  */
 #include "infer/infer.h"
@@ -155,9 +158,19 @@ static df_status make_plan(const df_sd_pipeline *p, const df_sd_request *r, plan
     if (r->mask && (r->mask->dtype != DF_DTYPE_U8 || r->mask->ndim != 3 || r->mask->shape[2] != 1))
         return df_error(DF_ERR_INVALID, "the mask must be U8 (H, W, 1)");
     pl->h = r->height, pl->w = r->width;
-    if (pl->img2img) { /* the image's size, rounded down to the VAE's factor */
-        if (!pl->h) pl->h = (int)(r->image->shape[0] - r->image->shape[0] % vsf);
-        if (!pl->w) pl->w = (int)(r->image->shape[1] - r->image->shape[1] % vsf);
+    if (r->n_controls > 0) {
+        DF_TRY(df_sd_controls_check(p, r));
+        if (r->image || r->mask || r->sld_concept)
+            return df_error(DF_ERR_UNSUPPORTED,
+                            "ControlNet is text-to-image only here (no init image, mask or Safe "
+                            "Latent Diffusion)");
+    }
+    const df_tensor *sized = pl->img2img         ? r->image
+                             : r->n_controls > 0 ? r->controls[0].image
+                                                 : NULL;
+    if (sized) { /* the image's size, rounded down to the VAE's factor */
+        if (!pl->h) pl->h = (int)(sized->shape[0] - sized->shape[0] % vsf);
+        if (!pl->w) pl->w = (int)(sized->shape[1] - sized->shape[1] % vsf);
     }
     if (!pl->h) pl->h = uc->sample_size * vsf;
     if (!pl->w) pl->w = (uc->sample_width ? uc->sample_width : uc->sample_size) * vsf;
@@ -436,13 +449,13 @@ static void done_with(df_sd_pipeline *p, const df_component *c) {
 /* The scheduler as the pipeline's __init__ leaves it: steps_offset 1 in every pipeline;
  * clip_sample off for text-to-image and image-to-image; skip_prk_steps on for inpainting (which
  * keeps clip_sample). Rebuilt from the folder's config for each request. */
-static df_status adjust_scheduler(df_sd_pipeline *p, const plan *pl) {
+static df_status adjust_scheduler(df_sd_pipeline *p, const plan *pl, bool control) {
     df_sched_config c;
     DF_TRY(df_sched_config_copy(&c, &p->sched_config));
-    c.steps_offset = 1;
+    if (!control) c.steps_offset = 1;
     if (pl->inpaint)
         c.skip_prk_steps = true;
-    else
+    else if (!control)
         c.clip_sample = false;
     df_sched *s = NULL;
     df_status st = df_sched_new(&c, &s);
@@ -478,7 +491,7 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
     memset(out, 0, sizeof *out);
     plan pl;
     DF_TRY(make_plan(p, r, &pl));
-    DF_TRY(adjust_scheduler(p, &pl));
+    DF_TRY(adjust_scheduler(p, &pl, r->n_controls > 0));
     DF_TRY(df_sched_set_timesteps(p->sched, r->steps));
     bool grad = df_grad_set_enabled(false);
     df_torchgen gen;
@@ -486,6 +499,10 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
     prepared q;
     df_status st = prepare(p, r, &pl, &gen, &q);
     df_tensor *embeds = st == DF_OK ? batch_embeds(r, &pl) : NULL;
+    df_tensor *control[DF_SD_MAX_CONTROLS] = {0};
+    for (int k = 0; st == DF_OK && k < r->n_controls; k++)
+        control[k] =
+            df_sd_control_images(&r->controls[k], pl.h, pl.w, pl.n, pl.cfg && !r->guess_mode);
     done_with(p, &p->text_encoder);
     df_noise_source noise = df_noise_from_torchgen(&gen);
     df_tensor *momentum = NULL; /* SLD's safety momentum */
@@ -496,9 +513,16 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
         df_scope scope = df_scope_begin();
         df_tensor *x = NULL, *e = NULL, *next = NULL;
         st = unet_input(p, &pl, &q, ts[i], &x);
+        df_tensor *t = timesteps_tensor(p->sched, ts[i], 0), *down[DF_UNET_MAX_SKIPS], *mid = NULL;
+        int n_down = 0;
+        if (st == DF_OK && r->n_controls > 0) {
+            df_sd_control_step cs = {p->sched, x, q.latents, ts[i], t, embeds, i, total, pl.cfg};
+            st = df_sd_controls_step(r, control, &cs, down, &n_down, &mid);
+        }
+        df_unet_residuals res = {down, n_down, mid};
         if (st == DF_OK)
-            st = df_unet2d_cond_forward_res(p->unet.unet2d_cond, x,
-                                            timesteps_tensor(p->sched, ts[i], 0), embeds, NULL, &e);
+            st = df_unet2d_cond_forward_res(p->unet.unet2d_cond, x, t, embeds, mid ? &res : NULL,
+                                            &e);
         if (st == DF_OK && pl.sld)
             e = guide_sld(e, r, i - q.start, &momentum);
         else if (st == DF_OK && pl.cfg)
@@ -513,6 +537,7 @@ df_status df_sd_generate(df_sd_pipeline *p, const df_sd_request *r, df_sd_result
         if (r->progress) r->progress(r->progress_ctx, i - q.start + 1, total - q.start);
     }
     df_tensor_free(embeds);
+    for (int k = 0; k < r->n_controls && k < DF_SD_MAX_CONTROLS; k++) df_tensor_free(control[k]);
     df_tensor_free(momentum);
     done_with(p, &p->unet);
     if (st == DF_OK) {

@@ -12,10 +12,14 @@
  * `hidden_states.i` (CLIPVisionModelWithProjection `image_embeds` instead of the pooler);
  * StableDiffusionSafetyChecker takes `clip_input` and optionally `images` (N, H, W, C) and gives
  * `image_embeds`, `special_cos_dist`, `cos_dist`, `has_nsfw_concepts` (U8) and `images_out`.
+ * ControlNetModel takes `sample`, `timestep`, `encoder_hidden_states`, `controlnet_cond` and
+ * optionally `conditioning_scale` (0-d, default 1) and `guess_mode` (0-d, non-zero: on), and gives
+ * `down_block_res_samples.i` and `mid_block_res_sample`.
  * Outputs: UNets `sample`. AutoencoderKL: `latent_mean`, `latent_logvar`, `latent_std`,
  * `kl` (per item), `sample` (decode of the mean) and, given `noise`, `z` = mean + std * noise
  * and `decoded_z` = decode(z).
  */
+#include "nn/controlnet.h"
 #include "nn/nn.h"
 
 #include <stdio.h>
@@ -81,6 +85,7 @@ typedef union any_config {
     df_vae_config vae;
     df_clip_text_config clip_text;
     df_clip_vision_config clip_vision; /* also the safety checker's */
+    df_controlnet_config controlnet;
 } any_config;
 
 /* Reads the config of the class c->class_name names; *stem is its weights file's stem. */
@@ -92,6 +97,8 @@ static df_status read_config(const df_component *c, const df_json *j, any_config
     if (strcmp(cls, "UNet2DConditionModel") == 0)
         return df_unet2d_cond_config_from_json(j, &cfg->unet2d_cond);
     if (strcmp(cls, "AutoencoderKL") == 0) return df_vae_config_from_json(j, &cfg->vae);
+    if (strcmp(cls, "ControlNetModel") == 0)
+        return df_controlnet_config_from_json(j, &cfg->controlnet);
     bool proj = strcmp(cls, "CLIPTextModelWithProjection") == 0;
     if (strcmp(cls, "CLIPTextModel") == 0 || proj) {
         *stem = "model";
@@ -112,7 +119,8 @@ static df_status read_config(const df_component *c, const df_json *j, any_config
     }
     return df_error(DF_ERR_UNSUPPORTED,
                     "%s: class '%s' (supported: UNet2DModel, UNet2DConditionModel, "
-                    "AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModel, "
+                    "ControlNetModel, AutoencoderKL, CLIPTextModel, CLIPTextModelWithProjection, "
+                    "CLIPVisionModel, "
                     "CLIPVisionModelWithProjection, StableDiffusionSafetyChecker)",
                     j->path, cls);
 }
@@ -130,6 +138,11 @@ static df_status build(df_component *c, const any_config *cfg, df_init init) {
             return df_error(DF_ERR_NOMEM, "out of memory");
         DF_TRY(df_unet2d_cond_init(c->unet2d_cond, &cfg->unet2d_cond, init));
         c->params = &c->unet2d_cond->params;
+    } else if (strcmp(cls, "ControlNetModel") == 0) {
+        if (!(c->controlnet = calloc(1, sizeof *c->controlnet)))
+            return df_error(DF_ERR_NOMEM, "out of memory");
+        DF_TRY(df_controlnet_init(c->controlnet, &cfg->controlnet, init));
+        c->params = &c->controlnet->params;
     } else if (strcmp(cls, "AutoencoderKL") == 0) {
         if (!(c->vae = calloc(1, sizeof *c->vae))) return df_error(DF_ERR_NOMEM, "out of memory");
         DF_TRY(df_vae_init(c->vae, &cfg->vae, init));
@@ -219,6 +232,7 @@ void df_component_free(df_component *c) {
     if (c->unet2d) df_unet2d_free(c->unet2d);
     if (c->unet2d_cond) df_unet2d_cond_free(c->unet2d_cond);
     if (c->vae) df_vae_free(c->vae);
+    if (c->controlnet) df_controlnet_free(c->controlnet);
     if (c->clip_text) df_clip_text_free(c->clip_text);
     if (c->clip_vision) df_clip_vision_free(c->clip_vision);
     if (c->safety_checker) df_safety_checker_free(c->safety_checker);
@@ -228,6 +242,7 @@ void df_component_free(df_component *c) {
     free(c->unet2d);
     free(c->unet2d_cond);
     free(c->vae);
+    free(c->controlnet);
     memset(c, 0, sizeof *c);
 }
 
@@ -361,6 +376,43 @@ static df_status safety_forward(df_safety_checker *m, df_tensor *x, df_tensor *i
     return DF_OK;
 }
 
+/* ControlNetModel's outputs; down_block_res_samples.i names live in a static table. */
+static df_status controlnet_forward(df_controlnet *m, const df_named *inputs, int n_inputs,
+                                    df_named *out, int *n) {
+    static char names[DF_UNET_MAX_SKIPS][40];
+    const char *cls = "ControlNetModel";
+    df_tensor *x = find_input(inputs, n_inputs, "sample");
+    df_tensor *t = find_input(inputs, n_inputs, "timestep");
+    df_tensor *ctx = find_input(inputs, n_inputs, "encoder_hidden_states");
+    df_tensor *cond = find_input(inputs, n_inputs, "controlnet_cond");
+    df_tensor *scale = find_input(inputs, n_inputs, "conditioning_scale");
+    df_tensor *guess = find_input(inputs, n_inputs, "guess_mode");
+    DF_TRY(need(x, cls, "sample"));
+    DF_TRY(need(t, cls, "timestep"));
+    DF_TRY(need(ctx, cls, "encoder_hidden_states"));
+    DF_TRY(need(cond, cls, "controlnet_cond"));
+    DF_TRY(check_timestep(t, x, cls));
+    DF_TRY(df_controlnet_check_inputs(&m->config, x, ctx, cond));
+    if ((scale && scale->numel != 1) || (guess && guess->numel != 1))
+        return df_error(DF_ERR_INVALID,
+                        "%s: inputs 'conditioning_scale' and 'guess_mode' are "
+                        "single values",
+                        cls);
+    df_tensor *down[DF_UNET_MAX_SKIPS], *mid;
+    int n_down;
+    df_controlnet_forward(m, x, t, ctx, cond, scale ? (float)df_tensor_get(scale, 0) : 1.0f,
+                          guess && df_tensor_get(guess, 0) != 0, down, &n_down, &mid);
+    if (n_down + 1 > DF_COMPONENT_MAX_OUTPUTS)
+        return df_error(DF_ERR_UNSUPPORTED, "%s: %d outputs (at most %d)", cls, n_down + 1,
+                        DF_COMPONENT_MAX_OUTPUTS);
+    for (int i = 0; i < n_down; i++) {
+        snprintf(names[i], sizeof names[i], "down_block_res_samples.%d", i);
+        out[(*n)++] = (df_named){names[i], down[i]->block ? df_to_plain(down[i]) : down[i]};
+    }
+    out[(*n)++] = (df_named){"mid_block_res_sample", mid->block ? df_to_plain(mid) : mid};
+    return DF_OK;
+}
+
 /* The encoder_hidden_states width: that of any block with cross-attention (the config reader
  * checked they agree); 0 when no block has any. */
 static int cross_width(const df_unet2d_cond *m) {
@@ -388,6 +440,8 @@ df_status df_component_forward(df_component *c, const df_named *inputs, int n_in
     if (c->safety_checker)
         return safety_forward(c->safety_checker, find_input(inputs, n_inputs, "clip_input"),
                               find_input(inputs, n_inputs, "images"), outputs, n_outputs);
+    if (c->controlnet)
+        return controlnet_forward(c->controlnet, inputs, n_inputs, outputs, n_outputs);
     df_tensor *x = find_input(inputs, n_inputs, "sample");
     DF_TRY(need(x, cls, "sample"));
     if (c->vae) {
@@ -438,5 +492,6 @@ const char *df_component_main_output(const df_component *c) {
     if (c->clip_vision)
         return c->clip_vision->config.with_projection ? "image_embeds" : "last_hidden_state";
     if (c->safety_checker) return "image_embeds";
+    if (c->controlnet) return "mid_block_res_sample";
     return "sample";
 }

@@ -719,6 +719,7 @@ typedef struct df_unet_body_config {
     float norm_eps;
     df_block_config down[DF_MAX_BLOCKS], up[DF_MAX_BLOCKS], mid;
     bool has_mid;
+    bool down_only; /* conv_in, time_embedding, down and mid only (ControlNetModel) */
 } df_unet_body_config;
 
 /* Registers the body's parameters in diffusers' order (conv_in, time_embedding, down, mid, up,
@@ -988,7 +989,8 @@ typedef struct df_component {
     df_clip_text *clip_text;
     df_clip_vision *clip_vision;
     df_safety_checker *safety_checker;
-    df_params *params; /* the model's registry */
+    struct df_controlnet *controlnet; /* nn/controlnet.h */
+    df_params *params;                /* the model's registry */
 } df_component;
 
 /* Loads DIR/config.json and the weights (DIR/diffusion_pytorch_model.safetensors or its

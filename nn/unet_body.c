@@ -1,6 +1,7 @@
 /* unet_body.c — the one UNet body that UNet2DModel and UNet2DConditionModel (and the coming
  * ControlNetModel's down half) are made of, as diffusers' modules name it: conv_in,
- * time_embedding, down_blocks.i, mid_block, up_blocks.i, conv_norm_out, conv_out.
+ * time_embedding, down_blocks.i, mid_block, up_blocks.i, conv_norm_out, conv_out. A ControlNet's
+ * body is the down half only (df_unet_body_config.down_only: no up blocks and no head).
  *
  * The model decides each block's kind and layer count (df_unet_body_config: the per-block
  * df_block_config with n_layers, attention and transformer settings); the body wires the widths
@@ -40,6 +41,7 @@ void df_unet_body_init(df_unet_body *b, df_params *r, const df_unet_body_config 
         df_mid_block_init(&b->mid, r, "mid_block", m);
     }
 
+    if (c->down_only) return;
     out_ch = c->channels[nb - 1];
     for (int i = 0; i < nb; i++) {
         df_block_config u = c->up[i];

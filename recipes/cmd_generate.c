@@ -20,9 +20,16 @@
  * Textual inversion: --embedding FILE[:TOKEN] (repeatable) loads a learned_embeds.safetensors or
  * an A1111 embedding (nn/embedding_file.h) as diffusers' load_textual_inversion does, under
  * TOKEN or the token the file names; a multi-vector one's token expands in the prompts.
+ * ControlNet (diffusers' StableDiffusionControlNetPipeline, text-to-image): --controlnet DIR (a
+ * ControlNetModel folder) followed by its --control-image IMG and optionally --control-scale S
+ * (1), --control-start A (0), --control-end B (1); repeat the group for several ControlNets
+ * (MultiControlNetModel: their residuals summed); --guess-mode for all. The control image is
+ * read as RGB (alpha dropped, as PIL's convert("RGB")) and resized to the output size, which
+ * defaults to the first control image's size rounded down to a multiple of 8.
  */
 #include "datasets/datasets.h"
 #include "infer/infer.h"
+#include "nn/controlnet.h"
 #include "nn/embedding_file.h"
 #include "nn/single_file.h"
 #include "recipes/cli.h"
@@ -52,7 +59,9 @@ static int usage(void) {
             "[--out FILE.png | --out-dir DIR] [--out-tensor F.safetensors] "
             "[--safety on|flag|off] [--sld weak|medium|strong|max] [--sld-guidance G] "
             "[--sld-warmup N] [--sld-threshold T] [--sld-momentum M] [--sld-mom-beta B] "
-            "[--sld-concept TEXT] [--embedding FILE[:TOKEN] ...]\n"
+            "[--sld-concept TEXT] [--embedding FILE[:TOKEN] ...] [--controlnet DIR --control-image "
+            "IMG [--control-scale S] "
+            "[--control-start A] [--control-end B]]... [--guess-mode]\n"
             "schedulers: a diffusers class name, or ddim, ddpm, pndm, euler, euler-a, heun, lms, "
             "dpm++2m, dpm++2m-karras, unipc\n");
     return 2;
@@ -212,6 +221,13 @@ typedef struct gen_args {
     /* --embedding FILE[:TOKEN], in order */
     const char *embeddings[DF_GEN_MAX_EMBEDDINGS];
     int n_embeddings;
+    /* ControlNets: each --controlnet and the --control-* options after it */
+    struct {
+        const char *dir, *image;
+        double scale, start, end;
+    } cn[DF_SD_MAX_CONTROLS];
+    int n_cn;
+    bool guess_mode;
 } gen_args;
 
 /* Loads --embedding FILE[:TOKEN] into the pipeline: FILE when it exists as given, else split at
@@ -411,6 +427,26 @@ static df_status model_folder(const char *model, char *dir, size_t len, bool *te
     return s;
 }
 
+/* Loads the ControlNet folders (frozen) and their control images. */
+static df_status load_controls(const gen_args *a, df_component *nets, df_tensor **images,
+                               df_sd_control *controls) {
+    df_decode_opts o = df_decode_opts_default();
+    o.drop_alpha = true; /* VaeImageProcessor: PIL's convert("RGB") */
+    for (int k = 0; k < a->n_cn; k++) {
+        DF_TRY(df_component_map_frozen(a->cn[k].dir, NULL, &nets[k]));
+        if (!nets[k].controlnet)
+            return df_error(DF_ERR_INVALID, "--controlnet %s: a %s folder, not a ControlNetModel",
+                            a->cn[k].dir, nets[k].class_name);
+        DF_TRY(df_image_read(a->cn[k].image, &o, &images[k]));
+        controls[k] = (df_sd_control){.net = nets[k].controlnet,
+                                      .image = images[k],
+                                      .scale = a->cn[k].scale,
+                                      .start = a->cn[k].start,
+                                      .end = a->cn[k].end};
+    }
+    return DF_OK;
+}
+
 static df_status run(gen_args *a) {
     df_sd_load_opts lo = {.variant = a->variant,
                           .timestep_spacing = a->spacing,
@@ -443,6 +479,10 @@ static df_status run(gen_args *a) {
               *concept = NULL;
     df_sld_params sld = {0};
     bool use_sld = sld_settings(a, &sld);
+    df_component nets[DF_SD_MAX_CONTROLS] = {0};
+    df_tensor *cimages[DF_SD_MAX_CONTROLS] = {0};
+    df_sd_control controls[DF_SD_MAX_CONTROLS];
+    if (st == DF_OK) st = load_controls(a, nets, cimages, controls);
     if (st == DF_OK) st = read_images(a, &image, &mask);
     if (st == DF_OK && a->image && !a->mask && !a->height &&
         (image->shape[0] % 8 || image->shape[1] % 8))
@@ -490,7 +530,10 @@ static df_status run(gen_args *a) {
                        .progress_ctx = &pr,
                        .safety = mode,
                        .sld_concept = concept,
-                       .sld = sld};
+                       .sld = sld,
+                       .controls = controls,
+                       .n_controls = a->n_cn,
+                       .guess_mode = a->guess_mode};
     df_sd_result res = {0};
     if (st == DF_OK) st = df_sd_generate(&p, &r, &res);
     if (st == DF_OK) {
@@ -517,6 +560,10 @@ static df_status run(gen_args *a) {
     df_tensor *ts[] = {image, mask, latents, res.latents, res.image};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) df_tensor_free(ts[i]);
     free(res.safety);
+    for (int k = 0; k < a->n_cn; k++) {
+        df_tensor_free(cimages[k]);
+        df_component_free(&nets[k]);
+    }
     df_sd_pipeline_free(&p);
     if (temp) { /* the converted folder, whose mapped files the pipeline no longer holds */
         char *slash = strrchr(dir, '/');
@@ -547,12 +594,40 @@ int df_cmd_generate(int argc, char **argv) {
             a.zero_snr = true;
             continue;
         }
+        if (strcmp(o, "--guess-mode") == 0) {
+            a.guess_mode = true;
+            continue;
+        }
         if (!v) return bad_arg("%s needs a value", o);
         i++;
         if (strcmp(o, "--embedding") == 0) {
             if (a.n_embeddings == DF_GEN_MAX_EMBEDDINGS)
                 return bad_arg("--embedding: at most %d", DF_GEN_MAX_EMBEDDINGS);
             a.embeddings[a.n_embeddings++] = v;
+            continue;
+        }
+        if (strcmp(o, "--controlnet") == 0) {
+            if (a.n_cn == DF_SD_MAX_CONTROLS)
+                return bad_arg("--controlnet: at most %d ControlNets", DF_SD_MAX_CONTROLS);
+            a.cn[a.n_cn].dir = v;
+            a.cn[a.n_cn].scale = 1, a.cn[a.n_cn].start = 0, a.cn[a.n_cn].end = 1;
+            a.n_cn++;
+            continue;
+        }
+        if (strncmp(o, "--control-", 10) == 0) {
+            if (a.n_cn == 0) return bad_arg("%s must follow the --controlnet it belongs to", o);
+            bool ok = true;
+            if (strcmp(o, "--control-image") == 0)
+                a.cn[a.n_cn - 1].image = v;
+            else if (strcmp(o, "--control-scale") == 0)
+                ok = parse_double(v, -100, 100, &a.cn[a.n_cn - 1].scale);
+            else if (strcmp(o, "--control-start") == 0)
+                ok = parse_double(v, 0, 1, &a.cn[a.n_cn - 1].start);
+            else if (strcmp(o, "--control-end") == 0)
+                ok = parse_double(v, 0, 1, &a.cn[a.n_cn - 1].end);
+            else
+                return bad_arg("unknown option '%s'", o);
+            if (!ok) return bad_arg("%s: '%s' is not a valid value", o, v);
             continue;
         }
         const char **str = strcmp(o, "--prompt") == 0             ? &a.prompt
@@ -617,6 +692,16 @@ int df_cmd_generate(int argc, char **argv) {
     if (a.sld && !df_sld_preset(a.sld, &unused))
         return bad_arg("--sld: '%s' (weak, medium, strong or max)", a.sld);
     if (a.mask && !a.image) return bad_arg("--mask needs --image (the image to inpaint)");
+    for (int k = 0; k < a.n_cn; k++) {
+        if (!a.cn[k].image)
+            return bad_arg("--controlnet %s needs its --control-image", a.cn[k].dir);
+        if (!(a.cn[k].start < a.cn[k].end))
+            return bad_arg("--controlnet %s: --control-start %g must be below --control-end %g",
+                           a.cn[k].dir, a.cn[k].start, a.cn[k].end);
+    }
+    if (a.guess_mode && a.n_cn == 0) return bad_arg("--guess-mode needs --controlnet");
+    if (a.n_cn && (a.image || a.mask || a.sld))
+        return bad_arg("--controlnet is text-to-image only (no --image, --mask or --sld)");
     if (a.strength >= 0 && !a.image) return bad_arg("--strength needs --image");
     if (a.out && a.out_dir) return bad_arg("--out and --out-dir exclude each other");
     if (!a.out && !a.out_dir && !a.out_tensor) a.out = "generated.png";

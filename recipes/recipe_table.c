@@ -7,8 +7,9 @@
 #include <string.h>
 
 static const df_recipe_def *const all_recipes[] = {
-    &df_recipe_unconditional,     &df_recipe_vae, &df_recipe_text_to_image, &df_recipe_dreambooth,
-    &df_recipe_textual_inversion,
+    &df_recipe_unconditional,     &df_recipe_vae,
+    &df_recipe_text_to_image,     &df_recipe_dreambooth,
+    &df_recipe_textual_inversion, &df_recipe_controlnet,
 };
 
 int df_recipe_count(void) {
@@ -42,11 +43,13 @@ static const char *recipe_choices(void) {
 }
 
 df_cfg_field *df_recipe_schema(const df_recipe_def *def, int *n) {
-    *n = df_trainer_schema_len + def->n_fields;
+    int base = def->extends ? def->extends->n_fields : 0;
+    *n = df_trainer_schema_len + base + def->n_fields;
     df_cfg_field *s = malloc((size_t)*n * sizeof *s);
     DF_ASSERT(s, "out of memory");
     memcpy(s, df_trainer_schema, (size_t)df_trainer_schema_len * sizeof *s);
-    memcpy(s + df_trainer_schema_len, def->fields, (size_t)def->n_fields * sizeof *s);
+    if (base) memcpy(s + df_trainer_schema_len, def->extends->fields, (size_t)base * sizeof *s);
+    memcpy(s + df_trainer_schema_len + base, def->fields, (size_t)def->n_fields * sizeof *s);
     for (int i = 0; i < df_trainer_schema_len; i++)
         if (strcmp(s[i].key, "recipe") == 0) s[i].choices = recipe_choices();
     return s;

@@ -138,8 +138,11 @@ df_status df_t2i_tokenize(t2i *t, char *const *captions, int n, df_philox *g, df
 df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid);
 df_status df_t2i_export(void *ctx, const char *dir);
 /* The live models as a pipeline with scheduler class sched_class on the training betas
- * (borrowed parts; release with df_t2i_pipeline_release), for validation and generated data. */
+ * (borrowed parts; release with df_t2i_pipeline_release), for validation and generated data,
+ * and the base folder's safety checker loaded once into t->safety when the base has one (also
+ * used by the controlnet recipe's validation). */
 df_status df_t2i_live_pipeline(t2i *t, const char *sched_class, df_sd_pipeline *p);
 void df_t2i_pipeline_release(df_sd_pipeline *p);
+df_status df_t2i_base_checker(t2i *t);
 
 #endif

@@ -9,6 +9,8 @@ typedef struct df_recipe_def {
     const char *name;
     const df_cfg_field *fields; /* the recipe's own keys */
     int n_fields;
+    /* a recipe whose keys this one takes too, before its own (NULL: none) */
+    const struct df_recipe_def *extends;
     /* Builds the model and what the trainer needs; errors name the config key. */
     df_status (*create)(const df_config *cfg, df_recipe *out);
 } df_recipe_def;
@@ -23,6 +25,7 @@ extern const df_recipe_def df_recipe_textual_inversion;
  * items: the mean over the n + m items of weight x item loss is mean(instance) + w x mean(class),
  * train_dreambooth.py's instance loss plus prior_loss_weight times the prior loss. */
 df_tensor *df_dreambooth_item_weights(int n, int m, float w);
+extern const df_recipe_def df_recipe_controlnet;
 
 /* The model.block_out_channels, model.down_block_types and model.up_block_types keys
  * (recipes/recipe_blocks.c) into channels, down, up (DF_MAX_BLOCKS entries each) and their

@@ -188,7 +188,7 @@ static df_status render_prompts(t2i *t, df_sd_pipeline *p, df_tensor **grid) {
 
 /* The base's safety checker (once): validation images go through it as a pipeline's would
  * (flagged ones black, with the warning naming them). A base without safety_checker/ has none. */
-static df_status base_checker(t2i *t) {
+df_status df_t2i_base_checker(t2i *t) {
     if (t->safety_tried) return DF_OK;
     t->safety_tried = true;
     char path[DF_PATH_MAX + 32];
@@ -206,7 +206,7 @@ df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid) {
     df_sd_pipeline p;
     bool grad = df_grad_set_enabled(false);
     df_status st = df_t2i_live_pipeline(t, t->val_sched, &p);
-    if (st == DF_OK) st = base_checker(t);
+    if (st == DF_OK) st = df_t2i_base_checker(t);
     p.safety = t->safety && t->safety->loaded ? t->safety : NULL;
     if (st == DF_OK) st = render_prompts(t, &p, grid);
     df_t2i_pipeline_release(&p);

@@ -212,6 +212,10 @@ Test(nn_models, block_widths_agree_unet2dcond) {
     check_block_widths("unet2dcond_tiny");
 }
 
+Test(nn_models, block_widths_agree_controlnet) {
+    check_block_widths("controlnet_tiny");
+}
+
 Test(nn_models, block_widths_agree_vae) {
     check_block_widths("vae_tiny");
 }
@@ -270,6 +274,20 @@ Test(nn_models, unet2dcond_tiny) {
  * gradients compared too): the model of unet2dcond_tiny */
 Test(nn_models, unet2dcond_tiny_residuals) {
     run_case("unet2dcond_tiny_residuals");
+}
+
+/* ControlNetModel (tests/ref/gen_controlnet.py): residuals and every gradient, with
+ * conditioning_scale, in guess mode, and with bgr channel order */
+Test(nn_models, controlnet_tiny) {
+    run_case("controlnet_tiny");
+}
+
+Test(nn_models, controlnet_tiny_guess) {
+    run_case("controlnet_tiny_guess");
+}
+
+Test(nn_models, controlnet_tiny_bgr) {
+    run_case("controlnet_tiny_bgr");
 }
 
 Test(nn_models, unet2dcond_tiny_linear) {
