@@ -85,6 +85,22 @@ DF_API bool df_dtype_is_float(df_dtype dt);
  * naming its ISA). Every op takes F32; the few that take BF16 are listed in docs/dtypes.md. */
 DF_API df_status df_op_supports_dtype(const char *op, df_dtype dt);
 
+/* Mixed precision (docs/dtypes.md, "Mixed precision"): the dtype the products compute in on
+ * this thread, F32 (the default) or BF16. Under BF16, conv2d, linear, matmul and
+ * softmax_attention's products round their operands (F32 tensors, or BF16 ones such as frozen
+ * weights stored in BF16) to BF16 and accumulate in F32, forward and backward; their outputs
+ * and every gradient stay F32, and every other op is unchanged (statistics, softmax, losses in
+ * F32). A node keeps the dtype of its forward: its backward computes in it whatever the switch
+ * says then. Other dtypes: DF_ASSERT. Returns the previous value. */
+DF_API df_dtype df_set_compute_dtype(df_dtype dt);
+DF_API df_dtype df_compute_dtype(void);
+/* How BF16 products run on this CPU: true when oneDNN has BF16 kernels for every product pass
+ * (forward, backward-data, backward-weights) and the CPU computes BF16 dot products natively
+ * (avx512_core_bf16 or later); false otherwise, in which case mixed precision is emulated
+ * (operands rounded to BF16, products in F32, or oneDNN's conversions at avx512_core): the
+ * same numbers to rounding, slower than F32. `why` (may be NULL) receives a one-line reason. */
+DF_API bool df_bf16_native(const char **why);
+
 /* Scalar conversions (round to nearest even; NaN stays NaN). */
 DF_API uint16_t df_f32_to_bf16(float x);
 DF_API float df_bf16_to_f32(uint16_t x);

@@ -3,7 +3,8 @@
  * recording on and backpropagates through the recomputation. The inputs with history are
  * stood in for by detached leaves (the nested graph must not reach the enclosing one); an
  * input gradient the enclosing backward has already started is lent to its stand-in, so the
- * nested backward adds to it exactly where and in the order the plain graph would. */
+ * nested backward adds to it exactly where and in the order the plain graph would. The
+ * recomputation runs under the compute dtype of the first run (mixed precision). */
 #include "autograd/autograd_impl.h"
 
 #include <string.h>
@@ -11,6 +12,7 @@
 typedef struct ck_state {
     df_checkpoint_fn fn;
     const void *user;
+    df_dtype compute; /* df_compute_dtype() of the first run */
 } ck_state;
 
 /* Leaves for in[0..n): an input with history becomes a detached leaf (under the open scope)
@@ -42,7 +44,9 @@ static void ck_backward(df_node *n, const df_tensor *g) {
         if (dest[i] && acc[i]) leaf[i]->grad = df_tensor_retain(dest[i]);
     }
     bool prev = df_grad_set_enabled(true);
+    df_dtype prev_dt = df_set_compute_dtype(st->compute);
     df_tensor *out = st->fn(leaf, st->user);
+    df_set_compute_dtype(prev_dt);
     df_grad_set_enabled(prev);
     df_status rc = df_backward_with(out, g);
     if (rc != DF_OK) df_tape_fail(rc);
@@ -78,7 +82,7 @@ df_tensor *df_checkpoint(df_checkpoint_fn fn, const void *user, int n, df_tensor
     df_tensor *out = df_scope_end_keep(scope, df_detach(full));
     if (needs) {
         df_node *node = df_node_new_always(&checkpoint_op, out, n, in, sizeof(ck_state), ~0u);
-        *(ck_state *)node->state = (ck_state){fn, user};
+        *(ck_state *)node->state = (ck_state){fn, user, df_compute_dtype()};
     }
     return out;
 }

@@ -62,13 +62,39 @@ dnnl_memory_desc_t df_dnnl_md_plain(df_dtype dt, int ndim, const int64_t *dims);
  * nChw{block}c. */
 dnnl_memory_desc_t df_dnnl_md_act(df_dtype dt, const int64_t *dims, int block);
 
+/* How a product computes (docs/dtypes.md), recorded in its node so that backward computes as
+ * forward did:
+ *   DF_CDT_F32       F32 operands, F32 primitives;
+ *   DF_CDT_BF16      primitives in BF16 with F32 accumulation: F32 operands are converted on
+ *                    the way in by the cache's reorders (user memory F32, primitive memory BF16),
+ *                    BF16 operands read as they are; outputs and gradients F32 (or a BF16
+ *                    output, forward only);
+ *   DF_CDT_BF16_EMU  mixed precision where oneDNN has no BF16 kernel (AVX2): every operand is
+ *                    rounded to BF16 into an F32 copy (df_bf16_round) and the F32 primitive runs:
+ *                    the same values as DF_CDT_BF16 up to the accumulation order. */
+typedef enum df_dnnl_cdt { DF_CDT_F32 = 0, DF_CDT_BF16, DF_CDT_BF16_EMU } df_dnnl_cdt;
+
 /* The dtype rules of a oneDNN product (matmul, linear, conv2d; docs/dtypes.md), checked with
- * DF_ASSERT: the n operands share one dtype, F32 or BF16; bias (NULL: none) is F32 or the
- * operands' dtype; out_dt is F32 for F32 operands, F32 or BF16 for BF16 ones. BF16 also needs
+ * DF_ASSERT, and how it computes. With the thread's compute dtype F32 (df_compute_dtype): the n
+ * operands share one dtype, F32 or BF16; bias (NULL: none) is F32 or the operands' dtype;
+ * out_dt is F32 for F32 operands, F32 or BF16 for BF16 ones; BF16 also needs
  * df_op_supports_dtype(opname, BF16) (the message names this CPU's ISA) and no input needing a
- * gradient (no BF16 backward yet). Returns the operands' dtype. */
-df_dtype df_dnnl_product_dtype(const char *opname, int n, df_tensor *const *operands,
-                               const df_tensor *bias, df_dtype out_dt);
+ * gradient. With the compute dtype BF16 (mixed precision): operands and bias each F32 or BF16,
+ * only the F32 ones may need a gradient, out_dt F32 (BF16 only natively and without
+ * gradients); DF_CDT_BF16 where oneDNN has BF16 kernels for every pass, DF_CDT_BF16_EMU
+ * otherwise. */
+df_dnnl_cdt df_dnnl_product_dtype(const char *opname, int n, df_tensor *const *operands,
+                                  const df_tensor *bias, df_dtype out_dt);
+/* How a product of F32 operands computes under the thread's compute dtype (attention). */
+df_dnnl_cdt df_dnnl_compute_cdt(void);
+/* The dtype of a primitive's operands under cdt: BF16 for DF_CDT_BF16, F32 otherwise. */
+static inline df_dtype df_dnnl_cdt_dtype(df_dnnl_cdt cdt) {
+    return cdt == DF_CDT_BF16 ? DF_DTYPE_BF16 : DF_DTYPE_F32;
+}
+/* dst[i] = src[i] (F32 or BF16, n elements) rounded to BF16 (nearest even), as F32. */
+void df_bf16_round(const void *src, df_dtype dt, float *dst, int64_t n);
+/* A new unscoped F32 tensor of t's shape and layout holding t rounded to BF16 (DF_CDT_BF16_EMU). */
+df_tensor *df_bf16_rounded(const df_tensor *t);
 
 /* ------------------------------------------------------------------ primitive cache --------- */
 
@@ -176,11 +202,17 @@ df_dnnl_mat df_dnnl_mat_of_tensor(const df_tensor *t, int ndim, const int64_t *s
                                   bool trans);
 
 /* c (= or +=) a * b (+ bias broadcast over rows when bias != NULL, length = c's cols) with
- * oneDNN matmul. c must be contiguous. `accumulate` adds into c (sum post-op). Every product
- * runs with DF_DNNL_REDUCTION_THREADS threads (oneDNN's GEMM blocking follows the thread count,
- * and with it the rounding). a and b have one dtype; bias and c have theirs (what oneDNN 2.6
- * takes: F32 operands with F32 bias and output, BF16 operands with F32 or BF16 bias and
- * output). */
+ * oneDNN matmul, computing as cdt says (DF_CDT_BF16: operands of either dtype converted to BF16
+ * by the primitive's reorders; DF_CDT_BF16_EMU: rounded copies, F32 product, F32 bias and
+ * output; DF_CDT_F32: a and b of one dtype, the primitive in it). c must be contiguous.
+ * `accumulate` adds into c (sum post-op). Every product runs with DF_DNNL_REDUCTION_THREADS
+ * threads (oneDNN's GEMM blocking follows the thread count, and with it the rounding). */
+void df_dnnl_matmul_c(const char *opname, df_dnnl_cdt cdt, const df_dnnl_mat *a,
+                      const df_dnnl_mat *b, const void *bias, df_dtype bias_dt, void *c,
+                      df_dtype c_dt, const int64_t *c_dims, bool accumulate);
+/* df_dnnl_matmul_c computing in the operands' dtype (a and b of one dtype; bias and c have
+ * theirs: what oneDNN 2.6 takes, F32 operands with F32 bias and output, BF16 operands with F32
+ * or BF16 bias and output). */
 void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
                        const void *bias, df_dtype bias_dt, void *c, df_dtype c_dt,
                        const int64_t *c_dims, bool accumulate);
@@ -190,5 +222,8 @@ static inline void df_dnnl_matmul(const char *opname, const df_dnnl_mat *a, cons
                                   bool accumulate) {
     df_dnnl_matmul_dt(opname, a, b, bias, DF_DTYPE_F32, c, DF_DTYPE_F32, c_dims, accumulate);
 }
+/* df_dnnl_matmul_c with no bias and an F32 output. */
+void df_dnnl_matmul_f32_out(const char *opname, df_dnnl_cdt cdt, const df_dnnl_mat *a,
+                            const df_dnnl_mat *b, float *c, const int64_t *c_dims, bool accumulate);
 
 #endif

@@ -5,7 +5,10 @@
  * equal or 1 (oneDNN broadcasts a 1). Accumulation uses a sum post-op (c = a*b + c), which is
  * how backward adds into gradient buffers without a temporary. The primitive is cached per
  * (dims, strides, dtypes, bias, accumulate). Dtypes: F32 everywhere, or BF16 operands with an F32
- * or BF16 bias and output (forward only, where df_op_supports_dtype says so).
+ * or BF16 bias and output (forward only, where df_op_supports_dtype says so); or, under mixed
+ * precision (df_dnnl_cdt), a BF16 primitive fed by F32 or BF16 operands (the cache's reorders
+ * convert F32 user memory to the primitive's BF16, keeping the operand's strides), or an F32
+ * primitive fed by copies rounded to BF16 where oneDNN has no BF16 matmul (emulation).
  */
 #include "autograd/dnnl_impl.h"
 
@@ -39,15 +42,17 @@ df_dnnl_mat df_dnnl_mat_of_tensor(const df_tensor *t, int ndim, const int64_t *s
 typedef struct mm_ctx {
     const df_dnnl_mat *a, *b;
     const int64_t *c_dims;
-    df_dtype bias_dt, c_dt;
+    df_dtype bias_dt, c_dt, prim_dt; /* prim_dt: the primitive's operands (df_dnnl_cdt_dtype) */
     bool bias, accumulate;
 } mm_ctx;
 
 static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl_arg_spec *args) {
     const mm_ctx *c = vctx;
     int nd = c->a->ndim;
-    dnnl_memory_desc_t a_md = df_dnnl_md_strides(c->a->dtype, nd, c->a->dims, c->a->strides);
-    dnnl_memory_desc_t b_md = df_dnnl_md_strides(c->b->dtype, nd, c->b->dims, c->b->strides);
+    dnnl_memory_desc_t a_user = df_dnnl_md_strides(c->a->dtype, nd, c->a->dims, c->a->strides);
+    dnnl_memory_desc_t b_user = df_dnnl_md_strides(c->b->dtype, nd, c->b->dims, c->b->strides);
+    dnnl_memory_desc_t a_md = df_dnnl_md_strides(c->prim_dt, nd, c->a->dims, c->a->strides);
+    dnnl_memory_desc_t b_md = df_dnnl_md_strides(c->prim_dt, nd, c->b->dims, c->b->strides);
     dnnl_memory_desc_t c_md = df_dnnl_md_plain(c->c_dt, nd, c->c_dims);
     int64_t bias_dims[DF_MAX_DIMS];
     for (int i = 0; i < nd; i++) bias_dims[i] = 1;
@@ -60,17 +65,38 @@ static void mm_build(void *vctx, dnnl_primitive_desc_t *pd, int *n_args, df_dnnl
     DF_DNNL_CHECK("matmul", dnnl_primitive_desc_create(pd, &d, attr, df_dnnl_engine(), NULL));
     dnnl_primitive_attr_destroy(attr);
     int n = 0;
-    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, a_md};
-    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, b_md};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_SRC, DF_DNNL_IN, a_user};
+    args[n++] = (df_dnnl_arg_spec){DNNL_ARG_WEIGHTS, DF_DNNL_IN, b_user};
     if (c->bias) args[n++] = (df_dnnl_arg_spec){DNNL_ARG_BIAS, DF_DNNL_IN, bias_md};
     /* with the sum post-op the primitive reads dst, so dst stays user memory (OUT, same md) */
     args[n++] = (df_dnnl_arg_spec){DNNL_ARG_DST, DF_DNNL_OUT, c_md};
     *n_args = n;
 }
 
-void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
-                       const void *bias, df_dtype bias_dt, void *c, df_dtype c_dt,
-                       const int64_t *c_dims, bool accumulate) {
+/* The span of elements an operand's dims and strides reach. */
+static int64_t mat_span(const df_dnnl_mat *m) {
+    int64_t span = 1;
+    for (int i = 0; i < m->ndim; i++) {
+        if (m->dims[i] == 0) return 0;
+        span += (m->dims[i] - 1) * m->strides[i];
+    }
+    return span;
+}
+
+/* An F32 copy of m rounded to BF16 (same dims and strides); *hold owns its storage. */
+static df_dnnl_mat mat_rounded(const df_dnnl_mat *m, df_tensor **hold) {
+    int64_t span = mat_span(m);
+    *hold = df_tensor_new_unscoped(DF_DTYPE_F32, 1, &span);
+    df_bf16_round(m->data, m->dtype, df_f32(*hold), span);
+    df_dnnl_mat r = *m;
+    r.data = (*hold)->data;
+    r.dtype = DF_DTYPE_F32;
+    return r;
+}
+
+void df_dnnl_matmul_c(const char *opname, df_dnnl_cdt cdt, const df_dnnl_mat *a,
+                      const df_dnnl_mat *b, const void *bias, df_dtype bias_dt, void *c,
+                      df_dtype c_dt, const int64_t *c_dims, bool accumulate) {
     int nd = a->ndim;
     DF_ASSERT(b->ndim == nd, "%s: matmul operands with %d and %d dims", opname, nd, b->ndim);
     DF_ASSERT(a->dims[nd - 1] == b->dims[nd - 2] && a->dims[nd - 2] == c_dims[nd - 2] &&
@@ -78,8 +104,27 @@ void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_m
               "%s: matmul (%lld x %lld) * (%lld x %lld) -> (%lld x %lld)", opname,
               (long long)a->dims[nd - 2], (long long)a->dims[nd - 1], (long long)b->dims[nd - 2],
               (long long)b->dims[nd - 1], (long long)c_dims[nd - 2], (long long)c_dims[nd - 1]);
-    DF_ASSERT(a->dtype == b->dtype, "%s: matmul operands of dtypes %s and %s", opname,
-              df_dtype_name(a->dtype), df_dtype_name(b->dtype));
+    if (cdt == DF_CDT_BF16_EMU) { /* rounded copies through the F32 primitive */
+        DF_ASSERT(c_dt == DF_DTYPE_F32, "%s: emulated BF16 product with a %s output", opname,
+                  df_dtype_name(c_dt));
+        df_tensor *ha, *hb, *hbias = NULL;
+        df_dnnl_mat ar = mat_rounded(a, &ha), br = mat_rounded(b, &hb);
+        if (bias && bias_dt != DF_DTYPE_F32) { /* a BF16 bias widens exactly */
+            int64_t len = c_dims[nd - 1];
+            hbias = df_tensor_new_unscoped(DF_DTYPE_F32, 1, &len);
+            df_bf16_round(bias, bias_dt, df_f32(hbias), len);
+            bias = hbias->data;
+        }
+        df_dnnl_matmul_c(opname, DF_CDT_F32, &ar, &br, bias, DF_DTYPE_F32, c, c_dt, c_dims,
+                         accumulate);
+        df_tensor_free(ha);
+        df_tensor_free(hb);
+        df_tensor_free(hbias);
+        return;
+    }
+    df_dtype prim_dt = cdt == DF_CDT_BF16 ? DF_DTYPE_BF16 : a->dtype;
+    DF_ASSERT(cdt == DF_CDT_BF16 || a->dtype == b->dtype, "%s: matmul operands of dtypes %s and %s",
+              opname, df_dtype_name(a->dtype), df_dtype_name(b->dtype));
     /* every product runs with the fixed thread count: oneDNN's GEMM picks its blocking by the
      * thread count, and a (1024 x 64) x (64 x 64) forward product came out different at 1 and
      * 2 threads, not only the long backward reductions */
@@ -92,9 +137,9 @@ void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_m
     df_dnnl_key_push_n(&key, nd, c_dims);
     df_dnnl_key_push(&key, bias != NULL);
     df_dnnl_key_push(&key, accumulate);
-    df_dnnl_key_push_n(&key, 4,
-                       (int64_t[]){a->dtype, b->dtype, bias ? (int64_t)bias_dt : -1, c_dt});
-    mm_ctx ctx = {a, b, c_dims, bias_dt, c_dt, bias != NULL, accumulate};
+    df_dnnl_key_push_n(
+        &key, 5, (int64_t[]){a->dtype, b->dtype, bias ? (int64_t)bias_dt : -1, c_dt, prim_dt});
+    mm_ctx ctx = {a, b, c_dims, bias_dt, c_dt, prim_dt, bias != NULL, accumulate};
     df_dnnl_prim *p = df_dnnl_prim_get(&key, mm_build, &ctx);
     void *ptrs[4];
     int n = 0;
@@ -104,4 +149,19 @@ void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_m
     ptrs[n++] = c;
     df_dnnl_prim_run(opname, p, ptrs);
     df_dnnl_prim_put(p);
+}
+
+void df_dnnl_matmul_f32_out(const char *opname, df_dnnl_cdt cdt, const df_dnnl_mat *a,
+                            const df_dnnl_mat *b, float *c, const int64_t *c_dims,
+                            bool accumulate) {
+    df_dnnl_matmul_c(opname, cdt, a, b, NULL, DF_DTYPE_F32, c, DF_DTYPE_F32, c_dims, accumulate);
+}
+
+void df_dnnl_matmul_dt(const char *opname, const df_dnnl_mat *a, const df_dnnl_mat *b,
+                       const void *bias, df_dtype bias_dt, void *c, df_dtype c_dt,
+                       const int64_t *c_dims, bool accumulate) {
+    df_dnnl_cdt cdt = a->dtype == DF_DTYPE_BF16 ? DF_CDT_BF16 : DF_CDT_F32;
+    DF_ASSERT(a->dtype == b->dtype, "%s: matmul operands of dtypes %s and %s", opname,
+              df_dtype_name(a->dtype), df_dtype_name(b->dtype));
+    df_dnnl_matmul_c(opname, cdt, a, b, bias, bias_dt, c, c_dt, c_dims, accumulate);
 }

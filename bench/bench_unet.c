@@ -15,6 +15,7 @@
  * getrusage ru_maxrss in MiB, "iters", "params": the parameter count}. Inputs and targets are
  * drawn outside the timed region; ending the step's scope (freeing its tensors) is inside it.
  * Threads: OMP_NUM_THREADS (bench/run-unet.sh sets 2, and OMP_WAIT_POLICY passive).
+ * DF_BENCH_MIXED=bf16 runs the step under mixed precision (df_set_compute_dtype BF16).
  * DF_BENCH_MEM=1 also prints, per step on stderr, our allocator's view (df_mem_get_stats): bytes
  * in use after the forward, after the backward (before the step's scope ends), and the peak.
  */
@@ -121,6 +122,9 @@ int main(int argc, char **argv) {
         params = &unet.params;
     }
     if (train && df_params_flatten(params) != DF_OK) die("flatten");
+    /* DF_BENCH_MIXED=bf16: the products compute in BF16 (mixed precision, docs/dtypes.md) */
+    const char *mixed = getenv("DF_BENCH_MIXED");
+    if (mixed && strcmp(mixed, "bf16") == 0) df_set_compute_dtype(DF_DTYPE_BF16);
     if (!train) df_grad_set_enabled(false);
 
     int n = sd15 ? 1 : 32;
@@ -163,8 +167,9 @@ int main(int argc, char **argv) {
     }
     qsort(t, (size_t)iters, sizeof *t, cmp_double);
     printf("{\"mode\": \"%s\", \"impl\": \"ours\", \"ms\": %.2f, \"peak_rss_mib\": %.1f, "
-           "\"iters\": %d, \"params\": %lld}\n",
-           mode, t[iters / 2], peak_rss_mib(), iters, (long long)df_params_count(params));
+           "\"iters\": %d, \"params\": %lld, \"compute\": \"%s\"}\n",
+           mode, t[iters / 2], peak_rss_mib(), iters, (long long)df_params_count(params),
+           df_dtype_name(df_compute_dtype()));
     free(t);
     if (sd15)
         df_unet2d_cond_free(&cond);

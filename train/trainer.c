@@ -76,7 +76,10 @@ const df_cfg_field df_trainer_schema[] = {
     {"ema_min_decay", DF_CFG_FLOAT, "0.0", 0, 1, NULL, "EMA decay lower bound"},
     {"ema_inv_gamma", DF_CFG_FLOAT, "1.0", 1e-9, 1e9, NULL, "EMA warm-up inverse gamma"},
     {"ema_power", DF_CFG_FLOAT, "0.75", 0, 100, NULL, "EMA warm-up power"},
-    {"mixed_precision", DF_CFG_STRING, "no", 0, 0, "no", "float32 training only (for now)"},
+    {"mixed_precision", DF_CFG_STRING, "no", 0, 0, "no|bf16|fp16",
+     "bf16: convolutions and matrix products (forward and backward) compute in bfloat16 with "
+     "float32 accumulation; weights, optimizer state, norms, softmax and the loss stay float32 "
+     "(docs/dtypes.md). fp16 is refused: it needs loss scaling and no CPU kernel takes it"},
     {"gradient_checkpointing", DF_CFG_BOOL, "false", 0, 0, NULL,
      "recompute the UNet's resnet and transformer blocks in backward: less memory, about one "
      "more forward of time, the same gradients bit for bit (so a resume may switch it)",
@@ -148,7 +151,8 @@ typedef struct trainer {
     bool tty;
     double step_secs, mpi_secs; /* time in steps, and in the gradient sum and agreement */
     double started;             /* when this process's first step began */
-    int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
+    int64_t first_step;  /* the step this process started from (resumed runs: the checkpoint's) */
+    df_dtype compute_dt; /* mixed_precision: the products' compute dtype during a step */
 } trainer;
 
 static double now(void) {
@@ -950,6 +954,7 @@ static df_status train_step(trainer *t) {
         }
         if (st == DF_OK) t->epoch = b[0]->epoch;
         df_scope s = df_scope_begin();
+        df_dtype prev_dt = df_set_compute_dtype(t->compute_dt); /* the loss and its backward */
         df_tensor *loss = NULL;
         df_step_rng rng;
         df_step_rng_init(&rng, t->seed, k, t->step);
@@ -963,6 +968,7 @@ static df_status train_step(trainer *t) {
             st = df_backward(K > 1 ? df_mul_scalar(loss, scale) : loss);
         }
         df_scope_end(s);
+        df_set_compute_dtype(prev_dt);
         for (int i = 0; i < t->n_sources; i++) df_batch_free(b[i]);
         DF_TRY(st);
     }
@@ -1054,12 +1060,31 @@ static void trainer_free(trainer *t) {
     free(t->names);
 }
 
+/* mixed_precision: the compute dtype of the steps, and one line at start-up where BF16 runs
+ * slower than F32 (no BF16 dot product on this CPU: docs/dtypes.md). */
+static df_status mixed_precision_init(trainer *t) {
+    const char *mp = df_config_str(t->cfg, "mixed_precision");
+    t->compute_dt = DF_DTYPE_F32;
+    if (strcmp(mp, "fp16") == 0)
+        return df_error(DF_ERR_UNSUPPORTED,
+                        "mixed_precision: fp16 is not supported: it needs loss scaling and no CPU "
+                        "kernel here computes in it; use bf16 (float32's range, no scaling) or no");
+    if (strcmp(mp, "bf16") != 0) return DF_OK;
+    t->compute_dt = DF_DTYPE_BF16;
+    const char *why;
+    if (!df_bf16_native(&why) && t->rank == 0)
+        fprintf(stderr, "diffusion: warning: bf16 is emulated on this CPU: slower than fp32 (%s)\n",
+                why);
+    return DF_OK;
+}
+
 static df_status run(trainer *t, const df_train_opts *opts) {
     const df_config *c = t->cfg;
     bool main_rank = t->rank == 0; /* writes the run folder; the others write nothing there */
     if (!opts->lock && main_rank) DF_TRY(claim_run_dir(t->out_dir, opts, &t->lock));
     df_params *reg = t->recipe->params;
     DF_TRY(df_params_flatten(reg));
+    DF_TRY(mixed_precision_init(t));
     if (df_config_bool(c, "gradient_checkpointing")) {
         if (!t->recipe->unet_body)
             return df_error(DF_ERR_UNSUPPORTED,

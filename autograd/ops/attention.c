@@ -18,6 +18,8 @@
  *   (attention_chunk_bytes), which is what makes this op worth having next to the composite
  *   df_matmul(df_softmax(df_matmul(q, k, false, true)), v, false, false) it equals
  *   (tests/autograd/test_attention.c ties them together).
+ *   Mixed precision: the five products compute as the forward's df_dnnl_cdt says (q, k, v, p, G
+ *   and ds rounded to BF16, F32 accumulation); the scores, softmax and its backward stay F32.
  *   Determinism: every product runs with DF_DNNL_REDUCTION_THREADS (dnnl_impl.h); row blocks
  *   of one item accumulate dk and dv in a fixed order.
  */
@@ -32,6 +34,7 @@ typedef struct attention_params {
     bool causal;
     int nd;
     int64_t batch, T, S, d, e; /* batch = product of the batch dims */
+    df_dnnl_cdt cdt;           /* how the products compute (mixed precision) */
 } attention_params;
 
 static size_t attention_chunk_bytes = (size_t)8 << 20;
@@ -85,7 +88,7 @@ static void block_probs(const attention_params *p, const block *bl, const float 
     df_dnnl_mat qm = mat_of(q, bl, p->T, bl->nr, p->d, false);
     df_dnnl_mat km = mat_of(k, bl, p->S, p->S, p->d, true);
     int64_t s_dims[3] = {bl->nb, bl->nr, p->S};
-    df_dnnl_matmul("softmax_attention", &qm, &km, NULL, s, s_dims, false);
+    df_dnnl_matmul_f32_out("softmax_attention", p->cdt, &qm, &km, s, s_dims, false);
     int64_t n_rows = bl->nb * bl->nr, S = p->S;
     bool causal = p->causal;
 #pragma omp parallel for schedule(static) if (n_rows * S > DF_PAR_GRAIN)
@@ -115,12 +118,12 @@ static void attention_backward(df_node *n, const df_tensor *g_) {
         if (gv) { /* (6) */
             df_dnnl_mat pt = df_dnnl_mat_of(pr, 3, ps_dims, true);
             int64_t v_dims[3] = {bl.nb, S, p->e};
-            df_dnnl_matmul("softmax_attention backward", &pt, &gm, NULL,
-                           df_f32(gv) + bl.b0 * S * p->e, v_dims, true);
+            df_dnnl_matmul_f32_out("softmax_attention backward", p->cdt, &pt, &gm,
+                                   df_f32(gv) + bl.b0 * S * p->e, v_dims, true);
         }
         if (!gq && !gk) continue;
         df_dnnl_mat vt = mat_of(v, &bl, S, S, p->e, true); /* (5) */
-        df_dnnl_matmul("softmax_attention backward", &gm, &vt, NULL, dp, ps_dims, false);
+        df_dnnl_matmul_f32_out("softmax_attention backward", p->cdt, &gm, &vt, dp, ps_dims, false);
         int64_t n_rows = bl.nb * bl.nr;
 #pragma omp parallel for schedule(static) if (n_rows * S > DF_PAR_GRAIN)
         for (int64_t r = 0; r < n_rows; r++) /* (7), in place */
@@ -129,15 +132,15 @@ static void attention_backward(df_node *n, const df_tensor *g_) {
         if (gq) { /* (8) */
             df_dnnl_mat km = mat_of(k, &bl, S, S, p->d, false);
             int64_t q_dims[3] = {bl.nb, bl.nr, p->d};
-            df_dnnl_matmul("softmax_attention backward", &ds, &km, NULL,
-                           df_f32(gq) + (bl.b0 * p->T + bl.r0) * p->d, q_dims, true);
+            df_dnnl_matmul_f32_out("softmax_attention backward", p->cdt, &ds, &km,
+                                   df_f32(gq) + (bl.b0 * p->T + bl.r0) * p->d, q_dims, true);
         }
         if (gk) {
             df_dnnl_mat dst = df_dnnl_mat_of(dp, 3, ps_dims, true);
             df_dnnl_mat qm = mat_of(q, &bl, p->T, bl.nr, p->d, false);
             int64_t k_dims[3] = {bl.nb, S, p->d};
-            df_dnnl_matmul("softmax_attention backward", &dst, &qm, NULL,
-                           df_f32(gk) + bl.b0 * S * p->d, k_dims, true);
+            df_dnnl_matmul_f32_out("softmax_attention backward", p->cdt, &dst, &qm,
+                                   df_f32(gk) + bl.b0 * S * p->d, k_dims, true);
         }
     }
     df_tensor_free(pb);
@@ -156,7 +159,7 @@ df_tensor *df_softmax_attention(df_tensor *q, df_tensor *k, df_tensor *v, bool c
     int nd = q->ndim;
     DF_ASSERT(nd >= 2 && k->ndim == nd && v->ndim == nd,
               "%s: q %s, k %s, v %s must have the same number (>= 2) of dims", op, sq, sk, sv);
-    attention_params p = {.causal = causal, .nd = nd, .batch = 1};
+    attention_params p = {.causal = causal, .nd = nd, .batch = 1, .cdt = df_dnnl_compute_cdt()};
     for (int i = 0; i < nd - 2; i++) {
         DF_ASSERT(k->shape[i] == q->shape[i] && v->shape[i] == q->shape[i],
                   "%s: batch dims of q %s, k %s, v %s differ", op, sq, sk, sv);
@@ -181,8 +184,8 @@ df_tensor *df_softmax_attention(df_tensor *q, df_tensor *k, df_tensor *v, bool c
             int64_t ps_dims[3] = {bl.nb, bl.nr, p.S}, o_dims[3] = {bl.nb, bl.nr, p.e};
             df_dnnl_mat pm = df_dnnl_mat_of(df_f32(sb), 3, ps_dims, false); /* (4) */
             df_dnnl_mat vm = mat_of(df_f32(v), &bl, p.S, p.S, p.e, false);
-            df_dnnl_matmul(op, &pm, &vm, NULL, df_f32(out) + (bl.b0 * p.T + bl.r0) * p.e, o_dims,
-                           false);
+            df_dnnl_matmul_f32_out(op, p.cdt, &pm, &vm, df_f32(out) + (bl.b0 * p.T + bl.r0) * p.e,
+                                   o_dims, false);
         }
         df_tensor_free(sb);
     } else if (out->numel > 0) {

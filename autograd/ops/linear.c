@@ -12,17 +12,19 @@
  *     a gradient this backward creates is written (=) instead (df_node_grad_dest)
  *   saved: nothing (x, W, b are the node's inputs).
  *   dtypes: F32; or BF16 x and W (bias F32 or BF16) with an F32 or BF16 output, forward only
- *   (docs/dtypes.md).
+ *   (docs/dtypes.md); under mixed precision the three products compute as the forward's
+ *   df_dnnl_cdt says (x or W may be BF16 then when it needs no gradient), the bias sum in F32.
  */
 #include "autograd/dnnl_impl.h"
 
 typedef struct linear_params {
     int64_t M, in, out;
+    df_dnnl_cdt cdt; /* how the forward computed: backward does the same */
 } linear_params;
 
 static void linear_backward(df_node *n, const df_tensor *g) {
     const linear_params *p = n->state;
-    const float *x = df_f32(n->inputs[0]), *w = df_f32(n->inputs[1]);
+    const df_tensor *x = n->inputs[0], *w = n->inputs[1];
     int64_t g_dims[2] = {p->M, p->out}, x_dims[2] = {p->M, p->in}, w_dims[2] = {p->out, p->in};
     if (g->numel == 0) { /* empty products (M or out is 0): zero-filled gradients */
         for (int i = 0; i < 3; i++)
@@ -33,14 +35,14 @@ static void linear_backward(df_node *n, const df_tensor *g) {
     df_tensor *gx = df_node_grad_dest(n, 0, &acc);
     if (gx) { /* (1) */
         df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), 2, g_dims, false);
-        df_dnnl_mat wm = df_dnnl_mat_of(w, 2, w_dims, false);
-        df_dnnl_matmul("linear backward", &gm, &wm, NULL, df_f32(gx), x_dims, acc);
+        df_dnnl_mat wm = df_dnnl_mat_of_tensor(w, 2, w_dims, false);
+        df_dnnl_matmul_f32_out("linear backward", p->cdt, &gm, &wm, df_f32(gx), x_dims, acc);
     }
     df_tensor *gw = df_node_grad_dest(n, 1, &acc);
     if (gw) { /* (2) */
         df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), 2, g_dims, true);
-        df_dnnl_mat xm = df_dnnl_mat_of(x, 2, x_dims, false);
-        df_dnnl_matmul("linear backward", &gt, &xm, NULL, df_f32(gw), w_dims, acc);
+        df_dnnl_mat xm = df_dnnl_mat_of_tensor(x, 2, x_dims, false);
+        df_dnnl_matmul_f32_out("linear backward", p->cdt, &gt, &xm, df_f32(gw), w_dims, acc);
     }
     df_tensor *gb = n->inputs[2] ? df_node_grad_dest(n, 2, &acc) : NULL;
     if (gb) { /* (3) blocks of columns in parallel, rows in order */
@@ -66,12 +68,12 @@ df_tensor *df_linear_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_dtype ou
     DF_ASSERT_PLAIN("linear", x);
     DF_ASSERT_PLAIN("linear", w);
     if (bias) DF_ASSERT_PLAIN("linear", bias);
-    df_dnnl_product_dtype("linear", 2, (df_tensor *[]){x, w}, bias, out_dt);
+    df_dnnl_cdt cdt = df_dnnl_product_dtype("linear", 2, (df_tensor *[]){x, w}, bias, out_dt);
     char sx[64], sw[64], sb[64];
     DF_ASSERT(x->ndim >= 1 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1],
               "linear: x %s and weight %s (expected (..., in) and (out, in))",
               df_shape_str(x, sx, sizeof sx), df_shape_str(w, sw, sizeof sw));
-    linear_params p = {.in = w->shape[1], .out = w->shape[0]};
+    linear_params p = {.in = w->shape[1], .out = w->shape[0], .cdt = cdt};
     p.M = p.in > 0 ? x->numel / p.in : 0;
     if (bias) {
         DF_ASSERT(bias->numel == p.out && bias->ndim == 1, "linear: bias %s for weight %s",
@@ -85,8 +87,8 @@ df_tensor *df_linear_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_dtype ou
         int64_t x_dims[2] = {p.M, p.in}, w_dims[2] = {p.out, p.in}, y_dims[2] = {p.M, p.out};
         df_dnnl_mat xm = df_dnnl_mat_of_tensor(x, 2, x_dims, false);
         df_dnnl_mat wt = df_dnnl_mat_of_tensor(w, 2, w_dims, true);
-        df_dnnl_matmul_dt("linear", &xm, &wt, bias ? bias->data : NULL,
-                          bias ? bias->dtype : DF_DTYPE_F32, out->data, out_dt, y_dims, false);
+        df_dnnl_matmul_c("linear", cdt, &xm, &wt, bias ? bias->data : NULL,
+                         bias ? bias->dtype : DF_DTYPE_F32, out->data, out_dt, y_dims, false);
     }
     df_node *n = df_node_new_keep(&linear_op, out, 3, (df_tensor *[]){x, w, bias}, sizeof p, 3u);
     if (n) *(linear_params *)n->state = p;
@@ -94,5 +96,6 @@ df_tensor *df_linear_to(df_tensor *x, df_tensor *w, df_tensor *bias, df_dtype ou
 }
 
 df_tensor *df_linear(df_tensor *x, df_tensor *w, df_tensor *bias) {
-    return df_linear_to(x, w, bias, x->dtype);
+    /* under mixed precision the output is F32 whatever the operands (frozen BF16 weights) */
+    return df_linear_to(x, w, bias, df_compute_dtype() == DF_DTYPE_BF16 ? DF_DTYPE_F32 : x->dtype);
 }

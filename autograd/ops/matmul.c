@@ -13,7 +13,8 @@
  *     (3) when an input's batch dims were broadcast, the product is made at the output's batch
  *         shape and summed over the broadcast dims, batches in a fixed order (deterministic).
  *   saved: nothing (a and b are the node's inputs; ops never mutate inputs).
- *   dtypes: F32; or BF16 a and b with an F32 or BF16 output, forward only (docs/dtypes.md).
+ *   dtypes: F32; or BF16 a and b with an F32 or BF16 output, forward only (docs/dtypes.md); under
+ *   mixed precision every product computes as the forward's df_dnnl_cdt says.
  */
 #include "autograd/dnnl_impl.h"
 
@@ -25,6 +26,7 @@ typedef struct matmul_params {
     int64_t a_dims[DF_MAX_DIMS]; /* stored dims of a and b, padded to nd */
     int64_t b_dims[DF_MAX_DIMS];
     int64_t c_dims[DF_MAX_DIMS];
+    df_dnnl_cdt cdt; /* how the forward computed: backward does the same */
 } matmul_params;
 
 static void pad_dims(const df_tensor *t, int nd, int64_t *out) {
@@ -69,13 +71,13 @@ static void product_into(df_tensor *grad, bool accumulate, const int64_t *grad_d
     out_dims[nd - 2] = grad_dims[nd - 2];
     out_dims[nd - 1] = grad_dims[nd - 1];
     if (batch_equal(grad_dims, out_dims, nd)) {
-        df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(grad), out_dims, accumulate);
+        df_dnnl_matmul_f32_out("matmul backward", p->cdt, x, y, df_f32(grad), out_dims, accumulate);
         return;
     }
     int64_t numel = 1;
     for (int i = 0; i < nd; i++) numel *= out_dims[i];
     df_tensor *tmp = df_tensor_new_unscoped(DF_DTYPE_F32, 1, &numel);
-    df_dnnl_matmul("matmul backward", x, y, NULL, df_f32(tmp), out_dims, false);
+    df_dnnl_matmul_f32_out("matmul backward", p->cdt, x, y, df_f32(tmp), out_dims, false);
     if (!accumulate) memset(grad->data, 0, (size_t)grad->numel * sizeof(float));
     reduce_batches(df_f32(grad), grad_dims, df_f32(tmp), out_dims, nd,
                    out_dims[nd - 2] * out_dims[nd - 1]);
@@ -90,27 +92,27 @@ static void matmul_backward(df_node *n, const df_tensor *g) {
         return;
     }
     int nd = p->nd;
-    const float *a = df_f32(n->inputs[0]), *b = df_f32(n->inputs[1]);
+    const df_tensor *a = n->inputs[0], *b = n->inputs[1];
     df_dnnl_mat gm = df_dnnl_mat_of(df_f32(g), nd, p->c_dims, false);
     df_dnnl_mat gt = df_dnnl_mat_of(df_f32(g), nd, p->c_dims, true);
     bool acc;
     df_tensor *ga = df_node_grad_dest(n, 0, &acc);
     if (ga) { /* (1) */
         if (!p->trans_a) {
-            df_dnnl_mat bt = df_dnnl_mat_of(b, nd, p->b_dims, !p->trans_b);
+            df_dnnl_mat bt = df_dnnl_mat_of_tensor(b, nd, p->b_dims, !p->trans_b);
             product_into(ga, acc, p->a_dims, &gm, &bt, p);
         } else {
-            df_dnnl_mat bm = df_dnnl_mat_of(b, nd, p->b_dims, p->trans_b);
+            df_dnnl_mat bm = df_dnnl_mat_of_tensor(b, nd, p->b_dims, p->trans_b);
             product_into(ga, acc, p->a_dims, &bm, &gt, p);
         }
     }
     df_tensor *gb = df_node_grad_dest(n, 1, &acc);
     if (gb) { /* (2) */
         if (!p->trans_b) {
-            df_dnnl_mat at = df_dnnl_mat_of(a, nd, p->a_dims, !p->trans_a);
+            df_dnnl_mat at = df_dnnl_mat_of_tensor(a, nd, p->a_dims, !p->trans_a);
             product_into(gb, acc, p->b_dims, &at, &gm, p);
         } else {
-            df_dnnl_mat am = df_dnnl_mat_of(a, nd, p->a_dims, p->trans_a);
+            df_dnnl_mat am = df_dnnl_mat_of_tensor(a, nd, p->a_dims, p->trans_a);
             product_into(gb, acc, p->b_dims, &gt, &am, p);
         }
     }
@@ -121,11 +123,11 @@ static const df_op matmul_op = {"matmul", matmul_backward, NULL};
 df_tensor *df_matmul_to(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b, df_dtype out_dt) {
     DF_ASSERT_PLAIN("matmul", a);
     DF_ASSERT_PLAIN("matmul", b);
-    df_dnnl_product_dtype("matmul", 2, (df_tensor *[]){a, b}, NULL, out_dt);
+    df_dnnl_cdt cdt = df_dnnl_product_dtype("matmul", 2, (df_tensor *[]){a, b}, NULL, out_dt);
     char sa[64], sb[64];
     DF_ASSERT(a->ndim >= 2 && b->ndim >= 2, "matmul: inputs need >= 2 dims, got %s and %s",
               df_shape_str(a, sa, sizeof sa), df_shape_str(b, sb, sizeof sb));
-    matmul_params p = {.trans_a = trans_a, .trans_b = trans_b};
+    matmul_params p = {.trans_a = trans_a, .trans_b = trans_b, .cdt = cdt};
     p.nd = a->ndim > b->ndim ? a->ndim : b->ndim;
     int nd = p.nd;
     pad_dims(a, nd, p.a_dims);
@@ -145,13 +147,14 @@ df_tensor *df_matmul_to(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b, 
     p.c_dims[nd - 1] = bm.dims[nd - 1];
     df_tensor *out = df_tensor_new(out_dt, nd, p.c_dims);
     if (out->numel > 0)
-        df_dnnl_matmul_dt("matmul", &am, &bm, NULL, DF_DTYPE_F32, out->data, out_dt, p.c_dims,
-                          false);
+        df_dnnl_matmul_c("matmul", cdt, &am, &bm, NULL, DF_DTYPE_F32, out->data, out_dt, p.c_dims,
+                         false);
     df_node *n = df_node_new(&matmul_op, out, 2, (df_tensor *[]){a, b}, sizeof p);
     if (n) *(matmul_params *)n->state = p;
     return out;
 }
 
 df_tensor *df_matmul(df_tensor *a, df_tensor *b, bool trans_a, bool trans_b) {
-    return df_matmul_to(a, b, trans_a, trans_b, a->dtype);
+    df_dtype out_dt = df_compute_dtype() == DF_DTYPE_BF16 ? DF_DTYPE_F32 : a->dtype;
+    return df_matmul_to(a, b, trans_a, trans_b, out_dt);
 }

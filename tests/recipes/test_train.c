@@ -228,6 +228,28 @@ Test(recipes_train, gradient_checkpointing_is_exact_and_resumes, .timeout = 300)
     expect_same_run("plain", "ck", 12);
 }
 
+/* mixed_precision=bf16 (products in BF16, docs/dtypes.md) with gradient_checkpointing: a run
+ * stopped and resumed is the uninterrupted one bit for bit, and not the fp32 run; fp16 is
+ * refused by name. */
+Test(recipes_train, bf16_with_checkpointing_resumes_exactly, .timeout = 300) {
+    char out[65536], extra[256];
+    const char *mp = "mixed_precision=bf16 gradient_checkpointing=true";
+    cr_assert_eq(train("bf16", mp, out, sizeof out), 0, "%s", out);
+    snprintf(extra, sizeof extra, "%s --stop-after-steps 5", mp);
+    cr_assert_eq(train("bf16split", extra, out, sizeof out), 0, "%s", out);
+    snprintf(extra, sizeof extra, "%s --resume latest", mp);
+    cr_assert_eq(train("bf16split", extra, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "resuming from"), "%s", out);
+    expect_same_run("bf16", "bf16split", 12);
+    cr_assert_eq(train("f32", "", out, sizeof out), 0, "%s", out);
+    char *l16 = losses_of("bf16"), *l32 = losses_of("f32");
+    cr_expect(strcmp(l16, l32) != 0, "bf16 computed the fp32 losses");
+    free(l16);
+    free(l32);
+    cr_assert_neq(train("fp16", "mixed_precision=fp16", out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "mixed_precision: fp16 is not supported"), "%s", out);
+}
+
 /* --dry-run builds the model and prints the memory plan, without touching the run folder */
 Test(recipes_train, dry_run_prints_the_memory_plan) {
     char out[65536];
