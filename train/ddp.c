@@ -56,7 +56,7 @@ struct df_ddp {
     int next_start;  /* the first bucket not started */
     int next_gather; /* the first bucket whose exchange is not finished */
     double hook_secs;
-    int early; /* buckets started while backward ran, in this step */
+    int early, exchanged; /* buckets started, and exchanged, while backward ran (this step) */
 };
 
 static double now(void) {
@@ -154,7 +154,8 @@ int df_ddp_bucket_count(const df_ddp *d) {
     return d->n_buckets;
 }
 
-int df_ddp_started_early(const df_ddp *d) {
+int df_ddp_started_early(const df_ddp *d, int *exchanged) {
+    if (exchanged) *exchanged = d->exchanged;
     return d->early;
 }
 
@@ -222,6 +223,7 @@ static void advance(df_ddp *d) {
 static void on_ready(void *ctx, int64_t off, int64_t numel) {
     (void)numel;
     df_ddp *d = ctx;
+    if (d->n_params == 0) return;
     double t0 = now();
     int lo = 0, hi = d->n_params - 1;
     while (lo < hi) { /* the last parameter at off (zero-sized ones share an offset) */
@@ -260,6 +262,7 @@ void df_ddp_progress(df_ddp *d) {
 df_status df_ddp_finish(df_ddp *d, double *hook_secs) {
     df_flat_set_grad_ready(NULL, NULL, NULL);
     d->early = d->next_start;
+    d->exchanged = d->next_gather;
     /* the parameters backward did not reach are final as they are (zero, or earlier
      * micro-batches' sums) */
     for (int i = 0; i < d->n_buckets; i++) d->buckets[i].pending = 0;
@@ -299,8 +302,9 @@ int df_ddp_bucket_count(const df_ddp *d) {
     (void)d;
     return 0;
 }
-int df_ddp_started_early(const df_ddp *d) {
+int df_ddp_started_early(const df_ddp *d, int *exchanged) {
     (void)d;
+    if (exchanged) *exchanged = 0;
     return 0;
 }
 void df_ddp_begin(df_ddp *d) {

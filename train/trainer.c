@@ -152,8 +152,8 @@ typedef struct trainer {
     bool tty;
     double step_secs, mpi_secs; /* time in steps, and waiting in the gradient sum and agreement */
     double hook_secs;           /* time in the bucketed sum's listener (MPI_Test, slice sums) */
-    int64_t buckets_early, buckets_total; /* buckets started during backward, of all */
-    double step_wait;                     /* this step's wait (metrics.jsonl mpi_wait_s) */
+    int64_t buckets_early, buckets_exchanged, buckets_total; /* during backward, of all */
+    double step_wait;   /* this step's wait (metrics.jsonl mpi_wait_s) */
     df_ddp *ddp;        /* ddp_bucket_mb > 0 with several ranks: the bucketed sum */
     double started;     /* when this process's first step began */
     int64_t first_step; /* the step this process started from (resumed runs: the checkpoint's) */
@@ -994,7 +994,9 @@ static df_status train_step(trainer *t) {
         double hook = 0;
         DF_TRY(df_ddp_finish(t->ddp, &hook));
         t->hook_secs += hook;
-        t->buckets_early += df_ddp_started_early(t->ddp);
+        int exchanged = 0;
+        t->buckets_early += df_ddp_started_early(t->ddp, &exchanged);
+        t->buckets_exchanged += exchanged;
         t->buckets_total += df_ddp_bucket_count(t->ddp);
     } else if (t->world_size > 1) {
         DF_TRY(df_dist_sum_f32(df_flat_grad(flat), flat->numel));
@@ -1184,12 +1186,16 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         fprintf(stderr,
                 "diffusion: rank 0 spent %.3f s of %.3f s of steps (%.1f%%) waiting for the "
                 "gradient sum and the step's agreement (MPI, waiting for the slowest rank "
-                "included), and %.3f s (%.1f%%) driving the bucketed sum during backward (%" PRId64
-                " of %" PRId64 " buckets started before backward ended)\n",
+                "included)\n",
                 t->mpi_secs, t->step_secs,
-                t->step_secs > 0 ? 100 * t->mpi_secs / t->step_secs : 0.0, t->hook_secs,
-                t->step_secs > 0 ? 100 * t->hook_secs / t->step_secs : 0.0, t->buckets_early,
-                t->buckets_total);
+                t->step_secs > 0 ? 100 * t->mpi_secs / t->step_secs : 0.0);
+    if (t->ddp)
+        fprintf(
+            stderr,
+            "diffusion: the bucketed sum: %.3f s (%.1f%%) in its listener during backward; %" PRId64
+            " of %" PRId64 " buckets started and %" PRId64 " exchanged before backward ended\n",
+            t->hook_secs, t->step_secs > 0 ? 100 * t->hook_secs / t->step_secs : 0.0,
+            t->buckets_early, t->buckets_total, t->buckets_exchanged);
     fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
             t->step, t->skipped_steps, t->out_dir);
     return DF_OK;
