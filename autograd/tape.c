@@ -200,30 +200,33 @@ static size_t leaf_hash(const df_tensor *t, size_t cap) {
     return (size_t)(h >> 17) & (cap - 1);
 }
 
+/* The slot of leaf t in the table: its entry, or the free slot where it would go. */
+static leaf_use *leaf_slot(const df_tensor *t) {
+    size_t j = leaf_hash(t, leaf_uses.cap);
+    while (leaf_uses.items[j].leaf && leaf_uses.items[j].leaf != t)
+        j = (j + 1) & (leaf_uses.cap - 1);
+    return &leaf_uses.items[j];
+}
+
 /* The entry of leaf t (inserted with no uses when new), or NULL when out of memory. */
 static leaf_use *leaf_use_get(const df_tensor *t) {
     if (2 * (leaf_uses.len + 1) > leaf_uses.cap) {
         size_t cap = leaf_uses.cap ? 2 * leaf_uses.cap : 1024;
-        leaf_use *items = calloc(cap, sizeof *items);
+        leaf_use *items = calloc(cap, sizeof *items), *old = leaf_uses.items;
         if (!items) return NULL;
-        for (size_t i = 0; i < leaf_uses.cap; i++) {
-            if (!leaf_uses.items[i].leaf) continue;
-            size_t j = leaf_hash(leaf_uses.items[i].leaf, cap);
-            while (items[j].leaf) j = (j + 1) & (cap - 1);
-            items[j] = leaf_uses.items[i];
-        }
-        free(leaf_uses.items);
+        size_t old_cap = leaf_uses.cap;
         leaf_uses.items = items;
         leaf_uses.cap = cap;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i].leaf) *leaf_slot(old[i].leaf) = old[i];
+        free(old);
     }
-    size_t j = leaf_hash(t, leaf_uses.cap);
-    while (leaf_uses.items[j].leaf && leaf_uses.items[j].leaf != t)
-        j = (j + 1) & (leaf_uses.cap - 1);
-    if (!leaf_uses.items[j].leaf) {
-        leaf_uses.items[j] = (leaf_use){t, 0, false};
+    leaf_use *u = leaf_slot(t);
+    if (!u->leaf) {
+        *u = (leaf_use){t, 0, false};
         leaf_uses.len++;
     }
-    return &leaf_uses.items[j];
+    return u;
 }
 
 static void leaf_uses_clear(void) {
@@ -246,8 +249,9 @@ static df_status leaf_use_add(const df_tensor *t) {
 
 /* One use of watched leaf t has run: at the last, the listener hears of it. */
 static void leaf_use_done(const df_tensor *t) {
-    leaf_use *u = leaf_use_get(t); /* present: counted in collect, so no allocation */
-    if (--u->pending > 0) return;
+    if (!leaf_uses.cap) return; /* the listener came after collect: nothing counted */
+    leaf_use *u = leaf_slot(t); /* present: counted in collect */
+    if (!u->leaf || --u->pending > 0) return;
     u->reported = true;
     const df_flat *flat = ready_listener.flat;
     int64_t off = (const float *)t->grad->data - (const float *)flat->grad->data;

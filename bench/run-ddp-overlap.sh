@@ -7,9 +7,9 @@
 # logged it/s), rank 0's share of step time waiting in MPI (metrics.jsonl mpi_wait_s: the
 # sum's wait and the step's agreement, the slowest rank included) and the smallest and median
 # wait of a step (the smallest: a step where rank 0 came last, about the transfer alone), and
-# how many buckets started and finished their exchange before backward ended. The layouts give the same
-# bits for the ranks' runs (tests/mpi); this only measures. Run the layouts alternately
-# (ROUNDS) on a shared machine. Needs scripts/fetch-emoji and Open MPI.
+# how many buckets started during backward and finished their exchange before the final wait.
+# The ranks' layouts give the same bits (tests/mpi); this only measures. ROUNDS repeats the
+# layouts alternately (a shared machine's load drifts). Needs scripts/fetch-emoji and Open MPI.
 # Usage: bench/run-ddp-overlap.sh [STEPS] [ROUNDS]   (default 40 steps, 1 round)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,7 @@ for _ in $(seq "$rounds"); do
     "${mpi[@]}" build/diffusion train "${args[@]}" train_batch_size=8 ddp_bucket_mb=$mb \
       output_dir="$out/two$mb" 2>"$out/two$mb.log"
     summary "$out/two$mb" "2 ranks x 1 thread, ddp_bucket_mb $mb"
-    grep -o "[0-9]* of [0-9]* buckets started and [0-9]* exchanged before backward ended" \
+    grep -o "[0-9]* of [0-9]* buckets started during backward, [0-9]* exchanged before the final wait" \
       "$out/two$mb.log" | sed 's/^/    /' || true
   done
 done

@@ -498,9 +498,9 @@ DF_API df_status df_ddp_new(const df_flat *flat, df_tensor *const *params, int n
                             df_ddp **out);
 DF_API void df_ddp_free(df_ddp *d);
 DF_API int df_ddp_bucket_count(const df_ddp *d);
-/* How many buckets the last df_ddp_finish found started during backward (the overlap), and in
- * *exchanged (when not NULL) how many of them had finished their all-to-all by then (MPI's
- * progress, driven by the listener's MPI_Test calls). */
+/* How many buckets the last df_ddp_finish found started (during backward: the overlap), and
+ * in *exchanged (when not NULL) how many of them had finished their all-to-all by then (MPI's
+ * progress, driven by the MPI_Test calls of the listener and df_ddp_progress). */
 DF_API int df_ddp_started_early(const df_ddp *d, int *exchanged);
 /* Before the step's last backward on this rank: listens to the tape (df_flat_set_grad_ready)
  * and starts each bucket's sum when its parameters are final. */

@@ -1193,7 +1193,8 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         fprintf(
             stderr,
             "diffusion: the bucketed sum: %.3f s (%.1f%%) in its listener during backward; %" PRId64
-            " of %" PRId64 " buckets started and %" PRId64 " exchanged before backward ended\n",
+            " of %" PRId64 " buckets started during backward, %" PRId64
+            " exchanged before the final wait\n",
             t->hook_secs, t->step_secs > 0 ? 100 * t->hook_secs / t->step_secs : 0.0,
             t->buckets_early, t->buckets_total, t->buckets_exchanged);
     fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
