@@ -315,6 +315,16 @@ DF_API void df_flat_free(df_flat *flat);
 DF_API float *df_flat_data(const df_flat *flat);
 DF_API float *df_flat_grad(const df_flat *flat);
 DF_API void df_flat_zero_grad(df_flat *flat);
+/* Gradient-ready listener (data-parallel overlap, train/ddp.c): while set, every df_backward
+ * run on this thread calls fn(ctx, offset, numel) on this thread as soon as the gradient of a
+ * leaf whose gradient is a slice of `flat` is final for that backward (the last node of the
+ * graph that uses it has run), with the slice's first element and size in the flat gradient
+ * buffer. Leaves the backward does not reach are not reported. A backward nested in a node's
+ * backward (gradient checkpointing) counts its uses in too; one that reaches a leaf already
+ * reported fails the backward with DF_ERR_INVALID. fn NULL removes the listener; without one,
+ * backward counts nothing. fn must not run a backward. */
+typedef void (*df_grad_ready_fn)(void *ctx, int64_t offset, int64_t numel);
+DF_API void df_flat_set_grad_ready(const df_flat *flat, df_grad_ready_fn fn, void *ctx);
 
 /* ---------------------------------------------------------------- the tape -------------------- */
 

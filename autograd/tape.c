@@ -12,6 +12,11 @@
  * it). Each backward has its own frame (work lists, visit epoch) on a per-thread stack; a nested
  * backward that reaches a node an enclosing backward is still walking stops with
  * DF_ERR_INVALID instead of corrupting its consumer counts (the rules: autograd.h, df_backward).
+ *
+ * Gradient-ready listener (df_flat_set_grad_ready): when one is set, the walk also counts the
+ * uses of every leaf whose gradient lives in the watched flat buffer, and tells the listener
+ * when a leaf's last use has run (its gradient is final for this backward). Nested backwards
+ * add their uses to the same counts; a use found after the leaf was reported is an error.
  */
 #include "autograd/autograd_impl.h"
 
@@ -158,6 +163,101 @@ static bool node_consumed(const df_node *n) {
     return n->op->backward == NULL;
 }
 
+/* ---- the gradient-ready listener (data-parallel overlap: train/ddp.c) ---- */
+
+static _Thread_local struct {
+    const df_flat *flat; /* NULL: no listener */
+    df_grad_ready_fn fn;
+    void *ctx;
+} ready_listener;
+
+/* Per-thread counts of the watched leaves' pending uses in the running (outermost) backward:
+ * an open-addressing table keyed by tensor. */
+typedef struct leaf_use {
+    const df_tensor *leaf; /* NULL: free */
+    int pending;
+    bool reported;
+} leaf_use;
+
+static _Thread_local struct {
+    leaf_use *items;
+    size_t cap, len; /* cap: a power of two */
+} leaf_uses;
+
+void df_flat_set_grad_ready(const df_flat *flat, df_grad_ready_fn fn, void *ctx) {
+    ready_listener.flat = fn ? flat : NULL;
+    ready_listener.fn = fn;
+    ready_listener.ctx = ctx;
+}
+
+/* Whether leaf t's gradient is a slice of the watched flat buffer. */
+static bool watched(const df_tensor *t) {
+    return !t->node && t->requires_grad && t->grad && t->grad->storage == ready_listener.flat->grad;
+}
+
+static size_t leaf_hash(const df_tensor *t, size_t cap) {
+    uint64_t h = (uint64_t)(uintptr_t)t * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 17) & (cap - 1);
+}
+
+/* The slot of leaf t in the table: its entry, or the free slot where it would go. */
+static leaf_use *leaf_slot(const df_tensor *t) {
+    size_t j = leaf_hash(t, leaf_uses.cap);
+    while (leaf_uses.items[j].leaf && leaf_uses.items[j].leaf != t)
+        j = (j + 1) & (leaf_uses.cap - 1);
+    return &leaf_uses.items[j];
+}
+
+/* The entry of leaf t (inserted with no uses when new), or NULL when out of memory. */
+static leaf_use *leaf_use_get(const df_tensor *t) {
+    if (2 * (leaf_uses.len + 1) > leaf_uses.cap) {
+        size_t cap = leaf_uses.cap ? 2 * leaf_uses.cap : 1024;
+        leaf_use *items = calloc(cap, sizeof *items), *old = leaf_uses.items;
+        if (!items) return NULL;
+        size_t old_cap = leaf_uses.cap;
+        leaf_uses.items = items;
+        leaf_uses.cap = cap;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i].leaf) *leaf_slot(old[i].leaf) = old[i];
+        free(old);
+    }
+    leaf_use *u = leaf_slot(t);
+    if (!u->leaf) {
+        *u = (leaf_use){t, 0, false};
+        leaf_uses.len++;
+    }
+    return u;
+}
+
+static void leaf_uses_clear(void) {
+    if (leaf_uses.len) memset(leaf_uses.items, 0, leaf_uses.cap * sizeof *leaf_uses.items);
+    leaf_uses.len = 0;
+}
+
+/* Counts one more pending use of watched leaf t. */
+static df_status leaf_use_add(const df_tensor *t) {
+    leaf_use *u = leaf_use_get(t);
+    if (!u) return df_error(DF_ERR_NOMEM, "backward: out of memory counting parameter uses");
+    if (u->reported)
+        return df_error(DF_ERR_INVALID,
+                        "backward: a parameter whose gradient was reported final (data-parallel "
+                        "overlap) is used again by a nested backward (a parameter shared between "
+                        "checkpointed segments); set ddp_bucket_mb to 0");
+    u->pending++;
+    return DF_OK;
+}
+
+/* One use of watched leaf t has run: at the last, the listener hears of it. */
+static void leaf_use_done(const df_tensor *t) {
+    if (!leaf_uses.cap) return; /* the listener came after collect: nothing counted */
+    leaf_use *u = leaf_slot(t); /* present: counted in collect */
+    if (!u->leaf || --u->pending > 0) return;
+    u->reported = true;
+    const df_flat *flat = ready_listener.flat;
+    int64_t off = (const float *)t->grad->data - (const float *)flat->grad->data;
+    ready_listener.fn(ready_listener.ctx, off, t->numel);
+}
+
 typedef struct node_list {
     df_node **items;
     size_t len, cap;
@@ -255,6 +355,7 @@ static df_status collect(df_node *root, backward_frame *f) {
                             "backward: the graph was already consumed by an earlier backward");
         for (int i = 0; i < n->n_inputs; i++) {
             df_tensor *t = n->inputs[i];
+            if (t && !t->node && ready_listener.flat && watched(t)) DF_TRY(leaf_use_add(t));
             if (!t || !t->node) continue;
             df_node *p = t->node;
             if (p->visit != f->epoch) DF_TRY(collect_one(p, f));
@@ -279,6 +380,7 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
     }
     backward_frame *f = frame_push();
     if (!f) return DF_ERR_NOMEM;
+    if (!f->outer) leaf_uses_clear(); /* nested backwards add to the outermost's counts */
     df_status st = collect(out->node, f);
     if (st == DF_OK) {
         df_node *root = out->node;
@@ -300,6 +402,10 @@ static df_status run_backward(df_tensor *out, const df_tensor *seed) {
         for (int i = 0; i < n->n_inputs && st == DF_OK; i++) {
             df_tensor *t = n->inputs[i];
             if (t && t->node && --t->node->pending == 0) st = list_push(&f->ready, t->node);
+        }
+        for (int i = 0; ready_listener.flat && st == DF_OK && i < n->n_inputs; i++) {
+            df_tensor *t = n->inputs[i];
+            if (t && !t->node && watched(t)) leaf_use_done(t);
         }
         node_consume(n);
     }

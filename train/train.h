@@ -490,6 +490,32 @@ DF_API void df_dist_barrier(void);
 /* Prints "rank R of W: msg" and ends the whole job (MPI_Abort; _exit without MPI). */
 DF_API void df_dist_abort(const char *msg) __attribute__((noreturn));
 
+/* train/ddp.c: the gradient sum in buckets overlapped with the last backward of a step (as
+ * PyTorch's DDP). Every element is summed in rank order as df_dist_sum_f32 sums it, so the
+ * bits are the same whatever the bucket size. */
+typedef struct df_ddp df_ddp;
+/* Cuts the flat gradient buffer of `params` (the flat's parameters, in any order) into buckets
+ * of about bucket_mb MiB, from its end, at parameter boundaries. Collective: every rank calls
+ * it at the same point. Refused with one rank or without MPI. */
+DF_API df_status df_ddp_new(const df_flat *flat, df_tensor *const *params, int n, double bucket_mb,
+                            df_ddp **out);
+DF_API void df_ddp_free(df_ddp *d);
+DF_API int df_ddp_bucket_count(const df_ddp *d);
+/* How many buckets the last df_ddp_finish found started (during backward: the overlap), and
+ * in *exchanged (when not NULL) how many of them had finished their all-to-all by then (MPI's
+ * progress, driven by the MPI_Test calls of the listener and df_ddp_progress). */
+DF_API int df_ddp_started_early(const df_ddp *d, int *exchanged);
+/* Before the step's last backward on this rank: listens to the tape (df_flat_set_grad_ready)
+ * and starts each bucket's sum when its parameters are final. */
+DF_API void df_ddp_begin(df_ddp *d);
+/* Drives MPI's progress between backwards (the loader's turns). */
+DF_API void df_ddp_progress(df_ddp *d);
+/* After that backward: starts what is left, waits for every bucket: the flat gradients are then
+ * the sum over ranks. *hook_secs: the time spent in the listener and df_ddp_progress. */
+DF_API df_status df_ddp_finish(df_ddp *d, double *hook_secs);
+/* Stops listening (a failed backward; the job is ending). */
+DF_API void df_ddp_cancel(df_ddp *d);
+
 /* Claims the config's output_dir for a training with these options, cheaply, before the model
  * is built: takes the folder's lock (refused when another process holds it); refuses a fresh
  * start (no resume) in a folder that holds checkpoints, or with opts->overwrite moves the old

@@ -93,6 +93,10 @@ const df_cfg_field df_trainer_schema[] = {
     {"validation_steps", DF_CFG_INT, "0", 0, 1e12, NULL,
      "sample a validation grid every N steps (0: only at the end)", true},
     {"num_validation_images", DF_CFG_INT, "16", 0, 1024, NULL, "images in a validation grid", true},
+    {"ddp_bucket_mb", DF_CFG_FLOAT, "25", 0, 65536, NULL,
+     "data parallelism: sum the gradients over ranks in buckets of about this many MiB while the "
+     "last backward of a step runs (0: one sum after it); the same bits either way",
+     true},
     {"inject_nan_at_step", DF_CFG_INT, "-1", -1, 1e12, NULL,
      "testing aid: poison the gradients of this step (-1: never)"},
 };
@@ -149,8 +153,12 @@ typedef struct trainer {
     df_run_lock lock;
     df_run_identity identity;
     bool tty;
-    double step_secs, mpi_secs; /* time in steps, and in the gradient sum and agreement */
-    double started;             /* when this process's first step began */
+    double step_secs, mpi_secs; /* time in steps, and waiting in the gradient sum and agreement */
+    double hook_secs;           /* time in the bucketed sum's listener (MPI_Test, slice sums) */
+    int64_t buckets_early, buckets_exchanged, buckets_total; /* during backward, of all */
+    double step_wait;    /* this step's wait (metrics.jsonl mpi_wait_s) */
+    df_ddp *ddp;         /* ddp_bucket_mb > 0 with several ranks: the bucketed sum */
+    double started;      /* when this process's first step began */
     int64_t first_step;  /* the step this process started from (resumed runs: the checkpoint's) */
     df_dtype compute_dt; /* mixed_precision: the products' compute dtype during a step */
 } trainer;
@@ -880,9 +888,14 @@ static void log_step(trainer *t, double loss, double lr, double norm, double sec
     snprintf(line, sizeof line,
              "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
              "\"it_s\": %.4g, \"skipped\": %" PRId64 ", \"epoch\": %" PRId64
-             ", \"mem_mib\": %.1f, \"mem_peak_mib\": %.1f, \"rss_peak_mib\": %.1f}",
+             ", \"mem_mib\": %.1f, \"mem_peak_mib\": %.1f, \"rss_peak_mib\": %.1f",
              t->step, loss, lr, isfinite(norm) ? norm : -1.0, it_s, t->skipped_steps, t->epoch, mem,
              mem_peak, rss);
+    size_t used = strlen(line); /* several ranks: rank 0's wait in MPI during the step */
+    if (t->world_size > 1)
+        snprintf(line + used, sizeof line - used, ", \"mpi_wait_s\": %.6f}", t->step_wait);
+    else
+        snprintf(line + used, sizeof line - used, "}");
     log_result(df_metrics_append(&t->metrics, line), &t->metrics.failing, t->metrics.path);
     df_status st = df_tb_scalar(&t->tb, "train/loss", t->step, loss);
     if (st == DF_OK || st == DF_ERR_IO) log_result(st, &t->tb_failing, t->tb.path);
@@ -941,12 +954,18 @@ static df_status train_step(trainer *t) {
     bool finite = true;
     df_grad_accum acc;
     DF_TRY(df_grad_accum_init(&acc, K));
+    /* the gradients are final with this rank's last micro-batch: its backward starts the sum
+     * (the earlier ones accumulate, as DDP's no_sync) */
+    int last_mine = (t->rank + 1) * t->accum - 1;
+    bool poison =
+        t->step == df_config_int(t->cfg, "inject_nan_at_step") && t->rank == t->world_size - 1;
     for (int k = 0; k < K; k++) {
         df_batch *b[DF_MAX_RECIPE_SOURCES] = {0};
         df_status st = DF_OK;
         bool mine = k / t->accum == t->rank;
         for (int i = 0; st == DF_OK && i < t->n_sources; i++) {
             st = df_loader_next(t->loader[i], &b[i]);
+            if (t->ddp && k > last_mine) df_ddp_progress(t->ddp);
             if (st != DF_OK) break;
             for (int j = 0; mine && j < b[i]->n_skipped; j++)
                 fprintf(stderr, "diffusion: warning: skipped %s\n", b[i]->skipped[j]);
@@ -965,21 +984,33 @@ static df_status train_step(trainer *t) {
             loss_sum += value;
             if (!isfinite(value)) finite = false;
             float scale = df_grad_accum_loss_scale(&acc); /* the gradients sum to the mean's */
+            /* the last rank's gradients: the others see the poison only through the sum */
+            if (poison && k == last_mine) df_f32(t->params[0]->grad)[0] = NAN;
+            if (t->ddp && k == last_mine) df_ddp_begin(t->ddp);
             st = df_backward(K > 1 ? df_mul_scalar(loss, scale) : loss);
+            if (t->ddp && st != DF_OK) df_ddp_cancel(t->ddp);
         }
         df_scope_end(s);
         df_set_compute_dtype(prev_dt);
         for (int i = 0; i < t->n_sources; i++) df_batch_free(b[i]);
         DF_TRY(st);
     }
-    /* the last rank's gradients: the others see the poison only through the sum */
-    if (t->step == df_config_int(t->cfg, "inject_nan_at_step") && t->rank == t->world_size - 1)
-        df_f32(t->params[0]->grad)[0] = NAN;
     const df_flat *flat = &t->recipe->params->flat;
     double c0 = now(); /* waiting for the slowest rank included */
-    if (t->world_size > 1) DF_TRY(df_dist_sum_f32(df_flat_grad(flat), flat->numel));
+    if (t->ddp) {
+        double hook = 0;
+        DF_TRY(df_ddp_finish(t->ddp, &hook));
+        t->hook_secs += hook;
+        int exchanged = 0;
+        t->buckets_early += df_ddp_started_early(t->ddp, &exchanged);
+        t->buckets_exchanged += exchanged;
+        t->buckets_total += df_ddp_bucket_count(t->ddp);
+    } else if (t->world_size > 1) {
+        DF_TRY(df_dist_sum_f32(df_flat_grad(flat), flat->numel));
+    }
     DF_TRY(agree(t, loss_sum, finite, &loss_sum, &finite));
-    t->mpi_secs += now() - c0;
+    t->step_wait = now() - c0;
+    t->mpi_secs += t->step_wait;
     double norm = NAN, lr = df_config_float(t->cfg, "learning_rate") *
                             df_lr_schedule_factor(&t->sched, t->step);
     if (finite) finite = df_grad_all_finite(t->params, t->n_params);
@@ -1051,6 +1082,7 @@ static void trainer_free(trainer *t) {
         df_buckets_free(&t->buckets[i]);
         df_dataset_free(t->data[i]);
     }
+    df_ddp_free(t->ddp);
     df_optim_free(t->optim);
     df_ema_free(t->ema);
     df_metrics_close(&t->metrics);
@@ -1105,19 +1137,26 @@ static df_status run(trainer *t, const df_train_opts *opts) {
         DF_TRY(df_config_save(c, path));
     }
     DF_TRY(open_data(t));
+    double bucket_mb = df_config_float(c, "ddp_bucket_mb");
+    if (t->world_size > 1 && bucket_mb > 0)
+        DF_TRY(df_ddp_new(&reg->flat, t->params, t->n_params, bucket_mb, &t->ddp));
     if (main_rank) {
         DF_TRY(df_pathf(path, sizeof path, "%s/metrics.jsonl", t->out_dir));
         DF_TRY(df_metrics_open(&t->metrics, path, t->step));
         DF_TRY(df_pathf(path, sizeof path, "%s/logs", t->out_dir));
         DF_TRY(df_tb_open(&t->tb, path));
     }
+    char overlap[96] = "after backward (ddp_bucket_mb 0)";
+    if (t->ddp)
+        snprintf(overlap, sizeof overlap, "in %d buckets during backward (ddp_bucket_mb %g)",
+                 df_ddp_bucket_count(t->ddp), bucket_mb);
     if (t->world_size > 1 && main_rank)
         fprintf(stderr,
                 "diffusion: %d ranks; global batch %" PRId64 " = %d x train_batch_size %" PRId64
-                " x gradient_accumulation_steps %d\n",
+                " x gradient_accumulation_steps %d; gradients summed %s\n",
                 t->world_size,
                 global_batch(t->world_size, df_config_int(c, "train_batch_size"), t->accum),
-                t->world_size, df_config_int(c, "train_batch_size"), t->accum);
+                t->world_size, df_config_int(c, "train_batch_size"), t->accum, overlap);
     if (main_rank)
         fprintf(stderr,
                 "diffusion: training %s: %lld parameters (%d tensors), %lld images, steps %" PRId64
@@ -1171,10 +1210,19 @@ static df_status run(trainer *t, const df_train_opts *opts) {
                         "warnings above); the model and checkpoints are\n");
     if (t->world_size > 1)
         fprintf(stderr,
-                "diffusion: rank 0 spent %.3f s of %.3f s of steps (%.1f%%) in the gradient sum "
-                "and the step's agreement (MPI, waiting for the slowest rank included)\n",
+                "diffusion: rank 0 spent %.3f s of %.3f s of steps (%.1f%%) waiting for the "
+                "gradient sum and the step's agreement (MPI, waiting for the slowest rank "
+                "included)\n",
                 t->mpi_secs, t->step_secs,
                 t->step_secs > 0 ? 100 * t->mpi_secs / t->step_secs : 0.0);
+    if (t->ddp)
+        fprintf(
+            stderr,
+            "diffusion: the bucketed sum: %.3f s (%.1f%%) in its listener during backward; %" PRId64
+            " of %" PRId64 " buckets started during backward, %" PRId64
+            " exchanged before the final wait\n",
+            t->hook_secs, t->step_secs > 0 ? 100 * t->hook_secs / t->step_secs : 0.0,
+            t->buckets_early, t->buckets_total, t->buckets_exchanged);
     fprintf(stderr, "diffusion: done: %" PRId64 " steps (%" PRId64 " skipped); model in %s\n",
             t->step, t->skipped_steps, t->out_dir);
     return DF_OK;

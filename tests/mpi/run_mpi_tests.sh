@@ -4,6 +4,8 @@
 #   - np=2 twice gives the same weights bit for bit, equal to np=1 with accumulation 2, and the
 #     ranks' weights agree (the trainer compares their CRC-32C at every checkpoint); np=3 with
 #     the sum cut in many chunks equals np=1 with accumulation 3
+#   - the sum in small buckets during backward (np=2, np=3, with accumulation 2, with gradient
+#     checkpointing) and the one sum after backward give the same bits
 #   - only rank 0 writes the run folder
 #   - a non-finite gradient on rank 1 skips the step on both ranks
 #   - SIGUSR1 to rank 1 stops both ranks after the same step with one checkpoint
@@ -91,6 +93,39 @@ timeout 120 "${mpi[@]}" -np 3 -x DF_DIST_CHUNK=1000 "$bin" train tiny.yaml outpu
     2>three.log || fail "np=3: $(tail -3 three.log)"
 same one3 three 4 && pass "np=3 (sum in chunks of 1000) == np=1 with accumulation 3: bitwise" ||
     fail "np=3 differs from np=1 accumulation 3"
+
+# --- the bucketed sum overlapped with backward (train/ddp.c): tiny buckets (many, most with a
+# tail of elements that 3 ranks do not split evenly) and none (one sum after backward) give the
+# same bits
+timeout 120 "${mpi[@]}" -np 2 "$bin" train tiny.yaml output_dir=two_small ddp_bucket_mb=0.0005 \
+    2>two_small.log || fail "np=2 small buckets: $(tail -3 two_small.log)"
+nb=$(sed -n 's/.*gradients summed in \([0-9]*\) buckets during backward.*/\1/p' two_small.log)
+[[ -n $nb && $nb -gt 4 ]] && same one two_small 4 &&
+    pass "np=2 in $nb buckets == np=1 with accumulation 2: bitwise" ||
+    fail "np=2 with small buckets (${nb:-no} buckets) differs from np=1 accumulation 2"
+timeout 120 "${mpi[@]}" -np 2 "$bin" train tiny.yaml output_dir=two_nob ddp_bucket_mb=0 \
+    2>two_nob.log || fail "np=2 without buckets: $(tail -3 two_nob.log)"
+grep -q "gradients summed after backward" two_nob.log && same one two_nob 4 &&
+    pass "np=2 summed after backward (ddp_bucket_mb=0) == np=1 with accumulation 2: bitwise" ||
+    fail "np=2 without buckets differs"
+grep -q '"mpi_wait_s": [0-9.]*}' two_small/metrics.jsonl && pass "metrics.jsonl: mpi_wait_s" ||
+    fail "no mpi_wait_s in metrics.jsonl"
+timeout 120 "${mpi[@]}" -np 2 "$bin" train tiny.yaml output_dir=two_ck ddp_bucket_mb=0.002 \
+    gradient_checkpointing=true 2>two_ck.log || fail "np=2 checkpointing: $(tail -3 two_ck.log)"
+same one two_ck 4 &&
+    pass "np=2, gradient checkpointing (reported from nested backwards), small buckets: bitwise" ||
+    fail "np=2 with gradient checkpointing and small buckets differs"
+timeout 120 "${mpi[@]}" -np 3 "$bin" train tiny.yaml output_dir=three_small ddp_bucket_mb=0.005 \
+    2>three_small.log || fail "np=3 small buckets: $(tail -3 three_small.log)"
+same one3 three_small 4 && pass "np=3 in small buckets == np=1 with accumulation 3: bitwise" ||
+    fail "np=3 with small buckets differs from np=1 accumulation 3"
+timeout 120 "${mpi[@]}" -np 2 "$bin" train tiny.yaml output_dir=two_acc gradient_accumulation_steps=2 \
+    train_batch_size=1 ddp_bucket_mb=0.0005 2>two_acc.log || fail "np=2 accumulation 2: $(tail -3 two_acc.log)"
+timeout 120 "${mpi[@]}" -np 2 "$bin" train tiny.yaml output_dir=two_acc0 gradient_accumulation_steps=2 \
+    train_batch_size=1 ddp_bucket_mb=0 2>two_acc0.log || fail "np=2 accumulation 2, no buckets: $(tail -3 two_acc0.log)"
+same two_acc two_acc0 4 &&
+    pass "np=2 accumulation 2: buckets during the last backward == one sum after it, bitwise" ||
+    fail "np=2 accumulation 2: the bucketed sum differs"
 
 # --- only rank 0 writes the run folder (rank 1 is given another output_dir)
 timeout 120 "${mpi[@]}" -np 1 "$bin" train tiny.yaml output_dir=w0 max_train_steps=2 : \
