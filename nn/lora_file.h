@@ -51,6 +51,11 @@ DF_API bool df_lora_format_parse(const char *name, df_lora_format *out);
  * error naming the tensor. Errors name the file. */
 DF_API df_status df_lora_file_read(const char *path, df_lora_set *out);
 
+/* As df_lora_file_read on n bytes in memory (borrowed for the call); `label` names them in
+ * errors. For the fuzz target and for files that arrive by other means than a path. */
+DF_API df_status df_lora_file_read_memory(const void *buf, size_t n, const char *label,
+                                          df_lora_set *out);
+
 /* Writes set s to path in format f (atomically: a temporary file renamed into place).
  * metadata (NULL-terminated key/value pairs, or NULL) goes into the safetensors header. */
 DF_API df_status df_lora_file_write(const df_lora_set *s, const char *path, df_lora_format f,
@@ -62,5 +67,26 @@ DF_API df_status df_lora_set_add(df_lora_set *s, const char *target, df_tensor *
 
 /* Frees the entries and their tensors; s is zeroed. NULL-safe. */
 DF_API void df_lora_set_free(df_lora_set *s);
+
+/* Adds multiplier * (alpha / rank) * up @ down to the module weight w (F32, contiguous): a
+ * linear weight [out, in] or a convolution's [out, in, kh, kw]. A linear pair also fits a 1x1
+ * convolution and a 1x1 conv pair a linear (SD 1.x proj_in is a 1x1 conv, SD 2.x a linear), as
+ * long as out and in * kh * kw agree. DF_ERR_INVALID naming `label`, the target and both shapes
+ * otherwise (w untouched). */
+DF_API df_status df_lora_entry_add_to(const df_lora_entry *e, float multiplier, df_tensor *w,
+                                      const char *label);
+
+/* Writes a copy of the diffusers pipeline folder base_dir to out_dir (made; it must not exist or
+ * be empty) with n LoRA sets merged into the weights (nn/lora_file_merge.c):
+ *     W += multipliers[i] * (alpha / rank) * up @ down   for every entry of every set, in order,
+ * where entry target "unet.<module>" is tensor "<module>.weight" of unet/'s weights file,
+ * "text_encoder.<module>" of text_encoder/'s (text_encoder_2 likewise). Every other file is
+ * copied (symlinks followed). Merged tensors keep their file's dtype (rounded back after the F32
+ * arithmetic) unless `to_f32`, which writes every float tensor of a merged component as F32.
+ * Targets that name no tensor of the base are an error listing them (nothing written); shape
+ * mismatches name the target and both shapes. */
+DF_API df_status df_lora_merge_folder(const char *base_dir, const df_lora_set *const *sets,
+                                      const float *multipliers, int n, const char *out_dir,
+                                      bool to_f32);
 
 #endif

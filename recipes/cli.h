@@ -42,4 +42,7 @@ int df_cmd_convert(int argc, char **argv);
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);
 
+/* `diffusion lora inspect|convert|merge` (recipes/cmd_lora.c): LoRA files. */
+int df_cmd_lora(int argc, char **argv);
+
 #endif

@@ -20,6 +20,8 @@ static const df_command commands[] = {
      df_cmd_safety_check},
     {"tokenize", "CLIP token ids and attention masks of texts", df_cmd_tokenize},
     {"convert", "a single-file SD checkpoint to a diffusers folder, or back", df_cmd_convert},
+    {"lora", "inspect a LoRA file, convert its layout, or merge LoRAs into a pipeline",
+     df_cmd_lora},
     {NULL, NULL, NULL},
 };
 
