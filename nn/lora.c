@@ -78,11 +78,16 @@ static df_tensor *lora_forward(df_adapter *base, const void *module, df_module_k
     return df_add(y, df_mul_scalar(t, a->scale));
 }
 
-static void adapter_free(df_lora_adapter *a) {
-    if (!a) return;
+/* Unlinks a from its module's chain (a no-op when it is not there). */
+static void adapter_unlink(df_lora_adapter *a) {
     df_adapter **p = chain_head(&a->mod);
     while (*p && *p != &a->base) p = &(*p)->next;
     if (*p) *p = a->base.next;
+}
+
+static void adapter_free(df_lora_adapter *a) {
+    if (!a) return;
+    adapter_unlink(a);
     df_tensor_free(a->down);
     df_tensor_free(a->up);
     free(a->target);
@@ -134,6 +139,13 @@ static df_status attach_new(df_lora *l, const df_module_ref *m, const char *targ
     }
     df_module_attach(m, &a->base);
     return DF_OK;
+}
+
+void df_lora_enable(df_lora *l, bool on) {
+    for (int i = 0; i < l->n; i++) {
+        adapter_unlink(l->ads[i]);
+        if (on) df_module_attach(&l->ads[i]->mod, &l->ads[i]->base);
+    }
 }
 
 void df_lora_free(df_lora *l) {
@@ -240,39 +252,45 @@ static const df_module_ref *find_target(const char *target, const df_lora_model 
     return NULL;
 }
 
-static void shape_str(const df_tensor *t, char *buf, size_t len) {
-    size_t k = (size_t)snprintf(buf, len, "(");
-    for (int d = 0; d < t->ndim && k < len; d++)
-        k += (size_t)snprintf(buf + k, len - k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-    if (k < len) snprintf(buf + k, len - k, ")");
-}
-
-/* Whether entry e fits module m (else an error naming the target and the shapes). */
+/* Whether entry e fits module m (else an error naming the target and the shapes). A linear
+ * pair also fits a 1x1 convolution and a 1x1 conv pair a linear (SD 1.x's proj_in is a 1x1
+ * conv, SD 2.x's a linear), as df_lora_entry_add_to takes them. */
 static df_status check_entry(const df_lora_entry *e, const df_module_ref *m) {
     const df_tensor *w = module_weight(m), *d = e->down, *u = e->up;
-    char ws[96], ds[96], us[96];
-    shape_str(w, ws, sizeof ws);
-    shape_str(d, ds, sizeof ds);
-    shape_str(u, us, sizeof us);
-    bool ok;
     if (d->dtype != DF_DTYPE_F32 || u->dtype != DF_DTYPE_F32)
         return df_error(DF_ERR_INVALID, "lora: %s: down / up are not F32", e->target);
-    if (m->kind == DF_MODULE_LINEAR)
-        ok = d->ndim == 2 && u->ndim == 2 && u->shape[1] == d->shape[0] &&
-             d->shape[1] == w->shape[1] && u->shape[0] == w->shape[0];
-    else
-        ok = d->ndim == 4 && u->ndim == 4 && u->shape[1] == d->shape[0] && u->shape[2] == 1 &&
-             u->shape[3] == 1 && d->shape[1] == w->shape[1] && d->shape[2] == w->shape[2] &&
-             d->shape[3] == w->shape[3] && u->shape[0] == w->shape[0];
-    if (!ok)
+    int64_t rank = d->ndim >= 1 ? d->shape[0] : 0;
+    bool ok = rank > 0 && (d->ndim == 2 || d->ndim == 4) && u->ndim == d->ndim &&
+              u->shape[1] == rank && u->shape[0] == w->shape[0] &&
+              (u->ndim == 2 || (u->shape[2] == 1 && u->shape[3] == 1));
+    if (ok && d->ndim == w->ndim)
+        for (int k = 1; k < w->ndim; k++) ok = ok && d->shape[k] == w->shape[k];
+    else if (ok) /* linear <-> 1x1 conv */
+        ok = d->shape[1] == w->shape[1] && (w->ndim == 4 ? w->shape[2] == 1 && w->shape[3] == 1
+                                                         : d->shape[2] == 1 && d->shape[3] == 1);
+    if (!ok) {
+        char ws[96], ds[96], us[96];
         return df_error(DF_ERR_INVALID,
                         "lora: %s: down %s and up %s do not fit the %s weight %s (a LoRA for "
                         "another model?)",
-                        e->target, ds, us, m->kind == DF_MODULE_LINEAR ? "linear" : "conv", ws);
-    if (d->shape[0] <= 0) return df_error(DF_ERR_INVALID, "lora: %s: rank 0", e->target);
+                        e->target, df_shape_str(d, ds, sizeof ds), df_shape_str(u, us, sizeof us),
+                        m->kind == DF_MODULE_LINEAR ? "linear" : "conv",
+                        df_shape_str(w, ws, sizeof ws));
+    }
     if (!isfinite(e->alpha))
         return df_error(DF_ERR_INVALID, "lora: %s: alpha is not finite", e->target);
     return DF_OK;
+}
+
+/* t viewed with the module's rank of dims: (a, b) <-> (a, b, 1, 1); a new owned reference. */
+static df_tensor *as_module_dims(df_tensor *t, const df_module_ref *m) {
+    int want = m->kind == DF_MODULE_LINEAR ? 2 : 4;
+    if (t->ndim == want) return df_tensor_retain(t);
+    df_scope_pause pause = df_scope_suspend();
+    df_tensor *v = want == 2 ? df_tensor_view(t, DF_DIMS(t->shape[0], t->shape[1]), 0)
+                             : df_tensor_view(t, DF_DIMS(t->shape[0], t->shape[1], 1, 1), 0);
+    df_scope_resume(pause);
+    return v;
 }
 
 /* Checks every entry of s against models: unmatched targets listed in one error. */
@@ -306,7 +324,11 @@ df_status df_lora_apply(df_lora *l, const df_lora_set *s, float multiplier,
         const df_lora_entry *e = &s->entries[i];
         const df_module_ref *m = find_target(e->target, models, n_models, NULL);
         float scale = multiplier * e->alpha / (float)e->down->shape[0];
-        DF_TRY(attach_new(l, m, e->target, e->down, e->up, scale, 0, e->alpha, false));
+        df_tensor *down = as_module_dims(e->down, m), *up = as_module_dims(e->up, m);
+        df_status st = attach_new(l, m, e->target, down, up, scale, 0, e->alpha, false);
+        df_tensor_free(down);
+        df_tensor_free(up);
+        DF_TRY(st);
     }
     return DF_OK;
 }
@@ -320,36 +342,25 @@ struct df_lora_fused_item {
     df_tensor *original, *fused;
 };
 
-/* W + scale * up @ down for one entry, as a new owned F32 tensor (then in W's dtype). */
-static df_tensor *fused_weight(const df_tensor *w, const df_lora_entry *e, float multiplier) {
-    int64_t out = w->shape[0], rank = e->down->shape[0], cols = e->down->numel / rank;
+/* W + multiplier * alpha / rank * up @ down as a new owned tensor of W's dtype (the arithmetic
+ * in F32: df_lora_entry_add_to, as diffusers' _fuse_lora). */
+static df_status fused_weight(const df_tensor *w, const df_lora_entry *e, float multiplier,
+                              df_tensor **out) {
     df_scope_pause pause = df_scope_suspend(); /* every tensor here is owned */
-    df_tensor *w32 = w->dtype == DF_DTYPE_F32 ? NULL : df_tensor_to(w, DF_DTYPE_F32);
-    const float *src = df_f32(w32 ? w32 : w), *up = df_f32(e->up), *down = df_f32(e->down);
-    df_tensor *f = df_tensor_new_owned(DF_DTYPE_F32, w->ndim, w->shape);
-    float *dst = df_f32(f);
-    float ratio = e->alpha / (float)rank;
-    float *row = malloc((size_t)cols * sizeof *row);
-    DF_ASSERT(row, "lora: out of memory fusing %s", e->target);
-    for (int64_t o = 0; o < out; o++) {
-        memset(row, 0, (size_t)cols * sizeof *row);
-        for (int64_t r = 0; r < rank; r++) {
-            float u = up[o * rank + r] * ratio;
-            const float *dr = down + r * cols;
-            for (int64_t j = 0; j < cols; j++) row[j] += u * dr[j];
-        }
-        for (int64_t j = 0; j < cols; j++)
-            dst[o * cols + j] = src[o * cols + j] + multiplier * row[j];
-    }
-    free(row);
-    if (w32) df_tensor_free(w32);
-    if (w->dtype != DF_DTYPE_F32) {
-        df_tensor *conv = df_tensor_to(f, w->dtype);
+    df_tensor *f = df_tensor_to(w, DF_DTYPE_F32);
+    df_status st = df_lora_entry_add_to(e, multiplier, f, "lora fuse");
+    if (st == DF_OK && w->dtype != DF_DTYPE_F32) {
+        df_tensor *back = df_tensor_to(f, w->dtype);
         df_tensor_free(f);
-        f = conv;
+        f = back;
     }
     df_scope_resume(pause);
-    return f;
+    if (st != DF_OK) {
+        df_tensor_free(f);
+        return st;
+    }
+    *out = f;
+    return DF_OK;
 }
 
 static void set_weight(const df_module_ref *m, df_tensor *w) {
@@ -390,8 +401,8 @@ df_status df_lora_fuse(const df_lora_set *s, float multiplier, const df_lora_mod
             undo->items = grown;
             undo->cap = cap;
         }
-        df_tensor *w = reg->items[idx].tensor;
-        df_tensor *f = fused_weight(w, e, multiplier);
+        df_tensor *w = reg->items[idx].tensor, *f;
+        DF_TRY(fused_weight(w, e, multiplier, &f));
         undo->items[undo->n++] = (struct df_lora_fused_item){
             .mod = *m, .reg = reg, .param = idx, .original = w, .fused = f};
         reg->items[idx].tensor = f; /* the registry's reference to w moves to undo */

@@ -66,8 +66,13 @@ typedef struct df_lora {
 } df_lora;
 
 DF_API void df_lora_init(df_lora *l);
-/* Detaches every adapter of l from its module and frees them and l->params. NULL-safe. */
+/* Detaches every adapter of l from its module and frees them and l->params. NULL-safe. Call it
+ * before freeing the models. */
 DF_API void df_lora_free(df_lora *l);
+
+/* Detaches (on false) or re-attaches (on true) every adapter of l, keeping them: the base model
+ * alone, e.g. the "before" half of a validation grid. Other adapters on the modules stay. */
+DF_API void df_lora_enable(df_lora *l, bool on);
 
 /* Puts a new trainable adapter on every linear (and, with conv_rank, conv) module of `models`
  * matching one of c->globs, initialised from `init` as upstream (down N(0, 1/rank^2), up 0;
