@@ -17,11 +17,15 @@
  * --sld PRESET (weak, medium, strong, max) and / or --sld-guidance, --sld-warmup,
  * --sld-threshold, --sld-momentum, --sld-mom-beta (over the preset, else medium's values),
  * --sld-concept TEXT (the safe pipeline's concept by default).
+ * --lora FILE[:scale] (repeatable; any layout nn/lora_file.h reads) applies LoRAs to the UNet
+ * and text encoder on the fly, or fused into the weights with --fuse-lora (the same images
+ * within float rounding); several stack (their updates add).
  */
 #include "datasets/datasets.h"
 #include "infer/infer.h"
 #include "nn/single_file.h"
 #include "recipes/cli.h"
+#include "recipes/cli_lora.h"
 
 #include <ftw.h>
 #include <math.h>
@@ -46,7 +50,7 @@ static int usage(void) {
             "[--out FILE.png | --out-dir DIR] [--out-tensor F.safetensors] "
             "[--safety on|flag|off] [--sld weak|medium|strong|max] [--sld-guidance G] "
             "[--sld-warmup N] [--sld-threshold T] [--sld-momentum M] [--sld-mom-beta B] "
-            "[--sld-concept TEXT]\n"
+            "[--sld-concept TEXT] [--lora FILE[:scale]]... [--fuse-lora]\n"
             "schedulers: a diffusers class name, or ddim, ddpm, pndm, euler, euler-a, heun, lms, "
             "dpm++2m, dpm++2m-karras, unipc\n");
     return 2;
@@ -203,6 +207,7 @@ typedef struct gen_args {
     /* Safe Latent Diffusion: explicit values (NaN / -1: the preset's, else medium's) */
     double sld_guidance, sld_threshold, sld_momentum, sld_mom_beta;
     long long sld_warmup;
+    df_cli_loras loras; /* --lora, --fuse-lora */
 } gen_args;
 
 /* Whether SLD is asked for, and its settings: --sld PRESET, then the explicit --sld-* values. */
@@ -403,6 +408,9 @@ static df_status run(gen_args *a) {
     df_status st = model_folder(a->model, dir, sizeof dir, &temp);
     if (st == DF_OK) st = df_sd_pipeline_load(dir, &lo, &p);
     if (st == DF_OK) fprintf(stderr, "generate: loaded %s in %.2f s\n", a->model, since(&t0));
+    df_lora_model lora_models[2] = {{"unet", p.unet.params},
+                                    {"text_encoder", p.text_encoder.params}};
+    if (st == DF_OK && a->loras.n) st = df_cli_loras_apply(&a->loras, lora_models, 2, false);
     if (st == DF_OK && !p.safety && !lo.safety_off)
         fprintf(stderr,
                 "note: generate: %s has no safety checker (model_index.json names none); "
@@ -486,6 +494,7 @@ static df_status run(gen_args *a) {
     df_tensor *ts[] = {image, mask, latents, res.latents, res.image};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) df_tensor_free(ts[i]);
     free(res.safety);
+    df_cli_loras_free(&a->loras); /* before the models its adapters sit on */
     df_sd_pipeline_free(&p);
     if (temp) { /* the converted folder, whose mapped files the pipeline no longer holds */
         char *slash = strrchr(dir, '/');
@@ -516,6 +525,10 @@ int df_cmd_generate(int argc, char **argv) {
             a.zero_snr = true;
             continue;
         }
+        if (strcmp(o, "--fuse-lora") == 0) {
+            a.loras.fuse = true;
+            continue;
+        }
         if (!v) return bad_arg("%s needs a value", o);
         i++;
         const char **str = strcmp(o, "--prompt") == 0             ? &a.prompt
@@ -536,6 +549,11 @@ int df_cmd_generate(int argc, char **argv) {
         if (str) {
             *str = v;
             continue;
+        }
+        if (strcmp(o, "--lora") == 0) {
+            if (df_cli_lora_arg(&a.loras, v) == DF_OK) continue;
+            fprintf(stderr, "diffusion: generate: %s\n", df_last_error());
+            return 2;
         }
         bool ok = true;
         if (strcmp(o, "--steps") == 0)
@@ -580,6 +598,7 @@ int df_cmd_generate(int argc, char **argv) {
     if (a.sld && !df_sld_preset(a.sld, &unused))
         return bad_arg("--sld: '%s' (weak, medium, strong or max)", a.sld);
     if (a.mask && !a.image) return bad_arg("--mask needs --image (the image to inpaint)");
+    if (a.loras.fuse && !a.loras.n) return bad_arg("--fuse-lora needs --lora");
     if (a.strength >= 0 && !a.image) return bad_arg("--strength needs --image");
     if (a.out && a.out_dir) return bad_arg("--out and --out-dir exclude each other");
     if (!a.out && !a.out_dir && !a.out_tensor) a.out = "generated.png";

@@ -10,6 +10,7 @@ static const df_recipe_def *const all_recipes[] = {
     &df_recipe_unconditional,
     &df_recipe_vae,
     &df_recipe_text_to_image,
+    &df_recipe_lora,
 };
 
 int df_recipe_count(void) {

@@ -33,13 +33,7 @@
 static const df_cfg_field t2i_fields[] = {
     {"pretrained_model_name_or_path", DF_CFG_STRING, NULL, 0, 0, NULL,
      "fine-tune this Stable Diffusion pipeline folder; unset: build from model.* / text_encoder.*"},
-    {"pretrained_vae", DF_CFG_STRING, NULL, 0, 0, NULL,
-     "AutoencoderKL folder (e.g. the vae recipe's OUTPUT/vae); required from scratch, overrides "
-     "the base's vae/"},
-    {"pretrained_text_encoder", DF_CFG_STRING, NULL, 0, 0, NULL,
-     "CLIPTextModel folder used from scratch instead of text_encoder.* (unset: a new one)"},
-    {"tokenizer_name", DF_CFG_STRING, NULL, 0, 0, NULL,
-     "CLIP tokenizer folder (unset: the base's tokenizer/, else the shipped CLIP tokenizer)"},
+    T2I_FIELDS_PARTS,
     {"train_text_encoder", DF_CFG_BOOL, "false", 0, 0, NULL,
      "train the text encoder with the UNet (else it is frozen)"},
     {"text_encoder_lr", DF_CFG_FLOAT, "0", 0, 10, NULL,
@@ -68,29 +62,14 @@ static const df_cfg_field t2i_fields[] = {
      "CLIP activation"},
     {"text_encoder.max_position_embeddings", DF_CFG_INT, "77", 2, 65536, NULL,
      "CLIP positions (at least the tokenizer's 77)"},
-    {"prediction_type", DF_CFG_STRING, NULL, 0, 0, "epsilon|v_prediction",
-     "what the UNet predicts (unset: the base's scheduler, epsilon from scratch)"},
+    T2I_FIELD_PREDICTION,
     {"ddpm_num_steps", DF_CFG_INT, "1000", 1, 100000, NULL, "diffusion steps T (from scratch)"},
     {"ddpm_beta_schedule", DF_CFG_STRING, "scaled_linear", 0, 0,
      "linear|scaled_linear|squaredcos_cap_v2", "beta schedule (from scratch)"},
     {"ddpm_beta_start", DF_CFG_FLOAT, "0.00085", 0, 1, NULL, "first beta (from scratch)"},
     {"ddpm_beta_end", DF_CFG_FLOAT, "0.012", 0, 1, NULL, "last beta (from scratch)"},
-    {"snr_gamma", DF_CFG_FLOAT, "0", 0, 1e6, NULL, "min-SNR weighting gamma (0: off; 5 is usual)"},
-    {"noise_offset", DF_CFG_FLOAT, "0", 0, 10, NULL, "offset noise scale (0: off)"},
-    {"input_perturbation", DF_CFG_FLOAT, "0", 0, 10, NULL,
-     "extra noise on the UNet input only (0: off; 0.1 is usual)"},
-    {"proportion_empty_prompts", DF_CFG_FLOAT, "0", 0, 1, NULL,
-     "share of captions replaced by \"\" (classifier-free guidance training)"},
-    {"cache_latents", DF_CFG_BOOL, "false", 0, 0, NULL,
-     "encode each image once into OUTPUT/latent_cache (needs center_crop)"},
-    {"validation_prompts", DF_CFG_STRING_LIST, NULL, 0, 0, NULL,
-     "prompts of the validation grid, one row each (unset: no grid)", true},
-    {"validation_scheduler", DF_CFG_STRING, "DPMSolverMultistepScheduler", 0, 0, NULL,
-     "scheduler class of the validation grid (training betas)", true},
-    {"validation_inference_steps", DF_CFG_INT, "20", 1, 10000, NULL,
-     "denoising steps of the validation grid", true},
-    {"validation_guidance", DF_CFG_FLOAT, "7.5", 0, 100, NULL,
-     "classifier-free guidance of the validation grid", true},
+    T2I_FIELDS_LOSS,
+    T2I_FIELDS_VALIDATION,
     {"export_scheduler", DF_CFG_STRING, "PNDMScheduler", 0, 0, NULL,
      "scheduler class written to the exported scheduler/ (training betas; SD 1.5 ships PNDM)"},
     DF_CFG_CAPTION_FIELDS,
@@ -112,8 +91,8 @@ static df_status tokenize_batch(t2i *t, char *const *captions, int n, df_philox 
     return DF_OK;
 }
 
-static df_status t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
-                          df_tensor **loss) {
+df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
+                      df_tensor **loss) {
     t2i *t = ctx;
     const df_batch *b = batches[0];
     /* the latents: scaling_factor * a posterior sample of the frozen VAE, without a tape */
@@ -145,7 +124,7 @@ static df_status t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng
     return df_diffusion_loss(&t->loss, t->sched, pred, &d, NULL, NULL, loss);
 }
 
-static void t2i_free(void *ctx) {
+void df_t2i_free(void *ctx) {
     t2i *t = ctx;
     if (t->has_joined) df_params_free(&t->joined);
     if (t->unet_comp.params)
@@ -245,8 +224,9 @@ static df_status load_text_encoder(t2i *t, const df_config *cfg, const char *bas
             DF_TRY(df_pathf(dir, sizeof dir, "%s", pre));
         else
             DF_TRY(df_pathf(dir, sizeof dir, "%s/text_encoder", base));
-        DF_TRY(t->train_text ? df_component_load(dir, &t->text_comp)
-                             : df_component_map_frozen(dir, NULL, &t->text_comp));
+        DF_TRY(t->train_text && !t->frozen_base
+                   ? df_component_load(dir, &t->text_comp)
+                   : df_component_map_frozen(dir, NULL, &t->text_comp));
         if (!t->text_comp.clip_text || t->text_comp.clip_text->config.with_projection)
             return df_error(DF_ERR_INVALID, "%s: is a %s, not a CLIPTextModel", dir,
                             t->text_comp.class_name);
@@ -311,6 +291,10 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
     if (*base && !is_dir(base))
         return df_error(DF_ERR_NOTFOUND, "%s: no such folder (pretrained_model_name_or_path)",
                         base);
+    if (!*base && t->frozen_base)
+        return df_error(DF_ERR_INVALID,
+                        "pretrained_model_name_or_path is not set: the adapters train on a "
+                        "frozen Stable Diffusion pipeline folder (config)");
     if (!*base && !*vae_dir)
         return df_error(DF_ERR_INVALID,
                         "pretrained_vae is not set: training from scratch needs a trained VAE "
@@ -352,7 +336,8 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
                         t->text->config.max_position_embeddings, t->max_length);
     if (*base) {
         DF_TRY(df_pathf(dir, sizeof dir, "%s/unet", base));
-        DF_TRY(df_component_load(dir, &t->unet_comp));
+        DF_TRY(t->frozen_base ? df_component_map_frozen(dir, NULL, &t->unet_comp)
+                              : df_component_load(dir, &t->unet_comp));
         if (!t->unet_comp.unet2d_cond)
             return df_error(DF_ERR_INVALID, "%s: is a %s, not a UNet2DConditionModel", dir,
                             t->unet_comp.class_name);
@@ -401,8 +386,8 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
         co.transform.random_flip = df_config_bool(cfg, "random_flip");
         DF_TRY(df_latent_cache_open(&co, &t->cache));
     }
-    /* what trains */
-    if (t->train_text) {
+    /* what trains (a frozen base: the caller's adapters) */
+    if (t->train_text && !t->frozen_base) {
         df_params_init(&t->joined, NULL);
         t->has_joined = true;
         DF_TRY(df_params_join(&t->joined, "unet", &t->unet->params));
@@ -411,9 +396,11 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
     return DF_OK;
 }
 
-static df_status t2i_create(const df_config *cfg, df_recipe *r) {
+df_status df_t2i_new(const df_config *cfg, bool frozen_base, t2i **out) {
+    *out = NULL;
     t2i *t = calloc(1, sizeof *t);
     if (!t) return df_error(DF_ERR_NOMEM, "out of memory");
+    t->frozen_base = frozen_base;
     t->seed = (uint64_t)df_config_int(cfg, "seed");
     df_philox_init(&t->init, t->seed, STREAM_INIT);
     t->train_text = df_config_bool(cfg, "train_text_encoder");
@@ -422,13 +409,14 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
     t->val_steps = (int)df_config_int(cfg, "validation_inference_steps");
     t->guidance = df_config_float(cfg, "validation_guidance");
     snprintf(t->val_sched, sizeof t->val_sched, "%s", df_config_str(cfg, "validation_scheduler"));
-    snprintf(t->export_sched, sizeof t->export_sched, "%s", df_config_str(cfg, "export_scheduler"));
+    snprintf(t->export_sched, sizeof t->export_sched, "%s",
+             frozen_base ? "PNDMScheduler" : df_config_str(cfg, "export_scheduler"));
     const char *prompts[T2I_MAX_PROMPTS];
     int np = df_config_str_list(cfg, "validation_prompts", prompts, T2I_MAX_PROMPTS);
     for (int i = 0; i < np && i < T2I_MAX_PROMPTS; i++) {
         t->prompts[i] = strdup(prompts[i]);
         if (!t->prompts[i]) {
-            t2i_free(t);
+            df_t2i_free(t);
             return df_error(DF_ERR_NOMEM, "out of memory");
         }
         t->n_prompts++;
@@ -438,7 +426,7 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
     if (st == DF_OK) st = df_sched_kind_parse(t->export_sched, "export_scheduler", &kind);
     if (st == DF_OK) st = t2i_setup(t, cfg);
     if (st != DF_OK) {
-        t2i_free(t);
+        df_t2i_free(t);
         return st;
     }
     t->loss = (df_diffusion_loss_config){
@@ -447,7 +435,14 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
         .snr_gamma = (float)df_config_float(cfg, "snr_gamma"),
         .noise_offset = (float)df_config_float(cfg, "noise_offset"),
         .input_perturbation = (float)df_config_float(cfg, "input_perturbation"),
-        .min_snr_v_over_snr = true /* v0.21.4's train_text_to_image.py */};
+        .min_snr_v_over_snr = true /* v0.21.4's train_text_to_image(_lora).py */};
+    *out = t;
+    return DF_OK;
+}
+
+static df_status t2i_create(const df_config *cfg, df_recipe *r) {
+    t2i *t;
+    DF_TRY(df_t2i_new(cfg, false, &t));
     *r = (df_recipe){.name = "text_to_image",
                      .ctx = t,
                      .params = t->has_joined ? &t->joined : &t->unet->params,
@@ -455,10 +450,10 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
                      .unet_body = &t->unet->body,
                      .needs_captions = true,
                      .no_pixels = t->cache != NULL,
-                     .loss = t2i_loss,
+                     .loss = df_t2i_loss,
                      .export_model = df_t2i_export,
                      .validate = t->n_prompts ? df_t2i_validate : NULL,
-                     .free = t2i_free};
+                     .free = df_t2i_free};
     if (t->has_joined) {
         t->groups[0] = (df_recipe_group){.name = "unet", .glob = "unet.*", .weight_decay = -1};
         t->groups[1] = (df_recipe_group){.name = "text_encoder",

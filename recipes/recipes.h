@@ -16,6 +16,7 @@ typedef struct df_recipe_def {
 extern const df_recipe_def df_recipe_unconditional;
 extern const df_recipe_def df_recipe_vae;
 extern const df_recipe_def df_recipe_text_to_image;
+extern const df_recipe_def df_recipe_lora;
 
 /* The model.block_out_channels, model.down_block_types and model.up_block_types keys
  * (recipes/recipe_blocks.c) into channels, down, up (DF_MAX_BLOCKS entries each) and their
