@@ -348,3 +348,30 @@ Test(recipes_lora, forward_takes_the_component_entries, .timeout = 120) {
     cr_assert_eq(run_command(cmd, log, sizeof log), 1, "%s", log);
     cr_assert(strstr(log, "takes no LoRA"), "%s", log);
 }
+
+/* The shipped demo config builds on any SD base (here the tiny one): its targets exist. */
+Test(recipes_lora, the_emoji_lora_config_is_valid) {
+    size_t len;
+    char *yaml = read_whole_file(DF_SOURCE_DIR "/recipes/configs/emoji-lora-twemoji.yaml", &len);
+    cr_assert(yaml);
+    char extra[2048];
+    snprintf(extra, sizeof extra,
+             "pretrained_model_name_or_path=%s train_data_dir=%s/data output_dir=%s/cfg "
+             "resolution=32",
+             sd1, root, root);
+    recipe_run t;
+    cr_assert_eq(recipe_run_begin(&t, &df_recipe_lora, yaml, extra, NULL, 0), DF_OK, "%s",
+                 df_last_error());
+    free(yaml);
+    cr_expect_str_eq(df_config_str(&t.cfg, "recipe"), "lora");
+    cr_expect(df_config_bool(&t.cfg, "validation_before_after"));
+    int n_conv = 0, n_train = 0;
+    for (int i = 0; i < t.r.params->n; i++) {
+        const df_param *p = &t.r.params->items[i];
+        if (!p->trainable) continue;
+        n_train++;
+        n_conv += p->tensor->ndim == 4;
+    }
+    cr_expect(n_train > 0 && n_conv > 0, "%d adapter tensors, %d LoCon", n_train, n_conv);
+    recipe_run_end(&t);
+}
