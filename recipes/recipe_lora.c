@@ -90,8 +90,7 @@ static df_status lora_export(void *ctx, const char *dir) {
     char path[DF_PATH_MAX];
     df_status st = df_lora_export(&lr->lora, &set);
     if (st == DF_OK) st = df_pathf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", dir);
-    const char *const meta[] = {"base_model", lr->t->base, NULL};
-    if (st == DF_OK) st = df_lora_file_write(&set, path, lr->format, meta);
+    if (st == DF_OK) st = df_lora_file_write(&set, path, lr->format, NULL);
     df_lora_set_free(&set);
     return st;
 }
