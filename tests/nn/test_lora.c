@@ -37,9 +37,10 @@ static const df_tensor *weight_of(const df_module_ref *m) {
                                        : ((const df_conv_mod *)m->module)->weight;
 }
 
-/* A random set on the modules of `comp` matching glob (prefix "unet"), rank r, alpha a. */
-static void random_set(df_component *comp, const char *glob, int r, float a, uint64_t seed,
-                       df_lora_set *s) {
+/* A random set on the modules of `comp` matching glob (prefix "unet"), rank r, alpha a; 2-D
+ * pairs on every module when `flat` (a linear pair on a 1x1 conv). */
+static void random_set_as(df_component *comp, const char *glob, int r, float a, uint64_t seed,
+                          bool flat, df_lora_set *s) {
     memset(s, 0, sizeof *s);
     const df_module_ref *hits[256];
     int n = df_modules_match(comp->params, glob, hits, 256);
@@ -51,7 +52,7 @@ static void random_set(df_component *comp, const char *glob, int r, float a, uin
         char target[DF_NAME_MAX];
         snprintf(target, sizeof target, "unet.%s", hits[i]->name);
         df_tensor *down, *up;
-        if (hits[i]->kind == DF_MODULE_LINEAR) {
+        if (hits[i]->kind == DF_MODULE_LINEAR || flat) {
             down = owned_randn(seed + 2 * (uint64_t)i, DF_DIMS(r, w->shape[1]), 0.3f);
             up = owned_randn(seed + 2 * (uint64_t)i + 1, DF_DIMS(w->shape[0], r), 0.3f);
         } else {
@@ -62,6 +63,11 @@ static void random_set(df_component *comp, const char *glob, int r, float a, uin
         s->entries[s->n++] =
             (df_lora_entry){.target = strdup(target), .down = down, .up = up, .alpha = a};
     }
+}
+
+static void random_set(df_component *comp, const char *glob, int r, float a, uint64_t seed,
+                       df_lora_set *s) {
+    random_set_as(comp, glob, r, a, seed, false, s);
 }
 
 #define UNET "unet2dcond_tiny"
@@ -120,13 +126,13 @@ Test(nn_lora, new_adapters_change_nothing_and_sit_on_the_default_targets) {
 }
 
 /* On the fly == fused (1e-5); unfuse is bitwise; a multiplier scales; stacking adds. */
-static void fly_vs_fused(const char *glob) {
+static void fly_vs_fused(const char *glob, bool flat) {
     df_component comp;
     fixture_component(UNET, &comp);
     df_scope s = df_scope_begin();
     df_tensor *before = df_tensor_clone(fixture_main_output(&comp, UNET));
     df_lora_set set;
-    random_set(&comp, glob, 2, 3.0f, 11, &set);
+    random_set_as(&comp, glob, 2, 3.0f, 11, flat, &set);
     df_lora_model m = {"unet", comp.params};
     df_lora l;
     df_lora_init(&l);
@@ -163,11 +169,16 @@ static void fly_vs_fused(const char *glob) {
 }
 
 Test(nn_lora, linear_on_the_fly_equals_fused) {
-    fly_vs_fused("*attn*.to_*");
+    fly_vs_fused("*attn*.to_*", false);
 }
 
 Test(nn_lora, locon_on_the_fly_equals_fused) {
-    fly_vs_fused("*resnets.*.conv*");
+    fly_vs_fused("*resnets.*.conv*", false);
+}
+
+/* SD 1.x's proj_in / proj_out are 1x1 convs: a linear pair (SD 2.x's layout) fits them. */
+Test(nn_lora, linear_pairs_on_1x1_convs) {
+    fly_vs_fused("*.proj_[io]*", true);
 }
 
 Test(nn_lora, bad_sets_are_refused_by_name) {
