@@ -344,6 +344,9 @@ typedef struct df_sd_pipeline {
      * done with it (the text encoder before the loop, the UNet before the decode): set at load;
      * whoever writes a mapped weight in place (merging a LoRA) must clear it. */
     bool release_weights;
+    /* Textual-inversion embeddings loaded (df_sd_add_embedding): F32 (k, D), owned, the text
+     * encoder's added_embedding; NULL: none. */
+    df_tensor *added_embedding;
 } df_sd_pipeline;
 
 /* Loads the folder (opts may be NULL). Errors name the file: a missing component, an unsupported
@@ -358,9 +361,25 @@ DF_API void df_sd_pipeline_free(df_sd_pipeline *p);
 DF_API df_status df_sd_encode_ids(df_sd_pipeline *p, const df_tensor *ids, int clip_skip,
                                   df_tensor **out);
 
+/* Textual inversion (infer/embeddings.c), as diffusers v0.21.4's load_textual_inversion: adds
+ * embedding e's token (`token`, or NULL: the one the file names) and, for k > 1 vectors,
+ * token_1 .. token_{k-1} to the tokenizer, their vectors as rows after the text encoder's table
+ * (p->added_embedding). `label` names the file in errors: one naming no token, vectors of
+ * another width than the text encoder's, a token already in the tokenizer (named; nothing is
+ * added then). Repeatable. */
+struct df_embed;
+DF_API df_status df_sd_add_embedding(df_sd_pipeline *p, const struct df_embed *e, const char *token,
+                                     const char *label);
+/* maybe_convert_prompt: every added token of the prompt that has added tokens token_1, token_2,
+ * ... (a multi-vector embedding) replaced everywhere in the prompt by "token token_1 token_2
+ * ..." (str.replace, as upstream). *out is malloc'd. DF_ERR_INVALID for invalid UTF-8. */
+DF_API df_status df_prompt_expand_vectors(struct df_clip_tokenizer *t, const char *prompt,
+                                          char **out);
+
 /* The prompt's embeddings (1, 77 * chunks, D) into *cond and, when `guidance`, the negative
  * prompt's (NULL: "") into *uncond, with as many chunks (A1111 weights and long prompts; with
- * neither, diffusers' encode_prompt bit for bit; see sd_prompt.c). New tensors (scope rule).
+ * neither, diffusers' encode_prompt bit for bit; see sd_prompt.c; multi-vector textual-inversion
+ * tokens expanded first, df_prompt_expand_vectors). New tensors (scope rule).
  * DF_ERR_INVALID for text that is not UTF-8 or a clip_skip outside the encoder's layers. */
 DF_API df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, const char *negative,
                                      int clip_skip, bool guidance, df_tensor **cond,

@@ -282,7 +282,8 @@ df_status df_prompt_embed(df_clip_text *te, const df_prompt_tokens *p, int clip_
                         "prompt tokens: %d chunks of %d; the text encoder takes 1+ chunks of at "
                         "most %d",
                         p->n_chunks, p->length, te->config.max_position_embeddings);
-    int64_t vocab = te->config.vocab_size;
+    int64_t vocab = te->config.vocab_size; /* and the textual-inversion rows after it */
+    if (te->added_embedding) vocab += te->added_embedding->shape[0];
     for (int64_t i = 0; i < (int64_t)p->n_chunks * p->length; i++)
         if (p->ids[i] < 0 || p->ids[i] >= vocab)
             return df_error(

@@ -163,5 +163,6 @@ void df_sd_pipeline_free(df_sd_pipeline *p) {
     free(p->safety);
     df_sched_free(p->sched);
     if (p->has_sched_config) df_sched_config_free(&p->sched_config);
+    df_tensor_free(p->added_embedding);
     memset(p, 0, sizeof *p);
 }

@@ -6,12 +6,14 @@
  * encode_prompt: the tokenizer pads to 77 and the text encoder's last_hidden_state is the
  * embedding, bit for bit. clip_skip k > 0 takes hidden_states[-(k + 1)] through
  * final_layer_norm for the prompt only, as the diffusers versions that added clip_skip do (their
- * negative prompt keeps the last layer).
+ * negative prompt keeps the last layer). With textual-inversion tokens added, a multi-vector
+ * token is first expanded in both prompts (infer/embeddings.c, diffusers' maybe_convert_prompt).
  */
 #include "infer/infer.h"
 #include "nn/tokenizer.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, const char *negative,
                               int clip_skip, bool guidance, df_tensor **cond, df_tensor **uncond) {
@@ -24,7 +26,16 @@ df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, const char 
                         clip_skip, layers, layers - 1);
     df_prompt_tokens pos = {0}, neg = {0};
     bool cfg = guidance && uncond;
-    df_status st = df_prompt_tokens_parse(p->tokenizer, prompt ? prompt : "", 1, &pos);
+    char *xp = NULL, *xn = NULL; /* multi-vector textual-inversion tokens expanded */
+    df_status st = DF_OK;
+    if (df_clip_tokenizer_len(p->tokenizer) > df_clip_tokenizer_vocab_size(p->tokenizer)) {
+        st = df_prompt_expand_vectors(p->tokenizer, prompt ? prompt : "", &xp);
+        if (st == DF_OK && cfg)
+            st = df_prompt_expand_vectors(p->tokenizer, negative ? negative : "", &xn);
+        prompt = xp;
+        negative = xn;
+    }
+    if (st == DF_OK) st = df_prompt_tokens_parse(p->tokenizer, prompt ? prompt : "", 1, &pos);
     if (st == DF_OK && cfg)
         st = df_prompt_tokens_parse(p->tokenizer, negative ? negative : "", pos.n_chunks, &neg);
     if (st == DF_OK && cfg && neg.n_chunks > pos.n_chunks)
@@ -36,5 +47,7 @@ df_status df_sd_encode_prompt(df_sd_pipeline *p, const char *prompt, const char 
     if (st == DF_OK && cfg) st = df_prompt_embed(te, &neg, 0, uncond);
     df_prompt_tokens_free(&pos);
     df_prompt_tokens_free(&neg);
+    free(xp);
+    free(xn);
     return st;
 }

@@ -110,7 +110,14 @@ df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
               "CLIPTextModel: %lld tokens (at most %d)", (long long)len,
               c->max_position_embeddings);
     df_tensor *pos_ids = df_arange(DF_DTYPE_I64, 0, (double)len, 1);
-    df_tensor *h = df_add(df_embedding((df_tensor *)input_ids, m->token_embedding),
+    df_tensor *table = m->token_embedding;
+    if (m->added_embedding) { /* the grown table: the vocabulary's rows, then the added ones */
+        DF_ASSERT(m->added_embedding->ndim == 2 && m->added_embedding->shape[1] == c->hidden_size,
+                  "CLIPTextModel: added embeddings must be (k, %d)", c->hidden_size);
+        df_tensor *parts[2] = {m->token_embedding, m->added_embedding};
+        table = df_concat(parts, 2, 0);
+    }
+    df_tensor *h = df_add(df_embedding((df_tensor *)input_ids, table),
                           df_embedding(pos_ids, m->position_embedding));
     if (hidden_states) hidden_states[0] = h;
     bool quick = strcmp(c->hidden_act, "quick_gelu") == 0;

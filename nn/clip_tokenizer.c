@@ -205,6 +205,10 @@ int df_clip_tokenizer_vocab_size(const df_clip_tokenizer *t) {
 int df_clip_tokenizer_len(const df_clip_tokenizer *t) {
     return t->bpe.n_vocab + t->n_added;
 }
+const char *df_clip_tokenizer_added_token(const df_clip_tokenizer *t, int id) {
+    int k = id - t->bpe.n_vocab;
+    return k >= 0 && k < t->n_added ? t->added[k] : NULL;
+}
 
 df_status df_clip_tokenizer_add_token(df_clip_tokenizer *t, const char *token, int *id) {
     size_t n = strlen(token);

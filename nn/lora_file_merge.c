@@ -7,7 +7,7 @@
  * Components are streamed tensor by tensor (df_st_save_stream) from the mapped base file, so a
  * full-size UNet is never held in memory twice: untouched tensors are written straight from the
  * mapping, touched ones are read as F32, updated, and converted back. The rest of the folder is
- * copied first; the merged weight files are then written over their copies.
+ * copied first (not the weight files being merged), then the merged weight files are written.
  */
 #include "nn/lora_file.h"
 
@@ -127,8 +127,10 @@ done:
 }
 
 /* Copies folder src into dst (made), following symlinks, two levels deep at most (a pipeline
- * folder and its component folders). */
-static df_status copy_tree(const char *src, const char *dst, int depth) {
+ * folder and its component folders), except the files of `skip` (n_skip paths as src spells
+ * them: the weights the merge writes itself). */
+static df_status copy_tree(const char *src, const char *dst, int depth, const char *const *skip,
+                           int n_skip) {
     if (mkdir(dst, 0755) != 0 && errno != EEXIST)
         return df_error(DF_ERR_IO, "%s: cannot create the folder: %s", dst, strerror(errno));
     DIR *d = opendir(src);
@@ -145,9 +147,11 @@ static df_status copy_tree(const char *src, const char *dst, int depth) {
         if (stat(s, &sb) != 0) {
             st = df_error(DF_ERR_IO, "%s: %s", s, strerror(errno));
         } else if (S_ISDIR(sb.st_mode)) {
-            if (depth < 2) st = copy_tree(s, t, depth + 1);
+            if (depth < 2) st = copy_tree(s, t, depth + 1, skip, n_skip);
         } else if (S_ISREG(sb.st_mode)) {
-            st = copy_file(s, t);
+            bool skipped = false;
+            for (int k = 0; k < n_skip; k++) skipped = skipped || strcmp(skip[k], s) == 0;
+            if (!skipped) st = copy_file(s, t);
         }
     }
     closedir(d);
@@ -315,7 +319,11 @@ df_status df_lora_merge_folder(const char *base_dir, const df_lora_set *const *s
             goto done;
         }
     }
-    if ((st = copy_tree(base_dir, out_dir, 0)) != DF_OK) goto done;
+    const char *skip[N_COMPS];
+    int n_skip = 0;
+    for (int c = 0; c < N_COMPS; c++)
+        if (used[c]) skip[n_skip++] = paths[c];
+    if ((st = copy_tree(base_dir, out_dir, 0, skip, n_skip)) != DF_OK) goto done;
     for (int c = 0; c < N_COMPS; c++) {
         if (!used[c]) continue;
         char dst[4096];

@@ -866,6 +866,12 @@ typedef struct df_clip_text {
     df_clip_layer *layers;
     df_norm_mod final_layer_norm;
     df_linear_mod text_projection; /* with_projection only: pooled -> text_embeds, no bias */
+    /* Textual inversion: F32 (k, hidden_size) rows after token_embedding's, the embeddings of
+     * the tokenizer's added tokens vocab_size .. vocab_size + k - 1 (borrowed: the textual
+     * inversion recipe's trainable rows or a pipeline's loaded embeddings); NULL: none. The
+     * forward looks ids up in token_embedding and these rows as one table, as transformers
+     * does after resize_token_embeddings. */
+    df_tensor *added_embedding;
 } df_clip_text;
 
 DF_API df_clip_text_config df_clip_text_config_default(void);
@@ -877,7 +883,9 @@ DF_API df_status df_clip_text_init(df_clip_text *m, const df_clip_text_config *c
 DF_API void df_clip_text_free(df_clip_text *m);
 /* input_ids (N, L) integer -> last_hidden_state (N, L, D). hidden_states (may be NULL) receives
  * num_hidden_layers + 1 tensors (embeddings, then each layer's output before the final norm);
- * pooled (may be NULL) the pooler_output (N, D). */
+ * pooled (may be NULL) the pooler_output (N, D): with eos_token_id 2 (SD's configs) at each
+ * row's argmax(ids), which an added token's id wins over the end token, as in transformers
+ * v4.33.3 (docs/textual-inversion.md). */
 DF_API df_tensor *df_clip_text_forward(df_clip_text *m, const df_tensor *input_ids,
                                        df_tensor **hidden_states, df_tensor **pooled);
 

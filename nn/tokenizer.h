@@ -99,6 +99,9 @@ DF_API int df_clip_tokenizer_len(const df_clip_tokenizer *t);
  * empty, not UTF-8, or already a vocab or added token. */
 DF_API df_status df_clip_tokenizer_add_token(df_clip_tokenizer *t, const char *token, int *id);
 
+/* The added token of id `id` (borrowed), NULL when id is not an added token's. */
+DF_API const char *df_clip_tokenizer_added_token(const df_clip_tokenizer *t, int id);
+
 /* The id of a vocab or added token, -1 when absent. */
 DF_API int df_clip_tokenizer_token_id(const df_clip_tokenizer *t, const char *token);
 

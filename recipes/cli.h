@@ -38,6 +38,10 @@ df_status df_cli_check_output(const char *out, const char *const *inputs, int n_
 int df_cmd_tokenize(int argc, char **argv);
 /* `diffusion convert` (recipes/cmd_convert.c): single-file SD checkpoints <-> folders. */
 int df_cmd_convert(int argc, char **argv);
+/* Writes a copy of model folder `src` (a pipeline or one component) to the new folder `dst`
+ * with every float tensor of its .safetensors files in dtype `dt` (F32, F16 or BF16); other
+ * files copied (recipes/convert_folder.c). `dst` must not exist; no partial folder is left. */
+df_status df_convert_folder_dtype(const char *src, const char *dst, df_dtype dt);
 
 /* `diffusion dataset pack|inspect` (recipes/cmd_dataset.c). */
 int df_cmd_dataset(int argc, char **argv);

@@ -5,8 +5,11 @@
  *       [--prediction-type epsilon|v_prediction] [--image-size N] [--extract-ema]
  *       [--half | --float]
  *   diffusion convert DIR OUT.safetensors [--half | --float]
+ *   diffusion convert DIR OUT_DIR --half | --float
  *
- * The direction follows the input: a folder is converted to one file, a file to a folder.
+ * The direction follows the input: a folder is converted to one file, a file to a folder; a
+ * folder to a folder (an output not ending in .safetensors) changes the weights' dtype only
+ * (recipes/convert_folder.c), for any diffusers model folder.
  * Without --half / --float every tensor keeps its dtype (an exact copy of the values).
  */
 #include "nn/single_file.h"
@@ -22,7 +25,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: diffusion convert MODEL.safetensors OUT_DIR [--tokenizer DIR]\n"
                "                         [--prediction-type epsilon|v_prediction] "
                "[--image-size N] [--extract-ema] [--half|--float]\n"
-               "       diffusion convert DIR OUT.safetensors [--half|--float]\n");
+               "       diffusion convert DIR OUT.safetensors [--half|--float]\n"
+               "       diffusion convert DIR OUT_DIR --half|--float\n");
 }
 
 static bool is_dir(const char *p) {
@@ -94,6 +98,19 @@ int df_cmd_convert(int argc, char **argv) {
                      "--tokenizer, --prediction-type, --image-size and --extract-ema are for "
                      "a single file to a folder");
             return df_cli_fail("convert");
+        }
+        size_t len = strlen(pos[1]);
+        if (len < 12 || strcmp(pos[1] + len - 12, ".safetensors") != 0) {
+            if (o.dtype == DF_DTYPE_COUNT) {
+                df_error(DF_ERR_INVALID, "a folder to a folder changes the weights' dtype: "
+                                         "give --half or --float");
+                return df_cli_fail("convert");
+            }
+            if (df_convert_folder_dtype(pos[0], pos[1], o.dtype) != DF_OK)
+                return df_cli_fail("convert");
+            fprintf(stderr, "%s -> %s (%s weights)\n", pos[0], pos[1],
+                    o.dtype == DF_DTYPE_F16 ? "F16" : "F32");
+            return 0;
         }
         if (df_cli_check_output(pos[1], NULL, 0, pos[0]) != DF_OK ||
             df_sd_folder_to_single_file(pos[0], pos[1], &o) != DF_OK)

@@ -17,12 +17,16 @@
  * --sld PRESET (weak, medium, strong, max) and / or --sld-guidance, --sld-warmup,
  * --sld-threshold, --sld-momentum, --sld-mom-beta (over the preset, else medium's values),
  * --sld-concept TEXT (the safe pipeline's concept by default).
+ * Textual inversion: --embedding FILE[:TOKEN] (repeatable) loads a learned_embeds.safetensors or
+ * an A1111 embedding (nn/embedding_file.h) as diffusers' load_textual_inversion does, under
+ * TOKEN or the token the file names; a multi-vector one's token expands in the prompts.
  * --lora FILE[:scale] (repeatable; any layout nn/lora_file.h reads) applies LoRAs to the UNet
  * and text encoder on the fly, or fused into the weights with --fuse-lora (the same images
  * within float rounding); several stack (their updates add).
  */
 #include "datasets/datasets.h"
 #include "infer/infer.h"
+#include "nn/embedding_file.h"
 #include "nn/single_file.h"
 #include "recipes/cli.h"
 #include "recipes/cli_lora.h"
@@ -40,6 +44,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define DF_GEN_MAX_EMBEDDINGS 32
+
 static int usage(void) {
     fprintf(stderr,
             "usage: diffusion generate MODEL [--prompt T] [--negative-prompt T] [--steps N] "
@@ -50,7 +56,8 @@ static int usage(void) {
             "[--out FILE.png | --out-dir DIR] [--out-tensor F.safetensors] "
             "[--safety on|flag|off] [--sld weak|medium|strong|max] [--sld-guidance G] "
             "[--sld-warmup N] [--sld-threshold T] [--sld-momentum M] [--sld-mom-beta B] "
-            "[--sld-concept TEXT] [--lora FILE[:scale]]... [--fuse-lora]\n"
+            "[--sld-concept TEXT] [--embedding FILE[:TOKEN] ...] [--lora FILE[:scale]]... "
+            "[--fuse-lora]\n"
             "schedulers: a diffusers class name, or ddim, ddpm, pndm, euler, euler-a, heun, lms, "
             "dpm++2m, dpm++2m-karras, unipc\n");
     return 2;
@@ -207,8 +214,31 @@ typedef struct gen_args {
     /* Safe Latent Diffusion: explicit values (NaN / -1: the preset's, else medium's) */
     double sld_guidance, sld_threshold, sld_momentum, sld_mom_beta;
     long long sld_warmup;
+    /* --embedding FILE[:TOKEN], in order */
+    const char *embeddings[DF_GEN_MAX_EMBEDDINGS];
+    int n_embeddings;
     df_cli_loras loras; /* --lora, --fuse-lora */
 } gen_args;
+
+/* Loads --embedding FILE[:TOKEN] into the pipeline: FILE when it exists as given, else split at
+ * the last ':' into the file and the token. */
+static df_status load_embedding(df_sd_pipeline *p, const char *arg) {
+    char file[1024], token[DF_EMBED_MAX_TOKEN] = "";
+    snprintf(file, sizeof file, "%s", arg);
+    const char *colon = strrchr(arg, ':');
+    if (access(arg, F_OK) != 0 && colon && colon != arg) {
+        snprintf(file, sizeof file, "%.*s", (int)(colon - arg), arg);
+        snprintf(token, sizeof token, "%s", colon + 1);
+    }
+    df_embed e;
+    DF_TRY(df_embed_read(file, &e));
+    df_status st = df_sd_add_embedding(p, &e, token, file);
+    if (st == DF_OK)
+        fprintf(stderr, "generate: %s: %lld vector(s) as '%s'\n", file,
+                (long long)e.vectors->shape[0], *token ? token : e.token);
+    df_embed_free(&e);
+    return st;
+}
 
 /* Whether SLD is asked for, and its settings: --sld PRESET, then the explicit --sld-* values. */
 static bool sld_settings(const gen_args *a, df_sld_params *p) {
@@ -408,6 +438,8 @@ static df_status run(gen_args *a) {
     df_status st = model_folder(a->model, dir, sizeof dir, &temp);
     if (st == DF_OK) st = df_sd_pipeline_load(dir, &lo, &p);
     if (st == DF_OK) fprintf(stderr, "generate: loaded %s in %.2f s\n", a->model, since(&t0));
+    for (int i = 0; st == DF_OK && i < a->n_embeddings; i++)
+        st = load_embedding(&p, a->embeddings[i]);
     df_lora_model lora_models[2] = {{"unet", p.unet.params},
                                     {"text_encoder", p.text_encoder.params}};
     if (st == DF_OK && a->loras.n) st = df_cli_loras_apply(&a->loras, lora_models, 2, false);
@@ -531,6 +563,12 @@ int df_cmd_generate(int argc, char **argv) {
         }
         if (!v) return bad_arg("%s needs a value", o);
         i++;
+        if (strcmp(o, "--embedding") == 0) {
+            if (a.n_embeddings == DF_GEN_MAX_EMBEDDINGS)
+                return bad_arg("--embedding: at most %d", DF_GEN_MAX_EMBEDDINGS);
+            a.embeddings[a.n_embeddings++] = v;
+            continue;
+        }
         const char **str = strcmp(o, "--prompt") == 0             ? &a.prompt
                            : strcmp(o, "--negative-prompt") == 0  ? &a.negative
                            : strcmp(o, "--scheduler") == 0        ? &a.sched

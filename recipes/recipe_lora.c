@@ -28,9 +28,7 @@
 #define LORA_MAX_GLOBS DF_CFG_MAX_LIST
 
 static const df_cfg_field lora_fields[] = {
-    {"pretrained_model_name_or_path", DF_CFG_STRING, NULL, 0, 0, NULL,
-     "the Stable Diffusion pipeline folder the adapters train on (required; frozen)"},
-    T2I_FIELDS_PARTS,
+    DF_T2I_FIELDS,
     {"rank", DF_CFG_INT, "4", 1, 4096, NULL, "the LoRA update matrices' rank"},
     {"network_alpha", DF_CFG_FLOAT, "0", 0, 1e6, NULL,
      "scale = network_alpha / rank (kohya's --network_alpha; 0: rank, scale 1 as diffusers)"},
@@ -45,18 +43,12 @@ static const df_cfg_field lora_fields[] = {
     {"conv_alpha", DF_CFG_FLOAT, "0", 0, 1e6, NULL, "LoCon alpha (0: conv_dim)"},
     {"conv_targets", DF_CFG_STRING_LIST, "[\"*resnets.*.conv1\", \"*resnets.*.conv2\"]", 0, 0, NULL,
      "the UNet convolutions of LoCon (with conv_dim)"},
-    {"train_text_encoder", DF_CFG_BOOL, "false", 0, 0, NULL,
-     "adapters on the text encoder too (its weights stay frozen)"},
     {"text_encoder_targets", DF_CFG_STRING_LIST,
      "[\"*.q_proj\", \"*.k_proj\", \"*.v_proj\", \"*.out_proj\"]", 0, 0, NULL,
-     "text encoder modules that get adapters (e.g. add \"*.fc1\", \"*.fc2\")"},
-    {"text_encoder_lr", DF_CFG_FLOAT, "0", 0, 10, NULL,
-     "the text encoder adapters' learning rate (0: learning_rate)"},
+     "with train_text_encoder (adapters on the text encoder; its weights stay frozen): its "
+     "modules that get adapters (e.g. add \"*.fc1\", \"*.fc2\")"},
     {"lora_export_format", DF_CFG_STRING, "diffusers", 0, 0, "diffusers|peft|kohya",
      "layout of the exported pytorch_lora_weights.safetensors"},
-    T2I_FIELD_PREDICTION,
-    T2I_FIELDS_LOSS,
-    T2I_FIELDS_VALIDATION,
     {"validation_before_after", DF_CFG_BOOL, "true", 0, 0, NULL,
      "the validation grid shows the base's images (top) above the LoRA's", true},
     DF_CFG_CAPTION_FIELDS,
@@ -122,7 +114,8 @@ static void lora_free(void *ctx) {
     lora_recipe *lr = ctx;
     if (lr->has_joined) df_params_free(&lr->joined);
     df_lora_free(&lr->lora); /* before the models its adapters sit on */
-    if (lr->t) df_t2i_free(lr->t);
+    if (lr->t) df_t2i_release(lr->t);
+    free(lr->t);
     free(lr);
 }
 
@@ -174,14 +167,24 @@ static df_status create_adapters(lora_recipe *lr, const df_config *cfg) {
 static df_status lora_setup(lora_recipe *lr, const df_config *cfg) {
     if (!df_lora_format_parse(df_config_str(cfg, "lora_export_format"), &lr->format))
         return df_error(DF_ERR_INVALID, "lora_export_format: unknown format (config)");
+    if (!*df_config_str(cfg, "pretrained_model_name_or_path"))
+        return df_error(DF_ERR_INVALID,
+                        "pretrained_model_name_or_path is not set: the adapters train on a frozen "
+                        "Stable Diffusion pipeline folder (config)");
     lr->before_after = df_config_bool(cfg, "validation_before_after");
-    DF_TRY(df_t2i_new(cfg, true, &lr->t));
+    if (!(lr->t = calloc(1, sizeof *lr->t))) return df_error(DF_ERR_NOMEM, "out of memory");
+    t2i *t = lr->t;
+    t->frozen_unet = true;
+    DF_TRY(df_t2i_build(t, cfg));
+    /* train_text_encoder trains the text encoder's adapters, not its weights */
+    if (t->train_text) DF_TRY(df_params_freeze(&t->text->params));
+    DF_TRY(df_t2i_open_data(t, cfg));
     df_lora_init(&lr->lora);
     DF_TRY(create_adapters(lr, cfg));
     df_params_init(&lr->joined, NULL);
     lr->has_joined = true;
-    DF_TRY(df_params_join(&lr->joined, "unet", &lr->t->unet->params));
-    DF_TRY(df_params_join(&lr->joined, "text_encoder", &lr->t->text->params));
+    DF_TRY(df_params_join(&lr->joined, "unet", &t->unet->params));
+    DF_TRY(df_params_join(&lr->joined, "text_encoder", &t->text->params));
     return df_params_join(&lr->joined, "", &lr->lora.params);
 }
 
@@ -194,17 +197,17 @@ static df_status lora_create(const df_config *cfg, df_recipe *r) {
         return st;
     }
     t2i *t = lr->t;
-    *r = (df_recipe){.name = "lora",
-                     .ctx = lr,
-                     .params = &lr->joined,
-                     .base_path = t->base,
-                     .unet_body = &t->unet->body,
-                     .needs_captions = true,
-                     .no_pixels = t->cache != NULL,
-                     .loss = lora_loss,
-                     .export_model = lora_export,
-                     .validate = t->n_prompts ? lora_validate : NULL,
-                     .free = lora_free};
+    df_t2i_recipe(t, cfg, "lora", r);
+    r->ctx = lr;
+    r->params = &lr->joined;
+    r->needs_captions = true;
+    r->no_pixels = t->cache != NULL;
+    r->loss = lora_loss;
+    r->export_model = lora_export;
+    r->validate = t->n_prompts ? lora_validate : NULL;
+    r->free = lora_free;
+    r->groups = NULL;
+    r->n_groups = 0;
     if (t->train_text) {
         lr->groups[0] = (df_recipe_group){.name = "unet", .glob = "unet.*", .weight_decay = -1};
         lr->groups[1] = (df_recipe_group){.name = "text_encoder",

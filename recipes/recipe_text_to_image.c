@@ -30,57 +30,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static const df_cfg_field t2i_fields[] = {
-    {"pretrained_model_name_or_path", DF_CFG_STRING, NULL, 0, 0, NULL,
-     "fine-tune this Stable Diffusion pipeline folder; unset: build from model.* / text_encoder.*"},
-    T2I_FIELDS_PARTS,
-    {"train_text_encoder", DF_CFG_BOOL, "false", 0, 0, NULL,
-     "train the text encoder with the UNet (else it is frozen)"},
-    {"text_encoder_lr", DF_CFG_FLOAT, "0", 0, 10, NULL,
-     "the text encoder's learning rate (0: learning_rate)"},
-    {"model.block_out_channels", DF_CFG_INT_LIST, "[320, 640, 1280, 1280]", 1, 8192, NULL,
-     "UNet2DConditionModel block widths (from scratch)"},
-    {"model.down_block_types", DF_CFG_STRING_LIST,
-     "[CrossAttnDownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D]", 0, 0, NULL,
-     "UNet down blocks (CrossAttnDownBlock2D, DownBlock2D)"},
-    {"model.up_block_types", DF_CFG_STRING_LIST,
-     "[UpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D]", 0, 0, NULL,
-     "UNet up blocks (UpBlock2D, CrossAttnUpBlock2D)"},
-    {"model.layers_per_block", DF_CFG_INT, "2", 1, 16, NULL, "resnets per down block"},
-    {"model.attention_head_dim", DF_CFG_INT, "8", 1, 4096, NULL,
-     "attention heads per block (v0.21's attention_head_dim is the number of heads)"},
-    {"model.cross_attention_dim", DF_CFG_INT, "0", 0, 16384, NULL,
-     "cross-attention width (0: the text encoder's hidden_size)"},
-    {"model.norm_num_groups", DF_CFG_INT, "32", 1, 1024, NULL, "GroupNorm groups"},
-    {"model.use_linear_projection", DF_CFG_BOOL, "false", 0, 0, NULL,
-     "linear (SD 2.x) instead of 1x1 conv projections in the transformers"},
-    {"text_encoder.hidden_size", DF_CFG_INT, "512", 1, 16384, NULL, "CLIP width (from scratch)"},
-    {"text_encoder.intermediate_size", DF_CFG_INT, "2048", 1, 65536, NULL, "CLIP MLP width"},
-    {"text_encoder.num_hidden_layers", DF_CFG_INT, "12", 1, 64, NULL, "CLIP layers"},
-    {"text_encoder.num_attention_heads", DF_CFG_INT, "8", 1, 1024, NULL, "CLIP heads"},
-    {"text_encoder.hidden_act", DF_CFG_STRING, "quick_gelu", 0, 0, "quick_gelu|gelu",
-     "CLIP activation"},
-    {"text_encoder.max_position_embeddings", DF_CFG_INT, "77", 2, 65536, NULL,
-     "CLIP positions (at least the tokenizer's 77)"},
-    T2I_FIELD_PREDICTION,
-    {"ddpm_num_steps", DF_CFG_INT, "1000", 1, 100000, NULL, "diffusion steps T (from scratch)"},
-    {"ddpm_beta_schedule", DF_CFG_STRING, "scaled_linear", 0, 0,
-     "linear|scaled_linear|squaredcos_cap_v2", "beta schedule (from scratch)"},
-    {"ddpm_beta_start", DF_CFG_FLOAT, "0.00085", 0, 1, NULL, "first beta (from scratch)"},
-    {"ddpm_beta_end", DF_CFG_FLOAT, "0.012", 0, 1, NULL, "last beta (from scratch)"},
-    T2I_FIELDS_LOSS,
-    T2I_FIELDS_VALIDATION,
-    {"export_scheduler", DF_CFG_STRING, "PNDMScheduler", 0, 0, NULL,
-     "scheduler class written to the exported scheduler/ (training betas; SD 1.5 ships PNDM)"},
-    DF_CFG_CAPTION_FIELDS,
-};
+static const df_cfg_field t2i_fields[] = {DF_T2I_FIELDS, DF_CFG_CAPTION_FIELDS};
 
 /* Philox stream id of this recipe's initialisation (keyed by the seed). */
 enum { STREAM_INIT = 0x1417 };
 
 /* The token ids (n, max_length) of captions, each "" when its draw from g falls below p. */
-static df_status tokenize_batch(t2i *t, char *const *captions, int n, df_philox *g,
-                                df_tensor **out) {
+df_status df_t2i_tokenize(t2i *t, char *const *captions, int n, df_philox *g, df_tensor **out) {
     df_tensor *ids = df_tensor_new(DF_DTYPE_I64, DF_DIMS(n, t->max_length));
     for (int i = 0; i < n; i++) {
         bool empty = df_philox_uniform(g) < t->empty_prompts;
@@ -91,10 +47,7 @@ static df_status tokenize_batch(t2i *t, char *const *captions, int n, df_philox 
     return DF_OK;
 }
 
-df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
-                      df_tensor **loss) {
-    t2i *t = ctx;
-    const df_batch *b = batches[0];
+df_status df_t2i_latents(t2i *t, const df_batch *b, df_step_rng *rng, df_tensor **out) {
     /* the latents: scaling_factor * a posterior sample of the frozen VAE, without a tape */
     bool grad = df_grad_set_enabled(false);
     df_tensor *mean = NULL, *logvar = NULL;
@@ -112,9 +65,18 @@ df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rn
                           t->vae->config.scaling_factor);
     df_grad_set_enabled(grad);
     DF_TRY(st);
-    df_tensor *ids;
-    DF_TRY(tokenize_batch(t, b->captions, b->n, &rng->dropout, &ids));
-    grad = df_grad_set_enabled(t->train_text && grad);
+    *out = latents;
+    return DF_OK;
+}
+
+df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
+                      df_tensor **loss) {
+    t2i *t = ctx;
+    const df_batch *b = batches[0];
+    df_tensor *latents, *ids;
+    DF_TRY(df_t2i_latents(t, b, rng, &latents));
+    DF_TRY(df_t2i_tokenize(t, b->captions, b->n, &rng->dropout, &ids));
+    bool grad = df_grad_set_enabled(t->train_text && df_grad_enabled());
     df_tensor *hidden = df_clip_text_forward(t->text, ids, NULL, NULL);
     df_grad_set_enabled(grad);
     df_diffusion_draw d;
@@ -124,8 +86,7 @@ df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rn
     return df_diffusion_loss(&t->loss, t->sched, pred, &d, NULL, NULL, loss);
 }
 
-void df_t2i_free(void *ctx) {
-    t2i *t = ctx;
+void df_t2i_release(t2i *t) {
     if (t->has_joined) df_params_free(&t->joined);
     if (t->unet_comp.params)
         df_component_free(&t->unet_comp);
@@ -144,7 +105,11 @@ void df_t2i_free(void *ctx) {
     for (int i = 0; i < t->n_prompts; i++) free(t->prompts[i]);
     if (t->safety) df_safety_free(t->safety);
     free(t->safety);
-    free(t);
+}
+
+static void t2i_free(void *ctx) {
+    df_t2i_release(ctx);
+    free(ctx);
 }
 
 static bool is_dir(const char *path) {
@@ -224,9 +189,8 @@ static df_status load_text_encoder(t2i *t, const df_config *cfg, const char *bas
             DF_TRY(df_pathf(dir, sizeof dir, "%s", pre));
         else
             DF_TRY(df_pathf(dir, sizeof dir, "%s/text_encoder", base));
-        DF_TRY(t->train_text && !t->frozen_base
-                   ? df_component_load(dir, &t->text_comp)
-                   : df_component_map_frozen(dir, NULL, &t->text_comp));
+        DF_TRY(t->train_text ? df_component_load(dir, &t->text_comp)
+                             : df_component_map_frozen(dir, NULL, &t->text_comp));
         if (!t->text_comp.clip_text || t->text_comp.clip_text->config.with_projection)
             return df_error(DF_ERR_INVALID, "%s: is a %s, not a CLIPTextModel", dir,
                             t->text_comp.class_name);
@@ -284,17 +248,14 @@ static df_status warn_long_captions(t2i *t) {
     return DF_OK;
 }
 
-static df_status t2i_setup(t2i *t, const df_config *cfg) {
+/* The models of the config: tokenizer, frozen VAE, text encoder, UNet, training scheduler. */
+static df_status build_models(t2i *t, const df_config *cfg) {
     const char *base = df_config_str(cfg, "pretrained_model_name_or_path");
     const char *vae_dir = df_config_str(cfg, "pretrained_vae");
     char dir[DF_PATH_MAX];
     if (*base && !is_dir(base))
         return df_error(DF_ERR_NOTFOUND, "%s: no such folder (pretrained_model_name_or_path)",
                         base);
-    if (!*base && t->frozen_base)
-        return df_error(DF_ERR_INVALID,
-                        "pretrained_model_name_or_path is not set: the adapters train on a "
-                        "frozen Stable Diffusion pipeline folder (config)");
     if (!*base && !*vae_dir)
         return df_error(DF_ERR_INVALID,
                         "pretrained_vae is not set: training from scratch needs a trained VAE "
@@ -336,7 +297,7 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
                         t->text->config.max_position_embeddings, t->max_length);
     if (*base) {
         DF_TRY(df_pathf(dir, sizeof dir, "%s/unet", base));
-        DF_TRY(t->frozen_base ? df_component_map_frozen(dir, NULL, &t->unet_comp)
+        DF_TRY(t->frozen_unet ? df_component_map_frozen(dir, NULL, &t->unet_comp)
                               : df_component_load(dir, &t->unet_comp));
         if (!t->unet_comp.unet2d_cond)
             return df_error(DF_ERR_INVALID, "%s: is a %s, not a UNet2DConditionModel", dir,
@@ -358,8 +319,12 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
                         "the UNet's cross_attention_dim %d differs from the text encoder's "
                         "width %d",
                         t->unet->config.cross_attention_dim[0], t->text->config.hidden_size);
-    DF_TRY(training_scheduler(t, cfg, base));
-    /* the data: captions checked, latents cached */
+    return training_scheduler(t, cfg, base);
+}
+
+/* The text_to_image data: train_data_dir's captions checked, latents cached. */
+df_status df_t2i_open_data(t2i *t, const df_config *cfg) {
+    int res = t->resolution;
     const char *data = df_config_str(cfg, "train_data_dir");
     if (!*data) return df_error(DF_ERR_INVALID, "train_data_dir is not set (config)");
     df_dataset_opts o = df_dataset_opts_default();
@@ -386,21 +351,18 @@ static df_status t2i_setup(t2i *t, const df_config *cfg) {
         co.transform.random_flip = df_config_bool(cfg, "random_flip");
         DF_TRY(df_latent_cache_open(&co, &t->cache));
     }
-    /* what trains (a frozen base: the caller's adapters) */
-    if (t->train_text && !t->frozen_base) {
-        df_params_init(&t->joined, NULL);
-        t->has_joined = true;
-        DF_TRY(df_params_join(&t->joined, "unet", &t->unet->params));
-        DF_TRY(df_params_join(&t->joined, "text_encoder", &t->text->params));
-    }
     return DF_OK;
 }
 
-df_status df_t2i_new(const df_config *cfg, bool frozen_base, t2i **out) {
-    *out = NULL;
-    t2i *t = calloc(1, sizeof *t);
-    if (!t) return df_error(DF_ERR_NOMEM, "out of memory");
-    t->frozen_base = frozen_base;
+df_status df_t2i_join_text(t2i *t) {
+    if (!t->train_text) return DF_OK;
+    df_params_init(&t->joined, NULL);
+    t->has_joined = true;
+    DF_TRY(df_params_join(&t->joined, "unet", &t->unet->params));
+    return df_params_join(&t->joined, "text_encoder", &t->text->params);
+}
+
+df_status df_t2i_build(t2i *t, const df_config *cfg) {
     t->seed = (uint64_t)df_config_int(cfg, "seed");
     df_philox_init(&t->init, t->seed, STREAM_INIT);
     t->train_text = df_config_bool(cfg, "train_text_encoder");
@@ -409,51 +371,35 @@ df_status df_t2i_new(const df_config *cfg, bool frozen_base, t2i **out) {
     t->val_steps = (int)df_config_int(cfg, "validation_inference_steps");
     t->guidance = df_config_float(cfg, "validation_guidance");
     snprintf(t->val_sched, sizeof t->val_sched, "%s", df_config_str(cfg, "validation_scheduler"));
-    snprintf(t->export_sched, sizeof t->export_sched, "%s",
-             frozen_base ? "PNDMScheduler" : df_config_str(cfg, "export_scheduler"));
+    snprintf(t->export_sched, sizeof t->export_sched, "%s", df_config_str(cfg, "export_scheduler"));
     const char *prompts[T2I_MAX_PROMPTS];
     int np = df_config_str_list(cfg, "validation_prompts", prompts, T2I_MAX_PROMPTS);
     for (int i = 0; i < np && i < T2I_MAX_PROMPTS; i++) {
-        t->prompts[i] = strdup(prompts[i]);
-        if (!t->prompts[i]) {
-            df_t2i_free(t);
-            return df_error(DF_ERR_NOMEM, "out of memory");
-        }
+        if (!(t->prompts[i] = strdup(prompts[i]))) return df_error(DF_ERR_NOMEM, "out of memory");
         t->n_prompts++;
     }
     df_sched_kind kind;
-    df_status st = df_sched_kind_parse(t->val_sched, "validation_scheduler", &kind);
-    if (st == DF_OK) st = df_sched_kind_parse(t->export_sched, "export_scheduler", &kind);
-    if (st == DF_OK) st = t2i_setup(t, cfg);
-    if (st != DF_OK) {
-        df_t2i_free(t);
-        return st;
-    }
+    DF_TRY(df_sched_kind_parse(t->val_sched, "validation_scheduler", &kind));
+    DF_TRY(df_sched_kind_parse(t->export_sched, "export_scheduler", &kind));
+    DF_TRY(build_models(t, cfg));
     t->loss = (df_diffusion_loss_config){
         .prediction = t->sched_config.prediction_type,
         .num_train_timesteps = t->sched_config.num_train_timesteps,
         .snr_gamma = (float)df_config_float(cfg, "snr_gamma"),
         .noise_offset = (float)df_config_float(cfg, "noise_offset"),
         .input_perturbation = (float)df_config_float(cfg, "input_perturbation"),
-        .min_snr_v_over_snr = true /* v0.21.4's train_text_to_image(_lora).py */};
-    *out = t;
+        .min_snr_v_over_snr = true /* v0.21.4's train_text_to_image.py */};
     return DF_OK;
 }
 
-static df_status t2i_create(const df_config *cfg, df_recipe *r) {
-    t2i *t;
-    DF_TRY(df_t2i_new(cfg, false, &t));
-    *r = (df_recipe){.name = "text_to_image",
+void df_t2i_recipe(t2i *t, const df_config *cfg, const char *name, df_recipe *r) {
+    *r = (df_recipe){.name = name,
                      .ctx = t,
                      .params = t->has_joined ? &t->joined : &t->unet->params,
                      .base_path = t->base[0] ? t->base : NULL,
                      .unet_body = &t->unet->body,
-                     .needs_captions = true,
-                     .no_pixels = t->cache != NULL,
-                     .loss = df_t2i_loss,
                      .export_model = df_t2i_export,
-                     .validate = t->n_prompts ? df_t2i_validate : NULL,
-                     .free = df_t2i_free};
+                     .validate = t->n_prompts ? df_t2i_validate : NULL};
     if (t->has_joined) {
         t->groups[0] = (df_recipe_group){.name = "unet", .glob = "unet.*", .weight_decay = -1};
         t->groups[1] = (df_recipe_group){.name = "text_encoder",
@@ -463,6 +409,23 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
         r->groups = t->groups;
         r->n_groups = 2;
     }
+}
+
+static df_status t2i_create(const df_config *cfg, df_recipe *r) {
+    t2i *t = calloc(1, sizeof *t);
+    if (!t) return df_error(DF_ERR_NOMEM, "out of memory");
+    df_status st = df_t2i_build(t, cfg);
+    if (st == DF_OK) st = df_t2i_open_data(t, cfg);
+    if (st == DF_OK) st = df_t2i_join_text(t);
+    if (st != DF_OK) {
+        t2i_free(t);
+        return st;
+    }
+    df_t2i_recipe(t, cfg, "text_to_image", r);
+    r->needs_captions = true;
+    r->no_pixels = t->cache != NULL;
+    r->loss = df_t2i_loss;
+    r->free = t2i_free;
     return DF_OK;
 }
 

@@ -16,7 +16,14 @@ typedef struct df_recipe_def {
 extern const df_recipe_def df_recipe_unconditional;
 extern const df_recipe_def df_recipe_vae;
 extern const df_recipe_def df_recipe_text_to_image;
+extern const df_recipe_def df_recipe_dreambooth;
+extern const df_recipe_def df_recipe_textual_inversion;
 extern const df_recipe_def df_recipe_lora;
+
+/* The dreambooth loss's item weights (F32 (n + m), scope rule) of n instance items then m class
+ * items: the mean over the n + m items of weight x item loss is mean(instance) + w x mean(class),
+ * train_dreambooth.py's instance loss plus prior_loss_weight times the prior loss. */
+df_tensor *df_dreambooth_item_weights(int n, int m, float w);
 
 /* The model.block_out_channels, model.down_block_types and model.up_block_types keys
  * (recipes/recipe_blocks.c) into channels, down, up (DF_MAX_BLOCKS entries each) and their

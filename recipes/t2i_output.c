@@ -134,8 +134,7 @@ df_status df_t2i_export(void *ctx, const char *dir) {
     return st;
 }
 
-/* The live models as a pipeline (borrowed parts; free with pipeline_release). */
-static df_status live_pipeline(t2i *t, df_sd_pipeline *p) {
+df_status df_t2i_live_pipeline(t2i *t, const char *sched_class, df_sd_pipeline *p) {
     memset(p, 0, sizeof *p);
     snprintf(p->unet.class_name, sizeof p->unet.class_name, "UNet2DConditionModel");
     p->unet.unet2d_cond = t->unet;
@@ -148,12 +147,12 @@ static df_status live_pipeline(t2i *t, df_sd_pipeline *p) {
     p->text_encoder.params = &t->text->params;
     p->tokenizer = t->tok;
     p->vae_scale_factor = 1 << (t->vae->config.n_blocks - 1);
-    DF_TRY(derived_sched(t, t->val_sched, &p->sched_config));
+    DF_TRY(derived_sched(t, sched_class, &p->sched_config));
     p->has_sched_config = true;
     return df_sched_new(&p->sched_config, &p->sched);
 }
 
-static void pipeline_release(df_sd_pipeline *p) {
+void df_t2i_pipeline_release(df_sd_pipeline *p) {
     df_sched_free(p->sched);
     df_sched_config_free(&p->sched_config);
 }
@@ -206,11 +205,11 @@ df_status df_t2i_validate(void *ctx, int64_t step, df_tensor **grid) {
     t2i *t = ctx;
     df_sd_pipeline p;
     bool grad = df_grad_set_enabled(false);
-    df_status st = live_pipeline(t, &p);
+    df_status st = df_t2i_live_pipeline(t, t->val_sched, &p);
     if (st == DF_OK) st = base_checker(t);
     p.safety = t->safety && t->safety->loaded ? t->safety : NULL;
     if (st == DF_OK) st = render_prompts(t, &p, grid);
-    pipeline_release(&p);
+    df_t2i_pipeline_release(&p);
     df_grad_set_enabled(grad);
     return st;
 }

@@ -386,6 +386,9 @@ typedef struct df_recipe {
      * (df_unet_body_set_gradient_checkpointing); NULL: the recipe has none (the key is then
      * refused when on). */
     df_unet_body *unet_body;
+    /* Every image of the data appears this many times per epoch (df_dataset_opts.repeats:
+     * textual_inversion's `repeats`); 0: once. */
+    int repeats;
     /* The data sources, in order; NULL (0): one, from train_data_dir. */
     const df_recipe_source *sources;
     int n_sources;

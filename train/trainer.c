@@ -283,6 +283,7 @@ static df_status open_data(trainer *t) {
         if (!*dir) return df_error(DF_ERR_INVALID, "%s is not set (%s)", key, "config");
         df_dataset_opts o = df_dataset_opts_default();
         o.skip_bad_images = df_config_bool(c, "skip_bad_images");
+        if (t->recipe->repeats > 0) o.repeats = t->recipe->repeats;
         if (t->recipe->needs_captions) {
             o.caption_column = df_config_str(c, "caption_column");
             o.caption_template = df_config_str(c, "caption_template");

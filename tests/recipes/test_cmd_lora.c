@@ -286,3 +286,44 @@ Test(recipes_cmd_lora, errors) {
     expect_fail(args, "is inside the base folder");
     expect_fail("lora frobnicate x", "unknown verb 'frobnicate'");
 }
+
+/* SD 1.x (fp16 variant files, 1x1 conv proj_in) with an SD 2.x LoRA (linear proj_in): the file
+ * keeps its name and dtype, and a merged weight is F16(W + scale * alpha / rank * up @ down) */
+Test(recipes_cmd_lora, merge_keeps_dtype_and_fits_1x1_conv) {
+    char args[4096], out[8192];
+    const char *k = fx("lora/kohya.safetensors");
+    snprintf(args, sizeof args, "lora merge %s %s:0.5 %s", fx("pipelines/sd1"), k, spath("m"));
+    cr_assert_eq(run(args, out, sizeof out), 0, "%s", out);
+    char merged[700];
+    snprintf(merged, sizeof merged, "%s/unet/diffusion_pytorch_model.fp16.safetensors", spath("m"));
+    df_st_file *fm = NULL, *fb = NULL;
+    cr_assert_eq(df_st_open(merged, &fm), DF_OK, "%s", df_last_error());
+    cr_assert_eq(df_st_open(fx("pipelines/sd1/unet/diffusion_pytorch_model.fp16.safetensors"), &fb),
+                 DF_OK);
+    df_lora_set s;
+    cr_assert_eq(df_lora_file_read(k, &s), DF_OK);
+    const char *target = "unet.down_blocks.0.attentions.0.proj_in";
+    const df_lora_entry *e = NULL;
+    for (int i = 0; i < s.n; i++)
+        if (strcmp(s.entries[i].target, target) == 0) e = &s.entries[i];
+    cr_assert(e && e->down->ndim == 2);
+    const char *name = "down_blocks.0.attentions.0.proj_in.weight";
+    cr_assert_eq(df_st_find(fm, name)->dtype, DF_DTYPE_F16);
+    cr_assert_eq(df_st_find(fm, name)->ndim, 4);
+    df_tensor *w = NULL, *got = NULL;
+    cr_assert_eq(df_st_read(fb, name, DF_DTYPE_F32, &w), DF_OK);
+    cr_assert_eq(df_lora_entry_add_to(e, 0.5f, w, "test"), DF_OK, "%s", df_last_error());
+    df_tensor *want = df_tensor_to(w, DF_DTYPE_F16);
+    cr_assert_eq(df_st_read(fm, name, DF_DTYPE_F16, &got), DF_OK);
+    cr_assert(memcmp(got->data, want->data, (size_t)got->numel * 2) == 0, "merged proj_in differs");
+    double moved = 0;
+    for (int64_t i = 0; i < got->numel; i++)
+        moved = fmax(moved, fabs(df_tensor_get(got, i) - df_tensor_get(w, i)));
+    cr_assert_lt(moved, 0.01, "rounding only");
+    df_tensor_free(w);
+    df_tensor_free(want);
+    df_tensor_free(got);
+    df_lora_set_free(&s);
+    df_st_close(fm);
+    df_st_close(fb);
+}
