@@ -8,9 +8,12 @@
  * under its diffusers name and every float input's as `input.<name>`. The user's tool for
  * checking a port, and ours for parity with diffusers. Outputs are written atomically, and an
  * output that is an input (the model's own weights, --inputs, --backward, --out for --grads)
- * is refused. */
+ * is refused. --lora FILE[:scale] (repeatable) applies a LoRA file's entries for this component
+ * (a UNet2DConditionModel: "unet.*", a CLIPTextModel: "text_encoder.*") on the fly, or fused
+ * into the weights with --fuse-lora: for parity tests of LoRA files against diffusers. */
 #include "nn/nn.h"
 #include "recipes/cli.h"
+#include "recipes/cli_lora.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +23,8 @@
 
 static int usage(void) {
     fprintf(stderr, "usage: diffusion forward COMPONENT_DIR --inputs in.safetensors --out "
-                    "out.safetensors [--backward probe.safetensors] [--grads grads.safetensors]\n");
+                    "out.safetensors [--backward probe.safetensors] [--grads grads.safetensors] "
+                    "[--lora FILE[:scale]]... [--fuse-lora]\n");
     return 2;
 }
 
@@ -85,8 +89,20 @@ static df_status run_backward(const char *probe_path, const char *main_output, d
 int df_cmd_forward(int argc, char **argv) {
     const char *dir = NULL, *in_path = NULL, *out_path = NULL, *probe_path = NULL,
                *grads_path = NULL;
+    static df_cli_loras loras;
+    memset(&loras, 0, sizeof loras);
     for (int i = 0; i < argc; i++) {
         const char **slot = NULL;
+        if (strcmp(argv[i], "--fuse-lora") == 0) {
+            loras.fuse = true;
+            continue;
+        }
+        if (strcmp(argv[i], "--lora") == 0) {
+            if (i + 1 >= argc) return usage();
+            if (df_cli_lora_arg(&loras, argv[++i]) == DF_OK) continue;
+            fprintf(stderr, "diffusion: forward: %s\n", df_last_error());
+            return 2;
+        }
         if (strcmp(argv[i], "--inputs") == 0)
             slot = &in_path;
         else if (strcmp(argv[i], "--out") == 0)
@@ -106,7 +122,8 @@ int df_cmd_forward(int argc, char **argv) {
             *slot = argv[++i];
         }
     }
-    if (!dir || !in_path || !out_path || (grads_path && !probe_path)) return usage();
+    if (!dir || !in_path || !out_path || (grads_path && !probe_path) || (loras.fuse && !loras.n))
+        return usage();
     /* the outputs are renamed into place (df_st_save): one must not replace an input */
     const char *ins[] = {in_path, probe_path, out_path};
     if (grads_path && strcmp(grads_path, out_path) == 0) {
@@ -122,6 +139,18 @@ int df_cmd_forward(int argc, char **argv) {
     if (st != DF_OK) {
         df_component_free(&comp);
         return df_cli_fail("forward");
+    }
+    if (loras.n) {
+        const char *prefix = comp.unet2d_cond ? "unet" : comp.clip_text ? "text_encoder" : NULL;
+        df_lora_model m = {prefix, comp.params};
+        st = prefix ? df_cli_loras_apply(&loras, &m, 1, true)
+                    : df_error(DF_ERR_UNSUPPORTED, "--lora: %s: a %s takes no LoRA", dir,
+                               comp.class_name);
+        if (st != DF_OK) {
+            df_cli_loras_free(&loras);
+            df_component_free(&comp);
+            return df_cli_fail("forward");
+        }
     }
     df_scope scope = df_scope_begin();
     df_st_file *in = NULL;
@@ -171,6 +200,7 @@ int df_cmd_forward(int argc, char **argv) {
     }
     df_st_close(in);
     df_scope_end(scope);
+    df_cli_loras_free(&loras); /* before the model its adapters sit on */
     df_component_free(&comp);
     if (st != DF_OK) return df_cli_fail("forward");
     if (probe_path) fprintf(stderr, "forward: loss over %d output(s) with a probe\n", used);

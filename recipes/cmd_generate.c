@@ -26,6 +26,9 @@
  * (MultiControlNetModel: their residuals summed); --guess-mode for all. The control image is
  * read as RGB (alpha dropped, as PIL's convert("RGB")) and resized to the output size, which
  * defaults to the first control image's size rounded down to a multiple of 8.
+ * --lora FILE[:scale] (repeatable; any layout nn/lora_file.h reads) applies LoRAs to the UNet
+ * and text encoder on the fly, or fused into the weights with --fuse-lora (the same images
+ * within float rounding); several stack (their updates add).
  */
 #include "datasets/datasets.h"
 #include "infer/infer.h"
@@ -33,6 +36,7 @@
 #include "nn/embedding_file.h"
 #include "nn/single_file.h"
 #include "recipes/cli.h"
+#include "recipes/cli_lora.h"
 
 #include <ftw.h>
 #include <math.h>
@@ -61,7 +65,8 @@ static int usage(void) {
             "[--sld-warmup N] [--sld-threshold T] [--sld-momentum M] [--sld-mom-beta B] "
             "[--sld-concept TEXT] [--embedding FILE[:TOKEN] ...] [--controlnet DIR --control-image "
             "IMG [--control-scale S] "
-            "[--control-start A] [--control-end B]]... [--guess-mode]\n"
+            "[--control-start A] [--control-end B]]... [--guess-mode] "
+            "[--lora FILE[:scale]]... [--fuse-lora]\n"
             "schedulers: a diffusers class name, or ddim, ddpm, pndm, euler, euler-a, heun, lms, "
             "dpm++2m, dpm++2m-karras, unipc\n");
     return 2;
@@ -228,6 +233,7 @@ typedef struct gen_args {
     } cn[DF_SD_MAX_CONTROLS];
     int n_cn;
     bool guess_mode;
+    df_cli_loras loras; /* --lora, --fuse-lora */
 } gen_args;
 
 /* Loads --embedding FILE[:TOKEN] into the pipeline: FILE when it exists as given, else split at
@@ -470,6 +476,9 @@ static df_status run(gen_args *a) {
     if (st == DF_OK) fprintf(stderr, "generate: loaded %s in %.2f s\n", a->model, since(&t0));
     for (int i = 0; st == DF_OK && i < a->n_embeddings; i++)
         st = load_embedding(&p, a->embeddings[i]);
+    df_lora_model lora_models[2] = {{"unet", p.unet.params},
+                                    {"text_encoder", p.text_encoder.params}};
+    if (st == DF_OK && a->loras.n) st = df_cli_loras_apply(&a->loras, lora_models, 2, false);
     if (st == DF_OK && !p.safety && !lo.safety_off)
         fprintf(stderr,
                 "note: generate: %s has no safety checker (model_index.json names none); "
@@ -560,6 +569,7 @@ static df_status run(gen_args *a) {
     df_tensor *ts[] = {image, mask, latents, res.latents, res.image};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) df_tensor_free(ts[i]);
     free(res.safety);
+    df_cli_loras_free(&a->loras); /* before the models its adapters sit on */
     for (int k = 0; k < a->n_cn; k++) {
         df_tensor_free(cimages[k]);
         df_component_free(&nets[k]);
@@ -596,6 +606,10 @@ int df_cmd_generate(int argc, char **argv) {
         }
         if (strcmp(o, "--guess-mode") == 0) {
             a.guess_mode = true;
+            continue;
+        }
+        if (strcmp(o, "--fuse-lora") == 0) {
+            a.loras.fuse = true;
             continue;
         }
         if (!v) return bad_arg("%s needs a value", o);
@@ -648,6 +662,11 @@ int df_cmd_generate(int argc, char **argv) {
         if (str) {
             *str = v;
             continue;
+        }
+        if (strcmp(o, "--lora") == 0) {
+            if (df_cli_lora_arg(&a.loras, v) == DF_OK) continue;
+            fprintf(stderr, "diffusion: generate: %s\n", df_last_error());
+            return 2;
         }
         bool ok = true;
         if (strcmp(o, "--steps") == 0)
@@ -702,6 +721,7 @@ int df_cmd_generate(int argc, char **argv) {
     if (a.guess_mode && a.n_cn == 0) return bad_arg("--guess-mode needs --controlnet");
     if (a.n_cn && (a.image || a.mask || a.sld))
         return bad_arg("--controlnet is text-to-image only (no --image, --mask or --sld)");
+    if (a.loras.fuse && !a.loras.n) return bad_arg("--fuse-lora needs --lora");
     if (a.strength >= 0 && !a.image) return bad_arg("--strength needs --image");
     if (a.out && a.out_dir) return bad_arg("--out and --out-dir exclude each other");
     if (!a.out && !a.out_dir && !a.out_tensor) a.out = "generated.png";

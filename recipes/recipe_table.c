@@ -7,9 +7,8 @@
 #include <string.h>
 
 static const df_recipe_def *const all_recipes[] = {
-    &df_recipe_unconditional,     &df_recipe_vae,
-    &df_recipe_text_to_image,     &df_recipe_dreambooth,
-    &df_recipe_textual_inversion, &df_recipe_controlnet,
+    &df_recipe_unconditional,     &df_recipe_vae,  &df_recipe_text_to_image, &df_recipe_dreambooth,
+    &df_recipe_textual_inversion, &df_recipe_lora, &df_recipe_controlnet,
 };
 
 int df_recipe_count(void) {

@@ -69,8 +69,8 @@ df_status df_t2i_latents(t2i *t, const df_batch *b, df_step_rng *rng, df_tensor 
     return DF_OK;
 }
 
-static df_status t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
-                          df_tensor **loss) {
+df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
+                      df_tensor **loss) {
     t2i *t = ctx;
     const df_batch *b = batches[0];
     df_tensor *latents, *ids;
@@ -323,7 +323,7 @@ static df_status build_models(t2i *t, const df_config *cfg) {
 }
 
 /* The text_to_image data: train_data_dir's captions checked, latents cached. */
-static df_status open_data(t2i *t, const df_config *cfg) {
+df_status df_t2i_open_data(t2i *t, const df_config *cfg) {
     int res = t->resolution;
     const char *data = df_config_str(cfg, "train_data_dir");
     if (!*data) return df_error(DF_ERR_INVALID, "train_data_dir is not set (config)");
@@ -415,7 +415,7 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
     t2i *t = calloc(1, sizeof *t);
     if (!t) return df_error(DF_ERR_NOMEM, "out of memory");
     df_status st = df_t2i_build(t, cfg);
-    if (st == DF_OK) st = open_data(t, cfg);
+    if (st == DF_OK) st = df_t2i_open_data(t, cfg);
     if (st == DF_OK) st = df_t2i_join_text(t);
     if (st != DF_OK) {
         t2i_free(t);
@@ -424,7 +424,7 @@ static df_status t2i_create(const df_config *cfg, df_recipe *r) {
     df_t2i_recipe(t, cfg, "text_to_image", r);
     r->needs_captions = true;
     r->no_pixels = t->cache != NULL;
-    r->loss = t2i_loss;
+    r->loss = df_t2i_loss;
     r->free = t2i_free;
     return DF_OK;
 }

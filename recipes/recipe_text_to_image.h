@@ -119,6 +119,12 @@ typedef struct t2i {
  * tokenizer, the frozen VAE, the text encoder, the UNet, the training scheduler and the loss
  * config; not the data. On failure the caller still calls df_t2i_release. */
 df_status df_t2i_build(t2i *t, const df_config *cfg);
+/* train_data_dir's images and captions (checked), and with cache_latents their latent cache. */
+df_status df_t2i_open_data(t2i *t, const df_config *cfg);
+/* text_to_image's loss (ctx a t2i): the latents, the tokens, the text encoder (with a tape when
+ * train_text_encoder), the diffusion draw, the UNet, the shared diffusion loss. */
+df_status df_t2i_loss(void *ctx, const df_batch *const *batches, df_step_rng *rng,
+                      df_tensor **loss);
 /* train_text_encoder: joins the UNet's and the text encoder's registries ("unet.*",
  * "text_encoder.*"); a no-op otherwise. */
 df_status df_t2i_join_text(t2i *t);

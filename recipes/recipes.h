@@ -20,6 +20,7 @@ extern const df_recipe_def df_recipe_vae;
 extern const df_recipe_def df_recipe_text_to_image;
 extern const df_recipe_def df_recipe_dreambooth;
 extern const df_recipe_def df_recipe_textual_inversion;
+extern const df_recipe_def df_recipe_lora;
 
 /* The dreambooth loss's item weights (F32 (n + m), scope rule) of n instance items then m class
  * items: the mean over the n + m items of weight x item loss is mean(instance) + w x mean(class),
