@@ -10,6 +10,8 @@
  * timed). Output: one JSON line {"impl": "ours", "ms", "peak_rss_mib" (getrusage),
  * "trainable", "frozen"}.
  */
+#define BENCH_NAME "bench_controlnet"
+#include "bench/bench_common.h"
 #include "nn/controlnet.h"
 #include "optim/optim.h"
 
@@ -17,23 +19,6 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static void die(const char *what) {
-    fprintf(stderr, "bench_controlnet: %s: %s\n", what, df_last_error());
-    exit(1);
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
-
-static df_tensor *randn(df_philox *g, int ndim, const int64_t *shape) {
-    df_tensor *t = df_tensor_new(DF_DTYPE_F32, ndim, shape);
-    df_philox_fill_normal(g, df_f32(t), t->numel);
-    return t;
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) {

@@ -11,6 +11,8 @@
  * Output: one JSON line {"mode", "ms", "peak_rss_mib" (getrusage), "trainable" (parameters),
  * "frozen", "grad_mib" (gradient buffer), "peak_in_use_mib" (our allocator's peak)}.
  */
+#define BENCH_NAME "bench_frozen"
+#include "bench/bench_common.h"
 #include "nn/nn.h"
 #include "optim/optim.h"
 
@@ -33,23 +35,6 @@ static df_tensor *lowrank_forward(df_adapter *a, const void *module, df_module_k
     (void)module, (void)kind;
     lowrank *l = (lowrank *)a;
     return df_add(y, df_linear(df_linear(x, l->down, NULL), l->up, NULL));
-}
-
-static void die(const char *what) {
-    fprintf(stderr, "bench_frozen: %s: %s\n", what, df_last_error());
-    exit(1);
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
-
-static df_tensor *randn(df_philox *g, int ndim, const int64_t *shape) {
-    df_tensor *t = df_tensor_new(DF_DTYPE_F32, ndim, shape);
-    df_philox_fill_normal(g, df_f32(t), t->numel);
-    return t;
 }
 
 int main(int argc, char **argv) {
