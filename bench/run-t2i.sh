@@ -5,9 +5,9 @@
 # encoder frozen; ours (`diffusion train` with recipe text_to_image: loader, loss, clipping,
 # AdamW, all of it) against the step of diffusers v0.21.4's train_text_to_image.py
 # (bench/torch_t2i_step.py, float32, OpenBLAS-backed torch), with and without cached latents,
-# the same threads. Gradient checkpointing is on for both sides by default (the script's
-# --gradient_checkpointing; without it neither side's 64x64 step fits in 24 GiB beside the
-# AdamW state): DF_BENCH_CHECKPOINTING=0 turns it off.
+# the same threads, no EMA on either side (the script's default). Gradient checkpointing is on
+# for both by default (the script's --gradient_checkpointing; without it neither side's 64x64
+# step fits in 24 GiB beside the AdamW state): DF_BENCH_CHECKPOINTING=0 turns it off.
 # Prints ms per step (the median after the first step) and peak RSS, with the ratios.
 #
 #   bench/run-t2i.sh                  # 4 steps per run, both modes
@@ -38,7 +38,7 @@ ckpt_key=$([ "$ckpt" = 1 ] && echo true || echo false)
 results=$work/results
 for cached in false true; do
   rm -rf "$work/run"
-  /usr/bin/time -f "%M" -o "$work/rss" build/diffusion train /dev/stdin <<EOF 2>"$work/log" || { cat "$work/log"; exit 1; }
+  cat >"$work/config.yaml" <<EOF
 recipe: text_to_image
 pretrained_model_name_or_path: $dir
 train_data_dir: $work/data
@@ -55,10 +55,13 @@ lr_warmup_steps: 0
 adam_weight_decay: 1.0e-2
 max_grad_norm: 1.0
 gradient_checkpointing: $ckpt_key
+use_ema: false
 checkpointing_steps: 0
 logging_steps: 1
 num_validation_images: 0
 EOF
+  /usr/bin/time -f "%M" -o "$work/rss" build/diffusion train "$work/config.yaml" 2>"$work/log" ||
+    { cat "$work/log"; exit 1; }
   $py - "$work/run/metrics.jsonl" "$work/rss" "$cached" <<'PY' | tee -a "$results"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
