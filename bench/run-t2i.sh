@@ -6,8 +6,9 @@
 # AdamW, all of it) against the step of diffusers v0.21.4's train_text_to_image.py
 # (bench/torch_t2i_step.py, float32, OpenBLAS-backed torch), with and without cached latents,
 # the same threads, no EMA on either side (the script's default). Gradient checkpointing is on
-# for both by default (the script's --gradient_checkpointing; without it neither side's 64x64
-# step fits in 24 GiB beside the AdamW state): DF_BENCH_CHECKPOINTING=0 turns it off.
+# for both by default (the script's --gradient_checkpointing; with it, ours peaked at 21 GB of
+# the machine's 24 GiB, so the runs without it were not tried): DF_BENCH_CHECKPOINTING=0 turns
+# it off.
 # Prints ms per step (the median after the first step) and peak RSS, with the ratios.
 #
 #   bench/run-t2i.sh                  # 4 steps per run, both modes
