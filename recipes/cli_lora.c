@@ -9,25 +9,29 @@
 #include <string.h>
 #include <unistd.h>
 
+df_status df_cli_split_scale(char *arg, const char *label, float *scale) {
+    *scale = 1.0f;
+    char *colon = strrchr(arg, ':');
+    if (!colon || strchr(colon, '/') || access(arg, F_OK) == 0) return DF_OK;
+    char *end;
+    errno = 0;
+    double v = strtod(colon + 1, &end);
+    if (end == colon + 1 || *end || errno || !isfinite(v))
+        return df_error(DF_ERR_INVALID, "%s%s: the scale '%s' is not a number", label, arg,
+                        colon + 1);
+    *colon = 0;
+    *scale = (float)v;
+    return DF_OK;
+}
+
 df_status df_cli_lora_arg(df_cli_loras *l, const char *value) {
     if (l->n == DF_CLI_MAX_LORAS)
         return df_error(DF_ERR_INVALID, "--lora: more than %d LoRAs", DF_CLI_MAX_LORAS);
     char *file = l->files[l->n];
     if (snprintf(file, sizeof l->files[0], "%s", value) >= (int)sizeof l->files[0])
         return df_error(DF_ERR_INVALID, "--lora: the path is too long");
-    float scale = 1.0f;
-    char *colon = strrchr(file, ':');
-    if (colon && !strchr(colon, '/') && access(file, F_OK) != 0) {
-        char *end;
-        errno = 0;
-        double v = strtod(colon + 1, &end);
-        if (end == colon + 1 || *end || errno || !isfinite(v))
-            return df_error(DF_ERR_INVALID, "--lora %s: the scale '%s' is not a number", value,
-                            colon + 1);
-        *colon = 0;
-        scale = (float)v;
-    }
-    l->scales[l->n++] = scale;
+    DF_TRY(df_cli_split_scale(file, "--lora ", &l->scales[l->n]));
+    l->n++;
     return DF_OK;
 }
 

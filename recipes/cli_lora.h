@@ -19,6 +19,11 @@ typedef struct df_cli_loras {
     df_lora_fused fused;
 } df_cli_loras;
 
+/* Splits "FILE[:scale]" in place: the scale after the last ':' unless the whole argument is an
+ * existing file or that suffix holds a '/' (then 1). DF_ERR_INVALID "<label><arg>: the scale 'x'
+ * is not a number" for a suffix that is not a finite number. */
+df_status df_cli_split_scale(char *arg, const char *label, float *scale);
+
 /* Adds one `--lora` value: "FILE[:scale]", the scale after the last ':' unless the whole value
  * is an existing file or that suffix holds a '/'. DF_ERR_INVALID "--lora FILE:x: the scale 'x'
  * is not a number" (one line), or too many LoRAs. */

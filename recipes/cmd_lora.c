@@ -9,6 +9,7 @@
  */
 #include "nn/lora_file.h"
 #include "recipes/cli.h"
+#include "recipes/cli_lora.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -153,22 +154,6 @@ static int convert(const char *in, const char *out, const char *format) {
 
 /* ------------------------------------------------------------------ merge -------------------- */
 
-/* "FILE[:scale]": the scale follows the last ':' when the whole argument is not an existing
- * file and that suffix holds no '/'; it must then be a finite number. */
-static df_status split_scale(char *arg, float *scale) {
-    *scale = 1.0f;
-    char *colon = strrchr(arg, ':');
-    if (!colon || strchr(colon, '/') || access(arg, F_OK) == 0) return DF_OK;
-    char *end;
-    errno = 0;
-    double v = strtod(colon + 1, &end);
-    if (end == colon + 1 || *end || errno || !isfinite(v))
-        return df_error(DF_ERR_INVALID, "%s: the scale '%s' is not a number", arg, colon + 1);
-    *colon = 0;
-    *scale = (float)v;
-    return DF_OK;
-}
-
 /* True when folder `out` (which may not exist yet) is `base` or lies inside it. */
 static bool inside(const char *out, const char *base) {
     char rb[PATH_MAX], ro[PATH_MAX], parent[PATH_MAX];
@@ -202,7 +187,7 @@ static int merge(int n_pos, char **pos, bool to_f32) {
         goto done;
     }
     for (int i = 0; i < n; i++) {
-        if (split_scale(pos[1 + i], &scales[i]) != DF_OK ||
+        if (df_cli_split_scale(pos[1 + i], "", &scales[i]) != DF_OK ||
             df_lora_file_read(pos[1 + i], &sets[i]) != DF_OK)
             goto done;
         ptrs[i] = &sets[i];
