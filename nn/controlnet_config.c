@@ -7,6 +7,7 @@
  * only_cross_attention) are written back as one value when every block has the same one.
  */
 #include "nn/controlnet.h"
+#include "nn/config_write_impl.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -235,24 +236,6 @@ df_status df_controlnet_config_load(const char *path, df_controlnet_config *c) {
     return st;
 }
 
-/* The shortest decimal that reads back as v (1e-05), as Python prints the stored value. */
-static double shortest(float v) {
-    char buf[32];
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
-        double d = strtod(buf, NULL);
-        if ((float)d == v) return d;
-    }
-    return (double)v;
-}
-
-/* One number when every block has the same value, else the list. */
-static cJSON *int_or_list(const int *v, int n) {
-    bool same = true;
-    for (int i = 1; i < n; i++) same = same && v[i] == v[0];
-    return same ? cJSON_CreateNumber(v[0]) : cJSON_CreateIntArray(v, n);
-}
-
 df_status df_controlnet_config_save(const df_controlnet_config *c, const char *path) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return df_error(DF_ERR_NOMEM, "%s: out of memory", path);
@@ -263,7 +246,7 @@ df_status df_controlnet_config_save(const df_controlnet_config *c, const char *p
     cJSON_AddNullToObject(o, "addition_embed_type");
     cJSON_AddNumberToObject(o, "addition_embed_type_num_heads", 64);
     cJSON_AddNullToObject(o, "addition_time_embed_dim");
-    cJSON_AddItemToObject(o, "attention_head_dim", int_or_list(c->attention_head_dim, n));
+    cJSON_AddItemToObject(o, "attention_head_dim", df_json_int_or_list(c->attention_head_dim, n));
     cJSON_AddItemToObject(o, "block_out_channels", cJSON_CreateIntArray(c->block_out_channels, n));
     cJSON_AddNullToObject(o, "class_embed_type");
     cJSON_AddNumberToObject(o, "conditioning_channels", c->conditioning_channels);
@@ -284,29 +267,21 @@ df_status df_controlnet_config_save(const df_controlnet_config *c, const char *p
     cJSON_AddBoolToObject(o, "global_pool_conditions", false);
     cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
     cJSON_AddNumberToObject(o, "layers_per_block", c->layers_per_block);
-    cJSON_AddNumberToObject(o, "mid_block_scale_factor", shortest(c->mid_block_scale_factor));
-    cJSON_AddNumberToObject(o, "norm_eps", shortest(c->norm_eps));
+    cJSON_AddNumberToObject(o, "mid_block_scale_factor",
+                            df_json_shortest(c->mid_block_scale_factor));
+    cJSON_AddNumberToObject(o, "norm_eps", df_json_shortest(c->norm_eps));
     cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
     if (c->heads_given)
-        cJSON_AddItemToObject(o, "num_attention_heads", int_or_list(c->heads, n));
+        cJSON_AddItemToObject(o, "num_attention_heads", df_json_int_or_list(c->heads, n));
     else
         cJSON_AddNullToObject(o, "num_attention_heads");
     cJSON_AddNullToObject(o, "num_class_embeds");
-    bool same = true;
-    for (int i = 1; i < n; i++)
-        same = same && c->only_cross_attention[i] == c->only_cross_attention[0];
-    if (same) {
-        cJSON_AddBoolToObject(o, "only_cross_attention", c->only_cross_attention[0]);
-    } else {
-        cJSON *a = cJSON_CreateArray();
-        for (int i = 0; a && i < n; i++)
-            cJSON_AddItemToArray(a, cJSON_CreateBool(c->only_cross_attention[i]));
-        cJSON_AddItemToObject(o, "only_cross_attention", a);
-    }
+    cJSON_AddItemToObject(o, "only_cross_attention",
+                          df_json_bool_or_list(c->only_cross_attention, n));
     cJSON_AddNullToObject(o, "projection_class_embeddings_input_dim");
     cJSON_AddStringToObject(o, "resnet_time_scale_shift", c->resnet_time_scale_shift);
     cJSON_AddItemToObject(o, "transformer_layers_per_block",
-                          int_or_list(c->transformer_layers_per_block, n));
+                          df_json_int_or_list(c->transformer_layers_per_block, n));
     cJSON_AddBoolToObject(o, "upcast_attention", c->upcast_attention);
     cJSON_AddBoolToObject(o, "use_linear_projection", c->use_linear_projection);
     return df_json_write_object(o, path);

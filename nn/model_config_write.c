@@ -1,6 +1,7 @@
 /* model_config_write.c — writes a model config.json as diffusers' save_config does: every
  * __init__ argument of the class (keys sorted, 2-space indent), plus `_class_name` and
  * `_diffusers_version`, so diffusers' from_pretrained reads the folder back. */
+#include "nn/config_write_impl.h"
 #include "nn/nn.h"
 
 #include <cjson/cJSON.h>
@@ -21,9 +22,7 @@ static cJSON *int_array(const int *items, int n) {
     return cJSON_CreateIntArray(items, n);
 }
 
-/* The shortest decimal that reads back as the float v (1e-05, not 9.99999974738e-06), as
- * Python prints the value diffusers stored. */
-static double shortest(float v) {
+double df_json_shortest(float v) {
     char buf[32];
     for (int prec = 1; prec <= 9; prec++) {
         snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
@@ -68,13 +67,14 @@ df_status df_unet2d_config_save(const df_unet2d_config *c, const char *path) {
                           string_array((char(*)[DF_JSON_STR])c->down_block_types, c->n_blocks));
     cJSON_AddNumberToObject(o, "downsample_padding", c->downsample_padding);
     cJSON_AddStringToObject(o, "downsample_type", "conv");
-    cJSON_AddNumberToObject(o, "dropout", shortest(c->dropout));
+    cJSON_AddNumberToObject(o, "dropout", df_json_shortest(c->dropout));
     cJSON_AddBoolToObject(o, "flip_sin_to_cos", c->flip_sin_to_cos);
     cJSON_AddNumberToObject(o, "freq_shift", c->freq_shift);
     cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
     cJSON_AddNumberToObject(o, "layers_per_block", c->layers_per_block);
-    cJSON_AddNumberToObject(o, "mid_block_scale_factor", shortest(c->mid_block_scale_factor));
-    cJSON_AddNumberToObject(o, "norm_eps", shortest(c->norm_eps));
+    cJSON_AddNumberToObject(o, "mid_block_scale_factor",
+                            df_json_shortest(c->mid_block_scale_factor));
+    cJSON_AddNumberToObject(o, "norm_eps", df_json_shortest(c->norm_eps));
     cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
     cJSON_AddNullToObject(o, "num_class_embeds");
     cJSON_AddNumberToObject(o, "out_channels", c->out_channels);
@@ -114,7 +114,7 @@ df_status df_vae_config_save(const df_vae_config *c, const char *path) {
                               int_array((const int[]){c->sample_size, c->sample_width}, 2));
     else
         cJSON_AddNumberToObject(o, "sample_size", c->sample_size);
-    cJSON_AddNumberToObject(o, "scaling_factor", shortest(c->scaling_factor));
+    cJSON_AddNumberToObject(o, "scaling_factor", df_json_shortest(c->scaling_factor));
     cJSON_AddItemToObject(o, "up_block_types",
                           string_array((char(*)[DF_JSON_STR])c->up_block_types, c->n_blocks));
     return write_json(o, path);
@@ -124,12 +124,20 @@ df_status df_json_write_object(struct cJSON *obj, const char *path) {
     return write_json(obj, path);
 }
 
-/* A per-block field: the number when every block has the same value (as configs usually
- * store it), else the list. */
-static cJSON *per_block(const int *v, int n) {
+cJSON *df_json_int_or_list(const int *v, int n) {
     for (int i = 1; i < n; i++)
         if (v[i] != v[0]) return int_array(v, n);
     return cJSON_CreateNumber(v[0]);
+}
+
+cJSON *df_json_bool_or_list(const bool *v, int n) {
+    for (int i = 1; i < n; i++)
+        if (v[i] != v[0]) {
+            cJSON *a = cJSON_CreateArray();
+            for (int k = 0; a && k < n; k++) cJSON_AddItemToArray(a, cJSON_CreateBool(v[k]));
+            return a;
+        }
+    return cJSON_CreateBool(v[0]);
 }
 
 static void add_optional_string(cJSON *o, const char *key, const char *v) {
@@ -151,7 +159,7 @@ df_status df_unet2d_cond_config_save(const df_unet2d_cond_config *c, const char 
     cJSON_AddNullToObject(o, "addition_embed_type");
     cJSON_AddNumberToObject(o, "addition_embed_type_num_heads", 64);
     cJSON_AddNullToObject(o, "addition_time_embed_dim");
-    cJSON_AddItemToObject(o, "attention_head_dim", per_block(c->num_attention_heads, n));
+    cJSON_AddItemToObject(o, "attention_head_dim", df_json_int_or_list(c->num_attention_heads, n));
     cJSON_AddStringToObject(o, "attention_type", "default");
     cJSON_AddItemToObject(o, "block_out_channels", int_array(c->block_out_channels, n));
     cJSON_AddBoolToObject(o, "center_input_sample", c->center_input_sample);
@@ -159,37 +167,29 @@ df_status df_unet2d_cond_config_save(const df_unet2d_cond_config *c, const char 
     cJSON_AddBoolToObject(o, "class_embeddings_concat", false);
     cJSON_AddNumberToObject(o, "conv_in_kernel", c->conv_in_kernel);
     cJSON_AddNumberToObject(o, "conv_out_kernel", c->conv_out_kernel);
-    cJSON_AddItemToObject(o, "cross_attention_dim", per_block(c->cross_attention_dim, n));
+    cJSON_AddItemToObject(o, "cross_attention_dim", df_json_int_or_list(c->cross_attention_dim, n));
     cJSON_AddNullToObject(o, "cross_attention_norm");
     cJSON_AddItemToObject(o, "down_block_types",
                           string_array((char(*)[DF_JSON_STR])c->down_block_types, n));
     cJSON_AddNumberToObject(o, "downsample_padding", c->downsample_padding);
-    cJSON_AddNumberToObject(o, "dropout", shortest(c->dropout));
+    cJSON_AddNumberToObject(o, "dropout", df_json_shortest(c->dropout));
     cJSON_AddBoolToObject(o, "dual_cross_attention", false);
     cJSON_AddNullToObject(o, "encoder_hid_dim");
     cJSON_AddNullToObject(o, "encoder_hid_dim_type");
     cJSON_AddBoolToObject(o, "flip_sin_to_cos", c->flip_sin_to_cos);
     cJSON_AddNumberToObject(o, "freq_shift", c->freq_shift);
     cJSON_AddNumberToObject(o, "in_channels", c->in_channels);
-    cJSON_AddItemToObject(o, "layers_per_block", per_block(c->layers_per_block, n));
+    cJSON_AddItemToObject(o, "layers_per_block", df_json_int_or_list(c->layers_per_block, n));
     cJSON_AddNullToObject(o, "mid_block_only_cross_attention");
-    cJSON_AddNumberToObject(o, "mid_block_scale_factor", shortest(c->mid_block_scale_factor));
+    cJSON_AddNumberToObject(o, "mid_block_scale_factor",
+                            df_json_shortest(c->mid_block_scale_factor));
     add_optional_string(o, "mid_block_type", c->mid_block_type);
-    cJSON_AddNumberToObject(o, "norm_eps", shortest(c->norm_eps));
+    cJSON_AddNumberToObject(o, "norm_eps", df_json_shortest(c->norm_eps));
     cJSON_AddNumberToObject(o, "norm_num_groups", c->norm_num_groups);
     cJSON_AddNullToObject(o, "num_attention_heads");
     cJSON_AddNullToObject(o, "num_class_embeds");
-    bool same = true;
-    for (int i = 1; i < n; i++)
-        same = same && c->only_cross_attention[i] == c->only_cross_attention[0];
-    if (same) {
-        cJSON_AddBoolToObject(o, "only_cross_attention", c->only_cross_attention[0]);
-    } else {
-        cJSON *a = cJSON_CreateArray();
-        for (int i = 0; a && i < n; i++)
-            cJSON_AddItemToArray(a, cJSON_CreateBool(c->only_cross_attention[i]));
-        cJSON_AddItemToObject(o, "only_cross_attention", a);
-    }
+    cJSON_AddItemToObject(o, "only_cross_attention",
+                          df_json_bool_or_list(c->only_cross_attention, n));
     cJSON_AddNumberToObject(o, "out_channels", c->out_channels);
     cJSON_AddNullToObject(o, "projection_class_embeddings_input_dim");
     cJSON_AddNumberToObject(o, "resnet_out_scale_factor", 1.0);
@@ -211,7 +211,7 @@ df_status df_unet2d_cond_config_save(const df_unet2d_cond_config *c, const char 
     cJSON_AddStringToObject(o, "time_embedding_type", "positional");
     add_optional_string(o, "timestep_post_act", c->timestep_post_act);
     cJSON_AddItemToObject(o, "transformer_layers_per_block",
-                          per_block(c->transformer_layers_per_block, n));
+                          df_json_int_or_list(c->transformer_layers_per_block, n));
     cJSON_AddItemToObject(o, "up_block_types",
                           string_array((char(*)[DF_JSON_STR])c->up_block_types, n));
     cJSON_AddBoolToObject(o, "upcast_attention", c->upcast_attention);
@@ -235,7 +235,7 @@ df_status df_clip_text_config_save(const df_clip_text_config *c, const char *pat
     cJSON_AddNumberToObject(o, "initializer_factor", 1.0);
     cJSON_AddNumberToObject(o, "initializer_range", 0.02);
     cJSON_AddNumberToObject(o, "intermediate_size", c->intermediate_size);
-    cJSON_AddNumberToObject(o, "layer_norm_eps", shortest(c->layer_norm_eps));
+    cJSON_AddNumberToObject(o, "layer_norm_eps", df_json_shortest(c->layer_norm_eps));
     cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_position_embeddings);
     cJSON_AddStringToObject(o, "model_type", "clip_text_model");
     cJSON_AddNumberToObject(o, "num_attention_heads", c->num_attention_heads);
